@@ -1,0 +1,3 @@
+from chatlm.cli import main
+
+raise SystemExit(main())

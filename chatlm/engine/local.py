@@ -1,0 +1,55 @@
+"""The in-process backend: the loaded model, its chat template and the shared scheduler."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from chatlm.config import Settings
+from chatlm.engine import loader
+from chatlm.engine.backend import ChatMessages
+from chatlm.engine.params import SamplingParams
+from chatlm.engine.scheduler import Generation, Scheduler
+
+CONTEXT_CAP = 8192
+
+
+class LocalBackend:
+    """Generates with a transformers model in this process; one scheduler shared by all callers."""
+
+    def __init__(self, loaded: loader.LoadedModel, *, context_window: int = 0, max_batch: int = 8,
+                 queue_size: int = 32) -> None:
+        self.loaded = loaded
+        self.tokenizer = loaded.tokenizer
+        self.model_id = loaded.model_id
+        limit = int(getattr(loaded.model.config, "max_position_embeddings", CONTEXT_CAP))
+        self.context_window = min(context_window or limit, limit, CONTEXT_CAP)
+        eos = loaded.model.generation_config.eos_token_id
+        eos_ids = {self.tokenizer.eos_token_id, *(eos if isinstance(eos, list) else [eos])}
+        pad = self.tokenizer.pad_token_id
+        self.scheduler = Scheduler(
+            loaded.model, self.tokenizer, eos_ids=[i for i in eos_ids if i is not None],
+            context_window=self.context_window, max_batch=max_batch, queue_size=queue_size,
+            pad_id=pad if pad is not None else 0,
+        )
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> LocalBackend:
+        loaded = loader.load(settings.model, Path(settings.data_dir), settings.device)
+        return cls(loaded, context_window=settings.context_window, max_batch=settings.max_batch,
+                   queue_size=settings.queue_size)
+
+    def encode(self, messages: ChatMessages) -> list[int]:
+        ids = self.tokenizer.apply_chat_template(
+            list(messages), add_generation_prompt=True, tokenize=True, return_dict=False
+        )
+        return list(ids)
+
+    def count_tokens(self, messages: ChatMessages) -> int:
+        return len(self.encode(messages))
+
+    def chat(self, messages: ChatMessages, params: SamplingParams, *,
+             adapter: str | None = None) -> Generation:
+        return self.scheduler.submit(self.encode(messages), params, adapter=adapter)
+
+    def close(self) -> None:
+        self.scheduler.close()

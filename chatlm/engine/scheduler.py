@@ -1,0 +1,353 @@
+"""One generation scheduler per process: continuous batching over a padded batch with a KV cache.
+
+Requests join the running batch between decoding steps (their prompts are prefilled together,
+left-padded, and their caches merged into the batch's) and leave it as soon as they finish, are
+cancelled, or their reader goes away; the freed row and its cache go with them. Every request keeps
+its own sampling parameters and, with peft, its own LoRA adapter inside the shared batch.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from chatlm.engine.decode import IncrementalDecoder, StopMatcher
+from chatlm.engine.params import SamplingParams
+from chatlm.engine.sampling import make_generator, sample_rows
+from chatlm.errors import BusyError, ChatLMError, InputError
+
+log = logging.getLogger(__name__)
+BASE_ADAPTER = "__base__"
+_DONE = object()
+
+
+@dataclass
+class Generation:
+    """Handle of one request: iterate it for text deltas; ``cancel()`` frees its batch slot."""
+
+    id: int
+    prompt_tokens: int
+    params: SamplingParams
+    adapter: str | None = None
+    completion_tokens: int = 0
+    text: str = ""
+    finish_reason: str | None = None
+    """``stop`` (end of turn or stop string), ``length``, ``cancelled`` or ``error``."""
+    error: str | None = None
+    submitted_at: float = field(default_factory=time.perf_counter)
+    first_token_at: float | None = None
+    finished_at: float | None = None
+    _events: queue.Queue[object] = field(default_factory=queue.Queue, repr=False)
+    _cancel: threading.Event = field(default_factory=threading.Event, repr=False)
+
+    def cancel(self) -> None:
+        self._cancel.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancel.is_set()
+
+    @property
+    def done(self) -> bool:
+        return self.finish_reason is not None
+
+    def __iter__(self) -> Iterator[str]:
+        """Yield text deltas until the request ends; a failure raises after the partial text."""
+        while True:
+            item = self._events.get()
+            if item is _DONE:
+                if self.finish_reason == "error":
+                    raise ChatLMError(self.error or "generation failed")
+                return
+            yield str(item)
+
+    def wait(self) -> str:
+        """Block until done; return the whole text (raises if generation failed)."""
+        for _ in self:
+            pass
+        return self.text
+
+    def wait_quietly(self) -> None:
+        """Block until done, ignoring a failure (the caller reads ``error``)."""
+        while not self.done:
+            self._events.get()
+
+    # called by the scheduler thread only
+    def _emit(self, delta: str) -> None:
+        if delta:
+            self.text += delta
+            self._events.put(delta)
+
+    def _finish(self, reason: str, error: str | None = None) -> None:
+        if self.finish_reason is None:
+            self.finish_reason, self.error = reason, error
+            self.finished_at = time.perf_counter()
+            self._events.put(_DONE)
+
+
+@dataclass
+class _Row:
+    gen: Generation
+    decoder: IncrementalDecoder
+    stops: StopMatcher
+    rng: torch.Generator | None
+    last_token: int = 0
+
+
+class Scheduler:
+    """Owns the model in one background thread and decodes every active request together."""
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        *,
+        eos_ids: Sequence[int],
+        context_window: int,
+        max_batch: int = 8,
+        queue_size: int = 32,
+        pad_id: int = 0,
+    ) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.eos_ids = set(eos_ids)
+        self.context_window = context_window
+        self.max_batch = max_batch
+        self.queue_size = queue_size
+        self.pad_id = pad_id
+        self.device = next(model.parameters()).device
+        self._pending: deque[tuple[Generation, list[int]]] = deque()
+        self._rows: list[_Row] = []
+        self._cache: Any = None
+        self._mask: torch.Tensor | None = None
+        self._cv = threading.Condition()
+        self._ids = itertools.count(1)
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self.steps = 0
+
+    # ---- public API -------------------------------------------------------------------------
+    def start(self) -> Scheduler:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="chatlm-scheduler", daemon=True)
+            self._thread.start()
+        return self
+
+    def close(self) -> None:
+        with self._cv:
+            self._stopping = True
+            self._cv.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+            self._thread = None
+
+    def submit(
+        self, prompt_ids: Sequence[int], params: SamplingParams, *, adapter: str | None = None
+    ) -> Generation:
+        """Queue a request; raise BusyError when the wait queue is full, InputError if too long."""
+        prompt = list(prompt_ids)
+        if not prompt:
+            raise InputError("The prompt is empty.")
+        room = self.context_window - len(prompt)
+        if room < 1:
+            raise InputError(
+                f"The prompt has {len(prompt)} tokens; the context window is "
+                f"{self.context_window}. Shorten the message."
+            )
+        if params.max_new_tokens > room:
+            params = SamplingParams(**{**params.__dict__, "max_new_tokens": room})
+        gen = Generation(id=next(self._ids), prompt_tokens=len(prompt), params=params,
+                         adapter=adapter)
+        with self._cv:
+            if self._stopping:
+                raise ChatLMError("The generation engine is shutting down.")
+            waiting = len(self._pending) - max(0, self.max_batch - len(self._rows))
+            if waiting >= self.queue_size:
+                raise BusyError(
+                    f"The server is busy ({len(self._rows)} answers running, "
+                    f"{len(self._pending)} waiting); retry shortly."
+                )
+            self._pending.append((gen, prompt))
+            self._cv.notify_all()
+        self.start()
+        return gen
+
+    @property
+    def active(self) -> int:
+        return len(self._rows)
+
+    @property
+    def waiting(self) -> int:
+        return len(self._pending)
+
+    # ---- the loop ---------------------------------------------------------------------------
+    def _loop(self) -> None:
+        while True:
+            with self._cv:
+                while not self._stopping and not self._pending and not self._rows:
+                    self._cv.wait()
+                if self._stopping:
+                    break
+                admit: list[tuple[Generation, list[int]]] = []
+                while self._pending and len(self._rows) + len(admit) < self.max_batch:
+                    gen, prompt = self._pending.popleft()
+                    if gen.cancelled:
+                        gen._finish("cancelled")
+                    else:
+                        admit.append((gen, prompt))
+            try:
+                with torch.inference_mode():
+                    self._drop_cancelled()
+                    if admit:
+                        self._prefill(admit)
+                    if self._rows:
+                        self._decode_step()
+            except Exception as exc:
+                log.exception("generation step failed")
+                for row in self._rows:
+                    row.gen._finish("error", f"Generation failed: {exc}")
+                for gen, _ in admit:
+                    gen._finish("error", f"Generation failed: {exc}")
+                self._rows, self._cache, self._mask = [], None, None
+        for row in self._rows:
+            row.gen._finish("cancelled")
+        for gen, _ in self._pending:
+            gen._finish("cancelled")
+
+    def _forward(self, input_ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor,
+                 cache: Any, adapters: list[str | None]) -> tuple[torch.Tensor, Any]:
+        kwargs: dict[str, Any] = {}
+        if any(adapters) and hasattr(self.model, "peft_config"):
+            kwargs["adapter_names"] = [a or BASE_ADAPTER for a in adapters]
+        out = self.model(
+            input_ids=input_ids, attention_mask=mask, position_ids=positions,
+            cache=cache, use_cache=True, logits_to_keep=1, **kwargs,
+        )
+        return out.logits[:, -1, :], out.cache
+
+    def _prefill(self, admit: list[tuple[Generation, list[int]]]) -> None:
+        from transformers import DynamicCache
+
+        width = max(len(p) for _, p in admit)
+        ids = torch.full((len(admit), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(admit), width), dtype=torch.long)
+        for i, (_, prompt) in enumerate(admit):
+            ids[i, width - len(prompt):] = torch.tensor(prompt)
+            mask[i, width - len(prompt):] = 1
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        logits, cache = self._forward(
+            ids.to(self.device), mask.to(self.device), positions.to(self.device),
+            DynamicCache(config=self.model.config), [g.adapter for g, _ in admit],
+        )
+        new_rows = [
+            _Row(gen=g, decoder=IncrementalDecoder(self.tokenizer, prompt_tail=p[-4:]),
+                 stops=StopMatcher(g.params.stop), rng=make_generator(g.params))
+            for g, p in admit
+        ]
+        self._merge(new_rows, cache, mask.to(self.device))
+        start = len(self._rows) - len(new_rows)
+        self._accept(logits, range(start, len(self._rows)))
+
+    def _merge(self, rows: list[_Row], cache: Any, mask: torch.Tensor) -> None:
+        """Left-pad the old batch or the new rows to a common length and stack them."""
+        if not self._rows:
+            self._rows, self._cache, self._mask = rows, cache, mask
+            return
+        assert self._mask is not None
+        old_len, new_len = self._mask.shape[1], mask.shape[1]
+        target = max(old_len, new_len)
+        for old_layer, new_layer in zip(self._cache.layers, cache.layers, strict=True):
+            old_layer.keys = torch.cat([_lpad(old_layer.keys, target),
+                                        _lpad(new_layer.keys, target)], 0)
+            old_layer.values = torch.cat([_lpad(old_layer.values, target),
+                                          _lpad(new_layer.values, target)], 0)
+        self._mask = torch.cat([_lpad_mask(self._mask, target), _lpad_mask(mask, target)], 0)
+        self._rows.extend(rows)
+
+    def _decode_step(self) -> None:
+        assert self._mask is not None
+        ids = torch.tensor([[r.last_token] for r in self._rows], device=self.device)
+        positions = self._mask.sum(-1, keepdim=True)
+        self._mask = torch.cat([self._mask, self._mask.new_ones((len(self._rows), 1))], 1)
+        logits, self._cache = self._forward(
+            ids, self._mask, positions, self._cache, [r.gen.adapter for r in self._rows]
+        )
+        self.steps += 1
+        self._accept(logits, range(len(self._rows)))
+
+    def _accept(self, logits: torch.Tensor, rows: range) -> None:
+        """Sample the next token of the given rows, stream it, and drop finished rows."""
+        chosen = [self._rows[i] for i in rows]  # logits row j belongs to chosen[j]
+        tokens = sample_rows(logits, [r.gen.params for r in chosen], [r.rng for r in chosen])
+        finished: list[int] = []
+        for i, (row, tok) in zip(rows, zip(chosen, tokens, strict=True), strict=True):
+            gen = row.gen
+            row.last_token = tok
+            if gen.first_token_at is None:
+                gen.first_token_at = time.perf_counter()
+            if tok in self.eos_ids:
+                gen._emit(row.stops.flush())
+                gen._finish("stop")
+                finished.append(i)
+                continue
+            gen.completion_tokens += 1
+            gen._emit(row.stops.feed(row.decoder.push(tok)))
+            if row.stops.stopped:
+                gen._finish("stop")
+            elif gen.completion_tokens >= gen.params.max_new_tokens:
+                gen._emit(row.stops.flush())
+                gen._finish("length")
+            elif gen.cancelled:
+                gen._emit(row.stops.flush())
+                gen._finish("cancelled")
+            else:
+                continue
+            finished.append(i)
+        self._remove(finished)
+
+    def _drop_cancelled(self) -> None:
+        gone = [i for i, r in enumerate(self._rows) if r.gen.cancelled]
+        for i in gone:
+            self._rows[i].gen._emit(self._rows[i].stops.flush())
+            self._rows[i].gen._finish("cancelled")
+        self._remove(gone)
+
+    def _remove(self, indices: list[int]) -> None:
+        """Free the rows' batch slots and caches, and trim padding no remaining row needs."""
+        if not indices:
+            return
+        keep = [i for i in range(len(self._rows)) if i not in set(indices)]
+        self._rows = [self._rows[i] for i in keep]
+        if not keep:
+            self._cache, self._mask = None, None
+            return
+        assert self._mask is not None
+        index = torch.tensor(keep, device=self.device)
+        mask = self._mask.index_select(0, index)
+        lead = int((mask.cumsum(-1) == 0).sum(-1).min().item())
+        self._mask = mask[:, lead:]
+        for layer in self._cache.layers:
+            layer.keys = layer.keys.index_select(0, index)[:, :, lead:, :]
+            layer.values = layer.values.index_select(0, index)[:, :, lead:, :]
+
+
+def _lpad(t: torch.Tensor, length: int) -> torch.Tensor:
+    missing = length - t.shape[2]
+    if missing == 0:
+        return t
+    pad = t.new_zeros((t.shape[0], t.shape[1], missing, t.shape[3]))
+    return torch.cat([pad, t], 2)
+
+
+def _lpad_mask(m: torch.Tensor, length: int) -> torch.Tensor:
+    missing = length - m.shape[1]
+    return m if missing == 0 else torch.cat([m.new_zeros((m.shape[0], missing)), m], 1)

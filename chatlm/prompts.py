@@ -1,0 +1,56 @@
+"""Prompt assembly: system prompt plus as much recent history as the context window holds."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from chatlm.errors import InputError
+
+ChatMessage = dict[str, str]
+MIN_ANSWER_TOKENS = 16
+
+
+@dataclass(frozen=True)
+class PromptPlan:
+    messages: list[ChatMessage]
+    """What the model sees, in order."""
+    dropped: int
+    """How many of the oldest history messages were left out to fit."""
+    prompt_tokens: int
+
+
+def answer_reserve(context_window: int, max_new_tokens: int) -> int:
+    """Tokens kept free for the answer: what was asked, but never more than a quarter."""
+    return max(MIN_ANSWER_TOKENS, min(max_new_tokens, context_window // 4))
+
+
+def fit_history(
+    system_prompt: str,
+    history: Sequence[ChatMessage],
+    *,
+    count_tokens: Callable[[list[ChatMessage]], int],
+    context_window: int,
+    max_new_tokens: int,
+) -> PromptPlan:
+    """Drop the oldest turns (never the system prompt or the newest message) until it fits."""
+    if not history:
+        raise InputError("There is no message to answer.")
+    budget = context_window - answer_reserve(context_window, max_new_tokens)
+    system = [{"role": "system", "content": system_prompt}] if system_prompt.strip() else []
+    start = 0
+    while True:
+        messages = system + [dict(m) for m in history[start:]]
+        tokens = count_tokens(messages)
+        if tokens <= budget:
+            return PromptPlan(messages=messages, dropped=start, prompt_tokens=tokens)
+        if start >= len(history) - 1:
+            raise InputError(
+                f"This message is too long for the model: it needs {tokens} tokens with the "
+                f"system prompt, and at most {budget} fit in the context window of "
+                f"{context_window}. Shorten it."
+            )
+        start += 1
+        # keep turns whole: never start the kept history on an assistant message
+        while start < len(history) - 1 and history[start]["role"] == "assistant":
+            start += 1

@@ -1,0 +1,66 @@
+"""Composition root: settings -> database -> backend -> service -> FastAPI app with the UI mounted."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from chatlm.config import Settings
+from chatlm.service import ChatService
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class App:
+    settings: Settings
+    service: ChatService
+    asgi: Any
+    """The FastAPI app: ``/`` is the Gradio UI, ``/v1`` the OpenAI-compatible API."""
+
+    def close(self) -> None:
+        self.service.backend.close()
+
+
+def make_backend(settings: Settings) -> Any:
+    from chatlm.engine.local import LocalBackend
+
+    return LocalBackend.from_settings(settings)
+
+
+def make_service(settings: Settings, backend: Any = None) -> ChatService:
+    """Migrate the database to head and wire the service (loads the model unless given one)."""
+    from chatlm.store import db
+
+    db.upgrade(settings.db_url)
+    sessions = db.make_sessionmaker(db.make_engine(settings.db_url))
+    return ChatService(settings, backend or make_backend(settings), sessions)
+
+
+def build_app(settings: Settings, backend: Any = None) -> App:
+    import gradio as gr
+    from fastapi import FastAPI
+
+    from chatlm.ui.chat import ChatUI
+
+    service = make_service(settings, backend)
+    api = FastAPI(title="chatlm")
+    blocks = ChatUI(service).build()
+    blocks.queue(default_concurrency_limit=settings.max_batch)
+    asgi = gr.mount_gradio_app(api, blocks, path="", server_name=settings.host,
+                               server_port=settings.port)
+    return App(settings=settings, service=service, asgi=asgi)
+
+
+def serve(settings: Settings) -> None:
+    """Run the UI and API until interrupted."""
+    import uvicorn
+
+    app = build_app(settings)
+    print(f"chatlm: serving {app.service.backend.model_id} on http://{settings.host}:{settings.port}",
+          flush=True)
+    try:
+        uvicorn.run(app.asgi, host=settings.host, port=settings.port, log_level="warning")
+    finally:
+        app.close()

@@ -1,0 +1,214 @@
+"""One chat turn: store the question, fit the prompt, generate through the backend, store the answer.
+
+The UI, the CLI and the API call this; it knows the store and the engine, they do not know each
+other.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from chatlm.config import Settings
+from chatlm.engine.backend import Backend
+from chatlm.engine.params import SamplingParams
+from chatlm.engine.scheduler import Generation
+from chatlm.errors import ChatLMError, InputError
+from chatlm.prompts import fit_history
+from chatlm.store import repo
+from chatlm.store.db import transaction
+from chatlm.store.models import Conversation, Message
+
+MAX_MESSAGE_CHARS = 100_000
+TITLE_CHARS = 48
+STATUS_BY_FINISH = {"cancelled": "stopped", "error": "error"}
+
+
+@dataclass
+class Reply:
+    """A streaming answer; iterating it yields text deltas, and the answer is stored at the end
+    (complete, or stopped with its partial text) even if the reader goes away."""
+
+    service: ChatService
+    generation: Generation
+    conversation_id: int
+    parent_id: int
+    prompt_messages: list[dict[str, str]]
+    dropped: int
+    adapter: str | None
+    started: float = field(default_factory=time.perf_counter)
+    message_id: int | None = None
+
+    @property
+    def notice(self) -> str:
+        if not self.dropped:
+            return ""
+        return (f"The conversation is longer than the model's context window: the oldest "
+                f"{self.dropped} message(s) were left out of this answer's prompt.")
+
+    def __iter__(self) -> Iterator[str]:
+        try:
+            yield from self.generation
+        except ChatLMError:
+            pass  # stored below with status "error"; the caller reads .generation.error
+        finally:
+            if not self.generation.done:  # the reader left early: free the slot, keep the text
+                self.generation.cancel()
+                self.generation.wait_quietly()
+            self.message_id = self.service._store_answer(self)
+
+    def run(self) -> str:
+        for _ in self:
+            pass
+        return self.generation.text
+
+
+class ChatService:
+    """Everything a chat client does, as plain methods over the store and the backend."""
+
+    def __init__(self, settings: Settings, backend: Backend, sessions: sessionmaker[Session]) -> None:
+        self.settings = settings
+        self.backend = backend
+        self.sessions = sessions
+        self._running: dict[int, Generation] = {}
+        self._lock = threading.Lock()
+
+    # ---- conversations -------------------------------------------------------------------
+    def user_id(self, name: str = repo.LOCAL_USER) -> int:
+        with transaction(self.sessions) as s:
+            return repo.get_or_create_user(s, name=name).id
+
+    def new_conversation(self, user_id: int, *, system_prompt: str | None = None,
+                         settings: dict[str, Any] | None = None) -> Conversation:
+        with transaction(self.sessions) as s:
+            return repo.create_conversation(
+                s, user_id=user_id, settings=settings or {},
+                system_prompt=self.settings.system_prompt if system_prompt is None else system_prompt,
+            )
+
+    def conversations(self, user_id: int) -> list[Conversation]:
+        with transaction(self.sessions) as s:
+            return repo.list_conversations(s, user_id=user_id)
+
+    def conversation(self, user_id: int, conversation_id: int) -> Conversation:
+        with transaction(self.sessions) as s:
+            return repo.get_conversation(s, conversation_id=conversation_id, user_id=user_id)
+
+    def rename(self, user_id: int, conversation_id: int, title: str) -> None:
+        with transaction(self.sessions) as s:
+            repo.rename_conversation(s, conversation_id=conversation_id, user_id=user_id,
+                                     title=title)
+
+    def delete(self, user_id: int, conversation_id: int) -> None:
+        self.stop(conversation_id)
+        with transaction(self.sessions) as s:
+            repo.delete_conversation(s, conversation_id=conversation_id, user_id=user_id)
+
+    def update_settings(self, user_id: int, conversation_id: int, *, system_prompt: str,
+                        settings: dict[str, Any]) -> None:
+        with transaction(self.sessions) as s:
+            conv = repo.get_conversation(s, conversation_id=conversation_id, user_id=user_id)
+            conv.system_prompt, conv.settings = system_prompt, dict(settings)
+
+    def history(self, user_id: int, conversation_id: int) -> list[tuple[Message, int | None]]:
+        """The visible branch with this user's rating of each message."""
+        with transaction(self.sessions) as s:
+            conv = repo.get_conversation(s, conversation_id=conversation_id, user_id=user_id)
+            path = repo.branch(s, conversation=conv)
+            rated = repo.ratings_for(s, message_ids=[m.id for m in path], user_id=user_id)
+            return [(m, rated.get(m.id)) for m in path]
+
+    def rate(self, user_id: int, message_id: int, value: int | None, **extra: Any) -> None:
+        with transaction(self.sessions) as s:
+            repo.set_rating(s, message_id=message_id, user_id=user_id, value=value, **extra)
+
+    # ---- generation ----------------------------------------------------------------------
+    def send(self, user_id: int, conversation_id: int, content: str,
+             params: SamplingParams, *, adapter: str | None = None) -> Reply:
+        """Commit the user's message, then start the answer (stored when it ends or stops)."""
+        if not content or not content.strip():
+            raise InputError("The message is empty.")
+        if len(content) > MAX_MESSAGE_CHARS:
+            raise InputError(f"A message may have at most {MAX_MESSAGE_CHARS} characters.")
+        params = params.clamped(self.settings.max_new_tokens)
+        with transaction(self.sessions) as s:
+            conv = repo.get_conversation(s, conversation_id=conversation_id, user_id=user_id)
+            path = repo.branch(s, conversation=conv)
+            history = [{"role": m.role, "content": m.content} for m in path if m.content]
+            history.append({"role": "user", "content": content})
+            plan = self._plan(conv.system_prompt, history, params)  # raises before storing
+            if conv.title == "New chat":
+                conv.title = _title(content)
+            user_msg = repo.add_message(s, conversation_id=conv.id, role="user", content=content,
+                                        parent_id=path[-1].id if path else None)
+        return self._start(conversation_id, user_msg.id, plan.messages, plan.dropped, params,
+                           adapter)
+
+    def retry(self, user_id: int, message_id: int, params: SamplingParams, *,
+              adapter: str | None = None) -> Reply:
+        """A new answer to the same question, stored as a sibling of ``message_id``."""
+        params = params.clamped(self.settings.max_new_tokens)
+        with transaction(self.sessions) as s:
+            answer = repo.get_message(s, message_id=message_id, user_id=user_id)
+            if answer.role != "assistant" or answer.parent_id is None:
+                raise InputError("Only an answer can be retried.")
+            conv = repo.get_conversation(s, conversation_id=answer.conversation_id,
+                                         user_id=user_id)
+            conv.active_leaf_id = answer.parent_id
+            path = repo.branch(s, conversation=conv)
+            history = [{"role": m.role, "content": m.content} for m in path if m.content]
+            plan = self._plan(conv.system_prompt, history, params)
+        return self._start(conv.id, answer.parent_id, plan.messages, plan.dropped, params, adapter)
+
+    def stop(self, conversation_id: int) -> bool:
+        """Stop the answer being generated in this conversation, if any."""
+        with self._lock:
+            gen = self._running.get(conversation_id)
+        if gen is None:
+            return False
+        gen.cancel()
+        return True
+
+    def _plan(self, system_prompt: str, history: list[dict[str, str]], params: SamplingParams):
+        return fit_history(system_prompt, history, count_tokens=self.backend.count_tokens,
+                           context_window=self.backend.context_window,
+                           max_new_tokens=params.max_new_tokens)
+
+    def _start(self, conversation_id: int, parent_id: int, messages: list[dict[str, str]],
+               dropped: int, params: SamplingParams, adapter: str | None) -> Reply:
+        gen = self.backend.chat(messages, params, adapter=adapter)
+        with self._lock:
+            old = self._running.get(conversation_id)
+            if old is not None:
+                old.cancel()
+            self._running[conversation_id] = gen
+        return Reply(service=self, generation=gen, conversation_id=conversation_id,
+                     parent_id=parent_id, prompt_messages=messages, dropped=dropped,
+                     adapter=adapter)
+
+    def _store_answer(self, reply: Reply) -> int:
+        gen = reply.generation
+        with self._lock:
+            if self._running.get(reply.conversation_id) is gen:
+                del self._running[reply.conversation_id]
+        with transaction(self.sessions) as s:
+            msg = repo.add_message(
+                s, conversation_id=reply.conversation_id, role="assistant", content=gen.text,
+                parent_id=reply.parent_id, status=STATUS_BY_FINISH.get(gen.finish_reason or "",
+                                                                        "complete"),
+                model_id=self.backend.model_id, adapter=reply.adapter,
+                generation_params=gen.params.as_dict(), prompt_messages=reply.prompt_messages,
+                prompt_tokens=gen.prompt_tokens, completion_tokens=gen.completion_tokens,
+                latency_ms=int((time.perf_counter() - reply.started) * 1000), error=gen.error,
+            )
+            return msg.id
+
+
+def _title(content: str) -> str:
+    words = " ".join(content.split())
+    return words if len(words) <= TITLE_CHARS else words[: TITLE_CHARS - 1].rstrip() + "…"

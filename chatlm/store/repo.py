@@ -1,0 +1,160 @@
+"""Data functions: the session first, keyword-only arguments, ownership checked on every read."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from chatlm.errors import InputError, NotFoundError, PermissionDeniedError
+from chatlm.store.models import Conversation, Message, Rating, RatingEvent, User, utcnow
+
+LOCAL_USER = "local"
+MAX_COMMENT_CHARS = 4000
+MAX_BETTER_ANSWER_CHARS = 20000
+RATING_REASONS = ("wrong", "not_grounded", "too_long", "unsafe", "other")
+
+
+def get_or_create_user(session: Session, *, name: str = LOCAL_USER) -> User:
+    user = session.scalar(select(User).where(User.name == name))
+    if user is None:
+        user = User(name=name, is_admin=(name == LOCAL_USER))
+        session.add(user)
+        session.flush()
+    return user
+
+
+def create_conversation(
+    session: Session, *, user_id: int, system_prompt: str = "", settings: dict[str, Any] | None = None,
+    title: str = "New chat",
+) -> Conversation:
+    conv = Conversation(user_id=user_id, system_prompt=system_prompt, settings=settings or {},
+                        title=title)
+    session.add(conv)
+    session.flush()
+    return conv
+
+
+def list_conversations(session: Session, *, user_id: int) -> list[Conversation]:
+    stmt = (select(Conversation).where(Conversation.user_id == user_id)
+            .order_by(Conversation.updated_at.desc(), Conversation.id.desc()))
+    return list(session.scalars(stmt))
+
+
+def get_conversation(session: Session, *, conversation_id: int, user_id: int) -> Conversation:
+    conv = session.get(Conversation, conversation_id)
+    if conv is None:
+        raise NotFoundError(f"Conversation {conversation_id} does not exist.")
+    if conv.user_id != user_id:
+        raise PermissionDeniedError("That conversation belongs to someone else.")
+    return conv
+
+
+def rename_conversation(session: Session, *, conversation_id: int, user_id: int,
+                        title: str) -> Conversation:
+    title = " ".join(title.split())
+    if not title:
+        raise InputError("A conversation title cannot be empty.")
+    conv = get_conversation(session, conversation_id=conversation_id, user_id=user_id)
+    conv.title = title[:200]
+    return conv
+
+
+def delete_conversation(session: Session, *, conversation_id: int, user_id: int) -> None:
+    conv = get_conversation(session, conversation_id=conversation_id, user_id=user_id)
+    session.delete(conv)
+
+
+def add_message(
+    session: Session, *, conversation_id: int, role: str, content: str,
+    parent_id: int | None = None, **fields: Any,
+) -> Message:
+    """Append a message and make it the end of the conversation's visible branch."""
+    msg = Message(conversation_id=conversation_id, role=role, content=content,
+                  parent_id=parent_id, **fields)
+    session.add(msg)
+    session.flush()
+    conv = session.get(Conversation, conversation_id)
+    assert conv is not None
+    conv.active_leaf_id = msg.id
+    conv.updated_at = utcnow()
+    return msg
+
+
+def get_message(session: Session, *, message_id: int, user_id: int) -> Message:
+    msg = session.get(Message, message_id)
+    if msg is None:
+        raise NotFoundError(f"Message {message_id} does not exist.")
+    get_conversation(session, conversation_id=msg.conversation_id, user_id=user_id)
+    return msg
+
+
+def branch(session: Session, *, conversation: Conversation) -> list[Message]:
+    """The messages on screen: from the root to the active leaf, following parents."""
+    by_id = {m.id: m for m in conversation.messages}
+    path: list[Message] = []
+    node = by_id.get(conversation.active_leaf_id or -1)
+    if node is None and conversation.messages:
+        node = conversation.messages[-1]
+    while node is not None:
+        path.append(node)
+        node = by_id.get(node.parent_id) if node.parent_id is not None else None
+    return path[::-1]
+
+
+def siblings(session: Session, *, message: Message) -> list[Message]:
+    """Alternatives of the same turn (same parent, same role), oldest first."""
+    stmt = select(Message).where(
+        Message.conversation_id == message.conversation_id,
+        Message.role == message.role,
+        (Message.parent_id == message.parent_id) if message.parent_id is not None
+        else Message.parent_id.is_(None),
+    ).order_by(Message.id)
+    return list(session.scalars(stmt))
+
+
+def set_rating(
+    session: Session, *, message_id: int, user_id: int, value: int | None,
+    comment: str | None = None, reason: str | None = None, better_answer: str | None = None,
+) -> Rating | None:
+    """Rate an answer +1/-1, change it, or withdraw it (``value=None``); history is kept."""
+    if value not in (1, -1, None):
+        raise InputError("A rating is +1 (thumbs up) or -1 (thumbs down).")
+    if comment and len(comment) > MAX_COMMENT_CHARS:
+        raise InputError(f"A comment may have at most {MAX_COMMENT_CHARS} characters.")
+    if better_answer and len(better_answer) > MAX_BETTER_ANSWER_CHARS:
+        raise InputError(f"A better answer may have at most {MAX_BETTER_ANSWER_CHARS} characters.")
+    if reason is not None and reason not in RATING_REASONS:
+        raise InputError(f"The reason must be one of: {', '.join(RATING_REASONS)}.")
+    msg = get_message(session, message_id=message_id, user_id=user_id)
+    if msg.role != "assistant":
+        raise InputError("Only answers can be rated.")
+    session.add(RatingEvent(message_id=message_id, user_id=user_id, value=value, comment=comment,
+                            reason=reason, better_answer=better_answer))
+    rating = session.scalar(
+        select(Rating).where(Rating.message_id == message_id, Rating.user_id == user_id)
+    )
+    if value is None:
+        if rating is not None:
+            session.delete(rating)
+        return None
+    if rating is None:
+        rating = Rating(message_id=message_id, user_id=user_id, value=value)
+        session.add(rating)
+    rating.value, rating.comment, rating.reason = value, comment, reason
+    rating.better_answer = better_answer
+    rating.updated_at = utcnow()
+    session.flush()
+    return rating
+
+
+def ratings_for(session: Session, *, message_ids: Sequence[int], user_id: int) -> dict[int, int]:
+    if not message_ids:
+        return {}
+    stmt = select(Rating.message_id, Rating.value).where(
+        Rating.user_id == user_id, Rating.message_id.in_(list(message_ids))
+    )
+    return {mid: value for mid, value in session.execute(stmt)}
+

@@ -1,0 +1,1 @@
+"""Gradio Blocks UI; handlers are thin adapters over chatlm.service."""

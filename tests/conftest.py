@@ -1,0 +1,118 @@
+"""Shared fixtures: the real bundled model (loaded once), a tiny random model, a real SQLite file,
+and a running server on a free port."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from chatlm.config import Settings
+
+REPO = Path(__file__).resolve().parents[1]
+MODEL_CACHE = REPO / ".pytest_cache" / "chatlm-data"
+"""The safetensors copy of the bundled GGUF is kept between test runs (first build ~25 s)."""
+
+
+@pytest.fixture(scope="session")
+def bundled():
+    """The real bundled SmolLM2-135M-Instruct, loaded once per session."""
+    from chatlm.engine import loader
+
+    return loader.load("bundled", MODEL_CACHE, "cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    """A tiny random Llama with the bundled tokenizer: fast engine logic, nonsense text."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from chatlm.engine import loader
+
+    source = loader.resolve("bundled")
+    tokenizer = __import__("transformers").AutoTokenizer.from_pretrained(
+        loader.local_path(source, MODEL_CACHE))
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=256, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id)
+    model = LlamaForCausalLM(config).eval()
+    return loader.LoadedModel(model=model, tokenizer=tokenizer, model_id="tiny-random", path="",
+                              device="cpu")
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings.from_env({}, data_dir=tmp_path / "data")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class RunningServer:
+    def __init__(self, settings: Settings, backend) -> None:
+        import uvicorn
+
+        from chatlm.server import build_app
+
+        self.settings = settings
+        self.app = build_app(settings, backend)
+        self.url = f"http://{settings.host}:{settings.port}"
+        config = uvicorn.Config(self.app.asgi, host=settings.host, port=settings.port,
+                                log_level="warning")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 60
+        while not self.server.started:
+            if time.monotonic() > deadline:
+                raise RuntimeError("server did not start")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+
+@pytest.fixture
+def start_server(tmp_path: Path):
+    """Start the app (UI + API) on a free port with a given backend; stopped after the test."""
+    started: list[RunningServer] = []
+
+    def start(backend, data_dir: Path | None = None, **overrides) -> RunningServer:
+        s = Settings.from_env({}, data_dir=data_dir or tmp_path / "data", port=free_port(),
+                              **overrides)
+        server = RunningServer(s, backend)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def bundled_backend(bundled) -> Iterator:
+    from chatlm.engine.local import LocalBackend
+
+    backend = LocalBackend(bundled)
+    yield backend
+    backend.close()
+
+
+@pytest.fixture
+def tiny_backend(tiny) -> Iterator:
+    from chatlm.engine.local import LocalBackend
+
+    backend = LocalBackend(tiny, max_batch=4, queue_size=4)
+    yield backend
+    backend.close()
