@@ -1,0 +1,134 @@
+"""Engine: the real bundled model answers; the scheduler's batching, stop, streaming and limits."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from chatlm.engine.decode import IncrementalDecoder, StopMatcher
+from chatlm.engine.params import SamplingParams
+from chatlm.errors import BusyError, InputError
+
+GREEDY = SamplingParams(temperature=0.0, max_new_tokens=12)
+
+
+def ask(backend, question: str, params: SamplingParams = GREEDY):
+    return backend.chat([{"role": "user", "content": question}], params)
+
+
+@pytest.mark.slow
+def test_bundled_model_answers_paris(bundled_backend) -> None:
+    gen = ask(bundled_backend, "What is the capital of France?",
+              SamplingParams(temperature=0.0, max_new_tokens=20))
+    assert "Paris" in gen.wait()
+    assert gen.finish_reason == "stop" and 0 < gen.completion_tokens <= 20
+
+
+def test_gguf_copy_is_safetensors_and_reloads_fast(bundled) -> None:
+    from pathlib import Path
+
+    from chatlm.engine import loader
+
+    path = Path(bundled.path)
+    assert (path / "model.safetensors").is_file() and (path / "config.json").is_file()
+    start = time.perf_counter()
+    again = loader.load("bundled", path.parents[1], "cpu")
+    assert time.perf_counter() - start < 10  # the GGUF route takes ~25 s
+    assert again.model_id == "SmolLM2-135M-Instruct"
+
+
+def test_batched_greedy_equals_single(tiny_backend) -> None:
+    """Rows joining a running batch (with left padding) decode exactly as they would alone."""
+    questions = ["Hello there", "A much longer question about many different things?", "x"]
+    params = SamplingParams(temperature=0.0, max_new_tokens=15)
+    alone = [ask(tiny_backend, q, params).wait() for q in questions]
+    first = ask(tiny_backend, questions[0], params)
+    time.sleep(0.01)
+    rest = [ask(tiny_backend, q, params) for q in questions[1:]]
+    together = [g.wait() for g in [first, *rest]]
+    assert together == alone
+    assert all(len(t) > 0 for t in alone)
+
+
+def test_seeded_sampling_is_reproducible_inside_a_batch(tiny_backend) -> None:
+    p = SamplingParams(temperature=1.0, top_p=0.95, top_k=50, max_new_tokens=10, seed=7)
+    a = ask(tiny_backend, "hi", p)
+    noise = ask(tiny_backend, "other", SamplingParams(temperature=1.0, max_new_tokens=10))
+    b = ask(tiny_backend, "hi", p)
+    assert a.wait() == b.wait()
+    noise.wait()
+
+
+def test_cancel_frees_the_slot_and_stops_work(tiny_backend) -> None:
+    gen = ask(tiny_backend, "go on", SamplingParams(temperature=0.0, max_new_tokens=200))
+    deltas = iter(gen)
+    next(deltas)
+    gen.cancel()
+    list(deltas)
+    assert gen.finish_reason == "cancelled"
+    assert gen.completion_tokens < 200
+    assert tiny_backend.scheduler.active == 0
+    steps = tiny_backend.scheduler.steps
+    time.sleep(0.2)
+    assert tiny_backend.scheduler.steps == steps  # no decoding after the stop
+
+
+def test_max_new_tokens_and_stop_strings(tiny_backend) -> None:
+    gen = ask(tiny_backend, "count", SamplingParams(temperature=0.0, max_new_tokens=5))
+    gen.wait()
+    assert gen.finish_reason == "length" and gen.completion_tokens == 5
+    text = ask(tiny_backend, "count", SamplingParams(temperature=0.0, max_new_tokens=30)).wait()
+    stop = text[3:6]
+    cut = ask(tiny_backend, "count", SamplingParams(temperature=0.0, max_new_tokens=30,
+                                                    stop=(stop,)))
+    assert cut.wait() == text[: text.find(stop)]
+    assert cut.finish_reason == "stop"
+
+
+def test_queue_full_says_busy(tiny) -> None:
+    from chatlm.engine.local import LocalBackend
+
+    backend = LocalBackend(tiny, max_batch=1, queue_size=1)
+    try:
+        long = SamplingParams(temperature=0.0, max_new_tokens=150)
+        running = ask(backend, "a", long)
+        next(iter(running))  # admitted to the batch
+        waiting = ask(backend, "b", long)
+        with pytest.raises(BusyError, match="retry"):
+            ask(backend, "c", long)
+        running.cancel()
+        waiting.cancel()
+    finally:
+        backend.close()
+
+
+def test_prompt_longer_than_context_is_refused(tiny_backend) -> None:
+    with pytest.raises(InputError, match="context window"):
+        tiny_backend.scheduler.submit(list(range(300)), GREEDY)
+
+
+def test_streamed_deltas_never_split_a_character(bundled) -> None:
+    tok = bundled.tokenizer
+    text = "Ünïcödé ✓ 日本語のテキスト 🎉🚀 done"
+    ids = tok.encode(text, add_special_tokens=False)
+    dec = IncrementalDecoder(tok)
+    deltas = [dec.push(i) for i in ids]
+    assert "".join(deltas) == text
+    assert not any("\ufffd" in d for d in deltas)
+    assert any(d == "" for d in deltas)  # some tokens ended mid-character and were held back
+
+
+def test_stop_matcher_holds_back_a_possible_stop_prefix() -> None:
+    m = StopMatcher(["END"])
+    shown = m.feed("abc E") + m.feed("N")
+    assert "E" not in shown
+    shown += m.feed("D tail")
+    assert shown == "abc " and m.stopped
+
+
+def test_server_side_clamping() -> None:
+    p = SamplingParams(temperature=9, top_p=0, top_k=-3, max_new_tokens=10**9).clamped(512)
+    assert (p.temperature, p.top_p, p.top_k, p.max_new_tokens) == (2.0, 0.01, 0, 512)
+    with pytest.raises(InputError):
+        SamplingParams(temperature=3).validate()

@@ -1,0 +1,111 @@
+"""One chat turn through the service on a real SQLite file (tiny model for speed)."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+
+from chatlm.engine.params import SamplingParams
+from chatlm.errors import InputError, StorageError
+from chatlm.server import make_service
+
+LONG = SamplingParams(temperature=0.0, max_new_tokens=150)
+SHORT = SamplingParams(temperature=0.0, max_new_tokens=8)
+
+
+@pytest.fixture
+def service(settings, tiny_backend):
+    return make_service(settings, tiny_backend)
+
+
+def rows(service, uid, conv_id):
+    return [(m.role, m.status) for m, _ in service.history(uid, conv_id)]
+
+
+def test_question_is_committed_before_the_answer_starts(service) -> None:
+    uid = service.user_id()
+    conv = service.new_conversation(uid)
+    reply = service.send(uid, conv.id, "hello", SHORT)
+    assert rows(service, uid, conv.id) == [("user", "complete")]
+    text = reply.run()
+    history = service.history(uid, conv.id)
+    answer = history[-1][0]
+    assert answer.content == text and answer.status == "complete"
+    assert answer.prompt_messages[0]["role"] == "system"
+    assert answer.completion_tokens == reply.generation.completion_tokens > 0
+    assert answer.model_id == "tiny-random" and answer.latency_ms is not None
+    assert service.conversation(uid, conv.id).title == "hello"
+
+
+def test_stop_keeps_partial_text_marked_stopped(service) -> None:
+    uid = service.user_id()
+    conv = service.new_conversation(uid)
+    reply = service.send(uid, conv.id, "tell me a story", LONG)
+    stream = iter(reply)
+    shown = next(stream) + next(stream)
+    assert service.stop(conv.id)
+    shown += "".join(stream)
+    answer = service.history(uid, conv.id)[-1][0]
+    assert answer.status == "stopped"
+    assert answer.content == shown and answer.content
+    assert answer.completion_tokens < 150
+
+
+def test_reader_leaving_early_still_stores_the_answer(service) -> None:
+    uid = service.user_id()
+    conv = service.new_conversation(uid)
+    stream = iter(service.send(uid, conv.id, "story", LONG))
+    next(stream)
+    stream.close()  # e.g. the browser tab closed
+    assert rows(service, uid, conv.id) == [("user", "complete"), ("assistant", "stopped")]
+
+
+def test_retry_makes_a_sibling_and_shows_it(service) -> None:
+    uid = service.user_id()
+    conv = service.new_conversation(uid)
+    service.send(uid, conv.id, "hi", SHORT).run()
+    first = service.history(uid, conv.id)[-1][0]
+    service.retry(uid, first.id, SamplingParams(temperature=1.0, max_new_tokens=8, seed=1)).run()
+    history = service.history(uid, conv.id)
+    second = history[-1][0]
+    assert len(history) == 2 and second.id != first.id
+    assert second.parent_id == first.parent_id == history[0][0].id
+
+
+def test_empty_and_oversized_messages_store_nothing(service) -> None:
+    uid = service.user_id()
+    conv = service.new_conversation(uid)
+    with pytest.raises(InputError, match="empty"):
+        service.send(uid, conv.id, "   ", SHORT)
+    with pytest.raises(InputError, match="too long"):  # tiny model: 256-token context
+        service.send(uid, conv.id, "word " * 400, SHORT)
+    assert rows(service, uid, conv.id) == []
+
+
+def test_long_conversation_drops_oldest_turns_with_notice(service) -> None:
+    uid = service.user_id()
+    conv = service.new_conversation(uid)
+    notices = []
+    for i in range(6):
+        reply = service.send(uid, conv.id, f"message {i} " + "padding " * 25, SHORT)
+        reply.run()
+        notices.append(reply.notice)
+    assert notices[0] == "" and "oldest" in notices[-1]
+    assert len(service.history(uid, conv.id)) == 12  # nothing deleted, only left out
+
+
+def test_locked_database_is_a_clear_error_and_loses_nothing(service, settings) -> None:
+    uid = service.user_id()
+    conv = service.new_conversation(uid)
+    service.send(uid, conv.id, "first", SHORT).run()
+    path = settings.db_url.removeprefix("sqlite:///")
+    blocker = sqlite3.connect(path, timeout=0)
+    blocker.execute("BEGIN EXCLUSIVE")
+    try:
+        with pytest.raises(StorageError, match="busy"):
+            service.send(uid, conv.id, "second", SHORT)
+    finally:
+        blocker.rollback()
+        blocker.close()
+    assert rows(service, uid, conv.id) == [("user", "complete"), ("assistant", "complete")]

@@ -1,0 +1,106 @@
+"""Storage on a real SQLite file: migrations, no drift, durability, ratings, ownership."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from sqlalchemy import inspect, text
+
+from chatlm.errors import InputError, NotFoundError, PermissionDeniedError
+from chatlm.store import db, repo
+
+
+@pytest.fixture
+def url(tmp_path: Path) -> str:
+    url = f"sqlite:///{tmp_path / 'sub' / 'chatlm.db'}"
+    db.upgrade(url)
+    return url
+
+
+def test_migrates_empty_to_head_without_drift(url: str) -> None:
+    from alembic import command
+
+    engine = db.make_engine(url)
+    tables = set(inspect(engine).get_table_names())
+    assert {"users", "conversations", "messages", "ratings", "rating_events", "documents",
+            "chunks", "conversation_documents"} <= tables
+    command.check(db.alembic_config(url))  # raises if models and migrations differ
+
+
+def test_pragmas(url: str) -> None:
+    with db.make_engine(url).connect() as conn:
+        assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+        assert conn.execute(text("PRAGMA synchronous")).scalar() == 2  # FULL
+        assert conn.execute(text("PRAGMA foreign_keys")).scalar() == 1
+        assert conn.execute(text("PRAGMA busy_timeout")).scalar() == db.BUSY_TIMEOUT_MS
+
+
+def test_messages_and_ratings_survive_reopening(url: str) -> None:
+    sessions = db.make_sessionmaker(db.make_engine(url))
+    with db.transaction(sessions) as s:
+        uid = repo.get_or_create_user(s).id
+        conv = repo.create_conversation(s, user_id=uid, system_prompt="sys")
+        q = repo.add_message(s, conversation_id=conv.id, role="user", content="hi")
+        a = repo.add_message(s, conversation_id=conv.id, role="assistant", content="hello",
+                             parent_id=q.id, status="stopped")
+        repo.set_rating(s, message_id=a.id, user_id=uid, value=1)
+    sessions.kw["bind"].dispose()
+
+    reopened = db.make_sessionmaker(db.make_engine(url))
+    with db.transaction(reopened) as s:
+        conv2 = repo.list_conversations(s, user_id=uid)[0]
+        path = repo.branch(s, conversation=conv2)
+        assert [(m.role, m.content, m.status) for m in path] == [
+            ("user", "hi", "complete"), ("assistant", "hello", "stopped")]
+        assert repo.ratings_for(s, message_ids=[a.id], user_id=uid) == {a.id: 1}
+
+
+def test_one_rating_per_user_changeable_and_withdrawable(url: str) -> None:
+    sessions = db.make_sessionmaker(db.make_engine(url))
+    with db.transaction(sessions) as s:
+        uid = repo.get_or_create_user(s).id
+        conv = repo.create_conversation(s, user_id=uid)
+        q = repo.add_message(s, conversation_id=conv.id, role="user", content="q")
+        a = repo.add_message(s, conversation_id=conv.id, role="assistant", content="a", parent_id=q.id)
+        repo.set_rating(s, message_id=a.id, user_id=uid, value=1)
+        repo.set_rating(s, message_id=a.id, user_id=uid, value=-1, comment="wrong year",
+                        reason="wrong")
+        assert repo.ratings_for(s, message_ids=[a.id], user_id=uid) == {a.id: -1}
+        assert s.execute(text("SELECT count(*) FROM ratings")).scalar() == 1
+        repo.set_rating(s, message_id=a.id, user_id=uid, value=None)
+        assert repo.ratings_for(s, message_ids=[a.id], user_id=uid) == {}
+        assert s.execute(text("SELECT count(*) FROM rating_events")).scalar() == 3
+        with pytest.raises(InputError, match="Only answers"):
+            repo.set_rating(s, message_id=q.id, user_id=uid, value=1)
+        with pytest.raises(NotFoundError):
+            repo.set_rating(s, message_id=9999, user_id=uid, value=1)
+        with pytest.raises(InputError, match="at most"):
+            repo.set_rating(s, message_id=a.id, user_id=uid, value=1, comment="x" * 10**6)
+
+
+def test_other_users_cannot_read_or_rate(url: str) -> None:
+    sessions = db.make_sessionmaker(db.make_engine(url))
+    with db.transaction(sessions) as s:
+        owner = repo.get_or_create_user(s).id
+        other = repo.get_or_create_user(s, name="mallory").id
+        conv = repo.create_conversation(s, user_id=owner)
+        q = repo.add_message(s, conversation_id=conv.id, role="user", content="q")
+        a = repo.add_message(s, conversation_id=conv.id, role="assistant", content="a", parent_id=q.id)
+        with pytest.raises(PermissionDeniedError):
+            repo.get_conversation(s, conversation_id=conv.id, user_id=other)
+        with pytest.raises(PermissionDeniedError):
+            repo.set_rating(s, message_id=a.id, user_id=other, value=1)
+        assert repo.list_conversations(s, user_id=other) == []
+
+
+def test_deleting_a_conversation_removes_its_messages(url: str) -> None:
+    sessions = db.make_sessionmaker(db.make_engine(url))
+    with db.transaction(sessions) as s:
+        uid = repo.get_or_create_user(s).id
+        conv = repo.create_conversation(s, user_id=uid)
+        repo.add_message(s, conversation_id=conv.id, role="user", content="q")
+    with db.transaction(sessions) as s:
+        repo.delete_conversation(s, conversation_id=conv.id, user_id=uid)
+    with db.transaction(sessions) as s:
+        assert s.execute(text("SELECT count(*) FROM messages")).scalar() == 0
