@@ -41,7 +41,7 @@ class PermissionDeniedError(ChatLMError):
 class BusyError(ChatLMError):
     """The generation queue is full; the client should retry shortly."""
 
-    status_code = 503
+    status_code = 429
     code = "busy"
 
 

@@ -42,10 +42,12 @@ def build_app(settings: Settings, backend: Any = None) -> App:
     import gradio as gr
     from fastapi import FastAPI
 
+    from chatlm.api.openai import OpenAIRoutes
     from chatlm.ui.chat import ChatUI
 
     service = make_service(settings, backend)
     api = FastAPI(title="chatlm")
+    OpenAIRoutes(service).install(api)
     blocks = ChatUI(service).build()
     blocks.queue(default_concurrency_limit=settings.max_batch)
     asgi = gr.mount_gradio_app(api, blocks, path="", server_name=settings.host,

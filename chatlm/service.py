@@ -165,6 +165,18 @@ class ChatService:
             plan = self._plan(conv.system_prompt, history, params)
         return self._start(conv.id, answer.parent_id, plan.messages, plan.dropped, params, adapter)
 
+    def generate(self, messages: list[dict[str, str]], params: SamplingParams,
+                 adapter: str | None = None) -> Generation:
+        """A stateless generation (the API): nothing is stored; a too-long prompt is refused."""
+        if not messages:
+            raise InputError("messages must not be empty.")
+        return self.backend.chat(messages, params, adapter=adapter)
+
+    def adapter_names(self) -> list[str]:
+        """LoRA adapters the backend can serve, as model ids."""
+        names = getattr(self.backend, "adapter_names", None)
+        return list(names()) if callable(names) else []
+
     def stop(self, conversation_id: int) -> bool:
         """Stop the answer being generated in this conversation, if any."""
         with self._lock:
