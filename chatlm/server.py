@@ -24,6 +24,11 @@ class App:
 
 
 def make_backend(settings: Settings) -> Any:
+    """The local model, or a remote OpenAI-compatible server when CHATLM_BACKEND=openai."""
+    if settings.backend == "openai":
+        from chatlm.engine.remote import RemoteBackend
+
+        return RemoteBackend.from_settings(settings)
     from chatlm.engine.local import LocalBackend
 
     return LocalBackend.from_settings(settings)

@@ -1,0 +1,95 @@
+"""Generation on any OpenAI-compatible server (vLLM, TGI, llama.cpp, another chatlm).
+
+Storage, knowledge and ratings stay in this process; only the tokens come from elsewhere, which is
+how a deployment outgrows one machine.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from typing import Any
+
+from chatlm.config import Settings
+from chatlm.engine.backend import ChatMessages
+from chatlm.engine.params import SamplingParams
+from chatlm.engine.scheduler import Generation
+from chatlm.errors import ModelLoadError
+
+CHARS_PER_TOKEN = 3
+"""Remote servers do not tokenise for us; this conservative estimate drives context trimming."""
+DEFAULT_CONTEXT = 8192
+
+
+class RemoteBackend:
+    """Streams chat completions from a remote server into the same ``Generation`` handles."""
+
+    def __init__(self, base_url: str, *, api_key: str = "", model: str = "",
+                 context_window: int = 0) -> None:
+        import openai
+
+        self.client = openai.OpenAI(base_url=base_url, api_key=api_key or "none", max_retries=1)
+        try:
+            listed = [m.id for m in self.client.models.list().data]
+        except openai.OpenAIError as exc:
+            raise ModelLoadError(f"The remote backend at {base_url} did not answer: {exc}") from exc
+        if model and model not in listed:
+            raise ModelLoadError(f"The remote backend has no model {model!r}; it has {listed}")
+        if not listed:
+            raise ModelLoadError(f"The remote backend at {base_url} lists no models")
+        self.model_id = model or listed[0]
+        self.remote_models = listed
+        self.context_window = context_window or DEFAULT_CONTEXT
+        self._ids = itertools.count(1)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RemoteBackend:
+        return cls(settings.remote_url, api_key=settings.remote_api_key,
+                   model=settings.remote_model, context_window=settings.context_window)
+
+    def count_tokens(self, messages: ChatMessages) -> int:
+        return sum(len(m["content"]) // CHARS_PER_TOKEN + 4 for m in messages) + 2
+
+    def adapter_names(self) -> list[str]:
+        """The remote server's other models stand for adapters (chatlm lists them that way)."""
+        return [m for m in self.remote_models if m != self.model_id]
+
+    def chat(self, messages: ChatMessages, params: SamplingParams, *,
+             adapter: str | None = None) -> Generation:
+        gen = Generation(id=next(self._ids), prompt_tokens=self.count_tokens(messages),
+                         params=params, adapter=adapter)
+        threading.Thread(target=self._run, args=(gen, list(messages), adapter), daemon=True,
+                         name=f"remote-{gen.id}").start()
+        return gen
+
+    def _run(self, gen: Generation, messages: list[Any], adapter: str | None) -> None:
+        p = gen.params
+        try:
+            stream = self.client.chat.completions.create(
+                model=adapter or self.model_id, messages=messages, stream=True,
+                stream_options={"include_usage": True}, temperature=p.temperature, top_p=p.top_p,
+                max_tokens=p.max_new_tokens, stop=list(p.stop) or None, seed=p.seed,
+            )
+            finish = "stop"
+            with stream:
+                for chunk in stream:
+                    if gen.cancelled:
+                        gen._finish("cancelled")  # closing the stream stops the remote work
+                        return
+                    if chunk.usage is not None:
+                        gen.prompt_tokens = chunk.usage.prompt_tokens
+                        gen.completion_tokens = chunk.usage.completion_tokens
+                    for choice in chunk.choices:
+                        if choice.delta.content:
+                            if gen.first_token_at is None:
+                                gen.first_token_at = time.perf_counter()
+                            gen._emit(choice.delta.content)
+                        if choice.finish_reason:
+                            finish = "length" if choice.finish_reason == "length" else "stop"
+            gen._finish("cancelled" if gen.cancelled else finish)
+        except Exception as exc:  # noqa: BLE001 - reported to the reader, stored with the answer
+            gen._finish("error", f"The remote backend failed: {exc}")
+
+    def close(self) -> None:
+        self.client.close()
