@@ -57,3 +57,9 @@ class ModelLoadError(ChatLMError):
 
     status_code = 500
     code = "model_load_error"
+
+
+class AdapterError(ChatLMError):
+    """An adapter directory is missing, incomplete, not safetensors, or for another base model."""
+
+    code = "invalid_adapter"

@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -18,7 +19,7 @@ from chatlm.config import Settings
 from chatlm.engine.backend import Backend
 from chatlm.engine.params import SamplingParams
 from chatlm.engine.scheduler import Generation
-from chatlm.errors import ChatLMError, InputError
+from chatlm.errors import ChatLMError, InputError, NotFoundError
 from chatlm.prompts import fit_history
 from chatlm.store import repo
 from chatlm.store.db import transaction
@@ -77,6 +78,8 @@ class ChatService:
         self.sessions = sessions
         self._running: dict[int, Generation] = {}
         self._lock = threading.Lock()
+        self.active_adapter: str | None = None
+        """Adapter used by new answers unless one is named; None is the base model."""
 
     # ---- conversations -------------------------------------------------------------------
     def user_id(self, name: str = repo.LOCAL_USER) -> int:
@@ -131,6 +134,7 @@ class ChatService:
     def send(self, user_id: int, conversation_id: int, content: str,
              params: SamplingParams, *, adapter: str | None = None) -> Reply:
         """Commit the user's message, then start the answer (stored when it ends or stops)."""
+        adapter = adapter or self.active_adapter
         if not content or not content.strip():
             raise InputError("The message is empty.")
         if len(content) > MAX_MESSAGE_CHARS:
@@ -152,6 +156,7 @@ class ChatService:
     def retry(self, user_id: int, message_id: int, params: SamplingParams, *,
               adapter: str | None = None) -> Reply:
         """A new answer to the same question, stored as a sibling of ``message_id``."""
+        adapter = adapter or self.active_adapter
         params = params.clamped(self.settings.max_new_tokens)
         with transaction(self.sessions) as s:
             answer = repo.get_message(s, message_id=message_id, user_id=user_id)
@@ -176,6 +181,22 @@ class ChatService:
         """LoRA adapters the backend can serve, as model ids."""
         names = getattr(self.backend, "adapter_names", None)
         return list(names()) if callable(names) else []
+
+    def load_adapter(self, name: str, path: str, *, activate: bool = False) -> float:
+        """Load an adapter directory while serving (no restart); optionally make it the default.
+        The previous default stays loaded, so rolling back is just activating it again."""
+        load = getattr(self.backend, "load_adapter", None)
+        if load is None:
+            raise InputError("This backend cannot load adapters (remote backends serve their own).")
+        seconds = float(load(name, Path(path)))
+        if activate:
+            self.activate_adapter(name)
+        return seconds
+
+    def activate_adapter(self, name: str | None) -> None:
+        if name is not None and name not in self.adapter_names():
+            raise NotFoundError(f"No adapter named {name!r} is loaded.")
+        self.active_adapter = name
 
     def stop(self, conversation_id: int) -> bool:
         """Stop the answer being generated in this conversation, if any."""

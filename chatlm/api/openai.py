@@ -45,6 +45,14 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
+class AdapterLoadRequest(BaseModel):
+    """chatlm extension: load a LoRA adapter directory while serving."""
+
+    name: str
+    path: str
+    activate: bool = False
+
+
 class ChatCompletionRequest(BaseModel):
     model: str
     messages: list[ChatMessageIn] = Field(min_length=1)
@@ -92,6 +100,7 @@ class OpenAIRoutes:
         router = APIRouter(prefix="/v1", dependencies=[Depends(self._auth)])
         router.add_api_route("/models", self.list_models, methods=["GET"])
         router.add_api_route("/chat/completions", self.chat_completions, methods=["POST"])
+        router.add_api_route("/adapters", self.load_adapter, methods=["POST"])
         app.include_router(router)
 
         @app.exception_handler(_AuthError)
@@ -115,6 +124,12 @@ class OpenAIRoutes:
         return {"object": "list", "data": [
             {"id": m, "object": "model", "created": now, "owned_by": "chatlm"} for m in self.models()
         ]}
+
+    async def load_adapter(self, body: AdapterLoadRequest) -> dict[str, Any]:
+        seconds = await asyncio.to_thread(self.service.load_adapter, body.name, body.path,
+                                          activate=body.activate)
+        return {"name": body.name, "seconds": round(seconds, 3),
+                "active": self.service.active_adapter, "adapters": self.service.adapter_names()}
 
     async def chat_completions(self, body: ChatCompletionRequest) -> Any:
         adapter = self._adapter_for(body.model)

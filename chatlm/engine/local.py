@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from chatlm.config import Settings
-from chatlm.engine import loader
+from chatlm.engine import adapters, loader
 from chatlm.engine.backend import ChatMessages
 from chatlm.engine.params import SamplingParams
 from chatlm.engine.scheduler import Generation, Scheduler
+from chatlm.errors import NotFoundError
 
 CONTEXT_CAP = 8192
 
@@ -21,6 +23,7 @@ class LocalBackend:
         self.loaded = loaded
         self.tokenizer = loaded.tokenizer
         self.model_id = loaded.model_id
+        self._adapters: dict[str, Path] = {}
         limit = int(getattr(loaded.model.config, "max_position_embeddings", CONTEXT_CAP))
         self.context_window = min(context_window or limit, limit, CONTEXT_CAP)
         eos = loaded.model.generation_config.eos_token_id
@@ -47,8 +50,27 @@ class LocalBackend:
     def count_tokens(self, messages: ChatMessages) -> int:
         return len(self.encode(messages))
 
+    def adapter_names(self) -> list[str]:
+        return sorted(self._adapters)
+
+    def load_adapter(self, name: str, path: Path) -> float:
+        """Load (or reload) a LoRA adapter while serving; returns the seconds it took."""
+        start = time.perf_counter()
+        adapters.check_adapter(path, self.loaded.model, name)
+
+        def swap() -> None:
+            model = adapters.attach(self.scheduler.model, path, name)
+            self.scheduler.model = model
+            self.scheduler.per_row_adapters = True
+
+        self.scheduler.call(swap)
+        self._adapters[name] = path
+        return time.perf_counter() - start
+
     def chat(self, messages: ChatMessages, params: SamplingParams, *,
              adapter: str | None = None) -> Generation:
+        if adapter is not None and adapter not in self._adapters:
+            raise NotFoundError(f"No adapter named {adapter!r} is loaded.")
         return self.scheduler.submit(self.encode(messages), params, adapter=adapter)
 
     def close(self) -> None:

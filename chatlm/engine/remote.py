@@ -88,7 +88,7 @@ class RemoteBackend:
                         if choice.finish_reason:
                             finish = "length" if choice.finish_reason == "length" else "stop"
             gen._finish("cancelled" if gen.cancelled else finish)
-        except Exception as exc:  # noqa: BLE001 - reported to the reader, stored with the answer
+        except Exception as exc:
             gen._finish("error", f"The remote backend failed: {exc}")
 
     def close(self) -> None:

@@ -14,7 +14,8 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -126,6 +127,7 @@ class Scheduler:
         self.pad_id = pad_id
         self.device = next(model.parameters()).device
         self._pending: deque[tuple[Generation, list[int]]] = deque()
+        self._tasks: deque[tuple[Callable[[], Any], Future[Any]]] = deque()
         self._rows: list[_Row] = []
         self._cache: Any = None
         self._mask: torch.Tensor | None = None
@@ -134,6 +136,8 @@ class Scheduler:
         self._stopping = False
         self._thread: threading.Thread | None = None
         self.steps = 0
+        self.per_row_adapters = False
+        """Set once the model is a peft model: every forward then names each row's adapter."""
 
     # ---- public API -------------------------------------------------------------------------
     def start(self) -> Scheduler:
@@ -181,6 +185,16 @@ class Scheduler:
         self.start()
         return gen
 
+    def call(self, fn: Callable[[], Any], timeout: float = 120) -> Any:
+        """Run ``fn`` on the scheduler thread between two decoding steps (e.g. to change the
+        model's adapters without racing a forward pass) and return its result."""
+        future: Future[Any] = Future()
+        with self._cv:
+            self._tasks.append((fn, future))
+            self._cv.notify_all()
+        self.start()
+        return future.result(timeout=timeout)
+
     @property
     def active(self) -> int:
         return len(self._rows)
@@ -193,10 +207,12 @@ class Scheduler:
     def _loop(self) -> None:
         while True:
             with self._cv:
-                while not self._stopping and not self._pending and not self._rows:
+                while not (self._stopping or self._pending or self._rows or self._tasks):
                     self._cv.wait()
                 if self._stopping:
                     break
+                tasks = list(self._tasks)
+                self._tasks.clear()
                 admit: list[tuple[Generation, list[int]]] = []
                 while self._pending and len(self._rows) + len(admit) < self.max_batch:
                     gen, prompt = self._pending.popleft()
@@ -204,6 +220,11 @@ class Scheduler:
                         gen._finish("cancelled")
                     else:
                         admit.append((gen, prompt))
+            for fn, future in tasks:
+                try:
+                    future.set_result(fn())
+                except Exception as exc:
+                    future.set_exception(exc)
             try:
                 with torch.inference_mode():
                     self._drop_cancelled()
@@ -226,7 +247,7 @@ class Scheduler:
     def _forward(self, input_ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor,
                  cache: Any, adapters: list[str | None]) -> tuple[torch.Tensor, Any]:
         kwargs: dict[str, Any] = {}
-        if any(adapters) and hasattr(self.model, "peft_config"):
+        if self.per_row_adapters:  # always name them, or peft would apply its active adapter
             kwargs["adapter_names"] = [a or BASE_ADAPTER for a in adapters]
         out = self.model(
             input_ids=input_ids, attention_mask=mask, position_ids=positions,

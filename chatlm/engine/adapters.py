@@ -1,0 +1,77 @@
+"""LoRA adapters with peft: checked before loading (safetensors only, same base model), then loaded
+next to the others on one base model so requests for different adapters share a batch."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from chatlm.errors import AdapterError
+
+CONFIG = "adapter_config.json"
+WEIGHTS = "adapter_model.safetensors"
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
+def check_adapter(path: Path, base_model: Any, name: str) -> dict[str, Any]:
+    """Refuse what would load wrong or unsafely; return the adapter's config."""
+    if not NAME_RE.match(name) or name == "__base__":
+        raise AdapterError(f"Invalid adapter name {name!r}: letters, digits, . _ - only")
+    if not path.is_dir():
+        raise AdapterError(f"No adapter directory at {path}")
+    if not (path / WEIGHTS).is_file():
+        pickled = [p.name for p in path.glob("*.bin")] + [p.name for p in path.glob("*.pt")]
+        hint = f" (found {', '.join(pickled)}: pickle files are refused)" if pickled else ""
+        raise AdapterError(f"Adapter {path} has no {WEIGHTS}; adapters load from safetensors "
+                             f"only{hint}")
+    if not (path / CONFIG).is_file():
+        raise AdapterError(f"Adapter {path} is incomplete: {CONFIG} is missing")
+    try:
+        config = json.loads((path / CONFIG).read_text())
+    except json.JSONDecodeError as exc:
+        raise AdapterError(f"Adapter {path}: {CONFIG} is not valid JSON ({exc})") from exc
+    if config.get("peft_type") != "LORA":
+        raise AdapterError(f"Adapter {path} is not a LoRA adapter ({config.get('peft_type')})")
+    _check_shapes(path, base_model)
+    return config
+
+
+def _check_shapes(path: Path, base_model: Any) -> None:
+    """Every LoRA matrix must fit the base module it targets: the real test of 'same base'."""
+    from safetensors import safe_open
+
+    modules = dict(base_model.named_modules())
+    try:
+        with safe_open(str(path / WEIGHTS), framework="pt") as f:
+            for key in f.keys():  # noqa: SIM118 - safe_open is not a mapping
+                if ".lora_A." not in key and ".lora_B." not in key:
+                    continue
+                shape = f.get_slice(key).get_shape()
+                target = key.split(".lora_")[0].removeprefix("base_model.model.")
+                module = modules.get(target)
+                if module is None or not hasattr(module, "in_features"):
+                    raise AdapterError(
+                        f"Adapter {path.name} was made for another base model: it targets "
+                        f"`{target}`, which this model does not have")
+                expected = module.in_features if ".lora_A." in key else module.out_features
+                got = shape[1] if ".lora_A." in key else shape[0]
+                if got != expected:
+                    raise AdapterError(
+                        f"Adapter {path.name} was made for another base model: `{target}` has "
+                        f"{expected} features here, the adapter expects {got}")
+    except (OSError, ValueError) as exc:
+        raise AdapterError(f"Adapter {path}: unreadable weights ({exc})") from exc
+
+
+def attach(model: Any, path: Path, name: str) -> Any:
+    """Load the adapter into ``model`` (wrapping it in a PeftModel the first time); return it."""
+    from peft import PeftModel
+
+    if isinstance(model, PeftModel):
+        if name in model.peft_config:
+            model.delete_adapter(name)
+        model.load_adapter(str(path), adapter_name=name)
+        return model
+    return PeftModel.from_pretrained(model, str(path), adapter_name=name).eval()

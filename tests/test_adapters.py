@@ -1,0 +1,132 @@
+"""LoRA adapters: loaded while serving, mixed in one batch, refused when unsafe or foreign."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from chatlm.engine.params import SamplingParams
+from chatlm.errors import AdapterError, NotFoundError
+
+GREEDY = SamplingParams(temperature=0.0, max_new_tokens=12)
+Q = [{"role": "user", "content": "Say something"}]
+
+
+def make_adapter(model, path: Path, seed: int) -> Path:
+    """A LoRA adapter with non-zero B so it visibly changes the output."""
+    import copy
+
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(seed)
+    peft_model = get_peft_model(copy.deepcopy(model), LoraConfig(
+        r=4, lora_alpha=64, target_modules=["q_proj", "v_proj", "down_proj"],
+        init_lora_weights=False))
+    peft_model.save_pretrained(str(path), safe_serialization=True)
+    return path
+
+
+@pytest.fixture
+def tiny_backend(tiny):
+    """A backend over a private copy: peft injects LoRA layers into the model it wraps."""
+    import copy
+    import dataclasses
+
+    from chatlm.engine.local import LocalBackend
+
+    backend = LocalBackend(dataclasses.replace(tiny, model=copy.deepcopy(tiny.model)))
+    yield backend
+    backend.close()
+
+
+@pytest.fixture
+def adapter_dirs(tiny, tmp_path):
+    return (make_adapter(tiny.model, tmp_path / "a1", 1), make_adapter(tiny.model, tmp_path / "a2", 2))
+
+
+def test_adapters_load_while_serving_and_share_a_batch(tiny_backend, adapter_dirs) -> None:
+    base_alone = tiny_backend.chat(Q, GREEDY).wait()
+    running = tiny_backend.chat(Q, SamplingParams(temperature=0.0, max_new_tokens=60))
+    seconds = tiny_backend.load_adapter("a1", adapter_dirs[0])  # while a request decodes
+    tiny_backend.load_adapter("a2", adapter_dirs[1])
+    running.wait()
+    assert running.finish_reason in ("stop", "length")
+    assert seconds < 5  # the target is 0.5 s; measured in bench, not asserted here
+    assert tiny_backend.adapter_names() == ["a1", "a2"]
+    a1_alone = tiny_backend.chat(Q, GREEDY, adapter="a1").wait()
+    a2_alone = tiny_backend.chat(Q, GREEDY, adapter="a2").wait()
+    assert len({base_alone, a1_alone, a2_alone}) == 3
+    mixed = [tiny_backend.chat(Q, GREEDY, adapter=a) for a in (None, "a1", "a2", None)]
+    assert [g.wait() for g in mixed] == [base_alone, a1_alone, a2_alone, base_alone]
+
+
+def test_base_weights_untouched_by_adapters(tiny_backend, adapter_dirs) -> None:
+    before = {k: v.clone() for k, v in tiny_backend.scheduler.model.state_dict().items()}
+    tiny_backend.load_adapter("a1", adapter_dirs[0])
+    base_model = tiny_backend.scheduler.model.get_base_model()
+    for key, value in before.items():
+        after = dict(base_model.named_parameters()).get(key.replace(".weight", ".base_layer.weight"))
+        if after is None:
+            after = dict(base_model.named_parameters()).get(key)
+        if after is not None:
+            assert torch.equal(after, value), key
+
+
+def test_refuses_pickles_incomplete_and_foreign_adapters(tiny_backend, tiny, tmp_path) -> None:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    good = make_adapter(tiny.model, tmp_path / "good", 3)
+    (tmp_path / "pickled").mkdir()
+    (tmp_path / "pickled" / "adapter_config.json").write_text((good / "adapter_config.json").read_text())
+    (tmp_path / "pickled" / "adapter_model.bin").write_bytes(b"not loaded")
+    with pytest.raises(AdapterError, match="safetensors only"):
+        tiny_backend.load_adapter("x", tmp_path / "pickled")
+    (tmp_path / "half").mkdir()
+    (tmp_path / "half" / "adapter_model.safetensors").write_bytes(
+        (good / "adapter_model.safetensors").read_bytes())
+    with pytest.raises(AdapterError, match="incomplete"):
+        tiny_backend.load_adapter("x", tmp_path / "half")
+    other = LlamaForCausalLM(LlamaConfig(vocab_size=100, hidden_size=48, intermediate_size=64,
+                                         num_hidden_layers=2, num_attention_heads=4,
+                                         num_key_value_heads=2))
+    foreign = make_adapter(other, tmp_path / "foreign", 4)
+    with pytest.raises(AdapterError, match="another base model"):
+        tiny_backend.load_adapter("x", foreign)
+    with pytest.raises(NotFoundError):
+        tiny_backend.chat(Q, GREEDY, adapter="x")
+    assert tiny_backend.adapter_names() == []
+
+
+@pytest.mark.slow
+def test_activate_and_roll_back_through_the_api(start_server, bundled, tmp_path) -> None:
+    import copy
+    import dataclasses
+
+    import openai
+
+    from chatlm.engine.local import LocalBackend
+
+    adapter = make_adapter(bundled.model, tmp_path / "smol-v1", 5)
+    backend = LocalBackend(dataclasses.replace(bundled, model=copy.deepcopy(bundled.model)))
+    server = start_server(backend)
+    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="x", max_retries=0)
+    start = time.perf_counter()
+    body = client.post("/adapters", body={"name": "smol-v1", "path": str(adapter),
+                                          "activate": True}, cast_to=object)
+    assert time.perf_counter() - start < 30 and body["active"] == "smol-v1"
+    assert [m.id for m in client.models.list().data] == ["SmolLM2-135M-Instruct", "smol-v1"]
+    service = server.app.service
+    uid = service.user_id()
+    conv = service.new_conversation(uid)
+    service.send(uid, conv.id, "hi", GREEDY).run()
+    assert service.history(uid, conv.id)[-1][0].adapter == "smol-v1"  # default for new chats
+    service.activate_adapter(None)  # roll back to the base; the adapter stays loaded
+    service.send(uid, conv.id, "hi again", GREEDY).run()
+    assert service.history(uid, conv.id)[-1][0].adapter is None
+    assert "smol-v1" in service.adapter_names()
+    with pytest.raises(openai.BadRequestError):
+        client.post("/adapters", body={"name": "bad", "path": str(tmp_path / "missing")},
+                    cast_to=object)
