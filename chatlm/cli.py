@@ -1,4 +1,4 @@
-"""`python -m chatlm serve | ask | db upgrade`."""
+"""`python -m chatlm serve | ask | export | db upgrade`."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from datetime import datetime
 
 from chatlm.config import Settings
 from chatlm.errors import ChatLMError
@@ -22,6 +23,12 @@ def _parser() -> argparse.ArgumentParser:
     ask.add_argument("--max-new-tokens", type=int, default=256)
     ask.add_argument("--temperature", type=float, default=0.0)
     ask.add_argument("--system", help="system prompt (default: CHATLM_SYSTEM_PROMPT)")
+    exp = sub.add_parser("export", help="write training records from stored ratings as JSONL")
+    exp.add_argument("--format", required=True, choices=["messages", "sft", "kto", "dpo"])
+    exp.add_argument("--since", type=_date, help="only answers from this date on (YYYY-MM-DD)")
+    exp.add_argument("--adapter", help="only answers of this adapter ('base' for the base model)")
+    exp.add_argument("--user", help="only ratings by this user")
+    exp.add_argument("--out", required=True, help="output .jsonl path ('-' for stdout)")
     dbp = sub.add_parser("db", help="database maintenance")
     dbp.add_argument("action", choices=["upgrade"])
     return p
@@ -37,6 +44,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             serve(Settings.from_env(host=args.host, port=args.port))
         elif args.command == "ask":
             return _ask(args)
+        elif args.command == "export":
+            return _export(args)
         elif args.command == "db":
             from chatlm.store import db
 
@@ -69,4 +78,35 @@ def _ask(args: argparse.Namespace) -> int:
         print(f"(stored as conversation {conv.id})", file=sys.stderr)
     finally:
         service.backend.close()
+    return 0
+
+
+def _date(text: str) -> datetime:
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {text!r}") from exc
+
+
+def _export(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from chatlm.feedback import load, records
+    from chatlm.store import db
+
+    settings = Settings.from_env()
+    db.upgrade(settings.db_url)
+    sessions = db.make_sessionmaker(db.make_engine(settings.db_url))
+    with db.transaction(sessions) as s:
+        answers = load.rated_answers(s, since=args.since, adapter=args.adapter, user=args.user)
+        convs = (load.conversations(s, since=args.since, user=args.user)
+                 if args.format == "messages" else [])
+    recs, counts = records.build(args.format, answers, convs)
+    text = records.to_jsonl(recs)
+    if args.out == "-":
+        sys.stdout.write(text)
+    else:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text, encoding="utf-8")
+    print(f"export {args.format}: {counts.summary()} -> {args.out}", file=sys.stderr)
     return 0

@@ -118,6 +118,12 @@ class ChatService:
             conv = repo.get_conversation(s, conversation_id=conversation_id, user_id=user_id)
             conv.system_prompt, conv.settings = system_prompt, dict(settings)
 
+    def set_excluded(self, user_id: int, conversation_id: int, excluded: bool) -> None:
+        """Mark a conversation as not to be used for training (or allow it again)."""
+        with transaction(self.sessions) as s:
+            conv = repo.get_conversation(s, conversation_id=conversation_id, user_id=user_id)
+            conv.exclude_from_training = bool(excluded)
+
     def history(self, user_id: int, conversation_id: int) -> list[tuple[Message, int | None]]:
         """The visible branch with this user's rating of each message."""
         with transaction(self.sessions) as s:

@@ -1,0 +1,60 @@
+"""Read rated answers and kept conversations out of the database for the record builders."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from chatlm.feedback.records import Conversation as ConvRecord
+from chatlm.feedback.records import RatedAnswer
+from chatlm.store import repo
+from chatlm.store.models import Conversation, Message, Rating, User
+
+BASE = "base"
+"""What ``--adapter`` calls answers of the base model."""
+
+
+def rated_answers(session: Session, *, since: datetime | None = None, adapter: str | None = None,
+                  user: str | None = None) -> list[RatedAnswer]:
+    """One record per (answer, rating user); the prompt is what the model saw."""
+    stmt = (select(Message, Rating, Conversation.exclude_from_training)
+            .join(Rating, Rating.message_id == Message.id)
+            .join(Conversation, Conversation.id == Message.conversation_id)
+            .join(User, User.id == Rating.user_id)
+            .where(Message.role == "assistant", Message.prompt_messages.is_not(None))
+            .order_by(Message.id, Rating.id))
+    if since is not None:
+        stmt = stmt.where(Message.created_at >= since)
+    if adapter is not None:
+        stmt = stmt.where(Message.adapter.is_(None) if adapter == BASE else Message.adapter == adapter)
+    if user is not None:
+        stmt = stmt.where(User.name == user)
+    return [
+        RatedAnswer(
+            message_id=msg.id, conversation_id=msg.conversation_id, parent_id=msg.parent_id,
+            prompt=tuple((m["role"], m["content"]) for m in msg.prompt_messages or []),
+            answer=msg.content, rating=rating.value, better_answer=rating.better_answer,
+            excluded=excluded,
+        )
+        for msg, rating, excluded in session.execute(stmt)
+    ]
+
+
+def conversations(session: Session, *, since: datetime | None = None,
+                  user: str | None = None) -> list[ConvRecord]:
+    """Every conversation's visible branch with its system prompt (excluded ones flagged)."""
+    stmt = select(Conversation).join(User, User.id == Conversation.user_id).order_by(Conversation.id)
+    if since is not None:
+        stmt = stmt.where(Conversation.updated_at >= since)
+    if user is not None:
+        stmt = stmt.where(User.name == user)
+    out: list[ConvRecord] = []
+    for conv in session.scalars(stmt):
+        path = [(m.role, m.content) for m in repo.branch(session, conversation=conv) if m.content]
+        if conv.system_prompt.strip() and path:
+            path.insert(0, ("system", conv.system_prompt))
+        out.append(ConvRecord(conversation_id=conv.id, messages=tuple(path),
+                              excluded=conv.exclude_from_training))
+    return out

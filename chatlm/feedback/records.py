@@ -1,0 +1,146 @@
+"""Pure builders: rated answers -> SFT / KTO / DPO / messages records in TRL's formats.
+
+The prompt of every record is what the model saw when it answered (system prompt, knowledge
+passages, trimmed history), as stored with the answer, so grounded answers train with their
+passages. Output is sorted and deduplicated, so the same data always gives the same file.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+Message = dict[str, str]
+FORMATS = ("messages", "sft", "kto", "dpo")
+
+
+@dataclass(frozen=True)
+class RatedAnswer:
+    """One assistant answer with one user's current rating of it (if any)."""
+
+    message_id: int
+    conversation_id: int
+    parent_id: int | None
+    prompt: tuple[tuple[str, str], ...]
+    """(role, content) pairs the model saw, in order."""
+    answer: str
+    rating: int | None = None
+    better_answer: str | None = None
+    excluded: bool = False
+    """The conversation is marked as not to be used for training."""
+
+    @property
+    def prompt_messages(self) -> list[Message]:
+        return [{"role": r, "content": c} for r, c in self.prompt]
+
+
+@dataclass(frozen=True)
+class Conversation:
+    conversation_id: int
+    messages: tuple[tuple[str, str], ...]
+    excluded: bool = False
+
+
+@dataclass
+class Counts:
+    records: int = 0
+    desirable: int = 0
+    undesirable: int = 0
+    extra: dict[str, int] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        text = f"{self.records} records"
+        if self.desirable or self.undesirable:
+            text += f" ({self.desirable} liked/desirable, {self.undesirable} disliked/undesirable)"
+        return text
+
+
+def _assistant(text: str) -> Message:
+    return {"role": "assistant", "content": text}
+
+
+def messages_records(conversations: Iterable[Conversation]) -> list[dict[str, Any]]:
+    return [{"messages": [{"role": r, "content": c} for r, c in conv.messages]}
+            for conv in conversations if not conv.excluded and conv.messages]
+
+
+def sft_records(answers: Iterable[RatedAnswer]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for a in answers:
+        if a.excluded:
+            continue
+        if a.rating == 1:
+            out.append({"messages": [*a.prompt_messages, _assistant(a.answer)]})
+        if a.better_answer:
+            out.append({"messages": [*a.prompt_messages, _assistant(a.better_answer)]})
+    return out
+
+
+def kto_records(answers: Iterable[RatedAnswer]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for a in answers:
+        if a.excluded:
+            continue
+        if a.rating in (1, -1):
+            out.append({"prompt": a.prompt_messages, "completion": [_assistant(a.answer)],
+                        "label": a.rating == 1})
+        if a.better_answer:
+            out.append({"prompt": a.prompt_messages, "completion": [_assistant(a.better_answer)],
+                        "label": True})
+    return out
+
+
+def dpo_records(answers: Iterable[RatedAnswer]) -> list[dict[str, Any]]:
+    """Pairs mined from the data: liked vs disliked siblings of one turn (same parent and same
+    prompt), and a written better answer vs the answer it replaced."""
+    out: list[dict[str, Any]] = []
+    turns: dict[tuple[int | None, tuple[tuple[str, str], ...]], list[RatedAnswer]] = defaultdict(list)
+    for a in answers:
+        if a.excluded:
+            continue
+        turns[(a.parent_id, a.prompt)].append(a)
+        if a.better_answer and a.better_answer.strip() != a.answer.strip():
+            out.append({"prompt": a.prompt_messages, "chosen": [_assistant(a.better_answer)],
+                        "rejected": [_assistant(a.answer)]})
+    for siblings in turns.values():
+        liked = [a for a in siblings if a.rating == 1]
+        disliked = [a for a in siblings if a.rating == -1]
+        for good in liked:
+            for bad in disliked:
+                if good.answer.strip() != bad.answer.strip():
+                    out.append({"prompt": good.prompt_messages, "chosen": [_assistant(good.answer)],
+                                "rejected": [_assistant(bad.answer)]})
+    return out
+
+
+def build(fmt: str, answers: Sequence[RatedAnswer],
+          conversations: Sequence[Conversation] = ()) -> tuple[list[dict[str, Any]], Counts]:
+    """Records of one format, deduplicated and in a stable order, with their counts."""
+    if fmt not in FORMATS:
+        raise ValueError(f"format must be one of {', '.join(FORMATS)}")
+    ordered = sorted(answers, key=lambda a: a.message_id)
+    raw = {
+        "messages": lambda: messages_records(sorted(conversations, key=lambda c: c.conversation_id)),
+        "sft": lambda: sft_records(ordered),
+        "kto": lambda: kto_records(ordered),
+        "dpo": lambda: dpo_records(ordered),
+    }[fmt]()
+    seen: set[str] = set()
+    records: list[dict[str, Any]] = []
+    for rec in raw:
+        key = json.dumps(rec, sort_keys=True, ensure_ascii=False)
+        if key not in seen:
+            seen.add(key)
+            records.append(rec)
+    counts = Counts(records=len(records))
+    if fmt == "kto":
+        counts.desirable = sum(1 for r in records if r["label"])
+        counts.undesirable = counts.records - counts.desirable
+    return records, counts
+
+
+def to_jsonl(records: Iterable[dict[str, Any]]) -> str:
+    return "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in records)

@@ -1,0 +1,66 @@
+"""`python -m chatlm export` on a database built through the service (real SQLite, tiny model)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from chatlm.engine.params import SamplingParams
+from chatlm.server import make_service
+from tests.conftest import REPO
+
+P = SamplingParams(temperature=0.0, max_new_tokens=6)
+
+
+def export(data_dir, fmt: str, out, *extra: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "CHATLM_DATA_DIR": str(data_dir)}
+    return subprocess.run([sys.executable, "-m", "chatlm", "export", "--format", fmt, "--out",
+                           str(out), *extra], capture_output=True, text=True, env=env, cwd=REPO,
+                          timeout=120)
+
+
+def test_export_all_formats(settings, tiny_backend, tmp_path) -> None:
+    service = make_service(settings, tiny_backend)
+    uid = service.user_id()
+    kept = service.new_conversation(uid, system_prompt="be brief")
+    service.send(uid, kept.id, "first question", P).run()
+    first = service.history(uid, kept.id)[-1][0]
+    service.retry(uid, first.id, SamplingParams(temperature=1.0, max_new_tokens=6, seed=3)).run()
+    second = service.history(uid, kept.id)[-1][0]
+    service.rate(uid, first.id, 1)
+    service.rate(uid, second.id, -1, comment="off topic", reason="wrong",
+                 better_answer="The right answer.")
+    hidden = service.new_conversation(uid)
+    service.send(uid, hidden.id, "private question", P).run()
+    service.rate(uid, service.history(uid, hidden.id)[-1][0].id, 1)
+    service.set_excluded(uid, hidden.id, True)
+
+    results = {}
+    for fmt in ("messages", "sft", "kto", "dpo"):
+        out = tmp_path / f"{fmt}.jsonl"
+        proc = export(settings.data_dir, fmt, out)
+        assert proc.returncode == 0, proc.stderr
+        assert "records" in proc.stderr
+        results[fmt] = [json.loads(line) for line in out.read_text().splitlines()]
+        assert "private question" not in out.read_text()
+
+    assert len(results["messages"]) == 1
+    assert results["messages"][0]["messages"][0] == {"role": "system", "content": "be brief"}
+    assert [r["messages"][-1]["content"] for r in results["sft"]] == [first.content,
+                                                                       "The right answer."]
+    assert all(r["messages"][:-1] == first.prompt_messages for r in results["sft"])
+    assert [r["label"] for r in results["kto"]] == [True, False, True]
+    chosen = {(r["chosen"][0]["content"], r["rejected"][0]["content"]) for r in results["dpo"]}
+    assert chosen == {(first.content, second.content), ("The right answer.", second.content)}
+    proc = export(settings.data_dir, "kto", tmp_path / "k.jsonl")
+    assert "2 liked/desirable, 1 disliked/undesirable" in proc.stderr
+    # filters
+    proc = export(settings.data_dir, "kto", tmp_path / "none.jsonl", "--user", "nobody")
+    assert (tmp_path / "none.jsonl").read_text() == "" and "0 records" in proc.stderr
+    proc = export(settings.data_dir, "kto", tmp_path / "a.jsonl", "--adapter", "base",
+                  "--since", "2000-01-01")
+    assert len((tmp_path / "a.jsonl").read_text().splitlines()) == 3
+    bad = export(settings.data_dir, "kto", tmp_path / "x.jsonl", "--since", "yesterday")
+    assert bad.returncode == 2 and "not a date" in bad.stderr
