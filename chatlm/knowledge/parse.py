@@ -1,0 +1,266 @@
+"""Turn an uploaded file (or pasted text) into plain text for chunking.
+
+Everything here handles untrusted input: sizes are capped, binary files are refused, and PDFs
+are read by pypdf in a separate process with a time and memory limit, because crafted PDFs have
+made pypdf loop or allocate without bound. Every refusal is an ``InputError`` a user can act on.
+"""
+
+from __future__ import annotations
+
+import codecs
+import re
+import subprocess
+import sys
+from html import unescape
+from html.parser import HTMLParser
+from pathlib import PurePath
+
+from chatlm.errors import InputError
+
+MAX_BYTES = 20 * 1024 * 1024
+PDF_TIMEOUT_S = 30.0
+PDF_MEMORY_BYTES = 1024**3
+SUPPORTED = (".txt", ".md", ".markdown", ".html", ".htm", ".pdf")
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0e-\x1f\x7f]")
+_BOMS = (
+    (codecs.BOM_UTF32_LE, "utf-32"),
+    (codecs.BOM_UTF32_BE, "utf-32"),
+    (codecs.BOM_UTF8, "utf-8-sig"),
+    (codecs.BOM_UTF16_LE, "utf-16"),
+    (codecs.BOM_UTF16_BE, "utf-16"),
+)
+
+
+def _limit_text(n: int) -> str:
+    return f"{n / 1024**2:.3g} MB" if n >= 1024**2 else f"{n} bytes"
+
+
+def _clean(text: str) -> str:
+    """Unix newlines, no control characters, no trailing spaces, at most one blank line."""
+    text = text.replace("\r\n", "\n").replace("\r", "\n").replace("\f", "\n\n")
+    text = _CONTROL.sub("", text.replace("\ufeff", ""))
+    text = "\n".join(line.rstrip() for line in text.split("\n"))
+    return re.sub(r"\n{3,}", "\n\n", text).strip()
+
+
+def _nonempty(text: str, what: str) -> str:
+    if not text.strip():
+        raise InputError(f"{what} contains no text.")
+    return text
+
+
+def parse_text(text: str, *, max_bytes: int = MAX_BYTES) -> str:
+    """Pasted text, normalised like a file's; refuses empty or oversized text."""
+    if len(text) > max_bytes or len(text.encode("utf-8", "replace")) > max_bytes:
+        raise InputError(f"The pasted text is too long; the limit is {_limit_text(max_bytes)}.")
+    return _nonempty(_clean(text), "The pasted text")
+
+
+def decode_text(data: bytes, filename: str) -> str:
+    """Bytes of a text file as str: BOM, else UTF-8, else charset-normalizer's best guess."""
+    for bom, encoding in _BOMS:
+        if data.startswith(bom):
+            try:
+                return data.decode(encoding)
+            except UnicodeDecodeError as exc:
+                raise InputError(f"{filename} is not valid {encoding} text.") from exc
+    binary = InputError(f"{filename} looks like a binary file, not text.")
+    if b"\x00" in data:
+        raise binary
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        pass
+    from charset_normalizer import from_bytes
+
+    best = from_bytes(data).best()
+    if best is None:
+        raise binary
+    text = str(best)
+    if len(_CONTROL.findall(text)) > max(8, len(text) // 100):
+        raise binary
+    return text
+
+
+_MD_FENCE = re.compile(r"^[ \t]*(```|~~~)[^\n]*\n(.*?)^[ \t]*\1[ \t]*$", re.M | re.S)
+_MD_RULES: tuple[tuple[re.Pattern[str], str], ...] = tuple(
+    (re.compile(p, re.M), r)
+    for p, r in (
+        (r"^[ \t]*\[[^\]\n]+\]:[ \t]*\S+.*$", ""),  # reference link definitions
+        (r"^[ \t]{0,3}#{1,6}[ \t]+(.*?)[ \t#]*$", r"\1"),  # ATX headings
+        (r"^[ \t]*(?:[-=]{3,}|(?:[*_][ \t]*){3,})[ \t]*$", ""),  # setext underlines, rules
+        (r"^[ \t]*>[ \t]?", ""),  # block quotes
+        (r"^([ \t]*)(?:[-*+]|\d+[.)])[ \t]+", r"\1"),  # list markers
+        (r"!\[([^\]\n]*)\]\([^)\n]*\)", r"\1"),  # images keep their alt text
+        (r"\[([^\]\n]+)\]\([^)\n]*\)", r"\1"),  # links keep their text
+        (r"\[([^\]\n]+)\]\[[^\]\n]*\]", r"\1"),  # reference links
+        (r"<(https?://[^>\s]+)>", r"\1"),  # autolinks
+        (r"`([^`\n]+)`", r"\1"),  # inline code
+        (r"(\*\*|__)(?=\S)(.+?)(?<=\S)\1", r"\2"),  # strong
+        (r"(?<![\w*])\*(?=\S)(.+?)(?<=\S)\*(?![\w*])", r"\1"),  # emphasis
+        (r"(?<![\w_])_(?=\S)(.+?)(?<=\S)_(?![\w_])", r"\1"),
+        (r"~~(.+?)~~", r"\1"),  # strikethrough
+        (r"</?[A-Za-z][^>\n]*>", ""),  # inline HTML tags
+    )
+)
+
+
+def markdown_to_text(md: str) -> str:
+    """Cheap Markdown stripping: markup goes, link and code text stays."""
+    parts, pos = [], 0
+    for m in _MD_FENCE.finditer(md):
+        parts.append(_strip_md(md[pos : m.start()]))
+        parts.append(m.group(2))
+        pos = m.end()
+    parts.append(_strip_md(md[pos:]))
+    return "".join(parts)
+
+
+def _strip_md(md: str) -> str:
+    for pattern, repl in _MD_RULES:
+        md = pattern.sub(repl, md)
+    return unescape(md)
+
+
+class _HTMLText(HTMLParser):
+    """Collects visible text; block elements become line breaks."""
+
+    SKIP = frozenset({"script", "style", "noscript", "template", "svg"})
+    # fmt: off
+    BLOCK = frozenset(
+        {
+            "address", "article", "aside", "blockquote", "br", "dd", "div", "dl", "dt",
+            "figcaption", "figure", "footer", "form", "h1", "h2", "h3", "h4", "h5", "h6",
+            "header", "hr", "li", "main", "nav", "ol", "p", "pre", "section", "table", "tbody",
+            "thead", "tfoot", "title", "tr", "ul",
+        }
+    )
+    # fmt: on
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.parts: list[str] = []
+        self._skip = 0
+        self._pre = 0
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in self.SKIP:
+            self._skip += 1
+        elif tag == "pre":
+            self._pre += 1
+        if tag in self.BLOCK:
+            self.parts.append("\n\n" if tag in {"p", "div", "pre", "table"} else "\n")
+        elif tag in {"td", "th"}:
+            self.parts.append("\t")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in self.SKIP:
+            self._skip = max(0, self._skip - 1)
+        elif tag == "pre":
+            self._pre = max(0, self._pre - 1)
+        if tag in self.BLOCK:
+            self.parts.append("\n")
+
+    def handle_data(self, data: str) -> None:
+        if not self._skip:
+            self.parts.append(data if self._pre else re.sub(r"\s+", " ", data))
+
+
+def html_to_text(html: str) -> str:
+    """Visible text of an HTML document (scripts and styles dropped, entities decoded)."""
+    parser = _HTMLText()
+    parser.feed(html)
+    parser.close()
+    text = "".join(parser.parts)
+    return "\n".join(line.strip(" \t") for line in text.split("\n"))
+
+
+_PDF_CHILD = """
+import io, sys
+memory, seconds = int(sys.argv[1]), int(sys.argv[2])
+try:
+    import resource
+    if memory > 0:
+        resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+    resource.setrlimit(resource.RLIMIT_CPU, (seconds, seconds + 1))
+except (ImportError, ValueError, OSError):
+    pass
+try:
+    from pypdf import PdfReader
+    reader = PdfReader(io.BytesIO(sys.stdin.buffer.read()))
+    if reader.is_encrypted and not reader.decrypt(""):
+        sys.exit(3)
+    text = "\\f".join(page.extract_text() or "" for page in reader.pages)
+except MemoryError:
+    sys.exit(4)
+except Exception as exc:
+    if type(exc).__name__ in ("FileNotDecryptedError", "DependencyError"):
+        sys.exit(3)
+    print(type(exc).__name__, str(exc)[:300], file=sys.stderr)
+    sys.exit(2)
+sys.stdout.buffer.write(text.encode("utf-8", "replace"))
+"""
+
+
+def pdf_to_text(
+    data: bytes,
+    filename: str = "The PDF",
+    *,
+    timeout: float = PDF_TIMEOUT_S,
+    memory_bytes: int = PDF_MEMORY_BYTES,
+) -> str:
+    """Text of a PDF, extracted by pypdf in a child process under time and memory limits."""
+    cmd = [sys.executable, "-c", _PDF_CHILD, str(memory_bytes), str(max(1, int(timeout) + 1))]
+    try:
+        proc = subprocess.run(cmd, input=data, capture_output=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired as exc:
+        raise InputError(
+            f"Reading {filename} took longer than {timeout:g} s; the file may be damaged or "
+            "too complex. Try saving it again or uploading it as text."
+        ) from exc
+    if proc.returncode == 0:
+        return proc.stdout.decode("utf-8", "replace")
+    if proc.returncode == 3:
+        raise InputError(f"{filename} is encrypted or password-protected; upload an unlocked copy.")
+    if proc.returncode == 4 or (proc.returncode != 2 and b"MemoryError" in proc.stderr):
+        raise InputError(
+            f"Reading {filename} needed more than {_limit_text(memory_bytes)} of memory; "
+            "the file may be damaged or too complex."
+        )
+    if proc.returncode < 0:  # killed by a signal, e.g. the CPU-time limit
+        raise InputError(f"Reading {filename} was stopped; the file may be damaged.")
+    raise InputError(f"{filename} could not be read as a PDF; it may be damaged or not a PDF.")
+
+
+def parse_bytes(
+    data: bytes,
+    filename: str,
+    *,
+    max_bytes: int = MAX_BYTES,
+    pdf_timeout: float = PDF_TIMEOUT_S,
+    pdf_memory_bytes: int = PDF_MEMORY_BYTES,
+) -> str:
+    """Plain text of an uploaded .txt, .md, .markdown, .html, .htm or .pdf file."""
+    name = PurePath(filename).name or "The file"
+    suffix = PurePath(filename).suffix.lower()
+    if suffix not in SUPPORTED:
+        raise InputError(
+            f"{name}: unsupported file type {suffix or '(none)'}; supported types are "
+            + ", ".join(SUPPORTED)
+            + "."
+        )
+    if len(data) > max_bytes:
+        raise InputError(
+            f"{name} is {_limit_text(len(data))}; the limit is {_limit_text(max_bytes)}."
+        )
+    if suffix == ".pdf":
+        text = pdf_to_text(data, name, timeout=pdf_timeout, memory_bytes=pdf_memory_bytes)
+        what = f"{name} (a scanned PDF needs text recognition first)"
+        return _nonempty(_clean(text), what)
+    text = decode_text(data, name)
+    if suffix in (".md", ".markdown"):
+        text = markdown_to_text(text)
+    elif suffix in (".html", ".htm"):
+        text = html_to_text(text)
+    return _nonempty(_clean(text), name)
