@@ -54,3 +54,21 @@ def fit_history(
         # keep turns whole: never start the kept history on an assistant message
         while start < len(history) - 1 and history[start]["role"] == "assistant":
             start += 1
+
+
+NOT_FOUND = "I could not find that in the document."
+
+
+def grounded_question(question: str, passages: Sequence[tuple[int, str, str]], *,
+                      short: bool = False) -> str:
+    """The user turn for a question about loaded documents: numbered passages ``(n, document,
+    text)``, the question, and the instruction to cite them and to decline when they do not
+    answer it. ``short`` asks for a short extractive answer (the QA harness scores those)."""
+    blocks = "\n\n".join(f"[{n}] ({doc})\n{text.strip()}" for n, doc, text in passages)
+    if short:
+        how = ("Answer with the shortest exact phrase copied from the passages. If the passages do "
+               f"not contain the answer, reply exactly: {NOT_FOUND}")
+    else:
+        how = ("Answer using only these passages and cite the ones you use like [1]. If the "
+               f"passages do not contain the answer, say: {NOT_FOUND}")
+    return f"Passages:\n\n{blocks}\n\nQuestion: {question.strip()}\n\n{how}"

@@ -20,7 +20,8 @@ from chatlm.engine.backend import Backend
 from chatlm.engine.params import SamplingParams
 from chatlm.engine.scheduler import Generation
 from chatlm.errors import ChatLMError, InputError, NotFoundError
-from chatlm.prompts import fit_history
+from chatlm.library import Library
+from chatlm.prompts import fit_history, grounded_question
 from chatlm.store import repo
 from chatlm.store.db import transaction
 from chatlm.store.models import Conversation, Message
@@ -42,6 +43,8 @@ class Reply:
     prompt_messages: list[dict[str, str]]
     dropped: int
     adapter: str | None
+    sources: list[dict[str, Any]] | None = None
+    """Knowledge passages the prompt quoted (numbered as cited), stored with the answer."""
     started: float = field(default_factory=time.perf_counter)
     message_id: int | None = None
 
@@ -72,10 +75,12 @@ class Reply:
 class ChatService:
     """Everything a chat client does, as plain methods over the store and the backend."""
 
-    def __init__(self, settings: Settings, backend: Backend, sessions: sessionmaker[Session]) -> None:
+    def __init__(self, settings: Settings, backend: Backend, sessions: sessionmaker[Session],
+                 library: Library | None = None) -> None:
         self.settings = settings
         self.backend = backend
         self.sessions = sessions
+        self.library = library or Library(sessions)
         self._running: dict[int, Generation] = {}
         self._lock = threading.Lock()
         self.active_adapter: str | None = None
@@ -138,8 +143,10 @@ class ChatService:
 
     # ---- generation ----------------------------------------------------------------------
     def send(self, user_id: int, conversation_id: int, content: str,
-             params: SamplingParams, *, adapter: str | None = None) -> Reply:
-        """Commit the user's message, then start the answer (stored when it ends or stops)."""
+             params: SamplingParams, *, adapter: str | None = None, k: int = 3,
+             short: bool = False) -> Reply:
+        """Commit the user's message, then start the answer (stored when it ends or stops).
+        When the conversation has documents, the answer rests on the top-``k`` passages."""
         adapter = adapter or self.active_adapter
         if not content or not content.strip():
             raise InputError("The message is empty.")
@@ -150,14 +157,19 @@ class ChatService:
             conv = repo.get_conversation(s, conversation_id=conversation_id, user_id=user_id)
             path = repo.branch(s, conversation=conv)
             history = [{"role": m.role, "content": m.content} for m in path if m.content]
-            history.append({"role": "user", "content": content})
+            passages = self.library.retrieve(conv.id, content, k=k)
+            asked = content
+            if passages:
+                asked = grounded_question(content, [(p.number, p.document, p.text)
+                                                    for p in passages], short=short)
+            history.append({"role": "user", "content": asked})
             plan = self._plan(conv.system_prompt, history, params)  # raises before storing
             if conv.title == "New chat":
                 conv.title = _title(content)
             user_msg = repo.add_message(s, conversation_id=conv.id, role="user", content=content,
                                         parent_id=path[-1].id if path else None)
         return self._start(conversation_id, user_msg.id, plan.messages, plan.dropped, params,
-                           adapter)
+                           adapter, [p.as_source() for p in passages] or None)
 
     def retry(self, user_id: int, message_id: int, params: SamplingParams, *,
               adapter: str | None = None) -> Reply:
@@ -171,10 +183,14 @@ class ChatService:
             conv = repo.get_conversation(s, conversation_id=answer.conversation_id,
                                          user_id=user_id)
             conv.active_leaf_id = answer.parent_id
-            path = repo.branch(s, conversation=conv)
-            history = [{"role": m.role, "content": m.content} for m in path if m.content]
-            plan = self._plan(conv.system_prompt, history, params)
-        return self._start(conv.id, answer.parent_id, plan.messages, plan.dropped, params, adapter)
+            if answer.prompt_messages:  # same prompt, passages included: a true sibling
+                messages, dropped, sources = answer.prompt_messages, 0, answer.sources
+            else:
+                path = repo.branch(s, conversation=conv)
+                history = [{"role": m.role, "content": m.content} for m in path if m.content]
+                plan = self._plan(conv.system_prompt, history, params)
+                messages, dropped, sources = plan.messages, plan.dropped, None
+        return self._start(conv.id, answer.parent_id, messages, dropped, params, adapter, sources)
 
     def generate(self, messages: list[dict[str, str]], params: SamplingParams,
                  adapter: str | None = None) -> Generation:
@@ -219,7 +235,8 @@ class ChatService:
                            max_new_tokens=params.max_new_tokens)
 
     def _start(self, conversation_id: int, parent_id: int, messages: list[dict[str, str]],
-               dropped: int, params: SamplingParams, adapter: str | None) -> Reply:
+               dropped: int, params: SamplingParams, adapter: str | None,
+               sources: list[dict[str, Any]] | None = None) -> Reply:
         gen = self.backend.chat(messages, params, adapter=adapter)
         with self._lock:
             old = self._running.get(conversation_id)
@@ -228,7 +245,7 @@ class ChatService:
             self._running[conversation_id] = gen
         return Reply(service=self, generation=gen, conversation_id=conversation_id,
                      parent_id=parent_id, prompt_messages=messages, dropped=dropped,
-                     adapter=adapter)
+                     adapter=adapter, sources=sources)
 
     def _store_answer(self, reply: Reply) -> int:
         gen = reply.generation
@@ -244,6 +261,7 @@ class ChatService:
                 generation_params=gen.params.as_dict(), prompt_messages=reply.prompt_messages,
                 prompt_tokens=gen.prompt_tokens, completion_tokens=gen.completion_tokens,
                 latency_ms=int((time.perf_counter() - reply.started) * 1000), error=gen.error,
+                sources=reply.sources,
             )
             return msg.id
 

@@ -1,0 +1,78 @@
+"""Data functions for knowledge texts: documents (stored once per sha256), chunks, embeddings,
+and which conversations use which documents."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.orm import Session
+
+from chatlm.store import repo
+from chatlm.store.models import Chunk, ConversationDocument, Document
+
+
+def sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def find_document(session: Session, *, text: str) -> Document | None:
+    return session.scalar(select(Document).where(Document.sha256 == sha256(text)))
+
+
+def add_document(session: Session, *, user_id: int, name: str, mime: str, text: str,
+                 chunks: Sequence[tuple[int, int, int, str]]) -> Document:
+    """Store a document and its chunks ``(idx, start, end, text)``; the same content is stored once."""
+    existing = find_document(session, text=text)
+    if existing is not None:
+        return existing
+    doc = Document(sha256=sha256(text), name=name[:300], mime=mime, text=text, user_id=user_id)
+    session.add(doc)
+    session.flush()
+    session.add_all(Chunk(document_id=doc.id, idx=i, start=s, end=e, text=t)
+                    for i, s, e, t in chunks)
+    session.flush()
+    return doc
+
+
+def attach(session: Session, *, conversation_id: int, document_id: int, user_id: int) -> None:
+    repo.get_conversation(session, conversation_id=conversation_id, user_id=user_id)
+    link = session.get(ConversationDocument, (conversation_id, document_id))
+    if link is None:
+        session.add(ConversationDocument(conversation_id=conversation_id, document_id=document_id))
+
+
+def detach(session: Session, *, conversation_id: int, document_id: int, user_id: int) -> None:
+    repo.get_conversation(session, conversation_id=conversation_id, user_id=user_id)
+    session.execute(delete(ConversationDocument).where(
+        ConversationDocument.conversation_id == conversation_id,
+        ConversationDocument.document_id == document_id))
+
+
+def conversation_documents(session: Session, *, conversation_id: int) -> list[Document]:
+    stmt = (select(Document).join(ConversationDocument,
+                                  ConversationDocument.document_id == Document.id)
+            .where(ConversationDocument.conversation_id == conversation_id).order_by(Document.id))
+    return list(session.scalars(stmt))
+
+
+def user_documents(session: Session, *, user_id: int) -> list[Document]:
+    """Documents this user loaded, for reuse in another conversation."""
+    return list(session.scalars(select(Document).where(Document.user_id == user_id)
+                                .order_by(Document.id.desc())))
+
+
+def chunks_of(session: Session, *, document_ids: Sequence[int]) -> list[Chunk]:
+    if not document_ids:
+        return []
+    stmt = (select(Chunk).where(Chunk.document_id.in_(list(document_ids)))
+            .order_by(Chunk.document_id, Chunk.idx))
+    return list(session.scalars(stmt))
+
+
+def store_embeddings(session: Session, *, document_id: int, vectors: Sequence[bytes]) -> None:
+    chunks = chunks_of(session, document_ids=[document_id])
+    for chunk, vector in zip(chunks, vectors, strict=True):
+        chunk.embedding = vector
+    session.execute(update(Document).where(Document.id == document_id).values(embedded=True))
