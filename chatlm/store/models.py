@@ -184,3 +184,46 @@ class ConversationDocument(Base):
         ForeignKey("documents.id", ondelete="CASCADE"), primary_key=True
     )
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class AdapterVersion(Base):
+    """A trained LoRA adapter (``name-vN``) in the data directory, with what made it."""
+
+    __tablename__ = "adapters"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(120), unique=True)
+    base_model: Mapped[str] = mapped_column(String(300))
+    parent: Mapped[str | None] = mapped_column(String(120), nullable=True)
+    """Adapter this round started from; None means the base model."""
+    path: Mapped[str] = mapped_column(Text)
+    method: Mapped[str] = mapped_column(String(16))
+    dataset_hash: Mapped[str] = mapped_column(String(64))
+    hyperparams: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    is_active: Mapped[bool] = mapped_column(Boolean, default=False)
+    activated_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class TrainingRun(Base):
+    """One training round; the worker process reports progress and its result here."""
+
+    __tablename__ = "training_runs"
+    __table_args__ = (
+        CheckConstraint("status IN ('queued', 'running', 'succeeded', 'failed')", name="status"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    status: Mapped[str] = mapped_column(String(16), default="queued")
+    method: Mapped[str] = mapped_column(String(16), default="auto")
+    params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    progress: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    """step, total_steps, loss history, tokens/s, seconds left."""
+    adapter_name: Mapped[str | None] = mapped_column(String(120), nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)

@@ -1,0 +1,113 @@
+"""Data functions for the adapter registry and training runs (one writer at a time)."""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from chatlm.errors import ChatLMError, NotFoundError
+from chatlm.store.models import AdapterVersion, TrainingRun, utcnow
+
+RUNNING = ("queued", "running")
+
+
+class RoundInProgressError(ChatLMError):
+    status_code = 409
+    code = "round_in_progress"
+
+
+def next_name(session: Session, *, prefix: str) -> str:
+    """``prefix-vN`` with N one more than any existing version of that prefix."""
+    names = session.scalars(select(AdapterVersion.name).where(AdapterVersion.name.like(f"{prefix}-v%")))
+    numbers = [int(m.group(1)) for n in names if (m := re.fullmatch(rf"{re.escape(prefix)}-v(\d+)", n))]
+    return f"{prefix}-v{max(numbers, default=0) + 1}"
+
+
+def register(session: Session, **fields: Any) -> AdapterVersion:
+    adapter = AdapterVersion(**fields)
+    session.add(adapter)
+    session.flush()
+    return adapter
+
+
+def list_adapters(session: Session) -> list[AdapterVersion]:
+    return list(session.scalars(select(AdapterVersion).order_by(AdapterVersion.id)))
+
+
+def get_adapter(session: Session, *, name: str) -> AdapterVersion:
+    adapter = session.scalar(select(AdapterVersion).where(AdapterVersion.name == name))
+    if adapter is None:
+        raise NotFoundError(f"No adapter named {name!r} in the registry.")
+    return adapter
+
+
+def active_adapter(session: Session) -> AdapterVersion | None:
+    return session.scalar(select(AdapterVersion).where(AdapterVersion.is_active.is_(True)))
+
+
+def activate(session: Session, *, name: str | None) -> AdapterVersion | None:
+    """Make ``name`` the adapter new chats use (None: the base model); only one is active."""
+    target = get_adapter(session, name=name) if name is not None else None
+    session.execute(update(AdapterVersion).values(is_active=False))
+    if target is not None:
+        target.is_active = True
+        target.activated_at = utcnow()
+    return target
+
+
+def rollback(session: Session) -> AdapterVersion | None:
+    """Activate the adapter that was active before the current one (or the base model)."""
+    current = active_adapter(session)
+    if current is None:
+        raise ChatLMError("Nothing to roll back: the base model is already active.")
+    earlier = session.scalar(
+        select(AdapterVersion)
+        .where(AdapterVersion.activated_at.is_not(None), AdapterVersion.id != current.id,
+               AdapterVersion.activated_at <= current.activated_at)
+        .order_by(AdapterVersion.activated_at.desc(), AdapterVersion.id.desc()))
+    return activate(session, name=earlier.name if earlier else None)
+
+
+def _alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def start_run(session: Session, *, method: str, params: dict[str, Any]) -> TrainingRun:
+    """Create a queued run, refusing a second writer; a run whose process died is marked failed."""
+    for run in session.scalars(select(TrainingRun).where(TrainingRun.status.in_(RUNNING))):
+        if run.status == "running" and not _alive(run.pid):
+            fail_run(session, run_id=run.id, error="The training process ended unexpectedly.")
+            continue
+        raise RoundInProgressError(f"Training round {run.id} is still {run.status}; wait for it to finish.")
+    run = TrainingRun(method=method, params=params)
+    session.add(run)
+    session.flush()
+    return run
+
+
+def get_run(session: Session, *, run_id: int) -> TrainingRun:
+    run = session.get(TrainingRun, run_id)
+    if run is None:
+        raise NotFoundError(f"No training run {run_id}.")
+    return run
+
+
+def fail_run(session: Session, *, run_id: int, error: str) -> None:
+    run = get_run(session, run_id=run_id)
+    run.status, run.error, run.finished_at = "failed", error[-4000:], utcnow()
+
+
+def latest_runs(session: Session, *, limit: int = 20) -> list[TrainingRun]:
+    return list(session.scalars(select(TrainingRun).order_by(TrainingRun.id.desc()).limit(limit)))
