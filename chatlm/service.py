@@ -192,6 +192,42 @@ class ChatService:
                 messages, dropped, sources = plan.messages, plan.dropped, None
         return self._start(conv.id, answer.parent_id, messages, dropped, params, adapter, sources)
 
+    def edit(self, user_id: int, message_id: int, content: str, params: SamplingParams, *,
+             adapter: str | None = None) -> Reply:
+        """Edit an earlier user message: a new branch from the same point; the old one is kept."""
+        with transaction(self.sessions) as s:
+            original = repo.get_message(s, message_id=message_id, user_id=user_id)
+            if original.role != "user":
+                raise InputError("Only your own messages can be edited.")
+            conv = repo.get_conversation(s, conversation_id=original.conversation_id, user_id=user_id)
+            previous_leaf = conv.active_leaf_id
+            conv.active_leaf_id = original.parent_id  # send() continues from here
+            conv_id = conv.id
+        try:
+            return self.send(user_id, conv_id, content, params, adapter=adapter)
+        except ChatLMError:
+            with transaction(self.sessions) as s:  # nothing was stored: show the old branch again
+                repo.get_conversation(s, conversation_id=conv_id, user_id=user_id).active_leaf_id = previous_leaf
+            raise
+
+    def siblings(self, user_id: int, message_id: int) -> tuple[int, int]:
+        """(position from 1, count) of a message among the alternatives of its turn."""
+        with transaction(self.sessions) as s:
+            msg = repo.get_message(s, message_id=message_id, user_id=user_id)
+            ids = [m.id for m in repo.siblings(s, message=msg)]
+            return ids.index(msg.id) + 1, len(ids)
+
+    def switch_sibling(self, user_id: int, message_id: int, step: int) -> int:
+        """Show the previous (-1) or next (+1) alternative of a turn; returns the shown message id."""
+        with transaction(self.sessions) as s:
+            msg = repo.get_message(s, message_id=message_id, user_id=user_id)
+            alts = repo.siblings(s, message=msg)
+            pos = [m.id for m in alts].index(msg.id)
+            target = alts[max(0, min(len(alts) - 1, pos + step))]
+            conv = repo.get_conversation(s, conversation_id=msg.conversation_id, user_id=user_id)
+            conv.active_leaf_id = repo.latest_leaf(s, message=target).id
+            return target.id
+
     def generate(self, messages: list[dict[str, str]], params: SamplingParams,
                  adapter: str | None = None) -> Generation:
         """A stateless generation (the API): nothing is stored; a too-long prompt is refused."""

@@ -109,3 +109,44 @@ def test_locked_database_is_a_clear_error_and_loses_nothing(service, settings) -
         blocker.rollback()
         blocker.close()
     assert rows(service, uid, conv.id) == [("user", "complete"), ("assistant", "complete")]
+
+
+def test_edit_starts_a_branch_and_siblings_can_be_paged(service) -> None:
+    uid = service.user_id()
+    conv = service.new_conversation(uid)
+    service.send(uid, conv.id, "first", SHORT).run()
+    service.send(uid, conv.id, "second", SHORT).run()
+    old = [m.content for m, _ in service.history(uid, conv.id)]
+    second_q = service.history(uid, conv.id)[2][0]
+    service.edit(uid, second_q.id, "second, edited", SHORT).run()
+    new = [m.content for m, _ in service.history(uid, conv.id)]
+    assert new[:2] == old[:2] and new[2] == "second, edited" and len(new) == 4
+    edited = service.history(uid, conv.id)[2][0]
+    assert service.siblings(uid, edited.id) == (2, 2)
+    shown = service.switch_sibling(uid, edited.id, -1)
+    assert shown == second_q.id
+    assert [m.content for m, _ in service.history(uid, conv.id)] == old  # old branch intact
+    service.switch_sibling(uid, second_q.id, +1)
+    assert [m.content for m, _ in service.history(uid, conv.id)] == new
+    with pytest.raises(InputError):
+        service.edit(uid, service.history(uid, conv.id)[-1][0].id, "x", SHORT)
+
+
+def test_feedback_stats(service) -> None:
+    from chatlm.feedback import stats
+    from chatlm.store.db import transaction
+
+    uid = service.user_id()
+    conv = service.new_conversation(uid)
+    for q, value in (("one", 1), ("two", -1), ("three", 1)):
+        service.send(uid, conv.id, q, SHORT).run()
+        service.rate(uid, service.history(uid, conv.id)[-1][0].id, value,
+                     comment=f"c-{q}", reason="other" if value < 0 else None)
+    with transaction(service.sessions) as s:
+        rows = stats.rated_rows(s)
+        assert {r.question for r in rows} == {"one", "two", "three"}
+        assert [r.comment for r in stats.rated_rows(s, label="dislike")] == ["c-two"]
+        assert [r.question for r in stats.rated_rows(s, text="thr")] == ["three"]
+    table = stats.counts(rows)
+    assert sorted((t["label"], t["count"]) for t in table) == [("dislike", 1), ("like", 2)]
+    assert all(t["adapter"] == "base" for t in table)

@@ -158,3 +158,14 @@ def ratings_for(session: Session, *, message_ids: Sequence[int], user_id: int) -
     )
     return {mid: value for mid, value in session.execute(stmt)}
 
+
+
+def latest_leaf(session: Session, *, message: Message) -> Message:
+    """The newest message under ``message`` (following the newest child each time)."""
+    node = message
+    while True:
+        child = session.scalar(select(Message).where(Message.parent_id == node.id)
+                               .order_by(Message.id.desc()).limit(1))
+        if child is None:
+            return node
+        node = child
