@@ -113,6 +113,10 @@ class Library:
         with transaction(self.sessions) as s:
             return docs.user_documents(s, user_id=user_id)
 
+    def chunk_texts(self, chunk_ids: list[int]) -> dict[int, str]:
+        with transaction(self.sessions) as s:
+            return {c.id: c.text for c in docs.chunks_by_id(s, chunk_ids=chunk_ids)}
+
     def _embed_later(self, document_id: int) -> None:
         if not self.background:
             self.embed_document(document_id)

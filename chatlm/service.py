@@ -137,6 +137,16 @@ class ChatService:
             rated = repo.ratings_for(s, message_ids=[m.id for m in path], user_id=user_id)
             return [(m, rated.get(m.id)) for m in path]
 
+    def rating_detail(self, user_id: int, message_id: int) -> dict[str, Any] | None:
+        """This user's current rating of a message with its comment, reason and better answer."""
+        with transaction(self.sessions) as s:
+            repo.get_message(s, message_id=message_id, user_id=user_id)
+            rating = repo.get_rating(s, message_id=message_id, user_id=user_id)
+            if rating is None:
+                return None
+            return {"value": rating.value, "reason": rating.reason, "comment": rating.comment,
+                    "better_answer": rating.better_answer}
+
     def rate(self, user_id: int, message_id: int, value: int | None, **extra: Any) -> None:
         with transaction(self.sessions) as s:
             repo.set_rating(s, message_id=message_id, user_id=user_id, value=value, **extra)

@@ -71,6 +71,12 @@ def chunks_of(session: Session, *, document_ids: Sequence[int]) -> list[Chunk]:
     return list(session.scalars(stmt))
 
 
+def chunks_by_id(session: Session, *, chunk_ids: Sequence[int]) -> list[Chunk]:
+    if not chunk_ids:
+        return []
+    return list(session.scalars(select(Chunk).where(Chunk.id.in_(list(chunk_ids)))))
+
+
 def store_embeddings(session: Session, *, document_id: int, vectors: Sequence[bytes]) -> None:
     chunks = chunks_of(session, document_ids=[document_id])
     for chunk, vector in zip(chunks, vectors, strict=True):

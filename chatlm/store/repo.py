@@ -133,9 +133,7 @@ def set_rating(
         raise InputError("Only answers can be rated.")
     session.add(RatingEvent(message_id=message_id, user_id=user_id, value=value, comment=comment,
                             reason=reason, better_answer=better_answer))
-    rating = session.scalar(
-        select(Rating).where(Rating.message_id == message_id, Rating.user_id == user_id)
-    )
+    rating = get_rating(session, message_id=message_id, user_id=user_id)
     if value is None:
         if rating is not None:
             session.delete(rating)
@@ -148,6 +146,10 @@ def set_rating(
     rating.updated_at = utcnow()
     session.flush()
     return rating
+
+
+def get_rating(session: Session, *, message_id: int, user_id: int) -> Rating | None:
+    return session.scalar(select(Rating).where(Rating.message_id == message_id, Rating.user_id == user_id))
 
 
 def ratings_for(session: Session, *, message_ids: Sequence[int], user_id: int) -> dict[int, int]:

@@ -1,0 +1,137 @@
+"""Feedback: the rating-details panel under the chat (reason, comment, a better answer, withdraw)
+and the Feedback tab (counts by label, adapter and day; a filterable table; dataset downloads)."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+import pandas as pd
+
+from chatlm.errors import ChatLMError
+from chatlm.feedback import load, records, stats
+from chatlm.service import ChatService
+from chatlm.store.db import transaction
+from chatlm.store.repo import RATING_REASONS
+
+VALUES = {"👍 Like": 1, "👎 Dislike": -1}
+COLUMNS = ["day", "adapter", "label", "question", "answer", "reason", "comment", "better_answer", "user"]
+
+
+class FeedbackPanel:
+    """Details of one answer's rating; it follows the answer last clicked 👍/👎 (else the last one)."""
+
+    def __init__(self, service: ChatService) -> None:
+        self.service = service
+
+    def select(self, ids: list[int], data: gr.LikeData) -> tuple[Any, ...]:
+        index = data.index if isinstance(data.index, int) else data.index[0]
+        return self._show(ids[index] if 0 <= index < len(ids) else None)
+
+    def follow_last(self, conv_id: int | None, ids: list[int]) -> tuple[Any, ...]:
+        if conv_id is None or not ids:
+            return self._show(None)
+        answers = [m.id for m, _ in self.service.history(self.service.user_id(), conv_id)
+                   if m.role == "assistant"]
+        return self._show(answers[-1] if answers else None)
+
+    def _show(self, message_id: int | None) -> tuple[Any, ...]:
+        if message_id is None:
+            return None, "Rate an answer with 👍 or 👎 to add details.", None, None, "", ""
+        detail = self.service.rating_detail(self.service.user_id(), message_id)
+        label = {1: "👍 Like", -1: "👎 Dislike"}.get(detail["value"]) if detail else None
+        pos, count = self.service.siblings(self.service.user_id(), message_id)
+        title = f"Rating details of the selected answer (alternative {pos} of {count})."
+        return (message_id, title, label, (detail or {}).get("reason"), (detail or {}).get("comment") or "",
+                (detail or {}).get("better_answer") or "")
+
+    def save(self, message_id: int | None, label: str | None, reason: str | None, comment: str,
+             better: str) -> str:
+        if message_id is None:
+            return "Select an answer first (click 👍 or 👎 under it)."
+        if label is None:
+            return "Choose 👍 or 👎 first."
+        try:
+            self.service.rate(self.service.user_id(), message_id, VALUES[label], reason=reason or None,
+                              comment=comment.strip() or None, better_answer=better.strip() or None)
+        except ChatLMError as exc:
+            gr.Warning(exc.message)
+            return f"Not saved: {exc.message}"
+        return "Saved."
+
+    def withdraw(self, message_id: int | None) -> tuple[Any, ...]:
+        if message_id is not None:
+            self.service.rate(self.service.user_id(), message_id, None)
+        return (*self._show(message_id)[2:], "Rating withdrawn.")
+
+    def render(self, conv_id: gr.State, ids: gr.State, chatbot: gr.Chatbot) -> None:
+        selected = gr.State(None)
+        with gr.Accordion("Rate in detail", open=False, elem_id="rate-details"):
+            title = gr.Markdown(elem_id="rate-title")
+            label = gr.Radio(list(VALUES), label="Rating", elem_id="rate-value")
+            reason = gr.Radio(list(RATING_REASONS), label="Reason", elem_id="rate-reason")
+            comment = gr.Textbox(label="Comment", lines=2, elem_id="rate-comment")
+            better = gr.Textbox(label="Suggest a better answer", lines=3, elem_id="rate-better")
+            with gr.Row():
+                save_btn = gr.Button("Save rating", variant="primary", elem_id="rate-save")
+                withdraw_btn = gr.Button("Withdraw rating", elem_id="rate-withdraw")
+            result = gr.Markdown(elem_id="rate-result")
+        fields = [selected, title, label, reason, comment, better]
+        chatbot.like(self.select, [ids], fields, api_visibility="private")
+        ids.change(self.follow_last, [conv_id, ids], fields, api_visibility="private")
+        save_btn.click(self.save, [selected, label, reason, comment, better], [result], api_name="rate_detail")
+        withdraw_btn.click(self.withdraw, [selected], [label, reason, comment, better, result],
+                           api_name="withdraw_rating")
+
+
+class FeedbackTab:
+    def __init__(self, service: ChatService) -> None:
+        self.service = service
+
+    def refresh(self, label: str, adapter: str, text: str) -> tuple[Any, ...]:
+        with transaction(self.service.sessions) as s:
+            everything = stats.rated_rows(s)
+            rows = stats.rated_rows(s, label=None if label == "all" else label,
+                                    adapter=None if adapter == "all" else adapter, text=text or None)
+        counts = pd.DataFrame(stats.counts(everything), columns=["day", "adapter", "label", "count"])
+        counts["series"] = counts["label"] + " / " + counts["adapter"]
+        table = pd.DataFrame([[getattr(r, c) for c in COLUMNS] for r in rows], columns=COLUMNS)
+        adapters = ["all", *sorted({r.adapter for r in everything})]
+        summary = (f"{len(everything)} ratings: {sum(r.label == 'like' for r in everything)} 👍, "
+                   f"{sum(r.label == 'dislike' for r in everything)} 👎; {len(rows)} shown.")
+        return counts, table, gr.update(choices=adapters), summary
+
+    def export(self, fmt: str) -> tuple[str | None, str]:
+        with transaction(self.service.sessions) as s:
+            answers = load.rated_answers(s)
+            convs = load.conversations(s) if fmt == "messages" else []
+        recs, counts = records.build(fmt, answers, convs)
+        path = Path(tempfile.mkdtemp(prefix="chatlm-export-")) / f"chatlm-{fmt}.jsonl"
+        path.write_text(records.to_jsonl(recs), encoding="utf-8")
+        return str(path), f"{fmt}: {counts.summary()}"
+
+    def render(self) -> gr.Button:
+        gr.Markdown("Ratings are the raw material of the next LoRA round. Excluded conversations "
+                    "never reach a dataset.")
+        with gr.Row():
+            label = gr.Dropdown(["all", "like", "dislike"], value="all", label="Label", elem_id="fb-label")
+            adapter = gr.Dropdown(["all"], value="all", label="Adapter", elem_id="fb-adapter")
+            text = gr.Textbox(label="Search question, answer or comment", elem_id="fb-search")
+            refresh = gr.Button("Refresh", elem_id="fb-refresh")
+        summary = gr.Markdown(elem_id="fb-summary")
+        plot = gr.BarPlot(x="day", y="count", color="series", title="Ratings by day, label and adapter",
+                          elem_id="fb-plot")
+        table = gr.Dataframe(headers=COLUMNS, interactive=False, wrap=True, elem_id="fb-table")
+        with gr.Row():
+            fmt = gr.Radio(list(records.FORMATS), value="sft", label="Training dataset", elem_id="fb-format")
+            build = gr.Button("Build dataset", elem_id="fb-build")
+        file = gr.File(label="Download (JSONL, TRL format)", elem_id="fb-file")
+        built = gr.Markdown(elem_id="fb-built")
+        inputs, outputs = [label, adapter, text], [plot, table, adapter, summary]
+        for trigger in (refresh.click, label.change, text.submit):
+            trigger(self.refresh, inputs, outputs, api_visibility="private")
+        adapter.input(self.refresh, inputs, outputs, api_visibility="private")
+        build.click(self.export, [fmt], [file, built], api_name="export_dataset")
+        return refresh

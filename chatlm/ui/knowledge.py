@@ -1,0 +1,109 @@
+"""Knowledge panel of the chat screen: load a text (upload or paste) into the conversation, see and
+remove its documents, reuse one loaded earlier, and see the passages the last answer cited."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from chatlm.errors import ChatLMError
+from chatlm.service import ChatService
+
+FILE_TYPES = [".txt", ".md", ".markdown", ".html", ".htm", ".pdf"]
+
+
+class KnowledgePanel:
+    def __init__(self, service: ChatService) -> None:
+        self.service = service
+
+    def _uid(self) -> int:
+        return self.service.user_id()
+
+    def documents(self, conv_id: int | None) -> tuple[Any, Any]:
+        """The conversation's documents (to remove) and the user's others (to reuse)."""
+        mine = self.service.library.user_documents(self._uid())
+        used = self.service.library.documents(conv_id) if conv_id else []
+        used_ids = {d.id for d in used}
+        return (gr.update(choices=[(d.name, d.id) for d in used], value=[]),
+                gr.update(choices=[(d.name, d.id) for d in mine if d.id not in used_ids], value=None))
+
+    def load(self, conv_id: int | None, upload: str | None, pasted: str, name: str,
+             progress: gr.Progress = gr.Progress()) -> tuple[Any, ...]:  # noqa: B008 - Gradio's way
+        """Parse, chunk, store and index; BM25 is ready at once, embeddings follow in the background."""
+        uid = self._uid()
+        try:
+            if conv_id is None:
+                conv_id = self.service.new_conversation(uid).id
+            report = lambda frac, msg: progress(frac, desc=msg)  # noqa: E731
+            if upload:
+                path = Path(upload)
+                doc = self.service.library.load(user_id=uid, conversation_id=conv_id, name=path.name,
+                                                data=path.read_bytes(), progress=report)
+            else:
+                doc = self.service.library.load(user_id=uid, conversation_id=conv_id,
+                                                name=name.strip() or "pasted text", text=pasted,
+                                                progress=report)
+            status = f"Loaded **{doc.name}**: ask questions about it; answers cite its passages."
+        except ChatLMError as exc:
+            gr.Warning(exc.message)
+            status = f"Not loaded: {exc.message}"
+        return (conv_id, *self.documents(conv_id), status, None, "")
+
+    def remove(self, conv_id: int | None, doc_ids: list[int]) -> tuple[Any, ...]:
+        for doc_id in doc_ids or []:
+            self.service.library.detach(user_id=self._uid(), conversation_id=conv_id, document_id=doc_id)
+        return self.documents(conv_id)
+
+    def reuse(self, conv_id: int | None, doc_id: int | None) -> tuple[Any, ...]:
+        if doc_id is None:
+            return (conv_id, *self.documents(conv_id))
+        uid = self._uid()
+        if conv_id is None:
+            conv_id = self.service.new_conversation(uid).id
+        self.service.library.attach(user_id=uid, conversation_id=conv_id, document_id=doc_id)
+        self.service.library.index_for(conv_id)
+        return (conv_id, *self.documents(conv_id))
+
+    def sources(self, conv_id: int | None, ids: list[int]) -> str:
+        """Markdown of the passages the last answer was given, with their document names."""
+        if conv_id is None or not ids:
+            return ""
+        rows = self.service.history(self._uid(), conv_id)
+        answers = [m for m, _ in rows if m.role == "assistant" and m.id in set(ids)]
+        if not answers or not answers[-1].sources:
+            return ""
+        texts = self.service.library.chunk_texts([s["chunk_id"] for s in answers[-1].sources])
+        lines = ["**Sources of the last answer**"]
+        for src in answers[-1].sources:
+            body = texts.get(src["chunk_id"], "").strip().replace("\n", " ")
+            lines.append(f"[{src['n']}] *{src['document']}*: {body}")
+        return "\n\n".join(lines)
+
+    def render(self, conv_id: gr.State, ids: gr.State) -> gr.Markdown:
+        """Lay the panel out inside the current Blocks; returns the sources Markdown."""
+        with gr.Accordion("Knowledge texts", open=False, elem_id="knowledge"):
+            with gr.Row():
+                upload = gr.File(label="Upload .txt, .md, .html or .pdf (up to 20 MB)",
+                                 file_types=FILE_TYPES, type="filepath", elem_id="upload")
+                with gr.Column():
+                    pasted = gr.Textbox(label="…or paste a text", lines=4, elem_id="paste")
+                    name = gr.Textbox(label="Name of the pasted text", elem_id="paste-name")
+            load_btn = gr.Button("Load into this chat", elem_id="load-doc")
+            status = gr.Markdown(elem_id="doc-status")
+            with gr.Row():
+                used = gr.CheckboxGroup(label="Documents in this chat", choices=[], elem_id="docs")
+                remove_btn = gr.Button("Remove selected", size="sm", elem_id="remove-doc")
+            with gr.Row():
+                others = gr.Dropdown(label="Reuse a document you loaded before", choices=[],
+                                     elem_id="other-docs")
+                reuse_btn = gr.Button("Use in this chat", size="sm", elem_id="reuse-doc")
+        sources = gr.Markdown(elem_id="sources")
+        load_btn.click(self.load, [conv_id, upload, pasted, name],
+                       [conv_id, used, others, status, upload, pasted], api_name="load_document")
+        remove_btn.click(self.remove, [conv_id, used], [used, others], api_name="remove_documents")
+        reuse_btn.click(self.reuse, [conv_id, others], [conv_id, used, others], api_name="reuse_document")
+        conv_id.change(self.documents, [conv_id], [used, others], api_visibility="private")
+        ids.change(self.sources, [conv_id, ids], [sources], api_visibility="private")
+        return sources
