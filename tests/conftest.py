@@ -68,7 +68,7 @@ class RunningServer:
         self.app = build_app(settings, backend)
         self.url = f"http://{settings.host}:{settings.port}"
         config = uvicorn.Config(self.app.asgi, host=settings.host, port=settings.port,
-                                log_level="warning")
+                                log_level="warning", timeout_graceful_shutdown=2)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()

@@ -103,7 +103,7 @@ class ChatUI:
             yield (gr.update(value=messages, feedback_value=feedback), ids, conv_id,
                    self._sidebar(conv_id), exc.message, text)
             return
-        yield from self._stream(reply, conv_id)
+        yield from self._stream(reply, conv_id, clear_box=True)
 
     def retry(self, conv_id: int | None, ids: list[int], temperature: float, top_p: float,
               max_new: int) -> Iterator[Outputs]:
@@ -122,14 +122,18 @@ class ChatUI:
             return
         yield from self._stream(reply, conv_id)
 
-    def _stream(self, reply: Reply, conv_id: int) -> Iterator[Outputs]:
+    def _stream(self, reply: Reply, conv_id: int, clear_box: bool = False) -> Iterator[Outputs]:
         messages, ids, feedback = self._view(conv_id)
         messages.append({"role": "assistant", "content": ""})
         sidebar = self._sidebar(conv_id)
         notice = reply.notice
+        # Clear the sent message once; later updates leave the box alone so that a draft typed
+        # while the answer streams is kept (Retry never touches it).
+        box: Any = "" if clear_box else gr.update()
         for delta in reply:
             messages[-1]["content"] += delta
-            yield gr.update(value=messages), ids, conv_id, sidebar, notice, ""
+            yield gr.update(value=messages), ids, conv_id, sidebar, notice, box
+            box = gr.update()
         gen = reply.generation
         if gen.finish_reason == "error":
             notice = f"The answer failed: {gen.error}"
@@ -137,7 +141,7 @@ class ChatUI:
             notice = (notice + " " if notice else "") + "Stopped; the partial answer was kept."
         messages, ids, feedback = self._view(conv_id)
         yield (gr.update(value=messages, feedback_value=feedback), ids, conv_id,
-               self._sidebar(conv_id), notice, "")
+               self._sidebar(conv_id), notice, box)
 
     def stop(self, conv_id: int | None) -> None:
         if conv_id is not None:
@@ -197,8 +201,9 @@ class ChatUI:
             send_args = dict(fn=self.send, inputs=[box, conv_id, sys_prompt, temperature, top_p,
                                                    max_new],
                              outputs=stream_out, concurrency_limit=limit)
-            box.submit(**send_args, api_visibility="private")  # type: ignore[arg-type]
+            # The public endpoint first: it must get the name "/send" (not "/send_1").
             send_btn.click(**send_args, api_name="send")  # type: ignore[arg-type]
+            box.submit(**send_args, api_visibility="private")  # type: ignore[arg-type]
             retry_args = dict(fn=self.retry, inputs=[conv_id, ids, temperature, top_p, max_new],
                               outputs=stream_out, concurrency_limit=limit)
             retry_btn.click(**retry_args, api_name="retry")  # type: ignore[arg-type]

@@ -1,0 +1,369 @@
+"""The chat screen in a real browser (Playwright + Debian's chromium) over the real bundled model.
+
+Every check that something was saved reads the database through the running app's service, so a
+test proves both what the user sees and what is stored.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+CHROMIUM = shutil.which("chromium")
+if CHROMIUM is None:
+    pytest.skip("chromium is not installed (apt-get install chromium); the browser tests need it",
+                allow_module_level=True)
+sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+
+from sqlalchemy import select  # noqa: E402
+
+from chatlm.store.db import transaction  # noqa: E402
+from chatlm.store.models import Message  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+FRANCE = "What is the capital of France?"
+BOT = "#chatbot [data-testid='bot']"
+USER = "#chatbot [data-testid='user']"
+BOT_LABEL = "bot's message: "
+TIMEOUT = 90.0
+"""Seconds to wait for an answer; the CPU may be shared with other work."""
+
+
+# ---- fixtures ----------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--no-first-run"],
+        )
+        yield b
+        b.close()
+
+
+COUNT_COMPLETED_EVENTS = """
+(() => {
+  // Gradio streams event results over fetch() (server-sent events on /queue/data); count the
+  // "process_completed" messages so a test can wait for an event, the page load included, to end.
+  window.__gradioCompleted = 0;
+  const original = window.fetch;
+  window.fetch = async function (...args) {
+    const response = await original.apply(this, args);
+    const url = String(args[0] instanceof Request ? args[0].url : args[0]);
+    if (!url.includes("/queue/data") || !response.body) return response;
+    const [mine, theirs] = response.body.tee();
+    (async () => {
+      const reader = mine.getReader();
+      const decoder = new TextDecoder();
+      let text = "";
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        text += decoder.decode(value, { stream: true });
+        const lines = text.split("\\n");
+        text = lines.pop();
+        for (const line of lines) {
+          if (/"msg":\\s*"process_completed"/.test(line)) window.__gradioCompleted += 1;
+        }
+      }
+    })();
+    return new Response(theirs, { status: response.status, statusText: response.statusText,
+                                  headers: response.headers });
+  };
+})();
+"""
+
+
+@pytest.fixture
+def server(start_server, bundled_backend):
+    return start_server(bundled_backend)
+
+
+@pytest.fixture
+def page(browser, server) -> Iterator[Any]:
+    """A fresh browser context (empty local storage) per test. It depends on ``server`` so that it
+    is closed first: a page left open keeps connections that make the server's shutdown wait."""
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    context.add_init_script(COUNT_COMPLETED_EVENTS)
+    pg = context.new_page()
+    pg.set_default_timeout(TIMEOUT * 1000)
+    yield pg
+    context.close()
+
+
+# ---- helpers -----------------------------------------------------------------------------------
+def wait_for(check: Callable[[], Any], what: str, timeout: float = TIMEOUT) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def loaded(page, navigate: Callable[[], Any]) -> None:
+    """Navigate and wait for the page-load event to complete, so that nothing typed or set
+    afterwards is overwritten by its outputs."""
+    navigate()
+    page.wait_for_selector("#message textarea")
+    page.wait_for_function("window.__gradioCompleted >= 1")
+
+
+def open_app(page, server) -> None:
+    loaded(page, lambda: page.goto(server.url))
+
+
+def settings(page, *, temperature: float | None = None, max_new: int | None = None) -> None:
+    """Set generation settings through the 'Generation settings' accordion."""
+    temp_box = page.get_by_label("number input for Temperature")
+    if not temp_box.is_visible():
+        page.get_by_text("Generation settings").click()
+        temp_box.wait_for(state="visible")
+    for label, value in (("Temperature", temperature), ("Maximum new tokens", max_new)):
+        if value is not None:
+            box = page.get_by_label(f"number input for {label}")
+            box.fill(str(value))
+            box.press("Enter")
+
+
+def send(page, text: str) -> None:
+    page.fill("#message textarea", text)
+    page.click("#send")
+
+
+def bot_texts(page) -> list[str]:
+    """The raw text of every assistant bubble (Gradio puts it in the aria-label)."""
+    labels = page.locator(BOT).evaluate_all("els => els.map(e => e.getAttribute('aria-label'))")
+    return [(label or "").removeprefix(BOT_LABEL) for label in labels]
+
+
+def last_bot(page) -> str:
+    texts = bot_texts(page)
+    return texts[-1] if texts else ""
+
+
+def user_texts(page) -> list[str]:
+    return [t.strip() for t in page.locator(USER).all_inner_texts()]
+
+
+def sidebar_titles(page) -> list[str]:
+    return [t.strip() for t in page.locator("#conversations label").all_inner_texts()]
+
+
+def uid(server) -> int:
+    return server.app.service.user_id()
+
+
+def all_messages(server) -> list[Message]:
+    """Every stored message, all branches included."""
+    with transaction(server.app.service.sessions) as s:
+        return list(s.scalars(select(Message).order_by(Message.id)))
+
+
+def answers(server) -> list[Message]:
+    return [m for m in all_messages(server) if m.role == "assistant"]
+
+
+def wait_answer(page, server, count: int) -> Message:
+    """Wait until ``count`` answers are stored and the newest is the one on screen; return it."""
+    msg = wait_for(lambda: len(answers(server)) >= count and answers(server)[count - 1],
+                   f"answer #{count} to be stored")
+    shown = msg.content + (" ⏹" if msg.status == "stopped" else "")
+    wait_for(lambda: last_bot(page).strip() == shown.strip(), "the stored answer to be shown")
+    return msg
+
+
+def ask_and_like_france(page, server) -> tuple[int, Message]:
+    """Send the France question greedily, wait for the answer and click its thumbs up."""
+    settings(page, temperature=0, max_new=40)
+    send(page, FRANCE)
+    answer = wait_answer(page, server, 1)
+    page.locator("#chatbot button[aria-label='Like']").last.click()
+    conv_id = answer.conversation_id
+    wait_for(lambda: dict((m.id, r) for m, r in server.app.service.history(uid(server), conv_id))
+             .get(answer.id) == 1, "the rating to be stored")
+    return conv_id, answer
+
+
+def assert_france_shown_and_liked(page, answer: Message) -> None:
+    page.wait_for_selector(BOT)
+    assert FRANCE in sidebar_titles(page)
+    selected = page.locator("#conversations label.selected")
+    assert selected.inner_text().strip() == FRANCE
+    assert user_texts(page) == [FRANCE]
+    assert bot_texts(page) == [answer.content]
+    # Gradio marks the chosen feedback by relabelling the button "Liked" (filled icon, accent colour)
+    liked = page.locator("#chatbot button[aria-label='Liked']")
+    liked.wait_for(state="visible")
+    assert liked.count() == 1
+    assert "--color-accent" in (liked.get_attribute("style") or "")
+    assert page.locator("#chatbot button[aria-label='Like']").count() == 0
+    assert page.locator("#chatbot button[aria-label='Disliked']").count() == 0
+
+
+# ---- tests -------------------------------------------------------------------------------------
+def test_answer_streams_is_rated_and_survives_a_reload(page, server):
+    open_app(page, server)
+    settings(page, temperature=0, max_new=40)
+    send(page, FRANCE)
+
+    seen: list[str] = []
+    deadline = time.monotonic() + TIMEOUT
+    while not answers(server):
+        text = last_bot(page)
+        if text and (not seen or seen[-1] != text):
+            seen.append(text)
+        assert time.monotonic() < deadline, "no answer was stored"
+        time.sleep(0.05)
+    answer = wait_answer(page, server, 1)
+    final = answer.content
+    assert answer.status == "complete"
+    assert "Paris" in final
+    partial = [t for t in seen if t.strip() and len(t.strip()) < len(final) and final.startswith(t)]
+    assert partial, f"the answer was never seen while it grew; seen={seen!r} final={final!r}"
+    assert answer.generation_params["temperature"] == 0
+    assert answer.generation_params["max_new_tokens"] == 40
+
+    page.locator("#chatbot button[aria-label='Like']").last.click()
+    history = lambda: server.app.service.history(uid(server), answer.conversation_id)  # noqa: E731
+    wait_for(lambda: [r for m, r in history() if m.id == answer.id] == [1],
+             "the rating +1 to be stored")
+    assert [(m.role, m.content, r) for m, r in history()] == [
+        ("user", FRANCE, None), ("assistant", final, 1)]
+
+    loaded(page, page.reload)
+    assert_france_shown_and_liked(page, answer)
+
+
+def test_conversation_and_rating_survive_a_restart(page, start_server, bundled_backend, server):
+    open_app(page, server)
+    conv_id, answer = ask_and_like_france(page, server)
+    page.goto("about:blank")  # let the old server close its connections
+    server.stop()
+
+    again = start_server(bundled_backend, data_dir=server.settings.data_dir)
+    assert again.url != server.url
+    open_app(page, again)
+    assert_france_shown_and_liked(page, answer)
+    stored = again.app.service.history(again.app.service.user_id(), conv_id)
+    assert [(m.id, m.content, r) for m, r in stored] == [
+        (answer.parent_id, FRANCE, None), (answer.id, answer.content, 1)]
+
+
+def test_stop_keeps_the_partial_answer_and_ends_the_generation(page, server):
+    open_app(page, server)
+    settings(page, temperature=0, max_new=1000)
+    send(page, "Write a very long story about a dragon.")
+    wait_for(lambda: len(last_bot(page)) >= 20, "some of the story to appear")
+    # A draft typed while the answer streams is kept (the stream does not wipe the box).
+    page.fill("#message textarea", "My next question")
+    grown = len(last_bot(page))
+    wait_for(lambda: len(last_bot(page)) > grown, "the story to go on after typing")
+    page.click("#stop")
+
+    page.locator("#notice", has_text="Stopped").wait_for()
+    answer = wait_answer(page, server, 1)
+    assert answer.status == "stopped"
+    assert answer.content.strip()
+    assert answer.generation_params["max_new_tokens"] == 1000
+    assert answer.completion_tokens is not None and 0 < answer.completion_tokens < 300, (
+        f"{answer.completion_tokens} tokens: the generation went on after Stop")
+    shown = last_bot(page)
+    assert shown == answer.content + " ⏹"
+    time.sleep(1.5)
+    assert last_bot(page) == shown, "the answer kept growing after Stop"
+    assert page.locator("#message textarea").input_value() == "My next question"
+    scheduler = server.app.service.backend.scheduler
+    wait_for(lambda: scheduler.active == 0 and scheduler.waiting == 0, "the scheduler to be idle",
+             timeout=5)
+    assert answers(server)[0].completion_tokens == answer.completion_tokens
+
+
+def test_retry_adds_a_sibling_answer(page, server):
+    open_app(page, server)
+    settings(page, max_new=12)
+    send(page, "Name a color.")
+    first = wait_answer(page, server, 1)
+
+    seen: list[str] = []
+    page.fill("#message textarea", "a draft")
+    page.click("#retry")
+    while len(answers(server)) < 2:
+        seen.append(last_bot(page))
+        time.sleep(0.05)
+    second = wait_answer(page, server, 2)
+    assert second.id != first.id
+    assert second.parent_id == first.parent_id
+    assert second.role == "assistant" and second.status == "complete" and second.content
+    assert first.generation_params["max_new_tokens"] == second.generation_params["max_new_tokens"] == 12
+    assert [m.role for m in all_messages(server)] == ["user", "assistant", "assistant"]
+    assert any(t != first.content for t in seen), "the retried answer was never streamed"
+    assert bot_texts(page) == [second.content]
+    assert user_texts(page) == ["Name a color."]
+    assert page.locator("#message textarea").input_value() == "a draft"  # Retry keeps the draft
+    history = server.app.service.history(uid(server), first.conversation_id)
+    assert [m.id for m, _ in history] == [first.parent_id, second.id]
+
+
+def test_sidebar_new_rename_open_delete(page, server):
+    service = server.app.service
+    open_app(page, server)
+    settings(page, max_new=8)
+    send(page, "Hello")
+    first = wait_answer(page, server, 1)
+    assert sidebar_titles(page) == ["Hello"]
+
+    page.click("#new-chat")
+    wait_for(lambda: not bot_texts(page) and not user_texts(page), "an empty chat")
+    wait_for(lambda: page.get_by_label("number input for Maximum new tokens").input_value() == "256",
+             "New chat to reset the generation settings")
+    settings(page, max_new=8)
+    send(page, "Tell me a joke.")
+    second = wait_answer(page, server, 2)
+    assert second.conversation_id != first.conversation_id
+    assert second.generation_params["max_new_tokens"] == 8
+    wait_for(lambda: sidebar_titles(page) == ["Tell me a joke.", "Hello"], "two conversations")
+    assert [c.id for c in service.conversations(uid(server))] == [second.conversation_id,
+                                                                   first.conversation_id]
+
+    page.fill("#title textarea", "  Jokes  ")
+    page.click("#rename")
+    wait_for(lambda: sidebar_titles(page) == ["Jokes", "Hello"], "the new title in the list")
+    assert service.conversation(uid(server), second.conversation_id).title == "Jokes"
+
+    page.locator("#conversations label", has_text="Hello").click()
+    wait_for(lambda: user_texts(page) == ["Hello"], "the first conversation to open")
+    assert bot_texts(page) == [first.content]
+    assert page.locator("#title textarea").input_value() == "Hello"
+    assert page.locator("#conversations label.selected").inner_text().strip() == "Hello"
+
+    page.click("#delete")
+    wait_for(lambda: sidebar_titles(page) == ["Jokes"], "the deleted conversation to leave")
+    assert [c.id for c in service.conversations(uid(server))] == [second.conversation_id]
+    assert {m.conversation_id for m in all_messages(server)} == {second.conversation_id}
+    wait_for(lambda: user_texts(page) == ["Tell me a joke."], "the remaining conversation")
+
+
+def test_an_empty_message_is_not_sent(page, server):
+    open_app(page, server)
+    page.click("#send")
+    warnings = page.get_by_text("Type a message first.")
+    warnings.first.wait_for()
+    page.fill("#message textarea", "   ")
+    page.locator("#message textarea").press("Enter")  # the private submit event
+    wait_for(lambda: warnings.count() >= 2, "a second warning")
+    page.click("#send")
+    wait_for(lambda: warnings.count() >= 3, "a third warning")
+    page.wait_for_function("window.__gradioCompleted >= 4")  # the page load and the 3 refusals
+    assert all_messages(server) == []
+    assert server.app.service.conversations(uid(server)) == []
+    assert user_texts(page) == [] and bot_texts(page) == []
+    assert sidebar_titles(page) == []

@@ -1,0 +1,121 @@
+"""The UI's named endpoints through the official ``gradio_client``, over the real bundled model."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+gradio_client = pytest.importorskip("gradio_client")
+
+pytestmark = pytest.mark.slow
+
+FRANCE = "What is the capital of France?"
+SYSTEM = "You are a helpful assistant."
+
+
+def value(output: Any) -> Any:
+    """An output's value: handlers return ``gr.update(...)``, which reaches the client as a dict."""
+    if isinstance(output, dict) and output.get("__type__") == "update":
+        return output.get("value")
+    return output
+
+
+def chat_texts(output: Any) -> list[tuple[str, str]]:
+    """(role, text) of each message of a Chatbot output."""
+    texts = []
+    for message in value(output):
+        content = message["content"]
+        if isinstance(content, list):
+            content = "".join(part.get("text", "") for part in content if part.get("type") == "text")
+        texts.append((message["role"], content))
+    return texts
+
+
+@pytest.fixture
+def server(start_server, bundled_backend):
+    running = start_server(bundled_backend)
+    yield running
+    # The client's heartbeat stream outlives client.close() by up to ~15 s and uvicorn would wait
+    # for it before shutting down; nothing else is in flight by then, so cut the wait short.
+    running.server.config.timeout_graceful_shutdown = 1
+
+
+@pytest.fixture
+def client(server):
+    c = gradio_client.Client(server.url, verbose=False)
+    yield c
+    c.close()
+
+
+def test_send_endpoint_parameters(client):
+    endpoints = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
+    assert {"/load", "/new", "/open", "/rename", "/delete", "/send", "/retry", "/stop",
+            "/rate"} <= set(endpoints)
+    assert not any(name.startswith("/send_") for name in endpoints)  # the Enter key is private
+    params = endpoints["/send"]["parameters"]
+    assert [p["parameter_name"] for p in params] == ["text", "sys_prompt", "temperature", "top_p",
+                                                     "max_new"]
+    assert [p["parameter_has_default"] for p in params] == [False, True, True, True, True]
+    assert len(endpoints["/send"]["returns"]) == 4  # chat, sidebar, notice, message box
+
+
+def test_send_then_load_and_what_is_stored(client, server, bundled_backend):
+    service = server.app.service
+    chat, sidebar, notice, box = client.predict(
+        text=FRANCE, sys_prompt=SYSTEM, temperature=0, top_p=0.9, max_new=40, api_name="/send")
+    texts = chat_texts(chat)
+    assert [role for role, _ in texts] == ["user", "assistant"]
+    assert texts[0][1] == FRANCE
+    answer_text = texts[1][1]
+    assert "Paris" in answer_text
+    assert value(notice) == ""
+    assert value(box) in ("", None)  # cleared (or left alone) after sending
+
+    uid = service.user_id()
+    convs = service.conversations(uid)
+    assert len(convs) == 1
+    conv = convs[0]
+    assert conv.title == FRANCE
+    assert conv.settings == {"temperature": 0, "top_p": 0.9, "max_new_tokens": 40}
+    assert sidebar["choices"] == [[FRANCE, conv.id]] and sidebar["value"] == conv.id
+
+    history = service.history(uid, conv.id)
+    assert [(m.role, m.content, r) for m, r in history] == [
+        ("user", FRANCE, None), ("assistant", answer_text, None)]
+    question, answer = history[0][0], history[1][0]
+    assert answer.parent_id == question.id
+    assert answer.status == "complete"
+    assert answer.model_id == bundled_backend.model_id and answer.model_id
+    assert answer.prompt_tokens and answer.prompt_tokens > 10
+    assert answer.completion_tokens and 0 < answer.completion_tokens <= 40
+    assert answer.latency_ms and answer.latency_ms > 0
+    assert answer.generation_params == {"temperature": 0.0, "top_p": 0.9, "top_k": 0,
+                                        "max_new_tokens": 40, "stop": [], "seed": None}
+    assert answer.prompt_messages == [{"role": "system", "content": SYSTEM},
+                                      {"role": "user", "content": FRANCE}]
+    assert answer.error is None
+
+    # /load takes the conversation id the browser remembered; None means "the latest one".
+    for stored_id in (conv.id, None):
+        chat, sidebar, title, sys_prompt, temperature, top_p, max_new, notice = client.predict(
+            stored_id, api_name="/load")
+        assert chat_texts(chat) == [("user", FRANCE), ("assistant", answer_text)]
+        assert value(chat) and chat["feedback_value"] == [None]
+        assert sidebar["value"] == conv.id
+        assert (title, sys_prompt, temperature, top_p, max_new) == (FRANCE, SYSTEM, 0, 0.9, 40)
+
+
+def test_send_continues_the_conversation_and_refuses_an_empty_message(client, server):
+    service = server.app.service
+    client.predict(text="Hi", temperature=0, max_new=4, api_name="/send")
+    client.predict(text="   ", api_name="/send")  # refused with a warning: nothing stored
+    chat, *_ = client.predict(text="Thanks", temperature=0, max_new=4, api_name="/send")
+    assert [(r, t) for r, t in chat_texts(chat) if r == "user"] == [("user", "Hi"),
+                                                                    ("user", "Thanks")]
+    uid = service.user_id()
+    [conv] = service.conversations(uid)  # the client's session kept its conversation
+    history = [m for m, _ in service.history(uid, conv.id)]
+    assert [m.role for m in history] == ["user", "assistant", "user", "assistant"]
+    assert [m.parent_id for m in history] == [None] + [m.id for m in history[:-1]]
+    assert history[2].content == "Thanks"
