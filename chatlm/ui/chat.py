@@ -49,6 +49,7 @@ class ChatUI:
             conv.system_prompt if conv else self.service.settings.system_prompt,
             settings.get("temperature", 0.7), settings.get("top_p", 0.9),
             settings.get("max_new_tokens", 256), "",
+            bool(conv.exclude_from_training) if conv else False,
         )
 
     # ---- handlers ------------------------------------------------------------------------
@@ -147,20 +148,60 @@ class ChatUI:
         if conv_id is not None:
             self.service.stop(conv_id)
 
-    def like(self, ids: list[int], data: gr.LikeData) -> None:
+    def like(self, ids: list[int], data: gr.LikeData) -> int | None:
+        """Save 👍/👎 and select the answer for the rating-details panel."""
         index = data.index if isinstance(data.index, int) else data.index[0]
         if not 0 <= index < len(ids):
-            return
+            return None
         value = {True: 1, False: -1, "Like": 1, "Dislike": -1}.get(data.liked)  # type: ignore[arg-type]
         try:
             self.service.rate(self._uid(), ids[index], value)
         except ChatLMError as exc:
             gr.Warning(exc.message)
+        return ids[index]
+
+    def edit(self, conv_id: int | None, ids: list[int], temperature: float, top_p: float, max_new: int,
+             data: gr.EditData) -> Iterator[Outputs]:
+        """An edited user message starts a new branch; the old branch stays (page back to it)."""
+        index = data.index if isinstance(data.index, int) else data.index[0]
+        if conv_id is None or not 0 <= index < len(ids):
+            return
+        settings = {"temperature": temperature, "top_p": top_p, "max_new_tokens": int(max_new)}
+        try:
+            reply = self.service.edit(self._uid(), ids[index], str(data.value), _params(settings))
+        except ChatLMError as exc:
+            gr.Warning(exc.message)
+            messages, ids, feedback = self._view(conv_id)
+            yield (gr.update(value=messages, feedback_value=feedback), ids, conv_id,
+                   self._sidebar(conv_id), exc.message, gr.update())
+            return
+        yield from self._stream(reply, conv_id)
+
+    def page(self, conv_id: int | None, ids: list[int], step: int) -> tuple[Any, ...]:
+        """Show the previous or next alternative answer of the last turn."""
+        if conv_id is not None and ids:
+            self.service.switch_sibling(self._uid(), ids[-1], step)
+        messages, ids, feedback = self._view(conv_id)
+        return gr.update(value=messages, feedback_value=feedback), ids
+
+    def pager(self, conv_id: int | None, ids: list[int]) -> str:
+        if conv_id is None or not ids:
+            return ""
+        pos, count = self.service.siblings(self._uid(), ids[-1])
+        return f"answer {pos}/{count}" if count > 1 else ""
+
+    def exclude(self, conv_id: int | None, excluded: bool) -> None:
+        if conv_id is not None:
+            self.service.set_excluded(self._uid(), conv_id, excluded)
 
     # ---- layout --------------------------------------------------------------------------
     def build(self) -> gr.Blocks:
+        from chatlm.ui.feedback import FeedbackPanel, FeedbackTab
+        from chatlm.ui.knowledge import KnowledgePanel
+
         with gr.Blocks(title="chatlm") as demo:
             ids = gr.State([])
+            selected = gr.State(None)
             conv_id = gr.State(None)
             stored = gr.BrowserState(None, storage_key="chatlm-conversation")
             with gr.Sidebar(open=True):
@@ -171,25 +212,36 @@ class ChatUI:
                 with gr.Row():
                     rename_btn = gr.Button("Rename", size="sm", elem_id="rename")
                     delete_btn = gr.Button("Delete", size="sm", variant="stop", elem_id="delete")
-            chatbot = gr.Chatbot(height=520, label="chatlm", elem_id="chatbot",
-                                 feedback_options=("Like", "Dislike"), buttons=["copy"])
-            notice = gr.Markdown(elem_id="notice")
-            with gr.Row():
-                box = gr.Textbox(placeholder="Ask anything…", show_label=False, scale=8,
-                                 elem_id="message", autofocus=True)
-                send_btn = gr.Button("Send", variant="primary", scale=1, elem_id="send")
-                stop_btn = gr.Button("Stop", scale=1, elem_id="stop")
-                retry_btn = gr.Button("Retry", scale=1, elem_id="retry")
-            with gr.Accordion("Generation settings", open=False):
-                sys_prompt = gr.Textbox(label="System prompt", lines=2,
-                                        value=self.service.settings.system_prompt)
-                temperature = gr.Slider(0, 2, value=0.7, step=0.05, label="Temperature")
-                top_p = gr.Slider(0.05, 1, value=0.9, step=0.05, label="Top-p")
-                max_new = gr.Slider(1, self.service.settings.max_new_tokens, value=256, step=1,
-                                    label="Maximum new tokens")
+                excluded = gr.Checkbox(label="Don't use this conversation for training",
+                                       elem_id="exclude")
+            with gr.Tab("Chat", elem_id="chat-tab"):
+                chatbot = gr.Chatbot(height=520, label="chatlm", elem_id="chatbot", editable="user",
+                                     feedback_options=("Like", "Dislike"), buttons=["copy"])
+                with gr.Row():
+                    prev_btn = gr.Button("‹", size="sm", scale=0, min_width=40, elem_id="prev-answer")
+                    pager = gr.Markdown(elem_id="pager")
+                    next_btn = gr.Button("›", size="sm", scale=0, min_width=40, elem_id="next-answer")
+                notice = gr.Markdown(elem_id="notice")
+                with gr.Row():
+                    box = gr.Textbox(placeholder="Ask anything…", show_label=False, scale=8,
+                                     elem_id="message", autofocus=True)
+                    send_btn = gr.Button("Send", variant="primary", scale=1, elem_id="send")
+                    stop_btn = gr.Button("Stop", scale=1, elem_id="stop")
+                    retry_btn = gr.Button("Retry", scale=1, elem_id="retry")
+                with gr.Accordion("Generation settings", open=False):
+                    sys_prompt = gr.Textbox(label="System prompt", lines=2,
+                                            value=self.service.settings.system_prompt)
+                    temperature = gr.Slider(0, 2, value=0.7, step=0.05, label="Temperature")
+                    top_p = gr.Slider(0.05, 1, value=0.9, step=0.05, label="Top-p")
+                    max_new = gr.Slider(1, self.service.settings.max_new_tokens, value=256, step=1,
+                                        label="Maximum new tokens")
+                KnowledgePanel(self.service).render(conv_id, ids)
+                FeedbackPanel(self.service).render(conv_id, ids, selected)
+            with gr.Tab("Feedback", elem_id="feedback-tab") as feedback_tab:
+                FeedbackTab(self.service).render(feedback_tab)
 
             view = [chatbot, ids, conv_id, conv_list, title, sys_prompt, temperature, top_p,
-                    max_new, notice]
+                    max_new, notice, excluded]
             stream_out = [chatbot, ids, conv_id, conv_list, notice, box]
             limit = max(self.service.settings.max_batch, 1) * 2
             demo.load(self.load, [stored], view, api_name="load")
@@ -209,7 +261,15 @@ class ChatUI:
             retry_btn.click(**retry_args, api_name="retry")  # type: ignore[arg-type]
             chatbot.retry(**retry_args, api_visibility="private")  # type: ignore[arg-type]
             stop_btn.click(self.stop, [conv_id], None, concurrency_limit=None, api_name="stop")
-            chatbot.like(self.like, [ids], None, concurrency_limit=None, api_name="rate")
+            chatbot.like(self.like, [ids], [selected], concurrency_limit=None, api_name="rate")
+            chatbot.edit(self.edit, [conv_id, ids, temperature, top_p, max_new], stream_out,
+                         concurrency_limit=limit, api_visibility="private")
+            prev_btn.click(lambda c, i: self.page(c, i, -1), [conv_id, ids], [chatbot, ids],
+                           api_visibility="private")
+            next_btn.click(lambda c, i: self.page(c, i, +1), [conv_id, ids], [chatbot, ids],
+                           api_visibility="private")
+            ids.change(self.pager, [conv_id, ids], [pager], api_visibility="private")
+            excluded.input(self.exclude, [conv_id, excluded], None, api_name="exclude")
         return demo
 
 

@@ -26,9 +26,8 @@ class FeedbackPanel:
     def __init__(self, service: ChatService) -> None:
         self.service = service
 
-    def select(self, ids: list[int], data: gr.LikeData) -> tuple[Any, ...]:
-        index = data.index if isinstance(data.index, int) else data.index[0]
-        return self._show(ids[index] if 0 <= index < len(ids) else None)
+    def show(self, message_id: int | None) -> tuple[Any, ...]:
+        return self._show(message_id)[1:]
 
     def follow_last(self, conv_id: int | None, ids: list[int]) -> tuple[Any, ...]:
         if conv_id is None or not ids:
@@ -66,8 +65,8 @@ class FeedbackPanel:
             self.service.rate(self.service.user_id(), message_id, None)
         return (*self._show(message_id)[2:], "Rating withdrawn.")
 
-    def render(self, conv_id: gr.State, ids: gr.State, chatbot: gr.Chatbot) -> None:
-        selected = gr.State(None)
+    def render(self, conv_id: gr.State, ids: gr.State, selected: gr.State) -> None:
+        """``selected`` holds the answer last clicked 👍/👎 (set by the chat's like handler)."""
         with gr.Accordion("Rate in detail", open=False, elem_id="rate-details"):
             title = gr.Markdown(elem_id="rate-title")
             label = gr.Radio(list(VALUES), label="Rating", elem_id="rate-value")
@@ -79,7 +78,7 @@ class FeedbackPanel:
                 withdraw_btn = gr.Button("Withdraw rating", elem_id="rate-withdraw")
             result = gr.Markdown(elem_id="rate-result")
         fields = [selected, title, label, reason, comment, better]
-        chatbot.like(self.select, [ids], fields, api_visibility="private")
+        selected.change(self.show, [selected], fields[1:], api_visibility="private")
         ids.change(self.follow_last, [conv_id, ids], fields, api_visibility="private")
         save_btn.click(self.save, [selected, label, reason, comment, better], [result], api_name="rate_detail")
         withdraw_btn.click(self.withdraw, [selected], [label, reason, comment, better, result],
@@ -112,7 +111,8 @@ class FeedbackTab:
         path.write_text(records.to_jsonl(recs), encoding="utf-8")
         return str(path), f"{fmt}: {counts.summary()}"
 
-    def render(self) -> gr.Button:
+    def render(self, tab: gr.Tab) -> None:
+        """Lay the tab out; it refreshes whenever it is opened."""
         gr.Markdown("Ratings are the raw material of the next LoRA round. Excluded conversations "
                     "never reach a dataset.")
         with gr.Row():
@@ -130,8 +130,7 @@ class FeedbackTab:
         file = gr.File(label="Download (JSONL, TRL format)", elem_id="fb-file")
         built = gr.Markdown(elem_id="fb-built")
         inputs, outputs = [label, adapter, text], [plot, table, adapter, summary]
-        for trigger in (refresh.click, label.change, text.submit):
+        for trigger in (tab.select, refresh.click, label.change, text.submit):
             trigger(self.refresh, inputs, outputs, api_visibility="private")
         adapter.input(self.refresh, inputs, outputs, api_visibility="private")
         build.click(self.export, [fmt], [file, built], api_name="export_dataset")
-        return refresh
