@@ -98,8 +98,9 @@ def test_send_then_load_and_what_is_stored(client, server, bundled_backend):
 
     # /load takes the conversation id the browser remembered; None means "the latest one".
     for stored_id in (conv.id, None):
-        chat, sidebar, title, sys_prompt, temperature, top_p, max_new, notice = client.predict(
+        chat, sidebar, title, sys_prompt, temperature, top_p, max_new, notice, excluded = client.predict(
             stored_id, api_name="/load")
+        assert excluded is False
         assert chat_texts(chat) == [("user", FRANCE), ("assistant", answer_text)]
         assert value(chat) and chat["feedback_value"] == [None]
         assert sidebar["value"] == conv.id
