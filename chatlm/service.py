@@ -211,7 +211,8 @@ class ChatService:
                 raise InputError("Only your own messages can be edited.")
             conv = repo.get_conversation(s, conversation_id=original.conversation_id, user_id=user_id)
             previous_leaf = conv.active_leaf_id
-            conv.active_leaf_id = original.parent_id  # send() continues from here
+            # send() continues from here; a first message's edit starts a new root
+            conv.active_leaf_id = original.parent_id if original.parent_id is not None else repo.EMPTY_BRANCH
             conv_id = conv.id
         try:
             return self.send(user_id, conv_id, content, params, adapter=adapter)
@@ -265,6 +266,61 @@ class ChatService:
         if name is not None and name not in self.adapter_names():
             raise NotFoundError(f"No adapter named {name!r} is loaded.")
         self.active_adapter = name
+
+    # ---- training rounds and the adapter registry ------------------------------------------------
+    def start_round(self, method: str = "auto", **options: Any) -> int:
+        """Start a fine-tuning round in its own process (refused while one runs); returns its run id."""
+        from chatlm.training.rounds import start_round
+
+        return start_round(self.settings, method, sessions=self.sessions, **options)
+
+    def sync_active_adapter(self) -> str | None:
+        """Serve the registry's active adapter (loading it first if needed): this is how a server
+        learns of an activation or rollback made elsewhere (the CLI, another worker), no restart."""
+        from chatlm.store import registry
+
+        with transaction(self.sessions) as s:
+            active = registry.active_adapter(s)
+            name, path = (active.name, active.path) if active else (None, None)
+        if name is not None and name not in self.adapter_names():
+            self.load_adapter(name, str(path))
+        self.activate_adapter(name)
+        return name
+
+    def promote_adapter(self, name: str | None) -> str | None:
+        """Make a registered adapter (None: the base model) the default, in the registry and here;
+        it is loaded first, so one that fails to load leaves the registry as it was."""
+        from chatlm.store import registry
+
+        if name is not None and name not in self.adapter_names():
+            with transaction(self.sessions) as s:
+                path = registry.get_adapter(s, name=name).path
+            self.load_adapter(name, path)
+        with transaction(self.sessions) as s:
+            registry.activate(s, name=name)
+        self.activate_adapter(name)
+        return name
+
+    def rollback_adapter(self) -> str | None:
+        """Activate the adapter that was active before the current one; returns the one now active."""
+        from chatlm.store import registry
+
+        with transaction(self.sessions) as s:
+            registry.rollback(s)
+        return self.sync_active_adapter()
+
+    def restore_active_adapter(self) -> str | None:
+        """At start: serve the adapter the registry says is active. A missing or broken adapter must
+        not stop the server, so the base model serves instead and the reason is logged."""
+        import logging
+
+        try:
+            return self.sync_active_adapter()
+        except Exception as exc:  # a broken adapter, a remote backend: the base model serves
+            message = exc.message if isinstance(exc, ChatLMError) else repr(exc)
+            logging.getLogger(__name__).warning("serving the base model: %s", message)
+            self.active_adapter = None
+            return None
 
     def stop(self, conversation_id: int) -> bool:
         """Stop the answer being generated in this conversation, if any."""

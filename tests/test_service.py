@@ -150,3 +150,31 @@ def test_feedback_stats(service) -> None:
     table = stats.counts(rows)
     assert sorted((t["label"], t["count"]) for t in table) == [("dislike", 1), ("like", 2)]
     assert all(t["adapter"] == "base" for t in table)
+
+
+def test_editing_the_first_message_starts_a_new_root(service) -> None:
+    uid = service.user_id()
+    conv = service.new_conversation(uid)
+    service.send(uid, conv.id, "first", SHORT).run()
+    original = service.history(uid, conv.id)[0][0]
+    service.edit(uid, original.id, "first, edited", SHORT).run()
+    history = [m for m, _ in service.history(uid, conv.id)]
+    assert history[0].content == "first, edited" and len(history) == 2
+    assert history[0].parent_id is None
+    assert service.siblings(uid, history[0].id) == (2, 2)
+
+
+def test_a_thumb_keeps_the_rating_details(service) -> None:
+    uid = service.user_id()
+    conv = service.new_conversation(uid)
+    service.send(uid, conv.id, "q", SHORT).run()
+    answer = service.history(uid, conv.id)[-1][0]
+    service.rate(uid, answer.id, -1, reason="wrong", comment="no", better_answer="yes")
+    from chatlm.ui.chat import ChatUI
+
+    class Like:
+        index, liked = 1, True
+
+    ChatUI(service).like([0, answer.id], Like())  # type: ignore[arg-type]
+    assert service.rating_detail(uid, answer.id) == {"value": 1, "reason": "wrong", "comment": "no",
+                                                     "better_answer": "yes"}

@@ -15,6 +15,8 @@ LOCAL_USER = "local"
 MAX_COMMENT_CHARS = 4000
 MAX_BETTER_ANSWER_CHARS = 20000
 RATING_REASONS = ("wrong", "not_grounded", "too_long", "unsafe", "other")
+EMPTY_BRANCH = 0
+"""``active_leaf_id`` of a conversation whose next message starts a new root (editing the first one)."""
 
 
 def get_or_create_user(session: Session, *, name: str = LOCAL_USER) -> User:
@@ -93,6 +95,8 @@ def get_message(session: Session, *, message_id: int, user_id: int) -> Message:
 
 def branch(session: Session, *, conversation: Conversation) -> list[Message]:
     """The messages on screen: from the root to the active leaf, following parents."""
+    if conversation.active_leaf_id == EMPTY_BRANCH:
+        return []
     by_id = {m.id: m for m in conversation.messages}
     path: list[Message] = []
     node = by_id.get(conversation.active_leaf_id or -1)

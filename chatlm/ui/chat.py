@@ -154,8 +154,10 @@ class ChatUI:
         if not 0 <= index < len(ids):
             return None
         value = {True: 1, False: -1, "Like": 1, "Dislike": -1}.get(data.liked)  # type: ignore[arg-type]
-        try:
-            self.service.rate(self._uid(), ids[index], value)
+        try:  # a thumb keeps the reason, comment and better answer written in the details panel
+            detail = self.service.rating_detail(self._uid(), ids[index]) if value else None
+            extra = {k: detail[k] for k in ("reason", "comment", "better_answer")} if detail else {}
+            self.service.rate(self._uid(), ids[index], value, **extra)
         except ChatLMError as exc:
             gr.Warning(exc.message)
         return ids[index]
@@ -189,6 +191,11 @@ class ChatUI:
             return ""
         pos, count = self.service.siblings(self._uid(), ids[-1])
         return f"answer {pos}/{count}" if count > 1 else ""
+
+    def thumbs(self, conv_id: int | None) -> Any:
+        """The chat's 👍/👎 as stored (after the rating-details panel changed one)."""
+        messages, _, feedback = self._view(conv_id)
+        return gr.update(value=messages, feedback_value=feedback)
 
     def exclude(self, conv_id: int | None, excluded: bool) -> None:
         if conv_id is not None:
@@ -236,7 +243,8 @@ class ChatUI:
                     max_new = gr.Slider(1, self.service.settings.max_new_tokens, value=256, step=1,
                                         label="Maximum new tokens")
                 KnowledgePanel(self.service).render(conv_id, ids)
-                FeedbackPanel(self.service).render(conv_id, ids, selected)
+                panel = FeedbackPanel(self.service)
+                panel.render(conv_id, ids, selected)
             with gr.Tab("Feedback", elem_id="feedback-tab") as feedback_tab:
                 FeedbackTab(self.service).render(feedback_tab)
 
@@ -261,7 +269,10 @@ class ChatUI:
             retry_btn.click(**retry_args, api_name="retry")  # type: ignore[arg-type]
             chatbot.retry(**retry_args, api_visibility="private")  # type: ignore[arg-type]
             stop_btn.click(self.stop, [conv_id], None, concurrency_limit=None, api_name="stop")
-            chatbot.like(self.like, [ids], [selected], concurrency_limit=None, api_name="rate")
+            chatbot.like(self.like, [ids], [selected], concurrency_limit=None, api_name="rate").then(
+                panel.show, [selected], panel.details, concurrency_limit=None, api_visibility="private")
+            for rated in panel.rated:
+                rated.then(self.thumbs, [conv_id], [chatbot], api_visibility="private")
             chatbot.edit(self.edit, [conv_id, ids, temperature, top_p, max_new], stream_out,
                          concurrency_limit=limit, api_visibility="private")
             prev_btn.click(lambda c, i: self.page(c, i, -1), [conv_id, ids], [chatbot, ids],

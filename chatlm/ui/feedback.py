@@ -66,7 +66,10 @@ class FeedbackPanel:
         return (*self._show(message_id)[2:], "Rating withdrawn.")
 
     def render(self, conv_id: gr.State, ids: gr.State, selected: gr.State) -> None:
-        """``selected`` holds the answer last clicked 👍/👎 (set by the chat's like handler)."""
+        """``selected`` holds the answer last clicked 👍/👎 (set by the chat's like handler, which
+        then calls ``show`` into ``self.details``: a click on the answer already selected, or a
+        second click on one, changes no state, so a ``selected.change`` would miss it).
+        ``self.rated`` are the events that change a rating here, for the chat to redraw its 👍/👎."""
         with gr.Accordion("Rate in detail", open=False, elem_id="rate-details"):
             title = gr.Markdown(elem_id="rate-title")
             label = gr.Radio(list(VALUES), label="Rating", elem_id="rate-value")
@@ -78,11 +81,14 @@ class FeedbackPanel:
                 withdraw_btn = gr.Button("Withdraw rating", elem_id="rate-withdraw")
             result = gr.Markdown(elem_id="rate-result")
         fields = [selected, title, label, reason, comment, better]
-        selected.change(self.show, [selected], fields[1:], api_visibility="private")
+        self.details = fields[1:]
         ids.change(self.follow_last, [conv_id, ids], fields, api_visibility="private")
-        save_btn.click(self.save, [selected, label, reason, comment, better], [result], api_name="rate_detail")
-        withdraw_btn.click(self.withdraw, [selected], [label, reason, comment, better, result],
-                           api_name="withdraw_rating")
+        self.rated = [
+            save_btn.click(self.save, [selected, label, reason, comment, better], [result],
+                           api_name="rate_detail"),
+            withdraw_btn.click(self.withdraw, [selected], [label, reason, comment, better, result],
+                               api_name="withdraw_rating"),
+        ]
 
 
 class FeedbackTab:
@@ -98,7 +104,8 @@ class FeedbackTab:
         counts["series"] = counts["label"] + " / " + counts["adapter"]
         table = pd.DataFrame([[getattr(r, c) for c in COLUMNS] for r in rows], columns=COLUMNS)
         adapters = ["all", *sorted({r.adapter for r in everything})]
-        summary = (f"{len(everything)} ratings: {sum(r.label == 'like' for r in everything)} 👍, "
+        plural = "s" if len(everything) != 1 else ""
+        summary = (f"{len(everything)} rating{plural}: {sum(r.label == 'like' for r in everything)} 👍, "
                    f"{sum(r.label == 'dislike' for r in everything)} 👎; {len(rows)} shown.")
         return counts, table, gr.update(choices=adapters), summary
 

@@ -33,9 +33,10 @@ class KnowledgePanel:
              progress: gr.Progress = gr.Progress()) -> tuple[Any, ...]:  # noqa: B008 - Gradio's way
         """Parse, chunk, store and index; BM25 is ready at once, embeddings follow in the background."""
         uid = self._uid()
+        created = False
         try:
             if conv_id is None:
-                conv_id = self.service.new_conversation(uid).id
+                conv_id, created = self.service.new_conversation(uid).id, True
             report = lambda frac, msg: progress(frac, desc=msg)  # noqa: E731
             if upload:
                 path = Path(upload)
@@ -49,6 +50,9 @@ class KnowledgePanel:
         except ChatLMError as exc:
             gr.Warning(exc.message)
             status = f"Not loaded: {exc.message}"
+            if created:  # a refused text leaves no empty conversation behind
+                self.service.delete(uid, conv_id)
+                conv_id = None
         return (conv_id, *self.documents(conv_id), status, None, "")
 
     def remove(self, conv_id: int | None, doc_ids: list[int]) -> tuple[Any, ...]:

@@ -1,0 +1,485 @@
+"""Feedback in a real browser (Playwright + Debian's chromium) over the real bundled model: rating
+an answer in detail, changing and withdrawing it, paging retried answers, editing a message into a
+new branch, excluding a conversation from training, the Feedback tab and its dataset download,
+and all of it surviving a restart.
+
+What the user sees is checked in the page; what was stored is read through the running app's
+service or straight from its SQLite file, so every test proves both.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urljoin
+
+import pytest
+
+CHROMIUM = shutil.which("chromium")
+if CHROMIUM is None:
+    pytest.skip("chromium is not installed (apt-get install chromium); the browser tests need it",
+                allow_module_level=True)
+sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+
+from sqlalchemy import select  # noqa: E402
+
+from chatlm.store.db import transaction  # noqa: E402
+from chatlm.store.models import Message  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+FRANCE = "What is the capital of France?"
+OWLS = "Tell me one fact about owls."
+BOT = "#chatbot [data-testid='bot']"
+USER = "#chatbot [data-testid='user']"
+BOT_LABEL = "bot's message: "
+TIMEOUT = 90.0
+"""Seconds to wait for an answer; the CPU may be shared with other work."""
+
+
+# ---- fixtures ----------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--no-first-run"],
+        )
+        yield b
+        b.close()
+
+
+COUNT_COMPLETED_EVENTS = """
+(() => {
+  // Gradio streams event results over fetch() (server-sent events on /queue/data); count the
+  // "process_completed" messages so a test can wait for an event, the page load included, to end.
+  window.__gradioCompleted = 0;
+  const original = window.fetch;
+  window.fetch = async function (...args) {
+    const response = await original.apply(this, args);
+    const url = String(args[0] instanceof Request ? args[0].url : args[0]);
+    if (!url.includes("/queue/data") || !response.body) return response;
+    const [mine, theirs] = response.body.tee();
+    (async () => {
+      const reader = mine.getReader();
+      const decoder = new TextDecoder();
+      let text = "";
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        text += decoder.decode(value, { stream: true });
+        const lines = text.split("\\n");
+        text = lines.pop();
+        for (const line of lines) {
+          if (/"msg":\\s*"process_completed"/.test(line)) window.__gradioCompleted += 1;
+        }
+      }
+    })();
+    return new Response(theirs, { status: response.status, statusText: response.statusText,
+                                  headers: response.headers });
+  };
+})();
+"""
+
+
+@pytest.fixture
+def server(start_server, bundled_backend):
+    return start_server(bundled_backend)
+
+
+@pytest.fixture
+def page(browser, server) -> Iterator[Any]:
+    """A fresh browser context (empty local storage) per test. It depends on ``server`` so that it
+    is closed first: a page left open keeps connections that make the server's shutdown wait."""
+    context = browser.new_context(viewport={"width": 1280, "height": 900}, accept_downloads=True)
+    context.add_init_script(COUNT_COMPLETED_EVENTS)
+    pg = context.new_page()
+    pg.set_default_timeout(TIMEOUT * 1000)
+    yield pg
+    context.close()
+
+
+# ---- helpers -----------------------------------------------------------------------------------
+def wait_for(check: Callable[[], Any], what: str, timeout: float = TIMEOUT) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def open_app(page, server) -> None:
+    """Open the app and wait for the page-load event to complete, so that nothing typed or set
+    afterwards is overwritten by its outputs."""
+    page.goto(server.url)
+    page.wait_for_selector("#message textarea")
+    page.wait_for_function("window.__gradioCompleted >= 1")
+
+
+def completed(page) -> int:
+    return int(page.evaluate("window.__gradioCompleted"))
+
+
+def settings(page, *, temperature: float | None = None, max_new: int | None = None) -> None:
+    """Set generation settings through the 'Generation settings' accordion."""
+    temp_box = page.get_by_label("number input for Temperature")
+    if not temp_box.is_visible():
+        page.get_by_text("Generation settings").click()
+        temp_box.wait_for(state="visible")
+    for label, value in (("Temperature", temperature), ("Maximum new tokens", max_new)):
+        if value is not None:
+            box = page.get_by_label(f"number input for {label}")
+            box.fill(str(value))
+            box.press("Enter")
+
+
+def bot_texts(page) -> list[str]:
+    """The raw text of every assistant bubble (Gradio puts it in the aria-label)."""
+    labels = page.locator(BOT).evaluate_all("els => els.map(e => e.getAttribute('aria-label'))")
+    return [(label or "").removeprefix(BOT_LABEL) for label in labels]
+
+
+def user_texts(page) -> list[str]:
+    return [t.strip() for t in page.locator(USER).all_inner_texts()]
+
+
+def thumbs(page) -> list[str]:
+    """The labels of the chat's 👍/👎 buttons: 'Liked'/'Disliked' mark the chosen one."""
+    return page.locator("#chatbot button[aria-label^='Like'], #chatbot button[aria-label^='Dislike']"
+                        ).evaluate_all("els => els.map(e => e.getAttribute('aria-label'))")
+
+
+def all_messages(server) -> list[Message]:
+    """Every stored message, all branches included."""
+    with transaction(server.app.service.sessions) as s:
+        return list(s.scalars(select(Message).order_by(Message.id)))
+
+
+def answers(server) -> list[Message]:
+    return [m for m in all_messages(server) if m.role == "assistant"]
+
+
+def uid(server) -> int:
+    return server.app.service.user_id()
+
+
+def wait_answer(page, server, count: int) -> Message:
+    """Wait until ``count`` answers are stored and the newest is the one on screen; return it."""
+    msg = wait_for(lambda: len(answers(server)) >= count and answers(server)[count - 1],
+                   f"answer #{count} to be stored")
+    wait_for(lambda: bot_texts(page) and bot_texts(page)[-1].strip() == msg.content.strip(),
+             "the stored answer to be shown")
+    return msg
+
+
+def send(page, server, text: str) -> Message:
+    count = len(answers(server)) + 1
+    page.fill("#message textarea", text)
+    page.click("#send")
+    return wait_answer(page, server, count)
+
+
+def detail(server, message_id: int) -> dict[str, Any] | None:
+    return server.app.service.rating_detail(uid(server), message_id)
+
+
+def rating_events(server) -> list[tuple[Any, ...]]:
+    """The rating history, read straight from the SQLite file in the data directory."""
+    with sqlite3.connect(Path(server.settings.data_dir) / "chatlm.db") as db:
+        return db.execute("SELECT message_id, value, reason, comment, better_answer "
+                          "FROM rating_events ORDER BY id").fetchall()
+
+
+def open_details(page) -> None:
+    if not page.locator("#rate-save").is_visible():
+        page.click("#rate-details .label-wrap")
+        page.locator("#rate-save").wait_for(state="visible")
+
+
+def rated_value(page) -> list[str]:
+    return page.locator("#rate-value input:checked").evaluate_all("els => els.map(e => e.value)")
+
+
+def save_details(page, *, value: str | None = None, reason: str | None = None,
+                 comment: str | None = None, better: str | None = None) -> None:
+    """Fill the 'Rate in detail' panel and click Save; wait for 'Saved.'."""
+    open_details(page)
+    if value is not None:
+        page.locator("#rate-value label", has_text=value).click()
+    if reason is not None:
+        page.locator("#rate-reason label", has_text=reason).click()
+    if comment is not None:
+        page.fill("#rate-comment textarea", comment)
+    if better is not None:
+        page.fill("#rate-better textarea", better)
+    before = completed(page)
+    page.click("#rate-save")
+    page.wait_for_function(f"window.__gradioCompleted > {before}")
+    page.locator("#rate-result", has_text="Saved.").wait_for()
+
+
+def choose(page, elem_id: str, option: str) -> None:
+    """Pick an option of a Gradio dropdown: type it (the list filters) and press Enter."""
+    box = page.locator(f"#{elem_id} input")
+    box.click()
+    box.fill(option)
+    box.press("Enter")
+    wait_for(lambda: box.input_value() == option, f"{option!r} to be chosen in #{elem_id}")
+
+
+def pager(page) -> str:
+    """The pager's text (not the timer Gradio shows over it while it updates)."""
+    return page.locator("#pager [data-testid='markdown']").inner_text().strip()
+
+
+def table_rows(page) -> list[list[str]]:
+    """The Feedback table's rows as shown (Gradio draws them as grid cells, not <td>s)."""
+    cells = page.locator("#fb-table [role=gridcell][data-row]").evaluate_all(
+        "els => els.map(e => [Number(e.dataset.row), Number(e.dataset.col), e.innerText.trim()])")
+    rows: dict[int, dict[int, str]] = {}
+    for row, col, text in cells:
+        rows.setdefault(row, {})[col] = text
+    return [[r[c] for c in sorted(r)] for _, r in sorted(rows.items())]
+
+
+# ---- tests -------------------------------------------------------------------------------------
+def test_rating_details_are_saved_changed_and_withdrawn(page, server):
+    open_app(page, server)
+    settings(page, temperature=0, max_new=8)
+    answer = send(page, server, FRANCE)
+
+    # 👎 in the chat; the details panel follows the answer just rated.
+    page.locator("#chatbot button[aria-label='Dislike']").click()
+    wait_for(lambda: (detail(server, answer.id) or {}).get("value") == -1, "the 👎 to be stored")
+    open_details(page)
+    wait_for(lambda: rated_value(page) == ["👎 Dislike"], "the panel to show the 👎")
+    assert "alternative 1 of 1" in page.locator("#rate-title").inner_text()
+
+    save_details(page, reason="wrong", comment="It should name the city only.",
+                 better="The capital of France is Paris.")
+    assert detail(server, answer.id) == {"value": -1, "reason": "wrong",
+                                         "comment": "It should name the city only.",
+                                         "better_answer": "The capital of France is Paris."}
+    assert thumbs(page) == ["Disliked", "Like"]
+
+    # Change it to 👍 in the panel: stored with the details kept, and the chat's thumbs follow.
+    save_details(page, value="👍 Like")
+    assert detail(server, answer.id) == {"value": 1, "reason": "wrong",
+                                         "comment": "It should name the city only.",
+                                         "better_answer": "The capital of France is Paris."}
+    wait_for(lambda: thumbs(page) == ["Dislike", "Liked"], "the chat to show the 👍")
+
+    # Withdraw: no current rating, an empty panel, no thumb chosen in the chat.
+    page.click("#rate-withdraw")
+    page.locator("#rate-result", has_text="Rating withdrawn.").wait_for()
+    wait_for(lambda: detail(server, answer.id) is None, "the rating to be withdrawn")
+    wait_for(lambda: rated_value(page) == [], "the panel to be cleared")
+    assert page.locator("#rate-comment textarea").input_value() == ""
+    wait_for(lambda: thumbs(page) == ["Dislike", "Like"], "the chat to show no thumb chosen")
+    assert server.app.service.history(uid(server), answer.conversation_id)[-1][1] is None
+
+    # Every change is in the rating history, the withdrawal included.
+    assert rating_events(server) == [
+        (answer.id, -1, None, None, None),
+        (answer.id, -1, "wrong", "It should name the city only.", "The capital of France is Paris."),
+        (answer.id, 1, "wrong", "It should name the city only.", "The capital of France is Paris."),
+        (answer.id, None, None, None, None),
+    ]
+
+    # A 👍 in the chat after that shows in the panel again (the same answer stays selected).
+    page.locator("#chatbot button[aria-label='Like']").click()
+    wait_for(lambda: rated_value(page) == ["👍 Like"], "the panel to show the new 👍")
+    assert detail(server, answer.id) == {"value": 1, "reason": None, "comment": None,
+                                         "better_answer": None}
+
+
+def test_retry_paging_and_a_rating_survive_a_restart(page, start_server, bundled_backend, server):
+    service = server.app.service
+    open_app(page, server)
+    settings(page, temperature=1.2, max_new=8)
+    first = send(page, server, "Name a color.")
+    wait_for(lambda: completed(page) >= 3, "the pager update after the answer")  # load, send, pager
+    assert pager(page) == ""
+
+    # Two retries: three alternatives of one turn, the newest shown.
+    page.click("#retry")
+    second = wait_answer(page, server, 2)
+    page.locator("#pager", has_text="answer 2/2").wait_for()
+    page.click("#retry")
+    third = wait_answer(page, server, 3)
+    page.locator("#pager", has_text="answer 3/3").wait_for()
+    assert first.parent_id == second.parent_id == third.parent_id
+
+    # ‹ shows the earlier answer, › goes back.
+    page.click("#prev-answer")
+    page.locator("#pager", has_text="answer 2/3").wait_for()
+    wait_for(lambda: bot_texts(page) == [second.content], "the second answer to be shown")
+    page.click("#next-answer")
+    page.locator("#pager", has_text="answer 3/3").wait_for()
+    wait_for(lambda: bot_texts(page) == [third.content], "the third answer to be shown again")
+    assert [m.id for m, _ in service.history(uid(server), first.conversation_id)] == [
+        first.parent_id, third.id]
+
+    # Rate the second answer in detail: page to it, 👎, reason and comment.
+    page.click("#prev-answer")
+    page.locator("#pager", has_text="answer 2/3").wait_for()
+    wait_for(lambda: bot_texts(page) == [second.content], "the second answer to be shown")
+    page.locator("#chatbot button[aria-label='Dislike']").click()
+    open_details(page)
+    wait_for(lambda: rated_value(page) == ["👎 Dislike"], "the panel to show the 👎")
+    assert "alternative 2 of 3" in page.locator("#rate-title").inner_text()
+    save_details(page, reason="other", comment="Not a color I know.")
+    assert detail(server, second.id) == {"value": -1, "reason": "other",
+                                         "comment": "Not a color I know.", "better_answer": None}
+
+    # Restart on the same data directory: the alternatives, the one shown and the rating persist.
+    page.goto("about:blank")  # let the old server close its connections
+    server.stop()
+    again = start_server(bundled_backend, data_dir=server.settings.data_dir)
+    open_app(page, again)
+    wait_for(lambda: bot_texts(page) == [second.content], "the second answer after the restart")
+    page.locator("#pager", has_text="answer 2/3").wait_for()
+    assert user_texts(page) == ["Name a color."]
+    assert thumbs(page) == ["Disliked", "Like"]
+    stored = all_messages(again)
+    assert [(m.id, m.parent_id) for m in stored] == [
+        (first.parent_id, None), (first.id, first.parent_id), (second.id, first.parent_id),
+        (third.id, first.parent_id)]
+    assert detail(again, second.id) == {"value": -1, "reason": "other",
+                                        "comment": "Not a color I know.", "better_answer": None}
+    open_details(page)
+    wait_for(lambda: rated_value(page) == ["👎 Dislike"], "the panel to show the stored 👎")
+    assert page.locator("#rate-comment textarea").input_value() == "Not a color I know."
+    page.click("#next-answer")
+    page.locator("#pager", has_text="answer 3/3").wait_for()
+    wait_for(lambda: bot_texts(page) == [third.content], "the third answer after the restart")
+    page.click("#feedback-tab-button")
+    page.locator("#fb-summary", has_text="1 rating: 0 👍, 1 👎").wait_for()
+    assert any("Not a color I know." in row for row in table_rows(page))
+    assert [e[:4] for e in rating_events(again)] == [(second.id, -1, None, None),
+                                                      (second.id, -1, "other", "Not a color I know.")]
+
+
+def edit_question(page, index: int, text: str) -> None:
+    """Edit the ``index``-th user message with the chat's pencil button and submit it."""
+    page.locator("#chatbot button[aria-label='Edit']").nth(index).click()
+    page.locator("#chatbot textarea.edit-textarea").fill(text)
+    page.locator("#chatbot button[aria-label='Submit']").click()
+
+
+def test_editing_a_later_message_starts_a_branch(page, server):
+    service = server.app.service
+    open_app(page, server)
+    settings(page, temperature=0, max_new=6)
+    first = send(page, server, "Name a color.")
+    old = send(page, server, "Name an animal.")
+    edit_question(page, 1, "Name a fruit.")
+    edited = wait_answer(page, server, 3)
+    wait_for(lambda: user_texts(page) == ["Name a color.", "Name a fruit."],
+             "the edited question in place of the old one")
+    assert bot_texts(page) == [first.content, edited.content]
+    page.locator("#chatbot button[aria-label='Like']").last.click()
+    wait_for(lambda: (detail(server, edited.id) or {}).get("value") == 1, "the 👍 to be stored")
+
+    questions = [m for m in all_messages(server) if m.role == "user"]
+    assert [(q.content, q.parent_id) for q in questions] == [
+        ("Name a color.", None), ("Name an animal.", first.id), ("Name a fruit.", first.id)]
+    assert old.parent_id == questions[1].id and edited.parent_id == questions[2].id
+    assert [m.content for m, _ in service.history(uid(server), first.conversation_id)] == [
+        "Name a color.", first.content, "Name a fruit.", edited.content]
+
+
+def test_editing_the_first_message_starts_a_branch(page, server):
+    service = server.app.service
+    open_app(page, server)
+    settings(page, temperature=0, max_new=6)
+    old = send(page, server, "Name a color.")
+    edit_question(page, 0, "Name a fruit.")
+    edited = wait_answer(page, server, 2)
+    wait_for(lambda: completed(page) >= 4, "the edit to end")  # load, send, pager, edit
+    assert user_texts(page) == ["Name a fruit."]
+    assert bot_texts(page) == [edited.content]
+    questions = [m for m in all_messages(server) if m.role == "user"]
+    assert [(q.content, q.parent_id) for q in questions] == [("Name a color.", None),
+                                                             ("Name a fruit.", None)]
+    assert old.parent_id == questions[0].id and edited.parent_id == questions[1].id
+    assert [m.content for m, _ in service.history(uid(server), old.conversation_id)] == [
+        "Name a fruit.", edited.content]
+
+
+def test_excluded_conversations_stay_out_of_the_dataset_and_the_feedback_tab(page, server,
+                                                                               tmp_path):
+    service = server.app.service
+    open_app(page, server)
+    settings(page, temperature=0, max_new=10)
+    kept = send(page, server, FRANCE)
+    page.locator("#chatbot button[aria-label='Dislike']").click()
+    save_details(page, reason="wrong", comment="Too vague for me.", better="Paris.")
+
+    page.click("#new-chat")
+    wait_for(lambda: not bot_texts(page), "an empty new chat")
+    settings(page, temperature=0, max_new=10)
+    private = send(page, server, OWLS)
+    assert private.conversation_id != kept.conversation_id
+    page.locator("#chatbot button[aria-label='Like']").click()
+    wait_for(lambda: (detail(server, private.id) or {}).get("value") == 1, "the 👍 to be stored")
+    page.locator("#exclude input[type=checkbox]").check()
+    wait_for(lambda: service.conversation(uid(server), private.conversation_id).exclude_from_training,
+             "the conversation to be excluded")
+    assert not service.conversation(uid(server), kept.conversation_id).exclude_from_training
+
+    # The Feedback tab: counts, a plot, a table with the comment, and the label filter.
+    page.click("#feedback-tab-button")
+    page.locator("#fb-summary", has_text="2 ratings: 1 👍, 1 👎; 2 shown.").wait_for()
+    page.locator("#fb-plot canvas, #fb-plot svg").first.wait_for()
+    rows = table_rows(page)
+    assert len(rows) == 2
+    (disliked,) = [r for r in rows if "Too vague for me." in r]
+    assert "dislike" in disliked and FRANCE in disliked and "wrong" in disliked
+    choose(page, "fb-label", "dislike")
+    page.locator("#fb-summary", has_text="1 shown.").wait_for()
+    wait_for(lambda: len(table_rows(page)) == 1, "the table to show the 👎 only")
+    assert "Too vague for me." in table_rows(page)[0]
+    page.fill("#fb-search textarea", "owls")
+    page.locator("#fb-search textarea").press("Enter")
+    page.locator("#fb-summary", has_text="0 shown.").wait_for()
+    choose(page, "fb-label", "all")
+    page.locator("#fb-summary", has_text="1 shown.").wait_for()
+    assert any(OWLS in row for row in table_rows(page))
+
+    # A KTO dataset: the excluded conversation's text is not in it, and it loads with datasets.
+    page.locator("#fb-format label", has_text="kto").click()
+    page.click("#fb-build")
+    page.locator("#fb-built", has_text="kto: 2 records").wait_for()
+    link = page.locator("#fb-file a[href]").first
+    link.wait_for()
+    response = page.request.get(urljoin(server.url + "/", link.get_attribute("href")))
+    assert response.ok, response.status
+    data = response.text()
+    assert OWLS not in data and private.content not in data
+    assert FRANCE in data and "Paris." in data
+    path = tmp_path / "kto.jsonl"
+    path.write_text(data, encoding="utf-8")
+    datasets = pytest.importorskip("datasets")
+    ds = datasets.Dataset.from_json(str(path))
+    assert ds.num_rows == 2
+    assert sorted(ds["label"]) == [False, True]
+    assert {c[0]["content"] for c in ds["completion"]} == {kept.content, "Paris."}
+    assert all(p[-1]["content"] == FRANCE for p in ds["prompt"])
+
+    # Allowed again, the conversation's 👍 joins the next dataset.
+    page.click("#chat-tab-button")
+    page.locator("#exclude input[type=checkbox]").uncheck()
+    wait_for(lambda: not service.conversation(uid(server), private.conversation_id)
+             .exclude_from_training, "the conversation to be allowed again")
+    page.click("#feedback-tab-button")
+    page.click("#fb-build")
+    page.locator("#fb-built", has_text="kto: 3 records").wait_for()
