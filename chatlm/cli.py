@@ -1,4 +1,4 @@
-"""`python -m chatlm serve | ask | export | db upgrade`."""
+"""`python -m chatlm serve | ask | export | db upgrade | eval qa`."""
 
 from __future__ import annotations
 
@@ -31,6 +31,17 @@ def _parser() -> argparse.ArgumentParser:
     exp.add_argument("--out", required=True, help="output .jsonl path ('-' for stdout)")
     dbp = sub.add_parser("db", help="database maintenance")
     dbp.add_argument("action", choices=["upgrade"])
+    ev = sub.add_parser("eval", help="benchmarks through the app's own code paths")
+    ev_sub = ev.add_subparsers(dest="eval_command", required=True)
+    from chatlm.evaluation import qa as qa_eval
+
+    qa_eval.add_arguments(ev_sub.add_parser(
+        "qa", help="SQuAD v2 question answering over knowledge texts (temporary database)"))
+    from chatlm.training import cli as training_cli
+
+    training_cli.add_train_arguments(sub.add_parser(
+        "train", help="train a LoRA adapter from stored ratings (a round in its own process)"))
+    training_cli.add_adapters_arguments(sub.add_parser("adapters", help="list, activate or roll back adapters"))
     return p
 
 
@@ -52,6 +63,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             settings = Settings.from_env()
             db.upgrade(settings.db_url)
             print(f"database at {settings.db_url} is at the latest revision")
+        elif args.command == "eval":
+            from chatlm.evaluation.qa import run_cli
+
+            return run_cli(args)
+        elif args.command in ("train", "adapters"):
+            from chatlm.training.cli import main as training_main
+
+            return training_main(args)
     except ChatLMError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return 2

@@ -1,0 +1,222 @@
+"""Training benchmark: our round vs a plain ``transformers.Trainer`` + peft, and a round over N turns.
+
+Run from the repository root: ``.venv/bin/python bench/train.py`` (defaults: 200 rated turns, an
+8-step throughput comparison, one epoch for the full round). Prints one JSON object.
+
+The data are SQuAD questions with the gold paragraph in the prompt; every turn has one answer,
+rated like a user who knows the answer: the exact span is liked, a hedged wrong span is disliked and
+corrected with the gold text, so half the turns give a DPO pair (``auto`` picks DPO).
+
+- ``sft_throughput``: the same SFT records, the same LoRA (r=16, all linear layers), batch size and
+  number of steps through our round (TRL SFTTrainer in the worker process, length-grouped batches)
+  and through a plain Trainer (random batches, padded), each in its own process. tokens/s counts
+  non-padding input tokens over the training loop only; peak RSS is the process's high-water mark.
+- ``round``: ``start_round(auto)`` over all turns, wall time from the call to the registered
+  adapter (process start, model load, training, held-out evaluation), per-phase times, peak RSS.
+  With ``--round-max-steps`` the round stops early and the full-epoch time is extrapolated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+DEFAULT_SQUAD = ROOT.parent / "shared/data/squad2-dev-sample.json"
+MODEL_CACHE = ROOT / ".pytest_cache" / "chatlm-data"
+SYSTEM = "Answer the question with a short phrase copied from the passage."
+
+
+def seed(sessions: Any, squad: Path, turns: int, passage: str) -> dict[str, int]:
+    """``turns`` rated answers: even ones right (liked), odd ones wrong (disliked, corrected)."""
+    from chatlm.knowledge.squad import f1, load_squad
+    from chatlm.store import db, repo
+
+    questions = [(a, q) for a in load_squad(squad) for q in a.questions if not q.is_impossible]
+    counts = {"turns": 0, "liked": 0, "disliked": 0}
+    with db.transaction(sessions) as s:
+        uid = repo.get_or_create_user(s).id
+        for i in range(turns):
+            article, q = questions[i % len(questions)]
+            text = article.paragraphs[q.paragraph_index]
+            if passage == "sentence":
+                text = next((x for x in re.split(r"(?<=[.!?])\s+", text) if q.answers[0] in x), text)
+            wrong = questions[(i + 7) % len(questions)][1].answers[0]
+            answer = q.answers[0] if i % 2 == 0 else f"I am not sure, but I think it was {wrong}."
+            liked = f1(answer, q.answers) >= 0.5
+            prompt = [{"role": "system", "content": SYSTEM},
+                      {"role": "user", "content": f"Passage: {text}\n\nQuestion: {q.question}"}]
+            conv = repo.create_conversation(s, user_id=uid, system_prompt=SYSTEM)
+            um = repo.add_message(s, conversation_id=conv.id, role="user", content=q.question)
+            am = repo.add_message(s, conversation_id=conv.id, role="assistant", content=answer, parent_id=um.id,
+                                  prompt_messages=prompt, model_id="bench")
+            repo.set_rating(s, message_id=am.id, user_id=uid, value=1 if liked else -1,
+                            better_answer=None if liked else q.answers[0])
+            counts["turns"] += 1
+            counts["liked" if liked else "disliked"] += 1
+    return counts
+
+
+def _hwm_mb(pid: int | None) -> float | None:
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except (OSError, TypeError):
+        return None
+    kb = next((int(line.split()[1]) for line in text.splitlines() if line.startswith("VmHWM:")), None)
+    return round(kb / 1024, 1) if kb else None
+
+
+def follow_round(settings: Any, sessions: Any, run_id: int, started: float) -> dict[str, Any]:
+    """Wait for the round, noting when each phase began and the worker's peak memory."""
+    from chatlm.training import rounds
+
+    phases: dict[str, float] = {}
+    peak: list[float] = [0.0]
+
+    def watch(run: Any) -> None:
+        phase = (run.progress or {}).get("phase")
+        if phase and phase not in phases:
+            phases[phase] = round(time.perf_counter() - started, 1)
+        peak[0] = max(peak[0], _hwm_mb(run.pid) or 0.0)
+
+    run = rounds.wait(settings, run_id, sessions=sessions, on_progress=watch, poll=0.25)
+    if run.status != "succeeded":
+        raise SystemExit(f"round {run_id} failed: {run.error}")
+    from chatlm.store import db, registry
+
+    with db.transaction(sessions) as s:
+        adapter = registry.get_adapter(s, name=str(run.adapter_name))
+    return {"wall_s": round(time.perf_counter() - started, 1), "phase_started_at_s": phases,
+            "peak_rss_mb": peak[0] or None, "adapter": adapter.name, "method": adapter.method,
+            "train": adapter.metrics["train"], "metrics": {k: adapter.metrics[k] for k in
+                                                         ("target", "baseline_name", "adapter", "baseline",
+                                                          "improved", "heldout")}}
+
+
+def plain_trainer(records_path: Path, steps: int, batch: int, model_dir: str) -> dict[str, Any]:
+    """The baseline: transformers.Trainer + peft LoRA on the same prompt/completion records."""
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, Trainer, TrainingArguments
+
+    from chatlm.training.trainer import LORA
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", **LORA))
+
+    def encode(rec: dict[str, Any]) -> dict[str, list[int]]:
+        prompt = tok.apply_chat_template(rec["prompt"], add_generation_prompt=True, tokenize=True,
+                                         return_dict=False)
+        full = tok.apply_chat_template(rec["prompt"] + rec["completion"], tokenize=True, return_dict=False)
+        return {"input_ids": full, "attention_mask": [1] * len(full),
+                "labels": [-100] * len(prompt) + full[len(prompt):]}
+
+    rows = [json.loads(line) for line in records_path.read_text().splitlines()]
+    dataset = Dataset.from_list([encode(r) for r in rows])
+    with tempfile.TemporaryDirectory() as out:
+        args = TrainingArguments(output_dir=out, per_device_train_batch_size=batch, max_steps=steps,
+                                 learning_rate=2e-4, logging_steps=1, save_strategy="no", report_to="none",
+                                 use_cpu=not torch.cuda.is_available(), bf16=torch.cuda.is_available(),
+                                 include_num_input_tokens_seen="non_padding", disable_tqdm=True, seed=42)
+        trainer = Trainer(model=model, args=args, train_dataset=dataset,
+                          data_collator=DataCollatorForSeq2Seq(tok, padding=True))
+        started = time.perf_counter()
+        trainer.train()
+        seconds = time.perf_counter() - started
+    tokens = trainer.state.num_input_tokens_seen
+    return {"steps": steps, "seconds": round(seconds, 1), "tokens": tokens,
+            "tokens_per_s": round(tokens / seconds, 1),
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--turns", type=int, default=200)
+    p.add_argument("--passage", choices=["paragraph", "sentence"], default="paragraph")
+    p.add_argument("--compare-steps", type=int, default=8, help="steps of the SFT throughput comparison (0: skip)")
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--epochs", type=float, default=1.0, help="epochs of the full round")
+    p.add_argument("--round-max-steps", type=int, help="stop the full round early and extrapolate")
+    p.add_argument("--squad", type=Path, default=DEFAULT_SQUAD)
+    p.add_argument("--plain", type=Path, help=argparse.SUPPRESS)  # internal: run the baseline only
+    p.add_argument("--model-dir", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.plain:
+        print(json.dumps(plain_trainer(args.plain, args.compare_steps, args.batch, args.model_dir)))
+        return
+
+    import torch
+
+    from chatlm.config import Settings
+    from chatlm.engine import loader
+    from chatlm.store import db
+    from chatlm.training import data, rounds
+
+    out: dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                                       "cuda": torch.cuda.is_available(), "load_avg_start": os.getloadavg()}}
+    with tempfile.TemporaryDirectory(prefix="chatlm-bench-train-") as tmp:
+        data_dir = Path(tmp) / "data"
+        (data_dir / "models").mkdir(parents=True)
+        for entry in (MODEL_CACHE / "models").iterdir() if (MODEL_CACHE / "models").is_dir() else ():
+            (data_dir / "models" / entry.name).symlink_to(entry)
+        settings = Settings.from_env(data_dir=data_dir)
+        sessions = rounds.sessions_for(settings)
+        out["data"] = {**seed(sessions, args.squad, args.turns, args.passage), "passage": args.passage}
+        with db.transaction(sessions) as s:
+            out["data"]["counts"] = data.build_round(s).counts.as_dict()
+            sft_records = data.build_round(s, "sft").train
+        model_dir = loader.local_path(loader.resolve(settings.model), data_dir)
+
+        if args.compare_steps:
+            records = Path(tmp) / "sft.jsonl"
+            records.write_text("".join(json.dumps(r) + "\n" for r in sft_records))
+            started = time.perf_counter()
+            run_id = rounds.start_round(settings, "sft", max_steps=args.compare_steps, sessions=sessions,
+                                        batch_size=args.batch)
+            ours = follow_round(settings, sessions, run_id, started)
+            plain = subprocess.run([sys.executable, __file__, "--plain", str(records), "--compare-steps",
+                                    str(args.compare_steps), "--batch", str(args.batch), "--model-dir", model_dir],
+                                   capture_output=True, text=True, check=True)
+            base = json.loads(plain.stdout.strip().splitlines()[-1])
+            out["sft_throughput"] = {
+                "steps": args.compare_steps, "batch": args.batch,
+                "round": {"tokens_per_s": ours["train"]["tokens_per_s"], "seconds": ours["train"]["seconds"],
+                          "tokens": ours["train"]["tokens"], "peak_rss_mb": ours["peak_rss_mb"]},
+                "plain_trainer": base,
+                "ratio": round(ours["train"]["tokens_per_s"] / base["tokens_per_s"], 3),
+            }
+
+        started = time.perf_counter()
+        run_id = rounds.start_round(settings, "auto", epochs=args.epochs, max_steps=args.round_max_steps,
+                                    sessions=sessions, batch_size=args.batch)
+        full = follow_round(settings, sessions, run_id, started)
+        total = full["train"]["steps"]
+        out["round"] = {"turns": args.turns, "epochs": args.epochs, **full}
+        if args.round_max_steps:
+            with db.transaction(sessions) as s:
+                n_train = len(data.build_round(s).train)
+            steps_full = -(-n_train // args.batch) * args.epochs
+            per_step = full["train"]["seconds"] / total
+            out["round"]["extrapolated"] = {
+                "train_records": n_train, "steps_for_epochs": steps_full,
+                "train_s": round(per_step * steps_full, 1),
+                "wall_s": round(full["wall_s"] - full["train"]["seconds"] + per_step * steps_full, 1)}
+    out["machine"]["load_avg_end"] = os.getloadavg()
+    print(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()

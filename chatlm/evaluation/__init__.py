@@ -1,0 +1,1 @@
+"""Benchmarks run through the app's own code paths (``python -m chatlm eval ...``)."""

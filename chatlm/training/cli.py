@@ -1,0 +1,148 @@
+"""`python -m chatlm train` and `python -m chatlm adapters list | activate NAME | rollback`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from chatlm.config import Settings
+from chatlm.errors import ChatLMError, InputError
+from chatlm.training import METHODS
+
+
+def add_train_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--method", choices=METHODS, default="auto",
+                   help="auto: DPO with enough pairs, else KTO with likes and dislikes, else SFT")
+    p.add_argument("--epochs", type=float, help="passes over the data (default 3)")
+    p.add_argument("--max-steps", type=int, help="stop after this many optimiser steps")
+    p.add_argument("--lr", type=float, help="learning rate (default: 2e-4 SFT, 1e-4 KTO/DPO)")
+    p.add_argument("--from-active", action="store_true", help="continue from the active adapter")
+    p.add_argument("--squad", help="also measure SQuAD F1 on this file (slow: generates answers)")
+    p.add_argument("--wait", action="store_true", help="follow the round with a progress bar until it ends")
+
+
+def add_adapters_arguments(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="adapters_command", required=True)
+    sub.add_parser("list", help="registered adapters with their held-out figures")
+    act = sub.add_parser("activate", help="make an adapter the default for new chats")
+    act.add_argument("name", help="adapter name, or 'base' for the base model")
+    sub.add_parser("rollback", help="activate the adapter that was active before the current one")
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from chatlm.training import rounds
+
+    settings = Settings.from_env()
+    sessions = rounds.sessions_for(settings)
+    run_id = rounds.start_round(settings, method=args.method, epochs=args.epochs, lr=args.lr,
+                                max_steps=args.max_steps, squad=args.squad, from_active=args.from_active,
+                                sessions=sessions)
+    log = rounds.log_path(settings, run_id)
+    print(f"training round {run_id} started in its own process (log: {log})", file=sys.stderr)
+    if not args.wait:
+        print("it goes on in the background; `python -m chatlm adapters list` shows the result", file=sys.stderr)
+        return 0
+    follow = _ProgressBar(run_id)
+    try:
+        run = rounds.wait(settings, run_id, on_progress=follow, sessions=sessions)
+    except KeyboardInterrupt:
+        print(f"\nstopped waiting; round {run_id} goes on in the background (log: {log})", file=sys.stderr)
+        return 130
+    finally:
+        follow.close()
+    if run.status != "succeeded":
+        print(f"error: training round {run_id} failed: {run.error}", file=sys.stderr)
+        return 1
+    from chatlm.store import db, registry
+
+    with db.transaction(sessions) as s:
+        adapter = registry.get_adapter(s, name=str(run.adapter_name))
+    print(f"{adapter.name}: {adapter.method} adapter, {_figures(adapter.metrics)}")
+    print(f"make it the default with: python -m chatlm adapters activate {adapter.name}")
+    return 0
+
+
+class _ProgressBar:
+    """A tqdm bar that follows the run's progress row."""
+
+    def __init__(self, run_id: int) -> None:
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=None, desc=f"round {run_id}", unit="step", file=sys.stderr, dynamic_ncols=True)
+
+    def __call__(self, run: Any) -> None:
+        p = run.progress or {}
+        if p.get("total_steps") and self.bar.total != p["total_steps"]:
+            self.bar.total = p["total_steps"]
+        self.bar.n = int(p.get("step") or 0)
+        post: dict[str, Any] = {"phase": p.get("phase", run.status)}
+        if p.get("loss"):
+            post["loss"] = f"{p['loss'][-1][1]:.4f}"
+        if p.get("tokens_per_s"):
+            post["tok/s"] = p["tokens_per_s"]
+        if p.get("seconds_left") is not None:
+            post["left"] = f"{p['seconds_left']:.0f}s"
+        self.bar.set_postfix(post, refresh=False)
+        self.bar.refresh()
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _figures(metrics: dict[str, Any]) -> str:
+    """The target figure next to its baseline, e.g. ``pair_margin 70.3 (base 41.2)``."""
+    key = metrics.get("target")
+    new, old = metrics.get("adapter", {}), metrics.get("baseline", {})
+    if not key or new.get(key) is None or old.get(key) is None:
+        return "no held-out figures"
+    text = f"{key} {new[key]:g} ({metrics.get('baseline_name', 'base')} {old[key]:g})"
+    if new.get("qa_f1") is not None and old.get("qa_f1") is not None:
+        text += f", qa_f1 {new['qa_f1']:g} ({old['qa_f1']:g})"
+    return text
+
+
+def run_adapters(args: argparse.Namespace) -> int:
+    from chatlm.store import db, registry
+    from chatlm.training import rounds
+
+    settings = Settings.from_env()
+    sessions = rounds.sessions_for(settings)
+    with db.transaction(sessions) as s:
+        if args.adapters_command == "list":
+            _table(registry.list_adapters(s))
+        elif args.adapters_command == "activate":
+            name = None if args.name == "base" else args.name
+            if name is not None:
+                from pathlib import Path
+
+                adapter = registry.get_adapter(s, name=name)
+                if not (Path(adapter.path) / "adapter_model.safetensors").is_file():
+                    raise InputError(f"Adapter {name}'s files are missing from {adapter.path}.")
+            registry.activate(s, name=name)
+            print(f"{args.name} is active: new chats use it once the server syncs (no restart)")
+        else:
+            now = registry.rollback(s)
+            print(f"rolled back: {now.name if now else 'the base model'} is active")
+    return 0
+
+
+def _table(adapters: list[Any]) -> None:
+    if not adapters:
+        print("no adapters yet: rate some answers, then run `python -m chatlm train`")
+        return
+    rows = [("", "NAME", "METHOD", "PARENT", "CREATED", "HELD-OUT (vs baseline)")]
+    rows += [("*" if a.is_active else "", a.name, a.method, a.parent or "-",
+              a.created_at.strftime("%Y-%m-%d %H:%M"), _figures(a.metrics or {})) for a in adapters]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+
+
+def main(args: argparse.Namespace) -> int:
+    """Dispatch from ``chatlm.cli`` (errors are ChatLMError, printed there)."""
+    if args.command == "train":
+        return run_train(args)
+    if args.command == "adapters":
+        return run_adapters(args)
+    raise ChatLMError(f"unknown command {args.command}")

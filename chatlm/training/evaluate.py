@@ -1,0 +1,152 @@
+"""Held-out figures of a new adapter next to its baseline (the base model or the parent adapter).
+
+The figures are read from log-probabilities of stored answers, so they need no generation and no
+judge: preference accuracy and mean margin on pairs (chosen minus rejected, summed over the answer's
+tokens), the same for liked vs disliked answers (per-token mean, as they answer different prompts),
+and perplexity of liked answers. A promotion decision can then rest on the round's target figure.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from chatlm.training.data import Heldout, Record
+
+TARGETS = {"dpo": "pair_margin", "kto": "rated_margin", "sft": "liked_perplexity"}
+LOWER_IS_BETTER = {"liked_perplexity"}
+Messages = list[dict[str, str]]
+BATCH = 4
+
+
+def _ids(tokenizer: Any, prompt: Messages, completion: Messages) -> tuple[list[int], int]:
+    """Token ids of prompt + completion and where the completion starts (as TRL tokenises them)."""
+    prompt_ids = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True,
+                                               return_dict=False)
+    full = tokenizer.apply_chat_template(prompt + completion, tokenize=True, return_dict=False)
+    start = 0
+    while start < min(len(prompt_ids), len(full)) and prompt_ids[start] == full[start]:
+        start += 1
+    return list(full), start
+
+
+def completion_logps(model: Any, tokenizer: Any, items: Sequence[tuple[Messages, Messages]], *,
+                     batch_size: int = BATCH) -> list[tuple[float, int]]:
+    """(sum of log-probs, token count) of each completion given its prompt; the vocabulary
+    projection runs on the completion positions only (it is a fifth of a small model's cost)."""
+    import torch
+
+    device = next(model.parameters()).device
+    encoded = [_ids(tokenizer, p, c) for p, c in items]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    out: list[tuple[float, int]] = [(0.0, 0)] * len(encoded)
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]))
+    with torch.no_grad():
+        for b in range(0, len(order), batch_size):
+            idx = order[b:b + batch_size]
+            width = max(len(encoded[i][0]) for i in idx)
+            ids = torch.full((len(idx), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(idx), width), dtype=torch.long)
+            for row, i in enumerate(idx):
+                seq = encoded[i][0]
+                ids[row, :len(seq)] = torch.tensor(seq)
+                mask[row, :len(seq)] = 1
+            lo = min(max(encoded[i][1] - 1, 0) for i in idx)
+            keep = torch.arange(lo, width - 1, device=device)
+            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), logits_to_keep=keep).logits
+            targets = ids[:, lo + 1:].to(device)
+            logp = torch.log_softmax(logits.float(), dim=-1).gather(-1, targets[..., None])[..., 0]
+            for row, i in enumerate(idx):
+                seq, start = encoded[i]
+                span = logp[row, max(start - 1, 0) - lo:len(seq) - 1 - lo]
+                out[i] = (float(span.sum()), int(span.numel()))
+    return out
+
+
+def _key(prompt: Messages, completion: Messages) -> str:
+    return json.dumps([prompt, completion], sort_keys=True, ensure_ascii=False)
+
+
+def score(model: Any, tokenizer: Any, heldout: Heldout) -> dict[str, float]:
+    """Every figure the held-out items allow, for the model as it is now (each distinct answer is
+    scored once: a liked answer is both a chosen completion and a desirable one)."""
+    wanted = [(r["prompt"], r["chosen"]) for r in heldout.pairs] + [(r["prompt"], r["rejected"]) for r in heldout.pairs]
+    wanted += [(r["prompt"], r["completion"]) for r in [*heldout.rated, *heldout.liked]]
+    unique = {_key(p, c): (p, c) for p, c in wanted}
+    scored = dict(zip(unique, completion_logps(model, tokenizer, list(unique.values())), strict=True))
+
+    def lp(prompt: Messages, completion: Messages) -> tuple[float, int]:
+        return scored[_key(prompt, completion)]
+
+    figures: dict[str, float] = {}
+    if heldout.pairs:
+        margins = [lp(r["prompt"], r["chosen"])[0] - lp(r["prompt"], r["rejected"])[0] for r in heldout.pairs]
+        figures["pair_accuracy"] = sum(m > 0 for m in margins) / len(margins)
+        figures["pair_margin"] = sum(margins) / len(margins)
+
+    def per_token(r: Record) -> float:
+        total, n = lp(r["prompt"], r["completion"])
+        return total / max(n, 1)
+
+    good = [per_token(r) for r in heldout.rated if r["label"]]
+    bad = [per_token(r) for r in heldout.rated if not r["label"]]
+    if good and bad:
+        figures["rated_accuracy"] = sum(g > b for g in good for b in bad) / (len(good) * len(bad))
+        figures["rated_margin"] = sum(good) / len(good) - sum(bad) / len(bad)
+    if heldout.liked:
+        lps = [lp(r["prompt"], r["completion"]) for r in heldout.liked]
+        figures["liked_perplexity"] = math.exp(-sum(s for s, _ in lps) / max(sum(n for _, n in lps), 1))
+    return {k: round(v, 4) for k, v in figures.items()}
+
+
+@contextmanager
+def using(model: Any, adapter: str | None) -> Iterator[None]:
+    """Run the PeftModel as the base model (None) or with one of its adapters."""
+    if adapter is None:
+        with model.disable_adapter():
+            yield
+        return
+    previous = model.active_adapter
+    model.set_adapter(adapter)
+    try:
+        yield
+    finally:
+        model.set_adapter(previous)
+
+
+def target_of(method: str, figures: dict[str, float]) -> str | None:
+    """The round's figure of merit, or the first one the held-out items allow."""
+    for key in (TARGETS[method], *TARGETS.values()):
+        if key in figures:
+            return key
+    return None
+
+
+def better(key: str, new: float, old: float) -> bool:
+    return new < old if key in LOWER_IS_BETTER else new > old
+
+
+def compare(model: Any, tokenizer: Any, heldout: Heldout, *, method: str, trained: str = "default",
+            baseline: str | None = None, baseline_name: str = "base",
+            extra: Callable[[], dict[str, float]] | None = None) -> dict[str, Any]:
+    """Figures of the trained adapter and of the baseline, side by side, with the round's target."""
+    model.eval()
+    with using(model, trained):
+        new = score(model, tokenizer, heldout)
+        if extra is not None:
+            new.update(extra())
+    with using(model, baseline):
+        old = score(model, tokenizer, heldout)
+        if extra is not None:
+            old.update(extra())
+    key = target_of(method, new)
+    return {
+        "method": method, "target": key, "lower_is_better": key in LOWER_IS_BETTER,
+        "baseline_name": baseline_name,
+        "heldout": {"pairs": len(heldout.pairs), "rated": len(heldout.rated), "liked": len(heldout.liked)},
+        "adapter": new, "baseline": old,
+        "improved": bool(key and better(key, new[key], old[key])),
+    }

@@ -1,0 +1,163 @@
+"""Start a training round in its own worker process, follow it, and clean up after one that died.
+
+The database is the only channel between the server (or the CLI) and the worker: the worker writes
+its progress and result to the run row; whoever started it reads them. One round at a time: the
+registry refuses a second writer, and a round whose process is gone is marked failed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from chatlm.config import Settings
+from chatlm.errors import ChatLMError, InputError
+from chatlm.store import db, registry
+from chatlm.store.models import TrainingRun
+from chatlm.training import METHODS, data
+from chatlm.training.worker import TMP_PREFIX, adapters_dir
+
+PACKAGE_ROOT = Path(__file__).resolve().parents[2]
+DIED = "The training process ended unexpectedly"
+
+
+def _alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def sessions_for(settings: Settings) -> sessionmaker[Session]:
+    db.upgrade(settings.db_url)
+    return db.make_sessionmaker(db.make_engine(settings.db_url))
+
+
+def log_path(settings: Settings, run_id: int) -> Path:
+    return Path(settings.data_dir) / "training" / f"run-{run_id}.log"
+
+
+def reap(settings: Settings, sessions: sessionmaker[Session]) -> None:
+    """Mark runs whose process is gone as failed and remove temporary adapter directories left by
+    dead workers (a SIGKILL gives the worker no chance to clean up itself)."""
+    with db.transaction(sessions) as s:
+        for run in s.scalars(select(TrainingRun).where(TrainingRun.status == "running")):
+            if not _alive(run.pid):
+                registry.fail_run(s, run_id=run.id, error=f"{DIED} (process {run.pid}).")
+    folder = adapters_dir(settings)
+    for tmp in folder.glob(f"{TMP_PREFIX}*-pid*") if folder.is_dir() else ():
+        pid = tmp.name.rsplit("-pid", 1)[-1]
+        if not pid.isdigit() or not _alive(int(pid)):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _child_env(settings: Settings) -> dict[str, str]:
+    """The worker reads its settings from the environment: pass the ones that decide the round."""
+    url = settings.db_url
+    if url.startswith("sqlite:///") and not url.startswith(("sqlite:////", "sqlite:///:memory:")):
+        url = f"sqlite:///{Path(url.removeprefix('sqlite:///')).resolve()}"
+    path = os.pathsep.join(p for p in (str(PACKAGE_ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    return {**os.environ, "CHATLM_DATA_DIR": str(Path(settings.data_dir).resolve()), "CHATLM_DATABASE_URL": url,
+            "CHATLM_MODEL": settings.model, "CHATLM_DEVICE": settings.device, "PYTHONPATH": path,
+            "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
+
+
+def _check(method: str, epochs: float | None, lr: float | None, max_steps: int | None,
+           squad: str | None) -> None:
+    if method not in METHODS:
+        raise InputError(f"The training method must be one of {', '.join(METHODS)}.")
+    if epochs is not None and epochs <= 0:
+        raise InputError("--epochs must be more than 0.")
+    if lr is not None and not 0 < lr < 1:
+        raise InputError("--lr must be between 0 and 1.")
+    if max_steps is not None and max_steps < 1:
+        raise InputError("--max-steps must be at least 1.")
+    if squad and not Path(squad).is_file():
+        raise InputError(f"No SQuAD file at {squad}.")
+
+
+def start_round(settings: Settings, method: str = "auto", epochs: float | None = None, lr: float | None = None,
+                max_steps: int | None = None, squad: str | None = None, *, from_active: bool = False,
+                sessions: sessionmaker[Session] | None = None, **extra: Any) -> int:
+    """Check there is enough data, create the run (refused while another runs), spawn the worker."""
+    _check(method, epochs, lr, max_steps, squad)
+    sessions = sessions or sessions_for(settings)
+    reap(settings, sessions)
+    params: dict[str, Any] = {"epochs": epochs, "lr": lr, "max_steps": max_steps, "from_active": from_active,
+                              "squad": str(Path(squad).resolve()) if squad else None, **extra}
+    with db.transaction(sessions) as s:
+        data.build_round(s, method)  # too little data: a clear error now, not in a log later
+        if from_active and registry.active_adapter(s) is None:
+            raise InputError("No adapter is active, so there is nothing to continue from: "
+                             "train without --from-active.")
+        run_id = registry.start_run(s, method=method, params=params).id
+    log = log_path(settings, run_id)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with open(log, "ab") as out:
+            proc = subprocess.Popen([sys.executable, "-m", "chatlm.training.worker", str(run_id)],
+                                    stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    env=_child_env(settings), start_new_session=True)
+    except OSError as exc:
+        with db.transaction(sessions) as s:
+            registry.fail_run(s, run_id=run_id, error=f"Could not start the training process: {exc}")
+        raise ChatLMError(f"Could not start the training process: {exc}") from exc
+    with db.transaction(sessions) as s:
+        run = registry.get_run(s, run_id=run_id)
+        if run.status == "queued":  # from now on a dead pid means a dead round
+            run.status, run.pid = "running", proc.pid
+    threading.Thread(target=_watch, args=(proc, settings, sessions), daemon=True,
+                     name=f"training-run-{run_id}").start()
+    return run_id
+
+
+def _watch(proc: subprocess.Popen[bytes], settings: Settings, sessions: sessionmaker[Session]) -> None:
+    """Collect the worker's exit (no zombie that looks alive) and clean up if it died silently."""
+    proc.wait()
+    with contextlib.suppress(ChatLMError):
+        reap(settings, sessions)
+
+
+def wait(settings: Settings, run_id: int, *, timeout: float | None = None,
+         on_progress: Callable[[TrainingRun], None] | None = None,
+         sessions: sessionmaker[Session] | None = None, poll: float = 0.5) -> TrainingRun:
+    """Block until the round succeeds or fails (or ``timeout`` seconds pass); returns the run row."""
+    sessions = sessions or sessions_for(settings)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        with db.transaction(sessions) as s:
+            run = registry.get_run(s, run_id=run_id)
+        if on_progress is not None:
+            on_progress(run)
+        if run.status in ("succeeded", "failed"):
+            return run
+        if run.status == "running" and not _alive(run.pid):
+            reap(settings, sessions)
+            continue
+        if deadline is not None and time.monotonic() > deadline:
+            raise ChatLMError(f"Training round {run_id} is still {run.status} after {timeout:g} s; "
+                              f"its log is {log_path(settings, run_id)}.")
+        time.sleep(poll)
+
+
+def latest(settings: Settings, *, limit: int = 10,
+           sessions: sessionmaker[Session] | None = None) -> list[TrainingRun]:
+    sessions = sessions or sessions_for(settings)
+    with db.transaction(sessions) as s:
+        return registry.latest_runs(s, limit=limit)

@@ -1,0 +1,137 @@
+"""The TRL trainer of a round: LoRA on every linear layer, one config shape for SFT, KTO and DPO.
+
+TRL (and accelerate under it) picks the device: the same command trains on a GPU in bf16 when one
+is present and on the CPU in fp32 otherwise. Gradient checkpointing is off: the models we train are
+small, and recomputing activations would cost a third of the time for memory we do not need.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from chatlm.training.data import RoundData
+
+LEARNING_RATES = {"sft": 2e-4, "kto": 1e-4, "dpo": 1e-4}
+"""LoRA learning rates: ~10x what full fine-tuning uses, as LoRA updates are low-rank."""
+LORA = {"r": 16, "lora_alpha": 32, "lora_dropout": 0.05, "target_modules": "all-linear"}
+BATCH_SIZE = 4
+MAX_LENGTH = 1024
+BETA = 0.1
+LOSS_HISTORY = 1000
+
+Progress = Callable[[dict[str, Any]], None]
+
+
+def hyperparams(round_data: RoundData, params: dict[str, Any]) -> dict[str, Any]:
+    """Everything that decides the weights, stored with the adapter."""
+    method = round_data.method
+    def given(key: str, default: Any) -> Any:
+        return default if params.get(key) is None else params[key]
+
+    hp: dict[str, Any] = {
+        "method": method, "epochs": float(given("epochs", 3)),
+        "learning_rate": float(given("lr", LEARNING_RATES[method])),
+        "max_steps": None if params.get("max_steps") is None else int(params["max_steps"]),
+        "batch_size": int(params.get("batch_size") or BATCH_SIZE), "max_length": MAX_LENGTH,
+        "seed": int(params.get("seed") or 42), "lora": dict(LORA), "train_records": len(round_data.train),
+    }
+    if method in ("dpo", "kto"):
+        hp["beta"] = BETA
+    if round_data.kto_weights:
+        hp["desirable_weight"], hp["undesirable_weight"] = round_data.kto_weights
+    if hp["learning_rate"] <= 0 or hp["epochs"] <= 0 or (hp["max_steps"] is not None and hp["max_steps"] < 1):
+        raise ValueError(f"Invalid training parameters: {params}")
+    return hp
+
+
+def peft_model(model: Any, parent_path: str | None) -> Any:
+    """A fresh LoRA on the base model, or the parent adapter made trainable to continue from it."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    if parent_path:
+        return PeftModel.from_pretrained(model, parent_path, adapter_name="default", is_trainable=True)
+    return get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", **LORA))
+
+
+def _progress_callback(report: Progress, tokens_per_example: float) -> Any:
+    from transformers import TrainerCallback
+
+    class ProgressCallback(TrainerCallback):
+        """Writes step, loss history, tokens/s and time left to the run row at each log."""
+
+        def __init__(self) -> None:
+            self.started = time.perf_counter()
+            self.losses: list[list[float]] = []
+
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            self.started = time.perf_counter()
+            report({"phase": "training", "step": 0, "total_steps": state.max_steps, "loss": []})
+
+        def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None,
+                   **kwargs: Any) -> None:
+            logs = logs or {}
+            if "loss" in logs:
+                self.losses = [*self.losses, [state.global_step, round(float(logs["loss"]), 5)]][-LOSS_HISTORY:]
+            elapsed = time.perf_counter() - self.started
+            step, total = state.global_step, state.max_steps
+            tokens = state.num_input_tokens_seen or step * args.train_batch_size * tokens_per_example
+            report({"phase": "training", "step": step, "total_steps": total, "epoch": state.epoch,
+                    "loss": self.losses, "elapsed_s": round(elapsed, 1),
+                    "tokens_per_s": round(tokens / elapsed, 1) if elapsed > 0 else None,
+                    "seconds_left": round(elapsed / step * (total - step), 1) if step else None})
+
+    return ProgressCallback()
+
+
+def _grouped(trainer_cls: type) -> type:
+    """The trainer with length-grouped batches computed from its tokenised columns (TRL's preference
+    datasets have no ``input_ids`` column, so the stock sampler cannot find the lengths)."""
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    class Grouped(trainer_cls):  # type: ignore[misc, valid-type]
+        def _get_train_sampler(self, train_dataset: Any = None) -> Any:
+            if self.args.train_sampling_strategy != "group_by_length":
+                return super()._get_train_sampler(train_dataset)
+            ds = self.train_dataset
+            cols = [c for c in ds.column_names if c == "input_ids" or c.endswith("_ids")]
+            lengths = [sum(len(x) for x in row) for row in zip(*(ds[c] for c in cols), strict=True)]
+            return LengthGroupedSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,
+                                        lengths=lengths)
+
+    Grouped.__name__ = f"Grouped{trainer_cls.__name__}"
+    return Grouped
+
+
+def make_trainer(model: Any, tokenizer: Any, round_data: RoundData, hp: dict[str, Any], *,
+                 output_dir: str, device: str, report: Progress) -> Any:
+    """The SFT/KTO/DPO trainer over ``model`` (already a PeftModel), reporting progress."""
+    from datasets import Dataset
+    from trl import DPOConfig, DPOTrainer, KTOConfig, KTOTrainer, SFTConfig, SFTTrainer
+
+    method = round_data.method
+    common: dict[str, Any] = {
+        "output_dir": output_dir, "per_device_train_batch_size": hp["batch_size"],
+        "num_train_epochs": hp["epochs"], "max_steps": hp["max_steps"] or -1,
+        "learning_rate": hp["learning_rate"], "logging_steps": 1, "save_strategy": "no",
+        "report_to": "none", "gradient_checkpointing": False, "bf16": device == "cuda",
+        "use_cpu": device == "cpu", "seed": hp["seed"], "data_seed": hp["seed"], "disable_tqdm": True,
+        "include_num_input_tokens_seen": "non_padding", "max_length": hp["max_length"],
+        "dataloader_pin_memory": device == "cuda",
+    }
+    dataset = Dataset.from_list(round_data.train)
+    if method == "sft":
+        config: Any = SFTConfig(**common, train_sampling_strategy="group_by_length")
+        trainer_cls: type = SFTTrainer
+    elif method == "dpo":
+        config = DPOConfig(**common, beta=hp["beta"], train_sampling_strategy="group_by_length")
+        trainer_cls = DPOTrainer
+    else:  # KTO's KL estimate pairs neighbours in a fixed order: sequential batches only
+        config = KTOConfig(**common, beta=hp["beta"], desirable_weight=hp["desirable_weight"],
+                           undesirable_weight=hp["undesirable_weight"])
+        trainer_cls = KTOTrainer
+    chars = sum(len(str(r)) for r in round_data.train) / max(len(round_data.train), 1)
+    callback = _progress_callback(report, tokens_per_example=chars / 4)
+    return _grouped(trainer_cls)(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
+                                 callbacks=[callback])

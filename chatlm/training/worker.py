@@ -1,0 +1,226 @@
+"""`python -m chatlm.training.worker RUN_ID`: one training round, in its own process.
+
+A round never shares a process with the server: a crash, a kill or an out-of-memory error ends the
+worker alone, and the run row says what happened. The adapter is written to a hidden temporary
+directory inside ``<data_dir>/adapters/`` and renamed to its final name only once it is complete and
+evaluated, in the same transaction that registers it; on any failure the temporary directory is
+removed and the active adapter is never touched.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import sys
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from chatlm.config import Settings
+from chatlm.errors import ChatLMError
+from chatlm.store import db, registry
+from chatlm.store.models import utcnow
+from chatlm.training import data
+
+log = logging.getLogger("chatlm.training")
+TMP_PREFIX = ".tmp-run"
+ADAPTER_PREFIX = "chatlm"
+QA_LIMIT = 10
+"""Questions per SQuAD article asked when a round is given ``--squad`` (generation is slow on CPU)."""
+
+
+class Stopped(BaseException):
+    """SIGTERM: unwind like an error so the temporary directory is removed and the run marked."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise Stopped("The training process was stopped (SIGTERM).")
+
+
+def adapters_dir(settings: Settings) -> Path:
+    return Path(settings.data_dir) / "adapters"
+
+
+def temp_dir(settings: Settings, run_id: int, pid: int) -> Path:
+    return adapters_dir(settings) / f"{TMP_PREFIX}{run_id}-pid{pid}"
+
+
+class Reporter:
+    """Writes progress to the run row (with the heartbeat); a busy database never stops training."""
+
+    def __init__(self, sessions: sessionmaker[Session], run_id: int) -> None:
+        self.sessions, self.run_id = sessions, run_id
+        self.state: dict[str, Any] = {}
+
+    def __call__(self, update: dict[str, Any]) -> None:
+        self.state = {**self.state, **update}
+        try:
+            with db.transaction(self.sessions) as s:
+                run = registry.get_run(s, run_id=self.run_id)
+                run.progress, run.heartbeat_at = dict(self.state), utcnow()
+        except ChatLMError as exc:
+            log.warning("progress not saved: %s", exc.message)
+
+
+def _mark_running(sessions: sessionmaker[Session], run_id: int) -> tuple[str, dict[str, Any], tuple[str, str] | None]:
+    with db.transaction(sessions) as s:
+        run = registry.get_run(s, run_id=run_id)
+        if run.status not in registry.RUNNING:
+            raise ChatLMError(f"Training run {run_id} is already {run.status}.")
+        run.status, run.pid, run.started_at, run.heartbeat_at = "running", os.getpid(), utcnow(), utcnow()
+        run.progress = {"phase": "preparing"}
+        parent = registry.active_adapter(s) if run.params.get("from_active") else None
+        return run.method, dict(run.params), (parent.name, parent.path) if parent else None
+
+
+def run_round(settings: Settings, run_id: int) -> int:
+    """Train, evaluate, save and register one round; returns the process exit code."""
+    sessions = db.make_sessionmaker(db.make_engine(settings.db_url))
+    tmp: Path | None = None
+    try:
+        method, params, parent = _mark_running(sessions, run_id)
+        report = Reporter(sessions, run_id)
+        with db.transaction(sessions) as s:
+            round_data = data.build_round(s, method)
+        logs = Path(settings.data_dir) / "training"
+        logs.mkdir(parents=True, exist_ok=True)
+        (logs / f"run-{run_id}.jsonl").write_text(round_data.jsonl, encoding="utf-8")
+        report({"phase": "loading", "data": round_data.summary()})
+        tmp = temp_dir(settings, run_id, os.getpid())
+        tmp.mkdir(parents=True)
+        model_id, hp, metrics = _train_and_evaluate(settings, round_data, params, parent, tmp, report)
+        report({"phase": "registering"})
+        with db.transaction(sessions) as s:
+            name = registry.next_name(s, prefix=str(params.get("prefix") or ADAPTER_PREFIX))
+            final = adapters_dir(settings) / name
+            tmp.rename(final)
+            tmp = final  # removed below if the registration does not commit
+            registry.register(s, name=name, base_model=model_id, parent=parent[0] if parent else None,
+                              path=str(final.resolve()), method=round_data.method,
+                              dataset_hash=round_data.dataset_hash, hyperparams=hp, metrics=metrics)
+            run = registry.get_run(s, run_id=run_id)
+            run.status, run.adapter_name, run.finished_at = "succeeded", name, utcnow()
+            run.method, run.progress = round_data.method, {**report.state, "phase": "done"}
+        tmp = None
+        print(f"round {run_id}: {name} ({round_data.method}) registered", flush=True)
+        return 0
+    except BaseException as exc:  # every failure, a kill included, is recorded
+        message = exc.message if isinstance(exc, ChatLMError) else f"{type(exc).__name__}: {exc}"
+        traceback.print_exc()
+        try:
+            with db.transaction(sessions) as s:
+                if registry.get_run(s, run_id=run_id).status in registry.RUNNING:
+                    registry.fail_run(s, run_id=run_id, error=message)
+        except Exception:  # the reaper marks it later from the dead pid
+            traceback.print_exc()
+        return 1
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _train_and_evaluate(settings: Settings, round_data: Any, params: dict[str, Any],
+                        parent: tuple[str, str] | None, tmp: Path,
+                        report: Reporter) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    """Train on the base model (or from the parent adapter), save the adapter into ``tmp``, and
+    measure it against its baseline; returns (base model id, hyperparameters, metrics)."""
+    import time
+
+    from chatlm.engine import loader
+    from chatlm.training import evaluate, trainer
+
+    hp = trainer.hyperparams(round_data, params)
+    loaded = loader.load(settings.model, Path(settings.data_dir), settings.device)
+    model = trainer.peft_model(loaded.model, parent[1] if parent else None)
+    lora = model.peft_config["default"]
+    hp["lora"] = {"r": lora.r, "lora_alpha": lora.lora_alpha, "lora_dropout": lora.lora_dropout,
+                  "target_modules": sorted(lora.target_modules)}
+    hp["parent"] = parent[0] if parent else None
+    work = tmp / "_trainer"
+    tr = trainer.make_trainer(model, loaded.tokenizer, round_data, hp, output_dir=str(work),
+                              device=loaded.device, report=report)
+    started = time.perf_counter()
+    result = tr.train()
+    seconds = time.perf_counter() - started
+    shutil.rmtree(work, ignore_errors=True)
+    model = tr.accelerator.unwrap_model(tr.model)
+    model.save_pretrained(str(tmp), selected_adapters=["default"], safe_serialization=True)
+    if not (tmp / "adapter_model.safetensors").is_file() or not (tmp / "adapter_config.json").is_file():
+        raise ChatLMError("The adapter was not saved completely.")
+    report({"phase": "evaluating"})
+    if parent:
+        model.load_adapter(parent[1], adapter_name="parent")
+    metrics = evaluate.compare(model, loaded.tokenizer, round_data.heldout, method=round_data.method,
+                               baseline="parent" if parent else None,
+                               baseline_name=parent[0] if parent else "base")
+    tokens = tr.state.num_input_tokens_seen
+    metrics["train"] = {"loss": round(float(result.training_loss), 5), "steps": tr.state.global_step,
+                        "seconds": round(seconds, 1), "tokens": tokens,
+                        "tokens_per_s": round(tokens / seconds, 1) if tokens and seconds else None,
+                        "device": loaded.device}
+    metrics["dataset"] = round_data.summary()
+    if params.get("squad"):
+        del tr, model
+        qa = qa_figures(settings, Path(params["squad"]), tmp, parent,
+                        limit=int(params.get("squad_limit") or QA_LIMIT))
+        metrics["adapter"].update(qa.pop("adapter"))
+        metrics["baseline"].update(qa.pop("baseline"))
+        metrics["qa"] = qa
+    return loaded.model_id, hp, metrics
+
+
+def qa_figures(settings: Settings, squad: Path, adapter_path: Path, parent: tuple[str, str] | None,
+               *, limit: int) -> dict[str, Any]:
+    """SQuAD F1 of the new adapter and of the baseline, through the app's own QA benchmark
+    (oracle mode: the gold paragraph is the passage, so it measures the reader, not retrieval)."""
+    import tempfile
+
+    from chatlm.engine import loader
+    from chatlm.engine.local import LocalBackend
+    from chatlm.evaluation import qa
+    from chatlm.knowledge.embed import get_embedder
+    from chatlm.library import Library
+    from chatlm.service import ChatService
+
+    articles = qa.load_squad(squad)
+    backend = LocalBackend(loader.load(settings.model, Path(settings.data_dir), settings.device))
+    with tempfile.TemporaryDirectory(prefix="chatlm-round-qa-") as folder:
+        url = f"sqlite:///{Path(folder) / 'qa.db'}"
+        db.upgrade(url)
+        engine = db.make_engine(url)
+        sessions = db.make_sessionmaker(engine)
+        service = ChatService(settings, backend, sessions, Library(sessions, embedder=qa.QueryCache(get_embedder())))
+        try:
+            service.load_adapter("candidate", str(adapter_path))
+            if parent:
+                service.load_adapter(parent[0], parent[1])
+            out: dict[str, Any] = {"squad": str(squad), "limit_per_article": limit, "mode": "oracle"}
+            for key, adapter in (("adapter", "candidate"), ("baseline", parent[0] if parent else None)):
+                rep = qa.evaluate(service, articles, qa.Options(squad=squad, mode="oracle", limit=limit,
+                                                                adapter=adapter, progress=False))
+                out[key] = {"qa_f1": rep["f1"], "qa_exact": rep["exact_match"]}
+                out["questions"] = rep["n_questions"]
+        finally:
+            backend.close()
+            service.library.wait_for_embeddings(timeout=30)
+            engine.dispose()
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) != 1 or not args[0].isdigit():
+        print("usage: python -m chatlm.training.worker RUN_ID", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    return run_round(Settings.from_env(), int(args[0]))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,342 @@
+"""Fine-tuning rounds: data selection, a worker that fails cleanly, every method on a tiny model, and
+the whole loop on the real bundled model (ratings -> round -> adapter served without a restart)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from chatlm.config import Settings
+from chatlm.engine.params import SamplingParams
+from chatlm.errors import ChatLMError
+from chatlm.server import make_service
+from chatlm.store import db, registry, repo
+from chatlm.store.registry import RoundInProgressError
+from chatlm.training import data, rounds, worker
+from chatlm.training.data import NotEnoughDataError
+from tests.conftest import MODEL_CACHE, REPO
+
+SQUAD = Path(__file__).resolve().parents[2] / "shared/data/squad2-dev-sample.json"
+SYSTEM = "Answer the question with a short phrase copied from the passage."
+P = SamplingParams(temperature=0.0, max_new_tokens=4)
+
+
+# ---- helpers --------------------------------------------------------------------------------
+def add_turn(sessions, uid: int, question: str, answers: list[tuple[str, int | None, str | None]], *,
+             prompt: list[dict[str, str]] | None = None, excluded: bool = False) -> None:
+    """One question with sibling answers, each rated (+1/-1/None) with an optional better answer;
+    the answers are stored as the model's, with the prompt it saw."""
+    prompt = prompt or [{"role": "user", "content": question}]
+    with db.transaction(sessions) as s:
+        conv = repo.create_conversation(s, user_id=uid, system_prompt="")
+        conv.exclude_from_training = excluded
+        q = repo.add_message(s, conversation_id=conv.id, role="user", content=question)
+        for text, value, better in answers:
+            a = repo.add_message(s, conversation_id=conv.id, role="assistant", content=text, parent_id=q.id,
+                                 prompt_messages=prompt, model_id="m")
+            if value is not None:
+                repo.set_rating(s, message_id=a.id, user_id=uid, value=value, better_answer=better)
+
+
+def seed_pairs(sessions, uid: int, n: int) -> None:
+    for i in range(n):
+        add_turn(sessions, uid, f"What is {i} plus {i}?", [(f"{2 * i}", 1, None), (f"Maybe {i + 7}?", -1, None)])
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tiny, tmp_path_factory) -> Path:
+    """The tiny random model as a model directory, so a worker process can load it fast."""
+    path = tmp_path_factory.mktemp("tiny-model")
+    tiny.model.save_pretrained(path)
+    tiny.tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture
+def tiny_settings(tmp_path, tiny_dir) -> Settings:
+    return Settings.from_env({}, data_dir=tmp_path / "data", model=str(tiny_dir), device="cpu")
+
+
+def adapter_dirs(settings: Settings) -> list[str]:
+    folder = worker.adapters_dir(settings)
+    return sorted(os.listdir(folder)) if folder.is_dir() else []
+
+
+# ---- 1. data selection ------------------------------------------------------------------------
+def test_method_choice_holdout_and_too_little_data(settings, tiny_backend, tmp_path) -> None:
+    service = make_service(settings, tiny_backend)
+    uid = service.user_id()
+    conv = service.new_conversation(uid)
+    service.send(uid, conv.id, "hello", P).run()
+    service.rate(uid, service.history(uid, conv.id)[-1][0].id, 1)
+    with db.transaction(service.sessions) as s, pytest.raises(NotEnoughDataError) as err:
+        data.build_round(s)
+    message = err.value.message
+    assert "DPO needs 8 preference pairs" in message and "there are 0" in message
+    assert "SFT needs 4 liked or corrected answers; there are 1" in message
+    assert "KTO needs 8 rated answers" in message and "(1 liked, 0 disliked)" in message
+
+    other = service.user_id("alice")  # every user's ratings count
+    for i in range(3):
+        add_turn(service.sessions, other, f"q{i}", [(f"good {i}", 1, None)])
+    add_turn(service.sessions, uid, "secret", [("hidden", 1, None), ("bad", -1, None)] * 5, excluded=True)
+    with db.transaction(service.sessions) as s:
+        sft = data.build_round(s)
+        assert sft.method == "sft" and sft.counts.sft == 4 and sft.counts.pairs == 0
+        assert "hidden" not in sft.jsonl
+        with pytest.raises(NotEnoughDataError, match=r"DPO needs 8 preference pairs .* there are 0"):
+            data.build_round(s, "dpo")
+    for i in range(4):
+        add_turn(service.sessions, other, f"bad q{i}", [(f"wrong {i}", -1, None)])
+    with db.transaction(service.sessions) as s:
+        kto = data.build_round(s)
+    assert kto.method == "kto" and (kto.counts.liked, kto.counts.disliked) == (4, 4)
+    d, u = kto.kto_weights
+    n_d = sum(r["label"] for r in kto.train)
+    assert 1 <= d * n_d / (u * (len(kto.train) - n_d)) <= 4 / 3
+    seed_pairs(service.sessions, uid, 8)
+    with db.transaction(service.sessions) as s:
+        dpo, again = data.build_round(s), data.build_round(s)
+        with pytest.raises(ChatLMError, match="must be one of"):
+            data.build_round(s, "ppo")
+    assert dpo.method == "dpo" and dpo.counts.pairs == 8
+    assert dpo.dataset_hash == again.dataset_hash == hashlib.sha256(dpo.jsonl.encode()).hexdigest()
+    train_prompts = {json.dumps(r["prompt"]) for r in dpo.train}
+    held_prompts = {json.dumps(r["prompt"]) for r in dpo.heldout.rated}
+    assert held_prompts and not train_prompts & held_prompts
+    assert dpo.heldout.prompts == len(held_prompts) == round(0.2 * 16)  # 16 prompts, the excluded one not counted
+
+
+def test_kto_weights_follow_trl_advice() -> None:
+    for n_d, n_u in ((1, 9), (9, 1), (5, 5), (4, 3), (100, 7)):
+        d, u = data.kto_weights(n_d, n_u)
+        assert 1 <= d * n_d / (u * n_u) <= 4 / 3, (n_d, n_u)
+
+
+def test_train_cli_says_what_is_missing(tmp_path) -> None:
+    env = {**os.environ, "CHATLM_DATA_DIR": str(tmp_path / "d")}
+    out = subprocess.run([sys.executable, "-m", "chatlm", "train", "--method", "sft"], capture_output=True,
+                         text=True, env=env, cwd=REPO, timeout=120)
+    assert out.returncode == 2 and "SFT needs 4 liked or corrected answers; there are 0" in out.stderr
+    out = subprocess.run([sys.executable, "-m", "chatlm", "adapters", "list"], capture_output=True, text=True,
+                         env=env, cwd=REPO, timeout=120)
+    assert out.returncode == 0 and "no adapters yet" in out.stdout
+
+
+# ---- 2. one round at a time; a failed worker leaves nothing behind ---------------------------------
+@pytest.mark.slow
+def test_refused_second_round_and_failed_workers_leave_nothing(tiny_settings) -> None:
+    sessions = rounds.sessions_for(tiny_settings)
+    with db.transaction(sessions) as s:
+        uid = repo.get_or_create_user(s).id
+        registry.register(s, name="keep-v1", base_model="tiny", path="/nowhere", method="sft", dataset_hash="0")
+        registry.activate(s, name="keep-v1")
+    seed_pairs(sessions, uid, 10)
+
+    bad = rounds.start_round(tiny_settings, "dpo", max_steps=1, sessions=sessions, batch_size="many")
+    run = rounds.wait(tiny_settings, bad, timeout=120, sessions=sessions)
+    assert run.status == "failed" and "ValueError" in run.error and run.adapter_name is None
+
+    for sig, error in ((signal.SIGTERM, "stopped (SIGTERM)"), (signal.SIGKILL, rounds.DIED)):
+        long = rounds.start_round(tiny_settings, "dpo", max_steps=10_000, sessions=sessions)
+        with pytest.raises(RoundInProgressError):
+            rounds.start_round(tiny_settings, "dpo", sessions=sessions)
+        deadline = time.monotonic() + 180
+        while True:  # stop it mid-training, when its temporary adapter directory exists
+            with db.transaction(sessions) as s:
+                run = registry.get_run(s, run_id=long)
+            if run.progress.get("step") or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert run.status == "running" and run.progress["step"] >= 1, run.progress
+        assert [d for d in adapter_dirs(tiny_settings) if d.startswith(worker.TMP_PREFIX)]
+        os.kill(run.pid, sig)
+        run = rounds.wait(tiny_settings, long, timeout=60, sessions=sessions)
+        assert run.status == "failed" and error in run.error, run.error
+        assert adapter_dirs(tiny_settings) == []
+    with db.transaction(sessions) as s:
+        assert registry.active_adapter(s).name == "keep-v1"
+        assert [a.name for a in registry.list_adapters(s)] == ["keep-v1"]
+
+
+# ---- 3. every method, in process, on the tiny model ------------------------------------------------
+@pytest.mark.slow
+def test_each_method_trains_evaluates_and_registers(tiny_settings, tiny, tmp_path) -> None:
+    import copy
+    import dataclasses
+
+    from chatlm.engine.local import LocalBackend
+    from chatlm.service import ChatService
+
+    sessions = rounds.sessions_for(tiny_settings)
+    with db.transaction(sessions) as s:
+        uid = repo.get_or_create_user(s).id
+    seed_pairs(sessions, uid, 10)
+    squad = tmp_path / "mini-squad.json"
+    squad.write_text(json.dumps({"version": "v2.0", "data": [{"title": "Sums", "paragraphs": [{
+        "context": "Two plus two is four. Three plus three is six.",
+        "qas": [{"id": "a", "question": "What is two plus two?", "is_impossible": False,
+                 "answers": [{"text": "four", "answer_start": 17}]}]}]}]}))
+    names = []
+    for method, from_active in (("sft", False), ("dpo", True), ("kto", False)):
+        with db.transaction(sessions) as s:
+            params = {"max_steps": 2, "from_active": from_active, "batch_size": 4,
+                      "squad": str(squad) if method == "kto" else None}
+            run_id = registry.start_run(s, method=method, params=params).id
+        assert worker.run_round(tiny_settings, run_id) == 0
+        with db.transaction(sessions) as s:
+            run = registry.get_run(s, run_id=run_id)
+            adapter = registry.get_adapter(s, name=run.adapter_name)
+            if method == "sft":
+                registry.activate(s, name=adapter.name)
+        names.append(adapter.name)
+        assert run.status == "succeeded" and run.finished_at and run.error is None
+        assert run.progress["step"] == run.progress["total_steps"] == 2 and len(run.progress["loss"]) == 2
+        assert run.progress["tokens_per_s"] > 0
+        assert adapter.method == method and adapter.base_model == Path(tiny_settings.model).name
+        assert adapter.hyperparams["lora"]["r"] == 16 and adapter.hyperparams["max_steps"] == 2
+        m = adapter.metrics
+        assert m["target"] in m["adapter"] and m["target"] in m["baseline"] and m["train"]["steps"] == 2
+        files = set(os.listdir(adapter.path))
+        assert {"adapter_config.json", "adapter_model.safetensors"} <= files and not any(
+            f.endswith((".bin", ".pt")) for f in files)
+        assert len(adapter.dataset_hash) == 64
+    assert names == ["chatlm-v1", "chatlm-v2", "chatlm-v3"]
+    with db.transaction(sessions) as s:
+        dpo = registry.get_adapter(s, name="chatlm-v2")
+        assert dpo.parent == "chatlm-v1" and dpo.metrics["baseline_name"] == "chatlm-v1"
+        kto = registry.get_adapter(s, name="chatlm-v3")
+        assert kto.parent is None and kto.metrics["qa"]["questions"] == 1
+        assert 0 <= kto.metrics["adapter"]["qa_f1"] <= 1 and "qa_f1" in kto.metrics["baseline"]
+    assert [d for d in adapter_dirs(tiny_settings) if d.startswith(".")] == []
+
+    # a server starting up serves the registry's active adapter; a broken one leaves the base model
+    backend = LocalBackend(dataclasses.replace(tiny, model=copy.deepcopy(tiny.model)))
+    try:
+        service = ChatService(tiny_settings, backend, sessions)
+        assert service.restore_active_adapter() == "chatlm-v1" == service.active_adapter
+        with db.transaction(sessions) as s:
+            registry.register(s, name="gone-v1", base_model="tiny", path="/nowhere", method="sft", dataset_hash="0")
+            registry.activate(s, name="gone-v1")
+        assert service.restore_active_adapter() is None and service.active_adapter is None
+    finally:
+        backend.close()
+
+
+@pytest.mark.slow
+def test_cli_train_wait_and_adapters(tiny_settings) -> None:
+    sessions = rounds.sessions_for(tiny_settings)
+    with db.transaction(sessions) as s:
+        uid = repo.get_or_create_user(s).id
+    seed_pairs(sessions, uid, 10)
+    env = {**os.environ, "CHATLM_DATA_DIR": str(tiny_settings.data_dir), "CHATLM_MODEL": tiny_settings.model,
+           "CHATLM_DEVICE": "cpu"}
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "chatlm", *args], capture_output=True, text=True, env=env,
+                              cwd=REPO, timeout=300)
+
+    out = cli("train", "--max-steps", "2", "--wait")
+    assert out.returncode == 0, out.stderr
+    assert "chatlm-v1: dpo adapter, pair_margin" in out.stdout and "round 1" in out.stderr
+    assert "adapters activate chatlm-v1" in out.stdout
+    assert cli("adapters", "activate", "chatlm-v1").returncode == 0
+    listing = cli("adapters", "list").stdout
+    assert re.search(r"^\*\s+chatlm-v1\s+dpo\s+-\s+\d{4}-\d\d-\d\d \d\d:\d\d\s+pair_margin", listing, re.M), listing
+    out = cli("adapters", "activate", "nope")
+    assert out.returncode == 2 and "No adapter named 'nope'" in out.stderr
+    assert "the base model is active" in cli("adapters", "rollback").stdout
+    out = cli("adapters", "rollback")
+    assert out.returncode == 2 and "Nothing to roll back" in out.stderr
+
+
+# ---- 4. the whole loop on the real model -----------------------------------------------------------
+def squad_turns(n: int) -> list[tuple[str, str, list[str], str]]:
+    """(question, passage sentence, gold answers, a wrong answer) from distinct SQuAD paragraphs."""
+    from chatlm.knowledge.squad import load_squad
+
+    out = []
+    for article in load_squad(SQUAD):
+        seen: set[int] = set()
+        for q in article.questions:
+            if q.is_impossible or q.paragraph_index in seen:
+                continue
+            sentences = re.split(r"(?<=[.!?])\s+", article.paragraphs[q.paragraph_index])
+            sentence = next((x for x in sentences if q.answers[0] in x), None)
+            if sentence:
+                seen.add(q.paragraph_index)
+                out.append((q.question, sentence, q.answers))
+    return [(q, p, a, out[(i + 7) % len(out)][2][0]) for i, (q, p, a) in enumerate(out[:n])]
+
+
+@pytest.mark.slow
+def test_whole_loop_ratings_to_served_adapter(bundled, start_server, tmp_path) -> None:
+    import copy
+    import dataclasses
+
+    from safetensors import safe_open
+
+    from chatlm.engine.local import LocalBackend
+    from chatlm.knowledge.squad import f1
+
+    if not SQUAD.is_file():
+        pytest.skip(f"{SQUAD} is missing")
+    data_dir = tmp_path / "data"
+    (data_dir / "models").mkdir(parents=True)
+    for entry in (MODEL_CACHE / "models").iterdir():  # the session's safetensors copy, not a new one
+        (data_dir / "models" / entry.name).symlink_to(entry)
+    base_file = next((MODEL_CACHE / "models").glob("*/model.safetensors"))
+    base_hash = hashlib.sha256(base_file.read_bytes()).hexdigest()
+    backend = LocalBackend(dataclasses.replace(bundled, model=copy.deepcopy(bundled.model)))
+    server = start_server(backend, data_dir=data_dir, device="cpu")
+    service = server.app.service
+    uid = service.user_id()
+    # the model's answers, rated like a user who knows the gold answer: a hedged wrong answer is
+    # disliked (and corrected), the exact span liked; the prompt holds the passage, so no knowledge
+    for question, passage, golds, wrong in squad_turns(12):
+        prompt = [{"role": "system", "content": SYSTEM},
+                  {"role": "user", "content": f"Passage: {passage}\n\nQuestion: {question}"}]
+        answers = []
+        for text in (golds[0], f"I am not sure, but I think it was {wrong}."):
+            good = f1(text, golds) >= 0.5
+            answers.append((text, 1 if good else -1, None if good else golds[0]))
+        add_turn(service.sessions, uid, question, answers, prompt=prompt)
+
+    run_id = service.start_round(max_steps=3, lr=5e-4, batch_size=2)
+    run = rounds.wait(server.settings, run_id, timeout=900, sessions=service.sessions)
+    assert run.status == "succeeded", (run.error, rounds.log_path(server.settings, run_id).read_text()[-3000:])
+    with db.transaction(service.sessions) as s:
+        adapter = registry.get_adapter(s, name=run.adapter_name)
+    m = adapter.metrics
+    assert adapter.method == "dpo" and m["target"] == "pair_margin" and m["heldout"]["pairs"] >= 2
+    assert m["improved"] and m["adapter"]["pair_margin"] > m["baseline"]["pair_margin"], m
+    assert m["adapter"]["pair_accuracy"] >= m["baseline"]["pair_accuracy"], m
+    with safe_open(str(Path(adapter.path) / "adapter_model.safetensors"), framework="pt") as f:
+        keys = list(f.keys())
+        assert keys and all(".lora_" in k for k in keys)  # only LoRA weights: the base is untouched
+        assert any(f.get_tensor(k).abs().sum() > 0 for k in keys if ".lora_B." in k)
+    assert hashlib.sha256(base_file.read_bytes()).hexdigest() == base_hash
+
+    assert service.active_adapter is None
+    assert service.promote_adapter(adapter.name) == adapter.name  # served without a restart
+    conv = service.new_conversation(uid, system_prompt=SYSTEM)
+    service.send(uid, conv.id, "Say hi", SamplingParams(temperature=0.0, max_new_tokens=4)).run()
+    assert service.history(uid, conv.id)[-1][0].adapter == adapter.name
+    assert not hasattr(bundled.model, "peft_config")  # the shared session model was never wrapped
+    env = {**os.environ, "CHATLM_DATA_DIR": str(data_dir)}
+    out = subprocess.run([sys.executable, "-m", "chatlm", "adapters", "list"], capture_output=True, text=True,
+                         env=env, cwd=REPO, timeout=120)
+    assert out.returncode == 0 and re.search(rf"^\*\s+{adapter.name}\s+dpo", out.stdout, re.M), out.stdout
+    out = subprocess.run([sys.executable, "-m", "chatlm", "adapters", "rollback"], capture_output=True, text=True,
+                         env=env, cwd=REPO, timeout=120)
+    assert out.returncode == 0 and "the base model is active" in out.stdout
+    assert service.sync_active_adapter() is None and service.active_adapter is None
