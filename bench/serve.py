@@ -458,7 +458,8 @@ def bench_profile(loaded: loader.LoadedModel, streams: int, max_tokens: int) -> 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        description="Serving benchmark: /v1 with 1 and N streams vs model.generate (one JSON).")
     parser.add_argument("--max-tokens", type=int, default=None, help="default 256 (64 w/ --quick)")
     parser.add_argument("--streams", type=int, default=8)
     parser.add_argument("--quick", action="store_true", help="64 tokens: a fast smoke run")
