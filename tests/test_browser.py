@@ -6,78 +6,45 @@ test proves both what the user sees and what is stored.
 
 from __future__ import annotations
 
-import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-CHROMIUM = shutil.which("chromium")
-if CHROMIUM is None:
-    pytest.skip("chromium is not installed (apt-get install chromium); the browser tests need it",
-                allow_module_level=True)
-sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+from tests.browser import (
+    BOT,
+    TIMEOUT,
+    all_messages,
+    answers,
+    bot_texts,
+    launch,
+    loaded,
+    needs_browser,
+    new_page,
+    open_app,
+    send,
+    settings,
+    uid,
+    user_texts,
+    wait_answer,
+    wait_for,
+)
 
-from sqlalchemy import select  # noqa: E402
+needs_browser()
 
-from chatlm.store.db import transaction  # noqa: E402
 from chatlm.store.models import Message  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
 FRANCE = "What is the capital of France?"
-BOT = "#chatbot [data-testid='bot']"
-USER = "#chatbot [data-testid='user']"
-BOT_LABEL = "bot's message: "
-TIMEOUT = 90.0
-"""Seconds to wait for an answer; the CPU may be shared with other work."""
 
 
 # ---- fixtures ----------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--no-first-run"],
-        )
-        yield b
-        b.close()
-
-
-COUNT_COMPLETED_EVENTS = """
-(() => {
-  // Gradio streams event results over fetch() (server-sent events on /queue/data); count the
-  // "process_completed" messages so a test can wait for an event, the page load included, to end.
-  window.__gradioCompleted = 0;
-  const original = window.fetch;
-  window.fetch = async function (...args) {
-    const response = await original.apply(this, args);
-    const url = String(args[0] instanceof Request ? args[0].url : args[0]);
-    if (!url.includes("/queue/data") || !response.body) return response;
-    const [mine, theirs] = response.body.tee();
-    (async () => {
-      const reader = mine.getReader();
-      const decoder = new TextDecoder();
-      let text = "";
-      for (;;) {
-        const { value, done } = await reader.read();
-        if (done) break;
-        text += decoder.decode(value, { stream: true });
-        const lines = text.split("\\n");
-        text = lines.pop();
-        for (const line of lines) {
-          if (/"msg":\\s*"process_completed"/.test(line)) window.__gradioCompleted += 1;
-        }
-      }
-    })();
-    return new Response(theirs, { status: response.status, statusText: response.statusText,
-                                  headers: response.headers });
-  };
-})();
-"""
+    with launch() as br:
+        yield br
 
 
 @pytest.fixture
@@ -89,60 +56,15 @@ def server(start_server, bundled_backend):
 def page(browser, server) -> Iterator[Any]:
     """A fresh browser context (empty local storage) per test. It depends on ``server`` so that it
     is closed first: a page left open keeps connections that make the server's shutdown wait."""
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
-    context.add_init_script(COUNT_COMPLETED_EVENTS)
-    pg = context.new_page()
-    pg.set_default_timeout(TIMEOUT * 1000)
-    yield pg
-    context.close()
+    with new_page(browser) as pg:
+        yield pg
 
 
 # ---- helpers -----------------------------------------------------------------------------------
-def wait_for(check: Callable[[], Any], what: str, timeout: float = TIMEOUT) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
-def loaded(page, navigate: Callable[[], Any]) -> None:
-    """Navigate and wait for the page-load event to complete, so that nothing typed or set
-    afterwards is overwritten by its outputs."""
-    navigate()
-    page.wait_for_selector("#message textarea")
-    page.wait_for_function("window.__gradioCompleted >= 1")
-
-
-def open_app(page, server) -> None:
-    loaded(page, lambda: page.goto(server.url))
-
-
-def settings(page, *, temperature: float | None = None, max_new: int | None = None) -> None:
-    """Set generation settings through the 'Generation settings' accordion."""
-    temp_box = page.get_by_label("number input for Temperature")
-    if not temp_box.is_visible():
-        page.get_by_text("Generation settings").click()
-        temp_box.wait_for(state="visible")
-    for label, value in (("Temperature", temperature), ("Maximum new tokens", max_new)):
-        if value is not None:
-            box = page.get_by_label(f"number input for {label}")
-            box.fill(str(value))
-            box.press("Enter")
-
-
-def send(page, text: str) -> None:
+def start_sending(page, text: str) -> None:
+    """Type and send a message without waiting for its answer (to watch it stream)."""
     page.fill("#message textarea", text)
     page.click("#send")
-
-
-def bot_texts(page) -> list[str]:
-    """The raw text of every assistant bubble (Gradio puts it in the aria-label)."""
-    labels = page.locator(BOT).evaluate_all("els => els.map(e => e.getAttribute('aria-label'))")
-    return [(label or "").removeprefix(BOT_LABEL) for label in labels]
 
 
 def last_bot(page) -> str:
@@ -150,42 +72,14 @@ def last_bot(page) -> str:
     return texts[-1] if texts else ""
 
 
-def user_texts(page) -> list[str]:
-    return [t.strip() for t in page.locator(USER).all_inner_texts()]
-
-
 def sidebar_titles(page) -> list[str]:
     return [t.strip() for t in page.locator("#conversations label").all_inner_texts()]
-
-
-def uid(server) -> int:
-    return server.app.service.user_id()
-
-
-def all_messages(server) -> list[Message]:
-    """Every stored message, all branches included."""
-    with transaction(server.app.service.sessions) as s:
-        return list(s.scalars(select(Message).order_by(Message.id)))
-
-
-def answers(server) -> list[Message]:
-    return [m for m in all_messages(server) if m.role == "assistant"]
-
-
-def wait_answer(page, server, count: int) -> Message:
-    """Wait until ``count`` answers are stored and the newest is the one on screen; return it."""
-    msg = wait_for(lambda: len(answers(server)) >= count and answers(server)[count - 1],
-                   f"answer #{count} to be stored")
-    shown = msg.content + (" ⏹" if msg.status == "stopped" else "")
-    wait_for(lambda: last_bot(page).strip() == shown.strip(), "the stored answer to be shown")
-    return msg
 
 
 def ask_and_like_france(page, server) -> tuple[int, Message]:
     """Send the France question greedily, wait for the answer and click its thumbs up."""
     settings(page, temperature=0, max_new=40)
-    send(page, FRANCE)
-    answer = wait_answer(page, server, 1)
+    answer = send(page, server, FRANCE)
     page.locator("#chatbot button[aria-label='Like']").last.click()
     conv_id = answer.conversation_id
     wait_for(lambda: dict((m.id, r) for m, r in server.app.service.history(uid(server), conv_id))
@@ -213,7 +107,7 @@ def assert_france_shown_and_liked(page, answer: Message) -> None:
 def test_answer_streams_is_rated_and_survives_a_reload(page, server):
     open_app(page, server)
     settings(page, temperature=0, max_new=40)
-    send(page, FRANCE)
+    start_sending(page, FRANCE)
 
     seen: list[str] = []
     deadline = time.monotonic() + TIMEOUT
@@ -261,7 +155,7 @@ def test_conversation_and_rating_survive_a_restart(page, start_server, bundled_b
 def test_stop_keeps_the_partial_answer_and_ends_the_generation(page, server):
     open_app(page, server)
     settings(page, temperature=0, max_new=1000)
-    send(page, "Write a very long story about a dragon.")
+    start_sending(page, "Write a very long story about a dragon.")
     wait_for(lambda: len(last_bot(page)) >= 20, "some of the story to appear")
     # A draft typed while the answer streams is kept (the stream does not wipe the box).
     page.fill("#message textarea", "My next question")
@@ -290,8 +184,7 @@ def test_stop_keeps_the_partial_answer_and_ends_the_generation(page, server):
 def test_retry_adds_a_sibling_answer(page, server):
     open_app(page, server)
     settings(page, max_new=12)
-    send(page, "Name a color.")
-    first = wait_answer(page, server, 1)
+    first = send(page, server, "Name a color.")
 
     seen: list[str] = []
     page.fill("#message textarea", "a draft")
@@ -317,8 +210,7 @@ def test_sidebar_new_rename_open_delete(page, server):
     service = server.app.service
     open_app(page, server)
     settings(page, max_new=8)
-    send(page, "Hello")
-    first = wait_answer(page, server, 1)
+    first = send(page, server, "Hello")
     assert sidebar_titles(page) == ["Hello"]
 
     page.click("#new-chat")
@@ -326,8 +218,7 @@ def test_sidebar_new_rename_open_delete(page, server):
     wait_for(lambda: page.get_by_label("number input for Maximum new tokens").input_value() == "256",
              "New chat to reset the generation settings")
     settings(page, max_new=8)
-    send(page, "Tell me a joke.")
-    second = wait_answer(page, server, 2)
+    second = send(page, server, "Tell me a joke.")
     assert second.conversation_id != first.conversation_id
     assert second.generation_params["max_new_tokens"] == 8
     wait_for(lambda: sidebar_titles(page) == ["Tell me a joke.", "Hello"], "two conversations")

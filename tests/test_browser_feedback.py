@@ -9,82 +9,46 @@ service or straight from its SQLite file, so every test proves both.
 
 from __future__ import annotations
 
-import shutil
 import sqlite3
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urljoin
 
 import pytest
 
-CHROMIUM = shutil.which("chromium")
-if CHROMIUM is None:
-    pytest.skip("chromium is not installed (apt-get install chromium); the browser tests need it",
-                allow_module_level=True)
-sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+from tests.browser import (
+    all_messages,
+    bot_texts,
+    choose,
+    click_and_wait,
+    completed,
+    launch,
+    needs_browser,
+    new_page,
+    open_app,
+    send,
+    settings,
+    table_rows,
+    uid,
+    user_texts,
+    wait_answer,
+    wait_for,
+)
 
-from sqlalchemy import select  # noqa: E402
-
-from chatlm.store.db import transaction  # noqa: E402
-from chatlm.store.models import Message  # noqa: E402
+needs_browser()
 
 pytestmark = pytest.mark.slow
 
 FRANCE = "What is the capital of France?"
 OWLS = "Tell me one fact about owls."
-BOT = "#chatbot [data-testid='bot']"
-USER = "#chatbot [data-testid='user']"
-BOT_LABEL = "bot's message: "
-TIMEOUT = 90.0
-"""Seconds to wait for an answer; the CPU may be shared with other work."""
 
 
 # ---- fixtures ----------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--no-first-run"],
-        )
-        yield b
-        b.close()
-
-
-COUNT_COMPLETED_EVENTS = """
-(() => {
-  // Gradio streams event results over fetch() (server-sent events on /queue/data); count the
-  // "process_completed" messages so a test can wait for an event, the page load included, to end.
-  window.__gradioCompleted = 0;
-  const original = window.fetch;
-  window.fetch = async function (...args) {
-    const response = await original.apply(this, args);
-    const url = String(args[0] instanceof Request ? args[0].url : args[0]);
-    if (!url.includes("/queue/data") || !response.body) return response;
-    const [mine, theirs] = response.body.tee();
-    (async () => {
-      const reader = mine.getReader();
-      const decoder = new TextDecoder();
-      let text = "";
-      for (;;) {
-        const { value, done } = await reader.read();
-        if (done) break;
-        text += decoder.decode(value, { stream: true });
-        const lines = text.split("\\n");
-        text = lines.pop();
-        for (const line of lines) {
-          if (/"msg":\\s*"process_completed"/.test(line)) window.__gradioCompleted += 1;
-        }
-      }
-    })();
-    return new Response(theirs, { status: response.status, statusText: response.statusText,
-                                  headers: response.headers });
-  };
-})();
-"""
+    with launch() as br:
+        yield br
 
 
 @pytest.fixture
@@ -94,97 +58,18 @@ def server(start_server, bundled_backend):
 
 @pytest.fixture
 def page(browser, server) -> Iterator[Any]:
-    """A fresh browser context (empty local storage) per test. It depends on ``server`` so that it
-    is closed first: a page left open keeps connections that make the server's shutdown wait."""
-    context = browser.new_context(viewport={"width": 1280, "height": 900}, accept_downloads=True)
-    context.add_init_script(COUNT_COMPLETED_EVENTS)
-    pg = context.new_page()
-    pg.set_default_timeout(TIMEOUT * 1000)
-    yield pg
-    context.close()
+    """A fresh browser context (empty local storage, downloads allowed) per test. It depends on
+    ``server`` so that it is closed first: a page left open keeps connections that make the
+    server's shutdown wait."""
+    with new_page(browser, downloads=True) as pg:
+        yield pg
 
 
 # ---- helpers -----------------------------------------------------------------------------------
-def wait_for(check: Callable[[], Any], what: str, timeout: float = TIMEOUT) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
-def open_app(page, server) -> None:
-    """Open the app and wait for the page-load event to complete, so that nothing typed or set
-    afterwards is overwritten by its outputs."""
-    page.goto(server.url)
-    page.wait_for_selector("#message textarea")
-    page.wait_for_function("window.__gradioCompleted >= 1")
-
-
-def completed(page) -> int:
-    return int(page.evaluate("window.__gradioCompleted"))
-
-
-def settings(page, *, temperature: float | None = None, max_new: int | None = None) -> None:
-    """Set generation settings through the 'Generation settings' accordion."""
-    temp_box = page.get_by_label("number input for Temperature")
-    if not temp_box.is_visible():
-        page.get_by_text("Generation settings").click()
-        temp_box.wait_for(state="visible")
-    for label, value in (("Temperature", temperature), ("Maximum new tokens", max_new)):
-        if value is not None:
-            box = page.get_by_label(f"number input for {label}")
-            box.fill(str(value))
-            box.press("Enter")
-
-
-def bot_texts(page) -> list[str]:
-    """The raw text of every assistant bubble (Gradio puts it in the aria-label)."""
-    labels = page.locator(BOT).evaluate_all("els => els.map(e => e.getAttribute('aria-label'))")
-    return [(label or "").removeprefix(BOT_LABEL) for label in labels]
-
-
-def user_texts(page) -> list[str]:
-    return [t.strip() for t in page.locator(USER).all_inner_texts()]
-
-
 def thumbs(page) -> list[str]:
     """The labels of the chat's 👍/👎 buttons: 'Liked'/'Disliked' mark the chosen one."""
     return page.locator("#chatbot button[aria-label^='Like'], #chatbot button[aria-label^='Dislike']"
                         ).evaluate_all("els => els.map(e => e.getAttribute('aria-label'))")
-
-
-def all_messages(server) -> list[Message]:
-    """Every stored message, all branches included."""
-    with transaction(server.app.service.sessions) as s:
-        return list(s.scalars(select(Message).order_by(Message.id)))
-
-
-def answers(server) -> list[Message]:
-    return [m for m in all_messages(server) if m.role == "assistant"]
-
-
-def uid(server) -> int:
-    return server.app.service.user_id()
-
-
-def wait_answer(page, server, count: int) -> Message:
-    """Wait until ``count`` answers are stored and the newest is the one on screen; return it."""
-    msg = wait_for(lambda: len(answers(server)) >= count and answers(server)[count - 1],
-                   f"answer #{count} to be stored")
-    wait_for(lambda: bot_texts(page) and bot_texts(page)[-1].strip() == msg.content.strip(),
-             "the stored answer to be shown")
-    return msg
-
-
-def send(page, server, text: str) -> Message:
-    count = len(answers(server)) + 1
-    page.fill("#message textarea", text)
-    page.click("#send")
-    return wait_answer(page, server, count)
 
 
 def detail(server, message_id: int) -> dict[str, Any] | None:
@@ -220,34 +105,13 @@ def save_details(page, *, value: str | None = None, reason: str | None = None,
         page.fill("#rate-comment textarea", comment)
     if better is not None:
         page.fill("#rate-better textarea", better)
-    before = completed(page)
-    page.click("#rate-save")
-    page.wait_for_function(f"window.__gradioCompleted > {before}")
+    click_and_wait(page, "#rate-save")
     page.locator("#rate-result", has_text="Saved.").wait_for()
-
-
-def choose(page, elem_id: str, option: str) -> None:
-    """Pick an option of a Gradio dropdown: type it (the list filters) and press Enter."""
-    box = page.locator(f"#{elem_id} input")
-    box.click()
-    box.fill(option)
-    box.press("Enter")
-    wait_for(lambda: box.input_value() == option, f"{option!r} to be chosen in #{elem_id}")
 
 
 def pager(page) -> str:
     """The pager's text (not the timer Gradio shows over it while it updates)."""
     return page.locator("#pager [data-testid='markdown']").inner_text().strip()
-
-
-def table_rows(page) -> list[list[str]]:
-    """The Feedback table's rows as shown (Gradio draws them as grid cells, not <td>s)."""
-    cells = page.locator("#fb-table [role=gridcell][data-row]").evaluate_all(
-        "els => els.map(e => [Number(e.dataset.row), Number(e.dataset.col), e.innerText.trim()])")
-    rows: dict[int, dict[int, str]] = {}
-    for row, col, text in cells:
-        rows.setdefault(row, {})[col] = text
-    return [[r[c] for c in sorted(r)] for _, r in sorted(rows.items())]
 
 
 # ---- tests -------------------------------------------------------------------------------------
@@ -363,7 +227,7 @@ def test_retry_paging_and_a_rating_survive_a_restart(page, start_server, bundled
     wait_for(lambda: bot_texts(page) == [third.content], "the third answer after the restart")
     page.click("#feedback-tab-button")
     page.locator("#fb-summary", has_text="1 rating: 0 👍, 1 👎").wait_for()
-    assert any("Not a color I know." in row for row in table_rows(page))
+    assert any("Not a color I know." in row for row in table_rows(page, "fb-table"))
     assert [e[:4] for e in rating_events(again)] == [(second.id, -1, None, None),
                                                       (second.id, -1, "other", "Not a color I know.")]
 
@@ -440,20 +304,20 @@ def test_excluded_conversations_stay_out_of_the_dataset_and_the_feedback_tab(pag
     page.click("#feedback-tab-button")
     page.locator("#fb-summary", has_text="2 ratings: 1 👍, 1 👎; 2 shown.").wait_for()
     page.locator("#fb-plot canvas, #fb-plot svg").first.wait_for()
-    rows = table_rows(page)
+    rows = table_rows(page, "fb-table")
     assert len(rows) == 2
     (disliked,) = [r for r in rows if "Too vague for me." in r]
     assert "dislike" in disliked and FRANCE in disliked and "wrong" in disliked
     choose(page, "fb-label", "dislike")
     page.locator("#fb-summary", has_text="1 shown.").wait_for()
-    wait_for(lambda: len(table_rows(page)) == 1, "the table to show the 👎 only")
-    assert "Too vague for me." in table_rows(page)[0]
+    wait_for(lambda: len(table_rows(page, "fb-table")) == 1, "the table to show the 👎 only")
+    assert "Too vague for me." in table_rows(page, "fb-table")[0]
     page.fill("#fb-search textarea", "owls")
     page.locator("#fb-search textarea").press("Enter")
     page.locator("#fb-summary", has_text="0 shown.").wait_for()
     choose(page, "fb-label", "all")
     page.locator("#fb-summary", has_text="1 shown.").wait_for()
-    assert any(OWLS in row for row in table_rows(page))
+    assert any(OWLS in row for row in table_rows(page, "fb-table"))
 
     # A KTO dataset: the excluded conversation's text is not in it, and it loads with datasets.
     page.locator("#fb-format label", has_text="kto").click()

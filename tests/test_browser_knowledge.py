@@ -8,18 +8,27 @@ service and its database, so every test proves both.
 
 from __future__ import annotations
 
-import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-CHROMIUM = shutil.which("chromium")
-if CHROMIUM is None:
-    pytest.skip("chromium is not installed (apt-get install chromium); the browser tests need it",
-                allow_module_level=True)
-sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+from tests.browser import (
+    TIMEOUT,
+    bot_texts,
+    choose,
+    click_and_wait,
+    launch,
+    needs_browser,
+    new_page,
+    open_app,
+    send,
+    settings,
+    wait_for,
+)
+
+needs_browser()
 
 from sqlalchemy import select  # noqa: E402
 
@@ -39,72 +48,13 @@ ZORBIA = ("The capital of the kingdom of Zorbia is Quillton. Quillton lies on th
 QUESTION = "What is the capital of Zorbia?"
 GARDEN = ("Moonflowers in the Hesper valley open only at night and smell of cinnamon. Gardeners "
           "there water them with snow melt collected in copper bowls.")
-BOT = "#chatbot [data-testid='bot']"
-BOT_LABEL = "bot's message: "
-TIMEOUT = 90.0
-"""Seconds to wait for an answer; the CPU may be shared with other work."""
 
 
 # ---- fixtures ----------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--no-first-run"],
-        )
-        yield b
-        b.close()
-
-
-WATCH_GRADIO_EVENTS = """
-(() => {
-  // Gradio streams event results over fetch() (server-sent events on /queue/data). Count the
-  // "process_completed" messages, so a test can wait for an event (the page load included) to
-  // end, and keep the "progress" messages a gr.Progress sends.
-  window.__gradioCompleted = 0;
-  window.__gradioProgress = [];
-  const original = window.fetch;
-  window.fetch = async function (...args) {
-    const response = await original.apply(this, args);
-    const url = String(args[0] instanceof Request ? args[0].url : args[0]);
-    if (!url.includes("/queue/data") || !response.body) return response;
-    const [mine, theirs] = response.body.tee();
-    (async () => {
-      const reader = mine.getReader();
-      const decoder = new TextDecoder();
-      let text = "";
-      for (;;) {
-        const { value, done } = await reader.read();
-        if (done) break;
-        text += decoder.decode(value, { stream: true });
-        const lines = text.split("\\n");
-        text = lines.pop();
-        for (const line of lines) {
-          if (/"msg":\\s*"process_completed"/.test(line)) window.__gradioCompleted += 1;
-          if (/"msg":\\s*"progress"/.test(line)) {
-            try {
-              const data = JSON.parse(line.replace(/^data:\\s*/, ""));
-              for (const unit of data.progress_data || []) window.__gradioProgress.push(unit);
-            } catch (e) { /* a partial line: ignore */ }
-          }
-        }
-      }
-    })();
-    return new Response(theirs, { status: response.status, statusText: response.statusText,
-                                  headers: response.headers });
-  };
-  // Remember the progress bars the status trackers draw (they vanish when the event ends).
-  window.__progressShown = [];
-  new MutationObserver(() => {
-    for (const el of document.querySelectorAll(".progress-level-inner, .progress-bar")) {
-      const text = (el.textContent || "").trim();
-      if (!window.__progressShown.includes(text)) window.__progressShown.push(text);
-    }
-  }).observe(document, { childList: true, subtree: true, characterData: true });
-})();
-"""
+    with launch() as br:
+        yield br
 
 
 @pytest.fixture
@@ -116,51 +66,11 @@ def server(start_server, bundled_backend):
 def page(browser, server) -> Iterator[Any]:
     """A fresh browser context (empty local storage) per test. It depends on ``server`` so that it
     is closed first: a page left open keeps connections that make the server's shutdown wait."""
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
-    context.add_init_script(WATCH_GRADIO_EVENTS)
-    pg = context.new_page()
-    pg.set_default_timeout(TIMEOUT * 1000)
-    yield pg
-    context.close()
+    with new_page(browser) as pg:
+        yield pg
 
 
 # ---- helpers -----------------------------------------------------------------------------------
-def wait_for(check: Callable[[], Any], what: str, timeout: float = TIMEOUT) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
-def open_app(page, server) -> None:
-    """Open the app and wait for the page-load event to complete, so that nothing typed or set
-    afterwards is overwritten by its outputs."""
-    page.goto(server.url)
-    page.wait_for_selector("#message textarea")
-    page.wait_for_function("window.__gradioCompleted >= 1")
-
-
-def completed(page) -> int:
-    return int(page.evaluate("window.__gradioCompleted"))
-
-
-def settings(page, *, temperature: float | None = None, max_new: int | None = None) -> None:
-    """Set generation settings through the 'Generation settings' accordion."""
-    temp_box = page.get_by_label("number input for Temperature")
-    if not temp_box.is_visible():
-        page.get_by_text("Generation settings").click()
-        temp_box.wait_for(state="visible")
-    for label, value in (("Temperature", temperature), ("Maximum new tokens", max_new)):
-        if value is not None:
-            box = page.get_by_label(f"number input for {label}")
-            box.fill(str(value))
-            box.press("Enter")
-
-
 def open_knowledge(page) -> None:
     if not page.locator("#load-doc").is_visible():
         page.click("#knowledge .label-wrap")
@@ -171,13 +81,6 @@ def upload(page, path) -> None:
     """Choose a file in the upload box and wait until Gradio has uploaded it (its name shows)."""
     page.set_input_files("#upload input[type=file]", str(path))
     page.locator("#upload", has_text=path.stem).wait_for()  # the name, maybe split before .txt
-
-
-def load_clicked(page) -> None:
-    """Click 'Load into this chat' and wait for that event to end."""
-    before = completed(page)
-    page.click("#load-doc")
-    page.wait_for_function(f"window.__gradioCompleted > {before}")
 
 
 def doc_status(page) -> str:
@@ -200,36 +103,13 @@ def other_docs(page) -> list[str]:
     return names
 
 
-def bot_texts(page) -> list[str]:
-    labels = page.locator(BOT).evaluate_all("els => els.map(e => e.getAttribute('aria-label'))")
-    return [(label or "").removeprefix(BOT_LABEL) for label in labels]
-
-
 def rows(server, model) -> list[Any]:
     with transaction(server.app.service.sessions) as s:
         return list(s.scalars(select(model)))
 
 
-def answers(server) -> list[Message]:
-    with transaction(server.app.service.sessions) as s:
-        return list(s.scalars(select(Message).where(Message.role == "assistant")
-                              .order_by(Message.id)))
-
-
 def links(server) -> set[tuple[int, int]]:
     return {(link.conversation_id, link.document_id) for link in rows(server, ConversationDocument)}
-
-
-def ask(page, server, text: str) -> Message:
-    """Send a question and wait until its answer is stored and shown; return the stored answer."""
-    count = len(answers(server)) + 1
-    page.fill("#message textarea", text)
-    page.click("#send")
-    msg = wait_for(lambda: len(answers(server)) >= count and answers(server)[count - 1],
-                   f"answer #{count} to be stored")
-    wait_for(lambda: bot_texts(page) and bot_texts(page)[-1].strip() == msg.content.strip(),
-             "the stored answer to be shown")
-    return msg
 
 
 def sources_text(page) -> str:
@@ -247,7 +127,7 @@ def test_upload_ask_cite_paste_remove_and_reuse(page, server, tmp_path):
 
     # Upload: the progress runs to the end, the status says Loaded, the text is listed.
     upload(page, fact)
-    load_clicked(page)
+    click_and_wait(page, "#load-doc")
     page.locator("#doc-status", has_text="Loaded").wait_for()
     assert "zorbia.txt" in doc_status(page)
     assert listed_docs(page) == ["zorbia.txt"]
@@ -263,7 +143,7 @@ def test_upload_ask_cite_paste_remove_and_reuse(page, server, tmp_path):
     assert links(server) == {(conv_id, doc.id)}
 
     # Ask: the answer uses the passage, and the Sources panel shows it with the document name.
-    answer = ask(page, server, QUESTION)
+    answer = send(page, server, QUESTION)
     assert answer.conversation_id == conv_id
     assert answer.status == "complete"
     assert "Quillton" in answer.content, answer.content
@@ -285,7 +165,7 @@ def test_upload_ask_cite_paste_remove_and_reuse(page, server, tmp_path):
     # Paste a second text: both are listed.
     page.fill("#paste textarea", GARDEN)
     page.fill("#paste-name textarea", "moonflowers")
-    load_clicked(page)
+    click_and_wait(page, "#load-doc")
     page.locator("#doc-status", has_text="moonflowers").wait_for()
     wait_for(lambda: sorted(listed_docs(page)) == ["moonflowers", "zorbia.txt"], "both texts listed")
     assert page.locator("#paste textarea").input_value() == ""
@@ -305,11 +185,7 @@ def test_upload_ask_cite_paste_remove_and_reuse(page, server, tmp_path):
     wait_for(lambda: listed_docs(page) == [] and not bot_texts(page), "an empty new chat")
     wait_for(lambda: sorted(other_docs(page)) == ["moonflowers", "zorbia.txt"],
              "both texts offered for reuse")
-    choose = page.locator("#other-docs input")
-    choose.click()
-    choose.fill("zorbia.txt")  # the dropdown filters as one types; Enter picks the exact match
-    choose.press("Enter")
-    wait_for(lambda: choose.input_value() == "zorbia.txt", "the text to be chosen")
+    choose(page, "other-docs", "zorbia.txt")
     page.click("#reuse-doc")
     wait_for(lambda: listed_docs(page) == ["zorbia.txt"], "the reused text in the new chat")
     wait_for(lambda: other_docs(page) == ["moonflowers"], "only the other text offered for reuse")
@@ -319,7 +195,7 @@ def test_upload_ask_cite_paste_remove_and_reuse(page, server, tmp_path):
     assert new_conv != conv_id and reused == doc.id
     assert len(rows(server, Document)) == 2  # reused, not stored again
     settings(page, temperature=0, max_new=24)
-    again = ask(page, server, QUESTION)
+    again = send(page, server, QUESTION)
     assert again.conversation_id == new_conv
     assert "Quillton" in again.content, again.content
     assert again.sources and again.sources[0]["document"] == "zorbia.txt"
@@ -332,7 +208,7 @@ def test_a_binary_file_is_refused_and_nothing_is_stored(page, server, tmp_path):
     open_app(page, server)
     open_knowledge(page)
     upload(page, binary)
-    load_clicked(page)
+    click_and_wait(page, "#load-doc")
     page.locator("#doc-status", has_text="Not loaded").wait_for()
     assert doc_status(page) == "Not loaded: x.txt looks like a binary file, not text."
     page.locator("[data-testid='toast-body']", has_text="x.txt looks like a binary file").wait_for()
@@ -353,7 +229,7 @@ def test_a_larger_upload_shows_the_progress_bar(page, server, tmp_path):
     open_app(page, server)
     open_knowledge(page)
     upload(page, big)
-    load_clicked(page)
+    click_and_wait(page, "#load-doc")
     page.locator("#doc-status", has_text="Loaded").wait_for()
     drawn = page.evaluate("window.__progressShown")
     assert any("indexing" in text and "%" in text for text in drawn), drawn

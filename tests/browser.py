@@ -1,0 +1,220 @@
+"""What the real-browser tests share: Debian's chromium driven by Playwright, a script that counts
+Gradio's events in the page, and small waits and readers of what Gradio draws.
+
+The browser test modules skip themselves when chromium or playwright is missing (``needs_browser``).
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+
+CHROMIUM = shutil.which("chromium")
+TIMEOUT = 90.0
+"""Seconds to wait for an answer; the CPU may be shared with other work."""
+BOT = "#chatbot [data-testid='bot']"
+USER = "#chatbot [data-testid='user']"
+BOT_LABEL = "bot's message: "
+
+
+def needs_browser() -> Any:
+    """Skip the calling module unless chromium and playwright are installed; returns playwright's
+    sync API."""
+    if CHROMIUM is None:
+        pytest.skip("chromium is not installed (apt-get install chromium); the browser tests need it",
+                    allow_module_level=True)
+    return pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+
+
+@contextmanager
+def launch() -> Iterator[Any]:
+    """Headless Debian chromium (never ``playwright install``)."""
+    from playwright import sync_api
+
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--no-first-run"],
+        )
+        yield b
+        b.close()
+
+
+@contextmanager
+def new_page(browser: Any, *, downloads: bool = False) -> Iterator[Any]:
+    """A fresh context (empty local storage) with the event watcher installed."""
+    context = browser.new_context(viewport={"width": 1280, "height": 900}, accept_downloads=downloads)
+    context.add_init_script(WATCH_GRADIO_EVENTS)
+    pg = context.new_page()
+    pg.set_default_timeout(TIMEOUT * 1000)
+    yield pg
+    context.close()
+
+
+WATCH_GRADIO_EVENTS = """
+(() => {
+  // Gradio streams event results over fetch() (server-sent events on /queue/data). Count the
+  // "process_completed" messages, so a test can wait for an event (the page load included) to
+  // end, and keep the "progress" messages a gr.Progress sends.
+  window.__gradioCompleted = 0;
+  window.__gradioProgress = [];
+  const original = window.fetch;
+  window.fetch = async function (...args) {
+    const response = await original.apply(this, args);
+    const url = String(args[0] instanceof Request ? args[0].url : args[0]);
+    if (!url.includes("/queue/data") || !response.body) return response;
+    const [mine, theirs] = response.body.tee();
+    (async () => {
+      const reader = mine.getReader();
+      const decoder = new TextDecoder();
+      let text = "";
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        text += decoder.decode(value, { stream: true });
+        const lines = text.split("\\n");
+        text = lines.pop();
+        for (const line of lines) {
+          if (/"msg":\\s*"process_completed"/.test(line)) window.__gradioCompleted += 1;
+          if (/"msg":\\s*"progress"/.test(line)) {
+            try {
+              const data = JSON.parse(line.replace(/^data:\\s*/, ""));
+              for (const unit of data.progress_data || []) window.__gradioProgress.push(unit);
+            } catch (e) { /* a partial line: ignore */ }
+          }
+        }
+      }
+    })();
+    return new Response(theirs, { status: response.status, statusText: response.statusText,
+                                  headers: response.headers });
+  };
+  // Remember the progress bars the status trackers draw (they vanish when the event ends).
+  window.__progressShown = [];
+  new MutationObserver(() => {
+    for (const el of document.querySelectorAll(".progress-level-inner, .progress-bar")) {
+      const text = (el.textContent || "").trim();
+      if (!window.__progressShown.includes(text)) window.__progressShown.push(text);
+    }
+  }).observe(document, { childList: true, subtree: true, characterData: true });
+})();
+"""
+
+
+def wait_for(check: Callable[[], Any], what: str, timeout: float = TIMEOUT) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def completed(page: Any) -> int:
+    """How many Gradio events have ended in this page (the page load included)."""
+    return int(page.evaluate("window.__gradioCompleted"))
+
+
+def loaded(page: Any, navigate: Callable[[], Any]) -> None:
+    """Navigate and wait for the page-load event to complete, so that nothing typed or set
+    afterwards is overwritten by its outputs."""
+    navigate()
+    page.wait_for_selector("#message textarea")
+    page.wait_for_function("window.__gradioCompleted >= 1")
+
+
+def open_app(page: Any, server: Any) -> None:
+    loaded(page, lambda: page.goto(server.url))
+
+
+def click_and_wait(page: Any, selector: str) -> None:
+    """Click and wait until the event it started has ended."""
+    before = completed(page)
+    page.click(selector)
+    page.wait_for_function(f"window.__gradioCompleted > {before}")
+
+
+def choose(page: Any, elem_id: str, option: str) -> None:
+    """Pick an option of a Gradio dropdown: type it (the list filters) and press Enter."""
+    box = page.locator(f"#{elem_id} input")
+    box.click()
+    box.fill(option)
+    box.press("Enter")
+    wait_for(lambda: box.input_value() == option, f"{option!r} to be chosen in #{elem_id}")
+
+
+def table_rows(page: Any, elem_id: str) -> list[list[str]]:
+    """A gr.Dataframe's rows as shown (Gradio draws them as grid cells, not <td>s)."""
+    cells = page.locator(f"#{elem_id} [role=gridcell][data-row]").evaluate_all(
+        "els => els.map(e => [Number(e.dataset.row), Number(e.dataset.col), e.innerText.trim()])")
+    rows: dict[int, dict[int, str]] = {}
+    for row, col, text in cells:
+        rows.setdefault(row, {})[col] = text
+    return [[r[c] for c in sorted(r)] for _, r in sorted(rows.items())]
+
+
+def settings(page: Any, *, temperature: float | None = None, max_new: int | None = None) -> None:
+    """Set generation settings through the 'Generation settings' accordion."""
+    temp_box = page.get_by_label("number input for Temperature")
+    if not temp_box.is_visible():
+        page.get_by_text("Generation settings").click()
+        temp_box.wait_for(state="visible")
+    for label, value in (("Temperature", temperature), ("Maximum new tokens", max_new)):
+        if value is not None:
+            box = page.get_by_label(f"number input for {label}")
+            box.fill(str(value))
+            box.press("Enter")
+
+
+def bot_texts(page: Any) -> list[str]:
+    """The raw text of every assistant bubble (Gradio puts it in the aria-label)."""
+    labels = page.locator(BOT).evaluate_all("els => els.map(e => e.getAttribute('aria-label'))")
+    return [(label or "").removeprefix(BOT_LABEL) for label in labels]
+
+
+def user_texts(page: Any) -> list[str]:
+    return [t.strip() for t in page.locator(USER).all_inner_texts()]
+
+
+def uid(server: Any) -> int:
+    return int(server.app.service.user_id())
+
+
+def all_messages(server: Any) -> list[Any]:
+    """Every stored message, all branches included, read through the running app."""
+    from sqlalchemy import select
+
+    from chatlm.store.db import transaction
+    from chatlm.store.models import Message
+
+    with transaction(server.app.service.sessions) as s:
+        return list(s.scalars(select(Message).order_by(Message.id)))
+
+
+def answers(server: Any) -> list[Any]:
+    return [m for m in all_messages(server) if m.role == "assistant"]
+
+
+def wait_answer(page: Any, server: Any, count: int) -> Any:
+    """Wait until ``count`` answers are stored and the newest is the one on screen; return it."""
+    msg = wait_for(lambda: len(answers(server)) >= count and answers(server)[count - 1],
+                   f"answer #{count} to be stored")
+    shown = msg.content + (" ⏹" if msg.status == "stopped" else "")
+    wait_for(lambda: bot_texts(page) and bot_texts(page)[-1].strip() == shown.strip(),
+             "the stored answer to be shown")
+    return msg
+
+
+def send(page: Any, server: Any, text: str) -> Any:
+    """Type and send a message; wait until its answer is stored and shown, and return it."""
+    count = len(answers(server)) + 1
+    page.fill("#message textarea", text)
+    page.click("#send")
+    return wait_answer(page, server, count)
