@@ -1,15 +1,17 @@
 """Training benchmark: our round vs a plain ``transformers.Trainer`` + peft, and a round over N turns.
 
 Run from the repository root: ``.venv/bin/python bench/train.py`` (defaults: 200 rated turns, an
-8-step throughput comparison, one epoch for the full round). Prints one JSON object.
+8-step throughput comparison, the round's default epochs: one pass over this many examples). Prints one
+JSON object.
 
 The data are SQuAD questions with the gold paragraph in the prompt; every turn has one answer,
 rated like a user who knows the answer: the exact span is liked, a hedged wrong span is disliked and
 corrected with the gold text, so half the turns give a DPO pair (``auto`` picks DPO).
 
 - ``sft_throughput``: the same SFT records, the same LoRA (r=16, all linear layers), batch size and
-  number of steps through our round (TRL SFTTrainer in the worker process, length-grouped batches)
-  and through a plain Trainer (random batches, padded), each in its own process. tokens/s counts
+  number of steps (batch 4 as 2 x 2 with gradient accumulation) through our round's trainer (TRL
+  SFTTrainer, length-grouped batches) and through a plain Trainer (random batches, padded), each in a
+  fresh process, alternated ``--repeats`` times (a shared machine's load drifts). tokens/s counts
   non-padding input tokens over the training loop only; peak RSS is the process's high-water mark.
 - ``round``: ``start_round(auto)`` over all turns, wall time from the call to the registered
   adapter (process start, model load, training, held-out evaluation), per-phase times, peak RSS.
@@ -23,6 +25,7 @@ import json
 import os
 import re
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -97,21 +100,43 @@ def follow_round(settings: Any, sessions: Any, run_id: int, started: float) -> d
 
     with db.transaction(sessions) as s:
         adapter = registry.get_adapter(s, name=str(run.adapter_name))
+    keys = ("target", "baseline_name", "adapter", "baseline", "improved", "heldout")
     return {"wall_s": round(time.perf_counter() - started, 1), "phase_started_at_s": phases,
             "peak_rss_mb": peak[0] or None, "adapter": adapter.name, "method": adapter.method,
-            "train": adapter.metrics["train"], "metrics": {k: adapter.metrics[k] for k in
-                                                         ("target", "baseline_name", "adapter", "baseline",
-                                                          "improved", "heldout")}}
+            "epochs": adapter.hyperparams["epochs"], "train": adapter.metrics["train"],
+            "metrics": {k: adapter.metrics[k] for k in keys}}
+
+
+def _records(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def ours(records_path: Path, steps: int, batch: int, model_dir: str) -> dict[str, Any]:
+    """Our round's trainer (TRL SFTTrainer, length-grouped batches) on prompt/completion records."""
+    from chatlm.engine import loader
+    from chatlm.training import data, trainer
+
+    loaded = loader.load(model_dir, Path(tempfile.gettempdir()), "auto")
+    rd = data.RoundData(method="sft", train=_records(records_path), heldout=data.Heldout(), counts=data.Counts(),
+                        dataset_hash="", jsonl="")
+    hp = trainer.hyperparams(rd, {"max_steps": steps, "batch_size": batch})
+    with tempfile.TemporaryDirectory() as out:
+        tr = trainer.make_trainer(trainer.peft_model(loaded.model, None), loaded.tokenizer, rd, hp, output_dir=out,
+                                  device=loaded.device, report=lambda _: None)
+        started = time.perf_counter()
+        tr.train()
+        seconds = time.perf_counter() - started
+    return _throughput(steps, seconds, tr.state.num_input_tokens_seen)
 
 
 def plain_trainer(records_path: Path, steps: int, batch: int, model_dir: str) -> dict[str, Any]:
-    """The baseline: transformers.Trainer + peft LoRA on the same prompt/completion records."""
+    """The baseline: transformers.Trainer + peft LoRA (same config and batches) on the same records."""
     import torch
     from datasets import Dataset
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, Trainer, TrainingArguments
 
-    from chatlm.training.trainer import LORA
+    from chatlm.training.trainer import LORA, MICRO_BATCH
 
     tok = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
@@ -124,11 +149,12 @@ def plain_trainer(records_path: Path, steps: int, batch: int, model_dir: str) ->
         return {"input_ids": full, "attention_mask": [1] * len(full),
                 "labels": [-100] * len(prompt) + full[len(prompt):]}
 
-    rows = [json.loads(line) for line in records_path.read_text().splitlines()]
-    dataset = Dataset.from_list([encode(r) for r in rows])
+    dataset = Dataset.from_list([encode(r) for r in _records(records_path)])
+    micro = min(MICRO_BATCH, batch)
     with tempfile.TemporaryDirectory() as out:
-        args = TrainingArguments(output_dir=out, per_device_train_batch_size=batch, max_steps=steps,
-                                 learning_rate=2e-4, logging_steps=1, save_strategy="no", report_to="none",
+        args = TrainingArguments(output_dir=out, per_device_train_batch_size=micro,
+                                 gradient_accumulation_steps=batch // micro, max_steps=steps, learning_rate=2e-4,
+                                 logging_steps=1, save_strategy="no", report_to="none",
                                  use_cpu=not torch.cuda.is_available(), bf16=torch.cuda.is_available(),
                                  include_num_input_tokens_seen="non_padding", disable_tqdm=True, seed=42)
         trainer = Trainer(model=model, args=args, train_dataset=dataset,
@@ -136,10 +162,26 @@ def plain_trainer(records_path: Path, steps: int, batch: int, model_dir: str) ->
         started = time.perf_counter()
         trainer.train()
         seconds = time.perf_counter() - started
-    tokens = trainer.state.num_input_tokens_seen
-    return {"steps": steps, "seconds": round(seconds, 1), "tokens": tokens,
-            "tokens_per_s": round(tokens / seconds, 1),
+    return _throughput(steps, seconds, trainer.state.num_input_tokens_seen)
+
+
+def _throughput(steps: int, seconds: float, tokens: int) -> dict[str, Any]:
+    return {"steps": steps, "seconds": round(seconds, 1), "tokens": tokens, "tokens_per_s": round(tokens / seconds, 1),
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+
+
+def compare(records: Path, steps: int, batch: int, model_dir: str, repeats: int) -> dict[str, Any]:
+    """Ours and plain, alternated in fresh processes (the load of a shared machine drifts)."""
+    runs: dict[str, list[dict[str, Any]]] = {"ours": [], "plain": []}
+    for _ in range(repeats):
+        for mode in ("ours", "plain"):
+            proc = subprocess.run([sys.executable, __file__, f"--{mode}", str(records), "--compare-steps", str(steps),
+                                   "--batch", str(batch), "--model-dir", model_dir],
+                                  capture_output=True, text=True, check=True)
+            runs[mode].append({**json.loads(proc.stdout.strip().splitlines()[-1]), "load_avg": os.getloadavg()[0]})
+    ratios = [o["tokens_per_s"] / p["tokens_per_s"] for o, p in zip(runs["ours"], runs["plain"], strict=True)]
+    return {"steps": steps, "batch": batch, "repeats": repeats, **runs,
+            "ratio_median": round(statistics.median(ratios), 3)}
 
 
 def main() -> None:
@@ -148,14 +190,17 @@ def main() -> None:
     p.add_argument("--passage", choices=["paragraph", "sentence"], default="paragraph")
     p.add_argument("--compare-steps", type=int, default=8, help="steps of the SFT throughput comparison (0: skip)")
     p.add_argument("--batch", type=int, default=4)
-    p.add_argument("--epochs", type=float, default=1.0, help="epochs of the full round")
+    p.add_argument("--epochs", type=float, help="epochs of the full round (default: the round's own, 1 here)")
     p.add_argument("--round-max-steps", type=int, help="stop the full round early and extrapolate")
     p.add_argument("--squad", type=Path, default=DEFAULT_SQUAD)
-    p.add_argument("--plain", type=Path, help=argparse.SUPPRESS)  # internal: run the baseline only
+    p.add_argument("--repeats", type=int, default=2, help="alternated runs of the throughput comparison")
+    p.add_argument("--plain", type=Path, help=argparse.SUPPRESS)  # internal: one baseline run
+    p.add_argument("--ours", type=Path, help=argparse.SUPPRESS)  # internal: one run of our trainer
     p.add_argument("--model-dir", help=argparse.SUPPRESS)
     args = p.parse_args()
-    if args.plain:
-        print(json.dumps(plain_trainer(args.plain, args.compare_steps, args.batch, args.model_dir)))
+    if args.plain or args.ours:
+        run = plain_trainer if args.plain else ours
+        print(json.dumps(run(args.plain or args.ours, args.compare_steps, args.batch, args.model_dir)))
         return
 
     import torch
@@ -183,32 +228,18 @@ def main() -> None:
         if args.compare_steps:
             records = Path(tmp) / "sft.jsonl"
             records.write_text("".join(json.dumps(r) + "\n" for r in sft_records))
-            started = time.perf_counter()
-            run_id = rounds.start_round(settings, "sft", max_steps=args.compare_steps, sessions=sessions,
-                                        batch_size=args.batch)
-            ours = follow_round(settings, sessions, run_id, started)
-            plain = subprocess.run([sys.executable, __file__, "--plain", str(records), "--compare-steps",
-                                    str(args.compare_steps), "--batch", str(args.batch), "--model-dir", model_dir],
-                                   capture_output=True, text=True, check=True)
-            base = json.loads(plain.stdout.strip().splitlines()[-1])
-            out["sft_throughput"] = {
-                "steps": args.compare_steps, "batch": args.batch,
-                "round": {"tokens_per_s": ours["train"]["tokens_per_s"], "seconds": ours["train"]["seconds"],
-                          "tokens": ours["train"]["tokens"], "peak_rss_mb": ours["peak_rss_mb"]},
-                "plain_trainer": base,
-                "ratio": round(ours["train"]["tokens_per_s"] / base["tokens_per_s"], 3),
-            }
+            out["sft_throughput"] = compare(records, args.compare_steps, args.batch, model_dir, args.repeats)
 
         started = time.perf_counter()
         run_id = rounds.start_round(settings, "auto", epochs=args.epochs, max_steps=args.round_max_steps,
                                     sessions=sessions, batch_size=args.batch)
         full = follow_round(settings, sessions, run_id, started)
         total = full["train"]["steps"]
-        out["round"] = {"turns": args.turns, "epochs": args.epochs, **full}
+        out["round"] = {"turns": args.turns, **full}
         if args.round_max_steps:
             with db.transaction(sessions) as s:
                 n_train = len(data.build_round(s).train)
-            steps_full = -(-n_train // args.batch) * args.epochs
+            steps_full = -(-n_train // args.batch) * full["epochs"]
             per_step = full["train"]["seconds"] / total
             out["round"]["extrapolated"] = {
                 "train_records": n_train, "steps_for_epochs": steps_full,

@@ -14,7 +14,7 @@ from chatlm.training import METHODS
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", choices=METHODS, default="auto",
                    help="auto: DPO with enough pairs, else KTO with likes and dislikes, else SFT")
-    p.add_argument("--epochs", type=float, help="passes over the data (default 3)")
+    p.add_argument("--epochs", type=float, help="passes over the data (default: 3 below 50 examples, else 1)")
     p.add_argument("--max-steps", type=int, help="stop after this many optimiser steps")
     p.add_argument("--lr", type=float, help="learning rate (default: 2e-4 SFT, 1e-4 KTO/DPO)")
     p.add_argument("--from-active", action="store_true", help="continue from the active adapter")
@@ -97,8 +97,9 @@ def _figures(metrics: dict[str, Any]) -> str:
     if not key or new.get(key) is None or old.get(key) is None:
         return "no held-out figures"
     text = f"{key} {new[key]:g} ({metrics.get('baseline_name', 'base')} {old[key]:g})"
-    if new.get("qa_f1") is not None and old.get("qa_f1") is not None:
-        text += f", qa_f1 {new['qa_f1']:g} ({old['qa_f1']:g})"
+    for extra in ("knowledge_f1", "qa_f1"):
+        if new.get(extra) is not None and old.get(extra) is not None:
+            text += f", {extra} {new[extra]:g} ({old[extra]:g})"
     return text
 
 
