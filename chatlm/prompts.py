@@ -57,6 +57,8 @@ def fit_history(
 
 
 NOT_FOUND = "I could not find that in the document."
+GROUNDED_PREFIX = "Passages:\n\n"
+"""How a question about loaded documents starts (``grounded_question``); evaluation finds them by it."""
 
 
 def grounded_question(question: str, passages: Sequence[tuple[int, str, str]], *,
@@ -71,4 +73,4 @@ def grounded_question(question: str, passages: Sequence[tuple[int, str, str]], *
     else:
         how = ("Answer using only these passages and cite the ones you use like [1]. If the "
                f"passages do not contain the answer, say: {NOT_FOUND}")
-    return f"Passages:\n\n{blocks}\n\nQuestion: {question.strip()}\n\n{how}"
+    return f"{GROUNDED_PREFIX}{blocks}\n\nQuestion: {question.strip()}\n\n{how}"

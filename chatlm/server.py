@@ -40,7 +40,9 @@ def make_service(settings: Settings, backend: Any = None) -> ChatService:
 
     db.upgrade(settings.db_url)
     sessions = db.make_sessionmaker(db.make_engine(settings.db_url))
-    return ChatService(settings, backend or make_backend(settings), sessions)
+    service = ChatService(settings, backend or make_backend(settings), sessions)
+    service.follow_registry()  # serve the adapter the registry says is active (the base if it is broken)
+    return service
 
 
 def build_app(settings: Settings, backend: Any = None) -> App:

@@ -85,6 +85,8 @@ class ChatService:
         self._lock = threading.Lock()
         self.active_adapter: str | None = None
         """Adapter used by new answers unless one is named; None is the base model."""
+        self._registry_seen: tuple[str, Any] | bool | None = False
+        """The registry's active adapter (name, activation time) when last followed; False: never."""
 
     # ---- conversations -------------------------------------------------------------------
     def user_id(self, name: str = repo.LOCAL_USER) -> int:
@@ -157,7 +159,7 @@ class ChatService:
              short: bool = False) -> Reply:
         """Commit the user's message, then start the answer (stored when it ends or stops).
         When the conversation has documents, the answer rests on the top-``k`` passages."""
-        adapter = adapter or self.active_adapter
+        adapter = adapter or self.follow_registry()
         if not content or not content.strip():
             raise InputError("The message is empty.")
         if len(content) > MAX_MESSAGE_CHARS:
@@ -184,7 +186,7 @@ class ChatService:
     def retry(self, user_id: int, message_id: int, params: SamplingParams, *,
               adapter: str | None = None) -> Reply:
         """A new answer to the same question, stored as a sibling of ``message_id``."""
-        adapter = adapter or self.active_adapter
+        adapter = adapter or self.follow_registry()
         params = params.clamped(self.settings.max_new_tokens)
         with transaction(self.sessions) as s:
             answer = repo.get_message(s, message_id=message_id, user_id=user_id)
@@ -299,6 +301,7 @@ class ChatService:
         with transaction(self.sessions) as s:
             registry.activate(s, name=name)
         self.activate_adapter(name)
+        self._registry_seen = self._registry_state()
         return name
 
     def rollback_adapter(self) -> str | None:
@@ -307,7 +310,26 @@ class ChatService:
 
         with transaction(self.sessions) as s:
             registry.rollback(s)
+        self._registry_seen = self._registry_state()
         return self.sync_active_adapter()
+
+    def _registry_state(self) -> tuple[str, Any] | None:
+        from chatlm.store import registry
+
+        with transaction(self.sessions) as s:
+            active = registry.active_adapter(s)
+            return (active.name, active.activated_at) if active else None
+
+    def follow_registry(self) -> str | None:
+        """The adapter new answers use. When the registry's choice changed since it was last
+        followed (``chatlm adapters activate`` in a shell, a rollback elsewhere), serve the new
+        choice first: one small query per new answer buys "no restart" without a watcher thread.
+        An adapter loaded through the API stays the default until the registry changes."""
+        state = self._registry_state()
+        if state != self._registry_seen:
+            self._registry_seen = state
+            self.restore_active_adapter()
+        return self.active_adapter
 
     def restore_active_adapter(self) -> str | None:
         """At start: serve the adapter the registry says is active. A missing or broken adapter must

@@ -116,3 +116,12 @@ def tiny_backend(tiny) -> Iterator:
     backend = LocalBackend(tiny, max_batch=4, queue_size=4)
     yield backend
     backend.close()
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tiny, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny random model as a model directory, so a worker process can load it fast."""
+    path = tmp_path_factory.mktemp("tiny-model")
+    tiny.model.save_pretrained(path)
+    tiny.tokenizer.save_pretrained(path)
+    return path

@@ -130,3 +130,50 @@ def test_activate_and_roll_back_through_the_api(start_server, bundled, tmp_path)
     with pytest.raises(openai.BadRequestError):
         client.post("/adapters", body={"name": "bad", "path": str(tmp_path / "missing")},
                     cast_to=object)
+
+
+def test_a_restart_serves_the_registry_choice_and_survives_a_broken_adapter(tiny, settings, adapter_dirs,
+                                                                            caplog) -> None:
+    """The registry is the truth across restarts: the adapter active when the server stopped serves
+    after it starts; one whose files are gone leaves the base model serving, with the reason logged."""
+    import copy
+    import dataclasses
+    import shutil
+
+    from chatlm.engine.local import LocalBackend
+    from chatlm.server import make_service
+    from chatlm.store import registry
+    from chatlm.store.db import transaction
+
+    def start() -> tuple[object, LocalBackend]:
+        backend = LocalBackend(dataclasses.replace(tiny, model=copy.deepcopy(tiny.model)))
+        return make_service(settings, backend), backend
+
+    service, backend = start()
+    with transaction(service.sessions) as s:
+        for i, path in enumerate(adapter_dirs, 1):
+            registry.register(s, name=f"tiny-v{i}", base_model="tiny", path=str(path), method="sft",
+                              dataset_hash="0")
+    service.promote_adapter("tiny-v2")
+    expected = backend.chat(Q, GREEDY, adapter="tiny-v2").wait()
+    base = backend.chat(Q, GREEDY).wait()
+    backend.close()
+
+    service, backend = start()  # a restart: nothing loaded until the registry says so
+    try:
+        assert service.active_adapter == "tiny-v2" and backend.adapter_names() == ["tiny-v2"]
+        assert service.generate(Q, GREEDY, "tiny-v2").wait() == expected != base
+        conv = service.new_conversation(service.user_id())
+        reply = service.send(service.user_id(), conv.id, "Say something", GREEDY)
+        reply.run()
+        assert reply.adapter == "tiny-v2"
+    finally:
+        backend.close()
+
+    shutil.rmtree(adapter_dirs[1])
+    service, backend = start()
+    try:
+        assert service.active_adapter is None and "serving the base model" in caplog.text
+        assert service.generate(Q, GREEDY).wait() == base
+    finally:
+        backend.close()

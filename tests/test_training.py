@@ -24,6 +24,7 @@ from chatlm.store.registry import RoundInProgressError
 from chatlm.training import data, rounds, worker
 from chatlm.training.data import NotEnoughDataError
 from tests.conftest import MODEL_CACHE, REPO
+from tests.seeding import add_turn, seed_pairs
 
 SQUAD = Path(__file__).resolve().parents[2] / "shared/data/squad2-dev-sample.json"
 SYSTEM = "Answer the question with a short phrase copied from the passage."
@@ -31,36 +32,6 @@ P = SamplingParams(temperature=0.0, max_new_tokens=4)
 
 
 # ---- helpers --------------------------------------------------------------------------------
-def add_turn(sessions, uid: int, question: str, answers: list[tuple[str, int | None, str | None]], *,
-             prompt: list[dict[str, str]] | None = None, excluded: bool = False) -> None:
-    """One question with sibling answers, each rated (+1/-1/None) with an optional better answer;
-    the answers are stored as the model's, with the prompt it saw."""
-    prompt = prompt or [{"role": "user", "content": question}]
-    with db.transaction(sessions) as s:
-        conv = repo.create_conversation(s, user_id=uid, system_prompt="")
-        conv.exclude_from_training = excluded
-        q = repo.add_message(s, conversation_id=conv.id, role="user", content=question)
-        for text, value, better in answers:
-            a = repo.add_message(s, conversation_id=conv.id, role="assistant", content=text, parent_id=q.id,
-                                 prompt_messages=prompt, model_id="m")
-            if value is not None:
-                repo.set_rating(s, message_id=a.id, user_id=uid, value=value, better_answer=better)
-
-
-def seed_pairs(sessions, uid: int, n: int) -> None:
-    for i in range(n):
-        add_turn(sessions, uid, f"What is {i} plus {i}?", [(f"{2 * i}", 1, None), (f"Maybe {i + 7}?", -1, None)])
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tiny, tmp_path_factory) -> Path:
-    """The tiny random model as a model directory, so a worker process can load it fast."""
-    path = tmp_path_factory.mktemp("tiny-model")
-    tiny.model.save_pretrained(path)
-    tiny.tokenizer.save_pretrained(path)
-    return path
-
-
 @pytest.fixture
 def tiny_settings(tmp_path, tiny_dir) -> Settings:
     return Settings.from_env({}, data_dir=tmp_path / "data", model=str(tiny_dir), device="cpu")
@@ -339,4 +310,61 @@ def test_whole_loop_ratings_to_served_adapter(bundled, start_server, tmp_path) -
     out = subprocess.run([sys.executable, "-m", "chatlm", "adapters", "rollback"], capture_output=True, text=True,
                          env=env, cwd=REPO, timeout=120)
     assert out.returncode == 0 and "the base model is active" in out.stdout
-    assert service.sync_active_adapter() is None and service.active_adapter is None
+    # the running server follows the shell's choice at the next answer: no restart, no extra call
+    service.send(uid, conv.id, "Say hi again", SamplingParams(temperature=0.0, max_new_tokens=4)).run()
+    assert service.history(uid, conv.id)[-1][0].adapter is None and service.active_adapter is None
+    out = subprocess.run([sys.executable, "-m", "chatlm", "adapters", "activate", adapter.name],
+                         capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
+    assert out.returncode == 0, out.stderr
+    service.send(uid, conv.id, "And once more", SamplingParams(temperature=0.0, max_new_tokens=4)).run()
+    assert service.history(uid, conv.id)[-1][0].adapter == adapter.name
+
+
+def test_qa_f1_on_held_out_questions_about_loaded_texts(bundled) -> None:
+    """Rated answers to questions about the user's own texts are a QA test set: the liked answer is
+    the gold one. Only grounded prompts count, and the model's answers (the 135M model copies the
+passage) overlap the liked answers and not a wrong gold."""
+    from chatlm.prompts import grounded_question
+    from chatlm.training import evaluate
+    from chatlm.training.data import Heldout
+
+    passage = [(1, "zorbia.txt", "The capital of the kingdom of Zorbia is Quillton. Quillton lies on the river "
+                                 "Vask. Zorbia is ruled by Queen Amelthe.")]
+
+    def liked(prompt: list[dict[str, str]], answer: str) -> dict:
+        return {"prompt": prompt, "completion": [{"role": "assistant", "content": answer}]}
+
+    def about_text(question: str) -> list[dict[str, str]]:
+        return [{"role": "system", "content": "You are a helpful assistant."},
+                {"role": "user", "content": grounded_question(question, passage, short=True)}]
+
+    heldout = Heldout(liked=[liked(about_text("What is the capital of Zorbia?"), "Quillton [1]."),
+                             liked(about_text("On which river does Quillton lie?"), "The river Vask [1]"),
+                             liked([{"role": "user", "content": "Say hi"}], "Hi!")])
+    items = evaluate.knowledge_items(heldout)
+    assert [golds for _, golds in items] == [["Quillton [1]."], ["The river Vask [1]"]]
+    right = evaluate.knowledge_f1(bundled.model, bundled.tokenizer, items)
+    wrong = evaluate.knowledge_f1(bundled.model, bundled.tokenizer, [(p, ["Paris"]) for p, _ in items])
+    assert right["knowledge_f1"] > wrong["knowledge_f1"] == 0, (right, wrong)
+    assert evaluate.knowledge_items(Heldout(liked=heldout.liked[2:])) == []
+
+
+def test_training_tab_shows_a_round_in_progress_and_how_it_ended() -> None:
+    """What the Training tab's timer draws from the run row: step, loss, tokens/s, time left, the
+    loss curve; then the outcome with its figures, or the error."""
+    from chatlm.store.models import TrainingRun
+    from chatlm.ui.training import describe_run, loss_frame
+
+    progress = {"phase": "training", "step": 5, "total_steps": 21, "loss": [[4, 0.7], [5, 0.65]],
+                "tokens_per_s": 80.4, "seconds_left": 312.2, "elapsed_s": 40.0}
+    run = TrainingRun(id=3, status="running", method="dpo", progress=progress)
+    assert describe_run(run) == ("**Round 3 is running** (dpo), phase: training; step 5/21; loss 0.6500; "
+                                 "80 tokens/s; about 312 s left.")
+    assert loss_frame(run).to_dict("list") == {"step": [4, 5], "loss": [0.7, 0.65]}
+    done = TrainingRun(id=3, status="succeeded", method="dpo", adapter_name="chatlm-v2",
+                       progress={**progress, "step": 21})
+    assert describe_run(done) == ("**Round 3 succeeded:** adapter `chatlm-v2` (dpo) is registered after 21 steps, "
+                                  "final loss 0.6500, 80 tokens/s, 40 s of training.")
+    failed = TrainingRun(id=4, status="failed", method="auto", error="Not enough feedback to train.")
+    assert describe_run(failed) == "**Round 4 failed:** Not enough feedback to train."
+    assert describe_run(None) == "No training round yet." and loss_frame(None).empty

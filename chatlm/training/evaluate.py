@@ -17,6 +17,9 @@ from typing import Any
 from chatlm.training.data import Heldout, Record
 
 TARGETS = {"dpo": "pair_margin", "kto": "rated_margin", "sft": "liked_perplexity"}
+KNOWLEDGE_LIMIT = 16
+"""Held-out questions about loaded texts answered per model (generation is the slow part on a CPU)."""
+KNOWLEDGE_TOKENS = 64
 LOWER_IS_BETTER = {"liked_perplexity"}
 Messages = list[dict[str, str]]
 BATCH = 4
@@ -99,7 +102,51 @@ def score(model: Any, tokenizer: Any, heldout: Heldout) -> dict[str, float]:
     if heldout.liked:
         lps = [lp(r["prompt"], r["completion"]) for r in heldout.liked]
         figures["liked_perplexity"] = math.exp(-sum(s for s, _ in lps) / max(sum(n for _, n in lps), 1))
+    figures.update(knowledge_f1(model, tokenizer, knowledge_items(heldout)))
     return {k: round(v, 4) for k, v in figures.items()}
+
+
+def knowledge_items(heldout: Heldout, limit: int = KNOWLEDGE_LIMIT) -> list[tuple[Messages, list[str]]]:
+    """Held-out questions asked about the user's loaded texts (the prompt quotes passages), each
+    with the answers the user liked or wrote: the gold answers of a QA test on their own texts."""
+    from chatlm.prompts import GROUNDED_PREFIX
+
+    items: dict[str, tuple[Messages, list[str]]] = {}
+    for r in heldout.liked:
+        prompt = r["prompt"]
+        if prompt and prompt[-1]["role"] == "user" and prompt[-1]["content"].startswith(GROUNDED_PREFIX):
+            items.setdefault(_key(prompt, []), (prompt, []))[1].append(r["completion"][0]["content"])
+    return list(items.values())[:limit]
+
+
+def knowledge_f1(model: Any, tokenizer: Any, items: Sequence[tuple[Messages, list[str]]], *,
+                 batch_size: int = BATCH) -> dict[str, float]:
+    """SQuAD-rule F1 and exact match of the model's greedy answers against the liked answers,
+    both cleaned like the QA harness cleans predictions (citations, labels, a decline)."""
+    import torch
+
+    from chatlm.evaluation.qa import clean_answer
+    from chatlm.knowledge.squad import exact_match, f1
+
+    if not items:
+        return {}
+    device = next(model.parameters()).device
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    answers: list[str] = []
+    with torch.no_grad():
+        for b in range(0, len(items), batch_size):
+            prompts = [tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=True, return_dict=False)
+                       for p, _ in items[b:b + batch_size]]
+            width = max(len(x) for x in prompts)
+            ids = torch.tensor([[pad] * (width - len(x)) + list(x) for x in prompts], device=device)
+            mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in prompts], device=device)
+            out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=KNOWLEDGE_TOKENS,
+                                 do_sample=False, pad_token_id=pad)
+            answers += tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
+    golds = [[c for c in map(clean_answer, gs) if c] for _, gs in items]  # [] = a liked decline
+    preds = [clean_answer(a) for a in answers]
+    return {"knowledge_f1": sum(f1(p, g) for p, g in zip(preds, golds, strict=True)) / len(items),
+            "knowledge_exact": sum(exact_match(p, g) for p, g in zip(preds, golds, strict=True)) / len(items)}
 
 
 @contextmanager

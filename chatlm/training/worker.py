@@ -67,15 +67,22 @@ class Reporter:
             log.warning("progress not saved: %s", exc.message)
 
 
-def _mark_running(sessions: sessionmaker[Session], run_id: int) -> tuple[str, dict[str, Any], tuple[str, str] | None]:
+Named = tuple[str, str]
+"""(adapter name, directory)."""
+
+
+def _mark_running(sessions: sessionmaker[Session],
+                  run_id: int) -> tuple[str, dict[str, Any], Named | None, Named | None]:
+    """Claim the run; returns its method, parameters, parent adapter and the adapter active now."""
     with db.transaction(sessions) as s:
         run = registry.get_run(s, run_id=run_id)
         if run.status not in registry.RUNNING:
             raise ChatLMError(f"Training run {run_id} is already {run.status}.")
         run.status, run.pid, run.started_at, run.heartbeat_at = "running", os.getpid(), utcnow(), utcnow()
         run.progress = {"phase": "preparing"}
-        parent = registry.active_adapter(s) if run.params.get("from_active") else None
-        return run.method, dict(run.params), (parent.name, parent.path) if parent else None
+        found = registry.active_adapter(s)
+        active = (found.name, found.path) if found else None
+        return run.method, dict(run.params), active if run.params.get("from_active") else None, active
 
 
 def run_round(settings: Settings, run_id: int) -> int:
@@ -83,7 +90,7 @@ def run_round(settings: Settings, run_id: int) -> int:
     sessions = db.make_sessionmaker(db.make_engine(settings.db_url))
     tmp: Path | None = None
     try:
-        method, params, parent = _mark_running(sessions, run_id)
+        method, params, parent, active = _mark_running(sessions, run_id)
         report = Reporter(sessions, run_id)
         with db.transaction(sessions) as s:
             round_data = data.build_round(s, method)
@@ -93,7 +100,7 @@ def run_round(settings: Settings, run_id: int) -> int:
         report({"phase": "loading", "data": round_data.summary()})
         tmp = temp_dir(settings, run_id, os.getpid())
         tmp.mkdir(parents=True)
-        model_id, hp, metrics = _train_and_evaluate(settings, round_data, params, parent, tmp, report)
+        model_id, hp, metrics = _train_and_evaluate(settings, round_data, params, parent, active, tmp, report)
         report({"phase": "registering"})
         with db.transaction(sessions) as s:
             name = registry.next_name(s, prefix=str(params.get("prefix") or ADAPTER_PREFIX))
@@ -124,11 +131,12 @@ def run_round(settings: Settings, run_id: int) -> int:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _train_and_evaluate(settings: Settings, round_data: Any, params: dict[str, Any],
-                        parent: tuple[str, str] | None, tmp: Path,
+def _train_and_evaluate(settings: Settings, round_data: Any, params: dict[str, Any], parent: Named | None,
+                        active: Named | None, tmp: Path,
                         report: Reporter) -> tuple[str, dict[str, Any], dict[str, Any]]:
     """Train on the base model (or from the parent adapter), save the adapter into ``tmp``, and
-    measure it against its baseline; returns (base model id, hyperparameters, metrics)."""
+    measure it against its baseline and, when another one serves now, the active adapter: the
+    figures a promotion decision needs. Returns (base model id, hyperparameters, metrics)."""
     import time
 
     from chatlm.engine import loader
@@ -158,6 +166,12 @@ def _train_and_evaluate(settings: Settings, round_data: Any, params: dict[str, A
     metrics = evaluate.compare(model, loaded.tokenizer, round_data.heldout, method=round_data.method,
                                baseline="parent" if parent else None,
                                baseline_name=parent[0] if parent else "base")
+    other = active if active and active != parent else None
+    if other:
+        model.load_adapter(other[1], adapter_name="active")
+        with evaluate.using(model, "active"):
+            metrics["active"] = evaluate.score(model, loaded.tokenizer, round_data.heldout)
+        metrics["active_name"] = other[0]
     tokens = tr.state.num_input_tokens_seen
     metrics["train"] = {"loss": round(float(result.training_loss), 5), "steps": tr.state.global_step,
                         "seconds": round(seconds, 1), "tokens": tokens,
@@ -166,18 +180,20 @@ def _train_and_evaluate(settings: Settings, round_data: Any, params: dict[str, A
     metrics["dataset"] = round_data.summary()
     if params.get("squad"):
         del tr, model
-        qa = qa_figures(settings, Path(params["squad"]), tmp, parent,
+        qa = qa_figures(settings, Path(params["squad"]), tmp, {"baseline": parent, "active": other},
                         limit=int(params.get("squad_limit") or QA_LIMIT))
-        metrics["adapter"].update(qa.pop("adapter"))
-        metrics["baseline"].update(qa.pop("baseline"))
+        for key in ("adapter", "baseline", "active"):
+            if key in qa:
+                metrics[key].update(qa.pop(key))
         metrics["qa"] = qa
     return loaded.model_id, hp, metrics
 
 
-def qa_figures(settings: Settings, squad: Path, adapter_path: Path, parent: tuple[str, str] | None,
+def qa_figures(settings: Settings, squad: Path, adapter_path: Path, others: dict[str, Named | None],
                *, limit: int) -> dict[str, Any]:
-    """SQuAD F1 of the new adapter and of the baseline, through the app's own QA benchmark
-    (oracle mode: the gold paragraph is the passage, so it measures the reader, not retrieval)."""
+    """SQuAD F1 of the new adapter, the baseline (``others["baseline"]``: the parent, None for the
+    base model) and any other adapter in ``others``, through the app's own QA benchmark (oracle
+    mode: the gold paragraph is the passage, so it measures the reader, not retrieval)."""
     import tempfile
 
     from chatlm.engine import loader
@@ -197,10 +213,13 @@ def qa_figures(settings: Settings, squad: Path, adapter_path: Path, parent: tupl
         service = ChatService(settings, backend, sessions, Library(sessions, embedder=qa.QueryCache(get_embedder())))
         try:
             service.load_adapter("candidate", str(adapter_path))
-            if parent:
-                service.load_adapter(parent[0], parent[1])
+            runs: list[tuple[str, str | None]] = [("adapter", "candidate"), ("baseline", None)]
+            for key, named in others.items():
+                if named:
+                    service.load_adapter(named[0], named[1])
+                    runs = [r for r in runs if r[0] != key] + [(key, named[0])]
             out: dict[str, Any] = {"squad": str(squad), "limit_per_article": limit, "mode": "oracle"}
-            for key, adapter in (("adapter", "candidate"), ("baseline", parent[0] if parent else None)):
+            for key, adapter in runs:
                 rep = qa.evaluate(service, articles, qa.Options(squad=squad, mode="oracle", limit=limit,
                                                                 adapter=adapter, progress=False))
                 out[key] = {"qa_f1": rep["f1"], "qa_exact": rep["exact_match"]}

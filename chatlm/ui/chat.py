@@ -205,6 +205,7 @@ class ChatUI:
     def build(self) -> gr.Blocks:
         from chatlm.ui.feedback import FeedbackPanel, FeedbackTab
         from chatlm.ui.knowledge import KnowledgePanel
+        from chatlm.ui.training import TrainingTab
 
         with gr.Blocks(title="chatlm") as demo:
             ids = gr.State([])
@@ -247,6 +248,8 @@ class ChatUI:
                 panel.render(conv_id, ids, selected)
             with gr.Tab("Feedback", elem_id="feedback-tab") as feedback_tab:
                 FeedbackTab(self.service).render(feedback_tab)
+            with gr.Tab("Training", elem_id="training-tab") as training_tab:
+                TrainingTab(self.service).render(training_tab)
 
             view = [chatbot, ids, conv_id, conv_list, title, sys_prompt, temperature, top_p,
                     max_new, notice, excluded]

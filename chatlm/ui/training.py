@@ -1,0 +1,286 @@
+"""The Training tab: start a LoRA round from the stored ratings, follow it (step, loss, tokens/s,
+time left, a live loss plot), read its held-out figures next to the baseline's and the active
+adapter's, compare two adapters on one question, promote one, or roll back.
+
+The round runs in its own process; this tab learns of it only through the database (a timer polls
+the run row while a round is under way), so a page reload or a second browser sees the same state.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import gradio as gr
+import pandas as pd
+
+from chatlm.engine.params import SamplingParams
+from chatlm.errors import ChatLMError
+from chatlm.service import ChatService
+from chatlm.store import registry
+from chatlm.store.db import transaction
+from chatlm.store.models import AdapterVersion, TrainingRun
+from chatlm.training import METHODS, data
+
+BASE = "base model"
+POLL_S = 1.0
+"""How often the tab reads the run row while a round is under way."""
+FIGURES = {
+    "pair_accuracy": "preference accuracy (pairs, higher is better)",
+    "pair_margin": "reward margin: log p(chosen) - log p(rejected) (higher is better)",
+    "rated_accuracy": "liked ranked above disliked (higher is better)",
+    "rated_margin": "per-token log p, liked - disliked (higher is better)",
+    "liked_perplexity": "perplexity of liked answers (lower is better)",
+    "knowledge_f1": "QA F1 on held-out questions about your texts (higher is better)",
+    "knowledge_exact": "exact match on those questions (higher is better)",
+    "qa_f1": "QA F1 on the SQuAD file (higher is better)",
+    "qa_exact": "QA exact match (higher is better)",
+}
+ADAPTER_COLUMNS = ["active", "name", "method", "parent", "created", "target", "this adapter", "baseline",
+                   "improved"]
+RUN_COLUMNS = ["run", "status", "method", "adapter", "started", "finished", "error"]
+VIEW_OUTPUTS = 13
+"""Components ``refresh`` fills; the first five are the round's progress, which ``poll`` fills alone."""
+COMPARE = SamplingParams(temperature=0.0, max_new_tokens=256)
+"""Greedy decoding, so a difference between the two answers comes from the adapters alone."""
+
+
+def _fmt(value: Any) -> str:
+    return "" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _when(moment: Any) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M:%S") if moment else ""
+
+
+RUNNING_FIGURES = (("total_steps", "step {step}/{total_steps}"), ("last_loss", "loss {last_loss:.4f}"),
+                   ("tokens_per_s", "{tokens_per_s:.0f} tokens/s"), ("seconds_left", "about {seconds_left:.0f} s left"))
+FINAL_FIGURES = (("step", "after {step} steps"), ("last_loss", "final loss {last_loss:.4f}"),
+                 ("tokens_per_s", "{tokens_per_s:.0f} tokens/s"), ("elapsed_s", "{elapsed_s:.0f} s of training"))
+
+
+def _figures(progress: dict[str, Any], wanted: tuple[tuple[str, str], ...]) -> list[str]:
+    """The figures of a run's progress row that it has, formatted."""
+    values = {"step": 0, **progress, "last_loss": progress["loss"][-1][1] if progress.get("loss") else None}
+    return [fmt.format(**values) for key, fmt in wanted if values.get(key) is not None]
+
+
+def describe_run(run: TrainingRun | None) -> str:
+    """One line on a round: where it is, or how it ended."""
+    if run is None:
+        return "No training round yet."
+    p = run.progress or {}
+    if run.status == "failed":
+        return f"**Round {run.id} failed:** {run.error}"
+    if run.status == "succeeded":
+        head = f"**Round {run.id} succeeded:** adapter `{run.adapter_name}` ({run.method}) is registered"
+        return " ".join([head, ", ".join(_figures(p, FINAL_FIGURES))]).strip() + "."
+    head = f"**Round {run.id} is {run.status}** ({run.method}), phase: {p.get('phase', run.status)}"
+    return "; ".join([head, *_figures(p, RUNNING_FIGURES)]) + "."
+
+
+def loss_frame(run: TrainingRun | None) -> pd.DataFrame:
+    points = ((run.progress or {}).get("loss") or []) if run else []
+    return pd.DataFrame(points, columns=["step", "loss"])
+
+
+def evaluation_frame(adapter: AdapterVersion | None) -> pd.DataFrame:
+    """The adapter's held-out figures in rows, with its baseline and the then-active adapter."""
+    if adapter is None or not adapter.metrics:
+        return pd.DataFrame(columns=["figure"])
+    m = adapter.metrics
+    columns = [(adapter.name, m.get("adapter") or {}), (m.get("baseline_name", BASE), m.get("baseline") or {})]
+    if m.get("active"):
+        columns.append((f"{m['active_name']} (active then)", m["active"]))
+    keys = [k for k in FIGURES if any(k in figures for _, figures in columns)]
+    rows = [[FIGURES[k] + (" ← target" if k == m.get("target") else ""),
+             *(_fmt(figures.get(k)) for _, figures in columns)] for k in keys]
+    return pd.DataFrame(rows, columns=["figure", *(name for name, _ in columns)])
+
+
+class TrainingTab:
+    def __init__(self, service: ChatService) -> None:
+        self.service = service
+
+    # ---- reading the registry ----------------------------------------------------------------
+    def _adapters(self) -> list[AdapterVersion]:
+        with transaction(self.service.sessions) as s:
+            return registry.list_adapters(s)
+
+    def _latest_run(self) -> TrainingRun | None:
+        with transaction(self.service.sessions) as s:
+            runs = registry.latest_runs(s, limit=1)
+        return runs[0] if runs else None
+
+    def data_summary(self) -> str:
+        """What the stored ratings allow, before anyone presses Start."""
+        with transaction(self.service.sessions) as s:
+            try:
+                rd = data.build_round(s, "auto")
+            except data.NotEnoughDataError as exc:
+                return exc.message
+        c = rd.counts
+        return (f"Rated data: {c.pairs} preference pairs, {c.liked} liked and {c.disliked} disliked answers, "
+                f"{c.sft} liked or corrected answers for SFT. **auto** would train **{rd.method.upper()}** "
+                f"on {len(rd.train)} examples and hold out {rd.heldout.prompts} questions to evaluate.")
+
+    def adapters_frame(self, adapters: list[AdapterVersion]) -> pd.DataFrame:
+        rows = []
+        for a in reversed(adapters):
+            m = a.metrics or {}
+            key = m.get("target")
+            rows.append(["✓" if a.is_active else "", a.name, a.method, a.parent or BASE, _when(a.created_at),
+                         key or "", _fmt((m.get("adapter") or {}).get(key)),
+                         f"{_fmt((m.get('baseline') or {}).get(key))} ({m.get('baseline_name', BASE)})",
+                         "yes" if m.get("improved") else "no"])
+        return pd.DataFrame(rows, columns=ADAPTER_COLUMNS)
+
+    def runs_frame(self) -> pd.DataFrame:
+        with transaction(self.service.sessions) as s:
+            runs = registry.latest_runs(s, limit=10)
+        rows = [[r.id, r.status, r.method, r.adapter_name or "", _when(r.started_at), _when(r.finished_at),
+                 (r.error or "")[:200]] for r in runs]
+        return pd.DataFrame(rows, columns=RUN_COLUMNS)
+
+    def _active_line(self) -> str:
+        name = self.service.follow_registry()
+        return f"New chats use: **{name or BASE}**."
+
+    # ---- handlers ----------------------------------------------------------------------------
+    def refresh(self, shown: str | None = None) -> tuple[Any, ...]:
+        """Everything on the tab, as stored now: ``shown`` (else the newest adapter) is evaluated and
+        offered on the right of the comparison, the active one on the left and under Serve."""
+        run = self._latest_run()
+        adapters = self._adapters()
+        names = [a.name for a in adapters]
+        active = next((a.name for a in adapters if a.is_active), BASE)
+        shown = shown if shown in names else (names[-1] if names else None)
+        picked = next((a for a in adapters if a.name == shown), None)
+        running = run is not None and run.status in registry.RUNNING
+        choices = [BASE, *reversed(names)]
+        return (describe_run(run), loss_frame(run), self.runs_frame(), gr.Timer(active=running),
+                gr.update(interactive=not running), self.adapters_frame(adapters),
+                gr.update(choices=names, value=shown), evaluation_frame(picked),
+                gr.update(choices=choices, value=active), gr.update(choices=choices, value=active),
+                gr.update(choices=choices, value=shown or BASE), self._active_line(), self.data_summary())
+
+    def poll(self, shown: str | None) -> tuple[Any, ...]:
+        """A timer tick while a round is under way: its progress only (what the user picked stays);
+        once it has ended, the whole tab, with the new adapter's evaluation shown."""
+        run = self._latest_run()
+        if run is None or run.status not in registry.RUNNING:
+            return self.refresh(run.adapter_name if run and run.adapter_name else shown)
+        unchanged = [gr.update()] * (VIEW_OUTPUTS - 5)
+        return (describe_run(run), loss_frame(run), self.runs_frame(), gr.Timer(active=True),
+                gr.update(interactive=False), *unchanged)
+
+    def start(self, method: str, epochs: float | None, max_steps: float | None, lr: float | None,
+              from_active: bool, squad: str | None) -> tuple[str, Any]:
+        """Start a round in its own process; a refusal (too little data, a round under way) is said."""
+        try:
+            run_id = self.service.start_round(
+                method, epochs=epochs or None, lr=lr or None, from_active=bool(from_active),
+                max_steps=int(max_steps) if max_steps else None, squad=squad or None)
+        except ChatLMError as exc:
+            gr.Warning(exc.message)
+            return f"Not started: {exc.message}", gr.Timer(active=False)
+        return f"Round {run_id} started in its own process; chatting goes on meanwhile.", gr.Timer(active=True)
+
+    def promote(self, name: str | None, shown: str | None) -> tuple[Any, ...]:
+        try:
+            now = self.service.promote_adapter(None if name in (None, BASE) else name)
+            message = f"Promoted: new chats use **{now or BASE}**."
+        except ChatLMError as exc:
+            gr.Warning(exc.message)
+            message = f"Not promoted: {exc.message}"
+        return (*self.refresh(shown), message)
+
+    def rollback(self, shown: str | None) -> tuple[Any, ...]:
+        try:
+            now = self.service.rollback_adapter()
+            message = f"Rolled back: new chats use **{now or BASE}**."
+        except ChatLMError as exc:
+            gr.Warning(exc.message)
+            message = f"Not rolled back: {exc.message}"
+        return (*self.refresh(shown), message)
+
+    def compare(self, question: str, left: str | None, right: str | None) -> Iterator[tuple[str, str]]:
+        """Both answers stream side by side; they are generated in the same batch, greedily."""
+        if not question or not question.strip():
+            gr.Warning("Type a question to compare the two on.")
+            return
+        messages = [{"role": "system", "content": self.service.settings.system_prompt},
+                    {"role": "user", "content": question.strip()}]
+        gens = []
+        try:
+            for name in (left, right):
+                gens.append(self.service.generate(messages, COMPARE, None if name in (None, BASE) else name))
+            while not all(g.done for g in gens):
+                yield gens[0].text, gens[1].text
+                time.sleep(0.2)
+        except ChatLMError as exc:
+            gr.Warning(exc.message)
+            yield (f"⚠ {exc.message}",) * 2
+            return
+        finally:
+            for g in gens:
+                g.cancel()
+        yield tuple(g.text + (f"\n\n⚠ {g.error}" if g.error else "") for g in gens)  # type: ignore[misc]
+
+    # ---- layout ------------------------------------------------------------------------------
+    def render(self, tab: gr.Tab) -> None:
+        gr.Markdown("A round turns the stored ratings into a LoRA adapter. It trains in its own "
+                    "process, so chatting goes on; promote the new adapter when its figures beat the "
+                    "active one's, or roll back at any time.")
+        active_line = gr.Markdown(elem_id="tr-active")
+        summary = gr.Markdown(elem_id="tr-data")
+        with gr.Row():
+            method = gr.Dropdown(list(METHODS), value="auto", label="Method", elem_id="tr-method",
+                                 info="auto: DPO with enough pairs, else KTO for 👍/👎, else SFT")
+            epochs = gr.Number(value=0, label="Epochs (0: 3, or 1 from 50 examples)", minimum=0,
+                               elem_id="tr-epochs")
+            max_steps = gr.Number(value=0, label="Max steps (0: no limit)", minimum=0, precision=0,
+                                  elem_id="tr-max-steps")
+            lr = gr.Number(value=0, label="Learning rate (0: 2e-4 SFT, 1e-4 KTO/DPO)", minimum=0, elem_id="tr-lr")
+        with gr.Row():
+            from_active = gr.Checkbox(label="Continue from the active adapter", elem_id="tr-from-active")
+            squad = gr.File(label="SQuAD-format file for QA F1 (optional, slow on CPU)", file_types=[".json"],
+                            type="filepath", elem_id="tr-squad")
+        start_btn = gr.Button("Start a round", variant="primary", elem_id="tr-start")
+        started = gr.Markdown(elem_id="tr-started")
+        status = gr.Markdown(elem_id="tr-status")
+        loss = gr.LinePlot(x="step", y="loss", title="Training loss", elem_id="tr-loss")
+        runs = gr.Dataframe(headers=RUN_COLUMNS, interactive=False, label="Recent rounds", elem_id="tr-runs")
+
+        gr.Markdown("### Adapters")
+        adapters = gr.Dataframe(headers=ADAPTER_COLUMNS, interactive=False, wrap=True, elem_id="tr-adapters")
+        shown = gr.Dropdown([], label="Held-out evaluation of", elem_id="tr-shown")
+        evaluation = gr.Dataframe(interactive=False, wrap=True, label="Held-out figures", elem_id="tr-eval")
+        with gr.Row():
+            target = gr.Dropdown([BASE], value=BASE, label="Serve", elem_id="tr-target")
+            promote_btn = gr.Button("Promote (new chats use it now)", variant="primary", elem_id="tr-promote")
+            rollback_btn = gr.Button("Roll back to the previous one", elem_id="tr-rollback")
+        changed = gr.Markdown(elem_id="tr-changed")
+
+        gr.Markdown("### Compare two on the same question")
+        with gr.Row():
+            left = gr.Dropdown([BASE], value=BASE, label="Left", elem_id="tr-left")
+            right = gr.Dropdown([BASE], value=BASE, label="Right", elem_id="tr-right")
+        question = gr.Textbox(label="Question", elem_id="tr-question")
+        compare_btn = gr.Button("Compare", elem_id="tr-compare")
+        with gr.Row():
+            left_out = gr.Textbox(label="Left answer", lines=6, interactive=False, elem_id="tr-left-answer")
+            right_out = gr.Textbox(label="Right answer", lines=6, interactive=False, elem_id="tr-right-answer")
+
+        timer = gr.Timer(POLL_S, active=False)
+        view = [status, loss, runs, timer, start_btn, adapters, shown, evaluation, target, left, right,
+                active_line, summary]
+        tab.select(self.refresh, [shown], view, api_visibility="private")
+        timer.tick(self.poll, [shown], view, api_visibility="private", show_progress="hidden")
+        shown.input(self.refresh, [shown], view, api_visibility="private")
+        start_btn.click(self.start, [method, epochs, max_steps, lr, from_active, squad], [started, timer],
+                        api_name="start_round").then(self.refresh, [shown], view, api_visibility="private")
+        promote_btn.click(self.promote, [target, shown], [*view, changed], api_name="promote_adapter")
+        rollback_btn.click(self.rollback, [shown], [*view, changed], api_name="rollback_adapter")
+        compare_btn.click(self.compare, [question, left, right], [left_out, right_out], api_name="compare")

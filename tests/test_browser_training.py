@@ -1,0 +1,151 @@
+"""The Training tab in a real browser (Playwright + Debian's chromium): from stored ratings to a
+promoted adapter and back. The server runs a tiny random model (a round takes seconds), and the
+round itself runs in its own worker process as it does for a user; what the page shows is checked
+against the database and against the model's own greedy answers.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.browser import (
+    all_messages,
+    answers,
+    choose,
+    click_and_wait,
+    launch,
+    needs_browser,
+    new_page,
+    open_app,
+    table_rows,
+    uid,
+    wait_for,
+)
+from tests.seeding import seed_pairs
+
+needs_browser()
+
+from chatlm.engine.local import LocalBackend  # noqa: E402
+from chatlm.store import registry  # noqa: E402
+from chatlm.store.db import transaction  # noqa: E402
+from chatlm.ui.training import COMPARE  # noqa: E402
+
+pytestmark = pytest.mark.slow
+ROUND_TIMEOUT = 300.0
+"""Seconds a two-step round on the tiny model may take on a busy 2-core machine."""
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    with launch() as br:
+        yield br
+
+
+@pytest.fixture
+def server(start_server, tiny, tiny_dir, tmp_path):
+    """The app over its own copy of the tiny model (serving an adapter wraps it); the round's worker
+    loads the same weights from ``tiny_dir``."""
+    backend = LocalBackend(dataclasses.replace(tiny, model=copy.deepcopy(tiny.model)), max_batch=4)
+    yield start_server(backend, data_dir=tmp_path / "data", model=str(tiny_dir), device="cpu")
+    backend.close()
+
+
+@pytest.fixture
+def page(browser, server) -> Iterator[Any]:
+    """Depends on ``server`` so that it is closed first (an open page delays the shutdown)."""
+    with new_page(browser) as pg:
+        yield pg
+
+
+def text(page, elem_id: str) -> str:
+    return page.locator(f"#{elem_id}").inner_text().strip()
+
+
+def open_training(page) -> None:
+    click_and_wait(page, "button[role=tab]:has-text('Training')")
+
+
+def active_in_registry(server) -> str | None:
+    with transaction(server.app.service.sessions) as s:
+        active = registry.active_adapter(s)
+        return active.name if active else None
+
+
+def test_ratings_to_a_promoted_adapter_and_back(page, server) -> None:
+    service = server.app.service
+    open_app(page, server)
+    open_training(page)
+    # too little data: said before and on Start, and nothing starts
+    assert "Not enough feedback to train. DPO needs 8 preference pairs" in text(page, "tr-data")
+    click_and_wait(page, "#tr-start")
+    assert "Not started: Not enough feedback to train. DPO needs 8" in text(page, "tr-started")
+    assert "No training round yet" in text(page, "tr-status")
+
+    seed_pairs(service.sessions, uid(server), 12)
+    page.click("button[role=tab]:has-text('Chat')")  # no event: nothing to wait for
+    open_training(page)
+    assert "auto would train DPO" in text(page, "tr-data")
+    page.fill("#tr-max-steps input", "2")
+    click_and_wait(page, "#tr-start")
+    assert "started in its own process" in text(page, "tr-started")
+    # the timer follows the round to its end; the tab then shows the new adapter's evaluation
+    wait_for(lambda: "succeeded" in text(page, "tr-status") or "failed" in text(page, "tr-status"),
+             "the round to end", timeout=ROUND_TIMEOUT)
+    status = text(page, "tr-status")
+    assert "Round 1 succeeded: adapter chatlm-v1 (dpo)" in status, status
+    with transaction(service.sessions) as s:
+        run = registry.get_run(s, run_id=1)
+        adapter = registry.get_adapter(s, name="chatlm-v1")
+        metrics = adapter.metrics
+    assert [p[0] for p in run.progress["loss"]] == [1, 2]
+    assert page.locator("#tr-loss canvas, #tr-loss svg").count() > 0  # the loss plot is drawn
+    assert table_rows(page, "tr-runs")[0][:4] == ["1", "succeeded", "dpo", "chatlm-v1"]
+    adapters = table_rows(page, "tr-adapters")
+    assert adapters[0][:3] == ["", "chatlm-v1", "dpo"] and adapters[0][5] == "pair_margin"
+    evaluation = table_rows(page, "tr-eval")
+    margin = next(r for r in evaluation if r[0].startswith("reward margin"))
+    assert "← target" in margin[0]
+    assert float(margin[1]) == pytest.approx(metrics["adapter"]["pair_margin"], rel=1e-3)
+    assert float(margin[2]) == pytest.approx(metrics["baseline"]["pair_margin"], rel=1e-3)
+    assert service.active_adapter is None  # a new adapter is not served until promoted
+
+    # promote: registry and server change at once, and the next chat answer uses it
+    choose(page, "tr-target", "chatlm-v1")
+    click_and_wait(page, "#tr-promote")
+    assert "new chats use chatlm-v1" in text(page, "tr-changed")
+    assert "New chats use: chatlm-v1" in text(page, "tr-active")
+    assert active_in_registry(server) == "chatlm-v1" and service.active_adapter == "chatlm-v1"
+    assert table_rows(page, "tr-adapters")[0][0] == "✓"
+    page.click("button[role=tab]:has-text('Chat')")  # no event: nothing to wait for
+    before = len(answers(server))
+    page.fill("#message textarea", "Say hi")
+    page.click("#send")  # the tiny model's random tokens do not render as typed: read the store
+    answer = wait_for(lambda: len(answers(server)) > before and answers(server)[-1], "the answer to be stored")
+    assert answer.adapter == "chatlm-v1"
+
+    # side by side on one question: each column is that model's own greedy answer
+    open_training(page)
+    choose(page, "tr-left", "base model")
+    choose(page, "tr-right", "chatlm-v1")
+    page.fill("#tr-question textarea", "What is 3 plus 3?")
+    stored = len(all_messages(server))
+    click_and_wait(page, "#tr-compare")
+    messages = [{"role": "system", "content": service.settings.system_prompt},
+                {"role": "user", "content": "What is 3 plus 3?"}]
+    # the same two requests, started together like the tab's (a batch of two; a random model's
+    # near-ties can flip between a batch of one and of two)
+    expected = [g.wait() for g in [service.generate(messages, COMPARE, a) for a in (None, "chatlm-v1")]]
+    shown = [page.locator(f"#{e} textarea").input_value() for e in ("tr-left-answer", "tr-right-answer")]
+    assert shown == [t.replace("\r\n", "\n") for t in expected] and all(shown)  # a textarea keeps \n only
+    assert len(all_messages(server)) == stored  # a comparison stores no conversation
+
+    # roll back: the base model serves again, and the registry agrees
+    click_and_wait(page, "#tr-rollback")
+    assert "new chats use base model" in text(page, "tr-changed")
+    assert active_in_registry(server) is None and service.active_adapter is None
+    assert table_rows(page, "tr-adapters")[0][0] == ""
