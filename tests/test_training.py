@@ -368,3 +368,37 @@ def test_training_tab_shows_a_round_in_progress_and_how_it_ended() -> None:
     failed = TrainingRun(id=4, status="failed", method="auto", error="Not enough feedback to train.")
     assert describe_run(failed) == "**Round 4 failed:** Not enough feedback to train."
     assert describe_run(None) == "No training round yet." and loss_frame(None).empty
+
+
+def test_cpu_rounds_project_only_completion_tokens_with_the_same_loss(tiny, monkeypatch) -> None:
+    """The patched TRL fused head on a CPU: the loss and the gradients are TRL's own, computed on
+    the completion tokens only (the benchmark measures the time and memory this saves)."""
+    import copy
+
+    import torch
+    import trl.trainer.utils as trl_utils
+
+    from chatlm.training import trainer
+
+    model = copy.deepcopy(tiny.model)
+    trl_utils.add_fused_lm_head(model)
+    torch.manual_seed(0)
+    ids = torch.randint(0, 1000, (2, 24))
+    labels = ids.clone()
+    labels[:, :18] = -100  # the prompt
+
+    def loss_and_grads() -> tuple[float, torch.Tensor]:
+        model.zero_grad()
+        out = model(input_ids=ids, labels=labels, fused_lm_head=True)
+        out.loss.backward()
+        return out.loss.item(), model.model.layers[0].mlp.down_proj.weight.grad.clone()
+
+    stock = getattr(trl_utils._use_triton, "original", trl_utils._use_triton)
+    monkeypatch.setattr(trl_utils, "_use_triton", stock)
+    assert not trl_utils._use_triton(torch.device("cpu"))
+    every_token = loss_and_grads()
+    assert trainer.score_completions_only_on_cpu()
+    assert trl_utils._use_triton(torch.device("cpu"))
+    completions_only = loss_and_grads()
+    assert completions_only[0] == pytest.approx(every_token[0], rel=1e-5)
+    assert torch.allclose(completions_only[1], every_token[1], rtol=1e-4, atol=1e-6)
