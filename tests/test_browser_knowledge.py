@@ -131,6 +131,8 @@ def test_upload_ask_cite_paste_remove_and_reuse(page, server, tmp_path):
     page.locator("#doc-status", has_text="Loaded").wait_for()
     assert "zorbia.txt" in doc_status(page)
     assert listed_docs(page) == ["zorbia.txt"]
+    # the new chat the text went into is listed and selected in the sidebar before any message
+    page.locator("#conversations label.selected", has_text="New chat").wait_for()
     progress = page.evaluate("window.__gradioProgress")
     fractions = [unit.get("progress") for unit in progress]
     assert len(progress) >= 2 and fractions == sorted(fractions), progress

@@ -257,6 +257,8 @@ class ChatUI:
             limit = max(self.service.settings.max_batch, 1) * 2
             demo.load(self.load, [stored], view, api_name="load")
             conv_id.change(lambda c: c, [conv_id], [stored], api_visibility="private")
+            # a chat created outside send (loading a text into a new chat) shows in the sidebar at once
+            conv_id.change(self._sidebar, [conv_id], [conv_list], api_visibility="private")
             new_btn.click(self.new, None, view, api_name="new")
             conv_list.input(self.open, [conv_list], view, api_name="open")
             rename_btn.click(self.rename, [conv_id, title], [conv_list], api_name="rename")
