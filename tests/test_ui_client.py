@@ -120,3 +120,45 @@ def test_send_continues_the_conversation_and_refuses_an_empty_message(client, se
     assert [m.role for m in history] == ["user", "assistant", "user", "assistant"]
     assert [m.parent_id for m in history] == [None] + [m.id for m in history[:-1]]
     assert history[2].content == "Thanks"
+
+
+def test_training_endpoints_from_ratings_to_a_promoted_adapter_and_back(start_server, tiny, tiny_dir,
+                                                                          tmp_path) -> None:
+    """The Training tab's named endpoints driven by a script: start a round, promote its adapter,
+    compare it with the base model, roll back (a tiny random model, so the round takes seconds)."""
+    import copy
+    import dataclasses
+
+    from chatlm.engine.local import LocalBackend
+    from chatlm.training import rounds
+    from tests.seeding import seed_pairs
+
+    backend = LocalBackend(dataclasses.replace(tiny, model=copy.deepcopy(tiny.model)))
+    server = start_server(backend, data_dir=tmp_path / "data", model=str(tiny_dir), device="cpu")
+    server.server.config.timeout_graceful_shutdown = 1
+    service = server.app.service
+    seed_pairs(service.sessions, service.user_id(), 12)
+    client = gradio_client.Client(server.url, verbose=False)
+    try:
+        endpoints = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
+        assert {"/start_round", "/promote_adapter", "/rollback_adapter", "/compare"} <= set(endpoints)
+        started = client.predict("auto", 0, 2, 0, False, None, api_name="/start_round")
+        assert "Round 1 started in its own process" in value(started[0])
+        run = rounds.wait(server.settings, 1, timeout=300, sessions=service.sessions)
+        assert run.status == "succeeded" and run.adapter_name == "chatlm-v1", run.error
+        promoted = client.predict("chatlm-v1", "chatlm-v1", api_name="/promote_adapter")
+        assert value(promoted[-1]) == "Promoted: new chats use **chatlm-v1**."
+        assert service.active_adapter == "chatlm-v1"
+        left, right = client.predict("What is 2 plus 2?", "base model", "chatlm-v1", api_name="/compare")
+        assert left and right
+        unknown = client.predict("chatlm-v9", "chatlm-v1", api_name="/promote_adapter")
+        assert value(unknown[-1]) == "Not promoted: No adapter named 'chatlm-v9' in the registry."
+        assert service.active_adapter == "chatlm-v1"  # nothing changed
+        rolled = client.predict("chatlm-v1", api_name="/rollback_adapter")
+        assert value(rolled[-1]) == "Rolled back: new chats use **base model**."
+        assert service.active_adapter is None
+        again = client.predict("auto", 0, 2, 0, True, None, api_name="/start_round")
+        assert "Not started: No adapter is active" in value(again[0])  # --from-active needs one
+    finally:
+        client.close()
+        backend.close()

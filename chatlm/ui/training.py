@@ -253,20 +253,22 @@ class TrainingTab:
         loss = gr.LinePlot(x="step", y="loss", title="Training loss", elem_id="tr-loss")
         runs = gr.Dataframe(headers=RUN_COLUMNS, interactive=False, label="Recent rounds", elem_id="tr-runs")
 
+        # Adapter names are free text to the API (a script names adapters this page has not listed);
+        # the service checks them against the registry.
         gr.Markdown("### Adapters")
         adapters = gr.Dataframe(headers=ADAPTER_COLUMNS, interactive=False, wrap=True, elem_id="tr-adapters")
-        shown = gr.Dropdown([], label="Held-out evaluation of", elem_id="tr-shown")
+        shown = gr.Dropdown([], label="Held-out evaluation of", allow_custom_value=True, elem_id="tr-shown")
         evaluation = gr.Dataframe(interactive=False, wrap=True, label="Held-out figures", elem_id="tr-eval")
         with gr.Row():
-            target = gr.Dropdown([BASE], value=BASE, label="Serve", elem_id="tr-target")
+            target = gr.Dropdown([BASE], value=BASE, label="Serve", allow_custom_value=True, elem_id="tr-target")
             promote_btn = gr.Button("Promote (new chats use it now)", variant="primary", elem_id="tr-promote")
             rollback_btn = gr.Button("Roll back to the previous one", elem_id="tr-rollback")
         changed = gr.Markdown(elem_id="tr-changed")
 
         gr.Markdown("### Compare two on the same question")
         with gr.Row():
-            left = gr.Dropdown([BASE], value=BASE, label="Left", elem_id="tr-left")
-            right = gr.Dropdown([BASE], value=BASE, label="Right", elem_id="tr-right")
+            left = gr.Dropdown([BASE], value=BASE, label="Left", allow_custom_value=True, elem_id="tr-left")
+            right = gr.Dropdown([BASE], value=BASE, label="Right", allow_custom_value=True, elem_id="tr-right")
         question = gr.Textbox(label="Question", elem_id="tr-question")
         compare_btn = gr.Button("Compare", elem_id="tr-compare")
         with gr.Row():
