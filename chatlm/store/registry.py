@@ -72,7 +72,8 @@ def rollback(session: Session) -> AdapterVersion | None:
     return activate(session, name=earlier.name if earlier else None)
 
 
-def _alive(pid: int | None) -> bool:
+def process_alive(pid: int | None) -> bool:
+    """Whether the process that claimed a run still exists (a run's only sign of life)."""
     if not pid:
         return False
     try:
@@ -87,7 +88,7 @@ def _alive(pid: int | None) -> bool:
 def start_run(session: Session, *, method: str, params: dict[str, Any]) -> TrainingRun:
     """Create a queued run, refusing a second writer; a run whose process died is marked failed."""
     for run in session.scalars(select(TrainingRun).where(TrainingRun.status.in_(RUNNING))):
-        if run.status == "running" and not _alive(run.pid):
+        if run.status == "running" and not process_alive(run.pid):
             fail_run(session, run_id=run.id, error="The training process ended unexpectedly.")
             continue
         raise RoundInProgressError(f"Training round {run.id} is still {run.status}; wait for it to finish.")

@@ -32,18 +32,6 @@ PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 DIED = "The training process ended unexpectedly"
 
 
-def _alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def sessions_for(settings: Settings) -> sessionmaker[Session]:
     db.upgrade(settings.db_url)
     return db.make_sessionmaker(db.make_engine(settings.db_url))
@@ -58,12 +46,12 @@ def reap(settings: Settings, sessions: sessionmaker[Session]) -> None:
     dead workers (a SIGKILL gives the worker no chance to clean up itself)."""
     with db.transaction(sessions) as s:
         for run in s.scalars(select(TrainingRun).where(TrainingRun.status == "running")):
-            if not _alive(run.pid):
+            if not registry.process_alive(run.pid):
                 registry.fail_run(s, run_id=run.id, error=f"{DIED} (process {run.pid}).")
     folder = adapters_dir(settings)
     for tmp in folder.glob(f"{TMP_PREFIX}*-pid*") if folder.is_dir() else ():
         pid = tmp.name.rsplit("-pid", 1)[-1]
-        if not pid.isdigit() or not _alive(int(pid)):
+        if not pid.isdigit() or not registry.process_alive(int(pid)):
             shutil.rmtree(tmp, ignore_errors=True)
 
 
@@ -147,7 +135,7 @@ def wait(settings: Settings, run_id: int, *, timeout: float | None = None,
             on_progress(run)
         if run.status in ("succeeded", "failed"):
             return run
-        if run.status == "running" and not _alive(run.pid):
+        if run.status == "running" and not registry.process_alive(run.pid):
             reap(settings, sessions)
             continue
         if deadline is not None and time.monotonic() > deadline:
