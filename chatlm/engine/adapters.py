@@ -19,6 +19,20 @@ def check_adapter(path: Path, base_model: Any, name: str) -> dict[str, Any]:
     """Refuse what would load wrong or unsafely; return the adapter's config."""
     if not NAME_RE.match(name) or name == "__base__":
         raise AdapterError(f"Invalid adapter name {name!r}: letters, digits, . _ - only")
+    check_files(path)
+    try:
+        config = json.loads((path / CONFIG).read_text())
+    except json.JSONDecodeError as exc:
+        raise AdapterError(f"Adapter {path}: {CONFIG} is not valid JSON ({exc})") from exc
+    if config.get("peft_type") != "LORA":
+        raise AdapterError(f"Adapter {path} is not a LoRA adapter ({config.get('peft_type')})")
+    _check_shapes(path, base_model)
+    return config
+
+
+def check_files(path: Path) -> None:
+    """An adapter directory holds safetensors weights and its config (what a round must have
+    written before it registers an adapter, and what activating one needs)."""
     if not path.is_dir():
         raise AdapterError(f"No adapter directory at {path}")
     if not (path / WEIGHTS).is_file():
@@ -28,14 +42,6 @@ def check_adapter(path: Path, base_model: Any, name: str) -> dict[str, Any]:
                              f"only{hint}")
     if not (path / CONFIG).is_file():
         raise AdapterError(f"Adapter {path} is incomplete: {CONFIG} is missing")
-    try:
-        config = json.loads((path / CONFIG).read_text())
-    except json.JSONDecodeError as exc:
-        raise AdapterError(f"Adapter {path}: {CONFIG} is not valid JSON ({exc})") from exc
-    if config.get("peft_type") != "LORA":
-        raise AdapterError(f"Adapter {path} is not a LoRA adapter ({config.get('peft_type')})")
-    _check_shapes(path, base_model)
-    return config
 
 
 def _check_shapes(path: Path, base_model: Any) -> None:

@@ -7,7 +7,7 @@ import sys
 from typing import Any
 
 from chatlm.config import Settings
-from chatlm.errors import ChatLMError, InputError
+from chatlm.errors import ChatLMError
 from chatlm.training import METHODS
 
 
@@ -117,9 +117,9 @@ def run_adapters(args: argparse.Namespace) -> int:
             if name is not None:
                 from pathlib import Path
 
-                adapter = registry.get_adapter(s, name=name)
-                if not (Path(adapter.path) / "adapter_model.safetensors").is_file():
-                    raise InputError(f"Adapter {name}'s files are missing from {adapter.path}.")
+                from chatlm.engine.adapters import check_files
+
+                check_files(Path(registry.get_adapter(s, name=name).path))
             registry.activate(s, name=name)
             print(f"{args.name} is active: new chats use it once the server syncs (no restart)")
         else:

@@ -140,6 +140,7 @@ def _train_and_evaluate(settings: Settings, round_data: Any, params: dict[str, A
     import time
 
     from chatlm.engine import loader
+    from chatlm.engine.adapters import check_files
     from chatlm.training import evaluate, trainer
 
     hp = trainer.hyperparams(round_data, params)
@@ -158,8 +159,7 @@ def _train_and_evaluate(settings: Settings, round_data: Any, params: dict[str, A
     shutil.rmtree(work, ignore_errors=True)
     model = tr.accelerator.unwrap_model(tr.model)
     model.save_pretrained(str(tmp), selected_adapters=["default"], safe_serialization=True)
-    if not (tmp / "adapter_model.safetensors").is_file() or not (tmp / "adapter_config.json").is_file():
-        raise ChatLMError("The adapter was not saved completely.")
+    check_files(tmp)  # saved completely, or the round fails and nothing is registered
     report({"phase": "evaluating"})
     if parent:
         model.load_adapter(parent[1], adapter_name="parent")
