@@ -284,20 +284,24 @@ class ChatService:
         with transaction(self.sessions) as s:
             active = registry.active_adapter(s)
             name, path = (active.name, active.path) if active else (None, None)
-        if name is not None and name not in self.adapter_names():
-            self.load_adapter(name, str(path))
+        if name is not None:
+            self._load_once(name, str(path))
         self.activate_adapter(name)
         return name
+
+    def _load_once(self, name: str, path: str) -> None:
+        if name not in self.adapter_names():
+            self.load_adapter(name, path)
 
     def promote_adapter(self, name: str | None) -> str | None:
         """Make a registered adapter (None: the base model) the default, in the registry and here;
         it is loaded first, so one that fails to load leaves the registry as it was."""
         from chatlm.store import registry
 
-        if name is not None and name not in self.adapter_names():
+        if name is not None:
             with transaction(self.sessions) as s:
                 path = registry.get_adapter(s, name=name).path
-            self.load_adapter(name, path)
+            self._load_once(name, path)
         with transaction(self.sessions) as s:
             registry.activate(s, name=name)
         self.activate_adapter(name)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -177,18 +177,13 @@ def better(key: str, new: float, old: float) -> bool:
 
 
 def compare(model: Any, tokenizer: Any, heldout: Heldout, *, method: str, trained: str = "default",
-            baseline: str | None = None, baseline_name: str = "base",
-            extra: Callable[[], dict[str, float]] | None = None) -> dict[str, Any]:
+            baseline: str | None = None, baseline_name: str = "base") -> dict[str, Any]:
     """Figures of the trained adapter and of the baseline, side by side, with the round's target."""
     model.eval()
     with using(model, trained):
         new = score(model, tokenizer, heldout)
-        if extra is not None:
-            new.update(extra())
     with using(model, baseline):
         old = score(model, tokenizer, heldout)
-        if extra is not None:
-            old.update(extra())
     key = target_of(method, new)
     return {
         "method": method, "target": key, "lower_is_better": key in LOWER_IS_BETTER,

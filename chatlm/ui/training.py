@@ -46,6 +46,11 @@ COMPARE = SamplingParams(temperature=0.0, max_new_tokens=256)
 """Greedy decoding, so a difference between the two answers comes from the adapters alone."""
 
 
+def _adapter(choice: str | None) -> str | None:
+    """A dropdown's choice as the service names it: None is the base model."""
+    return None if choice in (None, BASE) else choice
+
+
 def _fmt(value: Any) -> str:
     return "" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value)
 
@@ -108,10 +113,10 @@ class TrainingTab:
         with transaction(self.service.sessions) as s:
             return registry.list_adapters(s)
 
-    def _latest_run(self) -> TrainingRun | None:
+    def _runs(self) -> list[TrainingRun]:
+        """The recent rounds, newest first: the first is the one the tab follows."""
         with transaction(self.service.sessions) as s:
-            runs = registry.latest_runs(s, limit=1)
-        return runs[0] if runs else None
+            return registry.latest_runs(s, limit=10)
 
     def data_summary(self) -> str:
         """What the stored ratings allow, before anyone presses Start."""
@@ -136,9 +141,8 @@ class TrainingTab:
                          "yes" if m.get("improved") else "no"])
         return pd.DataFrame(rows, columns=ADAPTER_COLUMNS)
 
-    def runs_frame(self) -> pd.DataFrame:
-        with transaction(self.service.sessions) as s:
-            runs = registry.latest_runs(s, limit=10)
+    @staticmethod
+    def runs_frame(runs: list[TrainingRun]) -> pd.DataFrame:
         rows = [[r.id, r.status, r.method, r.adapter_name or "", _when(r.started_at), _when(r.finished_at),
                  (r.error or "")[:200]] for r in runs]
         return pd.DataFrame(rows, columns=RUN_COLUMNS)
@@ -151,7 +155,8 @@ class TrainingTab:
     def refresh(self, shown: str | None = None) -> tuple[Any, ...]:
         """Everything on the tab, as stored now: ``shown`` (else the newest adapter) is evaluated and
         offered on the right of the comparison, the active one on the left and under Serve."""
-        run = self._latest_run()
+        runs = self._runs()
+        run = runs[0] if runs else None
         adapters = self._adapters()
         names = [a.name for a in adapters]
         active = next((a.name for a in adapters if a.is_active), BASE)
@@ -159,7 +164,7 @@ class TrainingTab:
         picked = next((a for a in adapters if a.name == shown), None)
         running = run is not None and run.status in registry.RUNNING
         choices = [BASE, *reversed(names)]
-        return (describe_run(run), loss_frame(run), self.runs_frame(), gr.Timer(active=running),
+        return (describe_run(run), loss_frame(run), self.runs_frame(runs), gr.Timer(active=running),
                 gr.update(interactive=not running), self.adapters_frame(adapters),
                 gr.update(choices=names, value=shown), evaluation_frame(picked),
                 gr.update(choices=choices, value=active), gr.update(choices=choices, value=active),
@@ -168,11 +173,12 @@ class TrainingTab:
     def poll(self, shown: str | None) -> tuple[Any, ...]:
         """A timer tick while a round is under way: its progress only (what the user picked stays);
         once it has ended, the whole tab, with the new adapter's evaluation shown."""
-        run = self._latest_run()
+        runs = self._runs()
+        run = runs[0] if runs else None
         if run is None or run.status not in registry.RUNNING:
             return self.refresh(run.adapter_name if run and run.adapter_name else shown)
         unchanged = [gr.update()] * (VIEW_OUTPUTS - 5)
-        return (describe_run(run), loss_frame(run), self.runs_frame(), gr.Timer(active=True),
+        return (describe_run(run), loss_frame(run), self.runs_frame(runs), gr.Timer(active=True),
                 gr.update(interactive=False), *unchanged)
 
     def start(self, method: str, epochs: float | None, max_steps: float | None, lr: float | None,
@@ -189,7 +195,7 @@ class TrainingTab:
 
     def promote(self, name: str | None, shown: str | None) -> tuple[Any, ...]:
         try:
-            now = self.service.promote_adapter(None if name in (None, BASE) else name)
+            now = self.service.promote_adapter(_adapter(name))
             message = f"Promoted: new chats use **{now or BASE}**."
         except ChatLMError as exc:
             gr.Warning(exc.message)
@@ -215,7 +221,7 @@ class TrainingTab:
         gens = []
         try:
             for name in (left, right):
-                gens.append(self.service.generate(messages, COMPARE, None if name in (None, BASE) else name))
+                gens.append(self.service.generate(messages, COMPARE, _adapter(name)))
             while not all(g.done for g in gens):
                 yield gens[0].text, gens[1].text
                 time.sleep(0.2)
