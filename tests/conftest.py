@@ -125,3 +125,30 @@ def tiny_dir(tiny, tmp_path_factory: pytest.TempPathFactory) -> Path:
     tiny.model.save_pretrained(path)
     tiny.tokenizer.save_pretrained(path)
     return path
+
+
+# ---- the real-browser tests (the modules skip themselves without chromium or playwright) ----------
+@pytest.fixture
+def server(start_server, bundled_backend):
+    """The app (UI + API) over the real bundled model; a module that needs another app defines its own."""
+    return start_server(bundled_backend)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator:
+    """Headless Debian chromium, one per test module."""
+    from tests.browser import launch
+
+    with launch() as br:
+        yield br
+
+
+@pytest.fixture
+def page(browser, server) -> Iterator:
+    """A fresh browser context (empty local storage, downloads allowed) per test. It depends on
+    ``server`` so that it is closed first: a page left open keeps connections that make the
+    server's shutdown wait."""
+    from tests.browser import new_page
+
+    with new_page(browser, downloads=True) as pg:
+        yield pg

@@ -7,8 +7,6 @@ test proves both what the user sees and what is stored.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from typing import Any
 
 import pytest
 
@@ -18,10 +16,8 @@ from tests.browser import (
     all_messages,
     answers,
     bot_texts,
-    launch,
     loaded,
     needs_browser,
-    new_page,
     open_app,
     send,
     settings,
@@ -38,26 +34,6 @@ from chatlm.store.models import Message  # noqa: E402
 pytestmark = pytest.mark.slow
 
 FRANCE = "What is the capital of France?"
-
-
-# ---- fixtures ----------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    with launch() as br:
-        yield br
-
-
-@pytest.fixture
-def server(start_server, bundled_backend):
-    return start_server(bundled_backend)
-
-
-@pytest.fixture
-def page(browser, server) -> Iterator[Any]:
-    """A fresh browser context (empty local storage) per test. It depends on ``server`` so that it
-    is closed first: a page left open keeps connections that make the server's shutdown wait."""
-    with new_page(browser) as pg:
-        yield pg
 
 
 # ---- helpers -----------------------------------------------------------------------------------

@@ -10,7 +10,6 @@ service or straight from its SQLite file, so every test proves both.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urljoin
@@ -23,9 +22,7 @@ from tests.browser import (
     choose,
     click_and_wait,
     completed,
-    launch,
     needs_browser,
-    new_page,
     open_app,
     send,
     settings,
@@ -42,27 +39,6 @@ pytestmark = pytest.mark.slow
 
 FRANCE = "What is the capital of France?"
 OWLS = "Tell me one fact about owls."
-
-
-# ---- fixtures ----------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    with launch() as br:
-        yield br
-
-
-@pytest.fixture
-def server(start_server, bundled_backend):
-    return start_server(bundled_backend)
-
-
-@pytest.fixture
-def page(browser, server) -> Iterator[Any]:
-    """A fresh browser context (empty local storage, downloads allowed) per test. It depends on
-    ``server`` so that it is closed first: a page left open keeps connections that make the
-    server's shutdown wait."""
-    with new_page(browser, downloads=True) as pg:
-        yield pg
 
 
 # ---- helpers -----------------------------------------------------------------------------------

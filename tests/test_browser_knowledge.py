@@ -9,7 +9,6 @@ service and its database, so every test proves both.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -19,9 +18,7 @@ from tests.browser import (
     bot_texts,
     choose,
     click_and_wait,
-    launch,
     needs_browser,
-    new_page,
     open_app,
     send,
     settings,
@@ -48,26 +45,6 @@ ZORBIA = ("The capital of the kingdom of Zorbia is Quillton. Quillton lies on th
 QUESTION = "What is the capital of Zorbia?"
 GARDEN = ("Moonflowers in the Hesper valley open only at night and smell of cinnamon. Gardeners "
           "there water them with snow melt collected in copper bowls.")
-
-
-# ---- fixtures ----------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    with launch() as br:
-        yield br
-
-
-@pytest.fixture
-def server(start_server, bundled_backend):
-    return start_server(bundled_backend)
-
-
-@pytest.fixture
-def page(browser, server) -> Iterator[Any]:
-    """A fresh browser context (empty local storage) per test. It depends on ``server`` so that it
-    is closed first: a page left open keeps connections that make the server's shutdown wait."""
-    with new_page(browser) as pg:
-        yield pg
 
 
 # ---- helpers -----------------------------------------------------------------------------------

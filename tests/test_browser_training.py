@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from collections.abc import Iterator
-from typing import Any
 
 import pytest
 
@@ -18,9 +16,7 @@ from tests.browser import (
     answers,
     choose,
     click_and_wait,
-    launch,
     needs_browser,
-    new_page,
     open_app,
     table_rows,
     uid,
@@ -40,12 +36,6 @@ ROUND_TIMEOUT = 300.0
 """Seconds a two-step round on the tiny model may take on a busy 2-core machine."""
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    with launch() as br:
-        yield br
-
-
 @pytest.fixture
 def server(start_server, tiny, tiny_dir, tmp_path):
     """The app over its own copy of the tiny model (serving an adapter wraps it); the round's worker
@@ -53,13 +43,6 @@ def server(start_server, tiny, tiny_dir, tmp_path):
     backend = LocalBackend(dataclasses.replace(tiny, model=copy.deepcopy(tiny.model)), max_batch=4)
     yield start_server(backend, data_dir=tmp_path / "data", model=str(tiny_dir), device="cpu")
     backend.close()
-
-
-@pytest.fixture
-def page(browser, server) -> Iterator[Any]:
-    """Depends on ``server`` so that it is closed first (an open page delays the shutdown)."""
-    with new_page(browser) as pg:
-        yield pg
 
 
 def text(page, elem_id: str) -> str:
