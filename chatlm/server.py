@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from chatlm.config import Settings
 from chatlm.service import ChatService
 
 log = logging.getLogger(__name__)
+REPO = Path(__file__).resolve().parents[1]
 
 
 @dataclass
@@ -57,8 +59,11 @@ def build_app(settings: Settings, backend: Any = None) -> App:
     OpenAIRoutes(service).install(api)
     blocks = ChatUI(service).build()
     blocks.queue(default_concurrency_limit=settings.max_batch)
+    # Nothing under the data folder (database, adapters, models) or the code is ever served or
+    # copied by Gradio, whatever a request names; uploads are checked in chatlm.ui.uploads.
+    blocked = [str(settings.data_dir.resolve()), str(REPO)]
     asgi = gr.mount_gradio_app(api, blocks, path="", server_name=settings.host,
-                               server_port=settings.port)
+                               server_port=settings.port, blocked_paths=blocked)
     return App(settings=settings, service=service, asgi=asgi)
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,13 +30,58 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
 
 
 def make_engine(url: str) -> Engine:
-    """An engine; for SQLite, creates the file's folder and sets WAL, FULL sync, busy timeout, FKs."""
+    """An engine; for SQLite, creates the file's folder, guards its files (``guard_database_file``)
+    and sets WAL, FULL sync, busy timeout, FKs."""
     if url.startswith("sqlite:///") and not url.startswith("sqlite:///:memory:"):
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        path = Path(url.removeprefix("sqlite:///"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        guard_database_file(path)
     engine = create_engine(url)
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
     return engine
+
+
+_SQLITE_FILES = ("", "-wal", "-shm", "-journal")
+_guarded: set[str] = set()
+_guarded_names: set[str] = set()
+_guard_lock = threading.Lock()
+_hook_installed = False
+
+
+def guard_database_file(path: Path) -> None:
+    """From now on, refuse any ``open`` of this SQLite database's files by Python code in this process.
+
+    SQLite holds POSIX advisory locks, and POSIX drops every lock a process holds on a file when the
+    process closes *any* descriptor of that file. A second descriptor opened by Python (a crafted
+    upload path, a copy, a hash) and closed again therefore leaves SQLite unlocked: the next other
+    client to close takes the database for unused and deletes the WAL this process still writes to,
+    and later commits vanish. SQLite's C library opens its files without Python's audit events, so
+    SQLAlchemy is unaffected; everything else gets a ``PermissionError`` before a descriptor exists.
+    """
+    global _hook_installed
+    real = os.path.realpath(path)
+    with _guard_lock:
+        _guarded.update(real + suffix for suffix in _SQLITE_FILES)
+        _guarded_names.add(os.path.basename(real))
+        if not _hook_installed:
+            sys.addaudithook(_refuse_database_open)
+            _hook_installed = True
+
+
+def _refuse_database_open(event: str, args: tuple[Any, ...]) -> None:
+    """Audit hook: cheap for every other file (a name test; a link is resolved first)."""
+    if event != "open" or not args or isinstance(args[0], int) or args[0] is None:
+        return
+    try:
+        text = os.fsdecode(args[0])
+    except (TypeError, ValueError):
+        return
+    name = os.path.basename(text)
+    if not any(name.startswith(n) for n in _guarded_names) and not os.path.islink(text):
+        return
+    if os.path.realpath(text) in _guarded:
+        raise PermissionError(f"{name} is the app's database: only SQLAlchemy may open it.")
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:

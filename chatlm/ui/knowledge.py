@@ -3,13 +3,13 @@ remove its documents, reuse one loaded earlier, and see the passages the last an
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import gradio as gr
 
 from chatlm.errors import ChatLMError
 from chatlm.service import ChatService
+from chatlm.ui.uploads import received_file, uploaded_file
 
 FILE_TYPES = [".txt", ".md", ".markdown", ".html", ".htm", ".pdf"]
 
@@ -38,8 +38,8 @@ class KnowledgePanel:
             if conv_id is None:
                 conv_id, created = self.service.new_conversation(uid).id, True
             report = lambda frac, msg: progress(frac, desc=msg)  # noqa: E731
-            if upload:
-                path = Path(upload)
+            path = received_file(upload)
+            if path is not None:
                 doc = self.service.library.load(user_id=uid, conversation_id=conv_id, name=path.name,
                                                 data=path.read_bytes(), progress=report)
             else:
@@ -89,7 +89,7 @@ class KnowledgePanel:
         """Lay the panel out inside the current Blocks; returns the sources Markdown."""
         with gr.Accordion("Knowledge texts", open=False, elem_id="knowledge"):
             with gr.Row():
-                upload = gr.File(label="Upload .txt, .md, .html or .pdf (up to 20 MB)",
+                upload = uploaded_file(label="Upload .txt, .md, .html or .pdf (up to 20 MB)",
                                  file_types=FILE_TYPES, type="filepath", elem_id="upload")
                 with gr.Column():
                     pasted = gr.Textbox(label="…or paste a text", lines=4, elem_id="paste")

@@ -22,6 +22,7 @@ from chatlm.store import registry
 from chatlm.store.db import transaction
 from chatlm.store.models import AdapterVersion, TrainingRun
 from chatlm.training import METHODS, data
+from chatlm.ui.uploads import received_file, uploaded_file
 
 BASE = "base model"
 POLL_S = 1.0
@@ -184,10 +185,11 @@ class TrainingTab:
     def start(self, method: str, epochs: float | None, max_steps: float | None, lr: float | None,
               from_active: bool, squad: str | None) -> tuple[str, Any]:
         """Start a round in its own process; a refusal (too little data, a round under way) is said."""
+        received = received_file(squad)  # refused before anything starts when not uploaded here
         try:
             run_id = self.service.start_round(
                 method, epochs=epochs or None, lr=lr or None, from_active=bool(from_active),
-                max_steps=int(max_steps) if max_steps else None, squad=squad or None)
+                max_steps=int(max_steps) if max_steps else None, squad=str(received) if received else None)
         except ChatLMError as exc:
             gr.Warning(exc.message)
             return f"Not started: {exc.message}", gr.Timer(active=False)
@@ -251,7 +253,7 @@ class TrainingTab:
             lr = gr.Number(value=0, label="Learning rate (0: 2e-4 SFT, 1e-4 KTO/DPO)", minimum=0, elem_id="tr-lr")
         with gr.Row():
             from_active = gr.Checkbox(label="Continue from the active adapter", elem_id="tr-from-active")
-            squad = gr.File(label="SQuAD-format file for QA F1 (optional, slow on CPU)", file_types=[".json"],
+            squad = uploaded_file(label="SQuAD-format file for QA F1 (optional, slow on CPU)", file_types=[".json"],
                             type="filepath", elem_id="tr-squad")
         start_btn = gr.Button("Start a round", variant="primary", elem_id="tr-start")
         started = gr.Markdown(elem_id="tr-started")

@@ -1,0 +1,81 @@
+"""The two guards of issue 11 in isolation (fast tier): which upload paths a handler may read, and
+that Python code in the app's process cannot open the database files."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+
+from chatlm.store import db
+
+
+def test_python_code_cannot_open_the_database_files_but_sqlalchemy_works(tmp_path: Path) -> None:
+    path = tmp_path / "data" / "chatlm.db"
+    url = f"sqlite:///{path}"
+    db.upgrade(url)
+    engine = db.make_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO users (name, is_admin, created_at) VALUES ('a', 0, '2026-01-01')"))
+    link = tmp_path / "innocent.txt"
+    link.symlink_to(path)
+    for target in (path, Path(f"{path}-wal"), Path(f"{path}-shm"), link,
+                   tmp_path / "data" / ".." / "data" / "chatlm.db"):
+        with pytest.raises(PermissionError, match="database"):
+            open(target, "rb")  # noqa: SIM115 - the attempt is the test
+    with pytest.raises(PermissionError):
+        shutil.copy(path, tmp_path / "copy.db")
+    with pytest.raises(PermissionError):
+        os.open(path, os.O_RDONLY)
+    with engine.connect() as conn:  # the database itself is untouched and still served
+        assert conn.execute(text("SELECT name FROM users")).scalar() == "a"
+    (tmp_path / "data" / "notes.txt").write_text("other files open as usual")
+    assert (tmp_path / "data" / "notes.txt").read_text() == "other files open as usual"
+
+
+@pytest.fixture
+def uploads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    folder = tmp_path / "gradio-uploads"
+    folder.mkdir()
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(folder))
+    return folder
+
+
+def test_only_files_in_the_upload_folder_are_received(uploads: Path, tmp_path: Path) -> None:
+    import gradio as gr
+
+    from chatlm.ui.uploads import NOT_RECEIVED, received_file
+
+    (uploads / "abc").mkdir()
+    good = uploads / "abc" / "notes.txt"
+    good.write_text("uploaded")
+    assert received_file(str(good)) == good.resolve()
+    assert received_file(None) is None and received_file("") is None
+    outside = tmp_path / "secret.txt"
+    outside.write_text("not uploaded")
+    (uploads / "abc" / "link.txt").symlink_to(outside)
+    for path in (outside, uploads / "abc" / ".." / ".." / "secret.txt", uploads / "abc" / "link.txt",
+                 uploads, uploads / "abc", uploads / "missing.txt", "http://127.0.0.1:1/x.txt",
+                 "file:///etc/passwd", "/etc/passwd"):
+        with pytest.raises(gr.Error) as refused:
+            received_file(str(path))
+        assert refused.value.message == NOT_RECEIVED
+
+
+def test_the_file_inputs_refuse_before_gradio_reads_anything(uploads: Path, tmp_path: Path) -> None:
+    import gradio as gr
+
+    from chatlm.ui.uploads import uploaded_file
+
+    outside = tmp_path / "secret.txt"
+    outside.write_text("not uploaded")
+    component = uploaded_file(label="x")
+    with pytest.raises(gr.Error):
+        component.move_resource_to_block_cache(str(outside))
+    assert not any(p.is_file() for p in uploads.rglob("*"))  # nothing was copied into the cache
+    (uploads / "u").mkdir()
+    (uploads / "u" / "ok.txt").write_text("fine")
+    assert component.move_resource_to_block_cache(str(uploads / "u" / "ok.txt")) == str(uploads / "u" / "ok.txt")
