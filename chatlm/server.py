@@ -55,6 +55,10 @@ def build_app(settings: Settings, backend: Any = None) -> App:
     from chatlm.ui.chat import ChatUI
 
     service = make_service(settings, backend)
+    # A server that starts takes over from one that died: its streaming answers end as interrupted.
+    # (Another process that finishes such an answer still stores its final state over this mark.)
+    if interrupted := service.mark_interrupted():
+        log.warning("%d answer(s) were cut off when the last server stopped; kept as interrupted", interrupted)
     api = FastAPI(title="chatlm")
     OpenAIRoutes(service).install(api)
     blocks = ChatUI(service).build()

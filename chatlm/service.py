@@ -6,6 +6,7 @@ other.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -13,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from chatlm.config import Settings
@@ -28,7 +30,10 @@ from chatlm.store.models import Conversation, Message
 
 MAX_MESSAGE_CHARS = 100_000
 TITLE_CHARS = 48
+log = logging.getLogger(__name__)
 STATUS_BY_FINISH = {"cancelled": "stopped", "error": "error"}
+CHECKPOINT_S = 1.0
+"""How often a streaming answer's text is written to the database (its row says ``pending``)."""
 
 
 @dataclass
@@ -56,8 +61,14 @@ class Reply:
                 f"{self.dropped} message(s) were left out of this answer's prompt.")
 
     def __iter__(self) -> Iterator[str]:
+        checkpointed = time.monotonic()
         try:
-            yield from self.generation
+            for delta in self.generation:
+                yield delta
+                # the first text, then about every second: a crash keeps what was shown so far
+                if self.message_id is None or time.monotonic() - checkpointed >= CHECKPOINT_S:
+                    self.service._checkpoint_answer(self)
+                    checkpointed = time.monotonic()
         except ChatLMError:
             pass  # stored below with status "error"; the caller reads .generation.error
         finally:
@@ -375,24 +386,55 @@ class ChatService:
                      parent_id=parent_id, prompt_messages=messages, dropped=dropped,
                      adapter=adapter, sources=sources)
 
-    def _store_answer(self, reply: Reply) -> int:
+    def _answer_fields(self, reply: Reply) -> dict[str, Any]:
+        gen = reply.generation
+        return dict(model_id=self.backend.model_id, adapter=reply.adapter,
+                    generation_params=gen.params.as_dict(), prompt_messages=reply.prompt_messages,
+                    sources=reply.sources, prompt_tokens=gen.prompt_tokens,
+                    completion_tokens=gen.completion_tokens,
+                    latency_ms=int((time.perf_counter() - reply.started) * 1000))
+
+    def _checkpoint_answer(self, reply: Reply) -> None:
+        """Write the text streamed so far (row created at the first text, status ``pending``).
+        A failed checkpoint must not break the stream: the answer is stored at its end anyway."""
+        try:
+            with transaction(self.sessions) as s:
+                if reply.message_id is None:
+                    reply.message_id = repo.add_message(
+                        s, conversation_id=reply.conversation_id, role="assistant",
+                        content=reply.generation.text, parent_id=reply.parent_id, status="pending",
+                        **self._answer_fields(reply)).id
+                else:
+                    repo.update_message(s, message_id=reply.message_id, content=reply.generation.text)
+        except ChatLMError as exc:
+            log.warning("checkpoint of a streaming answer failed: %s", exc.message)
+        except IntegrityError:  # the conversation was deleted while it streamed
+            log.info("conversation %s is gone; its answer is not stored", reply.conversation_id)
+
+    def _store_answer(self, reply: Reply) -> int | None:
         gen = reply.generation
         with self._lock:
             if self._running.get(reply.conversation_id) is gen:
                 del self._running[reply.conversation_id]
-        with transaction(self.sessions) as s:
-            msg = repo.add_message(
-                s, conversation_id=reply.conversation_id, role="assistant", content=gen.text,
-                parent_id=reply.parent_id, status=STATUS_BY_FINISH.get(gen.finish_reason or "",
-                                                                        "complete"),
-                model_id=self.backend.model_id, adapter=reply.adapter,
-                generation_params=gen.params.as_dict(), prompt_messages=reply.prompt_messages,
-                prompt_tokens=gen.prompt_tokens, completion_tokens=gen.completion_tokens,
-                latency_ms=int((time.perf_counter() - reply.started) * 1000), error=gen.error,
-                sources=reply.sources,
-            )
-            return msg.id
+        final = dict(content=gen.text, error=gen.error,
+                     status=STATUS_BY_FINISH.get(gen.finish_reason or "", "complete"),
+                     **self._answer_fields(reply))
+        try:
+            with transaction(self.sessions) as s:
+                if reply.message_id is not None:
+                    stored = repo.update_message(s, message_id=reply.message_id, **final)
+                    return stored.id if stored is not None else None
+                return repo.add_message(s, conversation_id=reply.conversation_id, role="assistant",
+                                        parent_id=reply.parent_id, **final).id
+        except IntegrityError:  # the conversation was deleted while it streamed
+            log.info("conversation %s is gone; its answer is not stored", reply.conversation_id)
+            return None
 
+    def mark_interrupted(self) -> int:
+        """At start: answers that were streaming when the last process died keep their checkpointed
+        text and say ``interrupted``, as Stop says ``stopped``."""
+        with transaction(self.sessions) as s:
+            return repo.mark_interrupted(s)
 
 def _title(content: str) -> str:
     words = " ".join(content.split())

@@ -178,3 +178,56 @@ def test_a_thumb_keeps_the_rating_details(service) -> None:
     ChatUI(service).like([0, answer.id], Like())  # type: ignore[arg-type]
     assert service.rating_detail(uid, answer.id) == {"value": 1, "reason": "wrong", "comment": "no",
                                                      "better_answer": "yes"}
+
+
+def _stored(settings, message_id: int):
+    """The message as another connection reads it from the file (what a crash would leave)."""
+    from chatlm.store import db
+    from chatlm.store.models import Message
+
+    with db.transaction(db.make_sessionmaker(db.make_engine(settings.db_url))) as s:
+        msg = s.get(Message, message_id)
+        return None if msg is None else (msg.status, msg.content)
+
+
+def test_a_streaming_answer_is_checkpointed_and_a_crash_leaves_it_interrupted(service, settings,
+                                                                              monkeypatch) -> None:
+    import chatlm.service as service_module
+
+    monkeypatch.setattr(service_module, "CHECKPOINT_S", 0.0)  # every delta, so the test is exact
+    uid = service.user_id()
+    conv = service.new_conversation(uid)
+    reply = service.send(uid, conv.id, "tell me a story", LONG)
+    stream = iter(reply)
+    shown = next(stream) + next(stream) + next(stream)
+    assert reply.message_id is not None
+    assert _stored(settings, reply.message_id) == ("pending", shown)
+    # a crash now: the process is gone before the answer ends; the next server start marks it
+    reply.generation.cancel()
+    restarted = make_service(settings, service.backend)
+    assert restarted.mark_interrupted() == 1
+    assert _stored(settings, reply.message_id) == ("interrupted", shown)
+    answer = restarted.history(uid, conv.id)[-1][0]
+    assert (answer.id, answer.status, answer.content) == (reply.message_id, "interrupted", shown)
+
+
+def test_a_checkpointed_answer_ends_as_one_row(service, settings, monkeypatch) -> None:
+    import chatlm.service as service_module
+
+    monkeypatch.setattr(service_module, "CHECKPOINT_S", 0.0)
+    uid = service.user_id()
+    conv = service.new_conversation(uid)
+    text = service.send(uid, conv.id, "story", LONG).run()
+    assert rows(service, uid, conv.id) == [("user", "complete"), ("assistant", "complete")]
+    assert service.history(uid, conv.id)[-1][0].content == text
+    assert service.mark_interrupted() == 0  # nothing is left pending by an answer that ended
+
+
+def test_deleting_a_conversation_while_it_streams_stores_nothing_and_raises_nothing(service) -> None:
+    uid = service.user_id()
+    conv = service.new_conversation(uid)
+    stream = iter(service.send(uid, conv.id, "story", LONG))
+    next(stream)
+    service.delete(uid, conv.id)
+    "".join(stream)  # ends quietly: the answer has nowhere to go
+    assert all(c.id != conv.id for c in service.conversations(uid))

@@ -104,3 +104,28 @@ def test_deleting_a_conversation_removes_its_messages(url: str) -> None:
         repo.delete_conversation(s, conversation_id=conv.id, user_id=uid)
     with db.transaction(sessions) as s:
         assert s.execute(text("SELECT count(*) FROM messages")).scalar() == 0
+
+
+def test_upgrade_from_0002_keeps_messages_and_allows_interrupted(tmp_path: Path) -> None:
+    from sqlalchemy.exc import IntegrityError
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    db.upgrade(url, "0002")
+    engine = db.make_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO users (id, name, is_admin, created_at) VALUES (1, 'local', 1, '2026-01-01')"))
+        conn.execute(text("INSERT INTO conversations (id, user_id, title, system_prompt, settings, "
+                          "exclude_from_training, created_at, updated_at) "
+                          "VALUES (1, 1, 't', '', '{}', 0, '2026-01-01', '2026-01-01')"))
+        conn.execute(text("INSERT INTO messages (id, conversation_id, role, content, status, "
+                          "generation_params, created_at) VALUES (1, 1, 'assistant', 'half an ans', "
+                          "'pending', '{}', '2026-01-01')"))
+    engine.dispose()
+    db.upgrade(url)
+    sessions = db.make_sessionmaker(db.make_engine(url))
+    with db.transaction(sessions) as s:
+        assert repo.mark_interrupted(s) == 1
+    with db.make_engine(url).begin() as conn:
+        assert conn.execute(text("SELECT content, status FROM messages")).one() == ("half an ans", "interrupted")
+    with pytest.raises(IntegrityError), db.make_engine(url).begin() as conn:
+        conn.execute(text("UPDATE messages SET status = 'bogus'"))

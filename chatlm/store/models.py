@@ -73,7 +73,8 @@ class Message(Base):
     __tablename__ = "messages"
     __table_args__ = (
         CheckConstraint("role IN ('system', 'user', 'assistant')", name="role"),
-        CheckConstraint("status IN ('complete', 'stopped', 'error', 'pending')", name="status"),
+        CheckConstraint("status IN ('complete', 'stopped', 'error', 'pending', 'interrupted')",
+                        name="status"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -87,6 +88,8 @@ class Message(Base):
     role: Mapped[str] = mapped_column(String(16))
     content: Mapped[str] = mapped_column(Text, default="")
     status: Mapped[str] = mapped_column(String(16), default="complete")
+    """``pending`` while an answer streams (its text checkpointed), then complete, stopped or error;
+    ``interrupted`` when the server died before it ended."""
     model_id: Mapped[str | None] = mapped_column(String(300), nullable=True)
     adapter: Mapped[str | None] = mapped_column(String(200), nullable=True)
     generation_params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from chatlm.errors import InputError, NotFoundError, PermissionDeniedError
@@ -83,6 +83,23 @@ def add_message(
     conv.active_leaf_id = msg.id
     conv.updated_at = utcnow()
     return msg
+
+
+def update_message(session: Session, *, message_id: int, **fields: Any) -> Message | None:
+    """Overwrite fields of a stored message (a streaming answer's checkpoint or its end); None when
+    it is gone (its conversation was deleted meanwhile)."""
+    msg = session.get(Message, message_id)
+    if msg is None:
+        return None
+    for name, value in fields.items():
+        setattr(msg, name, value)
+    return msg
+
+
+def mark_interrupted(session: Session) -> int:
+    """Answers left ``pending`` by a process that died: say so (the text checkpointed so far stays)."""
+    result = session.execute(update(Message).where(Message.status == "pending").values(status="interrupted"))
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
 
 def get_message(session: Session, *, message_id: int, user_id: int) -> Message:
