@@ -304,15 +304,22 @@ class ChatService:
         if name not in self.adapter_names():
             self.load_adapter(name, path)
 
+    def ensure_loaded(self, name: str | None) -> None:
+        """Load a registered adapter that this process does not serve yet (Compare asks for any)."""
+        from chatlm.store import registry
+
+        if name is None or name in self.adapter_names():
+            return
+        with transaction(self.sessions) as s:
+            path = registry.get_adapter(s, name=name).path
+        self._load_once(name, path)
+
     def promote_adapter(self, name: str | None) -> str | None:
         """Make a registered adapter (None: the base model) the default, in the registry and here;
         it is loaded first, so one that fails to load leaves the registry as it was."""
         from chatlm.store import registry
 
-        if name is not None:
-            with transaction(self.sessions) as s:
-                path = registry.get_adapter(s, name=name).path
-            self._load_once(name, path)
+        self.ensure_loaded(name)
         with transaction(self.sessions) as s:
             registry.activate(s, name=name)
         self.activate_adapter(name)
@@ -320,13 +327,14 @@ class ChatService:
         return name
 
     def rollback_adapter(self) -> str | None:
-        """Activate the adapter that was active before the current one; returns the one now active."""
+        """Activate the adapter that was active before the current one; returns the one now active.
+        Like a promotion, it loads first: one that fails to load leaves registry and server as they were."""
         from chatlm.store import registry
 
         with transaction(self.sessions) as s:
-            registry.rollback(s)
-        self._registry_seen = self._registry_state()
-        return self.sync_active_adapter()
+            target = registry.rollback_target(s)
+            name = target.name if target is not None else None
+        return self.promote_adapter(name)
 
     def _registry_state(self) -> tuple[str, Any] | None:
         from chatlm.store import registry

@@ -67,12 +67,15 @@ def test_base_weights_untouched_by_adapters(tiny_backend, adapter_dirs) -> None:
     before = {k: v.clone() for k, v in tiny_backend.scheduler.model.state_dict().items()}
     tiny_backend.load_adapter("a1", adapter_dirs[0])
     base_model = tiny_backend.scheduler.model.get_base_model()
+    params = dict(base_model.named_parameters())
+    wrapped = 0
     for key, value in before.items():
-        after = dict(base_model.named_parameters()).get(key.replace(".weight", ".base_layer.weight"))
-        if after is None:
-            after = dict(base_model.named_parameters()).get(key)
-        if after is not None:
-            assert torch.equal(after, value), key
+        after = params.get(key.replace(".weight", ".base_layer.weight"))
+        wrapped += after is not None
+        after = params.get(key) if after is None else after
+        assert after is not None, f"base weight {key} is missing after loading the adapter"
+        assert torch.equal(after, value), key
+    assert wrapped > 0  # the adapter did wrap base layers, and those weights were compared too
 
 
 def test_refuses_pickles_incomplete_and_foreign_adapters(tiny_backend, tiny, tmp_path) -> None:
@@ -175,5 +178,77 @@ def test_a_restart_serves_the_registry_choice_and_survives_a_broken_adapter(tiny
     try:
         assert service.active_adapter is None and "serving the base model" in caplog.text
         assert service.generate(Q, GREEDY).wait() == base
+    finally:
+        backend.close()
+
+
+def _registered_service(tiny, settings, adapter_dirs):
+    """A service over a fresh copy of the tiny model with tiny-v1, tiny-v2 in the registry."""
+    import copy
+    import dataclasses
+
+    from chatlm.engine.local import LocalBackend
+    from chatlm.server import make_service
+    from chatlm.store import registry
+    from chatlm.store.db import transaction
+
+    backend = LocalBackend(dataclasses.replace(tiny, model=copy.deepcopy(tiny.model)))
+    service = make_service(settings, backend)
+    with transaction(service.sessions) as s:
+        for i, path in enumerate(adapter_dirs, 1):
+            registry.register(s, name=f"tiny-v{i}", base_model="tiny", path=str(path), method="sft",
+                              dataset_hash="0")
+    return service, backend
+
+
+def _registry_active(service) -> str | None:
+    from chatlm.store import registry
+    from chatlm.store.db import transaction
+
+    with transaction(service.sessions) as s:
+        active = registry.active_adapter(s)
+        return active.name if active else None
+
+
+def test_a_rollback_whose_adapter_fails_to_load_changes_nothing(tiny, settings, adapter_dirs) -> None:
+    import copy
+    import dataclasses
+    import shutil
+
+    from chatlm.engine.local import LocalBackend
+    from chatlm.server import make_service
+
+    service, backend = _registered_service(tiny, settings, adapter_dirs)
+    try:
+        service.promote_adapter("tiny-v1")
+        service.promote_adapter("tiny-v2")
+    finally:
+        backend.close()
+    shutil.rmtree(adapter_dirs[0])  # the adapter a rollback would go back to is gone
+    backend = LocalBackend(dataclasses.replace(tiny, model=copy.deepcopy(tiny.model)))
+    try:
+        service = make_service(settings, backend)  # a restart serves tiny-v2, the registry's choice
+        assert service.active_adapter == "tiny-v2"
+        with pytest.raises(AdapterError):
+            service.rollback_adapter()
+        assert _registry_active(service) == "tiny-v2" and service.active_adapter == "tiny-v2"
+        service.follow_registry()  # the next answer still agrees with the registry
+        assert service.active_adapter == "tiny-v2"
+    finally:
+        backend.close()
+
+
+def test_compare_loads_a_registered_adapter_that_is_not_served_yet(tiny, settings, adapter_dirs) -> None:
+    from chatlm.ui.training import COMPARE, TrainingTab
+
+    service, backend = _registered_service(tiny, settings, adapter_dirs)
+    try:
+        assert backend.adapter_names() == []
+        *_, (left, right) = TrainingTab(service).compare("Say something", "base model", "tiny-v1")
+        messages = [{"role": "system", "content": service.settings.system_prompt},
+                    {"role": "user", "content": "Say something"}]
+        assert left == service.generate(messages, COMPARE).wait()
+        assert right == service.generate(messages, COMPARE, "tiny-v1").wait() != left
+        assert _registry_active(service) is None  # comparing promotes nothing
     finally:
         backend.close()

@@ -44,3 +44,25 @@ def test_bad_setting_is_a_clear_error(tmp_path) -> None:
     out = run(["db", "upgrade"], tmp_path, CHATLM_PORT="99999")
     assert out.returncode == 2
     assert "CHATLM_PORT" in out.stderr
+
+
+def test_adapters_rollback_refuses_an_adapter_whose_files_are_gone(tmp_path) -> None:
+    """`adapters rollback` checks the files of the adapter it goes back to, as `activate` does."""
+    from chatlm.store import db, registry
+
+    data = tmp_path / "d"
+    url = f"sqlite:///{data / 'chatlm.db'}"
+    db.upgrade(url)
+    sessions = db.make_sessionmaker(db.make_engine(url))
+    with db.transaction(sessions) as s:
+        for name in ("chatlm-v1", "chatlm-v2"):
+            registry.register(s, name=name, base_model="m", path=str(tmp_path / name), method="sft",
+                              dataset_hash="0")
+    with db.transaction(sessions) as s:
+        registry.activate(s, name="chatlm-v1")
+    with db.transaction(sessions) as s:
+        registry.activate(s, name="chatlm-v2")
+    out = run(["adapters", "rollback"], data)  # chatlm-v1's folder never existed
+    assert out.returncode != 0 and "No adapter directory" in out.stderr, out.stderr
+    with db.transaction(sessions) as s:
+        assert registry.active_adapter(s).name == "chatlm-v2"  # nothing changed

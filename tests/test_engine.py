@@ -38,14 +38,31 @@ def test_gguf_copy_is_safetensors_and_reloads_fast(bundled) -> None:
     assert again.model_id == "SmolLM2-135M-Instruct"
 
 
+def _wait_for(condition, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.001)
+
+
 def test_batched_greedy_equals_single(tiny_backend) -> None:
     """Rows joining a running batch (with left padding) decode exactly as they would alone."""
+    import threading
+
     questions = ["Hello there", "A much longer question about many different things?", "x"]
-    params = SamplingParams(temperature=0.0, max_new_tokens=15)
-    alone = [ask(tiny_backend, q, params).wait() for q in questions]
-    first = ask(tiny_backend, questions[0], params)
-    time.sleep(0.01)
-    rest = [ask(tiny_backend, q, params) for q in questions[1:]]
+    params = [SamplingParams(temperature=0.0, max_new_tokens=n) for n in (100, 15, 15)]
+    alone = [ask(tiny_backend, q, p).wait() for q, p in zip(questions, params, strict=True)]
+    first = ask(tiny_backend, questions[0], params[0])
+    _wait_for(lambda: first.completion_tokens >= 1)  # decoding: the others must join a running batch
+    gate = threading.Event()
+    held = threading.Thread(target=tiny_backend.scheduler.call, args=(lambda: gate.wait(10),))
+    held.start()  # the scheduler waits between two steps while the others are queued
+    _wait_for(lambda: not tiny_backend.scheduler._tasks)
+    rest = [ask(tiny_backend, q, p) for q, p in zip(questions[1:], params[1:], strict=True)]
+    gate.set()
+    held.join()
+    _wait_for(lambda: all(g.completion_tokens >= 1 for g in rest))
+    assert not first.done  # they joined while it ran
     together = [g.wait() for g in [first, *rest]]
     assert together == alone
     assert all(len(t) > 0 for t in alone)

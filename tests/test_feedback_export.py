@@ -64,3 +64,27 @@ def test_export_all_formats(settings, tiny_backend, tmp_path) -> None:
     assert len((tmp_path / "a.jsonl").read_text().splitlines()) == 3
     bad = export(settings.data_dir, "kto", tmp_path / "x.jsonl", "--since", "yesterday")
     assert bad.returncode == 2 and "not a date" in bad.stderr
+
+
+def test_building_datasets_in_the_ui_leaves_no_folder_per_export(settings, tiny_backend, monkeypatch) -> None:
+    import json as json_module
+    import tempfile
+    from pathlib import Path
+
+    import chatlm.ui.feedback as feedback_ui
+
+    service = make_service(settings, tiny_backend)
+    uid = service.user_id()
+    conv = service.new_conversation(uid)
+    service.send(uid, conv.id, "a question", P).run()
+    service.rate(uid, service.history(uid, conv.id)[-1][0].id, 1)
+    before = set(Path(tempfile.gettempdir()).glob("chatlm-export-*"))
+    tab = feedback_ui.FeedbackTab(service)
+    monkeypatch.setattr(feedback_ui, "EXPORT_KEEP_S", -1.0)  # every earlier file counts as handed over
+    paths = [tab.export("sft")[0] for _ in range(5)]
+    assert json_module.loads(Path(paths[-1]).read_text().splitlines()[0])["messages"]
+    assert sum(Path(p).exists() for p in paths) == 1  # only the newest; the rest were cleaned up
+    created = set(Path(tempfile.gettempdir()).glob("chatlm-export-*")) - before
+    assert len(created) == 1  # one folder for the process, not one per export
+    tab._exports.cleanup()
+    assert not any(p.exists() for p in created)

@@ -59,16 +59,21 @@ def activate(session: Session, *, name: str | None) -> AdapterVersion | None:
     return target
 
 
-def rollback(session: Session) -> AdapterVersion | None:
-    """Activate the adapter that was active before the current one (or the base model)."""
+def rollback_target(session: Session) -> AdapterVersion | None:
+    """The adapter that was active before the current one (None: the base model); changes nothing."""
     current = active_adapter(session)
     if current is None:
         raise ChatLMError("Nothing to roll back: the base model is already active.")
-    earlier = session.scalar(
+    return session.scalar(
         select(AdapterVersion)
         .where(AdapterVersion.activated_at.is_not(None), AdapterVersion.id != current.id,
                AdapterVersion.activated_at <= current.activated_at)
         .order_by(AdapterVersion.activated_at.desc(), AdapterVersion.id.desc()))
+
+
+def rollback(session: Session) -> AdapterVersion | None:
+    """Activate the adapter that was active before the current one (or the base model)."""
+    earlier = rollback_target(session)
     return activate(session, name=earlier.name if earlier else None)
 
 

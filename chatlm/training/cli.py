@@ -114,18 +114,27 @@ def run_adapters(args: argparse.Namespace) -> int:
             _table(registry.list_adapters(s))
         elif args.adapters_command == "activate":
             name = None if args.name == "base" else args.name
-            if name is not None:
-                from pathlib import Path
-
-                from chatlm.engine.adapters import check_files
-
-                check_files(Path(registry.get_adapter(s, name=name).path))
+            _check_adapter_files(s, name)
             registry.activate(s, name=name)
             print(f"{args.name} is active: new chats use it once the server syncs (no restart)")
         else:
-            now = registry.rollback(s)
+            target = registry.rollback_target(s)
+            _check_adapter_files(s, target.name if target else None)
+            now = registry.activate(s, name=target.name if target else None)
             print(f"rolled back: {now.name if now else 'the base model'} is active")
     return 0
+
+
+def _check_adapter_files(session: Any, name: str | None) -> None:
+    """Refuse to make an adapter active whose files are gone or incomplete (the base model always serves)."""
+    if name is None:
+        return
+    from pathlib import Path
+
+    from chatlm.engine.adapters import check_files
+    from chatlm.store import registry
+
+    check_files(Path(registry.get_adapter(session, name=name).path))
 
 
 def _table(adapters: list[Any]) -> None:

@@ -3,7 +3,10 @@ and the Feedback tab (counts by label, adapter and day; a filterable table; data
 
 from __future__ import annotations
 
+import shutil
 import tempfile
+import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -91,9 +94,16 @@ class FeedbackPanel:
         ]
 
 
+EXPORT_KEEP_S = 60.0
+"""A built dataset's file outlives its request this long (then only Gradio's cached copy remains)."""
+
+
 class FeedbackTab:
     def __init__(self, service: ChatService) -> None:
         self.service = service
+        self._exports: tempfile.TemporaryDirectory[str] | None = None
+        """One folder per process for built datasets, removed when the process ends; Gradio copies
+        each file into its own cache on return, so older ones are removed as new ones are built."""
 
     def refresh(self, label: str, adapter: str, text: str) -> tuple[Any, ...]:
         with transaction(self.service.sessions) as s:
@@ -114,7 +124,15 @@ class FeedbackTab:
             answers = load.rated_answers(s)
             convs = load.conversations(s) if fmt == "messages" else []
         recs, counts = records.build(fmt, answers, convs)
-        path = Path(tempfile.mkdtemp(prefix="chatlm-export-")) / f"chatlm-{fmt}.jsonl"
+        if self._exports is None:
+            self._exports = tempfile.TemporaryDirectory(prefix="chatlm-export-")
+        root = Path(self._exports.name)
+        for old in root.iterdir():  # Gradio copied each into its cache when its export returned
+            if time.time() - old.stat().st_mtime > EXPORT_KEEP_S:
+                shutil.rmtree(old, ignore_errors=True)
+        folder = root / uuid.uuid4().hex
+        folder.mkdir()
+        path = folder / f"chatlm-{fmt}.jsonl"
         path.write_text(records.to_jsonl(recs), encoding="utf-8")
         return str(path), f"{fmt}: {counts.summary()}"
 

@@ -223,6 +223,7 @@ class TrainingTab:
         gens = []
         try:
             for name in (left, right):
+                self.service.ensure_loaded(_adapter(name))  # a registered adapter not served yet
                 gens.append(self.service.generate(messages, COMPARE, _adapter(name)))
             while not all(g.done for g in gens):
                 yield gens[0].text, gens[1].text
