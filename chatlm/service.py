@@ -52,6 +52,8 @@ class Reply:
     """Knowledge passages the prompt quoted (numbered as cited), stored with the answer."""
     started: float = field(default_factory=time.perf_counter)
     message_id: int | None = None
+    shown: str = ""
+    """The text handed to the reader so far: what a checkpoint stores."""
 
     @property
     def notice(self) -> str:
@@ -64,11 +66,12 @@ class Reply:
         checkpointed = time.monotonic()
         try:
             for delta in self.generation:
-                yield delta
+                self.shown += delta
                 # the first text, then about every second: a crash keeps what was shown so far
                 if self.message_id is None or time.monotonic() - checkpointed >= CHECKPOINT_S:
                     self.service._checkpoint_answer(self)
                     checkpointed = time.monotonic()
+                yield delta
         except ChatLMError:
             pass  # stored below with status "error"; the caller reads .generation.error
         finally:
@@ -410,10 +413,10 @@ class ChatService:
                 if reply.message_id is None:
                     reply.message_id = repo.add_message(
                         s, conversation_id=reply.conversation_id, role="assistant",
-                        content=reply.generation.text, parent_id=reply.parent_id, status="pending",
+                        content=reply.shown, parent_id=reply.parent_id, status="pending",
                         **self._answer_fields(reply)).id
                 else:
-                    repo.update_message(s, message_id=reply.message_id, content=reply.generation.text)
+                    repo.update_message(s, message_id=reply.message_id, content=reply.shown)
         except ChatLMError as exc:
             log.warning("checkpoint of a streaming answer failed: %s", exc.message)
         except IntegrityError:  # the conversation was deleted while it streamed

@@ -152,3 +152,14 @@ def page(browser, server) -> Iterator:
 
     with new_page(browser, downloads=True) as pg:
         yield pg
+
+
+SLOW_FIXTURES = {"bundled", "bundled_backend", "browser", "page", "server"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that loads the real model or a browser is slow wherever it lives, so that
+    `make test-fast` (``-m "not slow"``) never waits for either."""
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

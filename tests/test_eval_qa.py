@@ -187,12 +187,40 @@ def test_generating_modes_with_a_tiny_model(tmp_path, monkeypatch, tiny_backend,
 
 
 def test_unknown_adapter_is_a_clear_error(tmp_path, monkeypatch, tiny_backend) -> None:
-    from chatlm.errors import InputError
+    from chatlm.errors import ChatLMError
 
     monkeypatch.setenv("CHATLM_DATA_DIR", str(tmp_path / "d"))
-    with pytest.raises(InputError, match="No adapter named 'nope'"):
+    with pytest.raises(ChatLMError, match="No adapter named 'nope'"):
         qa.run_cli(_args(easy_file(tmp_path), tmp_path / "r.json", adapter="nope"),
                    backend_factory=lambda _settings: tiny_backend)
+
+
+def test_a_registered_adapter_is_the_one_that_answers(tmp_path, monkeypatch, tiny) -> None:
+    import copy
+    import dataclasses
+
+    from chatlm.config import Settings
+    from chatlm.engine.local import LocalBackend
+    from chatlm.store import db, registry
+    from tests.test_adapters import make_adapter
+
+    monkeypatch.setenv("CHATLM_DATA_DIR", str(tmp_path / "d"))
+    path = make_adapter(tiny.model, tmp_path / "tiny-v1", 3)
+    url = Settings.from_env().db_url
+    db.upgrade(url)
+    with db.transaction(db.make_sessionmaker(db.make_engine(url))) as s:
+        registry.register(s, name="tiny-v1", base_model="tiny", path=str(path), method="sft", dataset_hash="0")
+    reports = {}
+    for name in (None, "tiny-v1"):
+        out = tmp_path / f"{name}.json"
+        extra = {"adapter": name} if name else {}
+        fresh = LocalBackend(dataclasses.replace(tiny, model=copy.deepcopy(tiny.model)))  # the run closes it
+        assert qa.run_cli(_args(easy_file(tmp_path), out, details=True, **extra),
+                          backend_factory=lambda _settings, b=fresh: b) == 0
+        reports[name] = json.loads(out.read_text())
+    assert reports["tiny-v1"]["adapter"] == "tiny-v1"
+    raw = [[q.get("raw", q["prediction"]) for q in r["questions"]] for r in reports.values()]
+    assert raw[0] != raw[1]  # the adapter changed the answers: it, not the base model, was scored
 
 
 # ---- the real model on the shared SQuAD sample -------------------------------------------------

@@ -221,6 +221,11 @@ def test_cli_train_wait_and_adapters(tiny_settings) -> None:
     assert out.returncode == 0, out.stderr
     assert "chatlm-v1: dpo adapter, pair_margin" in out.stdout and "round 1" in out.stderr
     assert "adapters activate chatlm-v1" in out.stdout
+    # the QA harness scores the trained adapter (it answers from a scratch database of its own)
+    scored = cli("eval", "qa", "--squad", str(SQUAD), "--limit", "2", "--max-new-tokens", "4",
+                 "--adapter", "chatlm-v1", "--no-progress", "--json", "-")
+    assert scored.returncode == 0, scored.stderr
+    assert json.loads(scored.stdout)["adapter"] == "chatlm-v1" and "adapter=chatlm-v1" in scored.stderr
     assert cli("adapters", "activate", "chatlm-v1").returncode == 0
     listing = cli("adapters", "list").stdout
     assert re.search(r"^\*\s+chatlm-v1\s+dpo\s+-\s+\d{4}-\d\d-\d\d \d\d:\d\d\s+pair_margin", listing, re.M), listing

@@ -446,7 +446,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     """Arguments of ``python -m chatlm eval qa``."""
     p.add_argument("--squad", required=True, type=Path, help="a SQuAD v1.1/v2.0 JSON file")
     p.add_argument("--json", required=True, dest="json_out", help="where to write the report ('-' for stdout)")
-    p.add_argument("--adapter", help="answer with this loaded LoRA adapter (default: the base model)")
+    p.add_argument("--adapter", help="answer with this registered LoRA adapter (see `chatlm adapters list`; "
+                                     "default: the base model)")
     p.add_argument("--k", type=int, default=3, help="passages retrieved per question (default 3)")
     p.add_argument("--limit", type=int, help="only the first N questions of each article")
     how = p.add_mutually_exclusive_group()
@@ -479,11 +480,15 @@ def run_cli(args: argparse.Namespace, *, backend_factory: Callable[[Any], Any] |
                       rule=AbstainRule(check=args.check, min_dense=args.min_dense or None),
                       details=args.details, progress=args.progress)
     articles = load_squad(squad)
+    user_settings = Settings.from_env()
+    adapter_path = _registered_adapter(user_settings, args.adapter) if mode != "retrieval-only" else None
     with tempfile.TemporaryDirectory(prefix="chatlm-eval-") as tmp:
         settings = Settings.from_env(database_url=f"sqlite:///{Path(tmp) / 'eval.db'}")
         service, engine = _service(settings, load_model=mode != "retrieval-only",
                                    backend_factory=backend_factory)
         try:
+            if adapter_path is not None:
+                service.load_adapter(args.adapter, adapter_path)
             report = evaluate(service, articles, options)
         finally:
             if service.backend is not None:
@@ -498,6 +503,27 @@ def run_cli(args: argparse.Namespace, *, backend_factory: Callable[[Any], Any] |
         Path(args.json_out).write_text(text, encoding="utf-8")
     print(summary(report), file=sys.stderr)
     return 0
+
+
+def _registered_adapter(settings: Any, name: str | None) -> str | None:
+    """The folder of an adapter in the user's registry (the harness answers from a scratch database,
+    so the adapter is looked up where rounds registered it); None for the base model."""
+    if not name:
+        return None
+    from chatlm.engine.adapters import check_files
+    from chatlm.errors import NotFoundError, StorageError
+    from chatlm.store import db, registry
+
+    engine = db.make_engine(settings.db_url)
+    try:
+        with db.transaction(db.make_sessionmaker(engine)) as s:
+            path = registry.get_adapter(s, name=name).path
+    except StorageError as exc:  # no database, or one from before the registry existed
+        raise NotFoundError(f"No adapter named {name!r}: there is no adapter registry at {settings.db_url}.") from exc
+    finally:
+        engine.dispose()
+    check_files(Path(path))
+    return path
 
 
 class QueryCache:
