@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from chatlm.config import Settings
 from chatlm.engine import adapters, loader
 from chatlm.engine.backend import ChatMessages
+from chatlm.engine.copy import CopyConstraint
 from chatlm.engine.params import SamplingParams
 from chatlm.engine.scheduler import Generation, Scheduler
 from chatlm.errors import NotFoundError
@@ -68,10 +70,16 @@ class LocalBackend:
         return time.perf_counter() - start
 
     def chat(self, messages: ChatMessages, params: SamplingParams, *,
-             adapter: str | None = None) -> Generation:
+             adapter: str | None = None, copy_from: Sequence[str] | None = None) -> Generation:
+        """Start an answer; with ``copy_from`` it is a span copied from those passages."""
         if adapter is not None and adapter not in self._adapters:
             raise NotFoundError(f"No adapter named {adapter!r} is loaded.")
-        return self.scheduler.submit(self.encode(messages), params, adapter=adapter)
+        copy = None
+        if copy_from:
+            copy = CopyConstraint.build(
+                copy_from, encode=lambda t: self.tokenizer.encode(t, add_special_tokens=False),
+                token_text=lambda i: self.tokenizer.decode([i]), eos_ids=self.scheduler.eos_ids)
+        return self.scheduler.submit(self.encode(messages), params, adapter=adapter, copy=copy)
 
     def close(self) -> None:
         self.scheduler.close()

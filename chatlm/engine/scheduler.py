@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from chatlm.engine.copy import CopyConstraint
 from chatlm.engine.decode import IncrementalDecoder, StopMatcher
 from chatlm.engine.params import SamplingParams
 from chatlm.engine.sampling import make_generator, sample_rows
@@ -102,6 +103,8 @@ class _Row:
     stops: StopMatcher
     rng: torch.Generator | None
     last_token: int = 0
+    copy: CopyConstraint | None = None
+    """When set, every token continues a span of its passages (extractive answers)."""
 
 
 class Scheduler:
@@ -127,6 +130,8 @@ class Scheduler:
         self.pad_id = pad_id
         self.device = next(model.parameters()).device
         self._pending: deque[tuple[Generation, list[int]]] = deque()
+        self._copies: dict[int, CopyConstraint] = {}
+        """Copy constraints of queued requests, by generation id, until they are admitted."""
         self._tasks: deque[tuple[Callable[[], Any], Future[Any]]] = deque()
         self._rows: list[_Row] = []
         self._cache: Any = None
@@ -155,9 +160,11 @@ class Scheduler:
             self._thread = None
 
     def submit(
-        self, prompt_ids: Sequence[int], params: SamplingParams, *, adapter: str | None = None
+        self, prompt_ids: Sequence[int], params: SamplingParams, *, adapter: str | None = None,
+        copy: CopyConstraint | None = None,
     ) -> Generation:
-        """Queue a request; raise BusyError when the wait queue is full, InputError if too long."""
+        """Queue a request; raise BusyError when the wait queue is full, InputError if too long.
+        With ``copy``, the answer is a span copied from that constraint's passages."""
         prompt = list(prompt_ids)
         if not prompt:
             raise InputError("The prompt is empty.")
@@ -181,6 +188,8 @@ class Scheduler:
                     f"{len(self._pending)} waiting); retry shortly."
                 )
             self._pending.append((gen, prompt))
+            if copy is not None:
+                self._copies[gen.id] = copy
             self._cv.notify_all()
         self.start()
         return gen
@@ -271,7 +280,8 @@ class Scheduler:
         )
         new_rows = [
             _Row(gen=g, decoder=IncrementalDecoder(self.tokenizer, prompt_tail=p[-4:]),
-                 stops=StopMatcher(g.params.stop), rng=make_generator(g.params))
+                 stops=StopMatcher(g.params.stop), rng=make_generator(g.params),
+                 copy=self._copies.pop(g.id, None))
             for g, p in admit
         ]
         self._merge(new_rows, cache, mask.to(self.device))
@@ -308,11 +318,14 @@ class Scheduler:
     def _accept(self, logits: torch.Tensor, rows: range) -> None:
         """Sample the next token of the given rows, stream it, and drop finished rows."""
         chosen = [self._rows[i] for i in rows]  # logits row j belongs to chosen[j]
+        logits = _constrain(logits, chosen)
         tokens = sample_rows(logits, [r.gen.params for r in chosen], [r.rng for r in chosen])
         finished: list[int] = []
         for i, (row, tok) in zip(rows, zip(chosen, tokens, strict=True), strict=True):
             gen = row.gen
             row.last_token = tok
+            if row.copy is not None:
+                row.copy.advance(tok)
             if gen.first_token_at is None:
                 gen.first_token_at = time.perf_counter()
             if tok in self.eos_ids:
@@ -359,6 +372,20 @@ class Scheduler:
         for layer in self._cache.layers:
             layer.keys = layer.keys.index_select(0, index)[:, :, lead:, :]
             layer.values = layer.values.index_select(0, index)[:, :, lead:, :]
+
+
+def _constrain(logits: torch.Tensor, rows: list[_Row]) -> torch.Tensor:
+    """Mask out, for rows copying from passages, every token that would leave the span."""
+    if all(r.copy is None for r in rows):
+        return logits
+    logits = logits.float().clone()
+    for j, row in enumerate(rows):
+        if row.copy is not None:
+            keep = torch.tensor(row.copy.allowed(), dtype=torch.long, device=logits.device)
+            masked = torch.full_like(logits[j], float("-inf"))
+            masked[keep] = logits[j, keep]
+            logits[j] = masked
+    return logits
 
 
 def _lpad(t: torch.Tensor, length: int) -> torch.Tensor:

@@ -1,0 +1,139 @@
+"""Copy-constrained decoding: every token must continue a contiguous, word-aligned span of one of
+the given passages, so the answer is a phrase copied from them.
+
+A 135M model composes poor answers but can point: choosing a span of the passage is an easier task
+than writing one. The constraint works on token ids only (no torch), so its logic is tested without
+a model. Three traps found by measurement are built in: an answer may not start with an article
+("The …" is where 60 % of spans would start otherwise); it starts and ends at word boundaries; and
+because the first token of a reply carries no leading-space marker while the same word inside a
+passage does, every word is also entered through its unspaced tokenisation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+ARTICLES = frozenset({"the", "a", "an"})
+State = frozenset[tuple[int, int, int]]
+"""Where the answer so far can continue: ``(kind, index, position)`` with kind 0 a passage (its
+next token is ``passages[index][position]``) and kind 1 an entry (the unspaced first word of a
+word start, ``entries[index]``)."""
+
+
+@dataclass(frozen=True)
+class _Entry:
+    ids: tuple[int, ...]
+    passage: int
+    resume: int
+    """Position in the passage right after the spaced word this entry stands for."""
+
+
+@dataclass
+class CopyConstraint:
+    """Built once per answer from the passages' token ids; ``state`` moves with each token."""
+
+    passages: list[list[int]]
+    word_start: list[list[bool]]
+    """Whether each passage token begins a word (a leading space or the passage's start)."""
+    alnum_start: list[list[bool]]
+    """Whether each passage token begins with a letter or digit (punctuation may end a span)."""
+    entries: list[_Entry]
+    eos_ids: frozenset[int]
+    banned_first: frozenset[int] = frozenset()
+    state: State | None = None
+    """None before the first token: the answer may start at any word start."""
+    _starts: dict[int, set[tuple[int, int, int]]] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        for p, ids in enumerate(self.passages):
+            for j, tok in enumerate(ids):
+                if self.word_start[p][j] and self.alnum_start[p][j] and tok not in self.banned_first:
+                    self._starts.setdefault(tok, set()).add((0, p, j + 1))
+        for e, entry in enumerate(self.entries):
+            if entry.ids and entry.ids[0] not in self.banned_first:
+                self._starts.setdefault(entry.ids[0], set()).add((1, e, 1))
+
+    @classmethod
+    def build(cls, passages: Sequence[str], *, encode: Callable[[str], list[int]],
+              token_text: Callable[[int], str], eos_ids: Iterable[int]) -> CopyConstraint:
+        """Tokenise each passage as it reads inside a prompt (words after the first carry their
+        space) and each word once more without its space, for the reply's first token."""
+        ids_list, starts, alnums, entries = [], [], [], []
+        banned: set[int] = set()
+        for p, text in enumerate(passages):
+            ids = encode(" " + text.strip())
+            pieces = [token_text(t) for t in ids]
+            word = [j == 0 or piece[:1].isspace() or pieces[j - 1][-1:].isspace()
+                    for j, piece in enumerate(pieces)]
+            alnum = [piece.strip()[:1].isalnum() for piece in pieces]
+            ids_list.append(ids)
+            starts.append(word)
+            alnums.append(alnum)
+            for j in range(len(ids)):
+                if not (word[j] and alnum[j]):
+                    continue
+                end = j + 1
+                while end < len(ids) and not word[end] and pieces[end].strip()[:1].isalnum():
+                    end += 1
+                text_word = "".join(pieces[j:end]).strip()
+                if text_word.lower() in ARTICLES:
+                    banned.add(ids[j])
+                    unspaced = encode(text_word)
+                    if unspaced:
+                        banned.add(unspaced[0])
+                    continue
+                if text_word:
+                    entries.append(_Entry(tuple(encode(text_word)), p, end))
+        return cls(passages=ids_list, word_start=starts, alnum_start=alnums, entries=entries,
+                   eos_ids=frozenset(eos_ids), banned_first=frozenset(banned))
+
+    def allowed(self) -> list[int]:
+        """Token ids that may come next (an end-of-turn id once the span may end here)."""
+        if self.state is None:
+            return sorted(self._starts)
+        out: set[int] = set()
+        can_end = False
+        for kind, index, pos in self.state:
+            if kind == 1:
+                entry = self.entries[index]
+                if pos < len(entry.ids):
+                    out.add(entry.ids[pos])
+                    continue
+                kind, index, pos = 0, entry.passage, entry.resume
+            ids = self.passages[index]
+            if pos < len(ids):
+                out.add(ids[pos])
+                if self.word_start[index][pos] or not self.alnum_start[index][pos]:
+                    can_end = True
+            else:
+                can_end = True
+        if can_end or not out:
+            out |= self.eos_ids
+        return sorted(out)
+
+    def advance(self, token: int) -> None:
+        """Follow the chosen token (an end-of-turn id ends the span; nothing to follow)."""
+        if token in self.eos_ids:
+            return
+        if self.state is None:
+            self.state = frozenset(self._starts.get(token, ()))
+            return
+        nxt: set[tuple[int, int, int]] = set()
+        for kind, index, pos in self.state:
+            if kind == 1:
+                entry = self.entries[index]
+                if pos < len(entry.ids):
+                    if entry.ids[pos] == token:
+                        nxt.add((1, index, pos + 1))
+                    continue
+                kind, index, pos = 0, entry.passage, entry.resume
+            ids = self.passages[index]
+            if pos < len(ids) and ids[pos] == token:
+                nxt.add((0, index, pos + 1))
+        self.state = frozenset(nxt)
+
+    def passage_of(self) -> int | None:
+        """The passage the span was copied from (the first, when it occurs in several)."""
+        found = sorted(index if kind == 0 else self.entries[index].passage for kind, index, _ in self.state or ())
+        return found[0] if found else None

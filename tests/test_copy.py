@@ -1,0 +1,83 @@
+"""Copy-constrained decoding: whatever the model prefers, an extractive answer is a word-aligned
+phrase of one passage that does not start with an article (real tokenizer, tiny random model)."""
+
+from __future__ import annotations
+
+import random
+import re
+
+import pytest
+
+from chatlm.engine.copy import CopyConstraint
+from chatlm.engine.params import SamplingParams
+
+PASSAGES = [
+    "The Normans were the people who in the 10th and 11th centuries gave their name to Normandy, a "
+    "region in France.",
+    "Acme Widgets was founded in 1987 by Dana Kowalski in Tacoma; its head office moved to Boise "
+    "(Idaho) in 2004.",
+    "Café owners in Zürich pay €3,200 a month — naïve estimates say less.",
+]
+
+
+def _constraint(tokenizer) -> CopyConstraint:
+    eos = {tokenizer.eos_token_id}
+    return CopyConstraint.build(PASSAGES, encode=lambda t: tokenizer.encode(t, add_special_tokens=False),
+                                token_text=lambda i: tokenizer.decode([i]), eos_ids=eos)
+
+
+def _is_word_aligned_span(text: str) -> bool:
+    for passage in PASSAGES:
+        for m in re.finditer(re.escape(text), passage):
+            before = passage[m.start() - 1] if m.start() else " "
+            after = passage[m.end()] if m.end() < len(passage) else " "
+            if not before.isalnum() and not (after.isalnum() and text[-1:].isalnum()):
+                return True
+    return False
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_any_walk_through_the_allowed_tokens_is_a_passage_phrase(tiny, seed) -> None:
+    tokenizer = tiny.tokenizer
+    constraint = _constraint(tokenizer)
+    rng = random.Random(seed)
+    chosen: list[int] = []
+    for _ in range(30):
+        allowed = constraint.allowed()
+        assert allowed
+        ends = [t for t in allowed if t == tokenizer.eos_token_id]
+        tok = ends[0] if ends and rng.random() < 0.25 else rng.choice([t for t in allowed if t not in ends] or ends)
+        constraint.advance(tok)
+        if tok == tokenizer.eos_token_id:
+            break
+        chosen.append(tok)
+    text = tokenizer.decode(chosen).strip()
+    assert text and _is_word_aligned_span(text), text
+    assert text.split()[0].lower() not in {"the", "a", "an"}
+    assert text in PASSAGES[constraint.passage_of()]  # the citation names the passage it came from
+
+
+def test_the_first_token_may_be_a_word_without_its_space(tiny) -> None:
+    tokenizer = tiny.tokenizer
+    constraint = _constraint(tokenizer)
+    first = tokenizer.encode("Dana", add_special_tokens=False)[0]
+    spaced = tokenizer.encode(" Dana", add_special_tokens=False)[0]
+    assert first != spaced and {first, spaced} <= set(constraint.allowed())
+    for tok in tokenizer.encode("Dana Kowalski", add_special_tokens=False):
+        assert tok in constraint.allowed()
+        constraint.advance(tok)
+    assert tokenizer.eos_token_id in constraint.allowed()  # a whole word: the span may end
+    assert constraint.passage_of() == 1
+    assert tokenizer.encode(" The", add_special_tokens=False)[0] not in _constraint(tokenizer).allowed()
+
+
+def test_the_scheduler_keeps_a_random_model_inside_the_passages(tiny_backend) -> None:
+    messages = [{"role": "user", "content": "Who founded Acme Widgets?"}]
+    free_in_passages = 0
+    for seed in range(6):
+        params = SamplingParams(temperature=1.0, top_p=1.0, max_new_tokens=12, seed=seed)
+        free = tiny_backend.chat(messages, params).wait().strip()
+        free_in_passages += bool(free) and any(free in p for p in PASSAGES)
+        copied = tiny_backend.chat(messages, params, copy_from=PASSAGES).wait().strip()
+        assert copied and any(copied in p for p in PASSAGES), copied
+    assert free_in_passages == 0  # unconstrained, the random model babbles: the constraint did it
