@@ -55,6 +55,10 @@ class Settings:
     """Model id asked of the remote server; empty means its first listed model."""
     api_keys: tuple[str, ...] = field(default_factory=tuple)
     """Keys accepted by ``/v1``; empty means the API is open."""
+    abstain_threshold: float = 0.0
+    """An extractive answer whose support score (cosine of question and supporting sentence under
+    the embedding model) is below this is declined: "the text does not say". Calibrated on the
+    calibration split of the shared SQuAD sample (see the README)."""
 
     def __post_init__(self) -> None:
         if not 1 <= self.port <= 65535:
@@ -98,10 +102,12 @@ def _parse(name: str, raw: str, kind: object) -> object:
     try:
         if kind_s == "int":
             return int(raw)
+        if kind_s == "float":
+            return float(raw)
         if kind_s == "Path":
             return Path(raw)
         if kind_s.startswith("tuple"):
             return tuple(k.strip() for k in raw.split(",") if k.strip())
     except ValueError as exc:
-        raise ConfigError(f"CHATLM_{name.upper()} must be an integer, got {raw!r}") from exc
+        raise ConfigError(f"CHATLM_{name.upper()} must be a number, got {raw!r}") from exc
     return raw

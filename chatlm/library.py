@@ -177,9 +177,11 @@ class Library:
         if built is None:
             return []
         hits = built.index.search(question, k=k)  # fusion once embeddings exist, BM25 before
+        # no word in common ("Summarise the text."): the text's opening passages still ground it
+        ranked = [(hit.idx, float(hit.score)) for hit in hits] or [(i, 0.0) for i in range(min(k, len(built.chunks)))]
         out = []
-        for n, hit in enumerate(hits, start=1):
-            cid, doc, text, start, end = built.chunks[hit.idx]
+        for n, (idx, score) in enumerate(ranked, start=1):
+            cid, doc, text, start, end = built.chunks[idx]
             out.append(Passage(number=n, chunk_id=cid, document=doc, text=text, start=start,
-                               end=end, score=float(hit.score)))
+                               end=end, score=score))
         return out

@@ -10,7 +10,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,16 @@ from chatlm.engine.backend import Backend
 from chatlm.engine.params import SamplingParams
 from chatlm.engine.scheduler import Generation
 from chatlm.errors import ChatLMError, InputError, NotFoundError
+from chatlm.knowledge.answer import (
+    Support,
+    answer_text,
+    decline_text,
+    find_support,
+    is_factoid,
+    question_words,
+    sentences,
+    short_form,
+)
 from chatlm.library import Library
 from chatlm.prompts import fit_history, grounded_question
 from chatlm.store import repo
@@ -32,6 +42,8 @@ MAX_MESSAGE_CHARS = 100_000
 TITLE_CHARS = 48
 log = logging.getLogger(__name__)
 STATUS_BY_FINISH = {"cancelled": "stopped", "error": "error"}
+COPY_SENTENCES = 1
+"""Sentences (best agreement with the question first) an extractive answer may copy from."""
 CHECKPOINT_S = 1.0
 """How often a streaming answer's text is written to the database (its row says ``pending``)."""
 
@@ -54,6 +66,15 @@ class Reply:
     message_id: int | None = None
     shown: str = ""
     """The text handed to the reader so far: what a checkpoint stores."""
+    question: str = ""
+    extract: list[Support] | None = None
+    """For an extractive answer: the sentences of the passages it may copy from, best first."""
+    final: str | None = None
+    """The reply as stored and shown when it differs from the generated text (extractive answers:
+    span, citation and quoted sentence, or the decline)."""
+    short_answer: str | None = None
+    """The copied span of an extractive answer ("" when declined)."""
+    support_score: float | None = None
 
     @property
     def notice(self) -> str:
@@ -65,6 +86,12 @@ class Reply:
     def __iter__(self) -> Iterator[str]:
         checkpointed = time.monotonic()
         try:
+            if self.extract is not None:  # a short span, shown whole with its citation and sentence
+                for _ in self.generation:
+                    pass
+                self.final = self.shown = self.service._extractive_reply(self)
+                yield self.final
+                return
             for delta in self.generation:
                 self.shown += delta
                 # the first text, then about every second: a crash keeps what was shown so far
@@ -83,7 +110,12 @@ class Reply:
     def run(self) -> str:
         for _ in self:
             pass
-        return self.generation.text
+        return self.text
+
+    @property
+    def text(self) -> str:
+        """The answer as stored."""
+        return self.final if self.final is not None else self.generation.text
 
 
 class ChatService:
@@ -184,18 +216,28 @@ class ChatService:
             path = repo.branch(s, conversation=conv)
             history = [{"role": m.role, "content": m.content} for m in path if m.content]
             passages = self.library.retrieve(conv.id, content, k=k)
-            asked = content
-            if passages:
-                asked = grounded_question(content, [(p.number, p.document, p.text)
-                                                    for p in passages], short=short)
-            history.append({"role": "user", "content": asked})
+            numbered = [(p.number, p.document, p.text) for p in passages]
+            extract = numbered if passages and self._can_extract(content) else None
+            if extract:
+                # answered from this question's passages alone (no earlier answer to copy), greedily
+                history = [{"role": "user", "content": grounded_question(content, numbered, short=True)}]
+                params = replace(params, temperature=0.0)
+            else:
+                asked = grounded_question(content, numbered, short=short) if passages else content
+                history.append({"role": "user", "content": asked})
             plan = self._plan(conv.system_prompt, history, params)  # raises before storing
             if conv.title == "New chat":
                 conv.title = _title(content)
             user_msg = repo.add_message(s, conversation_id=conv.id, role="user", content=content,
                                         parent_id=path[-1].id if path else None)
         return self._start(conversation_id, user_msg.id, plan.messages, plan.dropped, params,
-                           adapter, [p.as_source() for p in passages] or None)
+                           adapter, [p.as_source() for p in passages] or None, question=content,
+                           extract=extract)
+
+    def _can_extract(self, request: str) -> bool:
+        """Factoid questions get a copied span where the backend can constrain decoding (a remote
+        engine cannot: it answers free-form, grounded and cited)."""
+        return bool(getattr(self.backend, "supports_copy", False)) and is_factoid(request)
 
     def retry(self, user_id: int, message_id: int, params: SamplingParams, *,
               adapter: str | None = None) -> Reply:
@@ -386,8 +428,17 @@ class ChatService:
 
     def _start(self, conversation_id: int, parent_id: int, messages: list[dict[str, str]],
                dropped: int, params: SamplingParams, adapter: str | None,
-               sources: list[dict[str, Any]] | None = None) -> Reply:
-        gen = self.backend.chat(messages, params, adapter=adapter)
+               sources: list[dict[str, Any]] | None = None, *, question: str = "",
+               extract: list[tuple[int, str, str]] | None = None) -> Reply:
+        chosen: list[Support] | None = None
+        score = None
+        if extract:
+            chosen, score = self._best_sentences(question, extract)
+            gen = self.backend.chat(messages, params, adapter=adapter,  # type: ignore[call-arg]
+                                    copy_from=[c.sentence for c in chosen],
+                                    avoid_first=question_words(question))
+        else:
+            gen = self.backend.chat(messages, params, adapter=adapter)
         with self._lock:
             old = self._running.get(conversation_id)
             if old is not None:
@@ -395,12 +446,46 @@ class ChatService:
             self._running[conversation_id] = gen
         return Reply(service=self, generation=gen, conversation_id=conversation_id,
                      parent_id=parent_id, prompt_messages=messages, dropped=dropped,
-                     adapter=adapter, sources=sources)
+                     adapter=adapter, sources=sources, question=question, extract=chosen,
+                     support_score=score)
+
+    def _best_sentences(self, question: str, passages: list[tuple[int, str, str]]) -> tuple[list[Support], float]:
+        """The passages' sentences that agree best with the question under the embedding model
+        (the span is copied from these), and the best agreement: the abstention signal."""
+        import numpy as np
+
+        candidates = sentences(passages)
+        embedder = self.library.embedder
+        q = np.asarray(embedder.embed_query(question), dtype=np.float32)
+        m = np.asarray(embedder.embed([c.sentence for c in candidates]), dtype=np.float32)
+        sims = (m @ q) / (np.linalg.norm(m, axis=1) * (np.linalg.norm(q) or 1.0) + 1e-9)
+        order = np.argsort(-sims, kind="stable")[:COPY_SENTENCES]
+        return [candidates[i] for i in order], round(float(sims[order[0]]), 4)
+
+    def _extractive_reply(self, reply: Reply) -> str:
+        """Span + citation + supporting sentence, or the decline when the support score is below the
+        calibrated threshold; the cited passage's sentence offsets go into the stored sources."""
+        gen = reply.generation
+        if gen.finish_reason not in ("stop", "length") or not reply.extract:
+            return gen.text  # stopped or failed: what there is, marked as such
+        support = find_support(gen.text, reply.extract)
+        if support is None or (reply.support_score or 0.0) < self.settings.abstain_threshold:
+            reply.short_answer = ""
+            best = reply.extract[0]
+            return decline_text((best.number, best.document, best.sentence))
+        reply.short_answer = short_form(gen.text)
+        for source in reply.sources or []:
+            if source.get("n") == support.number:
+                source.update(cited=True, sentence=[support.start, support.end])
+        return answer_text(gen.text, support)
 
     def _answer_fields(self, reply: Reply) -> dict[str, Any]:
         gen = reply.generation
+        params: dict[str, Any] = gen.params.as_dict()
+        if reply.extract is not None:
+            params.update(extractive=True, span=reply.short_answer, support_score=reply.support_score)
         return dict(model_id=self.backend.model_id, adapter=reply.adapter,
-                    generation_params=gen.params.as_dict(), prompt_messages=reply.prompt_messages,
+                    generation_params=params, prompt_messages=reply.prompt_messages,
                     sources=reply.sources, prompt_tokens=gen.prompt_tokens,
                     completion_tokens=gen.completion_tokens,
                     latency_ms=int((time.perf_counter() - reply.started) * 1000))
@@ -427,7 +512,7 @@ class ChatService:
         with self._lock:
             if self._running.get(reply.conversation_id) is gen:
                 del self._running[reply.conversation_id]
-        final = dict(content=gen.text, error=gen.error,
+        final = dict(content=reply.text, error=gen.error,
                      status=STATUS_BY_FINISH.get(gen.finish_reason or "", "complete"),
                      **self._answer_fields(reply))
         try:

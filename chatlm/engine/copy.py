@@ -40,7 +40,8 @@ class CopyConstraint:
     """Whether each passage token begins with a letter or digit (punctuation may end a span)."""
     entries: list[_Entry]
     eos_ids: frozenset[int]
-    banned_first: frozenset[int] = frozenset()
+    no_start: frozenset[tuple[int, int]] = frozenset()
+    """(passage, position) of word starts no span may begin at (articles, the question's words)."""
     state: State | None = None
     """None before the first token: the answer may start at any word start."""
     _starts: dict[int, set[tuple[int, int, int]]] = field(default_factory=dict, repr=False)
@@ -48,19 +49,23 @@ class CopyConstraint:
     def __post_init__(self) -> None:
         for p, ids in enumerate(self.passages):
             for j, tok in enumerate(ids):
-                if self.word_start[p][j] and self.alnum_start[p][j] and tok not in self.banned_first:
+                if (self.word_start[p][j] and self.alnum_start[p][j] and (p, j) not in self.no_start):
                     self._starts.setdefault(tok, set()).add((0, p, j + 1))
         for e, entry in enumerate(self.entries):
-            if entry.ids and entry.ids[0] not in self.banned_first:
+            if entry.ids:
                 self._starts.setdefault(entry.ids[0], set()).add((1, e, 1))
 
     @classmethod
     def build(cls, passages: Sequence[str], *, encode: Callable[[str], list[int]],
-              token_text: Callable[[int], str], eos_ids: Iterable[int]) -> CopyConstraint:
+              token_text: Callable[[int], str], eos_ids: Iterable[int],
+              avoid_first: Iterable[str] = ()) -> CopyConstraint:
         """Tokenise each passage as it reads inside a prompt (words after the first carry their
-        space) and each word once more without its space, for the reply's first token."""
+        space) and each word once more without its space, for the reply's first token. No span
+        starts with an article or with a word of ``avoid_first`` (the question's own words: a span
+        that starts by repeating the question is an echo, not an answer)."""
         ids_list, starts, alnums, entries = [], [], [], []
-        banned: set[int] = set()
+        skipped: set[tuple[int, int]] = set()
+        avoid = ARTICLES | {w.lower() for w in avoid_first}
         for p, text in enumerate(passages):
             ids = encode(" " + text.strip())
             pieces = [token_text(t) for t in ids]
@@ -77,16 +82,13 @@ class CopyConstraint:
                 while end < len(ids) and not word[end] and pieces[end].strip()[:1].isalnum():
                     end += 1
                 text_word = "".join(pieces[j:end]).strip()
-                if text_word.lower() in ARTICLES:
-                    banned.add(ids[j])
-                    unspaced = encode(text_word)
-                    if unspaced:
-                        banned.add(unspaced[0])
+                if text_word.lower() in avoid:
+                    skipped.add((p, j))
                     continue
                 if text_word:
                     entries.append(_Entry(tuple(encode(text_word)), p, end))
         return cls(passages=ids_list, word_start=starts, alnum_start=alnums, entries=entries,
-                   eos_ids=frozenset(eos_ids), banned_first=frozenset(banned))
+                   eos_ids=frozenset(eos_ids), no_start=frozenset(skipped))
 
     def allowed(self) -> list[int]:
         """Token ids that may come next (an end-of-turn id once the span may end here)."""

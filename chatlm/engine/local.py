@@ -20,6 +20,9 @@ CONTEXT_CAP = 8192
 class LocalBackend:
     """Generates with a transformers model in this process; one scheduler shared by all callers."""
 
+    supports_copy = True
+    """``chat(copy_from=...)`` constrains an answer to spans of given passages."""
+
     def __init__(self, loaded: loader.LoadedModel, *, context_window: int = 0, max_batch: int = 8,
                  queue_size: int = 32) -> None:
         self.loaded = loaded
@@ -70,15 +73,18 @@ class LocalBackend:
         return time.perf_counter() - start
 
     def chat(self, messages: ChatMessages, params: SamplingParams, *,
-             adapter: str | None = None, copy_from: Sequence[str] | None = None) -> Generation:
-        """Start an answer; with ``copy_from`` it is a span copied from those passages."""
+             adapter: str | None = None, copy_from: Sequence[str] | None = None,
+             avoid_first: Sequence[str] = ()) -> Generation:
+        """Start an answer; with ``copy_from`` it is a span copied from those passages (starting
+        with none of the words ``avoid_first``)."""
         if adapter is not None and adapter not in self._adapters:
             raise NotFoundError(f"No adapter named {adapter!r} is loaded.")
         copy = None
         if copy_from:
             copy = CopyConstraint.build(
                 copy_from, encode=lambda t: self.tokenizer.encode(t, add_special_tokens=False),
-                token_text=lambda i: self.tokenizer.decode([i]), eos_ids=self.scheduler.eos_ids)
+                token_text=lambda i: self.tokenizer.decode([i]), eos_ids=self.scheduler.eos_ids,
+                avoid_first=avoid_first)
         return self.scheduler.submit(self.encode(messages), params, adapter=adapter, copy=copy)
 
     def close(self) -> None:

@@ -213,6 +213,10 @@ class Record:
     error: str | None = None
     em: float = 0.0
     f1: float = 0.0
+    extractive: bool = False
+    """Answered by the chat's extractive path (a copied span, or its decline)."""
+    support_score: float | None = None
+    """The extractive path's abstention signal: question-sentence agreement."""
     shown: list[str] = field(default_factory=list, repr=False)
     """Texts of the passages the model was shown (not written to the report)."""
 
@@ -245,10 +249,21 @@ def score(records: Sequence[Record], *, generated: bool = True) -> dict[str, Any
             "has_ans_abstained": _mean([float(r.prediction == "") for r in has]),
             "abstained_by": _count(r.abstained_by for r in records if r.abstained_by),
             "errors": sum(1 for r in records if r.error),
+            "support_auroc": auroc([r.support_score for r in has], [r.support_score for r in no]),
         })
     else:
         out.update(dict.fromkeys(("exact_match", "f1", "has_ans_exact", "has_ans_f1", "no_ans_accuracy"), None))
     return out
+
+
+def auroc(positives: Sequence[float | None], negatives: Sequence[float | None]) -> float | None:
+    """P(score of an answerable question > score of an unanswerable one), ties counting half."""
+    pos = [p for p in positives if p is not None]
+    neg = [n for n in negatives if n is not None]
+    if not pos or not neg:
+        return None
+    wins = sum((p > n) + 0.5 * (p == n) for p in pos for n in neg)
+    return round(wins / (len(pos) * len(neg)), 4)
 
 
 def _count(items: Iterable[str | None]) -> dict[str, int]:
@@ -272,11 +287,31 @@ class Options:
     rule: AbstainRule = field(default_factory=AbstainRule)
     details: bool = False
     progress: bool = True
+    split: str = "all"
 
 
-def select(articles: Sequence[Article], limit: int | None) -> list[tuple[Article, list[Question]]]:
-    """Each article with its questions (the first ``limit`` of each when given)."""
-    return [(a, list(a.questions[:limit] if limit else a.questions)) for a in articles]
+SPLITS = ("all", "calibration", "report")
+
+
+def split_questions(questions: Sequence[Question], split: str) -> list[Question]:
+    """The shared data's convention: within an article, in file order, the first half of the
+    answerable and the first half of the unanswerable questions calibrate; the rest report."""
+    if split == "all":
+        return list(questions)
+    has = [q for q in questions if not q.is_impossible]
+    no = [q for q in questions if q.is_impossible]
+    calibration = {q.id for q in has[: len(has) // 2] + no[: len(no) // 2]}
+    return [q for q in questions if (q.id in calibration) == (split == "calibration")]
+
+
+def select(articles: Sequence[Article], limit: int | None,
+           split: str = "all") -> list[tuple[Article, list[Question]]]:
+    """Each article with the questions of ``split`` (the first ``limit`` of those when given)."""
+    out = []
+    for a in articles:
+        chosen = split_questions(a.questions, split)
+        out.append((a, chosen[:limit] if limit else chosen))
+    return out
 
 
 def evaluate(service: Any, articles: Sequence[Article], options: Options) -> dict[str, Any]:
@@ -298,7 +333,7 @@ def evaluate(service: Any, articles: Sequence[Article], options: Options) -> dic
     params = SamplingParams(temperature=0.0, top_p=1.0, max_new_tokens=options.max_new_tokens)
     params = params.clamped(service.settings.max_new_tokens)
     batch = options.batch or service.settings.max_batch
-    chosen = select(articles, options.limit)
+    chosen = select(articles, options.limit, options.split)
     uid = service.user_id()
     start = time.perf_counter()
     bar = tqdm(total=sum(len(qs) for _, qs in chosen), desc=f"eval qa ({options.mode})", unit="q",
@@ -352,6 +387,8 @@ def evaluate(service: Any, articles: Sequence[Article], options: Options) -> dic
         "adapter": options.adapter,
         "k": options.k,
         "limit": options.limit,
+        "split": options.split,
+        "abstain_threshold": service.settings.abstain_threshold,
         "squad": str(options.squad),
         "n_articles": len(chosen),
         **score(records, generated=generating),
@@ -408,6 +445,13 @@ def _answer_rag(service: Any, rec: Record, q: Question, uid: int, doc_id: int, p
                          short=True)
     raw = reply.run()
     _finish(rec, raw, reply.generation, rec.shown)
+    if reply.extract is not None:  # the chat's own answer: its span, or its decline
+        rec.extractive, rec.support_score = True, reply.support_score
+        rec.answer = reply.short_answer or ""
+        rec.model_abstained = not rec.answer
+        rec.new_words = new_words(rec.answer, rec.question)
+        rec.grounded = grounded(rec.new_words, rec.shown)
+        rec.supported = supported(rec.answer, rec.shown)
 
 
 def _answer_oracle(service: Any, rec: Record, article: Article, q: Question, params: Any,
@@ -450,6 +494,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                      "default: the base model)")
     p.add_argument("--k", type=int, default=3, help="passages retrieved per question (default 3)")
     p.add_argument("--limit", type=int, help="only the first N questions of each article")
+    p.add_argument("--split", choices=SPLITS, default="all",
+                   help="calibration: tune thresholds here; report: quote figures from here (see README)")
     how = p.add_mutually_exclusive_group()
     how.add_argument("--retrieval-only", action="store_true", help="no generation: recall@k and timing")
     how.add_argument("--oracle", action="store_true", help="answer from the gold paragraph alone (reference)")
@@ -478,7 +524,7 @@ def run_cli(args: argparse.Namespace, *, backend_factory: Callable[[Any], Any] |
     options = Options(squad=squad, mode=mode, k=args.k, limit=args.limit, adapter=args.adapter,
                       max_new_tokens=args.max_new_tokens, batch=args.batch,
                       rule=AbstainRule(check=args.check, min_dense=args.min_dense or None),
-                      details=args.details, progress=args.progress)
+                      details=args.details, progress=args.progress, split=args.split)
     articles = load_squad(squad)
     user_settings = Settings.from_env()
     adapter_path = _registered_adapter(user_settings, args.adapter) if mode != "retrieval-only" else None

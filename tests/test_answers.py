@@ -1,0 +1,83 @@
+"""Extractive answers about a loaded text: which requests get one, the supporting sentence, the
+reply as stored, and the decline (pure functions, then the service over the tiny random model)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from chatlm.engine.params import SamplingParams
+from chatlm.knowledge.answer import decline_text, find_support, is_factoid, sentences, short_form
+from chatlm.prompts import NOT_FOUND
+from chatlm.server import make_service
+
+TEXT = ("Acme Widgets was founded in 1987 by Dana Kowalski in Tacoma. The company makes brass hinges.\n"
+        "Its head office moved to Boise in 2004. Acme employs 340 people.")
+
+
+@pytest.mark.parametrize(("request_text", "factoid"), [
+    ("Who founded Acme Widgets?", True), ("When was Acme founded?", True),
+    ("How many people does Acme employ?", True), ("In which city is the head office", True),
+    ("Summarise the text.", False), ("Explain how the company grew.", False),
+    ("Compare the two offices.", False), ("Why did the office move?", False),
+    ("How does the hinge work?", False), ("Is Acme profitable?", False), ("", False),
+])
+def test_factoid_questions_are_told_from_other_requests(request_text: str, factoid: bool) -> None:
+    assert is_factoid(request_text) is factoid
+
+
+def test_sentences_carry_their_offsets_and_support_finds_the_span() -> None:
+    found = sentences([(2, "acme.txt", TEXT)])
+    assert [s.sentence for s in found] == [
+        "Acme Widgets was founded in 1987 by Dana Kowalski in Tacoma.", "The company makes brass hinges.",
+        "Its head office moved to Boise in 2004.", "Acme employs 340 people."]
+    assert all(TEXT[s.start:s.end] == s.sentence and s.number == 2 for s in found)
+    support = find_support("Dana Kowalski", found)
+    assert support is not None and support.sentence.startswith("Acme Widgets was founded")
+    assert find_support("Priya Raman", found) is None and find_support("  ", found) is None
+    assert short_form(" Boise in 2004.") == "Boise in 2004"
+    declined = decline_text((1, "acme.txt", "Its head office moved to Boise in 2004."))
+    assert declined.startswith(NOT_FOUND) and "[1] (acme.txt)" in declined
+
+
+@pytest.fixture
+def service(settings, tiny_backend):
+    return make_service(settings, tiny_backend)
+
+
+def _ask(service, question: str):
+    uid = service.user_id()
+    conv = service.new_conversation(uid)
+    service.library.load(user_id=uid, conversation_id=conv.id, name="acme.txt", text=TEXT)
+    reply = service.send(uid, conv.id, question, SamplingParams(temperature=1.0, max_new_tokens=8, seed=1))
+    shown = "".join(reply)
+    return reply, shown, service.history(uid, conv.id)[-1][0]
+
+
+def test_a_factoid_question_gets_a_copied_span_its_citation_and_its_sentence(service) -> None:
+    reply, shown, stored = _ask(service, "Who founded Acme Widgets?")
+    assert reply.extract is not None and reply.short_answer  # even a random model only copies
+    span = reply.short_answer
+    sentence = next(s.sentence for s in reply.extract if span.lower() in s.sentence.lower())
+    assert shown == stored.content == f"{span} [1]\n\n> “{sentence}”"
+    assert stored.generation_params["extractive"] is True and stored.generation_params["temperature"] == 0.0
+    cited = [s for s in stored.sources if s.get("cited")]
+    assert len(cited) == 1
+    chunk = service.library.chunk_texts([cited[0]["chunk_id"]])[cited[0]["chunk_id"]]
+    start, end = cited[0]["sentence"]
+    assert chunk[start:end] == sentence  # the sources panel can highlight exactly this
+    assert 0.0 < reply.support_score <= 1.0
+
+
+def test_below_the_threshold_the_reply_says_the_text_does_not_say(service) -> None:
+    service.settings = dataclasses.replace(service.settings, abstain_threshold=1.01)
+    reply, shown, stored = _ask(service, "What is the name of Acme's dog?")
+    assert reply.short_answer == "" and stored.content == shown
+    assert shown.startswith(NOT_FOUND) and "The closest passage is [1] (acme.txt)" in shown
+
+
+def test_a_request_to_summarise_gets_a_free_form_grounded_answer(service) -> None:
+    reply, _, stored = _ask(service, "Summarise the text.")
+    assert reply.extract is None and "extractive" not in stored.generation_params
+    assert "Passages:" in stored.prompt_messages[-1]["content"]
