@@ -55,7 +55,7 @@ class Settings:
     """Model id asked of the remote server; empty means its first listed model."""
     api_keys: tuple[str, ...] = field(default_factory=tuple)
     """Keys accepted by ``/v1``; empty means the API is open."""
-    abstain_threshold: float = 0.0
+    abstain_threshold: float = 0.6
     """An extractive answer whose support score (cosine of question and supporting sentence under
     the embedding model) is below this is declined: "the text does not say". Calibrated on the
     calibration split of the shared SQuAD sample (see the README)."""

@@ -81,7 +81,11 @@ class KnowledgePanel:
         texts = self.service.library.chunk_texts([s["chunk_id"] for s in answers[-1].sources])
         lines = ["**Sources of the last answer**"]
         for src in answers[-1].sources:
-            body = texts.get(src["chunk_id"], "").strip().replace("\n", " ")
+            text = texts.get(src["chunk_id"], "")
+            if src.get("sentence"):  # the sentence that proves the answer, highlighted
+                start, end = src["sentence"]
+                text = f"{text[:start]}**{text[start:end]}**{text[end:]}"
+            body = text.strip().replace("\n", " ")
             lines.append(f"[{src['n']}] *{src['document']}*: {body}")
         return "\n\n".join(lines)
 
