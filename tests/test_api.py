@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import threading
+import time
 
 import httpx
 import openai
@@ -99,3 +101,107 @@ def test_api_keys(start_server, bundled_backend) -> None:
     with pytest.raises(openai.AuthenticationError):
         client(server, "wrong").models.list()
     assert client(server, "s3cret").models.list().data
+
+
+# ---- probing as an outsider: the tiny random model, every answer in OpenAI's error shape --------
+TINY = "tiny-random"
+HI = [{"role": "user", "content": "hi"}]
+
+
+@pytest.fixture
+def tiny_server(start_server, tiny_backend):
+    return start_server(tiny_backend)
+
+
+def openai_error(response: httpx.Response, status: int) -> dict:
+    """The body's error, after checking the status and that the body has OpenAI's shape exactly."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    body = response.json()
+    assert list(body) == ["error"] and set(body["error"]) == {"message", "type", "param", "code"}
+    return body["error"]
+
+
+def test_oversized_bodies_are_refused_before_reading(tiny_server) -> None:
+    c = client(tiny_server)
+    started = time.monotonic()
+    with pytest.raises(openai.APIStatusError) as exc:  # Content-Length says 5 MB
+        c.chat.completions.create(model=TINY, messages=[{"role": "user", "content": "x" * 5_000_000}])
+    assert exc.value.status_code == 413 and "limit of 4 MB" in exc.value.body["message"]
+    assert time.monotonic() - started < 5  # it was 20 s of tokenising before a 400
+
+    big = json.dumps({"model": TINY, "messages": [{"role": "user", "content": "x" * 5_000_000}]}).encode()
+
+    def chunked():  # no Content-Length: counted while read
+        for i in range(0, len(big), 1 << 16):
+            yield big[i : i + (1 << 16)]
+
+    raw = httpx.post(f"{tiny_server.url}/v1/chat/completions", content=chunked(), timeout=60,
+                     headers={"content-type": "application/json"})
+    assert openai_error(raw, 413)["code"] == "request_too_large"
+
+
+def test_long_messages_are_refused_before_tokenising(tiny_server, monkeypatch) -> None:
+    c = client(tiny_server)
+    tokenizer = tiny_server.app.service.backend.tokenizer
+    calls: list[int] = []
+    original = tokenizer.apply_chat_template
+    monkeypatch.setattr(tokenizer, "apply_chat_template",
+                        lambda *a, **k: calls.append(1) or original(*a, **k))
+    with pytest.raises(openai.BadRequestError) as exc:
+        c.chat.completions.create(model=TINY, messages=[{"role": "user", "content": "y" * 100_001}])
+    assert "at most 100000 characters" in exc.value.body["message"]
+    assert exc.value.body["param"] == "messages.0"
+    parts = [{"type": "text", "text": "y" * 60_000}] * 2  # content parts count together
+    with pytest.raises(openai.BadRequestError, match="at most 100000 characters"):
+        c.chat.completions.create(model=TINY, messages=[{"role": "user", "content": parts}])
+    many = [{"role": "user", "content": "y " * 45_000}] * 5  # each fits, together 450 000
+    with pytest.raises(openai.BadRequestError, match="at most 400000 characters in all"):
+        c.chat.completions.create(model=TINY, messages=many)
+    assert calls == []  # nothing was tokenised
+    assert c.chat.completions.create(model=TINY, messages=HI, max_tokens=2).choices
+    assert calls  # the spy does see a request that is tokenised
+
+
+def test_out_of_range_sampling_values_are_refused(tiny_server) -> None:
+    c = client(tiny_server)
+    for kwargs, words in [({"seed": 2**80}, "seed must be between"),
+                          ({"seed": -(2**63) - 1}, "seed must be between"),
+                          ({"extra_body": {"top_k": -1}}, "top_k must be"),
+                          ({"stop": [""]}, "stop strings must not be empty"),
+                          ({"stop": ""}, "stop strings must not be empty"),
+                          ({"max_completion_tokens": 0}, "max_tokens must be at least 1")]:
+        with pytest.raises(openai.BadRequestError) as exc:
+            c.chat.completions.create(model=TINY, messages=HI, max_tokens=3, **kwargs)
+        assert words in exc.value.body["message"], (kwargs, exc.value.body)
+    for seed in (2**63 - 1, -(2**63), 0):  # the whole signed 64-bit range works, as at OpenAI
+        out = c.chat.completions.create(model=TINY, messages=HI, max_tokens=3, temperature=1, seed=seed)
+        assert out.choices[0].finish_reason in ("length", "stop")
+
+
+def test_every_v1_error_has_the_openai_shape(tiny_server, monkeypatch) -> None:
+    url = f"{tiny_server.url}/v1/chat/completions"
+    json_header = {"content-type": "application/json"}
+    bad_utf8 = openai_error(httpx.post(url, content=b'{"model": "\xff\xfe"}', headers=json_header), 400)
+    assert "not valid UTF-8" in bad_utf8["message"]
+    deep = openai_error(httpx.post(url, content=b"[" * 100_000 + b"]" * 100_000, headers=json_header), 400)
+    assert "nested too deeply" in deep["message"]
+    broken = openai_error(httpx.post(url, content=b"{not json", headers=json_header), 400)
+    assert "not valid JSON" in broken["message"] and broken["param"] is None
+    plain = openai_error(httpx.post(url, content=json.dumps({"model": TINY, "messages": HI}),
+                                    headers={"content-type": "text/plain"}), 400)
+    assert "application/json" in plain["message"]
+    assert "Unknown endpoint" in openai_error(httpx.get(f"{tiny_server.url}/v1/nope"), 404)["message"]
+    assert openai_error(httpx.get(f"{tiny_server.url}/v1"), 404)["code"] == "not_found"
+    wrong = httpx.get(url)
+    assert "use POST" in openai_error(wrong, 405)["message"] and wrong.headers["allow"] == "POST"
+
+    def boom(*_a, **_k):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(tiny_server.app.service, "generate", boom)
+    failed = openai_error(httpx.post(url, json={"model": TINY, "messages": HI}), 500)
+    assert failed["type"] == "server_error" and "a bug" not in failed["message"]
+    # the UI mounted at / keeps its own errors
+    outside = httpx.get(f"{tiny_server.url}/no-such-page")
+    assert outside.status_code == 404 and "error" not in outside.json()

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from chatlm.errors import InputError
 from chatlm.knowledge.chunk import ChunkSpan, chunk_text, estimate_tokens
-from chatlm.knowledge.parse import parse_bytes, parse_text
+from chatlm.knowledge.parse import decode_text, parse_bytes, parse_text
 
 
 def make_pdf(text: str) -> bytes:
@@ -50,6 +50,66 @@ def test_plain_text_other_encodings() -> None:
     text = "Der Bär aß Käse, während Jürgen Wörter zählte und Öl über Straßen goß."
     assert parse_bytes(text.encode("latin-1"), "a.txt") == text
     assert parse_bytes(text.encode("utf-16"), "a.txt") == text  # NULs allowed behind a BOM
+
+
+# Legacy text that charset-normalizer alone got wrong (cp1252 read as cp1250: "déjŕ", "naďve";
+# short GBK read as Korean), beside texts it got right, which must stay right.
+WESTERN = [
+    "Café déjà vu – naïve",
+    "naïve",
+    "L'été à Noël",
+    "Smörgåsbord på Öland",
+    "Ça coûte 5 € — «très» cher",
+    "Señor Muñoz, ¿qué tal?",
+    "São Paulo é uma cidade enorme, não?",
+    "Æbleskiver og rødgrød med fløde",
+    "Le cœur a ses raisons que la raison ne connaît point.",
+    "Perché la città è così bella? Però sì.",
+    "La température est de 25°C et l’eau est à 18°C.",
+    "Les élèves ont été très sages ; « c'est une époque où l'on s'interroge », a-t-il ajouté. " * 4,
+]
+CENTRAL = [
+    "Příliš žluťoučký kůň úpěl ďábelské ódy",
+    "Čeština je těžká",
+    "Zażółć gęślą jaźń",
+    "Węgierski jest trudniejszy niż polski.",
+    "Árvíztűrő tükörfúrógép",
+    "Ľúbostný list",
+    "V Brně je hezky, ale v Ostravě prší.",
+    "Česká republika je vnitrozemský stát ve střední Evropě; hlavním městem je Praha. " * 4,
+]
+OTHERS = [
+    ("gbk", "你好世界"),
+    ("gbk", "数据库连接失败，请稍后重试。"),
+    ("cp1251", "Съешь же ещё этих мягких французских булок, да выпей чаю."),
+    ("shift_jis", "日本語のテキストです。これはテストです。"),
+    ("cp1253", "Καλημέρα κόσμε, τι κάνεις;"),
+    ("utf-16", "Příliš žluťoučký kůň, 你好"),  # with a BOM
+    ("utf-16-le", "Café déjà vu – naïve, no BOM"),
+    ("utf-16-be", "Příliš žluťoučký kůň, no BOM"),
+]
+
+
+@pytest.mark.parametrize("text", WESTERN)
+def test_western_european_legacy_text(text: str) -> None:
+    assert parse_bytes(text.encode("cp1252"), "a.txt") == text.strip()
+
+
+@pytest.mark.parametrize("text", CENTRAL)
+def test_central_european_legacy_text(text: str) -> None:
+    assert parse_bytes(text.encode("cp1250"), "a.txt") == text.strip()
+
+
+@pytest.mark.parametrize(("encoding", "text"), OTHERS)
+def test_other_encodings_still_decode(encoding: str, text: str) -> None:
+    assert decode_text(text.encode(encoding), "a.txt") == text
+
+
+def test_unterminated_markup_at_the_end_is_not_text() -> None:
+    for html in ("<p>Hello</p><img src=x onerror=alert(1)", "<p>Hello</p><!-- <script>steal()",
+                 "<p>Hello</p><a href='javascript:x()' onclick='y()'"):
+        assert parse_bytes(html.encode(), "page.html") == "Hello"
+    assert parse_bytes(b"<p>a &lt; b</p>and 3 < 4 &amp", "page.html") == "a < b\nand 3 < 4 &"  # text stays
 
 
 @pytest.mark.parametrize(

@@ -1,7 +1,9 @@
 """OpenAI-compatible ``/v1`` routes on the same process and port as the UI, over the same scheduler.
 
 The API is stateless like OpenAI's: callers send the whole conversation each time and nothing is
-stored; chats kept for ratings and training are the UI's.
+stored; chats kept for ratings and training are the UI's. Every error under ``/v1`` has OpenAI's
+shape ``{"error": {"message", "type", "param", "code"}}``, whatever went wrong (a bad body, an
+unknown path, a bug); bodies and messages are size-checked before anything costly is done.
 """
 
 from __future__ import annotations
@@ -11,19 +13,34 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, Field
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from pydantic import BaseModel, Field, model_validator
+from pydantic_core import PydanticCustomError
+from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from chatlm.engine.params import SamplingParams
 from chatlm.engine.scheduler import Generation
 from chatlm.errors import ChatLMError, InputError, NotFoundError
-from chatlm.service import ChatService
+from chatlm.service import MAX_MESSAGE_CHARS, ChatService
 
 _END = object()
+PREFIX = "/v1"
+MAX_BODY_BYTES = 4 * 1024 * 1024
+"""A request body above this is refused with 413 before it is parsed (from Content-Length, or
+while reading a chunked body). It holds MAX_TOTAL_CHARS even written as JSON ``\\uXXXX`` escapes
+(6 bytes a character)."""
+MAX_TOTAL_CHARS = 4 * MAX_MESSAGE_CHARS
+"""All messages of one request together; each one may have MAX_MESSAGE_CHARS, as in the UI."""
+_TOO_LARGE = (f"The request body is larger than the limit of {MAX_BODY_BYTES // 1024**2} MB; send "
+              f"messages of at most {MAX_MESSAGE_CHARS} characters.", "request_too_large")
+_ROUTES = {"/models": "GET", "/chat/completions": "POST", "/adapters": "POST"}
 
 
 class ContentPart(BaseModel):
@@ -39,6 +56,15 @@ class ChatMessageIn(BaseModel):
         if isinstance(self.content, list):
             return "".join(p.text for p in self.content)
         return self.content or ""
+
+    @model_validator(mode="after")
+    def _fits(self) -> Self:
+        """Refused here, before tokenising: a 5 MB message took 20 s to tokenise before its 400."""
+        if len(self.text()) > MAX_MESSAGE_CHARS:
+            raise PydanticCustomError("message_too_long",
+                                      "a message may have at most {limit} characters",
+                                      {"limit": MAX_MESSAGE_CHARS})
+        return self
 
 
 class StreamOptions(BaseModel):
@@ -67,16 +93,64 @@ class ChatCompletionRequest(BaseModel):
     seed: int | None = None
     n: int = 1
 
+    @model_validator(mode="after")
+    def _fits(self) -> Self:
+        if sum(len(m.text()) for m in self.messages) > MAX_TOTAL_CHARS:
+            raise PydanticCustomError("messages_too_long",
+                                      "the messages may have at most {limit} characters in all",
+                                      {"limit": MAX_TOTAL_CHARS})
+        return self
+
 
 def error_body(message: str, kind: str, code: str | None = None, param: str | None = None) -> dict:
     return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 
-def _error(status: int, message: str, code: str, param: str | None = None) -> JSONResponse:
+def _error(status: int, message: str, code: str, param: str | None = None,
+           headers: dict[str, str] | None = None) -> JSONResponse:
     kind = "invalid_request_error" if status < 500 else "server_error"
     if status == 401:
         kind = "authentication_error"
-    return JSONResponse(error_body(message, kind, code, param), status_code=status)
+    return JSONResponse(error_body(message, kind, code, param), status_code=status, headers=headers)
+
+
+def _is_api(request: Request) -> bool:
+    return _is_api_path(request.url.path)
+
+
+def _is_api_path(path: str) -> bool:
+    return path == PREFIX or path.startswith(PREFIX + "/")
+
+
+class _ContentLengthLimit:
+    """Refuses a /v1 request whose Content-Length is over MAX_BODY_BYTES before reading any of it.
+    A chunked body is counted while read by the router's ``max_body_size``; that limit alone would
+    answer a declared length in plain text, not in OpenAI's shape."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and _is_api_path(scope["path"]):
+            length = Headers(scope=scope).get("content-length", "")
+            if length.isdigit() and int(length) > MAX_BODY_BYTES:
+                await _error(413, *_TOO_LARGE)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def _http_message(exc: StarletteHTTPException) -> tuple[str, str]:
+    """A user-facing message and code for Starlette's and FastAPI's own HTTP errors."""
+    if exc.status_code == 413:
+        return _TOO_LARGE
+    if exc.status_code == 400:  # FastAPI could not read the body as JSON at all
+        cause = exc.__cause__
+        if isinstance(cause, UnicodeDecodeError):
+            return "Invalid request: the body is not valid UTF-8.", "invalid_json"
+        if isinstance(cause, RecursionError):
+            return "Invalid request: the body's JSON is nested too deeply.", "invalid_json"
+        return "Invalid request: the body could not be parsed as JSON.", "invalid_json"
+    return str(exc.detail), "http_error"
 
 
 class OpenAIRoutes:
@@ -97,11 +171,19 @@ class OpenAIRoutes:
             raise _AuthError()
 
     def install(self, app: FastAPI) -> None:
-        router = APIRouter(prefix="/v1", dependencies=[Depends(self._auth)])
+        """Add the routes (with a catch-all for the rest of ``/v1``, so that an unknown path or
+        method is answered here and not by the UI mounted at ``/``) and the error handlers, which
+        keep FastAPI's own answers for paths outside ``/v1``."""
+        router = APIRouter(prefix=PREFIX, dependencies=[Depends(self._auth)],
+                           max_body_size=MAX_BODY_BYTES)
         router.add_api_route("/models", self.list_models, methods=["GET"])
         router.add_api_route("/chat/completions", self.chat_completions, methods=["POST"])
         router.add_api_route("/adapters", self.load_adapter, methods=["POST"])
+        for path in ("", "/{path:path}"):
+            router.add_api_route(path, self.unknown, include_in_schema=False,
+                                 methods=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"])
         app.include_router(router)
+        app.add_middleware(_ContentLengthLimit)
 
         @app.exception_handler(_AuthError)
         async def _auth_error(_: Request, __: _AuthError) -> JSONResponse:
@@ -109,15 +191,47 @@ class OpenAIRoutes:
                           "invalid_api_key")
 
         @app.exception_handler(RequestValidationError)
-        async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
             first = exc.errors()[0] if exc.errors() else {}
+            if first.get("type") == "json_invalid":
+                reason = (first.get("ctx") or {}).get("error", "invalid JSON")
+                return _error(400, f"Invalid request: the body is not valid JSON ({reason}).",
+                              "invalid_json")
+            if tuple(first.get("loc", ())) == ("body",) and "json" not in request.headers.get(
+                    "content-type", ""):
+                return _error(400, "Invalid request: send the body as a JSON object with "
+                              "`Content-Type: application/json`.", "invalid_json")
             where = ".".join(str(p) for p in first.get("loc", ())[1:]) or None
             return _error(400, f"Invalid request: {first.get('msg', 'malformed body')}"
                           + (f" ({where})" if where else ""), "invalid_request", where)
 
+        @app.exception_handler(StarletteHTTPException)
+        async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+            if not _is_api(request):
+                return await http_exception_handler(request, exc)
+            message, code = _http_message(exc)
+            return _error(exc.status_code, message, code, headers=exc.headers)
+
         @app.exception_handler(ChatLMError)
         async def _chatlm_error(_: Request, exc: ChatLMError) -> JSONResponse:
             return _error(exc.status_code, exc.message, exc.code)
+
+        @app.exception_handler(Exception)
+        async def _bug(request: Request, _: Exception) -> Response:
+            if not _is_api(request):
+                return PlainTextResponse("Internal Server Error", status_code=500)
+            return _error(500, "The server failed on this request; it has been logged.",
+                          "internal_error")
+
+    async def unknown(self, request: Request) -> JSONResponse:
+        """Anything under /v1 that is no route: OpenAI-shaped 404, or 405 for a wrong method."""
+        path = request.url.path
+        allowed = _ROUTES.get(path.removeprefix(PREFIX))
+        if allowed:
+            return _error(405, f"{request.method} is not allowed on {path}; use {allowed}.",
+                          "method_not_allowed", headers={"Allow": allowed})
+        return _error(404, f"Unknown endpoint {request.method} {path}; the API serves "
+                      + ", ".join(f"{m} {PREFIX}{r}" for r, m in _ROUTES.items()) + ".", "not_found")
 
     async def list_models(self) -> dict[str, Any]:
         now = int(time.time())
@@ -135,7 +249,7 @@ class OpenAIRoutes:
         adapter = self._adapter_for(body.model)
         if body.n != 1:
             raise InputError("Only n=1 is supported.")
-        max_tokens = body.max_completion_tokens or body.max_tokens
+        max_tokens = body.max_tokens if body.max_completion_tokens is None else body.max_completion_tokens
         if max_tokens is not None and max_tokens < 1:
             raise InputError(f"max_tokens must be at least 1, got {max_tokens}")
         stop = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())

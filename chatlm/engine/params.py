@@ -8,6 +8,8 @@ from chatlm.errors import InputError
 
 MAX_STOP_STRINGS = 4
 MAX_STOP_LENGTH = 64
+SEED_MIN, SEED_MAX = -(2**63), 2**63 - 1
+"""OpenAI's range for ``seed`` (a signed 64-bit integer); torch's generator takes all of it."""
 
 
 @dataclass(frozen=True)
@@ -40,12 +42,18 @@ class SamplingParams:
             raise InputError(f"temperature must be between 0 and 2, got {self.temperature}")
         if not 0.0 < self.top_p <= 1.0:
             raise InputError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise InputError(f"top_k must be 0 (no cut) or more, got {self.top_k}")
         if self.max_new_tokens < 1:
             raise InputError(f"max_tokens must be at least 1, got {self.max_new_tokens}")
         if len(self.stop) > MAX_STOP_STRINGS or any(len(s) > MAX_STOP_LENGTH for s in self.stop):
             raise InputError(
                 f"stop takes at most {MAX_STOP_STRINGS} strings of {MAX_STOP_LENGTH} characters"
             )
+        if not all(self.stop):
+            raise InputError("stop strings must not be empty")
+        if self.seed is not None and not SEED_MIN <= self.seed <= SEED_MAX:
+            raise InputError(f"seed must be between {SEED_MIN} and {SEED_MAX}, got {self.seed}")
         return self
 
     def as_dict(self) -> dict[str, object]:
