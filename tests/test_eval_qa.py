@@ -186,6 +186,29 @@ def test_generating_modes_with_a_tiny_model(tmp_path, monkeypatch, tiny_backend,
     assert len(report["abstain_variants"]) == 8
 
 
+def test_together_and_conversation_ask_through_one_knowledge_base_and_one_chat(tmp_path, monkeypatch,
+                                                                            tiny_backend) -> None:
+    from chatlm.service import ChatService
+
+    monkeypatch.setenv("CHATLM_DATA_DIR", str(tmp_path / "d"))
+    asked: list[tuple[int, int]] = []  # (conversation, documents it holds) of every question asked
+    send = ChatService.send
+
+    def spy(self, user_id, conversation_id, content, *args, **kwargs):
+        asked.append((conversation_id, len(self.library.documents(conversation_id))))
+        return send(self, user_id, conversation_id, content, *args, **kwargs)
+
+    monkeypatch.setattr(ChatService, "send", spy)
+    out = tmp_path / "r.json"
+    assert qa.run_cli(_args(easy_file(tmp_path), out, together=True, conversation=True),
+                      backend_factory=lambda _settings: tiny_backend) == 0
+    report = json.loads(out.read_text())
+    assert report["together"] and report["conversation"] and report["n_questions"] == 6
+    assert report["retrieval_recall_at_k"] == 1.0  # the right article is found among both
+    assert {docs for _, docs in asked} == {2}  # each chat holds both articles
+    assert len({conv for conv, _ in asked}) == 2  # one chat per article, all its questions in it
+
+
 def test_unknown_adapter_is_a_clear_error(tmp_path, monkeypatch, tiny_backend) -> None:
     from chatlm.errors import ChatLMError
 

@@ -288,6 +288,10 @@ class Options:
     details: bool = False
     progress: bool = True
     split: str = "all"
+    together: bool = False
+    """Every article in one knowledge base (retrieval must find the right one among them)."""
+    conversation: bool = False
+    """Each article's questions asked in sequence in one chat."""
 
 
 SPLITS = ("all", "calibration", "report")
@@ -343,23 +347,36 @@ def evaluate(service: Any, articles: Sequence[Article], options: Options) -> dic
     per_article: list[dict[str, Any]] = []
     load_seconds = 0.0
     fusion = True
+    shared: tuple[Any, list[int]] | None = None
+    if options.together:  # every article in one knowledge base, as a user with many documents has
+        t0 = time.perf_counter()
+        home = service.new_conversation(uid)
+        ids = [service.library.load(user_id=uid, conversation_id=home.id, name=a.title, text=a.text).id
+               for a, _ in chosen]
+        service.library.wait_for_embeddings()
+        shared = (home, ids)
+        load_seconds += time.perf_counter() - t0
     try:
         for article, questions in chosen:
             t0 = time.perf_counter()
-            home = service.new_conversation(uid)
-            doc = service.library.load(user_id=uid, conversation_id=home.id, name=article.title,
-                                       text=article.text)
-            service.library.wait_for_embeddings()
+            if shared is None:
+                home = service.new_conversation(uid)
+                doc_ids = [service.library.load(user_id=uid, conversation_id=home.id, name=article.title,
+                                                text=article.text).id]
+                service.library.wait_for_embeddings()
+            else:
+                home, doc_ids = shared
             built = service.library.index_for(home.id)
             fusion = fusion and built is not None and built.index.has_dense
             load_seconds += time.perf_counter() - t0
+            chat = _new_chat(service, uid, doc_ids) if options.conversation else None
 
             def one(q: Question, article: Article = article, home_id: int = home.id,
-                    doc_id: int = doc.id) -> Record:
+                    doc_ids: list[int] = doc_ids, chat: int | None = chat) -> Record:
                 rec = _retrieve(service, article, q, home_id, options.k)
                 try:
                     if options.mode == "rag":
-                        _answer_rag(service, rec, q, uid, doc_id, params, options)
+                        _answer_rag(service, rec, q, uid, chat or _new_chat(service, uid, doc_ids), params, options)
                     elif options.mode == "oracle":
                         _answer_oracle(service, rec, article, q, params, options)
                 except ChatLMError as exc:  # e.g. a prompt too long: counted, not fatal
@@ -370,7 +387,8 @@ def evaluate(service: Any, articles: Sequence[Article], options: Options) -> dic
                 return rec
 
             t1 = time.perf_counter()
-            with ThreadPoolExecutor(max_workers=batch if generating else 1,
+            # one chat: its questions in sequence, each after the answer before it
+            with ThreadPoolExecutor(max_workers=1 if chat or not generating else batch,
                                     thread_name_prefix="eval-qa") as pool:
                 done = list(pool.map(one, questions))
             records.extend(done)
@@ -388,6 +406,8 @@ def evaluate(service: Any, articles: Sequence[Article], options: Options) -> dic
         "k": options.k,
         "limit": options.limit,
         "split": options.split,
+        "together": options.together,
+        "conversation": options.conversation,
         "abstain_threshold": service.settings.abstain_threshold,
         "squad": str(options.squad),
         "n_articles": len(chosen),
@@ -436,12 +456,18 @@ def _finish(rec: Record, raw: str, generation: Any, shown: Sequence[str]) -> Non
     rec.supported = supported(rec.answer, shown)
 
 
-def _answer_rag(service: Any, rec: Record, q: Question, uid: int, doc_id: int, params: Any,
-                options: Options) -> None:
-    # one conversation per question, so no answer sees another's history and none cancels another
+def _new_chat(service: Any, uid: int, doc_ids: Sequence[int]) -> int:
+    """A conversation with the documents attached, as a user who loaded them has."""
     conv = service.new_conversation(uid)
-    service.library.attach(user_id=uid, conversation_id=conv.id, document_id=doc_id)
-    reply = service.send(uid, conv.id, q.question, params, adapter=options.adapter, k=options.k,
+    for doc_id in doc_ids:
+        service.library.attach(user_id=uid, conversation_id=conv.id, document_id=doc_id)
+    return int(conv.id)
+
+
+def _answer_rag(service: Any, rec: Record, q: Question, uid: int, conversation_id: int, params: Any,
+                options: Options) -> None:
+    """Ask through the chat's own path: a chat per question, or (``--conversation``) one for all."""
+    reply = service.send(uid, conversation_id, q.question, params, adapter=options.adapter, k=options.k,
                          short=True)
     raw = reply.run()
     _finish(rec, raw, reply.generation, rec.shown)
@@ -494,6 +520,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                      "default: the base model)")
     p.add_argument("--k", type=int, default=3, help="passages retrieved per question (default 3)")
     p.add_argument("--limit", type=int, help="only the first N questions of each article")
+    p.add_argument("--together", action="store_true", help="all articles of the file in one knowledge base")
+    p.add_argument("--conversation", action="store_true", help="each article's questions in one chat, in order")
     p.add_argument("--split", choices=SPLITS, default="all",
                    help="calibration: tune thresholds here; report: quote figures from here (see README)")
     how = p.add_mutually_exclusive_group()
@@ -524,7 +552,8 @@ def run_cli(args: argparse.Namespace, *, backend_factory: Callable[[Any], Any] |
     options = Options(squad=squad, mode=mode, k=args.k, limit=args.limit, adapter=args.adapter,
                       max_new_tokens=args.max_new_tokens, batch=args.batch,
                       rule=AbstainRule(check=args.check, min_dense=args.min_dense or None),
-                      details=args.details, progress=args.progress, split=args.split)
+                      details=args.details, progress=args.progress, split=args.split,
+                      together=args.together, conversation=args.conversation)
     articles = load_squad(squad)
     user_settings = Settings.from_env()
     adapter_path = _registered_adapter(user_settings, args.adapter) if mode != "retrieval-only" else None
