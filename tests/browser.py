@@ -204,8 +204,11 @@ def answers(server: Any) -> list[Any]:
 
 def wait_answer(page: Any, server: Any, count: int) -> Any:
     """Wait until ``count`` answers are stored and the newest is the one on screen; return it."""
-    msg = wait_for(lambda: len(answers(server)) >= count and answers(server)[count - 1],
-                   f"answer #{count} to be stored")
+    def stored() -> Any:  # an answer's row exists while it streams ("pending"): wait for its end
+        rows = answers(server)
+        return len(rows) >= count and rows[count - 1].status != "pending" and rows[count - 1]
+
+    msg = wait_for(stored, f"answer #{count} to be stored")
     shown = msg.content + (" ⏹" if msg.status == "stopped" else "")
     wait_for(lambda: bot_texts(page) and bot_texts(page)[-1].strip() == shown.strip(),
              "the stored answer to be shown")

@@ -300,4 +300,6 @@ def _shown_text(content: str, status: str) -> str:
         return content + " ⏹"
     if status == "error":
         return content + " ⚠"
+    if status == "interrupted":
+        return content + " … (interrupted: the server stopped while answering)"
     return content
