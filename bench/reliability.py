@@ -74,6 +74,9 @@ def _writer_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=16)
     p.add_argument("--writes", type=int, default=500, help="writes per thread")
     p.add_argument("--progress-interval", type=float, default=0.005, help="seconds between progress rows")
+    p.add_argument("--writers-time-limit", type=float, default=600, help="no write starts after this many seconds")
+    p.add_argument("--no-retrieval", action="store_true",
+                   help="a library that opens no second session (isolates the store from the pool bug)")
 
 
 def crash(args: argparse.Namespace, work: Path) -> dict[str, Any]:
@@ -98,7 +101,9 @@ def writers(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     from reliability_writers import WritersConfig, run
 
     cfg = WritersConfig(threads=args.threads, writes=args.writes, progress_interval=args.progress_interval,
-                        work=work / "writers", progress=not args.no_progress)
+                        time_limit=args.writers_time_limit, no_retrieval=args.no_retrieval,
+                        work=work / "writers" / ("no-retrieval" if args.no_retrieval else "service"),
+                        progress=not args.no_progress)
     return run(cfg)
 
 
@@ -115,12 +120,13 @@ def main(argv: list[str] | None = None) -> int:
         for name in names:
             result = {"code": _git(), **PARTS[name](args, work)}
             result["command"] = " ".join(["bench/reliability.py", *(argv if argv is not None else sys.argv[1:])])
-            write_json(name, result, args.out)
-            results[name] = result
+            key = f"{name}_no_retrieval" if name == "writers" and args.no_retrieval else name
+            write_json(key, result, args.out)
+            results[key] = result
     finally:
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)
-    print(json.dumps(results if len(results) > 1 else results[names[0]], indent=2))
+    print(json.dumps(results if len(results) > 1 else next(iter(results.values())), indent=2))
     return 0
 
 

@@ -36,6 +36,11 @@ class WritersConfig:
     threads: int = 16
     writes: int = 500
     progress_interval: float = 0.005
+    time_limit: float = 600
+    """No write starts after this many seconds (a stuck pool would otherwise take hours)."""
+    no_retrieval: bool = False
+    """Give the service a library that opens no session of its own: the store alone, without the
+    second pooled connection ``send`` takes for knowledge retrieval while holding its first."""
     work: Path = Path("/tmp/chatlm-reliability/writers")
     progress: bool = True
 
@@ -52,9 +57,20 @@ class Expected:
     titles: dict[int, str] = field(default_factory=dict)
     errors: Counter[str] = field(default_factory=Counter)
     latencies: list[float] = field(default_factory=list)
+    not_started: int = 0
+    failed: Counter[str] = field(default_factory=Counter)
+    """Failed writes by kind (message, rating, rename)."""
 
 
-def _writer(service: Any, t: int, n: int, start: threading.Barrier, out: Expected, bar: Any) -> None:
+class NoLibrary:
+    """No documents in any conversation, without a query (see ``WritersConfig.no_retrieval``)."""
+
+    def retrieve(self, conversation_id: int, question: str, k: int = 3) -> list[Any]:
+        return []
+
+
+def _writer(service: Any, t: int, n: int, start: threading.Barrier, out: Expected, bar: Any,
+            limit: float) -> None:
     """``n`` writes in turn: a message (with its stub answer), a rating of that answer, a rename of a
     conversation of its own (each rename its own conversation, so every one can be checked)."""
     from chatlm.engine.params import SamplingParams
@@ -66,7 +82,12 @@ def _writer(service: Any, t: int, n: int, start: threading.Barrier, out: Expecte
     params = SamplingParams(temperature=0.0, max_new_tokens=8)
     unrated: list[int] = []
     start.wait()
+    deadline = time.monotonic() + limit
     for j in range(n):
+        if time.monotonic() > deadline:
+            out.not_started = n - j
+            bar.update(n - j)
+            return
         kind = ("message", "rating", "rename")[j % 3]
         began = time.perf_counter()
         try:
@@ -89,8 +110,11 @@ def _writer(service: Any, t: int, n: int, start: threading.Barrier, out: Expecte
                 out.titles[cid] = title
         except StorageError as exc:
             out.errors["storage_busy" if "busy" in exc.message.lower() else "storage_other"] += 1
+            out.failed[kind] += 1
         except Exception as exc:  # anything else reaching a caller is a finding too
-            out.errors[f"{type(exc).__name__}: {str(exc)[:80]}"] += 1
+            pool = "QueuePool limit" in str(exc)
+            out.errors["pool_timeout" if pool else f"{type(exc).__name__}: {str(exc)[:80]}"] += 1
+            out.failed[kind] += 1
         out.latencies.append(time.perf_counter() - began)
         bar.update(1)
 
@@ -106,6 +130,8 @@ def run(cfg: WritersConfig) -> dict[str, Any]:
     data = cfg.work / "data"
     settings = Settings.from_env({}, data_dir=data)
     service = make_service(settings, StubBackend())
+    if cfg.no_retrieval:
+        service.library = NoLibrary()  # type: ignore[assignment]
     with db.transaction(service.sessions) as s:
         run_id = registry.start_run(s, method="sft", params={"bench": "writers"}).id
     service.user_id()  # the local user exists before the threads race to it
@@ -119,7 +145,8 @@ def run(cfg: WritersConfig) -> dict[str, Any]:
     expected = [Expected() for _ in range(cfg.threads)]
     bar = tqdm(total=cfg.threads * cfg.writes, desc="writers", unit="write", file=sys.stderr,
                disable=not cfg.progress)
-    threads = [threading.Thread(target=_writer, args=(service, t, cfg.writes, barrier, expected[t], bar))
+    threads = [threading.Thread(target=_writer, args=(service, t, cfg.writes, barrier, expected[t], bar,
+                                                               cfg.time_limit))
                for t in range(cfg.threads)]
     started = time.monotonic()
     for th in threads:
@@ -175,12 +202,15 @@ def _verify(cfg: WritersConfig, data: Path, run_id: int, expected: list[Expected
     done = {k: sum(len(getattr(e, k)) for e in expected) for k in ("messages", "ratings", "titles")}
     return {
         "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},
-        "writes_attempted": cfg.threads * cfg.writes,
+        "writes_planned": cfg.threads * cfg.writes,
+        "writes_attempted": cfg.threads * cfg.writes - sum(e.not_started for e in expected),
         "writes_ok": sum(done.values()) + sum(sum(e.rating_calls.values()) - len(e.ratings) for e in expected),
         "by_kind_ok": {"messages": done["messages"], "ratings": sum(sum(e.rating_calls.values()) for e in expected),
                        "renames": done["titles"]},
         "storage_errors_surfaced": sum(v for k, v in errors.items() if k.startswith("storage")),
+        "pool_timeouts_surfaced": errors.get("pool_timeout", 0),
         "errors": dict(errors),
+        "failed_by_kind": dict(sum((e.failed for e in expected), Counter())),
         "missing_after": dict(missing),
         "integrity": detail if not ok else "ok",
         "progress_writer": {**{k: v for k, v in progress.items() if k != "last_ok_loss"},
@@ -188,7 +218,7 @@ def _verify(cfg: WritersConfig, data: Path, run_id: int, expected: list[Expected
         "write_latency_s": {"p50": percentile(lat, 50), "p95": percentile(lat, 95),
                             "max": round(max(lat), 4) if lat else None},
         "duration_s": round(seconds, 2),
-        "writes_per_s": round(cfg.threads * cfg.writes / seconds, 1) if seconds else None,
+        "writes_per_s": round(sum(len(e.latencies) for e in expected) / seconds, 1) if seconds else None,
     }
 
 
