@@ -211,11 +211,14 @@ class ChatService:
         if len(content) > MAX_MESSAGE_CHARS:
             raise InputError(f"A message may have at most {MAX_MESSAGE_CHARS} characters.")
         params = params.clamped(self.settings.max_new_tokens)
+        # ownership first, then retrieval outside the write transaction: retrieval opens sessions
+        # of its own, and holding one here while it waits let 8+ concurrent sends drain the pool
+        self.conversation(user_id, conversation_id)
+        passages = self.library.retrieve(conversation_id, content, k=k)
         with transaction(self.sessions) as s:
             conv = repo.get_conversation(s, conversation_id=conversation_id, user_id=user_id)
             path = repo.branch(s, conversation=conv)
             history = [{"role": m.role, "content": m.content} for m in path if m.content]
-            passages = self.library.retrieve(conv.id, content, k=k)
             numbered = [(p.number, p.document, p.text) for p in passages]
             extract = numbered if passages and self._can_extract(content) else None
             if extract:
