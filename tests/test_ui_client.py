@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
@@ -167,3 +168,105 @@ def test_training_endpoints_from_ratings_to_a_promoted_adapter_and_back(start_se
     finally:
         client.close()
         backend.close()
+
+
+# ---- refusals, a second message while answering, the settings' bounds (a scripted model) --------
+@pytest.fixture
+def scripted(start_server):
+    """A server whose model is scripted (tests.browser.ScriptedBackend): cheap and predictable."""
+    from tests.browser import ScriptedBackend
+
+    def start(**overrides: Any) -> tuple[Any, Any, Any]:
+        backend = ScriptedBackend(["Fine", ", ", "thanks", "."], delay=0.01)
+        running = start_server(backend, **overrides)
+        running.server.config.timeout_graceful_shutdown = 1
+        c = gradio_client.Client(running.url, verbose=False)
+        opened.append(c)
+        return running, backend, c
+
+    opened: list[Any] = []
+    yield start
+    for c in opened:
+        c.close()
+
+
+def test_a_refused_first_message_leaves_no_conversation_and_stays_in_the_box(scripted):
+    from chatlm.service import MAX_MESSAGE_CHARS
+
+    server, _, client = scripted()
+    service = server.app.service
+    too_long = "x" * (MAX_MESSAGE_CHARS + 1)
+    chat, sidebar, notice, box = client.predict(text=too_long, api_name="/send")
+    assert f"at most {MAX_MESSAGE_CHARS} characters" in value(notice)
+    assert value(box) == too_long  # kept for the user to shorten
+    assert chat_texts(chat) == [] and sidebar["choices"] == []
+    assert service.conversations(service.user_id()) == []  # no empty "New chat" left behind
+
+    chat, *_ = client.predict(text="Hello", api_name="/send")  # the same session then sends fine
+    assert chat_texts(chat) == [("user", "Hello"), ("assistant", "Fine, thanks.")]
+    _, _, notice, box = client.predict(text=too_long, api_name="/send")  # refused in an existing chat
+    assert "at most" in value(notice) and value(box) == too_long
+    [conv] = service.conversations(service.user_id())
+    assert [m.content for m, _ in service.history(service.user_id(), conv.id)] == ["Hello",
+                                                                                   "Fine, thanks."]
+
+
+def test_a_second_message_while_answering_is_refused_and_not_stored(scripted):
+    server, backend, client = scripted()
+    service = server.app.service
+    backend.hold.clear()  # the first answer waits for its first token
+    first = client.submit(text="First", api_name="/send")
+    wait = time.monotonic() + 30
+    while not first.outputs() and time.monotonic() < wait:
+        time.sleep(0.02)
+    chat, _, notice = first.outputs()[0][:3]
+    assert chat_texts(chat)[0] == ("user", "First")  # stored and shown before any token
+    assert "Your message is saved" in value(notice)
+
+    chat, _, notice, box = client.predict(text="Second", api_name="/send")
+    assert "still being written" in value(notice) and value(box) == "Second"
+    backend.hold.set()
+    chat, *_ = first.result(timeout=30)
+    assert chat_texts(chat) == [("user", "First"), ("assistant", "Fine, thanks.")]
+    [conv] = service.conversations(service.user_id())
+    history = [m for m, _ in service.history(service.user_id(), conv.id)]
+    assert [(m.role, m.content, m.status) for m in history] == [
+        ("user", "First", "complete"), ("assistant", "Fine, thanks.", "complete")]
+    assert "Second" not in {m.content for m in history}
+
+
+def test_max_new_tokens_never_starts_above_its_maximum(scripted):
+    server, _, client = scripted(max_new_tokens=100)
+    endpoints = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
+    [max_new] = [p for p in endpoints["/send"]["parameters"] if p["parameter_name"] == "max_new"]
+    assert max_new["parameter_default"] == 100
+    for name in ("/load", "/new"):
+        *_, max_tokens, _notice, _excluded = client.predict(*([None] if name == "/load" else []),
+                                                            api_name=name)
+        assert max_tokens == 100, name
+    client.predict(text="Hi", api_name="/send")  # its default is the largest allowed
+    [conv] = server.app.service.conversations(server.app.service.user_id())
+    assert conv.settings["max_new_tokens"] == 100
+    conv_settings = {**conv.settings, "max_new_tokens": 500}  # stored by an older, larger server
+    server.app.service.update_settings(server.app.service.user_id(), conv.id,
+                                       system_prompt=conv.system_prompt, settings=conv_settings)
+    assert client.predict(conv.id, api_name="/load")[6] == 100
+
+
+def test_a_later_message_refused_as_busy_is_kept_and_retry_answers_it(scripted):
+    server, backend, client = scripted()
+    service = server.app.service
+    client.predict(text="Hello", api_name="/send")
+    backend.max_batch = backend.queue_size = 0  # every new answer is refused: the server is busy
+    chat, _, notice, box = client.predict(text="And now?", api_name="/send")
+    assert "busy" in value(notice) and "saved without an answer" in value(notice)
+    assert chat_texts(chat)[-1] == ("user", "And now?") and value(box) == ""  # stored, shown
+    _, _, notice, _ = client.predict(api_name="/retry")
+    assert "busy" in value(notice)
+    backend.max_batch = 4
+    chat, _, notice, _ = client.predict(api_name="/retry")
+    assert chat_texts(chat) == [("user", "Hello"), ("assistant", "Fine, thanks."),
+                                ("user", "And now?"), ("assistant", "Fine, thanks.")]
+    [conv] = service.conversations(service.user_id())
+    history = [(m.role, m.content) for m, _ in service.history(service.user_id(), conv.id)]
+    assert history == chat_texts(chat)  # the shown branch is the stored one, answered

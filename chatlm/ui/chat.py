@@ -1,29 +1,52 @@
-"""The chat screen: streaming chat, Stop, Retry, ratings, a conversation sidebar and settings."""
+"""The chat screen: streaming chat, Stop, Retry, ratings, a conversation sidebar and settings.
+
+Sending stores the message at once (or refuses it, leaving it in the box); the answer is then
+followed by a second event (see chatlm.ui.answers), so opening another chat neither stops it nor
+lets it draw into the chat now shown.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import anyio
 import gradio as gr
 
 from chatlm.engine.params import SamplingParams
 from chatlm.errors import ChatLMError
 from chatlm.service import ChatService, Reply
+from chatlm.ui.answers import Answers, Pump, Turn
 
 FEEDBACK = {1: "Like", -1: "Dislike"}
+DEFAULT_MAX_NEW = 256
+POLL_S = 0.08
+"""How often a page following an answer looks for new text (tokens are shown in batches)."""
+STILL_ANSWERING = ("An answer is still being written in this chat: your message stays in the box. "
+                   "Send it when the answer ends, or press Stop.")
 Outputs = tuple[Any, ...]
+ANSWERING = (gr.update(visible=False), gr.update(visible=True))
+"""Send and Stop while an answer is being written: Send turns into Stop."""
+IDLE = (gr.update(visible=True), gr.update(visible=False))
+NOTHING = (gr.update(),) * 6
+"""The outputs of ``follow`` left as they are."""
 
 
 class ChatUI:
-    """Builds the Blocks and holds the handlers; every handler is a plain function of its inputs."""
+    """Builds the Blocks and holds the handlers; handlers are functions of their inputs plus the
+    answers being written and the conversation each page shows (``answers``)."""
 
     def __init__(self, service: ChatService) -> None:
         self.service = service
+        self.answers = Answers(service.backend)
 
     # ---- helpers -------------------------------------------------------------------------
     def _uid(self) -> int:
         return self.service.user_id()
+
+    def _max_new(self) -> int:
+        return self.service.settings.max_new_tokens
 
     def _view(self, conv_id: int | None) -> tuple[list[dict[str, str]], list[int], list[str | None]]:
         """Chatbot messages, their database ids, and the ratings of the assistant ones."""
@@ -39,7 +62,13 @@ class ChatUI:
         convs = self.service.conversations(self._uid())
         return gr.update(choices=[(c.title, c.id) for c in convs], value=conv_id)
 
-    def _open(self, conv_id: int | None) -> Outputs:
+    def _shows(self, request: gr.Request | None, conv_id: int | None) -> bool:
+        if request is None or request.session_hash is None:
+            return True
+        return self.answers.page(request.session_hash).conv_id == conv_id
+
+    def _open(self, conv_id: int | None, request: gr.Request | None) -> Outputs:
+        self.answers.show(request.session_hash if request else None, conv_id)
         messages, ids, feedback = self._view(conv_id)
         conv = self.service.conversation(self._uid(), conv_id) if conv_id else None
         settings = conv.settings if conv else {}
@@ -48,24 +77,154 @@ class ChatUI:
             self._sidebar(conv_id), conv.title if conv else "",
             conv.system_prompt if conv else self.service.settings.system_prompt,
             settings.get("temperature", 0.7), settings.get("top_p", 0.9),
-            settings.get("max_new_tokens", 256), "",
+            min(int(settings.get("max_new_tokens", DEFAULT_MAX_NEW)), self._max_new()), "",
             bool(conv.exclude_from_training) if conv else False,
         )
 
+    # ---- answers being written -----------------------------------------------------------
+    def _last_id(self, conv_id: int) -> int | None:
+        rows = self.service.history(self._uid(), conv_id)
+        return rows[-1][0].id if rows else None
+
+    def _turn(self, text: str, conv_id: int | None, sys_prompt: str, settings: dict[str, Any],
+              request: gr.Request | None) -> Turn:
+        """Store the message and start its answer, or say why not. A refused first message leaves
+        no conversation behind; a later one the service stored before refusing stays, for Retry."""
+        uid = self._uid()
+        created = conv_id is None
+        if conv_id is None:
+            conv_id = self.service.new_conversation(uid, system_prompt=sys_prompt,
+                                                    settings=settings).id
+        if self.answers.busy(conv_id):
+            return Turn(conv_id, notice=STILL_ANSWERING, stored=False)
+        before = None if created else self._last_id(conv_id)
+        try:
+            if not created:
+                self.service.update_settings(uid, conv_id, system_prompt=sys_prompt, settings=settings)
+            with self.answers.storing:
+                pump = self.answers.start(
+                    conv_id, lambda: self.service.send(uid, conv_id, text, _params(settings)))
+        except ChatLMError as exc:
+            if created:
+                self.service.delete(uid, conv_id)
+                return Turn(None, notice=f"{exc.message} Your message was not saved.", stored=False)
+            if self._last_id(conv_id) == before:
+                return Turn(conv_id, notice=exc.message, stored=False)
+            return Turn(conv_id, notice=f"{exc.message} Your message is saved without an answer: "
+                                        "press Retry to get one.")
+        if pump is None:
+            return Turn(conv_id, notice=STILL_ANSWERING, stored=False)
+        self.answers.show(request.session_hash if request else None, conv_id)
+        return Turn(conv_id, pump)
+
+    def _again(self, conv_id: int | None, start: Callable[[int], Reply],
+               request: gr.Request | None) -> Turn:
+        """Retry or edit: a new answer in the shown conversation (one at a time)."""
+        if conv_id is None:
+            return Turn(None, notice="There is no answer to retry.", stored=False)
+        try:
+            with self.answers.storing:
+                pump = self.answers.start(conv_id, lambda: start(self._uid()))
+        except ChatLMError as exc:
+            return Turn(conv_id, notice=exc.message, stored=False)
+        if pump is None:
+            return Turn(conv_id, notice=STILL_ANSWERING, stored=False)
+        self.answers.show(request.session_hash if request else None, conv_id)
+        return Turn(conv_id, pump)
+
+    def _retry_reply(self, conv_id: int | None, temperature: float, top_p: float,
+                     max_new: int) -> Callable[[int], Reply]:
+        """Another answer to the last question; a question left unanswered (the server was busy)
+        is asked again as a new branch from the same point."""
+        params = _params(_settings(temperature, top_p, max_new))
+
+        def start(uid: int) -> Reply:
+            path = [m for m, _ in self.service.history(uid, conv_id or 0)
+                    if m.role in ("user", "assistant")]
+            if not path:
+                raise ChatLMError("There is no answer to retry.")
+            last = path[-1]
+            if last.role == "user":
+                return self.service.edit(uid, last.id, last.content, params)
+            return self.service.retry(uid, last.id, params)
+
+        return start
+
+    def _started(self, turn: Turn, box: Any) -> Outputs:
+        """The stored state right after sending: the message (or why not) and its place."""
+        if turn.notice:
+            gr.Warning(turn.notice)
+        messages, ids, feedback = self._view(turn.conv_id)
+        if turn.pump is not None:
+            messages, ids, feedback = self._question(turn.pump, messages, ids, feedback)
+            messages.append({"role": "assistant", "content": ""})
+        notice = self.answers.progress(turn.pump) if turn.pump is not None else turn.notice
+        return (gr.update(value=messages, feedback_value=feedback), ids, turn.conv_id,
+                self._sidebar(turn.conv_id), notice, box)
+
+    def _begun(self, turn: Turn, box: Any) -> Outputs:
+        """The browser's outputs of a start: as ``_started``, and Send turns into Stop."""
+        return (*self._started(turn, box), *(ANSWERING if turn.pump else IDLE))
+
+    async def _stream(self, turn: Turn, box: Any, request: gr.Request | None
+                      ) -> AsyncIterator[Outputs]:
+        """An endpoint's outputs: the start, then the answer until it is stored."""
+        yield await anyio.to_thread.run_sync(self._started, turn, box)
+        async for out in self._follow(turn.conv_id, turn.pump, request):
+            if out is not None:  # a script that opened another chat still gets this answer
+                yield out[0], out[1], turn.conv_id, out[2], out[3], gr.update()
+
+    def _question(self, pump: Pump, messages: list[dict[str, str]], ids: list[int],
+                  feedback: list[str | None]) -> tuple[list[dict[str, str]], list[int], list[str | None]]:
+        """The view up to the question being answered (without the answer's checkpoint row)."""
+        parent = pump.reply.parent_id if pump.reply is not None else None
+        if parent not in ids:
+            return messages, ids, feedback
+        n = ids.index(parent) + 1
+        answers = sum(m["role"] == "assistant" for m in messages[:n])
+        return messages[:n], ids[:n], feedback[:answers]
+
+    async def _follow(self, conv_id: int | None, pump: Pump | None, request: gr.Request | None
+                      ) -> AsyncIterator[tuple[Any, Any, Any, str, bool] | None]:
+        """(chat, ids, sidebar, notice, answering) while this page shows the conversation whose
+        answer ``pump`` writes, then its stored state once; None once the page looks away (an
+        event that ends repeats its last output, which must not be the chat the page left)."""
+        if pump is None:
+            return
+        page = self.answers.page(request.session_hash if request else None, conv_id)
+        messages, _, _ = self._question(pump, *await anyio.to_thread.run_sync(self._view, conv_id))
+        last: tuple[str, str] | None = None
+        while not pump.done.is_set():
+            async with page.drawing():  # held until Gradio has queued this update
+                if page.conv_id != conv_id:
+                    yield None
+                    return
+                now = (pump.text, self.answers.progress(pump))
+                if now != last:
+                    last = now
+                    chat = [*messages, {"role": "assistant", "content": now[0]}]
+                    yield gr.update(value=chat), gr.update(), gr.update(), now[1], True
+            await asyncio.sleep(POLL_S)
+        messages, ids, feedback = await anyio.to_thread.run_sync(self._view, conv_id)
+        sidebar = await anyio.to_thread.run_sync(self._sidebar, conv_id)
+        async with page.drawing():
+            yield ((gr.update(value=messages, feedback_value=feedback), ids, sidebar, pump.outcome(),
+                    False) if page.conv_id == conv_id else None)
+
     # ---- handlers ------------------------------------------------------------------------
-    def load(self, stored_id: int | None) -> Outputs:
+    def load(self, stored_id: int | None, request: gr.Request) -> Outputs:
         """Page load: reopen the conversation this browser had open, else the latest one."""
         uid = self._uid()
         convs = self.service.conversations(uid)
         ids = {c.id for c in convs}
         conv_id = stored_id if stored_id in ids else (convs[0].id if convs else None)
-        return self._open(conv_id)
+        return self._open(conv_id, request)
 
-    def open(self, conv_id: int | None) -> Outputs:
-        return self._open(conv_id)
+    def open(self, conv_id: int | None, request: gr.Request) -> Outputs:
+        return self._open(conv_id, request)
 
-    def new(self) -> Outputs:
-        return self._open(None)
+    def new(self, request: gr.Request) -> Outputs:
+        return self._open(None, request)
 
     def rename(self, conv_id: int | None, title: str) -> Any:
         if conv_id is None:
@@ -77,72 +236,76 @@ class ChatUI:
             gr.Warning(exc.message)
         return self._sidebar(conv_id)
 
-    def delete(self, conv_id: int | None) -> Outputs:
+    def delete(self, conv_id: int | None, request: gr.Request) -> Outputs:
         if conv_id is not None:
             self.service.delete(self._uid(), conv_id)
-        return self.load(None)
+        return self.load(None, request)
 
-    def send(self, text: str, conv_id: int | None, sys_prompt: str, temperature: float,
-             top_p: float, max_new: int) -> Iterator[Outputs]:
-        """Store the message, stream the answer, then show the stored state (ids, ratings)."""
+    def submit(self, text: str, conv_id: int | None, sys_prompt: str, temperature: float,
+               top_p: float, max_new: int, request: gr.Request) -> Outputs:
+        """Send or Enter: store the message and start its answer, clearing the box at once (the
+        answer is followed by ``follow``); a refused message stays in the box."""
+        if not text or not text.strip():
+            gr.Warning("Type a message first.")
+            return (gr.update(),) * 8
+        turn = self._turn(text, conv_id, sys_prompt, _settings(temperature, top_p, max_new), request)
+        return self._begun(turn, "" if turn.stored else gr.update())
+
+    async def send(self, text: str, conv_id: int | None, sys_prompt: str, temperature: float,
+                   top_p: float, max_new: int, request: gr.Request) -> AsyncIterator[Outputs]:
+        """The ``/send`` endpoint: the stored message (or why not) at once, then the answer as
+        it streams, then the stored state (ids, ratings)."""
         if not text or not text.strip():
             gr.Warning("Type a message first.")
             return
-        uid = self._uid()
-        settings = {"temperature": temperature, "top_p": top_p, "max_new_tokens": int(max_new)}
-        try:
-            if conv_id is None:
-                conv_id = self.service.new_conversation(uid, system_prompt=sys_prompt,
-                                                        settings=settings).id
-            else:
-                self.service.update_settings(uid, conv_id, system_prompt=sys_prompt,
-                                             settings=settings)
-            reply = self.service.send(uid, conv_id, text, _params(settings))
-        except ChatLMError as exc:
-            gr.Warning(exc.message)
-            messages, ids, feedback = self._view(conv_id)
-            yield (gr.update(value=messages, feedback_value=feedback), ids, conv_id,
-                   self._sidebar(conv_id), exc.message, text)
-            return
-        yield from self._stream(reply, conv_id, clear_box=True)
+        turn = await anyio.to_thread.run_sync(
+            self._turn, text, conv_id, sys_prompt, _settings(temperature, top_p, max_new), request)
+        async for out in self._stream(turn, "" if turn.stored else text, request):
+            yield out
 
-    def retry(self, conv_id: int | None, ids: list[int], temperature: float, top_p: float,
-              max_new: int) -> Iterator[Outputs]:
-        if conv_id is None or not ids:
-            gr.Warning("There is no answer to retry.")
-            return
-        messages, ids, _ = self._view(conv_id)
-        if messages[-1]["role"] != "assistant":
-            gr.Warning("There is no answer to retry.")
-            return
-        settings = {"temperature": temperature, "top_p": top_p, "max_new_tokens": int(max_new)}
-        try:
-            reply = self.service.retry(self._uid(), ids[-1], _params(settings))
-        except ChatLMError as exc:
-            gr.Warning(exc.message)
-            return
-        yield from self._stream(reply, conv_id)
+    def retry_start(self, conv_id: int | None, temperature: float, top_p: float, max_new: int,
+                    request: gr.Request) -> Outputs:
+        """Retry: start another answer to the last question (followed by ``follow``)."""
+        turn = self._again(conv_id, self._retry_reply(conv_id, temperature, top_p, max_new), request)
+        return self._begun(turn, gr.update())
 
-    def _stream(self, reply: Reply, conv_id: int, clear_box: bool = False) -> Iterator[Outputs]:
-        messages, ids, feedback = self._view(conv_id)
-        messages.append({"role": "assistant", "content": ""})
-        sidebar = self._sidebar(conv_id)
-        notice = reply.notice
-        # Clear the sent message once; later updates leave the box alone so that a draft typed
-        # while the answer streams is kept (Retry never touches it).
-        box: Any = "" if clear_box else gr.update()
-        for delta in reply:
-            messages[-1]["content"] += delta
-            yield gr.update(value=messages), ids, conv_id, sidebar, notice, box
-            box = gr.update()
-        gen = reply.generation
-        if gen.finish_reason == "error":
-            notice = f"The answer failed: {gen.error}"
-        elif gen.finish_reason == "cancelled":
-            notice = (notice + " " if notice else "") + "Stopped; the partial answer was kept."
-        messages, ids, feedback = self._view(conv_id)
-        yield (gr.update(value=messages, feedback_value=feedback), ids, conv_id,
-               self._sidebar(conv_id), notice, box)
+    async def retry(self, conv_id: int | None, temperature: float, top_p: float, max_new: int,
+                    request: gr.Request) -> AsyncIterator[Outputs]:
+        """The ``/retry`` endpoint: a new answer to the last question, streamed."""
+        start = self._retry_reply(conv_id, temperature, top_p, max_new)
+        turn = await anyio.to_thread.run_sync(self._again, conv_id, start, request)
+        async for out in self._stream(turn, gr.update(), request):
+            yield out
+
+    def edit(self, conv_id: int | None, ids: list[int], temperature: float, top_p: float,
+             max_new: int, request: gr.Request, data: gr.EditData) -> Outputs:
+        """An edited user message starts a new branch; the old branch stays (page back to it)."""
+        index = data.index if isinstance(data.index, int) else data.index[0]
+        if conv_id is None or not 0 <= index < len(ids):
+            return (gr.update(),) * 8
+        params = _params(_settings(temperature, top_p, max_new))
+        turn = self._again(conv_id, lambda uid: self.service.edit(uid, ids[index], str(data.value),
+                                                                   params), request)
+        return self._begun(turn, gr.update())
+
+    async def follow(self, conv_id: int | None, request: gr.Request) -> AsyncIterator[Outputs]:
+        """Draw the answer being written in the conversation this page shows, until it ends or the
+        page opens another one; then Send is back."""
+        pump = self.answers.running(conv_id)
+        async for out in self._follow(conv_id, pump, request):
+            if out is not None:
+                yield (*out[:4], *(ANSWERING if out[4] else IDLE))
+        if pump is None:  # no answer, or it ended before this page came
+            messages, ids, feedback = await anyio.to_thread.run_sync(self._view, conv_id)
+            async with self.answers.page(request.session_hash if request else None,
+                                         conv_id).drawing():
+                if conv_id is not None and self._shows(request, conv_id):
+                    yield gr.update(value=messages, feedback_value=feedback), ids, *NOTHING[:2], *IDLE
+                elif self._shows(request, conv_id):
+                    yield (*NOTHING[:4], *IDLE)
+        # The event's end repeats its last output, maybe after the page moved on: make it nothing
+        # (and never end without output: Gradio would send None for each).
+        yield NOTHING
 
     def stop(self, conv_id: int | None) -> None:
         if conv_id is not None:
@@ -161,23 +324,6 @@ class ChatUI:
         except ChatLMError as exc:
             gr.Warning(exc.message)
         return ids[index]
-
-    def edit(self, conv_id: int | None, ids: list[int], temperature: float, top_p: float, max_new: int,
-             data: gr.EditData) -> Iterator[Outputs]:
-        """An edited user message starts a new branch; the old branch stays (page back to it)."""
-        index = data.index if isinstance(data.index, int) else data.index[0]
-        if conv_id is None or not 0 <= index < len(ids):
-            return
-        settings = {"temperature": temperature, "top_p": top_p, "max_new_tokens": int(max_new)}
-        try:
-            reply = self.service.edit(self._uid(), ids[index], str(data.value), _params(settings))
-        except ChatLMError as exc:
-            gr.Warning(exc.message)
-            messages, ids, feedback = self._view(conv_id)
-            yield (gr.update(value=messages, feedback_value=feedback), ids, conv_id,
-                   self._sidebar(conv_id), exc.message, gr.update())
-            return
-        yield from self._stream(reply, conv_id)
 
     def page(self, conv_id: int | None, ids: list[int], step: int) -> tuple[Any, ...]:
         """Show the previous or next alternative answer of the last turn."""
@@ -207,6 +353,7 @@ class ChatUI:
         from chatlm.ui.knowledge import KnowledgePanel
         from chatlm.ui.training import TrainingTab
 
+        self._uid()  # the local user exists before simultaneous first visitors race to create it
         with gr.Blocks(title="chatlm") as demo:
             ids = gr.State([])
             selected = gr.State(None)
@@ -234,15 +381,17 @@ class ChatUI:
                     box = gr.Textbox(placeholder="Ask anything…", show_label=False, scale=8,
                                      elem_id="message", autofocus=True)
                     send_btn = gr.Button("Send", variant="primary", scale=1, elem_id="send")
-                    stop_btn = gr.Button("Stop", scale=1, elem_id="stop")
+                    stop_btn = gr.Button("Stop", variant="stop", scale=1, elem_id="stop",
+                                         visible=False)
                     retry_btn = gr.Button("Retry", scale=1, elem_id="retry")
+                    api = gr.Button("API", visible=False)  # carries /send and /retry (ChatInterface's way)
                 with gr.Accordion("Generation settings", open=False):
                     sys_prompt = gr.Textbox(label="System prompt", lines=2,
                                             value=self.service.settings.system_prompt)
                     temperature = gr.Slider(0, 2, value=0.7, step=0.05, label="Temperature")
                     top_p = gr.Slider(0.05, 1, value=0.9, step=0.05, label="Top-p")
-                    max_new = gr.Slider(1, self.service.settings.max_new_tokens, value=256, step=1,
-                                        label="Maximum new tokens")
+                    max_new = gr.Slider(1, self._max_new(), value=min(DEFAULT_MAX_NEW, self._max_new()),
+                                        step=1, label="Maximum new tokens")
                 KnowledgePanel(self.service).render(conv_id, ids)
                 panel = FeedbackPanel(self.service)
                 panel.render(conv_id, ids, selected)
@@ -253,33 +402,41 @@ class ChatUI:
 
             view = [chatbot, ids, conv_id, conv_list, title, sys_prompt, temperature, top_p,
                     max_new, notice, excluded]
-            stream_out = [chatbot, ids, conv_id, conv_list, notice, box]
-            limit = max(self.service.settings.max_batch, 1) * 2
-            demo.load(self.load, [stored], view, api_name="load")
+            api_out = [chatbot, ids, conv_id, conv_list, notice, box]
+            started = [*api_out, send_btn, stop_btn]
+            followed = [chatbot, ids, conv_list, notice, send_btn, stop_btn]
+            asked = [box, conv_id, sys_prompt, temperature, top_p, max_new]
+            # Answers are followed, not run, by events: none waits in Gradio's queue for a slot
+            # (the backend's own bounded queue says "busy" at once instead).
+            quick: dict[str, Any] = dict(concurrency_limit=None, api_visibility="private")
+            follow: dict[str, Any] = dict(fn=self.follow, inputs=[conv_id], outputs=followed,
+                                          trigger_mode="multiple", show_progress_on=[chatbot], **quick)
+            # The public endpoints first, so that they get the names "/send" and "/retry".
+            api.click(self.send, asked, api_out, api_name="send", concurrency_limit=None)
+            api.click(self.retry, [conv_id, temperature, top_p, max_new], api_out, api_name="retry",
+                      concurrency_limit=None)
+            # A page that opens another chat stops drawing the answer it followed (``_shows``), which
+            # goes on. (Gradio's ``cancels`` would also undo the new chat's view in the page.)
+            for started_by in (
+                demo.load(self.load, [stored], view, api_name="load"),
+                new_btn.click(self.new, None, view, api_name="new"),
+                conv_list.input(self.open, [conv_list], view, api_name="open"),
+                delete_btn.click(self.delete, [conv_id], view, api_name="delete"),
+                gr.on([send_btn.click, box.submit], self.submit, asked, started, **quick),
+                gr.on([retry_btn.click, chatbot.retry], self.retry_start,
+                      [conv_id, temperature, top_p, max_new], started, **quick),
+                chatbot.edit(self.edit, [conv_id, ids, temperature, top_p, max_new], started, **quick),
+            ):
+                started_by.then(**follow)
             conv_id.change(lambda c: c, [conv_id], [stored], api_visibility="private")
             # a chat created outside send (loading a text into a new chat) shows in the sidebar at once
             conv_id.change(self._sidebar, [conv_id], [conv_list], api_visibility="private")
-            new_btn.click(self.new, None, view, api_name="new")
-            conv_list.input(self.open, [conv_list], view, api_name="open")
             rename_btn.click(self.rename, [conv_id, title], [conv_list], api_name="rename")
-            delete_btn.click(self.delete, [conv_id], view, api_name="delete")
-            send_args = dict(fn=self.send, inputs=[box, conv_id, sys_prompt, temperature, top_p,
-                                                   max_new],
-                             outputs=stream_out, concurrency_limit=limit)
-            # The public endpoint first: it must get the name "/send" (not "/send_1").
-            send_btn.click(**send_args, api_name="send")  # type: ignore[arg-type]
-            box.submit(**send_args, api_visibility="private")  # type: ignore[arg-type]
-            retry_args = dict(fn=self.retry, inputs=[conv_id, ids, temperature, top_p, max_new],
-                              outputs=stream_out, concurrency_limit=limit)
-            retry_btn.click(**retry_args, api_name="retry")  # type: ignore[arg-type]
-            chatbot.retry(**retry_args, api_visibility="private")  # type: ignore[arg-type]
             stop_btn.click(self.stop, [conv_id], None, concurrency_limit=None, api_name="stop")
             chatbot.like(self.like, [ids], [selected], concurrency_limit=None, api_name="rate").then(
                 panel.show, [selected], panel.details, concurrency_limit=None, api_visibility="private")
             for rated in panel.rated:
                 rated.then(self.thumbs, [conv_id], [chatbot], api_visibility="private")
-            chatbot.edit(self.edit, [conv_id, ids, temperature, top_p, max_new], stream_out,
-                         concurrency_limit=limit, api_visibility="private")
             prev_btn.click(lambda c, i: self.page(c, i, -1), [conv_id, ids], [chatbot, ids],
                            api_visibility="private")
             next_btn.click(lambda c, i: self.page(c, i, +1), [conv_id, ids], [chatbot, ids],
@@ -287,6 +444,10 @@ class ChatUI:
             ids.change(self.pager, [conv_id, ids], [pager], api_visibility="private")
             excluded.input(self.exclude, [conv_id, excluded], None, api_name="exclude")
         return demo
+
+
+def _settings(temperature: float, top_p: float, max_new: int) -> dict[str, Any]:
+    return {"temperature": temperature, "top_p": top_p, "max_new_tokens": int(max_new)}
 
 
 def _params(settings: dict[str, Any]) -> SamplingParams:

@@ -1,0 +1,111 @@
+"""Many visitors at once through ``gradio_client``: each is told at once that the message is stored
+(and where it stands) or that the server is busy, nobody waits unbounded, and what a visitor was
+told is what the database holds."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import pytest
+
+gradio_client = pytest.importorskip("gradio_client")
+
+pytestmark = pytest.mark.slow
+
+VISITORS = 24
+STEP_S = 0.75
+"""Seconds per decoding step: a slow model, so that 8 tokens hold a batch slot for ~6 s."""
+AT_ONCE_S = 5.0
+"""A visitor hears within this that the message is stored (or that the server is busy)."""
+BOUND_S = 90.0
+
+
+def value(output: Any) -> Any:
+    if isinstance(output, dict) and output.get("__type__") == "update":
+        return output.get("value")
+    return output
+
+
+def chat_texts(output: Any) -> list[tuple[str, str]]:
+    texts = []
+    for message in value(output) or []:
+        content = message["content"]
+        if isinstance(content, list):
+            content = "".join(part.get("text", "") for part in content if part.get("type") == "text")
+        texts.append((message["role"], content))
+    return texts
+
+
+@pytest.fixture
+def slow_server(start_server, tiny_backend):
+    """The tiny model behind a batch of 4 and a wait queue of 4, each step slowed down."""
+    scheduler = tiny_backend.scheduler
+    step = scheduler._decode_step
+
+    def slow_step() -> None:
+        time.sleep(STEP_S)
+        step()
+
+    scheduler._decode_step = slow_step
+    server = start_server(tiny_backend, max_batch=4, queue_size=4)
+    server.server.config.timeout_graceful_shutdown = 1
+    return server
+
+
+def test_simultaneous_visitors_hear_at_once_and_what_they_hear_is_stored(slow_server):
+    clients = [gradio_client.Client(slow_server.url, verbose=False) for _ in range(VISITORS)]
+    jobs: list[Any] = [None] * VISITORS
+    go = threading.Barrier(VISITORS)
+
+    def visit(i: int) -> None:
+        go.wait()
+        jobs[i] = clients[i].submit(text=f"visitor {i} says hello", temperature=0, max_new=8,
+                                    api_name="/send")
+
+    threads = [threading.Thread(target=visit, args=(i,)) for i in range(VISITORS)]
+    start = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    first: dict[int, tuple[float, Any]] = {}
+    try:
+        while time.monotonic() - start < BOUND_S and not all(job.done() for job in jobs):
+            for i, job in enumerate(jobs):
+                outputs = job.outputs()
+                if outputs and i not in first:
+                    first[i] = (time.monotonic() - start, outputs[0])
+            time.sleep(0.02)
+        finals = [job.result(timeout=1) for job in jobs]
+        for i, job in enumerate(jobs):
+            first.setdefault(i, (time.monotonic() - start, job.outputs()[0]))
+    finally:
+        for c in clients:
+            c.close()
+
+    late = {i: round(t, 1) for i, (t, _) in first.items() if t > AT_ONCE_S}
+    assert not late, f"visitors waited (seconds) before hearing anything: {late}"
+    service = slow_server.app.service
+    stored = {m.content for c in service.conversations(service.user_id())
+              for m, _ in service.history(service.user_id(), c.id) if m.role == "user"}
+    answered, busy = [], []
+    for i, (chat, _sidebar, notice, box) in enumerate(finals):
+        text = f"visitor {i} says hello"
+        _, (chat0, _s, notice0, _b) = first[i]
+        if "busy" in value(notice).lower():
+            busy.append(i)
+            assert text not in stored, f"visitor {i} was told busy, yet the message is stored"
+            assert chat_texts(chat) == [] and value(box) == text  # nothing shown; text kept
+        else:
+            answered.append(i)
+            assert "Your message is saved" in value(notice0) or chat_texts(chat0)[1][1], value(notice0)
+            assert chat_texts(chat0)[0] == ("user", text)  # stored at once, shown at once
+            assert text in stored
+            assert [r for r, _ in chat_texts(chat)] == ["user", "assistant"]
+            assert chat_texts(chat)[1][1], f"visitor {i} got an empty answer"
+    assert answered and busy, (answered, busy)
+    assert len(answered) <= 8 + 2  # the batch and the wait queue, and a few that came once freed
+    # nobody else left anything behind (no empty "New chat" for a refused visitor)
+    assert len(service.conversations(service.user_id())) == len(answered)
