@@ -64,7 +64,9 @@ def test_ratings_to_a_promoted_adapter_and_back(page, server) -> None:
     open_app(page, server)
     open_training(page)
     # too little data: said before and on Start, and nothing starts
-    assert "Not enough feedback to train. DPO needs 8 preference pairs" in text(page, "tr-data")
+    # the tab's first refresh may still be showing Gradio's progress timer: wait for its text
+    wait_for(lambda: "Not enough feedback to train. DPO needs 8 preference pairs" in text(page, "tr-data"),
+             "the data summary")
     click_and_wait(page, "#tr-start")
     assert "Not started: Not enough feedback to train. DPO needs 8" in text(page, "tr-started")
     assert "No training round yet" in text(page, "tr-status")
