@@ -10,6 +10,8 @@ from typing import Any
 
 import pytest
 
+from tests.test_ui_client import chat_texts, value
+
 gradio_client = pytest.importorskip("gradio_client")
 
 pytestmark = pytest.mark.slow
@@ -20,22 +22,6 @@ STEP_S = 0.75
 AT_ONCE_S = 5.0
 """A visitor hears within this that the message is stored (or that the server is busy)."""
 BOUND_S = 90.0
-
-
-def value(output: Any) -> Any:
-    if isinstance(output, dict) and output.get("__type__") == "update":
-        return output.get("value")
-    return output
-
-
-def chat_texts(output: Any) -> list[tuple[str, str]]:
-    texts = []
-    for message in value(output) or []:
-        content = message["content"]
-        if isinstance(content, list):
-            content = "".join(part.get("text", "") for part in content if part.get("type") == "text")
-        texts.append((message["role"], content))
-    return texts
 
 
 @pytest.fixture

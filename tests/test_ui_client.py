@@ -25,7 +25,7 @@ def value(output: Any) -> Any:
 def chat_texts(output: Any) -> list[tuple[str, str]]:
     """(role, text) of each message of a Chatbot output."""
     texts = []
-    for message in value(output):
+    for message in value(output) or []:
         content = message["content"]
         if isinstance(content, list):
             content = "".join(part.get("text", "") for part in content if part.get("type") == "text")
