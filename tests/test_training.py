@@ -140,6 +140,34 @@ def test_refused_second_round_and_failed_workers_leave_nothing(tiny_settings) ->
         assert [a.name for a in registry.list_adapters(s)] == ["keep-v1"]
 
 
+def test_directory_left_by_a_kill_before_registration_does_not_block_later_rounds(tiny_settings) -> None:
+    """A worker SIGKILLed between renaming its adapter directory and committing the registration
+    leaves ``chatlm-vN`` on disk with no row; the next round must neither fail on that name nor
+    delete a registered adapter or a live worker's directory."""
+    sessions = rounds.sessions_for(tiny_settings)
+    folder = worker.adapters_dir(tiny_settings)
+    kept = folder / "chatlm-v1"
+    kept.mkdir(parents=True)
+    (kept / "adapter_config.json").write_text("{}")
+    with db.transaction(sessions) as s:
+        registry.register(s, name="chatlm-v1", base_model="tiny", path=str(kept.resolve()), method="sft",
+                          dataset_hash="0")
+        orphan = folder / "chatlm-v2"
+        orphan.mkdir()
+        (orphan / "adapter_model.safetensors").write_bytes(b"half")
+        # while the orphan is there, a worker registering now skips its name
+        assert registry.next_name(s, prefix="chatlm", taken=lambda n: (folder / n).exists()) == "chatlm-v3"
+        run_id = registry.start_run(s, method="sft", params={}).id
+    rounds.reap(tiny_settings, sessions)  # a round is queued: its worker may be about to register
+    assert orphan.is_dir()
+    with db.transaction(sessions) as s:
+        registry.fail_run(s, run_id=run_id, error="test")
+    rounds.reap(tiny_settings, sessions)
+    assert adapter_dirs(tiny_settings) == ["chatlm-v1"] and (kept / "adapter_config.json").is_file()
+    with db.transaction(sessions) as s:
+        assert registry.next_name(s, prefix="chatlm", taken=lambda n: (folder / n).exists()) == "chatlm-v2"
+
+
 # ---- 3. every method, in process, on the tiny model ------------------------------------------------
 @pytest.mark.slow
 def test_each_method_trains_evaluates_and_registers(tiny_settings, tiny, tmp_path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import select, update
@@ -20,11 +21,15 @@ class RoundInProgressError(ChatLMError):
     code = "round_in_progress"
 
 
-def next_name(session: Session, *, prefix: str) -> str:
-    """``prefix-vN`` with N one more than any existing version of that prefix."""
+def next_name(session: Session, *, prefix: str, taken: Callable[[str], bool] = lambda name: False) -> str:
+    """``prefix-vN`` with N one more than any registered version of that prefix, skipping names that
+    ``taken`` says are in use elsewhere (a directory left by a worker killed before its commit)."""
     names = session.scalars(select(AdapterVersion.name).where(AdapterVersion.name.like(f"{prefix}-v%")))
     numbers = [int(m.group(1)) for n in names if (m := re.fullmatch(rf"{re.escape(prefix)}-v(\d+)", n))]
-    return f"{prefix}-v{max(numbers, default=0) + 1}"
+    number = max(numbers, default=0) + 1
+    while taken(f"{prefix}-v{number}"):
+        number += 1
+    return f"{prefix}-v{number}"
 
 
 def register(session: Session, **fields: Any) -> AdapterVersion:

@@ -26,7 +26,7 @@ from chatlm.errors import ChatLMError, InputError
 from chatlm.store import db, registry
 from chatlm.store.models import TrainingRun
 from chatlm.training import METHODS, data
-from chatlm.training.worker import TMP_PREFIX, adapters_dir
+from chatlm.training.worker import ADAPTER_PREFIX, TMP_PREFIX, adapters_dir
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 DIED = "The training process ended unexpectedly"
@@ -42,17 +42,26 @@ def log_path(settings: Settings, run_id: int) -> Path:
 
 
 def reap(settings: Settings, sessions: sessionmaker[Session]) -> None:
-    """Mark runs whose process is gone as failed and remove temporary adapter directories left by
-    dead workers (a SIGKILL gives the worker no chance to clean up itself)."""
+    """Mark runs whose process is gone as failed and remove what dead workers left in the adapters
+    folder: temporary directories, and a finished directory whose registration never committed (a
+    SIGKILL between the rename and the commit). Registered adapters are never touched."""
     with db.transaction(sessions) as s:
-        for run in s.scalars(select(TrainingRun).where(TrainingRun.status == "running")):
-            if not registry.process_alive(run.pid):
+        alive = False
+        for run in s.scalars(select(TrainingRun).where(TrainingRun.status.in_(registry.RUNNING))):
+            if run.status == "running" and not registry.process_alive(run.pid):
                 registry.fail_run(s, run_id=run.id, error=f"{DIED} (process {run.pid}).")
+            else:
+                alive = True
+        registered = {Path(a.path).resolve() for a in registry.list_adapters(s)}
     folder = adapters_dir(settings)
-    for tmp in folder.glob(f"{TMP_PREFIX}*-pid*") if folder.is_dir() else ():
-        pid = tmp.name.rsplit("-pid", 1)[-1]
-        if not pid.isdigit() or not registry.process_alive(int(pid)):
-            shutil.rmtree(tmp, ignore_errors=True)
+    for entry in sorted(folder.iterdir()) if folder.is_dir() else ():
+        if entry.name.startswith(TMP_PREFIX):
+            pid = entry.name.rsplit("-pid", 1)[-1]
+            if not pid.isdigit() or not registry.process_alive(int(pid)):
+                shutil.rmtree(entry, ignore_errors=True)
+        elif (not alive and entry.is_dir() and not entry.is_symlink()
+              and entry.name.startswith(f"{ADAPTER_PREFIX}-v") and entry.resolve() not in registered):
+            shutil.rmtree(entry, ignore_errors=True)
 
 
 def _child_env(settings: Settings) -> dict[str, str]:

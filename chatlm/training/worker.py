@@ -103,7 +103,8 @@ def run_round(settings: Settings, run_id: int) -> int:
         model_id, hp, metrics = _train_and_evaluate(settings, round_data, params, parent, active, tmp, report)
         report({"phase": "registering"})
         with db.transaction(sessions) as s:
-            name = registry.next_name(s, prefix=str(params.get("prefix") or ADAPTER_PREFIX))
+            name = registry.next_name(s, prefix=str(params.get("prefix") or ADAPTER_PREFIX),
+                                      taken=lambda n: (adapters_dir(settings) / n).exists())
             final = adapters_dir(settings) / name
             tmp.rename(final)
             tmp = final  # removed below if the registration does not commit
