@@ -136,8 +136,14 @@ class ChatService:
 
     # ---- conversations -------------------------------------------------------------------
     def user_id(self, name: str = repo.LOCAL_USER) -> int:
-        with transaction(self.sessions) as s:
-            return repo.get_or_create_user(s, name=name).id
+        """The user's id, creating the row on first use. Concurrent first requests may both insert:
+        the loser's UNIQUE error means the row now exists, so it reads it instead of failing."""
+        try:
+            with transaction(self.sessions) as s:
+                return repo.get_or_create_user(s, name=name).id
+        except IntegrityError:
+            with transaction(self.sessions) as s:
+                return repo.get_or_create_user(s, name=name).id
 
     def new_conversation(self, user_id: int, *, system_prompt: str | None = None,
                          settings: dict[str, Any] | None = None) -> Conversation:

@@ -231,3 +231,30 @@ def test_deleting_a_conversation_while_it_streams_stores_nothing_and_raises_noth
     service.delete(uid, conv.id)
     "".join(stream)  # ends quietly: the answer has nowhere to go
     assert all(c.id != conv.id for c in service.conversations(uid))
+
+
+def test_concurrent_first_requests_of_a_new_user_all_get_the_same_user(service) -> None:
+    """Visitors arriving together on a fresh database each create the user row; the losers of that
+    race must read the winner's row, not show a UNIQUE-constraint error."""
+    import threading
+
+    names = [f"visitor-{i}" for i in range(12)]
+    barrier = threading.Barrier(8)
+    results: dict[str, set[int]] = {name: set() for name in names}
+    errors: list[BaseException] = []
+
+    def visit() -> None:
+        for name in names:
+            barrier.wait()
+            try:
+                results[name].add(service.user_id(name))
+            except BaseException as exc:
+                errors.append(exc)
+
+    threads = [threading.Thread(target=visit) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert all(len(ids) == 1 for ids in results.values()) and len({min(i) for i in results.values()}) == 12
