@@ -120,6 +120,26 @@ def test_queue_full_says_busy(tiny) -> None:
         backend.close()
 
 
+def test_stop_on_a_queued_answer_ends_it_while_the_batch_runs(tiny) -> None:
+    """A visitor who presses Stop while the answer waits for a slot is not kept waiting until the
+    running answers finish: the queued request ends at the next decoding step."""
+    from chatlm.engine.local import LocalBackend
+
+    backend = LocalBackend(tiny, max_batch=1, queue_size=4)
+    try:
+        running = ask(backend, "a", SamplingParams(temperature=0.0, max_new_tokens=200, stop=()))
+        deltas = iter(running)
+        next(deltas)  # admitted to the batch
+        queued = ask(backend, "b", SamplingParams(temperature=0.0, max_new_tokens=5))
+        queued.cancel()
+        assert queued.wait() == "" and queued.finish_reason == "cancelled"
+        assert not running.done and backend.scheduler.waiting == 0
+        running.cancel()
+        list(deltas)
+    finally:
+        backend.close()
+
+
 def test_prompt_longer_than_context_is_refused(tiny_backend) -> None:
     with pytest.raises(InputError, match="context window"):
         tiny_backend.scheduler.submit(list(range(300)), GREEDY)

@@ -222,6 +222,11 @@ class Scheduler:
                     break
                 tasks = list(self._tasks)
                 self._tasks.clear()
+                if any(gen.cancelled for gen, _ in self._pending):  # Stop on a queued answer ends it now
+                    for gen, _ in self._pending:
+                        if gen.cancelled:
+                            gen._finish("cancelled")
+                    self._pending = deque(p for p in self._pending if not p[0].cancelled)
                 admit: list[tuple[Generation, list[int]]] = []
                 while self._pending and len(self._rows) + len(admit) < self.max_batch:
                     gen, prompt = self._pending.popleft()
