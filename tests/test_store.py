@@ -9,6 +9,7 @@ from sqlalchemy import inspect, text
 
 from chatlm.errors import InputError, NotFoundError, PermissionDeniedError
 from chatlm.store import db, repo
+from chatlm.store.models import User
 
 
 @pytest.fixture
@@ -129,3 +130,45 @@ def test_upgrade_from_0002_keeps_messages_and_allows_interrupted(tmp_path: Path)
         assert conn.execute(text("SELECT content, status FROM messages")).one() == ("half an ans", "interrupted")
     with pytest.raises(IntegrityError), db.make_engine(url).begin() as conn:
         conn.execute(text("UPDATE messages SET status = 'bogus'"))
+
+
+def test_writers_of_one_process_queue_instead_of_failing_busy(url: str, monkeypatch) -> None:
+    """A write that waits longer than SQLite's busy timeout for another thread's write must still
+    be saved (the threads queue on the process's write gate), and more writers than the connection
+    pool holds must not deadlock on it."""
+    import threading
+    import time
+
+    monkeypatch.setattr(db, "BUSY_TIMEOUT_MS", 100)
+    factory = db.make_sessionmaker(db.make_engine(url))
+    holding, errors = threading.Event(), []
+
+    def slow_writer() -> None:
+        with db.transaction(factory) as s:
+            repo.get_or_create_user(s, name="slow")
+            holding.set()
+            time.sleep(1.0)  # ten busy timeouts with the write lock held
+
+    def writer(name: str) -> None:
+        try:
+            with db.transaction(factory) as s:
+                if name.endswith(("0", "2", "4", "6", "8")):  # its first statement is the write
+                    s.add(User(name=name))
+                else:  # reads first, so it holds a pooled connection while it waits to write
+                    repo.get_or_create_user(s, name=name)
+        except Exception as exc:
+            errors.append(exc)
+
+    slow = threading.Thread(target=slow_writer)
+    slow.start()
+    holding.wait(10)
+    threads = [threading.Thread(target=writer, args=(f"w{i}",)) for i in range(24)]  # pool: 5 + 10
+    for t in threads:
+        t.start()
+    for t in threads + [slow]:
+        t.join(60)
+    assert not any(t.is_alive() for t in threads), "writers deadlocked"
+    assert errors == []
+    with db.transaction(factory) as s:
+        names = set(s.scalars(text("SELECT name FROM users")))
+    assert names >= {"slow"} | {f"w{i}" for i in range(24)}
