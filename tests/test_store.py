@@ -172,3 +172,45 @@ def test_writers_of_one_process_queue_instead_of_failing_busy(url: str, monkeypa
     with db.transaction(factory) as s:
         names = set(s.scalars(text("SELECT name FROM users")))
     assert names >= {"slow"} | {f"w{i}" for i in range(24)}
+
+
+def test_every_migration_keeps_a_filled_database(tmp_path: Path) -> None:
+    """A database filled through the app (users, chats, answers, ratings and their events, a loaded
+    text with chunks, an adapter and a training run) goes down to 0002 and back up to head with every
+    row kept. Batch mode rebuilds tables on SQLite; with foreign keys on, rebuilding ``messages``
+    used to delete every rating through ON DELETE CASCADE."""
+    from chatlm.library import Library
+    from chatlm.store import registry
+    from tests.seeding import add_turn, seed_pairs
+
+    url = f"sqlite:///{tmp_path / 'filled.db'}"
+    db.upgrade(url)
+    sessions = db.make_sessionmaker(db.make_engine(url))
+    with db.transaction(sessions) as s:
+        uid = repo.get_or_create_user(s).id
+        other = repo.get_or_create_user(s, name="alice").id
+        conv = repo.create_conversation(s, user_id=uid).id
+    seed_pairs(sessions, uid, 3)
+    add_turn(sessions, other, "Why?", [("Because.", -1, "Because it is.")])
+    Library(sessions, embedder=None).load(user_id=uid, conversation_id=conv, name="notes.txt",
+                                          data=b"The office opened in 1987. " * 40)
+    with db.transaction(sessions) as s:
+        registry.register(s, name="chatlm-v1", base_model="m", path="/a", method="dpo", dataset_hash="0")
+        registry.start_run(s, method="dpo", params={})
+    tables = ["users", "conversations", "messages", "ratings", "rating_events", "documents", "chunks",
+              "conversation_documents", "adapters", "training_runs"]
+
+    def counts() -> dict[str, int]:
+        with db.make_engine(url).connect() as conn:
+            return {t: conn.execute(text(f"SELECT count(*) FROM {t}")).scalar() for t in tables}
+
+    before = counts()
+    assert all(before[t] > 0 for t in tables), before
+    command = __import__("alembic.command", fromlist=["command"])
+    command.downgrade(db.alembic_config(url), "0002")
+    assert counts() == before
+    db.upgrade(url)
+    assert counts() == before
+    with db.make_engine(url).connect() as conn:
+        assert conn.execute(text("PRAGMA foreign_keys")).scalar() == 1
+        assert conn.execute(text("PRAGMA foreign_key_check")).fetchall() == []
