@@ -1,4 +1,4 @@
-"""`python -m chatlm serve | ask | export | db upgrade | eval qa`."""
+"""`python -m chatlm serve | ask | export | db upgrade | eval qa | train | adapters | users`."""
 
 from __future__ import annotations
 
@@ -42,6 +42,9 @@ def _parser() -> argparse.ArgumentParser:
     training_cli.add_train_arguments(sub.add_parser(
         "train", help="train a LoRA adapter from stored ratings (a round in its own process)"))
     training_cli.add_adapters_arguments(sub.add_parser("adapters", help="list, activate or roll back adapters"))
+    from chatlm import accounts_cli
+
+    accounts_cli.add_arguments(sub.add_parser("users", help="accounts: add, list, passwd, role, remove, key"))
     return p
 
 
@@ -67,6 +70,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from chatlm.evaluation.qa import run_cli
 
             return run_cli(args)
+        elif args.command == "users":
+            from chatlm.accounts_cli import main as users_main
+
+            return users_main(args)
         elif args.command in ("train", "adapters"):
             from chatlm.training.cli import main as training_main
 
