@@ -2,5 +2,6 @@
 held-out feedback and registered (``data`` picks the method, ``worker`` trains, ``rounds`` starts
 and follows a round, ``evaluate`` measures it, ``cli`` is ``python -m chatlm train | adapters``)."""
 
-METHODS = ("auto", "sft", "kto", "dpo")
-"""Training methods a round accepts; ``auto`` picks DPO, KTO or SFT from the data."""
+METHODS = ("auto", "sft", "kto", "dpo", "document")
+"""Training methods a round accepts; ``auto`` picks DPO, KTO or SFT from the ratings, never
+``document``, which learns one text (``document`` module) instead of ratings."""

@@ -62,6 +62,8 @@ class Heldout:
     """Prompt-completion records of liked answers and written better answers."""
     prompts: int = 0
     """Distinct held-out prompts."""
+    texts: list[str] = field(default_factory=list)
+    """Held-out windows of a document round's text (scored by perplexity)."""
 
 
 @dataclass
@@ -75,11 +77,14 @@ class RoundData:
     jsonl: str
     kto_weights: tuple[float, float] | None = None
     """(desirable_weight, undesirable_weight) for KTO."""
+    source: dict[str, Any] | None = None
+    """A document round's text: its name, id or file, sha256, tokens and windows."""
 
     def summary(self) -> dict[str, Any]:
-        return {"method": self.method, "train": len(self.train), "heldout_prompts": self.heldout.prompts,
-                "counts": self.counts.as_dict(), "dataset_hash": self.dataset_hash,
-                "kto_weights": list(self.kto_weights) if self.kto_weights else None}
+        out = {"method": self.method, "train": len(self.train), "heldout_prompts": self.heldout.prompts,
+               "counts": self.counts.as_dict(), "dataset_hash": self.dataset_hash,
+               "kto_weights": list(self.kto_weights) if self.kto_weights else None}
+        return {**out, "document": self.source} if self.source else out
 
 
 def _prompt_key(answer: RatedAnswer) -> str:
@@ -137,6 +142,8 @@ def choose_method(requested: str, c: Counts) -> str:
     """DPO when there are enough pairs, else KTO, else SFT; too little data is a clear error."""
     if requested not in METHODS:
         raise ChatLMError(f"The training method must be one of {', '.join(METHODS)}, not {requested!r}.")
+    if requested == "document":  # its data is a text, read by chatlm.training.document
+        raise ChatLMError("A document round trains on a text, not on ratings: give it --document or --text.")
     needs = _needs(c)
     if requested != "auto":
         if not _enough(requested, c):
