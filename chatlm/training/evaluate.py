@@ -3,7 +3,8 @@
 The figures are read from log-probabilities of stored answers, so they need no generation and no
 judge: preference accuracy and mean margin on pairs (chosen minus rejected, summed over the answer's
 tokens), the same for liked vs disliked answers (per-token mean, as they answer different prompts),
-and perplexity of liked answers. A promotion decision can then rest on the round's target figure.
+perplexity of liked answers, and, for a document round, perplexity of the held-out windows of its
+text. A promotion decision can then rest on the round's target figure.
 """
 
 from __future__ import annotations
@@ -16,11 +17,11 @@ from typing import Any
 
 from chatlm.training.data import Heldout, Record
 
-TARGETS = {"dpo": "pair_margin", "kto": "rated_margin", "sft": "liked_perplexity"}
+TARGETS = {"dpo": "pair_margin", "kto": "rated_margin", "sft": "liked_perplexity", "document": "text_perplexity"}
 KNOWLEDGE_LIMIT = 16
 """Held-out questions about loaded texts answered per model (generation is the slow part on a CPU)."""
 KNOWLEDGE_TOKENS = 64
-LOWER_IS_BETTER = {"liked_perplexity"}
+LOWER_IS_BETTER = {"liked_perplexity", "text_perplexity"}
 Messages = list[dict[str, str]]
 BATCH = 4
 
@@ -102,6 +103,10 @@ def score(model: Any, tokenizer: Any, heldout: Heldout) -> dict[str, float]:
     if heldout.liked:
         lps = [lp(r["prompt"], r["completion"]) for r in heldout.liked]
         figures["liked_perplexity"] = math.exp(-sum(s for s, _ in lps) / max(sum(n for _, n in lps), 1))
+    if heldout.texts:
+        from chatlm.training.document import perplexity
+
+        figures["text_perplexity"] = perplexity(model, tokenizer, heldout.texts)[0]
     figures.update(knowledge_f1(model, tokenizer, knowledge_items(heldout)))
     return {k: round(v, 4) for k, v in figures.items()}
 
@@ -188,7 +193,8 @@ def compare(model: Any, tokenizer: Any, heldout: Heldout, *, method: str, traine
     return {
         "method": method, "target": key, "lower_is_better": key in LOWER_IS_BETTER,
         "baseline_name": baseline_name,
-        "heldout": {"pairs": len(heldout.pairs), "rated": len(heldout.rated), "liked": len(heldout.liked)},
+        "heldout": {"pairs": len(heldout.pairs), "rated": len(heldout.rated), "liked": len(heldout.liked),
+                    "texts": len(heldout.texts)},
         "adapter": new, "baseline": old,
         "improved": bool(key and better(key, new[key], old[key])),
     }

@@ -26,6 +26,7 @@ from chatlm.errors import ChatLMError, InputError
 from chatlm.store import db, registry
 from chatlm.store.models import TrainingRun
 from chatlm.training import METHODS, data
+from chatlm.training import document as doc_round
 from chatlm.training.worker import ADAPTER_PREFIX, TMP_PREFIX, adapters_dir
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]
@@ -91,15 +92,23 @@ def _check(method: str, epochs: float | None, lr: float | None, max_steps: int |
 
 def start_round(settings: Settings, method: str = "auto", epochs: float | None = None, lr: float | None = None,
                 max_steps: int | None = None, squad: str | None = None, *, from_active: bool = False,
+                document: int | None = None, text: str | None = None, window: int | None = None,
                 sessions: sessionmaker[Session] | None = None, **extra: Any) -> int:
-    """Check there is enough data, create the run (refused while another runs), spawn the worker."""
+    """Check there is enough data, create the run (refused while another runs), spawn the worker.
+    A ``document`` round learns one text: a stored document's id, or a file (``text``)."""
     _check(method, epochs, lr, max_steps, squad)
+    source = doc_round.check_params(method, document=document, text=text, window=window)
     sessions = sessions or sessions_for(settings)
     reap(settings, sessions)
     params: dict[str, Any] = {"epochs": epochs, "lr": lr, "max_steps": max_steps, "from_active": from_active,
-                              "squad": str(Path(squad).resolve()) if squad else None, **extra}
+                              "squad": str(Path(squad).resolve()) if squad else None, **source, **extra}
+    tokenizer = doc_round.load_tokenizer(settings) if method == "document" else None
     with db.transaction(sessions) as s:
-        data.build_round(s, method)  # too little data: a clear error now, not in a log later
+        if method == "document":  # a missing or too short text: refused now, not in a log later
+            checked = doc_round.build_round(s, settings, params, tokenizer).source or {}
+            params["text_sha256"] = checked["sha256"]
+        else:
+            data.build_round(s, method)  # too little data: a clear error now, not in a log later
         if from_active and registry.active_adapter(s) is None:
             raise InputError("No adapter is active, so there is nothing to continue from: "
                              "train without --from-active.")

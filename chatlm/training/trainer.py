@@ -1,4 +1,5 @@
-"""The TRL trainer of a round: LoRA on every linear layer, one config shape for SFT, KTO and DPO.
+"""The TRL trainer of a round: LoRA on every linear layer, one config shape for SFT, KTO and DPO (and
+SFT's language-modelling form for a document round: the loss on every token of the text).
 
 TRL (and accelerate under it) picks the device: the same command trains on a GPU in bf16 when one
 is present and on the CPU in fp32 otherwise. Gradient checkpointing is off: the models we train are
@@ -13,7 +14,7 @@ from typing import Any
 
 from chatlm.training.data import RoundData
 
-LEARNING_RATES = {"sft": 2e-4, "kto": 1e-4, "dpo": 1e-4}
+LEARNING_RATES = {"sft": 2e-4, "kto": 1e-4, "dpo": 1e-4, "document": 2e-4}
 """LoRA learning rates: ~10x what full fine-tuning uses, as LoRA updates are low-rank."""
 LORA = {"r": 16, "lora_alpha": 32, "lora_dropout": 0.0, "target_modules": "all-linear"}
 """No LoRA dropout: it copies every layer input (a fifth more memory and time on a CPU)."""
@@ -53,6 +54,8 @@ def hyperparams(round_data: RoundData, params: dict[str, Any]) -> dict[str, Any]
         hp["beta"] = BETA
     if round_data.kto_weights:
         hp["desirable_weight"], hp["undesirable_weight"] = round_data.kto_weights
+    if round_data.source:
+        hp["window"] = round_data.source["window"]
     if (hp["learning_rate"] <= 0 or hp["epochs"] <= 0 or hp["batch_size"] < 1
             or (hp["max_steps"] is not None and hp["max_steps"] < 1)):
         raise ValueError(f"Invalid training parameters: {params}")
@@ -140,7 +143,7 @@ def score_completions_only_on_cpu() -> bool:
 
 def make_trainer(model: Any, tokenizer: Any, round_data: RoundData, hp: dict[str, Any], *,
                  output_dir: str, device: str, report: Progress) -> Any:
-    """The SFT/KTO/DPO trainer over ``model`` (already a PeftModel), reporting progress."""
+    """The SFT/KTO/DPO (or document) trainer over ``model`` (already a PeftModel), reporting progress."""
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer, KTOConfig, KTOTrainer, SFTConfig, SFTTrainer
 
@@ -160,6 +163,9 @@ def make_trainer(model: Any, tokenizer: Any, round_data: RoundData, hp: dict[str
     if method == "sft":
         config: Any = SFTConfig(**common, train_sampling_strategy="group_by_length")
         trainer_cls: type = SFTTrainer
+    elif method == "document":  # a "text" column: TRL's language modelling, every token in the loss
+        config = SFTConfig(**common, dataset_text_field="text", completion_only_loss=False, packing=False)
+        trainer_cls = SFTTrainer
     elif method == "dpo":
         config = DPOConfig(**common, beta=hp["beta"], train_sampling_strategy="group_by_length")
         trainer_cls = DPOTrainer

@@ -25,7 +25,7 @@ from chatlm.config import Settings
 from chatlm.errors import ChatLMError
 from chatlm.store import db, registry
 from chatlm.store.models import utcnow
-from chatlm.training import data
+from chatlm.training import data, document
 
 log = logging.getLogger("chatlm.training")
 TMP_PREFIX = ".tmp-run"
@@ -93,7 +93,8 @@ def run_round(settings: Settings, run_id: int) -> int:
         method, params, parent, active = _mark_running(sessions, run_id)
         report = Reporter(sessions, run_id)
         with db.transaction(sessions) as s:
-            round_data = data.build_round(s, method)
+            round_data = (document.build_round(s, settings, params) if method == "document"
+                          else data.build_round(s, method))
         logs = Path(settings.data_dir) / "training"
         logs.mkdir(parents=True, exist_ok=True)
         (logs / f"run-{run_id}.jsonl").write_text(round_data.jsonl, encoding="utf-8")
