@@ -1,4 +1,4 @@
-"""`python -m chatlm serve | ask | export | db upgrade | eval qa | train | adapters | users`."""
+"""`python -m chatlm serve | ask | export | db upgrade | eval qa | eval perplexity | train | adapters | users`."""
 
 from __future__ import annotations
 
@@ -39,8 +39,10 @@ def _parser() -> argparse.ArgumentParser:
         "qa", help="SQuAD v2 question answering over knowledge texts (temporary database)"))
     from chatlm.training import cli as training_cli
 
+    training_cli.add_perplexity_arguments(ev_sub.add_parser(
+        "perplexity", help="perplexity of a text under the base model or a registered adapter"))
     training_cli.add_train_arguments(sub.add_parser(
-        "train", help="train a LoRA adapter from stored ratings (a round in its own process)"))
+        "train", help="train a LoRA adapter from stored ratings or one text (a round in its own process)"))
     training_cli.add_adapters_arguments(sub.add_parser("adapters", help="list, activate or roll back adapters"))
     from chatlm import accounts_cli
 
@@ -66,6 +68,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             settings = Settings.from_env()
             db.upgrade(settings.db_url)
             print(f"database at {settings.db_url} is at the latest revision")
+        elif args.command == "eval" and args.eval_command == "perplexity":
+            from chatlm.training.cli import run_perplexity
+
+            return run_perplexity(args)
         elif args.command == "eval":
             from chatlm.evaluation.qa import run_cli
 

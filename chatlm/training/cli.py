@@ -1,4 +1,5 @@
-"""`python -m chatlm train` and `python -m chatlm adapters list | activate NAME | rollback`."""
+"""`python -m chatlm train`, `python -m chatlm adapters list | activate NAME | rollback` and
+`python -m chatlm eval perplexity`."""
 
 from __future__ import annotations
 
@@ -8,12 +9,17 @@ from typing import Any
 
 from chatlm.config import Settings
 from chatlm.errors import ChatLMError
-from chatlm.training import METHODS
+from chatlm.training import METHODS, document
 
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", choices=METHODS, default="auto",
-                   help="auto: DPO with enough pairs, else KTO with likes and dislikes, else SFT")
+                   help="auto: DPO with enough pairs, else KTO with likes and dislikes, else SFT; "
+                        "document: learn one text (--document or --text imply it)")
+    p.add_argument("--document", type=int, metavar="ID", help="learn this stored (loaded) text")
+    p.add_argument("--text", metavar="FILE", help="learn this file's text (.txt, .md, .html, .pdf)")
+    p.add_argument("--window", type=int, metavar="N",
+                   help=f"tokens per window of a learnt text (default {document.WINDOW})")
     p.add_argument("--epochs", type=float, help="passes over the data (default: 3 below 50 examples, else 1)")
     p.add_argument("--max-steps", type=int, help="stop after this many optimiser steps")
     p.add_argument("--lr", type=float, help="learning rate (default: 2e-4 SFT, 1e-4 KTO/DPO)")
@@ -35,9 +41,10 @@ def run_train(args: argparse.Namespace) -> int:
 
     settings = Settings.from_env()
     sessions = rounds.sessions_for(settings)
-    run_id = rounds.start_round(settings, method=args.method, epochs=args.epochs, lr=args.lr,
+    method = "document" if args.method == "auto" and (args.document is not None or args.text) else args.method
+    run_id = rounds.start_round(settings, method=method, epochs=args.epochs, lr=args.lr,
                                 max_steps=args.max_steps, squad=args.squad, from_active=args.from_active,
-                                sessions=sessions)
+                                document=args.document, text=args.text, window=args.window, sessions=sessions)
     log = rounds.log_path(settings, run_id)
     print(f"training round {run_id} started in its own process (log: {log})", file=sys.stderr)
     if not args.wait:
@@ -147,6 +154,56 @@ def _table(adapters: list[Any]) -> None:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+
+
+def add_perplexity_arguments(p: argparse.ArgumentParser) -> None:
+    """Arguments of ``python -m chatlm eval perplexity``."""
+    p.add_argument("--text", required=True, metavar="FILE", help="the text (.txt, .md, .html, .pdf)")
+    p.add_argument("--adapter", metavar="NAME",
+                   help="score with this registered LoRA adapter (default: the base model)")
+    p.add_argument("--window", type=int, default=document.WINDOW, metavar="N",
+                   help=f"tokens per window (default {document.WINDOW}, as a document round cuts it)")
+    p.add_argument("--heldout", action="store_true",
+                   help="only the windows a document round on this text holds out (never trained on)")
+    p.add_argument("--json", dest="json_out", help="also write the figures as JSON here ('-' for stdout)")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+
+
+def run_perplexity(args: argparse.Namespace) -> int:
+    """Perplexity of a file's text under the base model or a registered adapter: the figure a
+    document round reports, measured on any text (the adapter is found as `eval qa` finds it)."""
+    import json
+    from pathlib import Path
+
+    from chatlm.engine import adapters, loader
+    from chatlm.errors import InputError
+    from chatlm.evaluation.qa import _registered_adapter
+
+    if not document.MIN_WINDOW <= args.window <= document.MAX_WINDOW:
+        raise InputError(f"--window must be between {document.MIN_WINDOW} and {document.MAX_WINDOW} tokens.")
+    settings = Settings.from_env()
+    text = document.read_text_file(Path(args.text))
+    adapter_path = _registered_adapter(settings, args.adapter)
+    loaded = loader.load(settings.model, Path(settings.data_dir), settings.device)
+    model = loaded.model
+    if adapter_path is not None:
+        adapters.check_adapter(Path(adapter_path), model, args.adapter)
+        model = adapters.attach(model, Path(adapter_path), args.adapter)
+    pieces = document.windows(loaded.tokenizer, text, args.window)
+    if args.heldout:
+        pieces = document.split(pieces)[1]
+    ppl, tokens = document.perplexity(model, loaded.tokenizer, pieces, progress=args.progress)
+    report = {"text": str(args.text), "model": loaded.model_id, "adapter": args.adapter, "window": args.window,
+              "heldout": args.heldout, "windows": len(pieces), "tokens": tokens, "perplexity": round(ppl, 4)}
+    if args.json_out == "-":
+        print(json.dumps(report))
+    elif args.json_out:
+        Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json_out).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    line = (f"perplexity {ppl:.4f} over {tokens} tokens in {len(pieces)}{' held-out' if args.heldout else ''} "
+            f"windows of {args.window} ({args.adapter or 'base model'}, {loaded.model_id})")
+    print(line, file=sys.stderr if args.json_out == "-" else sys.stdout)
+    return 0
 
 
 def main(args: argparse.Namespace) -> int:
