@@ -20,6 +20,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import delete, func, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from chatlm.errors import ChatLMError, InputError, NotFoundError, PermissionDeniedError
@@ -38,6 +39,11 @@ LOCK_AFTER = 10
 LOCK_FOR = timedelta(minutes=15)
 KEY_PREFIX = "clm_"
 GUEST_PREFIX = "guest-"
+GUEST_TOKEN = re.compile(r"[A-Za-z0-9_-]{32,64}")
+
+
+def new_guest_token() -> str:
+    return secrets.token_urlsafe(32)
 
 
 class SignInError(ChatLMError):
@@ -233,20 +239,25 @@ class AccountService:
         return actor
 
     def guest(self, token: str | None = None) -> tuple[Actor, str]:
-        """The guest identity bound to a browser's random token (a new one when None or unknown):
-        returns the actor and the token to keep in the visitor's cookie."""
-        if token and re.fullmatch(r"[A-Za-z0-9_-]{20,64}", token):
-            name = GUEST_PREFIX + key_hash(token)[:32]
-            with transaction(self.sessions) as s:
-                user = s.scalar(select(User).where(User.name == name, User.is_guest.is_(True)))
-                if user is not None:
+        """The guest identity bound to a browser's random token (a new token when None or not one
+        of ours in shape): returns the actor and the token to keep in the visitor's cookie. The
+        token is the only secret, so whoever holds it is that guest; the row is made on first use."""
+        if not token or not GUEST_TOKEN.fullmatch(token):
+            token = new_guest_token()
+        name = GUEST_PREFIX + key_hash(token)[:32]
+        for attempt in (1, 2):  # two first requests of one browser may race to make the row
+            try:
+                with transaction(self.sessions) as s:
+                    user = s.scalar(select(User).where(User.name == name))
+                    if user is None:
+                        user = User(name=name, is_guest=True)
+                        s.add(user)
+                        s.flush()
                     return Actor.of(user), token
-        token = secrets.token_urlsafe(24)
-        with transaction(self.sessions) as s:
-            user = User(name=GUEST_PREFIX + key_hash(token)[:32], is_guest=True)
-            s.add(user)
-            s.flush()
-            return Actor.of(user), token
+            except IntegrityError:
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
 
     # ---- API keys -----------------------------------------------------------------------------
     def create_key(self, actor: Actor, name: str = "key") -> NewKey:

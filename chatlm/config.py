@@ -55,6 +55,21 @@ class Settings:
     """Model id asked of the remote server; empty means its first listed model."""
     api_keys: tuple[str, ...] = field(default_factory=tuple)
     """Keys accepted by ``/v1``; empty means the API is open."""
+    auth: str = "none"
+    """Who may use the app: ``none`` (one local user, for 127.0.0.1), ``password`` (accounts made with
+    ``python -m chatlm users add``) or ``hf`` (Hugging Face sign-in, on a Space with ``hf_oauth``)."""
+    guests: str = "auto"
+    """``on``/``off``: visitors who have not signed in get a private guest identity kept in a cookie;
+    ``auto`` is on when ``auth`` is not ``none``."""
+    allow_open: bool = False
+    """Serve a non-loopback address with no sign-in and no guests (everyone is the one local user)."""
+    secret_key: str = ""
+    """Signs session cookies; empty means a random key kept in ``<data_dir>/secret_key`` (set it on
+    every machine of a deployment so they accept each other's cookies)."""
+    session_hours: float = 168.0
+    """How long a sign-in lasts."""
+    admins: tuple[str, ...] = field(default_factory=tuple)
+    """Hugging Face user names that are admins with ``auth=hf`` (default: the Space's owner)."""
     abstain_threshold: float = 0.6
     """An extractive answer whose support score (cosine of question and supporting sentence under
     the embedding model) is below this is declined: "the text does not say". Calibrated on the
@@ -75,6 +90,30 @@ class Settings:
             raise ConfigError("CHATLM_MAX_BATCH must be >= 1 and CHATLM_QUEUE_SIZE >= 0")
         if self.context_window < 0:
             raise ConfigError("CHATLM_CONTEXT_WINDOW must be >= 0")
+        if self.auth not in {"none", "password", "hf"}:
+            raise ConfigError(f"CHATLM_AUTH must be none, password or hf, got {self.auth!r}")
+        if self.guests not in {"auto", "on", "off"}:
+            raise ConfigError(f"CHATLM_GUESTS must be auto, on or off, got {self.guests!r}")
+        if self.session_hours <= 0:
+            raise ConfigError("CHATLM_SESSION_HOURS must be more than 0")
+
+    @property
+    def guests_allowed(self) -> bool:
+        """Whether a visitor who has not signed in gets a private guest identity."""
+        return self.auth != "none" and self.guests != "off"
+
+    @property
+    def loopback(self) -> bool:
+        return self.host in {"127.0.0.1", "localhost", "::1"} or self.host.startswith("127.")
+
+    def check_exposure(self) -> None:
+        """Refuse to serve everyone as one user on an address others can reach, unless asked to."""
+        if not self.loopback and self.auth == "none" and not self.allow_open:
+            raise ConfigError(
+                f"CHATLM_HOST={self.host} is reachable by others, and with CHATLM_AUTH=none every "
+                "visitor would be the same admin user. Set CHATLM_AUTH=password (and add accounts with "
+                "`python -m chatlm users add NAME`) or CHATLM_AUTH=hf on a Space, or set "
+                "CHATLM_ALLOW_OPEN=1 if that is what you want.")
 
     @property
     def db_url(self) -> str:
@@ -106,8 +145,15 @@ def _parse(name: str, raw: str, kind: object) -> object:
             return float(raw)
         if kind_s == "Path":
             return Path(raw)
+        if kind_s == "bool":
+            if raw.strip().lower() in {"1", "true", "yes", "on"}:
+                return True
+            if raw.strip().lower() in {"0", "false", "no", "off"}:
+                return False
+            raise ValueError(raw)
         if kind_s.startswith("tuple"):
             return tuple(k.strip() for k in raw.split(",") if k.strip())
     except ValueError as exc:
-        raise ConfigError(f"CHATLM_{name.upper()} must be a number, got {raw!r}") from exc
+        what = "1 or 0" if kind_s == "bool" else "a number"
+        raise ConfigError(f"CHATLM_{name.upper()} must be {what}, got {raw!r}") from exc
     return raw

@@ -7,7 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from chatlm.accounts import AccountService
 from chatlm.config import Settings
+from chatlm.identity import Identity
 from chatlm.service import ChatService
 
 log = logging.getLogger(__name__)
@@ -18,6 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 class App:
     settings: Settings
     service: ChatService
+    identity: Identity
     asgi: Any
     """The FastAPI app: ``/`` is the Gradio UI, ``/v1`` the OpenAI-compatible API."""
 
@@ -52,29 +55,35 @@ def build_app(settings: Settings, backend: Any = None) -> App:
     from fastapi import FastAPI
 
     from chatlm.api.openai import OpenAIRoutes
+    from chatlm.ui import signin
     from chatlm.ui.chat import ChatUI
+    from chatlm.ui.who import Who
 
     service = make_service(settings, backend)
+    identity = Identity(settings, AccountService(service.sessions))
     # A server that starts takes over from one that died: its streaming answers end as interrupted.
     # (Another process that finishes such an answer still stores its final state over this mark.)
     if interrupted := service.mark_interrupted():
         log.warning("%d answer(s) were cut off when the last server stopped; kept as interrupted", interrupted)
     api = FastAPI(title="chatlm")
-    OpenAIRoutes(service).install(api)
-    blocks = ChatUI(service).build()
+    OpenAIRoutes(service, identity).install(api)
+    if settings.auth != "none":
+        signin.install(api, identity)
+    blocks = ChatUI(service, Who(identity)).build()
     blocks.queue(default_concurrency_limit=settings.max_batch)
     # Nothing under the data folder (database, adapters, models) or the code is ever served or
     # copied by Gradio, whatever a request names; uploads are checked in chatlm.ui.uploads.
     blocked = [str(settings.data_dir.resolve()), str(REPO)]
     asgi = gr.mount_gradio_app(api, blocks, path="", server_name=settings.host,
                                server_port=settings.port, blocked_paths=blocked)
-    return App(settings=settings, service=service, asgi=asgi)
+    return App(settings=settings, service=service, identity=identity, asgi=asgi)
 
 
 def serve(settings: Settings) -> None:
     """Run the UI and API until interrupted."""
     import uvicorn
 
+    settings.check_exposure()  # before loading anything: no open server by accident
     app = build_app(settings)
     print(f"chatlm: serving {app.service.backend.model_id} on http://{settings.host}:{settings.port}",
           flush=True)

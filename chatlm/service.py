@@ -167,7 +167,7 @@ class ChatService:
                                      title=title)
 
     def delete(self, user_id: int, conversation_id: int) -> None:
-        self.stop(conversation_id)
+        self.stop(user_id, conversation_id)
         with transaction(self.sessions) as s:
             repo.delete_conversation(s, conversation_id=conversation_id, user_id=user_id)
 
@@ -421,8 +421,9 @@ class ChatService:
             self.active_adapter = None
             return None
 
-    def stop(self, conversation_id: int) -> bool:
-        """Stop the answer being generated in this conversation, if any."""
+    def stop(self, user_id: int, conversation_id: int) -> bool:
+        """Stop the answer being generated in this conversation of the user's, if any."""
+        self.conversation(user_id, conversation_id)  # someone else's (or no) conversation: NotFound
         with self._lock:
             gen = self._running.get(conversation_id)
         if gen is None:

@@ -139,8 +139,9 @@ def test_a_guest_is_bound_to_its_token(accounts) -> None:
     other, _ = accounts.guest()
     assert first == again and same == token and first.is_guest and not first.is_admin
     assert other.user_id != first.user_id
-    forged, new_token = accounts.guest("x" * 30)  # an unknown token gets a new guest, not a match
-    assert forged.user_id not in (first.user_id, other.user_id) and new_token != "x" * 30
+    short, new_token = accounts.guest("x" * 10)  # not a token of ours in shape: a new one
+    assert short.user_id not in (first.user_id, other.user_id) and new_token != "x" * 10
+    assert accounts.guest(new_token)[0] == short
     with pytest.raises(PermissionDeniedError):
         accounts.create_key(first)
     with pytest.raises(SignInError):

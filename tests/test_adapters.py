@@ -112,10 +112,13 @@ def test_activate_and_roll_back_through_the_api(start_server, bundled, tmp_path)
 
     from chatlm.engine.local import LocalBackend
 
-    adapter = make_adapter(bundled.model, tmp_path / "smol-v1", 5)
+    outside = make_adapter(bundled.model, tmp_path / "elsewhere" / "smol-v1", 5)
+    adapter = make_adapter(bundled.model, tmp_path / "data" / "adapters" / "smol-v1", 5)
     backend = LocalBackend(dataclasses.replace(bundled, model=copy.deepcopy(bundled.model)))
     server = start_server(backend)
     client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="x", max_retries=0)
+    with pytest.raises(openai.BadRequestError, match="Only adapter directories under"):
+        client.post("/adapters", body={"name": "smol-v1", "path": str(outside)}, cast_to=object)
     start = time.perf_counter()
     body = client.post("/adapters", body={"name": "smol-v1", "path": str(adapter),
                                           "activate": True}, cast_to=object)

@@ -68,7 +68,7 @@ def test_front_stores_while_back_generates(backend_process, tmp_path) -> None:
         stream = iter(service.send(uid, conv.id, "Write a long story.",
                                    SamplingParams(temperature=0, max_new_tokens=500)))
         next(stream)
-        service.stop(conv.id)
+        service.stop(uid, conv.id)
         list(stream)
         assert service.history(uid, conv.id)[-1][0].status == "stopped"
     finally:

@@ -44,7 +44,7 @@ def test_stop_keeps_partial_text_marked_stopped(service) -> None:
     reply = service.send(uid, conv.id, "tell me a story", LONG)
     stream = iter(reply)
     shown = next(stream) + next(stream)
-    assert service.stop(conv.id)
+    assert service.stop(uid, conv.id)
     shown += "".join(stream)
     answer = service.history(uid, conv.id)[-1][0]
     assert answer.status == "stopped"

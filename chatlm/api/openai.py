@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any, Literal, Self
 
 from fastapi import APIRouter, Depends, FastAPI, Request
@@ -25,9 +27,11 @@ from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from chatlm.accounts import AccountService, Actor
 from chatlm.engine.params import SamplingParams
 from chatlm.engine.scheduler import Generation
-from chatlm.errors import ChatLMError, InputError, NotFoundError
+from chatlm.errors import ChatLMError, InputError, NotFoundError, PermissionDeniedError
+from chatlm.identity import Identity
 from chatlm.service import MAX_MESSAGE_CHARS, ChatService
 
 _END = object()
@@ -156,19 +160,20 @@ def _http_message(exc: StarletteHTTPException) -> tuple[str, str]:
 class OpenAIRoutes:
     """Holds the service; ``install`` adds the routes and the OpenAI-shaped error handlers."""
 
-    def __init__(self, service: ChatService) -> None:
+    def __init__(self, service: ChatService, identity: Identity | None = None) -> None:
         self.service = service
+        self.identity = identity or Identity(service.settings, AccountService(service.sessions))
 
     def models(self) -> list[str]:
         return [self.service.backend.model_id, *self.service.adapter_names()]
 
-    def _auth(self, request: Request) -> None:
-        keys = self.service.settings.api_keys
-        if not keys:
-            return
-        header = request.headers.get("authorization", "")
-        if not header.startswith("Bearer ") or header.removeprefix("Bearer ").strip() not in keys:
+    def _auth(self, request: Request) -> Actor:
+        """Every /v1 call acts as the user of its key (``chatlm.identity``); none, no call."""
+        actor = self.identity.api_actor(request.headers.get("authorization", ""))
+        if actor is None:
             raise _AuthError()
+        request.state.actor = actor
+        return actor
 
     def install(self, app: FastAPI) -> None:
         """Add the routes (with a catch-all for the rest of ``/v1``, so that an unknown path or
@@ -239,8 +244,17 @@ class OpenAIRoutes:
             {"id": m, "object": "model", "created": now, "owned_by": "chatlm"} for m in self.models()
         ]}
 
-    async def load_adapter(self, body: AdapterLoadRequest) -> dict[str, Any]:
-        seconds = await asyncio.to_thread(self.service.load_adapter, body.name, body.path,
+    async def load_adapter(self, body: AdapterLoadRequest, request: Request) -> dict[str, Any]:
+        """Admins only, and only a directory under ``<data_dir>/adapters`` (where rounds write):
+        the server never reads a path a client names anywhere else."""
+        if not request.state.actor.is_admin:
+            raise PermissionDeniedError("Only an admin's key may load adapters.")
+        folder = (Path(self.service.settings.data_dir) / "adapters").resolve()
+        path = Path(os.path.realpath(body.path))
+        if folder not in path.parents:
+            raise InputError(f"Only adapter directories under {folder} can be loaded (the path is "
+                             "resolved on the server, links included).")
+        seconds = await asyncio.to_thread(self.service.load_adapter, body.name, str(path),
                                           activate=body.activate)
         return {"name": body.name, "seconds": round(seconds, 3),
                 "active": self.service.active_adapter, "adapters": self.service.adapter_names()}

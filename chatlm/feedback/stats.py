@@ -28,8 +28,9 @@ class RatedRow:
 
 
 def rated_rows(session: Session, *, label: str | None = None, adapter: str | None = None,
-               text: str | None = None) -> list[RatedRow]:
-    """Current ratings, newest first, optionally filtered (label 'like'/'dislike', adapter, text)."""
+               text: str | None = None, user_id: int | None = None) -> list[RatedRow]:
+    """Current ratings, newest first, optionally filtered (label 'like'/'dislike', adapter, text,
+    the rating user)."""
     parent = Message.__table__.alias("parent")
     stmt = (select(Rating, Message, User.name, parent.c.content)
             .join(Message, Message.id == Rating.message_id)
@@ -37,6 +38,8 @@ def rated_rows(session: Session, *, label: str | None = None, adapter: str | Non
             .join(Conversation, Conversation.id == Message.conversation_id)
             .outerjoin(parent, parent.c.id == Message.parent_id)
             .order_by(Rating.updated_at.desc(), Rating.id.desc()))
+    if user_id is not None:
+        stmt = stmt.where(Rating.user_id == user_id)
     rows = []
     for rating, msg, user, question in session.execute(stmt):
         row = RatedRow(day=rating.updated_at.date(), adapter=msg.adapter or "base",

@@ -9,8 +9,9 @@ from collections.abc import Sequence
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
+from chatlm.errors import NotFoundError
 from chatlm.store import repo
-from chatlm.store.models import Chunk, ConversationDocument, Document
+from chatlm.store.models import Chunk, Conversation, ConversationDocument, Document
 
 
 def sha256(text: str) -> str:
@@ -37,10 +38,21 @@ def add_document(session: Session, *, user_id: int, name: str, mime: str, text: 
 
 
 def attach(session: Session, *, conversation_id: int, document_id: int, user_id: int) -> None:
+    """Use a document in a conversation: both must be the user's (a text they loaded, or one
+    already in one of their chats); another user's document id is refused as unknown."""
     repo.get_conversation(session, conversation_id=conversation_id, user_id=user_id)
+    if not owns_document(session, document_id=document_id, user_id=user_id):
+        raise NotFoundError(f"Document {document_id} does not exist.")
     link = session.get(ConversationDocument, (conversation_id, document_id))
     if link is None:
         session.add(ConversationDocument(conversation_id=conversation_id, document_id=document_id))
+
+
+def owns_document(session: Session, *, document_id: int, user_id: int) -> bool:
+    loaded = select(Document.id).where(Document.id == document_id, Document.user_id == user_id)
+    used = (select(ConversationDocument.document_id).join(Conversation)
+            .where(ConversationDocument.document_id == document_id, Conversation.user_id == user_id))
+    return session.scalar(loaded) is not None or session.scalar(used) is not None
 
 
 def detach(session: Session, *, conversation_id: int, document_id: int, user_id: int) -> None:

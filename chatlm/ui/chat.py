@@ -18,6 +18,7 @@ from chatlm.engine.params import SamplingParams
 from chatlm.errors import ChatLMError
 from chatlm.service import ChatService, Reply
 from chatlm.ui.answers import Answers, Pump, Turn
+from chatlm.ui.who import Who
 
 FEEDBACK = {1: "Like", -1: "Dislike"}
 DEFAULT_MAX_NEW = 256
@@ -37,29 +38,32 @@ class ChatUI:
     """Builds the Blocks and holds the handlers; handlers are functions of their inputs plus the
     answers being written and the conversation each page shows (``answers``)."""
 
-    def __init__(self, service: ChatService) -> None:
+    def __init__(self, service: ChatService, who: Who | None = None) -> None:
         self.service = service
+        self.who = Who.of(service, who)
         self.answers = Answers(service.backend)
 
     # ---- helpers -------------------------------------------------------------------------
-    def _uid(self) -> int:
-        return self.service.user_id()
+    def _uid(self, request: gr.Request | None) -> int:
+        """The acting user of this event, from its cookies (never from its inputs)."""
+        return self.who.uid(request)
 
     def _max_new(self) -> int:
         return self.service.settings.max_new_tokens
 
-    def _view(self, conv_id: int | None) -> tuple[list[dict[str, str]], list[int], list[str | None]]:
+    def _view(self, uid: int, conv_id: int | None
+              ) -> tuple[list[dict[str, str]], list[int], list[str | None]]:
         """Chatbot messages, their database ids, and the ratings of the assistant ones."""
         if conv_id is None:
             return [], [], []
-        rows = self.service.history(self._uid(), conv_id)
+        rows = self.service.history(uid, conv_id)
         shown = [(m, r) for m, r in rows if m.role in ("user", "assistant")]
         messages = [{"role": m.role, "content": _shown_text(m.content, m.status)} for m, _ in shown]
         feedback = [FEEDBACK.get(r) if r else None for m, r in shown if m.role == "assistant"]
         return messages, [m.id for m, _ in shown], feedback
 
-    def _sidebar(self, conv_id: int | None) -> Any:
-        convs = self.service.conversations(self._uid())
+    def _sidebar(self, uid: int, conv_id: int | None) -> Any:
+        convs = self.service.conversations(uid)
         return gr.update(choices=[(c.title, c.id) for c in convs], value=conv_id)
 
     def _shows(self, request: gr.Request | None, conv_id: int | None) -> bool:
@@ -68,13 +72,14 @@ class ChatUI:
         return self.answers.page(request.session_hash).conv_id == conv_id
 
     def _open(self, conv_id: int | None, request: gr.Request | None) -> Outputs:
+        uid = self._uid(request)
+        conv = self.service.conversation(uid, conv_id) if conv_id else None  # yours, or refused
         self.answers.show(request.session_hash if request else None, conv_id)
-        messages, ids, feedback = self._view(conv_id)
-        conv = self.service.conversation(self._uid(), conv_id) if conv_id else None
+        messages, ids, feedback = self._view(uid, conv_id)
         settings = conv.settings if conv else {}
         return (
             gr.update(value=messages, feedback_value=feedback), ids, conv_id,
-            self._sidebar(conv_id), conv.title if conv else "",
+            self._sidebar(uid, conv_id), conv.title if conv else "",
             conv.system_prompt if conv else self.service.settings.system_prompt,
             settings.get("temperature", 0.7), settings.get("top_p", 0.9),
             min(int(settings.get("max_new_tokens", DEFAULT_MAX_NEW)), self._max_new()), "",
@@ -82,22 +87,22 @@ class ChatUI:
         )
 
     # ---- answers being written -----------------------------------------------------------
-    def _last_id(self, conv_id: int) -> int | None:
-        rows = self.service.history(self._uid(), conv_id)
+    def _last_id(self, uid: int, conv_id: int) -> int | None:
+        rows = self.service.history(uid, conv_id)
         return rows[-1][0].id if rows else None
 
     def _turn(self, text: str, conv_id: int | None, sys_prompt: str, settings: dict[str, Any],
               request: gr.Request | None) -> Turn:
         """Store the message and start its answer, or say why not. A refused first message leaves
         no conversation behind; a later one the service stored before refusing stays, for Retry."""
-        uid = self._uid()
+        uid = self._uid(request)
         created = conv_id is None
         if conv_id is None:
             conv_id = self.service.new_conversation(uid, system_prompt=sys_prompt,
                                                     settings=settings).id
         if self.answers.busy(conv_id):
             return Turn(conv_id, notice=STILL_ANSWERING, stored=False)
-        before = None if created else self._last_id(conv_id)
+        before = None if created else self._last_id(uid, conv_id)
         try:
             if not created:
                 self.service.update_settings(uid, conv_id, system_prompt=sys_prompt, settings=settings)
@@ -108,7 +113,7 @@ class ChatUI:
             if created:
                 self.service.delete(uid, conv_id)
                 return Turn(None, notice=f"{exc.message} Your message was not saved.", stored=False)
-            if self._last_id(conv_id) == before:
+            if self._last_id(uid, conv_id) == before:
                 return Turn(conv_id, notice=exc.message, stored=False)
             return Turn(conv_id, notice=f"{exc.message} Your message is saved without an answer: "
                                         "press Retry to get one.")
@@ -122,9 +127,11 @@ class ChatUI:
         """Retry or edit: a new answer in the shown conversation (one at a time)."""
         if conv_id is None:
             return Turn(None, notice="There is no answer to retry.", stored=False)
+        uid = self._uid(request)
         try:
+            self.service.conversation(uid, conv_id)  # someone else's chat is refused before anything
             with self.answers.storing:
-                pump = self.answers.start(conv_id, lambda: start(self._uid()))
+                pump = self.answers.start(conv_id, lambda: start(uid))
         except ChatLMError as exc:
             return Turn(conv_id, notice=exc.message, stored=False)
         if pump is None:
@@ -150,26 +157,27 @@ class ChatUI:
 
         return start
 
-    def _started(self, turn: Turn, box: Any) -> Outputs:
+    def _started(self, turn: Turn, box: Any, request: gr.Request | None) -> Outputs:
         """The stored state right after sending: the message (or why not) and its place."""
         if turn.notice:
             gr.Warning(turn.notice)
-        messages, ids, feedback = self._view(turn.conv_id)
+        uid = self._uid(request)
+        messages, ids, feedback = self._view(uid, turn.conv_id)
         if turn.pump is not None:
             messages, ids, feedback = self._question(turn.pump, messages, ids, feedback)
             messages.append({"role": "assistant", "content": ""})
         notice = self.answers.progress(turn.pump) if turn.pump is not None else turn.notice
         return (gr.update(value=messages, feedback_value=feedback), ids, turn.conv_id,
-                self._sidebar(turn.conv_id), notice, box)
+                self._sidebar(uid, turn.conv_id), notice, box)
 
-    def _begun(self, turn: Turn, box: Any) -> Outputs:
+    def _begun(self, turn: Turn, box: Any, request: gr.Request | None) -> Outputs:
         """The browser's outputs of a start: as ``_started``, and Send turns into Stop."""
-        return (*self._started(turn, box), *(ANSWERING if turn.pump else IDLE))
+        return (*self._started(turn, box, request), *(ANSWERING if turn.pump else IDLE))
 
     async def _stream(self, turn: Turn, box: Any, request: gr.Request | None
                       ) -> AsyncIterator[Outputs]:
         """An endpoint's outputs: the start, then the answer until it is stored."""
-        yield await anyio.to_thread.run_sync(self._started, turn, box)
+        yield await anyio.to_thread.run_sync(self._started, turn, box, request)
         async for out in self._follow(turn.conv_id, turn.pump, request):
             if out is not None:  # a script that opened another chat still gets this answer
                 yield out[0], out[1], turn.conv_id, out[2], out[3], gr.update()
@@ -191,8 +199,9 @@ class ChatUI:
         event that ends repeats its last output, which must not be the chat the page left)."""
         if pump is None:
             return
+        uid = await anyio.to_thread.run_sync(self._uid, request)
         page = self.answers.page(request.session_hash if request else None, conv_id)
-        messages, _, _ = self._question(pump, *await anyio.to_thread.run_sync(self._view, conv_id))
+        messages, _, _ = self._question(pump, *await anyio.to_thread.run_sync(self._view, uid, conv_id))
         last: tuple[str, str] | None = None
         while not pump.done.is_set():
             async with page.drawing():  # held until Gradio has queued this update
@@ -205,8 +214,8 @@ class ChatUI:
                     chat = [*messages, {"role": "assistant", "content": now[0]}]
                     yield gr.update(value=chat), gr.update(), gr.update(), now[1], True
             await asyncio.sleep(POLL_S)
-        messages, ids, feedback = await anyio.to_thread.run_sync(self._view, conv_id)
-        sidebar = await anyio.to_thread.run_sync(self._sidebar, conv_id)
+        messages, ids, feedback = await anyio.to_thread.run_sync(self._view, uid, conv_id)
+        sidebar = await anyio.to_thread.run_sync(self._sidebar, uid, conv_id)
         async with page.drawing():
             yield ((gr.update(value=messages, feedback_value=feedback), ids, sidebar, pump.outcome(),
                     False) if page.conv_id == conv_id else None)
@@ -214,7 +223,7 @@ class ChatUI:
     # ---- handlers ------------------------------------------------------------------------
     def load(self, stored_id: int | None, request: gr.Request) -> Outputs:
         """Page load: reopen the conversation this browser had open, else the latest one."""
-        uid = self._uid()
+        uid = self._uid(request)
         convs = self.service.conversations(uid)
         ids = {c.id for c in convs}
         conv_id = stored_id if stored_id in ids else (convs[0].id if convs else None)
@@ -226,19 +235,35 @@ class ChatUI:
     def new(self, request: gr.Request) -> Outputs:
         return self._open(None, request)
 
-    def rename(self, conv_id: int | None, title: str) -> Any:
+    def rename(self, conv_id: int | None, title: str, request: gr.Request) -> Any:
+        uid = self._uid(request)
         if conv_id is None:
             gr.Warning("Open a conversation first.")
-            return self._sidebar(conv_id)
+            return self._sidebar(uid, conv_id)
         try:
-            self.service.rename(self._uid(), conv_id, title)
+            self.service.rename(uid, conv_id, title)
         except ChatLMError as exc:
             gr.Warning(exc.message)
-        return self._sidebar(conv_id)
+        return self._sidebar(uid, conv_id)
+
+    def whoami(self, request: gr.Request) -> tuple[str, Any]:
+        """Who is signed in (with sign-out or sign-in), and the admin's tabs shown to admins only."""
+        if self.service.settings.auth == "none":
+            return "", gr.update(visible=True)
+        actor = self.who.actor(request)
+        if actor.is_guest:
+            line = "You are a **guest**: your chats stay in this browser. [Sign in](/login)"
+        else:
+            role = " (admin)" if actor.is_admin else ""
+            line = f"Signed in as **{actor.name}**{role}. [Sign out](/logout)"
+        return line, gr.update(visible=actor.is_admin)
+
+    def sidebar(self, conv_id: int | None, request: gr.Request) -> Any:
+        return self._sidebar(self._uid(request), conv_id)
 
     def delete(self, conv_id: int | None, request: gr.Request) -> Outputs:
         if conv_id is not None:
-            self.service.delete(self._uid(), conv_id)
+            self.service.delete(self._uid(request), conv_id)
         return self.load(None, request)
 
     def submit(self, text: str, conv_id: int | None, sys_prompt: str, temperature: float,
@@ -249,7 +274,7 @@ class ChatUI:
             gr.Warning("Type a message first.")
             return (gr.update(),) * 8
         turn = self._turn(text, conv_id, sys_prompt, _settings(temperature, top_p, max_new), request)
-        return self._begun(turn, "" if turn.stored else gr.update())
+        return self._begun(turn, "" if turn.stored else gr.update(), request)
 
     async def send(self, text: str, conv_id: int | None, sys_prompt: str, temperature: float,
                    top_p: float, max_new: int, request: gr.Request) -> AsyncIterator[Outputs]:
@@ -267,7 +292,7 @@ class ChatUI:
                     request: gr.Request) -> Outputs:
         """Retry: start another answer to the last question (followed by ``follow``)."""
         turn = self._again(conv_id, self._retry_reply(conv_id, temperature, top_p, max_new), request)
-        return self._begun(turn, gr.update())
+        return self._begun(turn, gr.update(), request)
 
     async def retry(self, conv_id: int | None, temperature: float, top_p: float, max_new: int,
                     request: gr.Request) -> AsyncIterator[Outputs]:
@@ -286,17 +311,20 @@ class ChatUI:
         params = _params(_settings(temperature, top_p, max_new))
         turn = self._again(conv_id, lambda uid: self.service.edit(uid, ids[index], str(data.value),
                                                                    params), request)
-        return self._begun(turn, gr.update())
+        return self._begun(turn, gr.update(), request)
 
     async def follow(self, conv_id: int | None, request: gr.Request) -> AsyncIterator[Outputs]:
         """Draw the answer being written in the conversation this page shows, until it ends or the
         page opens another one; then Send is back."""
+        uid = await anyio.to_thread.run_sync(self._uid, request)
+        if conv_id is not None:  # only one's own conversation's answer can be followed
+            await anyio.to_thread.run_sync(self.service.conversation, uid, conv_id)
         pump = self.answers.running(conv_id)
         async for out in self._follow(conv_id, pump, request):
             if out is not None:
                 yield (*out[:4], *(ANSWERING if out[4] else IDLE))
         if pump is None:  # no answer, or it ended before this page came
-            messages, ids, feedback = await anyio.to_thread.run_sync(self._view, conv_id)
+            messages, ids, feedback = await anyio.to_thread.run_sync(self._view, uid, conv_id)
             async with self.answers.page(request.session_hash if request else None,
                                          conv_id).drawing():
                 if conv_id is not None and self._shows(request, conv_id):
@@ -307,45 +335,54 @@ class ChatUI:
         # (and never end without output: Gradio would send None for each).
         yield NOTHING
 
-    def stop(self, conv_id: int | None) -> None:
+    def stop(self, conv_id: int | None, request: gr.Request) -> None:
         if conv_id is not None:
-            self.service.stop(conv_id)
+            self.service.stop(self._uid(request), conv_id)
 
-    def like(self, ids: list[int], data: gr.LikeData) -> int | None:
+    def like(self, ids: list[int], data: gr.LikeData, request: gr.Request = None) -> int | None:  # type: ignore[assignment]
         """Save 👍/👎 and select the answer for the rating-details panel."""
         index = data.index if isinstance(data.index, int) else data.index[0]
         if not 0 <= index < len(ids):
             return None
         value = {True: 1, False: -1, "Like": 1, "Dislike": -1}.get(data.liked)  # type: ignore[arg-type]
         try:  # a thumb keeps the reason, comment and better answer written in the details panel
-            detail = self.service.rating_detail(self._uid(), ids[index]) if value else None
+            uid = self._uid(request)
+            detail = self.service.rating_detail(uid, ids[index]) if value else None
             extra = {k: detail[k] for k in ("reason", "comment", "better_answer")} if detail else {}
-            self.service.rate(self._uid(), ids[index], value, **extra)
+            self.service.rate(uid, ids[index], value, **extra)
         except ChatLMError as exc:
             gr.Warning(exc.message)
         return ids[index]
 
-    def page(self, conv_id: int | None, ids: list[int], step: int) -> tuple[Any, ...]:
+    def page(self, conv_id: int | None, ids: list[int], step: int, request: gr.Request | None
+             ) -> tuple[Any, ...]:
         """Show the previous or next alternative answer of the last turn."""
+        uid = self._uid(request)
         if conv_id is not None and ids:
-            self.service.switch_sibling(self._uid(), ids[-1], step)
-        messages, ids, feedback = self._view(conv_id)
+            self.service.switch_sibling(uid, ids[-1], step)
+        messages, ids, feedback = self._view(uid, conv_id)
         return gr.update(value=messages, feedback_value=feedback), ids
 
-    def pager(self, conv_id: int | None, ids: list[int]) -> str:
+    def previous(self, conv_id: int | None, ids: list[int], request: gr.Request) -> tuple[Any, ...]:
+        return self.page(conv_id, ids, -1, request)
+
+    def next(self, conv_id: int | None, ids: list[int], request: gr.Request) -> tuple[Any, ...]:
+        return self.page(conv_id, ids, +1, request)
+
+    def pager(self, conv_id: int | None, ids: list[int], request: gr.Request) -> str:
         if conv_id is None or not ids:
             return ""
-        pos, count = self.service.siblings(self._uid(), ids[-1])
+        pos, count = self.service.siblings(self._uid(request), ids[-1])
         return f"answer {pos}/{count}" if count > 1 else ""
 
-    def thumbs(self, conv_id: int | None) -> Any:
+    def thumbs(self, conv_id: int | None, request: gr.Request) -> Any:
         """The chat's 👍/👎 as stored (after the rating-details panel changed one)."""
-        messages, _, feedback = self._view(conv_id)
+        messages, _, feedback = self._view(self._uid(request), conv_id)
         return gr.update(value=messages, feedback_value=feedback)
 
-    def exclude(self, conv_id: int | None, excluded: bool) -> None:
+    def exclude(self, conv_id: int | None, excluded: bool, request: gr.Request) -> None:
         if conv_id is not None:
-            self.service.set_excluded(self._uid(), conv_id, excluded)
+            self.service.set_excluded(self._uid(request), conv_id, excluded)
 
     # ---- layout --------------------------------------------------------------------------
     def build(self) -> gr.Blocks:
@@ -353,13 +390,15 @@ class ChatUI:
         from chatlm.ui.knowledge import KnowledgePanel
         from chatlm.ui.training import TrainingTab
 
-        self._uid()  # the local user exists before simultaneous first visitors race to create it
+        if self.service.settings.auth == "none":  # made before simultaneous first visitors race to
+            self.who.identity.local()
         with gr.Blocks(title="chatlm") as demo:
             ids = gr.State([])
             selected = gr.State(None)
             conv_id = gr.State(None)
             stored = gr.BrowserState(None, storage_key="chatlm-conversation")
             with gr.Sidebar(open=True):
+                account = gr.Markdown(elem_id="account")
                 gr.Markdown("### Conversations")
                 new_btn = gr.Button("New chat", variant="secondary", elem_id="new-chat")
                 conv_list = gr.Radio(label="Open", choices=[], elem_id="conversations")
@@ -392,13 +431,14 @@ class ChatUI:
                     top_p = gr.Slider(0.05, 1, value=0.9, step=0.05, label="Top-p")
                     max_new = gr.Slider(1, self._max_new(), value=min(DEFAULT_MAX_NEW, self._max_new()),
                                         step=1, label="Maximum new tokens")
-                KnowledgePanel(self.service).render(conv_id, ids)
-                panel = FeedbackPanel(self.service)
+                KnowledgePanel(self.service, self.who).render(conv_id, ids)
+                panel = FeedbackPanel(self.service, self.who)
                 panel.render(conv_id, ids, selected)
             with gr.Tab("Feedback", elem_id="feedback-tab") as feedback_tab:
-                FeedbackTab(self.service).render(feedback_tab)
-            with gr.Tab("Training", elem_id="training-tab") as training_tab:
-                TrainingTab(self.service).render(training_tab)
+                FeedbackTab(self.service, self.who).render(feedback_tab)
+            with gr.Tab("Training", elem_id="training-tab",
+                        visible=self.service.settings.auth == "none") as training_tab:
+                TrainingTab(self.service, self.who).render(training_tab)
 
             view = [chatbot, ids, conv_id, conv_list, title, sys_prompt, temperature, top_p,
                     max_new, notice, excluded]
@@ -428,19 +468,18 @@ class ChatUI:
                 chatbot.edit(self.edit, [conv_id, ids, temperature, top_p, max_new], started, **quick),
             ):
                 started_by.then(**follow)
+            demo.load(self.whoami, None, [account, training_tab], api_visibility="private")
             conv_id.change(lambda c: c, [conv_id], [stored], api_visibility="private")
             # a chat created outside send (loading a text into a new chat) shows in the sidebar at once
-            conv_id.change(self._sidebar, [conv_id], [conv_list], api_visibility="private")
+            conv_id.change(self.sidebar, [conv_id], [conv_list], api_visibility="private")
             rename_btn.click(self.rename, [conv_id, title], [conv_list], api_name="rename")
             stop_btn.click(self.stop, [conv_id], None, concurrency_limit=None, api_name="stop")
             chatbot.like(self.like, [ids], [selected], concurrency_limit=None, api_name="rate").then(
                 panel.show, [selected], panel.details, concurrency_limit=None, api_visibility="private")
             for rated in panel.rated:
                 rated.then(self.thumbs, [conv_id], [chatbot], api_visibility="private")
-            prev_btn.click(lambda c, i: self.page(c, i, -1), [conv_id, ids], [chatbot, ids],
-                           api_visibility="private")
-            next_btn.click(lambda c, i: self.page(c, i, +1), [conv_id, ids], [chatbot, ids],
-                           api_visibility="private")
+            prev_btn.click(self.previous, [conv_id, ids], [chatbot, ids], api_visibility="private")
+            next_btn.click(self.next, [conv_id, ids], [chatbot, ids], api_visibility="private")
             ids.change(self.pager, [conv_id, ids], [pager], api_visibility="private")
             excluded.input(self.exclude, [conv_id, excluded], None, api_name="exclude")
         return demo

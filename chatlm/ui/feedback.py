@@ -18,6 +18,7 @@ from chatlm.feedback import load, records, stats
 from chatlm.service import ChatService
 from chatlm.store.db import transaction
 from chatlm.store.repo import RATING_REASONS
+from chatlm.ui.who import Who
 
 VALUES = {"👍 Like": 1, "👎 Dislike": -1}
 COLUMNS = ["day", "adapter", "label", "question", "answer", "reason", "comment", "better_answer", "user"]
@@ -26,47 +27,49 @@ COLUMNS = ["day", "adapter", "label", "question", "answer", "reason", "comment",
 class FeedbackPanel:
     """Details of one answer's rating; it follows the answer last clicked 👍/👎 (else the last one)."""
 
-    def __init__(self, service: ChatService) -> None:
+    def __init__(self, service: ChatService, who: Who | None = None) -> None:
         self.service = service
+        self.who = Who.of(service, who)
 
-    def show(self, message_id: int | None) -> tuple[Any, ...]:
-        return self._show(message_id)[1:]
+    def show(self, message_id: int | None, request: gr.Request) -> tuple[Any, ...]:
+        return self._show(self.who.uid(request), message_id)[1:]
 
-    def follow_last(self, conv_id: int | None, ids: list[int]) -> tuple[Any, ...]:
+    def follow_last(self, conv_id: int | None, ids: list[int], request: gr.Request) -> tuple[Any, ...]:
+        uid = self.who.uid(request)
         if conv_id is None or not ids:
-            return self._show(None)
-        answers = [m.id for m, _ in self.service.history(self.service.user_id(), conv_id)
-                   if m.role == "assistant"]
-        return self._show(answers[-1] if answers else None)
+            return self._show(uid, None)
+        answers = [m.id for m, _ in self.service.history(uid, conv_id) if m.role == "assistant"]
+        return self._show(uid, answers[-1] if answers else None)
 
-    def _show(self, message_id: int | None) -> tuple[Any, ...]:
+    def _show(self, uid: int, message_id: int | None) -> tuple[Any, ...]:
         if message_id is None:
             return None, "Rate an answer with 👍 or 👎 to add details.", None, None, "", ""
-        detail = self.service.rating_detail(self.service.user_id(), message_id)
+        detail = self.service.rating_detail(uid, message_id)
         label = {1: "👍 Like", -1: "👎 Dislike"}.get(detail["value"]) if detail else None
-        pos, count = self.service.siblings(self.service.user_id(), message_id)
+        pos, count = self.service.siblings(uid, message_id)
         title = f"Rating details of the selected answer (alternative {pos} of {count})."
         return (message_id, title, label, (detail or {}).get("reason"), (detail or {}).get("comment") or "",
                 (detail or {}).get("better_answer") or "")
 
     def save(self, message_id: int | None, label: str | None, reason: str | None, comment: str,
-             better: str) -> str:
+             better: str, request: gr.Request) -> str:
         if message_id is None:
             return "Select an answer first (click 👍 or 👎 under it)."
         if label is None:
             return "Choose 👍 or 👎 first."
         try:
-            self.service.rate(self.service.user_id(), message_id, VALUES[label], reason=reason or None,
+            self.service.rate(self.who.uid(request), message_id, VALUES[label], reason=reason or None,
                               comment=comment.strip() or None, better_answer=better.strip() or None)
         except ChatLMError as exc:
             gr.Warning(exc.message)
             return f"Not saved: {exc.message}"
         return "Saved."
 
-    def withdraw(self, message_id: int | None) -> tuple[Any, ...]:
+    def withdraw(self, message_id: int | None, request: gr.Request) -> tuple[Any, ...]:
+        uid = self.who.uid(request)
         if message_id is not None:
-            self.service.rate(self.service.user_id(), message_id, None)
-        return (*self._show(message_id)[2:], "Rating withdrawn.")
+            self.service.rate(uid, message_id, None)
+        return (*self._show(uid, message_id)[2:], "Rating withdrawn.")
 
     def render(self, conv_id: gr.State, ids: gr.State, selected: gr.State) -> None:
         """``selected`` holds the answer last clicked 👍/👎 (set by the chat's like handler, which
@@ -99,16 +102,21 @@ EXPORT_KEEP_S = 60.0
 
 
 class FeedbackTab:
-    def __init__(self, service: ChatService) -> None:
+    """Everyone sees and exports their own ratings; an admin sees and exports everyone's."""
+
+    def __init__(self, service: ChatService, who: Who | None = None) -> None:
         self.service = service
+        self.who = Who.of(service, who)
         self._exports: tempfile.TemporaryDirectory[str] | None = None
         """One folder per process for built datasets, removed when the process ends; Gradio copies
         each file into its own cache on return, so older ones are removed as new ones are built."""
 
-    def refresh(self, label: str, adapter: str, text: str) -> tuple[Any, ...]:
+    def refresh(self, label: str, adapter: str, text: str, request: gr.Request) -> tuple[Any, ...]:
+        actor = self.who.actor(request)
+        only = None if actor.is_admin else actor.user_id
         with transaction(self.service.sessions) as s:
-            everything = stats.rated_rows(s)
-            rows = stats.rated_rows(s, label=None if label == "all" else label,
+            everything = stats.rated_rows(s, user_id=only)
+            rows = stats.rated_rows(s, label=None if label == "all" else label, user_id=only,
                                     adapter=None if adapter == "all" else adapter, text=text or None)
         counts = pd.DataFrame(stats.counts(everything), columns=["day", "adapter", "label", "count"])
         counts["series"] = counts["label"] + " / " + counts["adapter"]
@@ -119,10 +127,12 @@ class FeedbackTab:
                    f"{sum(r.label == 'dislike' for r in everything)} 👎; {len(rows)} shown.")
         return counts, table, gr.update(choices=adapters), summary
 
-    def export(self, fmt: str) -> tuple[str | None, str]:
+    def export(self, fmt: str, request: gr.Request = None) -> tuple[str | None, str]:  # type: ignore[assignment]
+        actor = self.who.actor(request)
+        only = None if actor.is_admin else actor.name
         with transaction(self.service.sessions) as s:
-            answers = load.rated_answers(s)
-            convs = load.conversations(s) if fmt == "messages" else []
+            answers = load.rated_answers(s, user=only)
+            convs = load.conversations(s, user=only) if fmt == "messages" else []
         recs, counts = records.build(fmt, answers, convs)
         if self._exports is None:
             self._exports = tempfile.TemporaryDirectory(prefix="chatlm-export-")

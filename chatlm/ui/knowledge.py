@@ -10,29 +10,36 @@ import gradio as gr
 from chatlm.errors import ChatLMError
 from chatlm.service import ChatService
 from chatlm.ui.uploads import received_file, uploaded_file
+from chatlm.ui.who import Who
 
 FILE_TYPES = [".txt", ".md", ".markdown", ".html", ".htm", ".pdf"]
 
 
 class KnowledgePanel:
-    def __init__(self, service: ChatService) -> None:
+    def __init__(self, service: ChatService, who: Who | None = None) -> None:
         self.service = service
+        self.who = Who.of(service, who)
 
-    def _uid(self) -> int:
-        return self.service.user_id()
+    def _uid(self, request: gr.Request | None) -> int:
+        return self.who.uid(request)
 
-    def documents(self, conv_id: int | None) -> tuple[Any, Any]:
+    def documents(self, conv_id: int | None, request: gr.Request) -> tuple[Any, Any]:
         """The conversation's documents (to remove) and the user's others (to reuse)."""
-        mine = self.service.library.user_documents(self._uid())
+        return self._documents(self._uid(request), conv_id)
+
+    def _documents(self, uid: int, conv_id: int | None) -> tuple[Any, Any]:
+        mine = self.service.library.user_documents(uid)
+        if conv_id:
+            self.service.conversation(uid, conv_id)  # someone else's chat: refused
         used = self.service.library.documents(conv_id) if conv_id else []
         used_ids = {d.id for d in used}
         return (gr.update(choices=[(d.name, d.id) for d in used], value=[]),
                 gr.update(choices=[(d.name, d.id) for d in mine if d.id not in used_ids], value=None))
 
-    def load(self, conv_id: int | None, upload: str | None, pasted: str, name: str,
+    def load(self, conv_id: int | None, upload: str | None, pasted: str, name: str, request: gr.Request,
              progress: gr.Progress = gr.Progress()) -> tuple[Any, ...]:  # noqa: B008 - Gradio's way
         """Parse, chunk, store and index; BM25 is ready at once, embeddings follow in the background."""
-        uid = self._uid()
+        uid = self._uid(request)
         created = False
         try:
             if conv_id is None:
@@ -53,28 +60,29 @@ class KnowledgePanel:
             if created:  # a refused text leaves no empty conversation behind
                 self.service.delete(uid, conv_id)
                 conv_id = None
-        return (conv_id, *self.documents(conv_id), status, None, "")
+        return (conv_id, *self._documents(uid, conv_id), status, None, "")
 
-    def remove(self, conv_id: int | None, doc_ids: list[int]) -> tuple[Any, ...]:
+    def remove(self, conv_id: int | None, doc_ids: list[int], request: gr.Request) -> tuple[Any, ...]:
+        uid = self._uid(request)
         for doc_id in doc_ids or []:
-            self.service.library.detach(user_id=self._uid(), conversation_id=conv_id, document_id=doc_id)
-        return self.documents(conv_id)
+            self.service.library.detach(user_id=uid, conversation_id=conv_id, document_id=doc_id)
+        return self._documents(uid, conv_id)
 
-    def reuse(self, conv_id: int | None, doc_id: int | None) -> tuple[Any, ...]:
+    def reuse(self, conv_id: int | None, doc_id: int | None, request: gr.Request) -> tuple[Any, ...]:
+        uid = self._uid(request)
         if doc_id is None:
-            return (conv_id, *self.documents(conv_id))
-        uid = self._uid()
+            return (conv_id, *self._documents(uid, conv_id))
         if conv_id is None:
             conv_id = self.service.new_conversation(uid).id
         self.service.library.attach(user_id=uid, conversation_id=conv_id, document_id=doc_id)
         self.service.library.index_for(conv_id)
-        return (conv_id, *self.documents(conv_id))
+        return (conv_id, *self._documents(uid, conv_id))
 
-    def sources(self, conv_id: int | None, ids: list[int]) -> str:
+    def sources(self, conv_id: int | None, ids: list[int], request: gr.Request) -> str:
         """Markdown of the passages the last answer was given, with their document names."""
         if conv_id is None or not ids:
             return ""
-        rows = self.service.history(self._uid(), conv_id)
+        rows = self.service.history(self._uid(request), conv_id)
         answers = [m for m, _ in rows if m.role == "assistant" and m.id in set(ids)]
         if not answers or not answers[-1].sources:
             return ""

@@ -23,6 +23,7 @@ from chatlm.store.db import transaction
 from chatlm.store.models import AdapterVersion, TrainingRun
 from chatlm.training import METHODS, data
 from chatlm.ui.uploads import received_file, uploaded_file
+from chatlm.ui.who import Who
 
 BASE = "base model"
 POLL_S = 1.0
@@ -106,8 +107,11 @@ def evaluation_frame(adapter: AdapterVersion | None) -> pd.DataFrame:
 
 
 class TrainingTab:
-    def __init__(self, service: ChatService) -> None:
+    """Admins only: every handler checks the caller (``Who.admin``); the tab is hidden from others."""
+
+    def __init__(self, service: ChatService, who: Who | None = None) -> None:
         self.service = service
+        self.who = Who.of(service, who)
 
     # ---- reading the registry ----------------------------------------------------------------
     def _adapters(self) -> list[AdapterVersion]:
@@ -153,9 +157,10 @@ class TrainingTab:
         return f"New chats use: **{name or BASE}**."
 
     # ---- handlers ----------------------------------------------------------------------------
-    def refresh(self, shown: str | None = None) -> tuple[Any, ...]:
+    def refresh(self, shown: str | None = None, request: gr.Request = None) -> tuple[Any, ...]:  # type: ignore[assignment]
         """Everything on the tab, as stored now: ``shown`` (else the newest adapter) is evaluated and
         offered on the right of the comparison, the active one on the left and under Serve."""
+        self.who.admin(request)
         runs = self._runs()
         run = runs[0] if runs else None
         adapters = self._adapters()
@@ -171,20 +176,22 @@ class TrainingTab:
                 gr.update(choices=choices, value=active), gr.update(choices=choices, value=active),
                 gr.update(choices=choices, value=shown or BASE), self._active_line(), self.data_summary())
 
-    def poll(self, shown: str | None) -> tuple[Any, ...]:
+    def poll(self, shown: str | None, request: gr.Request) -> tuple[Any, ...]:
         """A timer tick while a round is under way: its progress only (what the user picked stays);
         once it has ended, the whole tab, with the new adapter's evaluation shown."""
+        self.who.admin(request)
         runs = self._runs()
         run = runs[0] if runs else None
         if run is None or run.status not in registry.RUNNING:
-            return self.refresh(run.adapter_name if run and run.adapter_name else shown)
+            return self.refresh(run.adapter_name if run and run.adapter_name else shown, request)
         unchanged = [gr.update()] * (VIEW_OUTPUTS - 5)
         return (describe_run(run), loss_frame(run), self.runs_frame(runs), gr.Timer(active=True),
                 gr.update(interactive=False), *unchanged)
 
     def start(self, method: str, epochs: float | None, max_steps: float | None, lr: float | None,
-              from_active: bool, squad: str | None) -> tuple[str, Any]:
+              from_active: bool, squad: str | None, request: gr.Request) -> tuple[str, Any]:
         """Start a round in its own process; a refusal (too little data, a round under way) is said."""
+        self.who.admin(request)
         received = received_file(squad)  # refused before anything starts when not uploaded here
         try:
             run_id = self.service.start_round(
@@ -195,26 +202,30 @@ class TrainingTab:
             return f"Not started: {exc.message}", gr.Timer(active=False)
         return f"Round {run_id} started in its own process; chatting goes on meanwhile.", gr.Timer(active=True)
 
-    def promote(self, name: str | None, shown: str | None) -> tuple[Any, ...]:
+    def promote(self, name: str | None, shown: str | None, request: gr.Request) -> tuple[Any, ...]:
+        self.who.admin(request)
         try:
             now = self.service.promote_adapter(_adapter(name))
             message = f"Promoted: new chats use **{now or BASE}**."
         except ChatLMError as exc:
             gr.Warning(exc.message)
             message = f"Not promoted: {exc.message}"
-        return (*self.refresh(shown), message)
+        return (*self.refresh(shown, request), message)
 
-    def rollback(self, shown: str | None) -> tuple[Any, ...]:
+    def rollback(self, shown: str | None, request: gr.Request) -> tuple[Any, ...]:
+        self.who.admin(request)
         try:
             now = self.service.rollback_adapter()
             message = f"Rolled back: new chats use **{now or BASE}**."
         except ChatLMError as exc:
             gr.Warning(exc.message)
             message = f"Not rolled back: {exc.message}"
-        return (*self.refresh(shown), message)
+        return (*self.refresh(shown, request), message)
 
-    def compare(self, question: str, left: str | None, right: str | None) -> Iterator[tuple[str, str]]:
+    def compare(self, question: str, left: str | None, right: str | None,
+                request: gr.Request = None) -> Iterator[tuple[str, str]]:  # type: ignore[assignment]
         """Both answers stream side by side; they are generated in the same batch, greedily."""
+        self.who.admin(request)
         if not question or not question.strip():
             gr.Warning("Type a question to compare the two on.")
             return

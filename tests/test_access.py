@@ -1,0 +1,234 @@
+"""Accounts on a running server (``CHATLM_AUTH=password``): sign-in, cookies, and who may call what.
+
+Each caller has its own cookie jar: ann (the first account, admin), bob (a user), a guest, and an
+anonymous caller with no cookie at all. The ids tried are other users' on purpose, and a refused
+call must leave the database as it was.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from chatlm.accounts import AccountService
+from chatlm.config import Settings
+from chatlm.errors import ConfigError
+from chatlm.identity import GUEST_COOKIE, SESSION_COOKIE
+from chatlm.store import db
+from tests.conftest import REPO
+
+gradio_client = pytest.importorskip("gradio_client")
+pytestmark = pytest.mark.slow
+ANN, BOB = ("ann", "ann's password"), ("bob", "bob's password")
+
+
+@pytest.fixture
+def server(start_server, tiny_backend):
+    running = start_server(tiny_backend, auth="password")
+    accounts = AccountService(running.app.service.sessions)
+    accounts.add_user(None, *ANN)
+    accounts.add_user(None, *BOB)
+    yield running
+    running.server.config.timeout_graceful_shutdown = 1
+
+
+def sign_in(server, name: str, password: str) -> httpx.Response:
+    return httpx.post(f"{server.url}/login", data={"name": name, "password": password},
+                      follow_redirects=False, timeout=30)
+
+
+def client_as(server, cookie: str | None = None, key: str | None = None) -> Any:
+    headers = {}
+    if cookie:
+        headers["Cookie"] = cookie
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
+    return gradio_client.Client(server.url, verbose=False, headers=headers)
+
+
+def session_cookie(server, who: tuple[str, str]) -> str:
+    response = sign_in(server, *who)
+    assert response.status_code == 303, response.text
+    return f"{SESSION_COOKIE}={response.cookies[SESSION_COOKIE]}"
+
+
+def counts(server) -> dict[str, int]:
+    from sqlalchemy import text
+
+    with db.transaction(server.app.service.sessions) as s:
+        return {t: s.execute(text(f"SELECT count(*) FROM {t}")).scalar()
+                for t in ("conversations", "messages", "ratings", "documents", "adapters", "training_runs")}
+
+
+def refused(call, *args: Any, **kwargs: Any) -> str:
+    with pytest.raises(Exception) as err:  # gradio_client raises AppError with the message
+        call(*args, **kwargs)
+    return str(err.value)
+
+
+def test_sign_in_page_cookie_flags_wrong_password_and_sign_out(server) -> None:
+    page = httpx.get(f"{server.url}/", headers={"accept": "text/html"}, follow_redirects=False, timeout=30)
+    assert page.status_code == 200 and GUEST_COOKIE in page.headers.get("set-cookie", "")
+    guest_flags = page.headers["set-cookie"].lower()
+    assert "httponly" in guest_flags and "samesite=lax" in guest_flags
+    form = httpx.get(f"{server.url}/login", timeout=30)
+    assert form.status_code == 200 and 'type="password"' in form.text
+    wrong = sign_in(server, "ann", "not it")
+    assert wrong.status_code == 401 and "Wrong user name or password" in wrong.text
+    assert SESSION_COOKIE not in wrong.cookies
+    unknown = sign_in(server, "nobody", "not it")
+    assert "Wrong user name or password" in unknown.text  # the same words: names stay secret
+    right = sign_in(server, *ANN)
+    assert right.status_code == 303 and right.headers["location"] == "/"
+    flags = right.headers["set-cookie"].lower()
+    assert "httponly" in flags and "samesite=lax" in flags and "max-age=" in flags
+    out = httpx.get(f"{server.url}/logout", follow_redirects=False, timeout=30,
+                    cookies={SESSION_COOKIE: right.cookies[SESSION_COOKIE]})
+    assert out.status_code == 303 and 'chatlm_session=""' in out.headers["set-cookie"]
+    forged = right.cookies[SESSION_COOKIE][:-3] + "abc"
+    assert server.app.identity.session_actor(forged) is None
+    assert server.app.identity.session_actor(right.cookies[SESSION_COOKIE]).name == "ann"
+    AccountService(server.app.service.sessions).set_password(None, "ann", "a brand new one")
+    assert server.app.identity.session_actor(right.cookies[SESSION_COOKIE]) is None  # signed out everywhere
+
+
+def test_each_user_sees_only_their_own_and_only_admins_train(server) -> None:
+    ann = client_as(server, session_cookie(server, ANN))
+    bob = client_as(server, session_cookie(server, BOB))
+    guest = client_as(server, f"{GUEST_COOKIE}={'g' * 43}")
+    try:
+        ann.predict(text="Ann's secret question", temperature=0, max_new=4, api_name="/send")
+        service = server.app.service
+        accounts = AccountService(service.sessions)
+        ann_id, bob_id = accounts.actor("ann").user_id, accounts.actor("bob").user_id
+        ann_conv = service.conversations(ann_id)[0]
+        ann.predict(None, None, "", "", api_name="/load_document")  # nothing to load: refused, kept
+        doc = service.library.load(user_id=ann_id, conversation_id=ann_conv.id, name="ann.txt",
+                                   text="Ann's private notes about the launch date. " * 20)
+        before = counts(server)
+
+        # bob: his sidebar is his own; ann's ids are refused and change nothing
+        bob_view = bob.predict(None, api_name="/load")
+        assert "Ann's secret" not in str(bob_view) and service.conversations(bob_id) == []
+        # Gradio refuses a value its radio never offered; the service refuses it behind that too
+        assert any(why in refused(bob.predict, ann_conv.id, api_name="/open")
+                   for why in ("does not exist", "not in the list of choices"))
+        bob.predict(text="Bob's own question", temperature=0, max_new=4, api_name="/send")
+        assert any(why in refused(bob.predict, doc.id, api_name="/reuse_document")
+                   for why in ("does not exist", "not in the list of choices"))
+        after_bob = counts(server)
+        assert after_bob["conversations"] == before["conversations"] + 1  # only his own new chat
+        assert service.library.documents(service.conversations(bob_id)[0].id) == []
+        assert service.conversation(ann_id, ann_conv.id).title == ann_conv.title
+
+        # admin-only endpoints: refused for bob and the guest, nothing starts or changes
+        for caller in (bob, guest):
+            for args, name in (((("auto", 0, 2, 0, False, None)), "/start_round"),
+                               ((("base model", None)), "/promote_adapter"),
+                               (((None,)), "/rollback_adapter"),
+                               ((("Hi", "base model", "base model")), "/compare")):
+                assert "Only an admin" in refused(caller.predict, *args, api_name=name)
+        assert counts(server) == after_bob
+
+        # the admin may compare; exports are scoped: bob's has only his text, ann's everyone's
+        left, right = ann.predict("Hi", "base model", "base model", api_name="/compare")
+        assert isinstance(left, str) and left == right
+        bob_file, _ = bob.predict("messages", api_name="/export_dataset")
+        ann_file, _ = ann.predict("messages", api_name="/export_dataset")
+        bob_text = Path(bob_file).read_text(encoding="utf-8")
+        assert "Bob's own question" in bob_text and "Ann's secret" not in bob_text
+        assert "Ann's secret" in Path(ann_file).read_text(encoding="utf-8")
+
+        # the guest has a private identity of their own
+        guest.predict(text="A guest's question", temperature=0, max_new=4, api_name="/send")
+        guest_id = accounts.guest("g" * 43)[0].user_id
+        assert [c.title for c in service.conversations(guest_id)] == ["A guest's question"]
+        assert "A guest's question" not in str(bob.predict(None, api_name="/load"))
+        assert "A guest's question" not in str(ann.predict(None, api_name="/load"))
+    finally:
+        for c in (ann, bob, guest):
+            c.close()
+
+
+def test_api_keys_act_as_their_user_and_only_an_admin_loads_adapters(server) -> None:
+    import openai
+
+    accounts = AccountService(server.app.service.sessions)
+    bob_key = accounts.create_key(accounts.actor("bob")).key
+    ann_key = accounts.create_key(accounts.actor("ann")).key
+    anonymous = openai.OpenAI(base_url=f"{server.url}/v1", api_key="wrong", max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        anonymous.models.list()
+    bob = openai.OpenAI(base_url=f"{server.url}/v1", api_key=bob_key, max_retries=0)
+    assert bob.models.list().data
+    with pytest.raises(openai.PermissionDeniedError, match="admin"):
+        bob.post("/adapters", body={"name": "x", "path": "/etc"}, cast_to=object)
+    ann = openai.OpenAI(base_url=f"{server.url}/v1", api_key=ann_key, max_retries=0)
+    with pytest.raises(openai.BadRequestError, match="Only adapter directories under"):
+        ann.post("/adapters", body={"name": "x", "path": "/etc"}, cast_to=object)
+    accounts.revoke_key(accounts.actor("bob"), accounts.list_keys(accounts.actor("bob"))[0]["id"])
+    with pytest.raises(openai.AuthenticationError):
+        bob.models.list()
+
+
+def test_no_open_server_by_accident(tmp_path) -> None:
+    with pytest.raises(ConfigError, match="CHATLM_ALLOW_OPEN"):
+        Settings.from_env({"CHATLM_HOST": "0.0.0.0"}).check_exposure()
+    Settings.from_env({"CHATLM_HOST": "0.0.0.0", "CHATLM_AUTH": "password"}).check_exposure()
+    Settings.from_env({"CHATLM_HOST": "0.0.0.0", "CHATLM_ALLOW_OPEN": "1"}).check_exposure()
+    Settings.from_env({}).check_exposure()  # 127.0.0.1, no auth: local use as before
+    run = subprocess.run([sys.executable, "-m", "chatlm", "serve", "--host", "0.0.0.0"], cwd=REPO,
+                         env={"CHATLM_DATA_DIR": str(tmp_path), "PATH": "/usr/bin:/bin",
+                              "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2 and "CHATLM_AUTH=password" in run.stderr
+
+
+class FakeRequest:
+    """What a handler reads of ``gr.Request``: cookies, headers and the page's session."""
+
+    def __init__(self, cookie: str) -> None:
+        name, _, value = cookie.partition("=")
+        self.cookies, self.headers, self.session_hash = {name: value}, {}, "page-1"
+
+
+def test_handlers_refuse_other_users_ids_behind_gradios_own_checks(server) -> None:
+    """Gradio refuses a radio or dropdown value it never offered; the handlers and the store must
+    refuse another user's ids on their own, for every caller that gets past that."""
+    from chatlm.errors import NotFoundError, PermissionDeniedError
+    from chatlm.ui.chat import ChatUI
+    from chatlm.ui.knowledge import KnowledgePanel
+    from chatlm.ui.who import Who
+
+    service = server.app.service
+    who = Who(server.app.identity)
+    ann_id = AccountService(service.sessions).actor("ann").user_id
+    conv = service.new_conversation(ann_id)
+    reply = service.send(ann_id, conv.id, "Ann's question", __import__(
+        "chatlm.engine.params", fromlist=["SamplingParams"]).SamplingParams(temperature=0, max_new_tokens=3))
+    reply.run()
+    doc = service.library.load(user_id=ann_id, conversation_id=conv.id, name="a.txt", text="Private. " * 40)
+    bob = FakeRequest(session_cookie(server, BOB))
+    ui, panel = ChatUI(service, who), KnowledgePanel(service, who)
+    bob_conv = service.new_conversation(AccountService(service.sessions).actor("bob").user_id)
+    before = counts(server)
+    REFUSED = (NotFoundError, PermissionDeniedError)
+    with pytest.raises(REFUSED):
+        ui.open(conv.id, bob)
+    with pytest.raises(REFUSED):
+        ui.stop(conv.id, bob)
+    with pytest.raises(REFUSED):
+        ui.exclude(conv.id, True, bob)
+    with pytest.raises(REFUSED):
+        panel.reuse(bob_conv.id, doc.id, bob)  # ann's document into bob's own chat
+    with pytest.raises(REFUSED):
+        panel.documents(conv.id, bob)
+    with pytest.raises(PermissionDeniedError, match="not signed in"):
+        ui.open(conv.id, FakeRequest(f"{SESSION_COOKIE}=forged"))
+    assert counts(server) == before
+    assert service.library.documents(bob_conv.id) == []
+    assert not service.conversation(ann_id, conv.id).exclude_from_training
