@@ -19,13 +19,13 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from chatlm.errors import ChatLMError, InputError, NotFoundError, PermissionDeniedError
 from chatlm.store.db import transaction
-from chatlm.store.models import ApiKey, Conversation, ConversationDocument, Document, User, utcnow
+from chatlm.store.models import ApiKey, Base, Conversation, ConversationDocument, Document, User, utcnow
 from chatlm.store.repo import LOCAL_USER
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}")
@@ -258,6 +258,25 @@ class AccountService:
                 if attempt == 2:
                     raise
         raise AssertionError("unreachable")
+
+    def adopt_guest(self, token: str, actor: Actor) -> int:
+        """Signing in keeps what the browser did as a guest: the guest's conversations, ratings and
+        texts become the user's, and the guest identity is gone. Returns the conversations moved."""
+        if not token or not GUEST_TOKEN.fullmatch(token) or actor.is_guest:
+            return 0
+        name = GUEST_PREFIX + key_hash(token)[:32]
+        with transaction(self.sessions) as s:
+            guest = s.scalar(select(User).where(User.name == name, User.is_guest.is_(True)))
+            if guest is None:
+                return 0
+            moved = int(s.scalar(select(func.count()).select_from(Conversation)
+                                 .where(Conversation.user_id == guest.id)) or 0)
+            for table in Base.metadata.sorted_tables:  # every table that names its owner
+                column = table.c.get("user_id")
+                if column is not None and any(fk.column.table.name == "users" for fk in column.foreign_keys):
+                    s.execute(update(table).where(column == guest.id).values(user_id=actor.user_id))
+            s.delete(guest)
+            return moved
 
     # ---- API keys -----------------------------------------------------------------------------
     def create_key(self, actor: Actor, name: str = "key") -> NewKey:

@@ -232,3 +232,24 @@ def test_handlers_refuse_other_users_ids_behind_gradios_own_checks(server) -> No
     assert counts(server) == before
     assert service.library.documents(bob_conv.id) == []
     assert not service.conversation(ann_id, conv.id).exclude_from_training
+
+
+def test_signing_in_keeps_what_the_browser_did_as_a_guest(server) -> None:
+    token = "t" * 43
+    guest = client_as(server, f"{GUEST_COOKIE}={token}")
+    try:
+        guest.predict(text="Asked before signing in", temperature=0, max_new=3, api_name="/send")
+    finally:
+        guest.close()
+    accounts = AccountService(server.app.service.sessions)
+    guest_id = accounts.guest(token)[0].user_id
+    response = httpx.post(f"{server.url}/login", data={"name": BOB[0], "password": BOB[1]},
+                          cookies={GUEST_COOKIE: token}, follow_redirects=False, timeout=30)
+    assert response.status_code == 303 and f'{GUEST_COOKIE}=""' in response.headers.get("set-cookie", "")
+    bob_id = accounts.actor("bob").user_id
+    assert [c.title for c in server.app.service.conversations(bob_id)] == ["Asked before signing in"]
+    assert server.app.service.conversations(guest_id) == []
+    with db.transaction(server.app.service.sessions) as s:
+        from chatlm.store.models import User
+
+        assert s.get(User, guest_id) is None  # the guest identity is gone, its chat is bob's

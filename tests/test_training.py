@@ -140,6 +140,22 @@ def test_refused_second_round_and_failed_workers_leave_nothing(tiny_settings) ->
         assert [a.name for a in registry.list_adapters(s)] == ["keep-v1"]
 
 
+def test_guest_ratings_are_left_out_unless_the_admin_asks(tiny_settings) -> None:
+    """Anyone can rate as a guest, so a round learns from guests' ratings only when asked to."""
+    from chatlm.accounts import AccountService
+
+    sessions = rounds.sessions_for(tiny_settings)
+    guest = AccountService(sessions).guest()[0]
+    seed_pairs(sessions, guest.user_id, 10)
+    with db.transaction(sessions) as s, pytest.raises(NotEnoughDataError):
+        data.build_round(s)
+    with pytest.raises(NotEnoughDataError):
+        rounds.start_round(tiny_settings, "dpo", sessions=sessions)
+    with db.transaction(sessions) as s:
+        assert data.build_round(s, guests=True).method == "dpo"
+        assert registry.latest_runs(s, limit=5) == []  # the refused round left no run behind
+
+
 def test_directory_left_by_a_kill_before_registration_does_not_block_later_rounds(tiny_settings) -> None:
     """A worker SIGKILLed between renaming its adapter directory and committing the registration
     leaves ``chatlm-vN`` on disk with no row; the next round must neither fail on that name nor

@@ -17,8 +17,9 @@ BASE = "base"
 
 
 def rated_answers(session: Session, *, since: datetime | None = None, adapter: str | None = None,
-                  user: str | None = None) -> list[RatedAnswer]:
-    """One record per (answer, rating user); the prompt is what the model saw."""
+                  user: str | None = None, guests: bool = True) -> list[RatedAnswer]:
+    """One record per (answer, rating user); the prompt is what the model saw. ``guests`` False
+    leaves out ratings by guests (visitors who never signed in)."""
     stmt = (select(Message, Rating, Conversation.exclude_from_training)
             .join(Rating, Rating.message_id == Message.id)
             .join(Conversation, Conversation.id == Message.conversation_id)
@@ -31,6 +32,8 @@ def rated_answers(session: Session, *, since: datetime | None = None, adapter: s
         stmt = stmt.where(Message.adapter.is_(None) if adapter == BASE else Message.adapter == adapter)
     if user is not None:
         stmt = stmt.where(User.name == user)
+    if not guests:
+        stmt = stmt.where(User.is_guest.is_(False))
     return [
         RatedAnswer(
             message_id=msg.id, conversation_id=msg.conversation_id, parent_id=msg.parent_id,

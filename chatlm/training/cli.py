@@ -24,6 +24,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-steps", type=int, help="stop after this many optimiser steps")
     p.add_argument("--lr", type=float, help="learning rate (default: 2e-4 SFT, 1e-4 KTO/DPO)")
     p.add_argument("--from-active", action="store_true", help="continue from the active adapter")
+    p.add_argument("--guests", action="store_true",
+                   help="also learn from guests' ratings (visitors who never signed in; left out by default)")
     p.add_argument("--squad", help="also measure SQuAD F1 on this file (slow: generates answers)")
     p.add_argument("--wait", action="store_true", help="follow the round with a progress bar until it ends")
 
@@ -44,6 +46,7 @@ def run_train(args: argparse.Namespace) -> int:
     method = "document" if args.method == "auto" and (args.document is not None or args.text) else args.method
     run_id = rounds.start_round(settings, method=method, epochs=args.epochs, lr=args.lr,
                                 max_steps=args.max_steps, squad=args.squad, from_active=args.from_active,
+                                guests=args.guests or None,
                                 document=args.document, text=args.text, window=args.window, sessions=sessions)
     log = rounds.log_path(settings, run_id)
     print(f"training round {run_id} started in its own process (log: {log})", file=sys.stderr)

@@ -175,9 +175,10 @@ def heldout_views(answers: Sequence[RatedAnswer]) -> Heldout:
                    liked=method_records("sft", answers), prompts=len({_prompt_key(a) for a in answers}))
 
 
-def build_round(session: Session, method: str = "auto") -> RoundData:
-    """Read all usable feedback and prepare the round (raises NotEnoughDataError when too little)."""
-    answers = [a for a in load.rated_answers(session) if not a.excluded]
+def build_round(session: Session, method: str = "auto", *, guests: bool = False) -> RoundData:
+    """Read all usable feedback and prepare the round (raises NotEnoughDataError when too little).
+    Guests' ratings count only when the admin asks (``guests``): anyone can be a guest."""
+    answers = [a for a in load.rated_answers(session, guests=guests) if not a.excluded]
     return prepare(answers, method)
 
 

@@ -108,7 +108,7 @@ def start_round(settings: Settings, method: str = "auto", epochs: float | None =
             checked = doc_round.build_round(s, settings, params, tokenizer).source or {}
             params["text_sha256"] = checked["sha256"]
         else:
-            data.build_round(s, method)  # too little data: a clear error now, not in a log later
+            data.build_round(s, method, guests=bool(extra.get("guests")))  # too little data: say it now
         if from_active and registry.active_adapter(s) is None:
             raise InputError("No adapter is active, so there is nothing to continue from: "
                              "train without --from-active.")

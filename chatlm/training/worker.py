@@ -94,7 +94,7 @@ def run_round(settings: Settings, run_id: int) -> int:
         report = Reporter(sessions, run_id)
         with db.transaction(sessions) as s:
             round_data = (document.build_round(s, settings, params) if method == "document"
-                          else data.build_round(s, method))
+                          else data.build_round(s, method, guests=bool(params.get("guests"))))
         logs = Path(settings.data_dir) / "training"
         logs.mkdir(parents=True, exist_ok=True)
         (logs / f"run-{run_id}.jsonl").write_text(round_data.jsonl, encoding="utf-8")

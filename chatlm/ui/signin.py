@@ -60,12 +60,15 @@ def install(app: FastAPI, identity: Identity) -> None:
         form = {k: v[0] for k, v in parse_qs(body.decode("utf-8", "replace")).items()}
         name, password = form.get("name", "").strip(), form.get("password", "")
         try:
-            _, value = identity.sign_in(name, password)
+            actor, value = identity.sign_in(name, password)
         except (SignInError, ChatLMError) as exc:
             return HTMLResponse(page(exc.message, name, guests=settings.guests_allowed), 401)
         response = RedirectResponse("/", status_code=303)
         response.set_cookie(SESSION_COOKIE, value,
                             **identity.cookie_options(max_age=settings.session_hours * 3600))
+        if request.cookies.get(GUEST_COOKIE):  # what this browser did as a guest is kept
+            identity.accounts.adopt_guest(request.cookies[GUEST_COOKIE], actor)
+            response.delete_cookie(GUEST_COOKIE, path="/")
         return response
 
     @app.api_route("/logout", methods=["GET", "POST"], include_in_schema=False)

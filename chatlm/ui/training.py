@@ -189,14 +189,15 @@ class TrainingTab:
                 gr.update(interactive=False), *unchanged)
 
     def start(self, method: str, epochs: float | None, max_steps: float | None, lr: float | None,
-              from_active: bool, squad: str | None, request: gr.Request) -> tuple[str, Any]:
+              from_active: bool, squad: str | None, guests: bool, request: gr.Request) -> tuple[str, Any]:
         """Start a round in its own process; a refusal (too little data, a round under way) is said."""
         self.who.admin(request)
         received = received_file(squad)  # refused before anything starts when not uploaded here
         try:
             run_id = self.service.start_round(
                 method, epochs=epochs or None, lr=lr or None, from_active=bool(from_active),
-                max_steps=int(max_steps) if max_steps else None, squad=str(received) if received else None)
+                max_steps=int(max_steps) if max_steps else None, squad=str(received) if received else None,
+                **({"guests": True} if guests else {}))
         except ChatLMError as exc:
             gr.Warning(exc.message)
             return f"Not started: {exc.message}", gr.Timer(active=False)
@@ -265,6 +266,8 @@ class TrainingTab:
             lr = gr.Number(value=0, label="Learning rate (0: 2e-4 SFT, 1e-4 KTO/DPO)", minimum=0, elem_id="tr-lr")
         with gr.Row():
             from_active = gr.Checkbox(label="Continue from the active adapter", elem_id="tr-from-active")
+            guests = gr.Checkbox(label="Also learn from guests' ratings", value=False, elem_id="tr-guests",
+                                 info="Guests never signed in: anyone can rate as one.")
             squad = uploaded_file(label="SQuAD-format file for QA F1 (optional, slow on CPU)", file_types=[".json"],
                             type="filepath", elem_id="tr-squad")
         start_btn = gr.Button("Start a round", variant="primary", elem_id="tr-start")
@@ -301,7 +304,7 @@ class TrainingTab:
         tab.select(self.refresh, [shown], view, api_visibility="private")
         timer.tick(self.poll, [shown], view, api_visibility="private", show_progress="hidden")
         shown.input(self.refresh, [shown], view, api_visibility="private")
-        start_btn.click(self.start, [method, epochs, max_steps, lr, from_active, squad], [started, timer],
+        start_btn.click(self.start, [method, epochs, max_steps, lr, from_active, squad, guests], [started, timer],
                         api_name="start_round").then(self.refresh, [shown], view, api_visibility="private")
         promote_btn.click(self.promote, [target, shown], [*view, changed], api_name="promote_adapter")
         rollback_btn.click(self.rollback, [shown], [*view, changed], api_name="rollback_adapter")
