@@ -70,6 +70,10 @@ class Settings:
     """How long a sign-in lasts."""
     admins: tuple[str, ...] = field(default_factory=tuple)
     """Hugging Face user names that are admins with ``auth=hf`` (default: the Space's owner)."""
+    user_answers: int = 2
+    """Answers one user may have running at once (0: no limit); with accounts only."""
+    user_requests_per_minute: int = 20
+    """New answers one user may ask for per minute (0: no limit); with accounts only."""
     abstain_threshold: float = 0.6
     """An extractive answer whose support score (cosine of question and supporting sentence under
     the embedding model) is below this is declined: "the text does not say". Calibrated on the

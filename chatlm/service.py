@@ -33,6 +33,7 @@ from chatlm.knowledge.answer import (
     short_form,
 )
 from chatlm.library import Library
+from chatlm.limits import FairShare
 from chatlm.prompts import fit_history, grounded_question
 from chatlm.store import repo
 from chatlm.store.db import transaction
@@ -126,6 +127,9 @@ class ChatService:
         self.settings = settings
         self.backend = backend
         self.sessions = sessions
+        self.fair = (FairShare(settings.user_answers, settings.user_requests_per_minute)
+                     if settings.auth != "none" else None)
+        """Per-user limits, when there are users to share the backend between."""
         self.library = library or Library(sessions)
         self._running: dict[int, Generation] = {}
         self._lock = threading.Lock()
@@ -220,6 +224,7 @@ class ChatService:
         # ownership first, then retrieval outside the write transaction: retrieval opens sessions
         # of its own, and holding one here while it waits let 8+ concurrent sends drain the pool
         self.conversation(user_id, conversation_id)
+        self._admit(user_id)  # over the user's share: refused before anything is stored
         passages = self.library.retrieve(conversation_id, content, k=k)
         with transaction(self.sessions) as s:
             conv = repo.get_conversation(s, conversation_id=conversation_id, user_id=user_id)
@@ -241,7 +246,7 @@ class ChatService:
                                         parent_id=path[-1].id if path else None)
         return self._start(conversation_id, user_msg.id, plan.messages, plan.dropped, params,
                            adapter, [p.as_source() for p in passages] or None, question=content,
-                           extract=extract)
+                           extract=extract, user_id=user_id)
 
     def _can_extract(self, request: str) -> bool:
         """Factoid questions get a copied span where the backend can constrain decoding (a remote
@@ -253,6 +258,7 @@ class ChatService:
         """A new answer to the same question, stored as a sibling of ``message_id``."""
         adapter = adapter or self.follow_registry()
         params = params.clamped(self.settings.max_new_tokens)
+        self._admit(user_id)
         with transaction(self.sessions) as s:
             answer = repo.get_message(s, message_id=message_id, user_id=user_id)
             if answer.role != "assistant" or answer.parent_id is None:
@@ -267,7 +273,8 @@ class ChatService:
                 history = [{"role": m.role, "content": m.content} for m in path if m.content]
                 plan = self._plan(conv.system_prompt, history, params)
                 messages, dropped, sources = plan.messages, plan.dropped, None
-        return self._start(conv.id, answer.parent_id, messages, dropped, params, adapter, sources)
+        return self._start(conv.id, answer.parent_id, messages, dropped, params, adapter, sources,
+                           user_id=user_id)
 
     def edit(self, user_id: int, message_id: int, content: str, params: SamplingParams, *,
              adapter: str | None = None) -> Reply:
@@ -307,11 +314,20 @@ class ChatService:
             return target.id
 
     def generate(self, messages: list[dict[str, str]], params: SamplingParams,
-                 adapter: str | None = None) -> Generation:
+                 adapter: str | None = None, *, user_id: int | None = None) -> Generation:
         """A stateless generation (the API): nothing is stored; a too-long prompt is refused."""
         if not messages:
             raise InputError("messages must not be empty.")
-        return self.backend.chat(messages, params, adapter=adapter)
+        if user_id is not None:
+            self._admit(user_id)
+        gen = self.backend.chat(messages, params, adapter=adapter)
+        if self.fair is not None and user_id is not None:
+            self.fair.track(user_id, gen)
+        return gen
+
+    def _admit(self, user_id: int) -> None:
+        if self.fair is not None:
+            self.fair.admit(user_id)
 
     def adapter_names(self) -> list[str]:
         """LoRA adapters the backend can serve, as model ids."""
@@ -439,7 +455,7 @@ class ChatService:
     def _start(self, conversation_id: int, parent_id: int, messages: list[dict[str, str]],
                dropped: int, params: SamplingParams, adapter: str | None,
                sources: list[dict[str, Any]] | None = None, *, question: str = "",
-               extract: list[tuple[int, str, str]] | None = None) -> Reply:
+               extract: list[tuple[int, str, str]] | None = None, user_id: int | None = None) -> Reply:
         chosen: list[Support] | None = None
         score = None
         if extract:
@@ -449,6 +465,8 @@ class ChatService:
                                     avoid_first=question_words(question))
         else:
             gen = self.backend.chat(messages, params, adapter=adapter)
+        if self.fair is not None and user_id is not None:
+            self.fair.track(user_id, gen)
         with self._lock:
             old = self._running.get(conversation_id)
             if old is not None:

@@ -259,7 +259,7 @@ class OpenAIRoutes:
         return {"name": body.name, "seconds": round(seconds, 3),
                 "active": self.service.active_adapter, "adapters": self.service.adapter_names()}
 
-    async def chat_completions(self, body: ChatCompletionRequest) -> Any:
+    async def chat_completions(self, body: ChatCompletionRequest, request: Request) -> Any:
         adapter = self._adapter_for(body.model)
         if body.n != 1:
             raise InputError("Only n=1 is supported.")
@@ -273,7 +273,8 @@ class OpenAIRoutes:
         ).validate().clamped(self.service.settings.max_new_tokens)
         messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
                     for m in body.messages]
-        gen = await asyncio.to_thread(self.service.generate, messages, params, adapter)
+        gen = await asyncio.to_thread(self.service.generate, messages, params, adapter,
+                                      user_id=request.state.actor.user_id)
         cid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         if body.stream:
             usage = bool(body.stream_options and body.stream_options.include_usage)
