@@ -158,6 +158,17 @@ class AccountService:
             s.flush()
             return Actor.of(user)
 
+    def ensure_admin(self, name: str, password: str) -> Actor:
+        """The operator's admin account from the environment: made if missing, else made admin with
+        this password (a restart with a new secret changes it)."""
+        with transaction(self.sessions) as s:
+            exists = s.scalar(select(User.id).where(User.name == name, User.is_guest.is_(False))) is not None
+        if not exists:
+            return self.add_user(None, name, password, admin=True)
+        self.set_password(None, name, password)
+        self.set_role(None, name, "admin")
+        return self.actor(name)
+
     def set_password(self, actor: Actor | None, name: str, password: str) -> None:
         """Change a password (one's own, or anyone's for an admin); it also lifts a lockout."""
         hashed = hash_password(password)

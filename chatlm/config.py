@@ -56,8 +56,8 @@ class Settings:
     api_keys: tuple[str, ...] = field(default_factory=tuple)
     """Keys accepted by ``/v1``; empty means the API is open."""
     auth: str = "none"
-    """Who may use the app: ``none`` (one local user, for 127.0.0.1), ``password`` (accounts made with
-    ``python -m chatlm users add``) or ``hf`` (Hugging Face sign-in, on a Space with ``hf_oauth``)."""
+    """Who may use the app: ``none`` (one local user, for 127.0.0.1) or ``password`` (accounts made
+    with ``python -m chatlm users add``; the default on a Space, where visitors are guests)."""
     guests: str = "auto"
     """``on``/``off``: visitors who have not signed in get a private guest identity kept in a cookie;
     ``auto`` is on when ``auth`` is not ``none``."""
@@ -68,8 +68,10 @@ class Settings:
     every machine of a deployment so they accept each other's cookies)."""
     session_hours: float = 168.0
     """How long a sign-in lasts."""
-    admins: tuple[str, ...] = field(default_factory=tuple)
-    """Hugging Face user names that are admins with ``auth=hf`` (default: the Space's owner)."""
+    admin_name: str = ""
+    admin_password: str = ""
+    """With both set (e.g. as Space secrets, where there is no shell), the server makes sure at start
+    that this account exists, is an admin and has this password: the first admin of a Space."""
     user_answers: int = 2
     """Answers one user may have running at once (0: no limit); with accounts only."""
     user_requests_per_minute: int = 20
@@ -94,8 +96,11 @@ class Settings:
             raise ConfigError("CHATLM_MAX_BATCH must be >= 1 and CHATLM_QUEUE_SIZE >= 0")
         if self.context_window < 0:
             raise ConfigError("CHATLM_CONTEXT_WINDOW must be >= 0")
-        if self.auth not in {"none", "password", "hf"}:
-            raise ConfigError(f"CHATLM_AUTH must be none, password or hf, got {self.auth!r}")
+        if self.auth == "hf":
+            raise ConfigError("CHATLM_AUTH=hf (Hugging Face sign-in) is not built yet; use "
+                              "CHATLM_AUTH=password (accounts from `python -m chatlm users add`).")
+        if self.auth not in {"none", "password"}:
+            raise ConfigError(f"CHATLM_AUTH must be none or password, got {self.auth!r}")
         if self.guests not in {"auto", "on", "off"}:
             raise ConfigError(f"CHATLM_GUESTS must be auto, on or off, got {self.guests!r}")
         if self.session_hours <= 0:
@@ -116,7 +121,7 @@ class Settings:
             raise ConfigError(
                 f"CHATLM_HOST={self.host} is reachable by others, and with CHATLM_AUTH=none every "
                 "visitor would be the same admin user. Set CHATLM_AUTH=password (and add accounts with "
-                "`python -m chatlm users add NAME`) or CHATLM_AUTH=hf on a Space, or set "
+                "`python -m chatlm users add NAME`), or set "
                 "CHATLM_ALLOW_OPEN=1 if that is what you want.")
 
     @property
@@ -129,6 +134,8 @@ class Settings:
         """Build settings from ``CHATLM_*`` variables; ``overrides`` win (used by the CLI and tests)."""
         env = os.environ if env is None else env
         values: dict[str, object] = {"data_dir": _default_data_dir(env)}
+        if env.get("SPACE_ID"):  # a Space is public: accounts, with visitors as private guests
+            values["auth"] = "password"
         for f in fields(cls):
             raw = env.get(f"CHATLM_{f.name.upper()}")
             if raw is None or raw == "":

@@ -61,6 +61,8 @@ def build_app(settings: Settings, backend: Any = None) -> App:
 
     service = make_service(settings, backend)
     identity = Identity(settings, AccountService(service.sessions))
+    if settings.auth != "none" and settings.admin_name and settings.admin_password:
+        identity.accounts.ensure_admin(settings.admin_name, settings.admin_password)
     # A server that starts takes over from one that died: its streaming answers end as interrupted.
     # (Another process that finishes such an answer still stores its final state over this mark.)
     if interrupted := service.mark_interrupted():

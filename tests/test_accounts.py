@@ -174,3 +174,17 @@ def test_users_commands(tmp_path: Path) -> None:
     accounts = AccountService(sessions)
     assert accounts.sign_in("bob", "a new password").is_admin
     assert accounts.key_actor(key.stdout.strip()).name == "bob"
+
+
+def test_the_admin_from_the_environment_is_made_and_kept(accounts) -> None:
+    """A Space has no shell: CHATLM_ADMIN_NAME/CHATLM_ADMIN_PASSWORD make its first admin."""
+    made = accounts.ensure_admin("owner", "space secret 1")
+    assert made.is_admin and accounts.sign_in("owner", "space secret 1") == made
+    accounts.set_role(None, "owner", "admin")
+    accounts.add_user(None, "other", "long enough")
+    accounts.set_role(None, "other", "admin")
+    accounts.set_role(None, "owner", "user")
+    again = accounts.ensure_admin("owner", "space secret 2")  # a new secret on restart
+    assert again.is_admin and again.user_id == made.user_id
+    with pytest.raises(SignInError):
+        accounts.sign_in("owner", "space secret 1")
