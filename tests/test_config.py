@@ -1,0 +1,33 @@
+"""Settings: every variable is documented, parsed, and checked."""
+
+from __future__ import annotations
+
+from dataclasses import fields
+
+import pytest
+
+from chatlm.config import Settings
+from chatlm.errors import ConfigError
+from tests.conftest import REPO
+
+
+def test_the_readme_documents_every_setting() -> None:
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    missing = [f"CHATLM_{f.name.upper()}" for f in fields(Settings) if f"`CHATLM_{f.name.upper()}`" not in readme]
+    assert missing == []
+
+
+def test_flags_and_modes_are_parsed_and_checked() -> None:
+    assert Settings.from_env({"CHATLM_ALLOW_OPEN": "yes", "CHATLM_AUTH": "password"}).allow_open
+    assert not Settings.from_env({"CHATLM_ALLOW_OPEN": "0"}).allow_open
+    with pytest.raises(ConfigError, match="1 or 0"):
+        Settings.from_env({"CHATLM_ALLOW_OPEN": "maybe"})
+    with pytest.raises(ConfigError, match="not built yet"):
+        Settings.from_env({"CHATLM_AUTH": "hf"})
+    with pytest.raises(ConfigError, match="none or password"):
+        Settings.from_env({"CHATLM_AUTH": "ldap"})
+    assert Settings.from_env({"SPACE_ID": "me/chatlm"}).auth == "password"  # a Space is public
+    assert Settings.from_env({"SPACE_ID": "me/chatlm", "CHATLM_AUTH": "none"}).auth == "none"
+    assert Settings.from_env({"CHATLM_AUTH": "password"}).guests_allowed
+    assert not Settings.from_env({"CHATLM_AUTH": "password", "CHATLM_GUESTS": "off"}).guests_allowed
+    assert not Settings.from_env({}).guests_allowed
