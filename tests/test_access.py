@@ -253,3 +253,19 @@ def test_signing_in_keeps_what_the_browser_did_as_a_guest(server) -> None:
         from chatlm.store.models import User
 
         assert s.get(User, guest_id) is None  # the guest identity is gone, its chat is bob's
+
+def test_an_ended_session_is_sent_to_sign_in(start_server, tiny_backend) -> None:
+    running = start_server(tiny_backend, auth="password", guests="off")
+    running.server.config.timeout_graceful_shutdown = 1
+    AccountService(running.app.service.sessions).add_user(None, *ANN)
+    page = {"accept": "text/html"}
+    anonymous = httpx.get(f"{running.url}/", headers=page, follow_redirects=False, timeout=30)
+    assert anonymous.status_code == 303 and anonymous.headers["location"] == "/login"
+    api = httpx.get(f"{running.url}/gradio_api/info", follow_redirects=False, timeout=30)
+    assert api.status_code == 401  # no guests: nothing of the app without signing in
+    cookie = session_cookie(running, ANN)
+    ok = httpx.get(f"{running.url}/", headers={**page, "Cookie": cookie}, follow_redirects=False, timeout=30)
+    assert ok.status_code == 200
+    AccountService(running.app.service.sessions).set_password(None, "ann", "changed elsewhere")
+    ended = httpx.get(f"{running.url}/", headers={**page, "Cookie": cookie}, follow_redirects=False, timeout=30)
+    assert ended.status_code == 303 and ended.headers["location"] == "/login"

@@ -13,6 +13,7 @@ from http.cookies import SimpleCookie
 from typing import Any
 from urllib.parse import parse_qs
 
+import anyio
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
@@ -92,8 +93,15 @@ class Gate:
             return
         headers = dict(scope.get("headers") or [])
         cookies = _cookies(headers.get(b"cookie", b"").decode("latin-1"))
+        if SESSION_COOKIE in cookies and _is_page(scope):  # an ended session sees the sign-in page
+            actor = await anyio.to_thread.run_sync(self.identity.session_actor, cookies[SESSION_COOKIE])
+            if actor is None and not (self.identity.settings.guests_allowed and GUEST_COOKIE in cookies):
+                response = RedirectResponse("/login", status_code=303)
+                response.delete_cookie(SESSION_COOKIE, path="/")
+                await response(scope, receive, send)
+                return
         if SESSION_COOKIE in cookies or b"authorization" in headers:
-            await self.app(scope, receive, send)  # checked by the handlers (an expired one fails there)
+            await self.app(scope, receive, send)  # checked by the handlers (an ended one fails there)
             return
         if not self.identity.settings.guests_allowed:
             await self._sign_in_first(scope, send)
@@ -118,13 +126,18 @@ class Gate:
 
     @staticmethod
     async def _sign_in_first(scope: dict[str, Any], send: Any) -> None:
-        accept = dict(scope.get("headers") or []).get(b"accept", b"").decode("latin-1")
-        if scope.get("method") == "GET" and "text/html" in accept:
+        if _is_page(scope):
             response: Response = RedirectResponse("/login", status_code=303)
         else:
             response = Response('{"error": "Sign in first (POST /login), or send an API key."}',
                                 status_code=401, media_type="application/json")
         await response(scope, None, send)  # type: ignore[arg-type]
+
+
+def _is_page(scope: dict[str, Any]) -> bool:
+    """A browser asking for a page (not the app's API calls, which get a JSON refusal)."""
+    accept = dict(scope.get("headers") or []).get(b"accept", b"").decode("latin-1")
+    return scope.get("method") == "GET" and "text/html" in accept
 
 
 def _cookies(header: str) -> dict[str, str]:
