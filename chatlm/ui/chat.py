@@ -246,17 +246,18 @@ class ChatUI:
             gr.Warning(exc.message)
         return self._sidebar(uid, conv_id)
 
-    def whoami(self, request: gr.Request) -> tuple[str, Any]:
-        """Who is signed in (with sign-out or sign-in), and the admin's tabs shown to admins only."""
+    def whoami(self, request: gr.Request) -> tuple[str, Any, Any]:
+        """Who is signed in (with sign-out or sign-in), and the admin's tabs shown to admins only
+        (Training; Admin only when there are accounts to manage)."""
         if self.service.settings.auth == "none":
-            return "", gr.update(visible=True)
+            return "", gr.update(visible=True), gr.update(visible=False)
         actor = self.who.actor(request)
         if actor.is_guest:
             line = "You are a **guest**: your chats stay in this browser. [Sign in](/login)"
         else:
             role = " (admin)" if actor.is_admin else ""
             line = f"Signed in as **{actor.name}**{role}. [Sign out](/logout)"
-        return line, gr.update(visible=actor.is_admin)
+        return line, gr.update(visible=actor.is_admin), gr.update(visible=actor.is_admin)
 
     def sidebar(self, conv_id: int | None, request: gr.Request) -> Any:
         return self._sidebar(self._uid(request), conv_id)
@@ -386,6 +387,8 @@ class ChatUI:
 
     # ---- layout --------------------------------------------------------------------------
     def build(self) -> gr.Blocks:
+        from chatlm.ui.account import AccountTab
+        from chatlm.ui.admin import AdminTab
         from chatlm.ui.feedback import FeedbackPanel, FeedbackTab
         from chatlm.ui.knowledge import KnowledgePanel
         from chatlm.ui.training import TrainingTab
@@ -439,6 +442,13 @@ class ChatUI:
             with gr.Tab("Training", elem_id="training-tab",
                         visible=self.service.settings.auth == "none") as training_tab:
                 TrainingTab(self.service, self.who).render(training_tab)
+            accounts_on = self.service.settings.auth != "none"
+            with gr.Tab("Admin", elem_id="admin-tab", visible=False) as admin_tab:
+                if accounts_on:  # local mode: hidden and empty (``python -m chatlm users`` there)
+                    AdminTab(self.service, self.who).render(admin_tab)
+            if accounts_on:
+                with gr.Tab("Account", elem_id="account-tab") as account_tab:
+                    AccountTab(self.service, self.who).render(account_tab)
 
             view = [chatbot, ids, conv_id, conv_list, title, sys_prompt, temperature, top_p,
                     max_new, notice, excluded]
@@ -468,7 +478,7 @@ class ChatUI:
                 chatbot.edit(self.edit, [conv_id, ids, temperature, top_p, max_new], started, **quick),
             ):
                 started_by.then(**follow)
-            demo.load(self.whoami, None, [account, training_tab], api_visibility="private")
+            demo.load(self.whoami, None, [account, training_tab, admin_tab], api_visibility="private")
             conv_id.change(lambda c: c, [conv_id], [stored], api_visibility="private")
             # a chat created outside send (loading a text into a new chat) shows in the sidebar at once
             conv_id.change(self.sidebar, [conv_id], [conv_list], api_visibility="private")
