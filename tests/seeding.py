@@ -24,3 +24,18 @@ def add_turn(sessions, uid: int, question: str, answers: list[tuple[str, int | N
 def seed_pairs(sessions, uid: int, n: int) -> None:
     for i in range(n):
         add_turn(sessions, uid, f"What is {i} plus {i}?", [(f"{2 * i}", 1, None), (f"Maybe {i + 7}?", -1, None)])
+
+
+class StubEmbedder:
+    """Stands in for MiniLM where a test stores texts but does not search them by meaning (the
+    real model would load in a background thread and race the next test's imports)."""
+
+    def embed(self, texts, **_):
+        import numpy as np
+
+        return np.zeros((len(texts), 384), dtype=np.float32)
+
+    def embed_query(self, text):
+        import numpy as np
+
+        return np.zeros(384, dtype=np.float32)

@@ -16,7 +16,7 @@ from chatlm.errors import InputError, NotFoundError, PermissionDeniedError
 from chatlm.store import db, repo
 from chatlm.store.models import Conversation, Document, Rating, User
 from tests.conftest import REPO
-from tests.seeding import add_turn
+from tests.seeding import StubEmbedder, add_turn
 
 
 @pytest.fixture
@@ -100,8 +100,8 @@ def test_removing_an_account_deletes_its_data_and_keeps_others(accounts, session
     add_turn(sessions, ann.user_id, "How?", [("Like so.", 1, None)])
     with db.transaction(sessions) as s:
         conv = repo.create_conversation(s, user_id=bob.user_id).id
-    Library(sessions, embedder=None).load(user_id=bob.user_id, conversation_id=conv, name="bob.txt",
-                                          data=b"Bob's private notes. " * 30)
+    library = Library(sessions, embedder=StubEmbedder(), background=False)
+    library.load(user_id=bob.user_id, conversation_id=conv, name="bob.txt", data=b"Bob's private notes. " * 30)
     with pytest.raises(PermissionDeniedError):
         accounts.remove_user(accounts.actor("bob"), "ann")
     accounts.remove_user(accounts.actor("bob"), "bob")

@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from chatlm.errors import InputError, NotFoundError, PermissionDeniedError
+from chatlm.errors import InputError, NotFoundError
 from chatlm.store.models import Conversation, Message, Rating, RatingEvent, User, utcnow
 
 LOCAL_USER = "local"
@@ -46,11 +46,11 @@ def list_conversations(session: Session, *, user_id: int) -> list[Conversation]:
 
 
 def get_conversation(session: Session, *, conversation_id: int, user_id: int) -> Conversation:
+    """The user's conversation; someone else's is answered exactly as a missing one, so that ids
+    tried by a stranger tell them nothing (not even that the conversation exists)."""
     conv = session.get(Conversation, conversation_id)
-    if conv is None:
+    if conv is None or conv.user_id != user_id:
         raise NotFoundError(f"Conversation {conversation_id} does not exist.")
-    if conv.user_id != user_id:
-        raise PermissionDeniedError("That conversation belongs to someone else.")
     return conv
 
 
