@@ -21,8 +21,14 @@ from chatlm.ui.who import Who
 
 KEY_COLUMNS = ["id", "name", "prefix", "created", "last used", "revoked"]
 GUEST_LINE = ("You are a **guest**: API keys, a password and deleting an account are for signed-in "
-              "users. [Sign in](/login) to get an API key.")
+              "users. Sign in to get an API key (Sign in, at the top of the sidebar).")
 CONFIRM_DELETE = "Tick “Yes, delete my account and all my data” first."
+
+
+def _go(label: str, path: str) -> Any:
+    """The link shown after a change that ends this session (a button: Gradio opens Markdown links
+    in a new tab, which would leave this page behind)."""
+    return gr.update(value=label, link=path, visible=True)
 
 
 def _when(moment: Any) -> str:
@@ -108,7 +114,8 @@ class AccountTab:
         return (f"Key {wanted} is revoked: calls with it are refused from now on.", *self._keys(actor))
 
     def change_password(self, current: str, new: str, again: str, request: gr.Request) -> tuple[Any, ...]:
-        """A new password, after the current one; it signs out every browser, this one too."""
+        """A new password, after the current one; it signs out every browser, this one too (a
+        session is bound to the password it began with), so the page offers to sign in again."""
         try:
             actor = self._member(request)
             if (new or "") != (again or ""):
@@ -117,9 +124,9 @@ class AccountTab:
             self.accounts.set_password(actor, actor.name, new or "")
         except ChatLMError as exc:
             gr.Warning(exc.message)
-            return f"Password not changed: {exc.message}", "", gr.update(), gr.update()
-        return ("Password changed. Every browser signed in as you is signed out, this one too: "
-                "[sign in again](/login) with the new password.", "", "", "")
+            return f"Password not changed: {exc.message}", "", gr.update(), gr.update(), gr.update()
+        return ("Password changed. Every browser signed in as you is signed out, this one too: sign in "
+                "again with the new password.", "", "", "", _go("Sign in again", "/login"))
 
     def delete_account(self, confirmed: bool, password: str, request: gr.Request) -> tuple[Any, ...]:
         """Delete the caller's account with their conversations, ratings, texts and keys; only with
@@ -132,13 +139,14 @@ class AccountTab:
             self.accounts.remove_user(actor, actor.name)
         except ChatLMError as exc:
             gr.Warning(exc.message)
-            return f"Not deleted: {exc.message}", gr.update(), ""
-        return ("Your account and all your data are deleted. [Leave](/logout)", False, "")
+            return f"Not deleted: {exc.message}", gr.update(), "", gr.update()
+        return "Your account and all your data are deleted.", False, "", _go("Leave", "/logout")
 
     # ---- layout ------------------------------------------------------------------------------
     def render(self, tab: gr.Tab) -> None:
         line = gr.Markdown(elem_id="ac-line")
         status = gr.Markdown(elem_id="ac-status")
+        after = gr.Button(size="sm", link_target="_self", visible=False, elem_id="ac-after")
         with gr.Column(visible=False) as member:
             gr.Markdown("### API keys\nA key lets a program call the OpenAI-compatible API at `/v1` "
                         "as you (`Authorization: Bearer <key>`).")
@@ -172,10 +180,10 @@ class AccountTab:
         api.click(self.list_keys, None, [keys, key_id], api_name="list_keys")
         create_btn.click(self.create_key, [key_name], [status, keys, key_id, new_key], api_name="create_key")
         revoke_btn.click(self.revoke_key, [key_id], [status, keys, key_id], api_name="revoke_key")
-        password_btn.click(self.change_password, [current, new, again], [status, current, new, again],
+        password_btn.click(self.change_password, [current, new, again], [status, current, new, again, after],
                            api_name="change_password")
-        delete_btn.click(self.delete_account, [confirm, delete_password], [status, confirm, delete_password],
-                         api_name="delete_account")
+        delete_btn.click(self.delete_account, [confirm, delete_password],
+                         [status, confirm, delete_password, after], api_name="delete_account")
 
 
 def _key_id(value: int | str | float | None) -> int:

@@ -246,18 +246,21 @@ class ChatUI:
             gr.Warning(exc.message)
         return self._sidebar(uid, conv_id)
 
-    def whoami(self, request: gr.Request) -> tuple[str, Any, Any]:
-        """Who is signed in (with sign-out or sign-in), and the admin's tabs shown to admins only
-        (Training; Admin only when there are accounts to manage)."""
+    def whoami(self, request: gr.Request) -> tuple[str, Any, Any, Any]:
+        """Who is signed in, the sign-out (or sign-in) link, and the admin's tabs shown to admins
+        only (Training; Admin only when there are accounts to manage). The link is a button: Gradio
+        opens every Markdown link in a new tab, and signing out there left this page as it was."""
         if self.service.settings.auth == "none":
-            return "", gr.update(visible=True), gr.update(visible=False)
+            return "", gr.update(visible=True), gr.update(visible=False), gr.update(visible=False)
         actor = self.who.actor(request)
         if actor.is_guest:
-            line = "You are a **guest**: your chats stay in this browser. [Sign in](/login)"
+            line = "You are a **guest**: your chats stay in this browser."
+            link = gr.update(value="Sign in", link="/login", visible=True)
         else:
             role = " (admin)" if actor.is_admin else ""
-            line = f"Signed in as **{actor.name}**{role}. [Sign out](/logout)"
-        return line, gr.update(visible=actor.is_admin), gr.update(visible=actor.is_admin)
+            line = f"Signed in as **{actor.name}**{role}."
+            link = gr.update(value="Sign out", link="/logout", visible=True)
+        return line, gr.update(visible=actor.is_admin), gr.update(visible=actor.is_admin), link
 
     def sidebar(self, conv_id: int | None, request: gr.Request) -> Any:
         return self._sidebar(self._uid(request), conv_id)
@@ -402,6 +405,7 @@ class ChatUI:
             stored = gr.BrowserState(None, storage_key="chatlm-conversation")
             with gr.Sidebar(open=True):
                 account = gr.Markdown(elem_id="account")
+                sign_link = gr.Button(size="sm", link_target="_self", visible=False, elem_id="sign-link")
                 gr.Markdown("### Conversations")
                 new_btn = gr.Button("New chat", variant="secondary", elem_id="new-chat")
                 conv_list = gr.Radio(label="Open", choices=[], elem_id="conversations")
@@ -478,7 +482,8 @@ class ChatUI:
                 chatbot.edit(self.edit, [conv_id, ids, temperature, top_p, max_new], started, **quick),
             ):
                 started_by.then(**follow)
-            demo.load(self.whoami, None, [account, training_tab, admin_tab], api_visibility="private")
+            demo.load(self.whoami, None, [account, training_tab, admin_tab, sign_link],
+                      api_visibility="private")
             conv_id.change(lambda c: c, [conv_id], [stored], api_visibility="private")
             # a chat created outside send (loading a text into a new chat) shows in the sidebar at once
             conv_id.change(self.sidebar, [conv_id], [conv_list], api_visibility="private")
