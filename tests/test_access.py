@@ -325,6 +325,7 @@ def test_an_admin_adds_a_user_sets_roles_and_passwords_and_removes_one(server) -
         status, table, *_ = ann.predict("carl", "carl's password", False, api_name="/add_user")
         assert "Added **carl** as a user" in status and rows(table)["carl"][1:6] == ["user", "", "set", "", 0]
         assert sign_in(server, "carl", "carl's password").status_code == 303  # carl can sign in at once
+        guest_name = accounts.guest("g" * 43)[0].name
         before = users_table(server)
         status, *_ = ann.predict("Carl", "another password", False, api_name="/add_user")
         assert "Not added: There is already a user named 'Carl'" in status
@@ -332,6 +333,8 @@ def test_an_admin_adds_a_user_sets_roles_and_passwords_and_removes_one(server) -
         assert "Not added: A password needs at least 8" in status
         status, *_ = ann.predict("ann", "user", api_name="/set_role")  # the only admin stays one
         assert "Role not changed: ann is the only admin" in status
+        status, *_ = ann.predict(guest_name, "admin", api_name="/set_role")  # a cookie is no admin
+        assert "Role not changed: A guest cannot be an admin" in status
         assert users_table(server) == before
 
         status, table, _ = ann.predict("carl", "admin", api_name="/set_role")

@@ -16,7 +16,7 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
-from chatlm.accounts import AccountService, Actor, UserInfo
+from chatlm.accounts import GUEST_PREFIX, AccountService, Actor, UserInfo
 from chatlm.errors import ChatLMError, InputError
 from chatlm.service import ChatService
 from chatlm.ui.who import Who
@@ -91,7 +91,10 @@ class AdminTab:
         return status, users, names, *cleared
 
     def set_role(self, name: str | None, role: str | None, request: gr.Request) -> tuple[Any, ...]:
+        """A guest is never made admin: whoever holds that browser's cookie would be one."""
         def change(actor: Actor) -> str:
+            if role == "admin" and _named(name).startswith(GUEST_PREFIX):
+                raise InputError("A guest cannot be an admin: anyone with that browser's cookie would be.")
             self.accounts.set_role(actor, _named(name), role or "")
             return f"**{name}** is now {'an admin' if role == 'admin' else 'a user'}."
 
