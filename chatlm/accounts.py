@@ -90,6 +90,12 @@ class NewKey:
     key: str
 
 
+def require_admin(actor: Actor) -> None:
+    """The admins-only rule, for every service that has admin-only calls."""
+    if not actor.is_admin:
+        raise PermissionDeniedError("Only an admin may do that.")
+
+
 def _hasher() -> Any:
     from argon2 import PasswordHasher
 
@@ -333,8 +339,7 @@ class AccountService:
     # ---- helpers ------------------------------------------------------------------------------
     @staticmethod
     def _admin(actor: Actor) -> None:
-        if not actor.is_admin:
-            raise PermissionDeniedError("Only an admin may do that.")
+        require_admin(actor)
 
     @staticmethod
     def _user(s: Session, name: str) -> User:

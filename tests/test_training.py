@@ -450,3 +450,28 @@ def test_cpu_rounds_project_only_completion_tokens_with_the_same_loss(tiny, monk
     completions_only = loss_and_grads()
     assert completions_only[0] == pytest.approx(every_token[0], rel=1e-5)
     assert torch.allclose(completions_only[1], every_token[1], rtol=1e-4, atol=1e-6)
+
+
+def test_only_an_admin_may_use_the_training_service(settings, tiny_backend) -> None:
+    """The admins-only rule lives in TrainingService: every call with a non-admin actor is refused
+    before anything is read, started or changed (the tab is only hidden; this is the check)."""
+    from chatlm.accounts import Actor
+    from chatlm.errors import PermissionDeniedError
+    from chatlm.training.service import TrainingService
+
+    service = make_service(settings, tiny_backend)
+    uid = service.user_id()
+    seed_pairs(service.sessions, uid, 10)
+    training = TrainingService(service)
+    user = Actor(user_id=uid, name="local", is_admin=False)
+    calls = [lambda: training.runs(user), lambda: training.adapters(user), lambda: training.plan(user),
+             lambda: training.serving(user), lambda: training.start(user, "dpo", max_steps=1),
+             lambda: training.promote(user, None), lambda: training.rollback(user),
+             lambda: training.compare(user, [{"role": "user", "content": "hi"}], (None, None), P)]
+    for call in calls:
+        with pytest.raises(PermissionDeniedError, match="Only an admin"):
+            call()
+    admin = Actor(user_id=uid, name="local", is_admin=True)
+    assert training.runs(admin) == [] and training.plan(admin).method == "dpo"
+    left, right = training.compare(admin, [{"role": "user", "content": "hi"}], (None, None), P)
+    assert left.wait() == right.wait()  # the same greedy answer from the same model

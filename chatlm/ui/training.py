@@ -15,13 +15,14 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
+from chatlm.accounts import Actor, require_admin
 from chatlm.engine.params import SamplingParams
-from chatlm.errors import ChatLMError
+from chatlm.errors import ChatLMError, PermissionDeniedError
 from chatlm.service import ChatService
 from chatlm.store import registry
-from chatlm.store.db import transaction
 from chatlm.store.models import AdapterVersion, TrainingRun
 from chatlm.training import METHODS, data
+from chatlm.training.service import TrainingService
 from chatlm.ui.uploads import received_file, uploaded_file
 from chatlm.ui.who import Who
 
@@ -107,29 +108,21 @@ def evaluation_frame(adapter: AdapterVersion | None) -> pd.DataFrame:
 
 
 class TrainingTab:
-    """Admins only: every handler checks the caller (``Who.admin``); the tab is hidden from others."""
+    """Admins only: the tab is hidden from others, and behind it ``TrainingService`` refuses anyone
+    else (hiding is not access control); handlers pass the request's actor, never an input."""
 
     def __init__(self, service: ChatService, who: Who | None = None) -> None:
         self.service = service
+        self.training = TrainingService(service)
         self.who = Who.of(service, who)
 
     # ---- reading the registry ----------------------------------------------------------------
-    def _adapters(self) -> list[AdapterVersion]:
-        with transaction(self.service.sessions) as s:
-            return registry.list_adapters(s)
-
-    def _runs(self) -> list[TrainingRun]:
-        """The recent rounds, newest first: the first is the one the tab follows."""
-        with transaction(self.service.sessions) as s:
-            return registry.latest_runs(s, limit=10)
-
-    def data_summary(self) -> str:
+    def data_summary(self, actor: Actor) -> str:
         """What the stored ratings allow, before anyone presses Start."""
-        with transaction(self.service.sessions) as s:
-            try:
-                rd = data.build_round(s, "auto")
-            except data.NotEnoughDataError as exc:
-                return exc.message
+        try:
+            rd = self.training.plan(actor)
+        except data.NotEnoughDataError as exc:
+            return exc.message
         c = rd.counts
         return (f"Rated data: {c.pairs} preference pairs, {c.liked} liked and {c.disliked} disliked answers, "
                 f"{c.sft} liked or corrected answers for SFT. **auto** would train **{rd.method.upper()}** "
@@ -152,35 +145,32 @@ class TrainingTab:
                  (r.error or "")[:200]] for r in runs]
         return pd.DataFrame(rows, columns=RUN_COLUMNS)
 
-    def _active_line(self) -> str:
-        name = self.service.follow_registry()
-        return f"New chats use: **{name or BASE}**."
-
     # ---- handlers ----------------------------------------------------------------------------
     def refresh(self, shown: str | None = None, request: gr.Request = None) -> tuple[Any, ...]:  # type: ignore[assignment]
         """Everything on the tab, as stored now: ``shown`` (else the newest adapter) is evaluated and
         offered on the right of the comparison, the active one on the left and under Serve."""
-        self.who.admin(request)
-        runs = self._runs()
+        actor = self.who.actor(request)
+        runs = self.training.runs(actor)
         run = runs[0] if runs else None
-        adapters = self._adapters()
+        adapters = self.training.adapters(actor)
         names = [a.name for a in adapters]
         active = next((a.name for a in adapters if a.is_active), BASE)
         shown = shown if shown in names else (names[-1] if names else None)
         picked = next((a for a in adapters if a.name == shown), None)
         running = run is not None and run.status in registry.RUNNING
         choices = [BASE, *reversed(names)]
+        serving = self.training.serving(actor)
         return (describe_run(run), loss_frame(run), self.runs_frame(runs), gr.Timer(active=running),
                 gr.update(interactive=not running), self.adapters_frame(adapters),
                 gr.update(choices=names, value=shown), evaluation_frame(picked),
                 gr.update(choices=choices, value=active), gr.update(choices=choices, value=active),
-                gr.update(choices=choices, value=shown or BASE), self._active_line(), self.data_summary())
+                gr.update(choices=choices, value=shown or BASE), f"New chats use: **{serving or BASE}**.",
+                self.data_summary(actor))
 
     def poll(self, shown: str | None, request: gr.Request) -> tuple[Any, ...]:
         """A timer tick while a round is under way: its progress only (what the user picked stays);
         once it has ended, the whole tab, with the new adapter's evaluation shown."""
-        self.who.admin(request)
-        runs = self._runs()
+        runs = self.training.runs(self.who.actor(request))
         run = runs[0] if runs else None
         if run is None or run.status not in registry.RUNNING:
             return self.refresh(run.adapter_name if run and run.adapter_name else shown, request)
@@ -191,33 +181,37 @@ class TrainingTab:
     def start(self, method: str, epochs: float | None, max_steps: float | None, lr: float | None,
               from_active: bool, squad: str | None, guests: bool, request: gr.Request) -> tuple[str, Any]:
         """Start a round in its own process; a refusal (too little data, a round under way) is said."""
-        self.who.admin(request)
+        actor = self.who.actor(request)
         received = received_file(squad)  # refused before anything starts when not uploaded here
         try:
-            run_id = self.service.start_round(
-                method, epochs=epochs or None, lr=lr or None, from_active=bool(from_active),
+            run_id = self.training.start(
+                actor, method, epochs=epochs or None, lr=lr or None, from_active=bool(from_active),
                 max_steps=int(max_steps) if max_steps else None, squad=str(received) if received else None,
                 **({"guests": True} if guests else {}))
+        except PermissionDeniedError:
+            raise
         except ChatLMError as exc:
             gr.Warning(exc.message)
             return f"Not started: {exc.message}", gr.Timer(active=False)
         return f"Round {run_id} started in its own process; chatting goes on meanwhile.", gr.Timer(active=True)
 
     def promote(self, name: str | None, shown: str | None, request: gr.Request) -> tuple[Any, ...]:
-        self.who.admin(request)
         try:
-            now = self.service.promote_adapter(_adapter(name))
+            now = self.training.promote(self.who.actor(request), _adapter(name))
             message = f"Promoted: new chats use **{now or BASE}**."
+        except PermissionDeniedError:
+            raise
         except ChatLMError as exc:
             gr.Warning(exc.message)
             message = f"Not promoted: {exc.message}"
         return (*self.refresh(shown, request), message)
 
     def rollback(self, shown: str | None, request: gr.Request) -> tuple[Any, ...]:
-        self.who.admin(request)
         try:
-            now = self.service.rollback_adapter()
+            now = self.training.rollback(self.who.actor(request))
             message = f"Rolled back: new chats use **{now or BASE}**."
+        except PermissionDeniedError:
+            raise
         except ChatLMError as exc:
             gr.Warning(exc.message)
             message = f"Not rolled back: {exc.message}"
@@ -226,7 +220,8 @@ class TrainingTab:
     def compare(self, question: str, left: str | None, right: str | None,
                 request: gr.Request = None) -> Iterator[tuple[str, str]]:  # type: ignore[assignment]
         """Both answers stream side by side; they are generated in the same batch, greedily."""
-        self.who.admin(request)
+        actor = self.who.actor(request)
+        require_admin(actor)  # before the empty-question notice: a non-admin learns nothing here
         if not question or not question.strip():
             gr.Warning("Type a question to compare the two on.")
             return
@@ -234,12 +229,12 @@ class TrainingTab:
                     {"role": "user", "content": question.strip()}]
         gens = []
         try:
-            for name in (left, right):
-                self.service.ensure_loaded(_adapter(name))  # a registered adapter not served yet
-                gens.append(self.service.generate(messages, COMPARE, _adapter(name)))
+            gens = self.training.compare(actor, messages, (_adapter(left), _adapter(right)), COMPARE)
             while not all(g.done for g in gens):
                 yield gens[0].text, gens[1].text
                 time.sleep(0.2)
+        except PermissionDeniedError:
+            raise
         except ChatLMError as exc:
             gr.Warning(exc.message)
             yield (f"⚠ {exc.message}",) * 2
