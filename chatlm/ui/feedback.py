@@ -14,9 +14,9 @@ import gradio as gr
 import pandas as pd
 
 from chatlm.errors import ChatLMError
-from chatlm.feedback import load, records, stats
+from chatlm.feedback import records, stats
+from chatlm.feedback.service import FeedbackService
 from chatlm.service import ChatService
-from chatlm.store.db import transaction
 from chatlm.store.repo import RATING_REASONS
 from chatlm.ui.who import Who
 
@@ -106,18 +106,15 @@ class FeedbackTab:
 
     def __init__(self, service: ChatService, who: Who | None = None) -> None:
         self.service = service
+        self.feedback = FeedbackService(service.sessions)
         self.who = Who.of(service, who)
         self._exports: tempfile.TemporaryDirectory[str] | None = None
         """One folder per process for built datasets, removed when the process ends; Gradio copies
         each file into its own cache on return, so older ones are removed as new ones are built."""
 
     def refresh(self, label: str, adapter: str, text: str, request: gr.Request) -> tuple[Any, ...]:
-        actor = self.who.actor(request)
-        only = None if actor.is_admin else actor.user_id
-        with transaction(self.service.sessions) as s:
-            everything = stats.rated_rows(s, user_id=only)
-            rows = stats.rated_rows(s, label=None if label == "all" else label, user_id=only,
-                                    adapter=None if adapter == "all" else adapter, text=text or None)
+        everything, rows = self.feedback.rows(self.who.actor(request), label=None if label == "all" else label,
+                                              adapter=None if adapter == "all" else adapter, text=text or None)
         counts = pd.DataFrame(stats.counts(everything), columns=["day", "adapter", "label", "count"])
         counts["series"] = counts["label"] + " / " + counts["adapter"]
         table = pd.DataFrame([[getattr(r, c) for c in COLUMNS] for r in rows], columns=COLUMNS)
@@ -128,12 +125,7 @@ class FeedbackTab:
         return counts, table, gr.update(choices=adapters), summary
 
     def export(self, fmt: str, request: gr.Request = None) -> tuple[str | None, str]:  # type: ignore[assignment]
-        actor = self.who.actor(request)
-        only = None if actor.is_admin else actor.name
-        with transaction(self.service.sessions) as s:
-            answers = load.rated_answers(s, user=only)
-            convs = load.conversations(s, user=only) if fmt == "messages" else []
-        recs, counts = records.build(fmt, answers, convs)
+        recs, counts = self.feedback.dataset(self.who.actor(request), fmt)
         if self._exports is None:
             self._exports = tempfile.TemporaryDirectory(prefix="chatlm-export-")
         root = Path(self._exports.name)
