@@ -467,3 +467,87 @@ def test_an_ended_session_is_sent_to_sign_in(start_server, tiny_backend) -> None
     AccountService(running.app.service.sessions).set_password(None, "ann", "changed elsewhere")
     ended = httpx.get(f"{running.url}/", headers={**page, "Cookie": cookie}, follow_redirects=False, timeout=30)
     assert ended.status_code == 303 and ended.headers["location"] == "/login"
+
+
+ADMIN_ENDPOINTS = {"/start_round", "/promote_adapter", "/rollback_adapter", "/compare", "/list_users", "/add_user",
+                   "/set_role", "/set_user_password", "/remove_user"}
+
+
+def ann_snapshot(server) -> dict[str, Any]:
+    """Everything of ann's a stranger might try to read or change, and what only an admin changes."""
+    from sqlalchemy import text
+
+    with db.transaction(server.app.service.sessions) as s:
+        def q(sql: str) -> list[tuple[Any, ...]]:
+            return [tuple(r) for r in s.execute(text(sql))]
+
+        return {
+            "users": q("SELECT id, name, is_admin, password_hash, locked_until FROM users WHERE is_guest = 0"),
+            "conversations": q("SELECT c.id, c.title, c.exclude_from_training, c.active_leaf_id FROM conversations c "
+                               "JOIN users u ON u.id = c.user_id WHERE u.name = 'ann'"),
+            "messages": q("SELECT m.id, m.content, m.status FROM messages m JOIN conversations c "
+                          "ON c.id = m.conversation_id JOIN users u ON u.id = c.user_id WHERE u.name = 'ann'"),
+            "ratings": q("SELECT r.message_id, r.value, r.comment FROM ratings r JOIN users u ON u.id = r.user_id "
+                         "WHERE u.name = 'ann'"),
+            "documents": q("SELECT cd.conversation_id, cd.document_id FROM conversation_documents cd JOIN "
+                           "conversations c ON c.id = cd.conversation_id JOIN users u ON u.id = c.user_id "
+                           "WHERE u.name = 'ann'"),
+            "keys": q("SELECT k.id, k.revoked_at FROM api_keys k JOIN users u ON u.id = k.user_id "
+                      "WHERE u.name = 'ann'"),
+            "rounds": q("SELECT id FROM training_runs"), "adapters": q("SELECT name, is_active FROM adapters"),
+        }
+
+
+def test_every_named_endpoint_as_another_user_and_as_a_guest(server) -> None:
+    """The isolation matrix over every named endpoint ``view_api`` lists: called by bob and by a guest
+    with ann's ids wherever an endpoint takes an id, none reads or changes anything of ann's, and
+    each admin endpoint is refused. A new endpoint fails this test until it is put in the matrix."""
+    from chatlm.engine.params import SamplingParams
+
+    service = server.app.service
+    accounts = AccountService(service.sessions)
+    ann = accounts.actor("ann")
+    conv = service.new_conversation(ann.user_id)
+    service.send(ann.user_id, conv.id, "Ann's private question", SamplingParams(temperature=0, max_new_tokens=3)).run()
+    answer = service.history(ann.user_id, conv.id)[-1][0]
+    service.rate(ann.user_id, answer.id, 1, comment="ann's comment")
+    doc = service.library.load(user_id=ann.user_id, conversation_id=conv.id, name="ann.txt",
+                               text="Ann's private notes about the launch. " * 20)
+    key = accounts.create_key(ann, "ann's key")
+    args: dict[str, tuple[Any, ...]] = {
+        "/load_document": (None, "A text the caller pastes. " * 5, "pasted"), "/remove_documents": ([doc.id],),
+        "/reuse_document": (doc.id,), "/rate_detail": ("👎 Dislike", "wrong", "c", "better"),
+        "/withdraw_rating": (), "/export_dataset": ("messages",),
+        "/start_round": ("auto", 0, 1, 0, False, None, False), "/promote_adapter": ("base model", None),
+        "/rollback_adapter": (None,), "/compare": ("Hi", "base model", "base model"), "/list_users": (),
+        "/add_user": ("mallory", "long enough password", True), "/set_role": ("ann", "user"),
+        "/set_user_password": ("ann", "taken over, now"), "/remove_user": ("ann", True), "/list_keys": (),
+        "/create_key": ("k",), "/revoke_key": (key.id,),
+        "/change_password": ("wrong", "new password 1", "new password 1"),
+        "/delete_account": (True, "wrong password"), "/send": ("Hello from the caller",), "/retry": (),
+        "/load": (conv.id,), "/new": (), "/open": (conv.id,), "/delete": (), "/rename": ("renamed by a stranger",),
+        "/stop": (), "/rate": (), "/exclude": (True,),
+    }
+    before = ann_snapshot(server)
+    for cookie in (session_cookie(server, BOB), f"{GUEST_COOKIE}={'q' * 43}"):
+        caller = client_as(server, cookie)
+        try:
+            endpoints = set(caller.view_api(return_format="dict", print_info=False)["named_endpoints"])
+            assert endpoints == set(args), f"put new endpoints in the matrix: {endpoints ^ set(args)}"
+            outputs = {}
+            for name, values in args.items():
+                try:
+                    outputs[name] = caller.predict(*values, api_name=name)
+                except Exception as exc:
+                    outputs[name] = exc
+                    continue
+                assert name not in ADMIN_ENDPOINTS, f"{name} answered a non-admin: {outputs[name]!r}"
+            for name in ADMIN_ENDPOINTS:
+                assert "Only an admin" in str(outputs[name]), (name, outputs[name])
+            assert "Ann's private" not in repr(outputs) and "ann's comment" not in repr(outputs)
+            exported = outputs["/export_dataset"]
+            assert not isinstance(exported, Exception)
+            assert "Ann's private" not in Path(exported[0]).read_text(encoding="utf-8")
+        finally:
+            caller.close()
+        assert ann_snapshot(server) == before
