@@ -56,11 +56,9 @@ def read_password(prompt: str = "Password") -> str:
 
 def main(args: argparse.Namespace) -> int:
     from chatlm.accounts import AccountService
-    from chatlm.store import db
+    from chatlm.compose import sessions_for
 
-    settings = Settings.from_env()
-    db.upgrade(settings.db_url)
-    accounts = AccountService(db.make_sessionmaker(db.make_engine(settings.db_url)))
+    accounts = AccountService(sessions_for(Settings.from_env()))
     cmd = args.users_command
     if cmd == "add":
         password = None if args.no_password else read_password()

@@ -123,12 +123,11 @@ def _date(text: str) -> datetime:
 def _export(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from chatlm.compose import sessions_for
     from chatlm.feedback import load, records
     from chatlm.store import db
 
-    settings = Settings.from_env()
-    db.upgrade(settings.db_url)
-    sessions = db.make_sessionmaker(db.make_engine(settings.db_url))
+    sessions = sessions_for(Settings.from_env())
     with db.transaction(sessions) as s:
         answers = load.rated_answers(s, since=args.since, adapter=args.adapter, user=args.user)
         convs = (load.conversations(s, since=args.since, user=args.user)

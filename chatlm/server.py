@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from chatlm.accounts import AccountService
+from chatlm import compose
 from chatlm.config import Settings
 from chatlm.identity import Identity
 from chatlm.service import ChatService
@@ -28,26 +28,9 @@ class App:
         self.service.backend.close()
 
 
-def make_backend(settings: Settings) -> Any:
-    """The local model, or a remote OpenAI-compatible server when CHATLM_BACKEND=openai."""
-    if settings.backend == "openai":
-        from chatlm.engine.remote import RemoteBackend
-
-        return RemoteBackend.from_settings(settings)
-    from chatlm.engine.local import LocalBackend
-
-    return LocalBackend.from_settings(settings)
-
-
 def make_service(settings: Settings, backend: Any = None) -> ChatService:
-    """Migrate the database to head and wire the service (loads the model unless given one)."""
-    from chatlm.store import db
-
-    db.upgrade(settings.db_url)
-    sessions = db.make_sessionmaker(db.make_engine(settings.db_url))
-    service = ChatService(settings, backend or make_backend(settings), sessions)
-    service.follow_registry()  # serve the adapter the registry says is active (the base if it is broken)
-    return service
+    """The chat service of ``compose.build`` (loads the model unless given one)."""
+    return compose.build(settings, backend).chat
 
 
 def build_app(settings: Settings, backend: Any = None) -> App:
@@ -59,8 +42,8 @@ def build_app(settings: Settings, backend: Any = None) -> App:
     from chatlm.ui.chat import ChatUI
     from chatlm.ui.who import Who
 
-    service = make_service(settings, backend)
-    identity = Identity(settings, AccountService(service.sessions))
+    services = compose.build(settings, backend)
+    service, identity = services.chat, services.identity
     if settings.auth != "none" and settings.admin_name and settings.admin_password:
         identity.accounts.ensure_admin(settings.admin_name, settings.admin_password)
     # A server that starts takes over from one that died: its streaming answers end as interrupted.

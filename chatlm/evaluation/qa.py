@@ -626,24 +626,13 @@ class QueryCache:
 def _service(settings: Any, *, load_model: bool,
              backend_factory: Callable[[Any], Any] | None) -> tuple[Any, Any]:
     """A service over a fresh database at ``settings.db_url``; no model for retrieval-only."""
+    from chatlm import compose
     from chatlm.knowledge.embed import get_embedder
-    from chatlm.library import Library
-    from chatlm.service import ChatService
-    from chatlm.store import db
 
-    backend = None
-    if load_model:
-        if backend_factory is not None:
-            backend = backend_factory(settings)
-        else:
-            from chatlm.server import make_backend
-
-            backend = make_backend(settings)
-    db.upgrade(settings.db_url)
-    engine = db.make_engine(settings.db_url)
-    sessions = db.make_sessionmaker(engine)
-    library = Library(sessions, embedder=QueryCache(get_embedder()))
-    return ChatService(settings, backend, sessions, library), engine  # type: ignore[arg-type]
+    backend = backend_factory(settings) if load_model and backend_factory is not None else None
+    services = compose.build(settings, backend, load_model=load_model, embedder=QueryCache(get_embedder()),
+                             follow_registry=False)
+    return services.chat, services.engine
 
 
 def summary(report: dict[str, Any]) -> str:

@@ -34,8 +34,9 @@ DIED = "The training process ended unexpectedly"
 
 
 def sessions_for(settings: Settings) -> sessionmaker[Session]:
-    db.upgrade(settings.db_url)
-    return db.make_sessionmaker(db.make_engine(settings.db_url))
+    from chatlm import compose
+
+    return compose.sessions_for(settings)
 
 
 def log_path(settings: Settings, run_id: int) -> Path:

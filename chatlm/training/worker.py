@@ -87,7 +87,9 @@ def _mark_running(sessions: sessionmaker[Session],
 
 def run_round(settings: Settings, run_id: int) -> int:
     """Train, evaluate, save and register one round; returns the process exit code."""
-    sessions = db.make_sessionmaker(db.make_engine(settings.db_url))
+    from chatlm import compose
+
+    sessions = compose.sessions_for(settings)
     tmp: Path | None = None
     try:
         method, params, parent, active = _mark_running(sessions, run_id)
@@ -198,21 +200,18 @@ def qa_figures(settings: Settings, squad: Path, adapter_path: Path, others: dict
     mode: the gold paragraph is the passage, so it measures the reader, not retrieval)."""
     import tempfile
 
+    from chatlm import compose
     from chatlm.engine import loader
     from chatlm.engine.local import LocalBackend
     from chatlm.evaluation import qa
     from chatlm.knowledge.embed import get_embedder
-    from chatlm.library import Library
-    from chatlm.service import ChatService
 
     articles = qa.load_squad(squad)
     backend = LocalBackend(loader.load(settings.model, Path(settings.data_dir), settings.device))
     with tempfile.TemporaryDirectory(prefix="chatlm-round-qa-") as folder:
-        url = f"sqlite:///{Path(folder) / 'qa.db'}"
-        db.upgrade(url)
-        engine = db.make_engine(url)
-        sessions = db.make_sessionmaker(engine)
-        service = ChatService(settings, backend, sessions, Library(sessions, embedder=qa.QueryCache(get_embedder())))
+        services = compose.build(settings, backend, url=f"sqlite:///{Path(folder) / 'qa.db'}",
+                                 embedder=qa.QueryCache(get_embedder()), follow_registry=False)
+        service, engine = services.chat, services.engine
         try:
             service.load_adapter("candidate", str(adapter_path))
             runs: list[tuple[str, str | None]] = [("adapter", "candidate"), ("baseline", None)]

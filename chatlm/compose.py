@@ -1,0 +1,86 @@
+"""The composition root: settings -> database -> backend -> services.
+
+The server, the CLI, the training worker and the QA harness all build what they need here, so the
+wiring of database, backend and services exists once: a change to it (a new service, a pragma, the
+registry followed at start) reaches every entry point alike.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from chatlm.config import Settings
+
+
+def open_database(url: str) -> tuple[Engine, sessionmaker[Session]]:
+    """Migrate the database at ``url`` to head and open it (SQLAlchemy only, guarded files)."""
+    from chatlm.store import db
+
+    db.upgrade(url)
+    engine = db.make_engine(url)
+    return engine, db.make_sessionmaker(engine)
+
+
+def sessions_for(settings: Settings) -> sessionmaker[Session]:
+    return open_database(settings.db_url)[1]
+
+
+def make_backend(settings: Settings) -> Any:
+    """The local model, or a remote OpenAI-compatible server when CHATLM_BACKEND=openai."""
+    if settings.backend == "openai":
+        from chatlm.engine.remote import RemoteBackend
+
+        return RemoteBackend.from_settings(settings)
+    from chatlm.engine.local import LocalBackend
+
+    return LocalBackend.from_settings(settings)
+
+
+@dataclass
+class Services:
+    """One per concern, each taking the acting user where access matters."""
+
+    settings: Settings
+    engine: Engine
+    sessions: sessionmaker[Session]
+    chat: Any
+    """``ChatService``: conversations, turns, knowledge texts and adapter serving."""
+    accounts: Any
+    identity: Any
+    training: Any
+    feedback: Any
+
+    def close(self) -> None:
+        backend = getattr(self.chat, "backend", None)
+        if backend is not None:
+            backend.close()
+        self.engine.dispose()
+
+
+def build(settings: Settings, backend: Any = None, *, url: str | None = None, load_model: bool = True,
+          embedder: Any = None, follow_registry: bool = True) -> Services:
+    """Everything an entry point needs. ``url``: another database (the harness's and a round's
+    temporary ones); ``load_model`` False leaves the backend out (retrieval-only runs);
+    ``embedder`` replaces the library's (the harness caches query vectors)."""
+    from chatlm.accounts import AccountService
+    from chatlm.feedback.service import FeedbackService
+    from chatlm.identity import Identity
+    from chatlm.library import Library
+    from chatlm.service import ChatService
+    from chatlm.training.service import TrainingService
+
+    engine, sessions = open_database(url or settings.db_url)
+    if backend is None and load_model:
+        backend = make_backend(settings)
+    library = Library(sessions, embedder=embedder) if embedder is not None else None
+    chat = ChatService(settings, backend, sessions, library)
+    if follow_registry and backend is not None:
+        chat.follow_registry()  # serve the adapter the registry says is active (the base if it is broken)
+    accounts = AccountService(sessions)
+    return Services(settings=settings, engine=engine, sessions=sessions, chat=chat, accounts=accounts,
+                    identity=Identity(settings, accounts), training=TrainingService(chat),
+                    feedback=FeedbackService(sessions))
