@@ -551,3 +551,30 @@ def test_every_named_endpoint_as_another_user_and_as_a_guest(server) -> None:
         finally:
             caller.close()
         assert ann_snapshot(server) == before
+
+
+def test_every_v1_route_for_each_kind_of_caller(server) -> None:
+    """/v1 acts only on a key: an admin's, a user's, none, a guest's cookie, a revoked key."""
+    accounts = AccountService(server.app.service.sessions)
+    admin_key = accounts.create_key(accounts.actor("ann")).key
+    user_key = accounts.create_key(accounts.actor("bob")).key
+    revoked = accounts.create_key(accounts.actor("bob"))
+    accounts.revoke_key(accounts.actor("bob"), revoked.id)
+    model = server.app.service.backend.model_id
+    chat = {"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    adapter = {"name": "x", "path": str(server.settings.data_dir / "adapters" / "missing")}
+    callers = {"admin": {"Authorization": f"Bearer {admin_key}"}, "user": {"Authorization": f"Bearer {user_key}"},
+               "anonymous": {}, "guest": {"Cookie": f"{GUEST_COOKIE}={'z' * 43}"},
+               "revoked": {"Authorization": f"Bearer {revoked.key}"}}
+    expected = [  # route, body, status for admin, user, anonymous, guest, revoked
+        ("GET", "/v1/models", None, (200, 200, 401, 401, 401)),
+        ("POST", "/v1/chat/completions", chat, (200, 200, 401, 401, 401)),
+        ("POST", "/v1/adapters", adapter, (400, 403, 401, 401, 401)),  # admin: the folder is missing
+        ("GET", "/v1/nowhere", None, (404, 404, 401, 401, 401)),
+    ]
+    before = counts(server)
+    for method, path, body, statuses in expected:
+        got = tuple(httpx.request(method, f"{server.url}{path}", json=body, headers=headers, timeout=60).status_code
+                    for headers in callers.values())
+        assert got == statuses, (method, path, dict(zip(callers, got, strict=True)))
+    assert counts(server) == before  # the API stores nothing, and a refusal changes nothing
