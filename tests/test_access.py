@@ -578,3 +578,31 @@ def test_every_v1_route_for_each_kind_of_caller(server) -> None:
                     for headers in callers.values())
         assert got == statuses, (method, path, dict(zip(callers, got, strict=True)))
     assert counts(server) == before  # the API stores nothing, and a refusal changes nothing
+
+
+def test_a_script_without_cookies_is_refused_and_makes_no_guest(server) -> None:
+    """Only a browser opening the page becomes a guest; a cookieless script would otherwise make a
+    user row per call. It is told to sign in or send a key, and nothing is stored."""
+    from sqlalchemy import text
+
+    def users() -> int:
+        with db.transaction(server.app.service.sessions) as s:
+            return s.execute(text("SELECT count(*) FROM users")).scalar()
+
+    before, stored = users(), counts(server)
+    script = gradio_client.Client(server.url, verbose=False)
+    try:
+        for _ in range(3):
+            assert "not signed in" in refused(script.predict, text="hello", api_name="/send")
+    finally:
+        script.close()
+    assert users() == before and counts(server) == stored
+    key = AccountService(server.app.service.sessions).create_key(AccountService(server.app.service.sessions)
+                                                                 .actor("bob")).key
+    keyed = client_as(server, key=key)
+    try:
+        keyed.predict(text="hello with a key", temperature=0, max_new=2, api_name="/send")
+    finally:
+        keyed.close()
+    bob = AccountService(server.app.service.sessions).actor("bob")
+    assert [c.title for c in server.app.service.conversations(bob.user_id)] == ["hello with a key"]

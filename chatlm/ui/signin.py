@@ -106,7 +106,9 @@ class Gate:
         if not self.identity.settings.guests_allowed:
             await self._sign_in_first(scope, send)
             return
-        if GUEST_COOKIE in cookies:
+        if GUEST_COOKIE in cookies or not _is_page(scope):
+            # only a browser opening a page becomes a guest: a script without cookies would make a
+            # new guest (a user row) on every call; its calls are refused as not signed in instead
             await self.app(scope, receive, send)
             return
         token = new_guest_token()  # this request acts as the new guest already; the browser keeps it

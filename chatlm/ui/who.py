@@ -13,7 +13,8 @@ from chatlm.accounts import Actor
 from chatlm.errors import PermissionDeniedError
 from chatlm.identity import Identity
 
-SIGNED_OUT = "You are not signed in (or your session ended): reload the page and sign in."
+SIGNED_OUT = ("You are not signed in (or your session ended): reload the page and sign in. A script "
+              "sends its API key (Authorization: Bearer ...) or the session cookie.")
 
 
 class Who:
