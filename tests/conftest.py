@@ -163,3 +163,20 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+
+
+ANN, BOB = ("ann", "ann's password"), ("bob", "bob's password")
+"""The two accounts of the accounts tests: ann, made first, is the admin; bob is a user."""
+
+
+@pytest.fixture
+def accounts_server(start_server, tiny_backend):
+    """A server with accounts on (guests allowed), ann and bob signed up."""
+    from chatlm.accounts import AccountService
+
+    running = start_server(tiny_backend, auth="password")
+    accounts = AccountService(running.app.service.sessions)
+    accounts.add_user(None, *ANN)
+    accounts.add_user(None, *BOB)
+    yield running
+    running.server.config.timeout_graceful_shutdown = 1  # a client's heartbeat must not hold the stop

@@ -20,21 +20,15 @@ from chatlm.config import Settings
 from chatlm.errors import ConfigError
 from chatlm.identity import GUEST_COOKIE, SESSION_COOKIE
 from chatlm.store import db
-from tests.conftest import REPO
+from tests.conftest import ANN, BOB, REPO
 
 gradio_client = pytest.importorskip("gradio_client")
 pytestmark = pytest.mark.slow
-ANN, BOB = ("ann", "ann's password"), ("bob", "bob's password")
 
 
 @pytest.fixture
-def server(start_server, tiny_backend):
-    running = start_server(tiny_backend, auth="password")
-    accounts = AccountService(running.app.service.sessions)
-    accounts.add_user(None, *ANN)
-    accounts.add_user(None, *BOB)
-    yield running
-    running.server.config.timeout_graceful_shutdown = 1
+def server(accounts_server):
+    return accounts_server
 
 
 def sign_in(server, name: str, password: str) -> httpx.Response:

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from tests.browser import needs_browser, new_page, table_rows, user_texts, wait_for
+from tests.conftest import ANN, BOB
 
 needs_browser()
 
@@ -22,17 +23,12 @@ from chatlm.store.db import transaction  # noqa: E402
 from chatlm.store.models import Message  # noqa: E402
 
 pytestmark = pytest.mark.slow
-ANN, BOB = ("ann", "ann's password"), ("bob", "bob's password")
 
 
 @pytest.fixture
-def server(start_server, tiny_backend):
+def server(accounts_server):
     """Accounts on, guests allowed; ann is the first account (so the admin), bob a user."""
-    running = start_server(tiny_backend, auth="password")
-    accounts = AccountService(running.app.service.sessions)
-    accounts.add_user(None, *ANN)
-    accounts.add_user(None, *BOB)
-    return running
+    return accounts_server
 
 
 # ---- helpers -----------------------------------------------------------------------------------
