@@ -211,7 +211,10 @@ def test_a_larger_upload_shows_the_progress_bar(page, server, tmp_path):
     click_and_wait(page, "#load-doc")
     page.locator("#doc-status", has_text="Loaded").wait_for()
     drawn = page.evaluate("window.__progressShown")
-    assert any("indexing" in text and "%" in text for text in drawn), drawn
+    # which intermediate steps get drawn depends on when the page samples the bar: at least one
+    # with its percentage, then the end (a full run once drew chunking and storing but not indexing)
+    steps = ("reading", "chunking", "storing", "indexing")
+    assert any(step in text and "%" in text for text in drawn for step in steps), drawn
     assert any("ready" in text and "100" in text for text in drawn), drawn
     assert listed_docs(page) == ["atlas.txt"]
     (doc,) = rows(server, Document)
