@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -73,4 +74,22 @@ def grounded_question(question: str, passages: Sequence[tuple[int, str, str]], *
     else:
         how = ("Answer using only these passages and cite the ones you use like [1]. If the "
                f"passages do not contain the answer, say: {NOT_FOUND}")
-    return f"{GROUNDED_PREFIX}{blocks}\n\nQuestion: {question.strip()}\n\n{how}"
+    return f"{GROUNDED_PREFIX}{blocks}{QUESTION_MARK}{question.strip()}\n\n{how}"
+
+
+QUESTION_MARK = "\n\nQuestion: "
+_PASSAGE_HEAD = re.compile(r"(?:^|\n\n)\[(\d+)\] \(([^\n]*)\)\n")
+
+
+def split_grounded(content: str) -> tuple[str, list[tuple[int, str, str]]] | None:
+    """The question and numbered passages ``(n, document, text)`` of a ``grounded_question`` turn
+    (None for any other text): a round retrains a rated answer on the passage that held it."""
+    if not content.startswith(GROUNDED_PREFIX) or QUESTION_MARK not in content:
+        return None
+    body, _, tail = content[len(GROUNDED_PREFIX):].rpartition(QUESTION_MARK)
+    heads = list(_PASSAGE_HEAD.finditer(body))
+    if not heads or heads[0].start() != 0:
+        return None
+    passages = [(int(m.group(1)), m.group(2), body[m.end():nxt.start() if nxt else len(body)])
+                for m, nxt in zip(heads, [*heads[1:], None], strict=True)]
+    return tail.rsplit("\n\n", 1)[0], passages

@@ -82,3 +82,52 @@ def test_a_request_to_summarise_gets_a_free_form_grounded_answer(service) -> Non
     reply, _, stored = _ask(service, "Summarise the text.")
     assert reply.extract is None and "extractive" not in stored.generation_params
     assert "Passages:" in stored.prompt_messages[-1]["content"]
+
+
+
+PASSAGES = [(1, "acme.txt", "Acme Widgets was founded in 1987 by Dana Kowalski in Tacoma. The founders liked brass."),
+            (2, "acme.txt", "The head office of Acme moved to Boise in 2004. Boise has a river."),
+            (3, "acme.txt", "Acme employs 340 people across two plants. Most of them build hinges.")]
+
+
+def test_a_rated_extractive_answer_trains_on_the_passage_that_holds_its_target(service) -> None:
+    """A round over knowledge questions trains on one passage per answer, not all k: the target is
+    what the model wrote (the span, or the decline) and the correction; the prompt is the passage
+    holding the correction, else the span, else the best-ranked one. Rows as ``send`` stores them."""
+    from chatlm.feedback import load
+    from chatlm.knowledge.answer import answer_text
+    from chatlm.prompts import grounded_question, split_grounded
+    from chatlm.store import repo
+    from chatlm.store.db import transaction
+    from chatlm.training import data
+
+    uid = service.user_id()
+    conv = service.new_conversation(uid)
+    cases = [  # question, span the model copied ("" = declined), rating, correction, passage expected
+        ("Who founded Acme Widgets?", "in Tacoma", -1, "Dana Kowalski", 1),
+        ("When did the head office move to Boise?", "in 2004", 1, None, 2),
+        ("What is the name of Acme's dog?", "340 people", -1, NOT_FOUND, 3),
+        ("Who runs the Boise office?", "", 1, None, 1),
+    ]
+    ids = []
+    with transaction(service.sessions) as s:
+        for question, span, _, _, _ in cases:
+            asked = repo.add_message(s, conversation_id=conv.id, role="user", content=question)
+            support = next((x for x in sentences(PASSAGES) if span and span in x.sentence), None)
+            prompt = [{"role": "user", "content": grounded_question(question, PASSAGES, short=True)}]
+            shown = answer_text(span, support) if support else decline_text(PASSAGES[0])
+            ids.append(repo.add_message(s, conversation_id=conv.id, role="assistant", content=shown,
+                                        parent_id=asked.id, prompt_messages=prompt,
+                                        generation_params={"extractive": True, "span": span}).id)
+    for message_id, (_, _, value, better, _) in zip(ids, cases, strict=True):
+        service.rate(uid, message_id, value, better_answer=better)
+    with transaction(service.sessions) as s:
+        rated = {a.message_id: a for a in load.rated_answers(s)}
+    for message_id, (question, span, _, _, holder) in zip(ids, cases, strict=True):
+        record = rated[message_id]
+        assert record.answer == (span or NOT_FOUND)  # what the model wrote, not the decorated reply
+        parts = split_grounded(record.prompt[-1][1])
+        assert parts == (question, [PASSAGES[holder - 1]])
+    pairs = data.method_records("dpo", list(rated.values()))
+    assert {(p["chosen"][0]["content"], p["rejected"][0]["content"]) for p in pairs} == {
+        ("Dana Kowalski", "in Tacoma"), (NOT_FOUND, "340 people")}

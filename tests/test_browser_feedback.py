@@ -108,7 +108,7 @@ def test_rating_details_are_saved_changed_and_withdrawn(page, server):
     assert detail(server, answer.id) == {"value": -1, "reason": "wrong",
                                          "comment": "It should name the city only.",
                                          "better_answer": "The capital of France is Paris."}
-    assert thumbs(page) == ["Disliked", "Like"]
+    wait_for(lambda: thumbs(page) == ["Disliked", "Like"], "the chat to keep the 👎 after the save")
 
     # Change it to 👍 in the panel: stored with the details kept, and the chat's thumbs follow.
     save_details(page, value="👍 Like")

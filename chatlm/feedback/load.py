@@ -8,7 +8,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from chatlm.feedback.records import Conversation as ConvRecord
-from chatlm.feedback.records import RatedAnswer
+from chatlm.feedback.records import RatedAnswer, focus
+from chatlm.prompts import NOT_FOUND
 from chatlm.store import repo
 from chatlm.store.models import Conversation, Message, Rating, User
 
@@ -34,15 +35,20 @@ def rated_answers(session: Session, *, since: datetime | None = None, adapter: s
         stmt = stmt.where(User.name == user)
     if not guests:
         stmt = stmt.where(User.is_guest.is_(False))
-    return [
-        RatedAnswer(
-            message_id=msg.id, conversation_id=msg.conversation_id, parent_id=msg.parent_id,
-            prompt=tuple((m["role"], m["content"]) for m in msg.prompt_messages or []),
-            answer=msg.content, rating=rating.value, better_answer=rating.better_answer,
-            excluded=excluded,
-        )
-        for msg, rating, excluded in session.execute(stmt)
-    ]
+    return [_rated(msg, rating, excluded) for msg, rating, excluded in session.execute(stmt)]
+
+
+def _rated(msg: Message, rating: Rating, excluded: bool) -> RatedAnswer:
+    """An extractive answer trains as what the model wrote (the span, or the decline when the reply
+    declined) on the passage that holds its target (``records.focus``); any other answer as stored."""
+    prompt = tuple((m["role"], m["content"]) for m in msg.prompt_messages or [])
+    answer = msg.content
+    if (msg.generation_params or {}).get("extractive") and msg.status == "complete":
+        answer = msg.generation_params.get("span") or NOT_FOUND
+        prompt = focus(prompt, [rating.better_answer or "", answer])
+    return RatedAnswer(message_id=msg.id, conversation_id=msg.conversation_id, parent_id=msg.parent_id,
+                       prompt=prompt, answer=answer, rating=rating.value,
+                       better_answer=rating.better_answer, excluded=excluded)
 
 
 def conversations(session: Session, *, since: datetime | None = None,

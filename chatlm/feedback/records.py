@@ -2,7 +2,10 @@
 
 The prompt of every record is what the model saw when it answered (system prompt, knowledge
 passages, trimmed history), as stored with the answer, so grounded answers train with their
-passages. Output is sorted and deduplicated, so the same data always gives the same file.
+passages. An extractive answer (a span copied from the passages) trains on the one passage that
+holds its target (``focus``): the span the model chose among them is what a round teaches, and a
+third of the prompt makes a round over knowledge questions about three times cheaper. Output is
+sorted and deduplicated, so the same data always gives the same file.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from chatlm.prompts import grounded_question, split_grounded
 
 Message = dict[str, str]
 FORMATS = ("messages", "sft", "kto", "dpo")
@@ -56,6 +61,26 @@ class Counts:
         if self.desirable or self.undesirable:
             text += f" ({self.desirable} liked/desirable, {self.undesirable} disliked/undesirable)"
         return text
+
+
+def _squash(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
+def focus(prompt: tuple[tuple[str, str], ...], targets: Sequence[str]) -> tuple[tuple[str, str], ...]:
+    """The prompt of an extractive answer cut to the passage holding the first of ``targets`` found
+    in one (the correction, then the answer), else the best-ranked passage (a decline: the text did
+    not say, judged from its closest passage). Any other prompt is returned as it is."""
+    if not prompt or prompt[-1][0] != "user" or (parts := split_grounded(prompt[-1][1])) is None:
+        return prompt
+    question, passages = parts
+    chosen = passages[0]
+    for target in filter(None, map(_squash, targets)):
+        found = next((p for p in passages if target in _squash(p[2])), None)
+        if found is not None:
+            chosen = found
+            break
+    return (*prompt[:-1], ("user", grounded_question(question, [chosen], short=True)))
 
 
 def _assistant(text: str) -> Message:
