@@ -139,6 +139,12 @@ class AccountService:
                              conversations=counts.get(u.id, 0), created_at=u.created_at)
                     for u in s.scalars(select(User).order_by(User.id))]
 
+    def has_password(self, actor: Actor) -> bool:
+        """False for an account that signs in with Hugging Face (or was made without a password)."""
+        with transaction(self.sessions) as s:
+            user = s.get(User, actor.user_id)
+            return bool(user is not None and user.password_hash)
+
     def actor(self, name: str) -> Actor:
         with transaction(self.sessions) as s:
             return Actor.of(self._user(s, name))
@@ -254,6 +260,32 @@ class AccountService:
         if actor is None:
             raise SignInError("Wrong user name or password.")
         return actor
+
+    def hf_user(self, username: str, admins: tuple[str, ...] = ()) -> Actor:
+        """The account of a Hugging Face user who has just signed in (made on first sign-in; an
+        admin while their name is in ``admins``). An account of that name that has a password is
+        someone else's, made here with ``users add``: it is refused, never taken over."""
+        if not NAME.fullmatch(username) or username == LOCAL_USER or username.startswith(GUEST_PREFIX):
+            raise SignInError("This Hugging Face account name cannot be used here.")
+        admin = username.lower() in {a.lower() for a in admins}
+        for attempt in (1, 2):  # two first sign-ins of one user may race to make the row
+            try:
+                with transaction(self.sessions) as s:
+                    user = s.scalar(select(User).where(func.lower(User.name) == username.lower()))
+                    if user is not None and (user.is_guest or user.password_hash):
+                        raise SignInError(f"An account named {username!r} that signs in with a password "
+                                          "exists here; an admin must rename or remove it first.")
+                    if user is None:
+                        user = User(name=username, is_admin=admin)
+                        s.add(user)
+                        s.flush()
+                    elif admin:
+                        user.is_admin = True
+                    return Actor.of(user)
+            except IntegrityError:
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
 
     def guest(self, token: str | None = None) -> tuple[Actor, str]:
         """The guest identity bound to a browser's random token (a new token when None or not one

@@ -56,8 +56,11 @@ class Settings:
     api_keys: tuple[str, ...] = field(default_factory=tuple)
     """Keys accepted by ``/v1``; empty means the API is open."""
     auth: str = "none"
-    """Who may use the app: ``none`` (one local user, for 127.0.0.1) or ``password`` (accounts made
-    with ``python -m chatlm users add``; the default on a Space, where visitors are guests)."""
+    """Who may use the app: ``none`` (one local user, for 127.0.0.1), ``password`` (accounts made
+    with ``python -m chatlm users add``) or ``hf`` ("Sign in with Hugging Face"; the default on a
+    Space with ``hf_oauth: true``, ``password`` on a Space without it). Visitors are guests."""
+    admins: tuple[str, ...] = field(default_factory=tuple)
+    """With ``auth=hf``: the Hugging Face user names that are admins; empty means the Space's owner."""
     guests: str = "auto"
     """``on``/``off``: visitors who have not signed in get a private guest identity kept in a cookie;
     ``auto`` is on when ``auth`` is not ``none``."""
@@ -96,11 +99,8 @@ class Settings:
             raise ConfigError("CHATLM_MAX_BATCH must be >= 1 and CHATLM_QUEUE_SIZE >= 0")
         if self.context_window < 0:
             raise ConfigError("CHATLM_CONTEXT_WINDOW must be >= 0")
-        if self.auth == "hf":
-            raise ConfigError("CHATLM_AUTH=hf (Hugging Face sign-in) is not built yet; use "
-                              "CHATLM_AUTH=password (accounts from `python -m chatlm users add`).")
-        if self.auth not in {"none", "password"}:
-            raise ConfigError(f"CHATLM_AUTH must be none or password, got {self.auth!r}")
+        if self.auth not in {"none", "password", "hf"}:
+            raise ConfigError(f"CHATLM_AUTH must be none, password or hf, got {self.auth!r}")
         if self.guests not in {"auto", "on", "off"}:
             raise ConfigError(f"CHATLM_GUESTS must be auto, on or off, got {self.guests!r}")
         if self.session_hours <= 0:
@@ -135,7 +135,9 @@ class Settings:
         env = os.environ if env is None else env
         values: dict[str, object] = {"data_dir": _default_data_dir(env)}
         if env.get("SPACE_ID"):  # a Space is public: accounts, with visitors as private guests
-            values["auth"] = "password"
+            values["auth"] = "hf" if env.get("OAUTH_CLIENT_ID") else "password"  # hf_oauth: true sets it
+            owner = env.get("SPACE_AUTHOR_NAME") or env["SPACE_ID"].split("/")[0]
+            values["admins"] = (owner,)
         for f in fields(cls):
             raw = env.get(f"CHATLM_{f.name.upper()}")
             if raw is None or raw == "":

@@ -79,11 +79,6 @@ class Identity:
         return self._local
 
     # ---- sessions ----------------------------------------------------------------------------
-    def sign_in(self, name: str, password: str) -> tuple[Actor, str]:
-        """Check the password; returns the actor and the signed cookie value of its session."""
-        actor = self.accounts.sign_in(name, password)
-        return actor, self.session_value(actor)
-
     def session_value(self, actor: Actor) -> str:
         return str(self._signer().dumps({"u": actor.user_id, "p": self._fingerprint(actor.user_id)}))
 
@@ -105,10 +100,12 @@ class Identity:
             return Actor.of(user)
 
     def cookie_options(self, *, max_age: float) -> dict[str, Any]:
-        """HttpOnly (no script reads it), SameSite=Lax (not sent by other sites' forms), Secure
-        when the app is served over HTTPS (a Space always is)."""
-        return {"max_age": int(max_age), "httponly": True, "samesite": "lax", "path": "/",
-                "secure": bool(os.environ.get("SPACE_ID"))}
+        """HttpOnly (no script reads it), SameSite=Lax (not sent by other sites' forms). On a Space
+        (always HTTPS) Secure and SameSite=None: the app runs in an iframe of huggingface.co, where a
+        Lax cookie of the *.hf.space site is never sent (Gradio's own OAuth cookie does the same)."""
+        space = bool(os.environ.get("SPACE_ID"))
+        return {"max_age": int(max_age), "httponly": True, "samesite": "none" if space else "lax",
+                "path": "/", "secure": space}
 
     def _fingerprint(self, user_id: int) -> str:
         with transaction(self.accounts.sessions) as s:

@@ -22,9 +22,8 @@ def test_flags_and_modes_are_parsed_and_checked() -> None:
     assert not Settings.from_env({"CHATLM_ALLOW_OPEN": "0"}).allow_open
     with pytest.raises(ConfigError, match="1 or 0"):
         Settings.from_env({"CHATLM_ALLOW_OPEN": "maybe"})
-    with pytest.raises(ConfigError, match="not built yet"):
-        Settings.from_env({"CHATLM_AUTH": "hf"})
-    with pytest.raises(ConfigError, match="none or password"):
+    assert Settings.from_env({"CHATLM_AUTH": "hf", "CHATLM_ADMINS": "ann,bob"}).admins == ("ann", "bob")
+    with pytest.raises(ConfigError, match="none, password or hf"):
         Settings.from_env({"CHATLM_AUTH": "ldap"})
     assert Settings.from_env({"SPACE_ID": "me/chatlm"}).auth == "password"  # a Space is public
     assert Settings.from_env({"SPACE_ID": "me/chatlm", "CHATLM_AUTH": "none"}).auth == "none"

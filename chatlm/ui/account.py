@@ -120,6 +120,8 @@ class AccountTab:
             actor = self._member(request)
             if (new or "") != (again or ""):
                 raise InputError("The two new passwords differ.")
+            if not self.accounts.has_password(actor):
+                raise InputError("This account signs in with Hugging Face: it has no password here.")
             self._check_password(actor, current)
             self.accounts.set_password(actor, actor.name, new or "")
         except ChatLMError as exc:
@@ -130,12 +132,13 @@ class AccountTab:
 
     def delete_account(self, confirmed: bool, password: str, request: gr.Request) -> tuple[Any, ...]:
         """Delete the caller's account with their conversations, ratings, texts and keys; only with
-        the box ticked and the password given."""
+        the box ticked and the password given (an account without one: the box alone)."""
         try:
             actor = self._member(request)
             if not confirmed:
                 raise InputError(CONFIRM_DELETE)
-            self._check_password(actor, password)
+            if self.accounts.has_password(actor):  # a Hugging Face account proved itself signing in
+                self._check_password(actor, password)
             self.accounts.remove_user(actor, actor.name)
         except ChatLMError as exc:
             gr.Warning(exc.message)

@@ -17,7 +17,7 @@ import anyio
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from chatlm.accounts import SignInError, new_guest_token
+from chatlm.accounts import Actor, SignInError, new_guest_token
 from chatlm.errors import ChatLMError
 from chatlm.identity import GUEST_COOKIE, GUEST_COOKIE_DAYS, SESSION_COOKIE, Identity
 
@@ -30,47 +30,63 @@ PAGE = """<!doctype html>
 <title>Sign in · chatlm</title>
 <style>body{{font-family:system-ui,sans-serif;max-width:22rem;margin:10vh auto;padding:0 1rem}}
 label{{display:block;margin:.8rem 0 .2rem}}input{{width:100%;padding:.5rem;box-sizing:border-box}}
-button{{margin-top:1rem;padding:.5rem 1rem}}.error{{color:#b00020}}</style></head>
-<body><h1>chatlm</h1><p>Sign in to your account.</p>{error}
-<form method="post" action="/login">
+button,.button{{display:inline-block;margin-top:1rem;padding:.5rem 1rem}}.error{{color:#b00020}}</style></head>
+<body><h1>chatlm</h1><p>Sign in to your account.</p>{error}{how}{guest}</body></html>"""
+PASSWORD_FORM = """<form method="post" action="/login">
 <label for="name">User name</label><input id="name" name="name" autocomplete="username" required value="{name}">
 <label for="password">Password</label>
 <input id="password" name="password" type="password" autocomplete="current-password" required>
-<button type="submit" id="sign-in">Sign in</button></form>{guest}</body></html>"""
+<button type="submit" id="sign-in">Sign in</button></form>"""
+HF_BUTTON = ('<p><a href="/login/huggingface" id="sign-in-hf" class="button">Sign in with Hugging Face</a>'
+             '</p>')
 
 
-def page(error: str = "", name: str = "", *, guests: bool) -> str:
+def page(error: str = "", name: str = "", *, guests: bool, hf: bool = False) -> str:
     return PAGE.format(error=f'<p class="error" role="alert">{html.escape(error)}</p>' if error else "",
-                       name=html.escape(name),
+                       how=HF_BUTTON if hf else PASSWORD_FORM.format(name=html.escape(name)),
                        guest='<p><a href="/" id="as-guest">Continue as a guest</a></p>' if guests else "")
+
+
+def signed_in(request: Request, identity: Identity, actor: Actor) -> Response:
+    """The end of every sign-in (password or Hugging Face): the signed session cookie, the guest's
+    work kept, and on to the app."""
+    response = RedirectResponse("/", status_code=303)
+    response.set_cookie(SESSION_COOKIE, identity.session_value(actor),
+                        **identity.cookie_options(max_age=identity.settings.session_hours * 3600))
+    if request.cookies.get(GUEST_COOKIE):  # what this browser did as a guest is kept
+        identity.accounts.adopt_guest(request.cookies[GUEST_COOKIE], actor)
+        response.delete_cookie(GUEST_COOKIE, path="/")
+    return response
 
 
 def install(app: FastAPI, identity: Identity) -> None:
     """Add ``/login`` and ``/logout`` and put the gate in front of everything else."""
     settings = identity.settings
+    hf = settings.auth == "hf"
+    if hf:
+        from chatlm.ui import hf_signin
+
+        hf_signin.install(app, identity)
 
     @app.get("/login", include_in_schema=False)
     def login_form() -> HTMLResponse:
-        return HTMLResponse(page(guests=settings.guests_allowed))
+        return HTMLResponse(page(guests=settings.guests_allowed, hf=hf))
 
     @app.post("/login", include_in_schema=False)
     async def login(request: Request) -> Response:
         body = await request.body()
         if len(body) > MAX_FORM:
             return HTMLResponse(page("The form is too large.", guests=settings.guests_allowed), 413)
+        if hf:
+            return HTMLResponse(page("This app signs in with Hugging Face only.",
+                                     guests=settings.guests_allowed, hf=True), 400)
         form = {k: v[0] for k, v in parse_qs(body.decode("utf-8", "replace")).items()}
         name, password = form.get("name", "").strip(), form.get("password", "")
         try:
-            actor, value = identity.sign_in(name, password)
+            actor = identity.accounts.sign_in(name, password)
         except (SignInError, ChatLMError) as exc:
             return HTMLResponse(page(exc.message, name, guests=settings.guests_allowed), 401)
-        response = RedirectResponse("/", status_code=303)
-        response.set_cookie(SESSION_COOKIE, value,
-                            **identity.cookie_options(max_age=settings.session_hours * 3600))
-        if request.cookies.get(GUEST_COOKIE):  # what this browser did as a guest is kept
-            identity.accounts.adopt_guest(request.cookies[GUEST_COOKIE], actor)
-            response.delete_cookie(GUEST_COOKIE, path="/")
-        return response
+        return signed_in(request, identity, actor)
 
     @app.api_route("/logout", methods=["GET", "POST"], include_in_schema=False)
     def logout() -> Response:
@@ -153,7 +169,7 @@ def _cookies(header: str) -> dict[str, str]:
 
 def _set_cookie(name: str, value: str, options: dict[str, Any]) -> bytes:
     parts = [f"{name}={value}", f"Max-Age={options['max_age']}", f"Path={options['path']}", "HttpOnly",
-             "SameSite=Lax"]
+             f"SameSite={options['samesite'].capitalize()}"]
     if options.get("secure"):
         parts.append("Secure")
     return "; ".join(parts).encode("latin-1")

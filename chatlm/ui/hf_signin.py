@@ -1,0 +1,94 @@
+"""Sign in with Hugging Face (``CHATLM_AUTH=hf``), ending in the same signed session cookie as a
+password sign-in, so every handler still asks ``chatlm.identity`` who is calling.
+
+On a Space with ``hf_oauth: true``, Spaces sets ``OAUTH_CLIENT_ID``, ``OAUTH_CLIENT_SECRET``,
+``OAUTH_SCOPES`` and ``OPENID_PROVIDER_URL``; authlib runs the authorization-code flow, as Gradio's
+own OAuth does (its state in a short-lived signed cookie). Anywhere else the routes follow Gradio's
+local mock of OAuth: the sign-in completes at once as the Hugging Face user whose token this machine
+holds (``gradio.oauth``'s mocked profile), so the flow can be tried without a Space.
+We do not use Gradio's ``LoginButton``: Gradio itself notes it is no access control, and its
+session would be a second identity beside ours.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from typing import Any
+
+import anyio
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+
+from chatlm.accounts import SignInError
+from chatlm.identity import Identity
+
+STATE_COOKIE = "chatlm_oauth"
+STATE_MINUTES = 10
+
+
+def on_space() -> bool:
+    """Whether the real flow is configured (a Space with ``hf_oauth: true``)."""
+    return all(os.environ.get(v) for v in ("SPACE_ID", "OAUTH_CLIENT_ID", "OAUTH_CLIENT_SECRET",
+                                            "OPENID_PROVIDER_URL"))
+
+
+def mocked_profile() -> dict[str, Any]:
+    """Gradio's local mock: the profile of this machine's Hugging Face login."""
+    from gradio import oauth
+
+    return dict(oauth._get_mocked_oauth_info()["userinfo"])
+
+
+def _callback_url(request: Request) -> str:
+    """Spaces accept only ``https://<space host>/login/callback`` as the redirect."""
+    host = os.environ.get("SPACE_HOST", "").split(",")[0].strip()
+    return f"https://{host}/login/callback" if host else str(request.url_for("hf_callback"))
+
+
+def install(app: FastAPI, identity: Identity) -> None:
+    """Add ``/login/huggingface`` and ``/login/callback`` (under the gate's open ``/login`` paths)."""
+    from chatlm.ui import signin
+
+    settings = identity.settings
+    client: Any = None
+    if on_space():
+        from authlib.integrations.starlette_client import OAuth
+        from starlette.middleware.sessions import SessionMiddleware
+
+        registry = OAuth()
+        registry.register(name="huggingface", client_id=os.environ["OAUTH_CLIENT_ID"],
+                          client_secret=os.environ["OAUTH_CLIENT_SECRET"],
+                          client_kwargs={"scope": os.environ.get("OAUTH_SCOPES") or "openid profile"},
+                          server_metadata_url=os.environ["OPENID_PROVIDER_URL"]
+                          + "/.well-known/openid-configuration")
+        client = registry.huggingface
+        secret = hashlib.sha256((os.environ["OAUTH_CLIENT_SECRET"] + "-chatlm").encode()).hexdigest()
+        app.add_middleware(SessionMiddleware, secret_key=secret, session_cookie=STATE_COOKIE,
+                           max_age=STATE_MINUTES * 60, same_site="none", https_only=True)
+
+    def refused(message: str) -> HTMLResponse:
+        return HTMLResponse(signin.page(message, guests=settings.guests_allowed, hf=True), 401)
+
+    @app.get("/login/huggingface", include_in_schema=False)
+    async def hf_start(request: Request) -> Response:
+        if client is not None:
+            return await client.authorize_redirect(request, _callback_url(request))
+        return RedirectResponse(str(request.url_for("hf_callback")), status_code=303)
+
+    @app.get("/login/callback", include_in_schema=False, name="hf_callback")
+    async def hf_callback(request: Request) -> Response:
+        try:
+            if client is not None:
+                token = await client.authorize_access_token(request)
+                profile = dict(token.get("userinfo") or {})
+            else:
+                profile = await anyio.to_thread.run_sync(mocked_profile)
+        except Exception as exc:  # authlib's errors, or no Hugging Face login on this machine
+            return refused(f"Hugging Face sign-in did not complete: {exc}")
+        username = str(profile.get("preferred_username") or "")
+        try:
+            actor = await anyio.to_thread.run_sync(identity.accounts.hf_user, username, settings.admins)
+        except SignInError as exc:
+            return refused(exc.message)
+        return await anyio.to_thread.run_sync(signin.signed_in, request, identity, actor)
