@@ -52,6 +52,23 @@ def settings(tmp_path: Path) -> Settings:
     return Settings.from_env({}, data_dir=tmp_path / "data")
 
 
+@pytest.fixture(scope="session")
+def postgres() -> Iterator:
+    """One real PostgreSQL server for the session (``tests/postgres.py``)."""
+    from tests.postgres import running
+
+    with running() as server:
+        yield server
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty database of each kind the app runs on: a SQLite file, and a PostgreSQL database."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'sub' / 'chatlm.db'}"
+    return request.getfixturevalue("postgres").new_database()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from chatlm.config import Settings
 from chatlm.engine.params import SamplingParams
 from chatlm.errors import AdapterError, NotFoundError
 
@@ -27,6 +28,12 @@ def make_adapter(model, path: Path, seed: int) -> Path:
         init_lora_weights=False))
     peft_model.save_pretrained(str(path), safe_serialization=True)
     return path
+
+
+@pytest.fixture
+def settings(tmp_path, database_url) -> Settings:
+    """The registry on a SQLite file and on a PostgreSQL server."""
+    return Settings.from_env({}, data_dir=tmp_path / "data", database_url=database_url)
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
-"""Storage on a real SQLite file: migrations, no drift, durability, ratings, ownership."""
+"""Storage on a real SQLite file and a real PostgreSQL server: migrations, no drift, durability,
+ratings, ownership (SQLite's pragmas, its write gate and its batch migrations on SQLite alone)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,13 @@ from chatlm.store.models import User
 
 
 @pytest.fixture
-def url(tmp_path: Path) -> str:
+def url(database_url: str) -> str:
+    db.upgrade(database_url)
+    return database_url
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
     url = f"sqlite:///{tmp_path / 'sub' / 'chatlm.db'}"
     db.upgrade(url)
     return url
@@ -29,8 +36,8 @@ def test_migrates_empty_to_head_without_drift(url: str) -> None:
     command.check(db.alembic_config(url))  # raises if models and migrations differ
 
 
-def test_pragmas(url: str) -> None:
-    with db.make_engine(url).connect() as conn:
+def test_pragmas(sqlite_url: str) -> None:
+    with db.make_engine(sqlite_url).connect() as conn:
         assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
         assert conn.execute(text("PRAGMA synchronous")).scalar() == 2  # FULL
         assert conn.execute(text("PRAGMA foreign_keys")).scalar() == 1
@@ -132,7 +139,7 @@ def test_upgrade_from_0002_keeps_messages_and_allows_interrupted(tmp_path: Path)
         conn.execute(text("UPDATE messages SET status = 'bogus'"))
 
 
-def test_writers_of_one_process_queue_instead_of_failing_busy(url: str, monkeypatch) -> None:
+def test_writers_of_one_process_queue_instead_of_failing_busy(sqlite_url: str, monkeypatch) -> None:
     """A write that waits longer than SQLite's busy timeout for another thread's write must still
     be saved (the threads queue on the process's write gate), and more writers than the connection
     pool holds must not deadlock on it."""
@@ -140,7 +147,7 @@ def test_writers_of_one_process_queue_instead_of_failing_busy(url: str, monkeypa
     import time
 
     monkeypatch.setattr(db, "BUSY_TIMEOUT_MS", 100)
-    factory = db.make_sessionmaker(db.make_engine(url))
+    factory = db.make_sessionmaker(db.make_engine(sqlite_url))
     holding, errors = threading.Event(), []
 
     def slow_writer() -> None:

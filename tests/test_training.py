@@ -34,8 +34,10 @@ P = SamplingParams(temperature=0.0, max_new_tokens=4)
 
 # ---- helpers --------------------------------------------------------------------------------
 @pytest.fixture
-def tiny_settings(tmp_path, tiny_dir) -> Settings:
-    return Settings.from_env({}, data_dir=tmp_path / "data", model=str(tiny_dir), device="cpu")
+def tiny_settings(tmp_path, tiny_dir, database_url) -> Settings:
+    """The tiny model's rounds, on a SQLite file and on a PostgreSQL server."""
+    return Settings.from_env({}, data_dir=tmp_path / "data", model=str(tiny_dir), device="cpu",
+                             database_url=database_url)
 
 
 def adapter_dirs(settings: Settings) -> list[str]:
@@ -255,7 +257,7 @@ def test_cli_train_wait_and_adapters(tiny_settings) -> None:
         uid = repo.get_or_create_user(s).id
     seed_pairs(sessions, uid, 10)
     env = {**os.environ, "CHATLM_DATA_DIR": str(tiny_settings.data_dir), "CHATLM_MODEL": tiny_settings.model,
-           "CHATLM_DEVICE": "cpu"}
+           "CHATLM_DEVICE": "cpu", "CHATLM_DATABASE_URL": tiny_settings.db_url}
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "chatlm", *args], capture_output=True, text=True, env=env,

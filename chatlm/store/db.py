@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 import threading
@@ -10,7 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -82,6 +83,15 @@ def _refuse_database_open(event: str, args: tuple[Any, ...]) -> None:
         return
     if os.path.realpath(text) in _guarded:
         raise PermissionError(f"{name} is the app's database: only SQLAlchemy may open it.")
+
+
+def lock(session: Session, name: str) -> None:
+    """Hold a named lock of the database until this transaction ends, across processes and hosts:
+    PostgreSQL's transaction-level advisory lock. SQLite needs none: it has one writer, and a
+    transaction that read before another wrote cannot write (its snapshot is stale)."""
+    if session.get_bind().dialect.name == "postgresql":
+        key = int.from_bytes(hashlib.sha256(f"chatlm:{name}".encode()).digest()[:8], "big", signed=True)
+        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from chatlm.errors import ChatLMError, NotFoundError
+from chatlm.store import db
 from chatlm.store.models import AdapterVersion, TrainingRun, utcnow
 
 RUNNING = ("queued", "running")
@@ -55,7 +58,9 @@ def active_adapter(session: Session) -> AdapterVersion | None:
 
 
 def activate(session: Session, *, name: str | None) -> AdapterVersion | None:
-    """Make ``name`` the adapter new chats use (None: the base model); only one is active."""
+    """Make ``name`` the adapter new chats use (None: the base model); only one is active, whichever
+    front end promotes (the registry lock orders concurrent promotions)."""
+    db.lock(session, "registry")
     target = get_adapter(session, name=name) if name is not None else None
     session.execute(update(AdapterVersion).values(is_active=False))
     if target is not None:
@@ -82,6 +87,20 @@ def rollback(session: Session) -> AdapterVersion | None:
     return activate(session, name=earlier.name if earlier else None)
 
 
+HOST = socket.gethostname()
+STALE_AFTER = timedelta(minutes=15)
+"""A worker on another host that has written no progress for this long is taken for dead (a step of a
+round on a CPU takes seconds to a minute; the worker writes at every step)."""
+
+
+def run_alive(run: TrainingRun) -> bool:
+    """Whether a running round's worker is alive: its pid on this host, its heartbeat elsewhere."""
+    if run.host in (None, HOST):
+        return process_alive(run.pid)
+    beat = run.heartbeat_at or run.started_at or run.created_at
+    return beat is not None and utcnow() - beat < STALE_AFTER
+
+
 def process_alive(pid: int | None) -> bool:
     """Whether the process that claimed a run still exists (a run's only sign of life)."""
     if not pid:
@@ -96,9 +115,12 @@ def process_alive(pid: int | None) -> bool:
 
 
 def start_run(session: Session, *, method: str, params: dict[str, Any]) -> TrainingRun:
-    """Create a queued run, refusing a second writer; a run whose process died is marked failed."""
+    """Create a queued run, refusing a second writer; a run whose process died is marked failed.
+    The check and the insert hold the database's registry lock, so two front ends (or a front end
+    and the CLI) on one PostgreSQL cannot both start one."""
+    db.lock(session, "training")
     for run in session.scalars(select(TrainingRun).where(TrainingRun.status.in_(RUNNING))):
-        if run.status == "running" and not process_alive(run.pid):
+        if run.status == "running" and not run_alive(run):
             fail_run(session, run_id=run.id, error="The training process ended unexpectedly.")
             continue
         raise RoundInProgressError(f"Training round {run.id} is still {run.status}; wait for it to finish.")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -50,16 +51,17 @@ def reap(settings: Settings, sessions: sessionmaker[Session]) -> None:
     with db.transaction(sessions) as s:
         alive = False
         for run in s.scalars(select(TrainingRun).where(TrainingRun.status.in_(registry.RUNNING))):
-            if run.status == "running" and not registry.process_alive(run.pid):
-                registry.fail_run(s, run_id=run.id, error=f"{DIED} (process {run.pid}).")
+            if run.status == "running" and not registry.run_alive(run):
+                registry.fail_run(s, run_id=run.id, error=f"{DIED} (process {run.pid} on {run.host or 'this host'}).")
             else:
                 alive = True
         registered = {Path(a.path).resolve() for a in registry.list_adapters(s)}
     folder = adapters_dir(settings)
     for entry in sorted(folder.iterdir()) if folder.is_dir() else ():
-        if entry.name.startswith(TMP_PREFIX):
-            pid = entry.name.rsplit("-pid", 1)[-1]
-            if not pid.isdigit() or not registry.process_alive(int(pid)):
+        if entry.name.startswith(TMP_PREFIX):  # only this host's: another's worker may be writing it
+            named = re.fullmatch(r"\d+(?:-(.+))?-pid(\d+)", entry.name.removeprefix(TMP_PREFIX))
+            host, pid = (named.group(1) or registry.HOST, int(named.group(2))) if named else (registry.HOST, 0)
+            if host == registry.HOST and not registry.process_alive(pid):
                 shutil.rmtree(entry, ignore_errors=True)
         elif (not alive and entry.is_dir() and not entry.is_symlink()
               and entry.name.startswith(f"{ADAPTER_PREFIX}-v") and entry.resolve() not in registered):
@@ -128,7 +130,7 @@ def start_round(settings: Settings, method: str = "auto", epochs: float | None =
     with db.transaction(sessions) as s:
         run = registry.get_run(s, run_id=run_id)
         if run.status == "queued":  # from now on a dead pid means a dead round
-            run.status, run.pid = "running", proc.pid
+            run.status, run.pid, run.host = "running", proc.pid, registry.HOST
     threading.Thread(target=_watch, args=(proc, settings, sessions), daemon=True,
                      name=f"training-run-{run_id}").start()
     return run_id
@@ -154,7 +156,7 @@ def wait(settings: Settings, run_id: int, *, timeout: float | None = None,
             on_progress(run)
         if run.status in ("succeeded", "failed"):
             return run
-        if run.status == "running" and not registry.process_alive(run.pid):
+        if run.status == "running" and not registry.run_alive(run):
             reap(settings, sessions)
             continue
         if deadline is not None and time.monotonic() > deadline:

@@ -47,7 +47,8 @@ def adapters_dir(settings: Settings) -> Path:
 
 
 def temp_dir(settings: Settings, run_id: int, pid: int) -> Path:
-    return adapters_dir(settings) / f"{TMP_PREFIX}{run_id}-pid{pid}"
+    """Named with the host and pid, so that only a worker's own host reaps it (shared storage)."""
+    return adapters_dir(settings) / f"{TMP_PREFIX}{run_id}-{registry.HOST}-pid{pid}"
 
 
 class Reporter:
@@ -79,6 +80,7 @@ def _mark_running(sessions: sessionmaker[Session],
         if run.status not in registry.RUNNING:
             raise ChatLMError(f"Training run {run_id} is already {run.status}.")
         run.status, run.pid, run.started_at, run.heartbeat_at = "running", os.getpid(), utcnow(), utcnow()
+        run.host = registry.HOST
         run.progress = {"phase": "preparing"}
         found = registry.active_adapter(s)
         active = (found.name, found.path) if found else None
