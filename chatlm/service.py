@@ -339,7 +339,7 @@ class ChatService:
         The previous default stays loaded, so rolling back is just activating it again."""
         load = getattr(self.backend, "load_adapter", None)
         if load is None:
-            raise InputError("This backend cannot load adapters (remote backends serve their own).")
+            raise InputError("This backend cannot load adapters.")
         seconds = float(load(name, Path(path)))
         if activate:
             self.activate_adapter(name)
@@ -367,7 +367,10 @@ class ChatService:
             name, path = (active.name, active.path) if active else (None, None)
         if name is not None:
             self._load_once(name, str(path))
+        before = self.active_adapter
         self.activate_adapter(name)
+        if before not in (None, name) and getattr(self.backend, "unload_on_switch", False):
+            self.backend.unload_adapter(before)  # a remote engine's few adapter slots: free the old one
         return name
 
     def _load_once(self, name: str, path: str) -> None:

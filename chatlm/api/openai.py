@@ -44,7 +44,8 @@ MAX_TOTAL_CHARS = 4 * MAX_MESSAGE_CHARS
 """All messages of one request together; each one may have MAX_MESSAGE_CHARS, as in the UI."""
 _TOO_LARGE = (f"The request body is larger than the limit of {MAX_BODY_BYTES // 1024**2} MB; send "
               f"messages of at most {MAX_MESSAGE_CHARS} characters.", "request_too_large")
-_ROUTES = {"/models": "GET", "/chat/completions": "POST", "/adapters": "POST"}
+_ROUTES = {"/models": "GET", "/chat/completions": "POST", "/adapters": "POST",
+           "/load_lora_adapter": "POST", "/unload_lora_adapter": "POST"}
 
 
 class ContentPart(BaseModel):
@@ -81,6 +82,18 @@ class AdapterLoadRequest(BaseModel):
     name: str
     path: str
     activate: bool = False
+
+
+class LoadLoRAAdapterRequest(BaseModel):
+    """vLLM's runtime LoRA request shape, so that a chatlm front end drives vLLM and chatlm alike."""
+
+    lora_name: str
+    lora_path: str
+
+
+class UnloadLoRAAdapterRequest(BaseModel):
+    lora_name: str
+    lora_int_id: int | None = None
 
 
 class ChatCompletionRequest(BaseModel):
@@ -184,6 +197,8 @@ class OpenAIRoutes:
         router.add_api_route("/models", self.list_models, methods=["GET"])
         router.add_api_route("/chat/completions", self.chat_completions, methods=["POST"])
         router.add_api_route("/adapters", self.load_adapter, methods=["POST"])
+        router.add_api_route("/load_lora_adapter", self.load_lora_adapter, methods=["POST"])
+        router.add_api_route("/unload_lora_adapter", self.unload_lora_adapter, methods=["POST"])
         for path in ("", "/{path:path}"):
             router.add_api_route(path, self.unknown, include_in_schema=False,
                                  methods=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"])
@@ -245,19 +260,41 @@ class OpenAIRoutes:
         ]}
 
     async def load_adapter(self, body: AdapterLoadRequest, request: Request) -> dict[str, Any]:
-        """Admins only, and only a directory under ``<data_dir>/adapters`` (where rounds write):
-        the server never reads a path a client names anywhere else."""
-        if not request.state.actor.is_admin:
-            raise PermissionDeniedError("Only an admin's key may load adapters.")
-        folder = (Path(self.service.settings.data_dir) / "adapters").resolve()
-        path = Path(os.path.realpath(body.path))
-        if folder not in path.parents:
-            raise InputError(f"Only adapter directories under {folder} can be loaded (the path is "
-                             "resolved on the server, links included).")
-        seconds = await asyncio.to_thread(self.service.load_adapter, body.name, str(path),
-                                          activate=body.activate)
+        """chatlm's own shape: load, and optionally make it the default."""
+        seconds = await self._load(request, body.name, body.path, activate=body.activate)
         return {"name": body.name, "seconds": round(seconds, 3),
                 "active": self.service.active_adapter, "adapters": self.service.adapter_names()}
+
+    async def load_lora_adapter(self, body: LoadLoRAAdapterRequest, request: Request) -> PlainTextResponse:
+        """vLLM's runtime endpoint: requests may name the adapter as their model from now on."""
+        await self._load(request, body.lora_name, body.lora_path)
+        return PlainTextResponse(f"Success: LoRA adapter '{body.lora_name}' added successfully.")
+
+    async def unload_lora_adapter(self, body: UnloadLoRAAdapterRequest, request: Request) -> PlainTextResponse:
+        self._admin(request)
+        unload = getattr(self.service.backend, "unload_adapter", None)
+        if unload is None or not await asyncio.to_thread(unload, body.lora_name):
+            raise NotFoundError(f"No adapter named {body.lora_name!r} is loaded.")
+        if self.service.active_adapter == body.lora_name:
+            self.service.activate_adapter(None)
+        return PlainTextResponse(f"Success: LoRA adapter '{body.lora_name}' removed successfully.")
+
+    @staticmethod
+    def _admin(request: Request) -> None:
+        if not request.state.actor.is_admin:
+            raise PermissionDeniedError("Only an admin's key may load adapters.")
+
+    async def _load(self, request: Request, name: str, path: str, *, activate: bool = False) -> float:
+        """Admins only, and only a directory under ``<data_dir>/adapters`` (where rounds write, and
+        where a deployment mounts its shared adapter storage): the server never reads a path a
+        client names anywhere else."""
+        self._admin(request)
+        folder = (Path(self.service.settings.data_dir) / "adapters").resolve()
+        real = Path(os.path.realpath(path))
+        if folder not in real.parents:
+            raise InputError(f"Only adapter directories under {folder} can be loaded (the path is "
+                             "resolved on the server, links included).")
+        return float(await asyncio.to_thread(self.service.load_adapter, name, str(real), activate=activate))
 
     async def chat_completions(self, body: ChatCompletionRequest, request: Request) -> Any:
         adapter = self._adapter_for(body.model)

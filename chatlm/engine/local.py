@@ -72,6 +72,11 @@ class LocalBackend:
         self._adapters[name] = path
         return time.perf_counter() - start
 
+    def unload_adapter(self, name: str) -> bool:
+        """Stop serving an adapter (new requests naming it are refused). Its weights stay in the
+        model until it is loaded again under that name: a row may still be decoding with them."""
+        return self._adapters.pop(name, None) is not None
+
     def chat(self, messages: ChatMessages, params: SamplingParams, *,
              adapter: str | None = None, copy_from: Sequence[str] | None = None,
              avoid_first: Sequence[str] = ()) -> Generation:

@@ -1,7 +1,8 @@
 """Generation on any OpenAI-compatible server (vLLM, TGI, llama.cpp, another chatlm).
 
 Storage, knowledge and ratings stay in this process; only the tokens come from elsewhere, which is
-how a deployment outgrows one machine.
+how a deployment outgrows one machine. A promoted adapter reaches the engine through vLLM's runtime
+LoRA endpoints (``/v1/load_lora_adapter``, ``/v1/unload_lora_adapter``), which chatlm also serves.
 """
 
 from __future__ import annotations
@@ -9,13 +10,14 @@ from __future__ import annotations
 import itertools
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from chatlm.config import Settings
 from chatlm.engine.backend import ChatMessages
 from chatlm.engine.params import SamplingParams
 from chatlm.engine.scheduler import Generation
-from chatlm.errors import ModelLoadError
+from chatlm.errors import AdapterError, ModelLoadError
 
 CHARS_PER_TOKEN = 3
 """Remote servers do not tokenise for us; this conservative estimate drives context trimming."""
@@ -29,6 +31,7 @@ class RemoteBackend:
                  context_window: int = 0) -> None:
         import openai
 
+        self.base_url, self.api_key = base_url.rstrip("/"), api_key
         self.client = openai.OpenAI(base_url=base_url, api_key=api_key or "none", max_retries=1)
         try:
             listed = [m.id for m in self.client.models.list().data]
@@ -54,6 +57,39 @@ class RemoteBackend:
     def adapter_names(self) -> list[str]:
         """The remote server's other models stand for adapters (chatlm lists them that way)."""
         return [m for m in self.remote_models if m != self.model_id]
+
+    unload_on_switch = True
+    """An engine holds few adapters at once (vLLM's ``--max-loras``): the one no longer active goes."""
+
+    def load_adapter(self, name: str, path: Path) -> float:
+        """Load a LoRA adapter into the engine through its runtime endpoint (vLLM started with
+        ``--enable-lora`` and ``VLLM_ALLOW_RUNTIME_LORA_UPDATING=True``, or another chatlm): ``path``
+        must be on storage the engine sees at the same place. Requests then name it as the model."""
+        start = time.perf_counter()
+        answer = self._post("/load_lora_adapter", {"lora_name": name, "lora_path": str(path)})
+        if answer.status_code >= 400 and "already been loaded" not in answer.text:
+            raise AdapterError(f"The engine did not load adapter {name!r}: {answer.text.strip()[:500]}")
+        self._refresh()
+        if name not in self.remote_models:
+            raise AdapterError(f"The engine says it loaded {name!r} but does not list it.")
+        return time.perf_counter() - start
+
+    def unload_adapter(self, name: str) -> bool:
+        answer = self._post("/unload_lora_adapter", {"lora_name": name})
+        self._refresh()
+        return answer.status_code < 400
+
+    def _post(self, path: str, body: dict[str, Any]) -> Any:
+        import httpx
+
+        try:
+            return httpx.post(f"{self.base_url}{path}", json=body, timeout=300,
+                              headers={"Authorization": f"Bearer {self.api_key}"} if self.api_key else {})
+        except httpx.HTTPError as exc:
+            raise AdapterError(f"The engine at {self.base_url} did not answer: {exc}") from exc
+
+    def _refresh(self) -> None:
+        self.remote_models = [m.id for m in self.client.models.list().data]
 
     def chat(self, messages: ChatMessages, params: SamplingParams, *,
              adapter: str | None = None) -> Generation:
