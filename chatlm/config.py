@@ -83,6 +83,10 @@ class Settings:
     """Answers one user may have running at once (0: no limit); with accounts only."""
     user_requests_per_minute: int = 20
     """New answers one user may ask for per minute (0: no limit); with accounts only."""
+    trainer: str = "local"
+    """``local``: starting a round spawns its worker process on this host. ``queue``: the round is
+    only queued; ``python -m chatlm.training.worker --serve`` on another host (a GPU machine, given
+    the same database URL and adapter storage) claims and trains it."""
     abstain_threshold: float = 0.6
     """An extractive answer whose support score (cosine of question and supporting sentence under
     the embedding model) is below this is declined: "the text does not say". Calibrated on the
@@ -105,6 +109,8 @@ class Settings:
             raise ConfigError("CHATLM_CONTEXT_WINDOW must be >= 0")
         if self.auth not in {"none", "password", "hf"}:
             raise ConfigError(f"CHATLM_AUTH must be none, password or hf, got {self.auth!r}")
+        if self.trainer not in {"local", "queue"}:
+            raise ConfigError(f"CHATLM_TRAINER must be local or queue, got {self.trainer!r}")
         if self.guests not in {"auto", "on", "off"}:
             raise ConfigError(f"CHATLM_GUESTS must be auto, on or off, got {self.guests!r}")
         if self.session_hours <= 0:

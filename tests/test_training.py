@@ -282,6 +282,51 @@ def test_cli_train_wait_and_adapters(tiny_settings) -> None:
     assert out.returncode == 2 and "Nothing to roll back" in out.stderr
 
 
+def test_a_training_host_claims_queued_rounds(tiny_settings) -> None:
+    """CHATLM_TRAINER=queue: the front end only queues the round; a worker given the database URL
+    and the adapter storage (here in another process, as on a GPU host) claims and trains it."""
+    import dataclasses
+    from datetime import timedelta
+
+    settings = dataclasses.replace(tiny_settings, trainer="queue")
+    sessions = rounds.sessions_for(settings)
+    with db.transaction(sessions) as s:
+        uid = repo.get_or_create_user(s).id
+    seed_pairs(sessions, uid, 10)
+    run_id = rounds.start_round(settings, "sft", max_steps=1, sessions=sessions)
+    with db.transaction(sessions) as s:
+        queued = registry.get_run(s, run_id=run_id)
+        assert (queued.status, queued.pid) == ("queued", None)  # nothing started here
+    with pytest.raises(RoundInProgressError):  # still one round at a time
+        rounds.start_round(settings, "sft", sessions=sessions)
+    env = {**os.environ, "CHATLM_DATA_DIR": str(settings.data_dir), "CHATLM_DATABASE_URL": settings.db_url,
+           "CHATLM_MODEL": settings.model, "CHATLM_DEVICE": "cpu"}
+    done = subprocess.run([sys.executable, "-m", "chatlm.training.worker", "--next"], env=env, cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    with db.transaction(sessions) as s:
+        run = registry.get_run(s, run_id=run_id)
+        assert run.status == "succeeded" and run.host == registry.HOST
+        assert registry.get_adapter(s, name=run.adapter_name).method == "sft"
+    again = subprocess.run([sys.executable, "-m", "chatlm.training.worker", "--next"], env=env, cwd=REPO,
+                           capture_output=True, text=True, timeout=120)
+    assert again.returncode == 3  # nothing queued
+
+    # a round running on another host: alive while it writes progress, dead once it stops
+    with db.transaction(sessions) as s:
+        remote = registry.start_run(s, method="sft", params={})
+        remote.status, remote.pid, remote.host = "running", 999999, "gpu-host-1"
+        remote.heartbeat_at = registry.utcnow()
+    rounds.reap(settings, sessions)
+    with db.transaction(sessions) as s:
+        assert registry.get_run(s, run_id=remote.id).status == "running"  # its pid means nothing here
+        registry.get_run(s, run_id=remote.id).heartbeat_at = registry.utcnow() - timedelta(minutes=20)
+    rounds.reap(settings, sessions)
+    with db.transaction(sessions) as s:
+        gone = registry.get_run(s, run_id=remote.id)
+        assert gone.status == "failed" and "gpu-host-1" in gone.error
+
+
 # ---- 4. the whole loop on the real model -----------------------------------------------------------
 def squad_turns(n: int) -> list[tuple[str, str, list[str], str]]:
     """(question, passage sentence, gold answers, a wrong answer) from distinct SQuAD paragraphs."""

@@ -130,6 +130,17 @@ def start_run(session: Session, *, method: str, params: dict[str, Any]) -> Train
     return run
 
 
+def claim_next(session: Session, *, pid: int) -> TrainingRun | None:
+    """The oldest queued round, claimed (running, on this host, by ``pid``) for a worker on any
+    host: under the training lock, so two workers never take the same one."""
+    db.lock(session, "training")
+    run = session.scalars(select(TrainingRun).where(TrainingRun.status == "queued")
+                          .order_by(TrainingRun.id).limit(1)).first()
+    if run is not None:
+        run.status, run.pid, run.host, run.heartbeat_at = "running", pid, HOST, utcnow()
+    return run
+
+
 def get_run(session: Session, *, run_id: int) -> TrainingRun:
     run = session.get(TrainingRun, run_id)
     if run is None:

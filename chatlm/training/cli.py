@@ -49,7 +49,11 @@ def run_train(args: argparse.Namespace) -> int:
                                 guests=args.guests or None,
                                 document=args.document, text=args.text, window=args.window, sessions=sessions)
     log = rounds.log_path(settings, run_id)
-    print(f"training round {run_id} started in its own process (log: {log})", file=sys.stderr)
+    if settings.trainer == "queue":
+        print(f"training round {run_id} queued for a training worker (python -m chatlm.training.worker "
+              "--serve on the training host)", file=sys.stderr)
+    else:
+        print(f"training round {run_id} started in its own process (log: {log})", file=sys.stderr)
     if not args.wait:
         print("it goes on in the background; `python -m chatlm adapters list` shows the result", file=sys.stderr)
         return 0

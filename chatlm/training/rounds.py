@@ -116,6 +116,8 @@ def start_round(settings: Settings, method: str = "auto", epochs: float | None =
             raise InputError("No adapter is active, so there is nothing to continue from: "
                              "train without --from-active.")
         run_id = registry.start_run(s, method=method, params=params).id
+    if settings.trainer == "queue":  # a worker elsewhere claims it (python -m chatlm.training.worker --serve)
+        return run_id
     log = log_path(settings, run_id)
     log.parent.mkdir(parents=True, exist_ok=True)
     try:

@@ -13,6 +13,7 @@ import logging
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import traceback
 from collections.abc import Sequence
@@ -234,14 +235,51 @@ def qa_figures(settings: Settings, squad: Path, adapter_path: Path, others: dict
     return out
 
 
+USAGE = """usage: python -m chatlm.training.worker RUN_ID | --next | --serve [SECONDS]
+  RUN_ID   train this round (how a front end with CHATLM_TRAINER=local starts each one)
+  --next   claim the oldest queued round and train it (exit 3 when none is queued)
+  --serve  keep claiming queued rounds, polling every SECONDS (default 5): a training host"""
+
+
+def claim(settings: Settings) -> int | None:
+    """The id of the oldest queued round, or None."""
+    from chatlm import compose
+
+    with db.transaction(compose.sessions_for(settings)) as s:
+        run = registry.claim_next(s, pid=os.getpid())
+        return run.id if run is not None else None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    if len(args) != 1 or not args[0].isdigit():
-        print("usage: python -m chatlm.training.worker RUN_ID", file=sys.stderr)
+    serving = args[:1] == ["--serve"] and len(args) <= 2 and (len(args) == 1 or args[1].replace(".", "").isdigit())
+    if not (serving or args == ["--next"] or (len(args) == 1 and args[0].isdigit())):
+        print(USAGE, file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     signal.signal(signal.SIGTERM, _on_sigterm)
-    return run_round(Settings.from_env(), int(args[0]))
+    settings = Settings.from_env()
+    if args[0].isdigit():
+        return run_round(settings, int(args[0]))
+    if not serving:
+        run_id = claim(settings)
+        return 3 if run_id is None else run_round(settings, run_id)
+    import time
+
+    poll = float(args[1]) if len(args) == 2 else 5.0
+    log.info("training worker on %s: waiting for queued rounds", registry.HOST)
+    while True:  # each round in a process of its own, as a front end would start it
+        run_id = claim(settings)
+        if run_id is None:
+            time.sleep(poll)
+            continue
+        code = subprocess.run([sys.executable, "-m", "chatlm.training.worker", str(run_id)]).returncode
+        log.info("round %d ended with exit code %d", run_id, code)
+        from chatlm import compose
+
+        with db.transaction(compose.sessions_for(settings)) as s:  # it died before saying so itself
+            if registry.get_run(s, run_id=run_id).status in registry.RUNNING:
+                registry.fail_run(s, run_id=run_id, error=f"The training process exited with code {code}.")
 
 
 if __name__ == "__main__":

@@ -193,7 +193,9 @@ class TrainingTab:
         except ChatLMError as exc:
             gr.Warning(exc.message)
             return f"Not started: {exc.message}", gr.Timer(active=False)
-        return f"Round {run_id} started in its own process; chatting goes on meanwhile.", gr.Timer(active=True)
+        where = ("queued for a training worker (CHATLM_TRAINER=queue)" if self.service.settings.trainer == "queue"
+                 else "started in its own process")
+        return f"Round {run_id} {where}; chatting goes on meanwhile.", gr.Timer(active=True)
 
     def promote(self, name: str | None, shown: str | None, request: gr.Request) -> tuple[Any, ...]:
         try:
