@@ -131,3 +131,7 @@ def test_a_rated_extractive_answer_trains_on_the_passage_that_holds_its_target(s
     pairs = data.method_records("dpo", list(rated.values()))
     assert {(p["chosen"][0]["content"], p["rejected"][0]["content"]) for p in pairs} == {
         ("Dana Kowalski", "in Tacoma"), (NOT_FOUND, "340 people")}
+    # knowledge answers: `auto` trains SFT on the corrections and liked spans (it taught more, cheaper)
+    counts = data.count(list(rated.values()))
+    assert data.choose_method("auto", counts, knowledge=True) == "sft"
+    assert data.choose_method("auto", data.Counts(pairs=8, liked=8, disliked=8, sft=16)) == "dpo"

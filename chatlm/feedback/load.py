@@ -43,12 +43,13 @@ def _rated(msg: Message, rating: Rating, excluded: bool) -> RatedAnswer:
     declined) on the passage that holds its target (``records.focus``); any other answer as stored."""
     prompt = tuple((m["role"], m["content"]) for m in msg.prompt_messages or [])
     answer = msg.content
-    if (msg.generation_params or {}).get("extractive") and msg.status == "complete":
+    extractive = bool((msg.generation_params or {}).get("extractive")) and msg.status == "complete"
+    if extractive:
         answer = msg.generation_params.get("span") or NOT_FOUND
         prompt = focus(prompt, [rating.better_answer or "", answer])
     return RatedAnswer(message_id=msg.id, conversation_id=msg.conversation_id, parent_id=msg.parent_id,
                        prompt=prompt, answer=answer, rating=rating.value,
-                       better_answer=rating.better_answer, excluded=excluded)
+                       better_answer=rating.better_answer, excluded=excluded, extractive=extractive)
 
 
 def conversations(session: Session, *, since: datetime | None = None,

@@ -36,6 +36,8 @@ class RatedAnswer:
     better_answer: str | None = None
     excluded: bool = False
     """The conversation is marked as not to be used for training."""
+    extractive: bool = False
+    """A span copied from a loaded text's passages (or its decline): a knowledge answer."""
 
     @property
     def prompt_messages(self) -> list[Message]:
