@@ -17,6 +17,7 @@ from tests.browser import (
     needs_browser,
     open_app,
     send,
+    settings,
     uid,
     user_texts,
     wait_for,
@@ -57,6 +58,7 @@ def assert_harmless(page) -> None:
 def test_hostile_text_everywhere_runs_no_script(page, server):
     service = server.app.service
     open_app(page, server)
+    settings(page, temperature=0)  # the same answers every run (a sampled one failed to match once in four)
     answer = send(page, server, f"Look {HOSTILE}")  # the message, its title and the model's answer
     assert HOSTILE in answer.content
     wait_for(lambda: "click me" in " ".join(user_texts(page)), "the hostile message to be shown")
