@@ -269,7 +269,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     poll = float(args[1]) if len(args) == 2 else 5.0
     log.info("training worker on %s: waiting for queued rounds", registry.HOST)
     while True:  # each round in a process of its own, as a front end would start it
-        run_id = claim(settings)
+        try:
+            run_id = claim(settings)
+        except ChatLMError as exc:  # a busy or unreachable database: try again at the next poll
+            log.warning("could not claim a round: %s", exc.message)
+            run_id = None
         if run_id is None:
             time.sleep(poll)
             continue
