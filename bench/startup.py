@@ -1,0 +1,91 @@
+"""Start-up benchmark (issue 15): how long ``python -m chatlm ask`` takes to its first token.
+
+Run from the repository root: ``.venv/bin/python bench/startup.py [--runs 3]``. Prints one JSON object.
+Each run is a fresh process in a scratch data folder that reuses the test model cache (so "second
+start": the GGUF is already dequantised). The first token is the first byte of the answer on stdout
+(``ask`` streams it); where the time goes comes from one ``python -X importtime`` run and from the
+phases timed in a process of our own (imports, database open with migrations, model load).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL_CACHE = ROOT / ".pytest_cache" / "chatlm-data"
+
+PHASES = """
+import time, json
+t0 = time.perf_counter()
+from chatlm.config import Settings
+from chatlm import compose
+from chatlm.engine.local import LocalBackend
+t1 = time.perf_counter()
+settings = Settings.from_env()
+engine, sessions = compose.open_database(settings.db_url)
+t2 = time.perf_counter()
+backend = LocalBackend.from_settings(settings)
+t3 = time.perf_counter()
+print(json.dumps({"imports_s": round(t1 - t0, 3), "database_s": round(t2 - t1, 3), "model_s": round(t3 - t2, 3)}))
+backend.close()
+"""
+
+
+def data_dir(tmp: Path) -> Path:
+    data = tmp / "data"
+    (data / "models").mkdir(parents=True)
+    for entry in (MODEL_CACHE / "models").iterdir() if (MODEL_CACHE / "models").is_dir() else ():
+        (data / "models" / entry.name).symlink_to(entry)
+    return data
+
+
+def first_token(env: dict[str, str]) -> dict[str, float]:
+    started = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "chatlm", "ask", "What is the capital of France?",
+                             "--max-new-tokens", "16"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL)
+    assert proc.stdout is not None
+    proc.stdout.read(1)
+    first = time.perf_counter() - started
+    proc.stdout.read()
+    proc.wait()
+    return {"first_token_s": round(first, 3), "total_s": round(time.perf_counter() - started, 3)}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--runs", type=int, default=3)
+    args = p.parse_args()
+    out: dict[str, Any] = {"load_avg_start": os.getloadavg()}
+    with tempfile.TemporaryDirectory(prefix="chatlm-bench-startup-") as tmp:
+        env = {**os.environ, "CHATLM_DATA_DIR": str(data_dir(Path(tmp))), "PYTHONUNBUFFERED": "1"}
+        first_token(env)  # a first start: migrations create the database
+        runs = [first_token(env) for _ in range(args.runs)]
+        out["runs"] = runs
+        out["first_token_median_s"] = statistics.median(r["first_token_s"] for r in runs)
+        phases = subprocess.run([sys.executable, "-c", PHASES], cwd=ROOT, env=env, capture_output=True,
+                                text=True, check=True)
+        out["phases"] = json.loads(phases.stdout.strip().splitlines()[-1])
+        imports = subprocess.run([sys.executable, "-X", "importtime", "-c", "import chatlm.cli, chatlm.server"],
+                                 cwd=ROOT, env=env, capture_output=True, text=True, check=True)
+        top: list[tuple[int, str]] = []
+        for line in imports.stderr.splitlines():
+            parts = line.split("|")
+            if len(parts) == 3 and parts[1].strip().isdigit() and not parts[2].startswith("  "):
+                top.append((int(parts[1]), parts[2].strip()))
+        out["slowest_top_level_imports_ms"] = {name: round(us / 1000) for us, name in sorted(top)[-6:][::-1]}
+    out["load_avg_end"] = os.getloadavg()
+    print(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()
