@@ -127,11 +127,24 @@ class Settings:
         return bool(os.environ.get("SPACE_ID")) and not Path(self.data_dir).resolve().is_relative_to("/data")
 
     @property
+    def hf_oauth_app(self) -> bool:
+        """Whether the OAuth app of a Space with ``hf_oauth: true`` is configured (Spaces sets these)."""
+        return all(os.environ.get(v) for v in ("OAUTH_CLIENT_ID", "OAUTH_CLIENT_SECRET", "OPENID_PROVIDER_URL"))
+
+    @property
     def loopback(self) -> bool:
         return self.host in {"127.0.0.1", "localhost", "::1"} or self.host.startswith("127.")
 
     def check_exposure(self) -> None:
-        """Refuse to serve everyone as one user on an address others can reach, unless asked to."""
+        """Refuse to serve everyone as one user on an address others can reach, unless asked to;
+        and refuse Hugging Face sign-in there without a Space's OAuth app (its local mock signs every
+        visitor in as this machine's Hugging Face user)."""
+        if not self.loopback and self.auth == "hf" and not self.hf_oauth_app:
+            raise ConfigError(
+                f"CHATLM_AUTH=hf on CHATLM_HOST={self.host} needs the OAuth app a Space with "
+                "`hf_oauth: true` provides (OAUTH_CLIENT_ID, OAUTH_CLIENT_SECRET, OPENID_PROVIDER_URL); "
+                "without it the sign-in is a local mock that makes every visitor this machine's "
+                "Hugging Face user. Use CHATLM_AUTH=password here.")
         if not self.loopback and self.auth == "none" and not self.allow_open:
             raise ConfigError(
                 f"CHATLM_HOST={self.host} is reachable by others, and with CHATLM_AUTH=none every "

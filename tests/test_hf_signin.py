@@ -107,6 +107,19 @@ def test_signing_in_keeps_the_guests_chat_and_never_takes_over_a_password_accoun
     assert SESSION_COOKIE not in taken.cookies
 
 
+def test_the_local_mock_never_serves_an_address_others_can_reach(monkeypatch) -> None:
+    from chatlm.errors import ConfigError
+
+    for var in ("OAUTH_CLIENT_ID", "OAUTH_CLIENT_SECRET", "OPENID_PROVIDER_URL"):
+        monkeypatch.delenv(var, raising=False)
+    with pytest.raises(ConfigError, match="every visitor"):
+        Settings.from_env({}, auth="hf", host="0.0.0.0").check_exposure()
+    Settings.from_env({}, auth="hf").check_exposure()  # 127.0.0.1: the mock, for trying it locally
+    for var, value in (("OAUTH_CLIENT_ID", "a"), ("OAUTH_CLIENT_SECRET", "b"), ("OPENID_PROVIDER_URL", "c")):
+        monkeypatch.setenv(var, value)
+    Settings.from_env({}, auth="hf", host="0.0.0.0").check_exposure()  # a Space's OAuth app: fine
+
+
 def test_a_space_with_hf_oauth_signs_in_with_hugging_face_and_its_owner_is_admin() -> None:
     space = {"SPACE_ID": "someone/chatlm", "SPACE_AUTHOR_NAME": "someone"}
     with_oauth = Settings.from_env({**space, "OAUTH_CLIENT_ID": "abc"})

@@ -3,9 +3,11 @@ password sign-in, so every handler still asks ``chatlm.identity`` who is calling
 
 On a Space with ``hf_oauth: true``, Spaces sets ``OAUTH_CLIENT_ID``, ``OAUTH_CLIENT_SECRET``,
 ``OAUTH_SCOPES`` and ``OPENID_PROVIDER_URL``; authlib runs the authorization-code flow, as Gradio's
-own OAuth does (its state in a short-lived signed cookie). Anywhere else the routes follow Gradio's
-local mock of OAuth: the sign-in completes at once as the Hugging Face user whose token this machine
-holds (``gradio.oauth``'s mocked profile), so the flow can be tried without a Space.
+own OAuth does (its state in a short-lived signed cookie). Without that app, and only on a loopback
+address, the routes follow Gradio's local mock of OAuth: the sign-in completes at once as the
+Hugging Face user whose token this machine holds (``gradio.oauth``'s mocked profile), so the flow
+can be tried without a Space. On any other address the mock is refused (``Settings.check_exposure``
+refuses to start, and the callback refuses too): it would make every visitor that user.
 We do not use Gradio's ``LoginButton``: Gradio itself notes it is no access control, and its
 session would be a second identity beside ours.
 """
@@ -27,12 +29,6 @@ STATE_COOKIE = "chatlm_oauth"
 STATE_MINUTES = 10
 
 
-def on_space() -> bool:
-    """Whether the real flow is configured (a Space with ``hf_oauth: true``)."""
-    return all(os.environ.get(v) for v in ("SPACE_ID", "OAUTH_CLIENT_ID", "OAUTH_CLIENT_SECRET",
-                                            "OPENID_PROVIDER_URL"))
-
-
 def mocked_profile() -> dict[str, Any]:
     """Gradio's local mock: the profile of this machine's Hugging Face login."""
     from gradio import oauth
@@ -52,7 +48,7 @@ def install(app: FastAPI, identity: Identity) -> None:
 
     settings = identity.settings
     client: Any = None
-    if on_space():
+    if settings.hf_oauth_app:
         from authlib.integrations.starlette_client import OAuth
         from starlette.middleware.sessions import SessionMiddleware
 
@@ -82,6 +78,8 @@ def install(app: FastAPI, identity: Identity) -> None:
             if client is not None:
                 token = await client.authorize_access_token(request)
                 profile = dict(token.get("userinfo") or {})
+            elif not settings.loopback:  # the mock would make every visitor this machine's user
+                return refused("Hugging Face sign-in is not configured on this server (no OAuth app).")
             else:
                 profile = await anyio.to_thread.run_sync(mocked_profile)
         except Exception as exc:  # authlib's errors, or no Hugging Face login on this machine
