@@ -122,6 +122,17 @@ def completed(page: Any) -> int:
     return int(page.evaluate("window.__gradioCompleted"))
 
 
+def settled(page, quiet_s: float = 0.5) -> None:
+    """Wait until no Gradio event has ended for ``quiet_s`` (a full run once lost a 👍 clicked
+    while the chat was being redrawn at the end of its answer)."""
+    count, since = completed(page), time.monotonic()
+    deadline = since + 30
+    while time.monotonic() - since < quiet_s and time.monotonic() < deadline:
+        time.sleep(0.1)
+        if completed(page) != count:
+            count, since = completed(page), time.monotonic()
+
+
 def loaded(page: Any, navigate: Callable[[], Any]) -> None:
     """Navigate and wait for the page-load event to complete, so that nothing typed or set
     afterwards is overwritten by its outputs."""

@@ -23,6 +23,7 @@ from tests.browser import (
     open_app,
     send,
     settings,
+    settled,
     uid,
     user_texts,
     wait_answer,
@@ -58,6 +59,7 @@ def ask_and_like_france(page, server) -> tuple[int, Message]:
     """Send the France question greedily, wait for the answer and click its thumbs up."""
     settings(page, temperature=0, max_new=40)
     answer = send(page, server, FRANCE)
+    settled(page)  # the answer's event has ended: its last redraw cannot replace the button clicked
     page.locator("#chatbot button[aria-label='Like']").last.click()
     conv_id = answer.conversation_id
     wait_for(lambda: dict((m.id, r) for m, r in server.app.service.history(uid(server), conv_id))

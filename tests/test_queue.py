@@ -86,7 +86,10 @@ def test_simultaneous_visitors_hear_at_once_and_what_they_hear_is_stored(slow_se
             assert chat_texts(chat) == [] and value(box) == text  # nothing shown; text kept
         else:
             answered.append(i)
-            assert "Your message is saved" in value(notice0) or chat_texts(chat0)[1][1], value(notice0)
+            # heard at once: told the message is saved, or shown it with its answer begun (the tiny
+            # random model's first token may be blank, which the chat shows as an empty bubble)
+            assert "Your message is saved" in value(notice0) or [r for r, _ in chat_texts(chat0)] == [
+                "user", "assistant"], value(notice0)
             assert chat_texts(chat0)[0] == ("user", text)  # stored at once, shown at once
             assert text in stored
             assert [r for r, _ in chat_texts(chat)] == ["user", "assistant"]

@@ -175,9 +175,25 @@ def test_a_thumb_keeps_the_rating_details(service) -> None:
     class Like:
         index, liked = 1, True
 
-    ChatUI(service).like([0, answer.id], Like())  # type: ignore[arg-type]
+    ChatUI(service).like([0, answer.id], conv.id, Like())  # type: ignore[arg-type]
     assert service.rating_detail(uid, answer.id) == {"value": 1, "reason": "wrong", "comment": "no",
                                                      "better_answer": "yes"}
+
+
+def test_a_thumb_clicked_before_the_page_holds_the_answers_id_is_saved(service) -> None:
+    """The page shows an answer's text while it streams and gets its id with the last update; a 👎
+    clicked in between (ids without the answer) must still be saved, on the right answer."""
+    uid = service.user_id()
+    conv = service.new_conversation(uid)
+    service.send(uid, conv.id, "q", SHORT).run()
+    question, answer = (m for m, _ in service.history(uid, conv.id))
+    from chatlm.ui.chat import ChatUI
+
+    class Dislike:
+        index, liked = 1, False
+
+    assert ChatUI(service).like([question.id], conv.id, Dislike()) == answer.id  # type: ignore[arg-type]
+    assert service.rating_detail(uid, answer.id)["value"] == -1
 
 
 def _stored(settings, message_id: int):

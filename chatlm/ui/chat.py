@@ -347,9 +347,14 @@ class ChatUI:
         if conv_id is not None:
             self.service.stop(self._uid(request), conv_id)
 
-    def like(self, ids: list[int], data: gr.LikeData, request: gr.Request = None) -> int | None:  # type: ignore[assignment]
-        """Save 👍/👎 and select the answer for the rating-details panel."""
+    def like(self, ids: list[int], conv_id: int | None, data: gr.LikeData,
+             request: gr.Request = None) -> int | None:  # type: ignore[assignment]
+        """Save 👍/👎 and select the answer for the rating-details panel. A thumb clicked as soon as
+        an answer's text is shown may come before the page holds that answer's id (the answer's last
+        update brings it): the ids are then read from the conversation as stored."""
         index = data.index if isinstance(data.index, int) else data.index[0]
+        if index >= len(ids) and conv_id is not None:
+            ids = self._view(self._uid(request), conv_id)[1]
         if not 0 <= index < len(ids):
             return None
         value = {True: 1, False: -1, "Like": 1, "Dislike": -1}.get(data.liked)  # type: ignore[arg-type]
@@ -495,7 +500,7 @@ class ChatUI:
             conv_id.change(self.sidebar, [conv_id], [conv_list], api_visibility="private")
             rename_btn.click(self.rename, [conv_id, title], [conv_list], api_name="rename")
             stop_btn.click(self.stop, [conv_id], None, concurrency_limit=None, api_name="stop")
-            chatbot.like(self.like, [ids], [selected], concurrency_limit=None, api_name="rate").then(
+            chatbot.like(self.like, [ids, conv_id], [selected], concurrency_limit=None, api_name="rate").then(
                 panel.show, [selected], panel.details, concurrency_limit=None, api_visibility="private")
             for rated in panel.rated:
                 rated.then(self.thumbs, [conv_id], [chatbot], api_visibility="private")
