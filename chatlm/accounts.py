@@ -268,24 +268,21 @@ class AccountService:
         if not NAME.fullmatch(username) or username == LOCAL_USER or username.startswith(GUEST_PREFIX):
             raise SignInError("This Hugging Face account name cannot be used here.")
         admin = username.lower() in {a.lower() for a in admins}
-        for attempt in (1, 2):  # two first sign-ins of one user may race to make the row
-            try:
-                with transaction(self.sessions) as s:
-                    user = s.scalar(select(User).where(func.lower(User.name) == username.lower()))
-                    if user is not None and (user.is_guest or user.password_hash):
-                        raise SignInError(f"An account named {username!r} that signs in with a password "
-                                          "exists here; an admin must rename or remove it first.")
-                    if user is None:
-                        user = User(name=username, is_admin=admin)
-                        s.add(user)
-                        s.flush()
-                    elif admin:
-                        user.is_admin = True
-                    return Actor.of(user)
-            except IntegrityError:
-                if attempt == 2:
-                    raise
-        raise AssertionError("unreachable")
+
+        def account(s: Session) -> Actor:
+            user = s.scalar(select(User).where(func.lower(User.name) == username.lower()))
+            if user is not None and (user.is_guest or user.password_hash):
+                raise SignInError(f"An account named {username!r} that signs in with a password "
+                                  "exists here; an admin must rename or remove it first.")
+            if user is None:
+                user = User(name=username, is_admin=admin)
+                s.add(user)
+                s.flush()
+            elif admin:
+                user.is_admin = True
+            return Actor.of(user)
+
+        return self._made_once(account)  # two first sign-ins of one user may race to make the row
 
     def guest(self, token: str | None = None) -> tuple[Actor, str]:
         """The guest identity bound to a browser's random token (a new token when None or not one
@@ -294,19 +291,26 @@ class AccountService:
         if not token or not GUEST_TOKEN.fullmatch(token):
             token = new_guest_token()
         name = GUEST_PREFIX + key_hash(token)[:32]
-        for attempt in (1, 2):  # two first requests of one browser may race to make the row
-            try:
-                with transaction(self.sessions) as s:
-                    user = s.scalar(select(User).where(User.name == name))
-                    if user is None:
-                        user = User(name=name, is_guest=True)
-                        s.add(user)
-                        s.flush()
-                    return Actor.of(user), token
-            except IntegrityError:
-                if attempt == 2:
-                    raise
-        raise AssertionError("unreachable")
+
+        def guest_row(s: Session) -> Actor:
+            user = s.scalar(select(User).where(User.name == name))
+            if user is None:
+                user = User(name=name, is_guest=True)
+                s.add(user)
+                s.flush()
+            return Actor.of(user)
+
+        return self._made_once(guest_row), token  # two first requests of one browser may race
+
+    def _made_once(self, work: Callable[[Session], Actor]) -> Actor:
+        """Run a transaction that finds a user row or makes it on first use; when a concurrent twin
+        made it first (the UNIQUE name fails), run it once more, and it finds that row."""
+        try:
+            with transaction(self.sessions) as s:
+                return work(s)
+        except IntegrityError:
+            with transaction(self.sessions) as s:
+                return work(s)
 
     def adopt_guest(self, token: str, actor: Actor) -> int:
         """Signing in keeps what the browser did as a guest: the guest's conversations, ratings and
