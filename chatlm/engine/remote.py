@@ -34,15 +34,15 @@ class RemoteBackend:
         self.base_url, self.api_key = base_url.rstrip("/"), api_key
         self.client = openai.OpenAI(base_url=base_url, api_key=api_key or "none", max_retries=1)
         try:
-            listed = [m.id for m in self.client.models.list().data]
+            self._refresh()
         except openai.OpenAIError as exc:
             raise ModelLoadError(f"The remote backend at {base_url} did not answer: {exc}") from exc
+        listed = self.remote_models
         if model and model not in listed:
             raise ModelLoadError(f"The remote backend has no model {model!r}; it has {listed}")
         if not listed:
             raise ModelLoadError(f"The remote backend at {base_url} lists no models")
         self.model_id = model or listed[0]
-        self.remote_models = listed
         self.context_window = context_window or DEFAULT_CONTEXT
         self._ids = itertools.count(1)
 
@@ -89,7 +89,8 @@ class RemoteBackend:
             raise AdapterError(f"The engine at {self.base_url} did not answer: {exc}") from exc
 
     def _refresh(self) -> None:
-        self.remote_models = [m.id for m in self.client.models.list().data]
+        """What the engine serves now: its base model and the adapters loaded into it."""
+        self.remote_models: list[str] = [m.id for m in self.client.models.list().data]
 
     def chat(self, messages: ChatMessages, params: SamplingParams, *,
              adapter: str | None = None) -> Generation:
