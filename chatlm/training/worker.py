@@ -241,11 +241,9 @@ USAGE = """usage: python -m chatlm.training.worker RUN_ID | --next | --serve [SE
   --serve  keep claiming queued rounds, polling every SECONDS (default 5): a training host"""
 
 
-def claim(settings: Settings) -> int | None:
+def claim(sessions: sessionmaker[Session]) -> int | None:
     """The id of the oldest queued round, or None."""
-    from chatlm import compose
-
-    with db.transaction(compose.sessions_for(settings)) as s:
+    with db.transaction(sessions) as s:
         run = registry.claim_next(s, pid=os.getpid())
         return run.id if run is not None else None
 
@@ -261,16 +259,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = Settings.from_env()
     if args[0].isdigit():
         return run_round(settings, int(args[0]))
-    if not serving:
-        run_id = claim(settings)
-        return 3 if run_id is None else run_round(settings, run_id)
     import time
 
+    from chatlm import compose
+
+    sessions = compose.sessions_for(settings)  # migrated and opened once, not at every poll
+    if not serving:
+        run_id = claim(sessions)
+        return 3 if run_id is None else run_round(settings, run_id)
     poll = float(args[1]) if len(args) == 2 else 5.0
     log.info("training worker on %s: waiting for queued rounds", registry.HOST)
     while True:  # each round in a process of its own, as a front end would start it
         try:
-            run_id = claim(settings)
+            run_id = claim(sessions)
         except ChatLMError as exc:  # a busy or unreachable database: try again at the next poll
             log.warning("could not claim a round: %s", exc.message)
             run_id = None
@@ -279,9 +280,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             continue
         code = subprocess.run([sys.executable, "-m", "chatlm.training.worker", str(run_id)]).returncode
         log.info("round %d ended with exit code %d", run_id, code)
-        from chatlm import compose
-
-        with db.transaction(compose.sessions_for(settings)) as s:  # it died before saying so itself
+        with db.transaction(sessions) as s:  # it died before saying so itself
             if registry.get_run(s, run_id=run_id).status in registry.RUNNING:
                 registry.fail_run(s, run_id=run_id, error=f"The training process exited with code {code}.")
 
