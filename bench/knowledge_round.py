@@ -31,7 +31,6 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 DEFAULT_SQUAD = ROOT.parent / "shared/data/squad2-dev-sample.json"
-MODEL_CACHE = ROOT / ".pytest_cache" / "chatlm-data"
 RIGHT_F1 = 0.5
 
 
@@ -89,7 +88,7 @@ def main() -> None:
     args = p.parse_args()
 
     import torch
-    from train import follow_round
+    from train import follow_round, scratch_data_dir
 
     from chatlm import compose
     from chatlm.config import Settings
@@ -106,11 +105,7 @@ def main() -> None:
                                        "cuda": torch.cuda.is_available(), "load_avg_start": os.getloadavg()},
                            "train_article": train_article.title, "test_article": test_article.title}
     with tempfile.TemporaryDirectory(prefix="chatlm-bench-knowledge-") as tmp:
-        data_dir = Path(tmp) / "data"
-        (data_dir / "models").mkdir(parents=True)
-        for entry in (MODEL_CACHE / "models").iterdir() if (MODEL_CACHE / "models").is_dir() else ():
-            (data_dir / "models" / entry.name).symlink_to(entry)
-        settings = Settings.from_env(data_dir=data_dir)
+        settings = Settings.from_env(data_dir=scratch_data_dir(Path(tmp)))
         services = compose.build(settings, embedder=QueryCache(get_embedder()), follow_registry=False)
         service = services.chat
         try:

@@ -21,7 +21,9 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-MODEL_CACHE = ROOT / ".pytest_cache" / "chatlm-data"
+sys.path.insert(0, str(ROOT / "bench"))
+
+from train import scratch_data_dir  # noqa: E402
 
 PHASES = """
 import time, json
@@ -38,14 +40,6 @@ t3 = time.perf_counter()
 print(json.dumps({"imports_s": round(t1 - t0, 3), "database_s": round(t2 - t1, 3), "model_s": round(t3 - t2, 3)}))
 backend.close()
 """
-
-
-def data_dir(tmp: Path) -> Path:
-    data = tmp / "data"
-    (data / "models").mkdir(parents=True)
-    for entry in (MODEL_CACHE / "models").iterdir() if (MODEL_CACHE / "models").is_dir() else ():
-        (data / "models" / entry.name).symlink_to(entry)
-    return data
 
 
 def first_token(env: dict[str, str]) -> dict[str, float]:
@@ -67,7 +61,7 @@ def main() -> None:
     args = p.parse_args()
     out: dict[str, Any] = {"load_avg_start": os.getloadavg()}
     with tempfile.TemporaryDirectory(prefix="chatlm-bench-startup-") as tmp:
-        env = {**os.environ, "CHATLM_DATA_DIR": str(data_dir(Path(tmp))), "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "CHATLM_DATA_DIR": str(scratch_data_dir(Path(tmp))), "PYTHONUNBUFFERED": "1"}
         first_token(env)  # a first start: migrations create the database
         runs = [first_token(env) for _ in range(args.runs)]
         out["runs"] = runs
