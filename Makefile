@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test test-fast lint bench clean
+.PHONY: setup run test test-fast lint bench bench-peer clean
 
 setup: $(STAMP)
 
@@ -33,6 +33,18 @@ lint: setup
 
 bench: setup
 	$(BIN)/python bench/serve.py
+
+# The serving benchmark's peer: llama-cpp-python on the same GGUF, in its own virtualenv because it
+# compiles llama.cpp (about 10 minutes on 2 cores), which `make setup` must not wait for.
+PEER := .venv-peer
+bench-peer: setup $(PEER)/.installed
+	$(BIN)/python bench/serve.py --peer llamacpp
+
+$(PEER)/.installed:
+	test -x $(PEER)/bin/python || $(PY) -m venv $(PEER)
+	$(PEER)/bin/pip install --quiet --upgrade pip
+	CMAKE_ARGS="-DGGML_NATIVE=ON" $(PEER)/bin/pip install --quiet "llama-cpp-python==0.3.36"
+	touch $@
 
 clean:
 	rm -rf $(VENV)

