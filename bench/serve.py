@@ -146,12 +146,12 @@ def vm_hwm_bytes(pid: int) -> int | None:
 class Server:
     """``python -m chatlm serve`` in a subprocess on a free port."""
 
-    def __init__(self, data_dir: Path, log_path: Path) -> None:
+    def __init__(self, data_dir: Path, log_path: Path, quantize: str = "auto") -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {k: v for k, v in os.environ.items() if not k.startswith("CHATLM_")}
         env.update(CHATLM_PORT=str(self.port), CHATLM_HOST="127.0.0.1", CHATLM_DEVICE="cpu",
-                   CHATLM_DATA_DIR=str(data_dir), PYTHONUNBUFFERED="1")
+                   CHATLM_DATA_DIR=str(data_dir), CHATLM_QUANTIZE=quantize, PYTHONUNBUFFERED="1")
         self.log_path = log_path
         self._log = log_path.open("wb")
         self.proc = subprocess.Popen([sys.executable, "-m", "chatlm", "serve"], cwd=ROOT, env=env,
@@ -272,10 +272,11 @@ def run_streams(url: str, model: str, n: int, max_tokens: int, offset: int = 0) 
     }
 
 
-def bench_server(data_dir: Path, tmp: Path, streams: int, max_tokens: int) -> dict[str, Any]:
-    log("starting `python -m chatlm serve` ...")
+def bench_server(data_dir: Path, tmp: Path, streams: int, max_tokens: int,
+                 quantize: str) -> dict[str, Any]:
+    log(f"starting `CHATLM_QUANTIZE={quantize} python -m chatlm serve` ...")
     t0 = time.perf_counter()
-    server = Server(data_dir, tmp / "server.log")
+    server = Server(data_dir, tmp / f"server-{quantize}.log", quantize)
     try:
         model = server.wait_ready()
         startup = time.perf_counter() - t0
@@ -322,23 +323,95 @@ def bench_naive(loaded: loader.LoadedModel, max_tokens: int) -> dict[str, Any]:
             "tokens_per_s": round(new / wall, 2)}
 
 
+PEER_PYTHON = ROOT / ".venv-peer" / "bin" / "python"
+PEER_SCRIPT = r"""
+import json, sys, time, llama_cpp
+path, threads, max_tokens, messages = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), json.loads(sys.argv[4])
+llm = llama_cpp.Llama(model_path=path, n_ctx=2048, n_threads=threads, n_threads_batch=threads, verbose=False)
+llm.create_chat_completion(messages=messages, max_tokens=8, temperature=0)
+start = time.perf_counter()
+out = llm.create_chat_completion(messages=messages, max_tokens=max_tokens, temperature=0)
+wall = time.perf_counter() - start
+new = int(out["usage"]["completion_tokens"])
+print(json.dumps({"available": True, "version": llama_cpp.__version__, "threads": threads,
+                  "completion_tokens": new, "wall_s": round(wall, 3), "tokens_per_s": round(new / wall, 2)}))
+"""
+
+
 def bench_llama_cpp(max_tokens: int) -> dict[str, Any]:
-    """One stream through llama-cpp-python on the bundled GGUF, if it is installed."""
+    """One greedy stream through llama-cpp-python (built by ``make bench-peer`` in .venv-peer) on
+    the same GGUF the app dequantises, with as many threads as torch uses here."""
+    if not PEER_PYTHON.is_file():
+        return {"available": False, "why": "run `make bench-peer` to build llama-cpp-python"}
+    out = subprocess.run([str(PEER_PYTHON), "-c", PEER_SCRIPT, str(loader.bundled_gguf()),
+                          str(torch.get_num_threads()), str(max_tokens), json.dumps(prompt_for(0))],
+                         capture_output=True, text=True, timeout=600)
+    if out.returncode != 0:
+        return {"available": False, "why": out.stderr[-2000:]}
+    return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def perplexity(model: Any, ids: torch.Tensor, window: int = 512) -> float:
+    """Perplexity over ``ids`` in non-overlapping windows."""
+    nll, count = 0.0, 0
+    with torch.inference_mode():
+        for start in range(0, len(ids) - 1, window):
+            chunk = ids[start:start + window + 1]
+            if len(chunk) < 2:
+                break
+            logp = torch.log_softmax(model(input_ids=chunk[None, :-1]).logits[0].float(), -1)
+            nll -= float(logp.gather(1, chunk[1:, None]).sum())
+            count += len(chunk) - 1
+    return float(torch.exp(torch.tensor(nll / count)))
+
+
+def greedy_tokens(loaded: loader.LoadedModel, prompts: list[str], max_tokens: int) -> list[list[int]]:
+    """Greedy answers' token ids through the app's scheduler (batched, as served)."""
+    from chatlm.engine.local import LocalBackend
+    from chatlm.engine.params import SamplingParams
+
+    backend = LocalBackend(loaded)
     try:
-        import llama_cpp
-    except ImportError:
-        return {"available": False}
-    llm = llama_cpp.Llama(model_path=str(loader.bundled_gguf()), n_ctx=2048,
-                          n_threads=os.cpu_count() or 1, verbose=False)
-    llm.create_chat_completion(messages=prompt_for(0), max_tokens=8, temperature=0)
-    start = time.perf_counter()
-    out = llm.create_chat_completion(messages=prompt_for(0), max_tokens=max_tokens,
-                                     temperature=0)
-    wall = time.perf_counter() - start
-    new = int(out["usage"]["completion_tokens"])
-    return {"available": True, "version": getattr(llama_cpp, "__version__", None),
-            "completion_tokens": new, "wall_s": round(wall, 3),
-            "tokens_per_s": round(new / wall, 2)}
+        params = SamplingParams(temperature=0, max_new_tokens=max_tokens)
+        gens = [backend.chat([{"role": "user", "content": q}], params) for q in prompts]
+        return [loaded.tokenizer.encode(g.wait(), add_special_tokens=False) for g in gens]
+    finally:
+        backend.close()
+
+
+def bench_quality(loaded: loader.LoadedModel, squad: Path, prompts: int = 50,
+                  max_tokens: int = 32) -> tuple[dict[str, Any], loader.LoadedModel]:
+    """int8 against fp32: perplexity on each shared SQuAD article's text (the calibration text is
+    our own, so neither article was seen by it) and greedy agreement on ``prompts`` questions."""
+    import copy
+
+    from chatlm.engine import quantize
+
+    data = json.loads(squad.read_text(encoding="utf-8"))["data"]
+    int8 = copy.deepcopy(loaded.model)
+    with tempfile.TemporaryDirectory() as cache:
+        quantize.apply(int8, "int8", loaded.tokenizer, cache_dir=Path(cache), key="bench")
+    q = loader.LoadedModel(model=int8, tokenizer=loaded.tokenizer, model_id=loaded.model_id,
+                           path=loaded.path, device="cpu")
+    out: dict[str, Any] = {"perplexity": {}}
+    for article in data:
+        text = "\n\n".join(p["context"] for p in article["paragraphs"])
+        ids = loaded.tokenizer(text, return_tensors="pt")["input_ids"][0]
+        full, small = perplexity(loaded.model, ids), perplexity(int8, ids)
+        out["perplexity"][article["title"]] = {"tokens": len(ids), "fp32": round(full, 3),
+                                               "int8": round(small, 3),
+                                               "change_pct": round(100 * (small / full - 1), 2)}
+        log(f"  perplexity {article['title']}: fp32 {full:.3f}, int8 {small:.3f}")
+    questions = [qa["question"] for a in data for p in a["paragraphs"] for qa in p["qas"]][:prompts]
+    a, b = greedy_tokens(loaded, questions, max_tokens), greedy_tokens(q, questions, max_tokens)
+    prefix = [next((i for i, (x, y) in enumerate(zip(s, t, strict=False)) if x != y), min(len(s), len(t)))
+              for s, t in zip(a, b, strict=True)]
+    out["greedy"] = {"prompts": len(questions), "max_tokens": max_tokens,
+                     "identical_answers": sum(s == t for s, t in zip(a, b, strict=True)),
+                     "first_token_agrees": sum(s[:1] == t[:1] for s, t in zip(a, b, strict=True)),
+                     "tokens_agreeing_before_first_difference": round(sum(prefix) / max(sum(map(len, a)), 1), 3)}
+    log(f"  greedy agreement: {out['greedy']}")
+    return out, q
 
 
 def time_forward(model: Any, batch: int, cache_len: int, steps: int = 12) -> float:
@@ -364,23 +437,24 @@ def time_forward(model: Any, batch: int, cache_len: int, steps: int = 12) -> flo
 
 
 class StepTimer:
-    """Wraps a scheduler's ``_decode_step``, ``_forward`` and ``_prefill``: per decode step its
-    seconds and the model forward's inside it, and each prefill (rows, prompt tokens, seconds).
-    Only calls that start after ``start()`` are recorded."""
+    """Wraps a scheduler's ``_decode_step``, ``_forward`` and ``_prefill_chunk``: per decode step
+    its seconds and the model forward's inside it, and each prefill chunk (rows, prompt columns,
+    seconds). Only calls that start after ``start()`` are recorded."""
 
     def __init__(self, sched: Any) -> None:
         self.steps: list[tuple[float, float]] = []
         self.prefills: list[tuple[int, int, float]] = []
         self.recording = False
         self._forward_s: float | None = None
-        step, forward, prefill = sched._decode_step, sched._forward, sched._prefill
+        step, forward, chunk = sched._decode_step, sched._forward, sched._prefill_chunk
 
-        def timed_prefill(admit: list[tuple[Any, list[int]]]) -> None:
+        def timed_chunk() -> None:
             record, t = self.recording, time.perf_counter()
-            prefill(admit)
+            fill = sched._fill
+            rows, before = len(fill.admit), fill.done
+            chunk()
             if record:
-                self.prefills.append((len(admit), sum(len(p) for _, p in admit),
-                                      time.perf_counter() - t))
+                self.prefills.append((rows, fill.done - before, time.perf_counter() - t))
 
         def timed_step() -> None:
             record, t = self.recording, time.perf_counter()
@@ -398,7 +472,7 @@ class StepTimer:
             return out
 
         sched._decode_step, sched._forward = timed_step, timed_forward
-        sched._prefill = timed_prefill
+        sched._prefill_chunk = timed_chunk
 
     def start(self) -> None:
         self.recording = True
@@ -432,7 +506,7 @@ def bench_scheduler(loaded: loader.LoadedModel, n: int, max_tokens: int) -> dict
             "tokens_per_s": round(total / wall, 2),
             "ttft_p50_s": round(quantile(ttft, 0.5), 3),
             "ttft_p95_s": round(quantile(ttft, 0.95), 3),
-            "prefills": [{"rows": r, "prompt_tokens": t, "ms": round(1000 * sec, 1)}
+            "prefill_chunks": [{"rows": r, "columns": t, "ms": round(1000 * sec, 1)}
                          for r, t, sec in timer.prefills],
             "decode_steps": len(timer.steps), "step_ms": round(step_ms, 2),
             "forward_ms": round(fwd_ms, 2),
@@ -463,10 +537,17 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=None, help="default 256 (64 w/ --quick)")
     parser.add_argument("--streams", type=int, default=8)
     parser.add_argument("--quick", action="store_true", help="64 tokens: a fast smoke run")
+    parser.add_argument("--quantize", default="int8,none",
+                        help="CHATLM_QUANTIZE values to serve, one server run each (the first is reported)")
+    parser.add_argument("--peer", choices=["none", "llamacpp"], default="llamacpp",
+                        help="llamacpp: time llama-cpp-python from .venv-peer (`make bench-peer`) when built")
+    parser.add_argument("--squad", type=Path, default=ROOT.parent / "shared" / "data" / "squad2-dev-sample.json",
+                        help="text for the int8 perplexity and questions for greedy agreement")
     parser.add_argument("--no-profile", action="store_true",
                         help="skip the in-process scheduler/forward breakdown")
     args = parser.parse_args()
     max_tokens = args.max_tokens or (64 if args.quick else 256)
+    modes = [m.strip() for m in args.quantize.split(",") if m.strip()]
     began = time.perf_counter()
     load_start = [round(x, 2) for x in os.getloadavg()]
     with tempfile.TemporaryDirectory(prefix="chatlm-bench-") as tmp_s:
@@ -474,43 +555,60 @@ def main() -> None:
         data_dir = prepare_data_dir(tmp)
         log("loading the model in this process ...")
         loaded = loader.load("bundled", data_dir, "cpu")
-        # naive generate brackets the server run (before it starts and after it stops; never
+        # naive generate brackets the server runs (before they start and after they stop; never
         # at the same time) so a change in the machine's background load shows up
         log("naive model.generate (before the server) ...")
         naive_before = bench_naive(loaded, max_tokens)
         log(f"  {naive_before['tokens_per_s']} tok/s")
-        server = bench_server(data_dir, tmp, args.streams, max_tokens)
+        servers = {mode: bench_server(data_dir, tmp, args.streams, max_tokens, mode) for mode in modes}
     log("naive model.generate (after the server) ...")
     naive_after = bench_naive(loaded, max_tokens)
     log(f"  {naive_after['tokens_per_s']} tok/s")
     naive = {"tokens_per_s": max(naive_before["tokens_per_s"], naive_after["tokens_per_s"]),
              "before_server": naive_before, "after_server": naive_after}
-    profile = None if args.no_profile else bench_profile(loaded, args.streams, max_tokens)
-    del loaded
+    quality, served = None, loaded
+    if args.squad.is_file():
+        log("int8 quality against fp32 ...")
+        quality, int8 = bench_quality(loaded, args.squad)
+        served = int8 if modes and modes[0] == "int8" else loaded
+    profile = None if args.no_profile else bench_profile(served, args.streams, max_tokens)
+    del loaded, served
     log("llama.cpp ...")
-    llama = bench_llama_cpp(max_tokens)
+    llama = bench_llama_cpp(max_tokens) if args.peer == "llamacpp" else {"available": False}
+    log(f"  {llama}")
 
+    server = servers[modes[0]]
     single, multi = server["single"], server["multi"]
     agg1, aggn = single["agg_tokens_per_s"], multi["agg_tokens_per_s"]
     n = args.streams
+    peer = llama["tokens_per_s"] if llama.get("available") else None
     targets = {
         f"agg{n}_ge_4x_single": aggn >= 4 * agg1,
-        f"agg{n}_ge_llama_cpp_single": (aggn >= llama["tokens_per_s"]
-                                         if llama.get("available") else None),
+        f"agg{n}_ge_1.5x_llama_cpp_single": aggn >= 1.5 * peer if peer else None,
         f"ttft_p95_{n}_le_2x_ttft_1": multi["ttft_p95_s"] <= 2 * single["ttft_p50_s"],
         "single_ge_2x_naive_generate": agg1 >= 2 * naive["tokens_per_s"],
         "peak_rss_le_1500mb": server["peak_rss_mb"] <= 1500,
+        "int8_perplexity_within_2pct": (all(abs(v["change_pct"]) <= 2 for v in quality["perplexity"].values())
+                                        if quality else None),
     }
     ratios = {
         f"agg{n}_over_single": round(aggn / agg1, 2),
+        f"agg{n}_over_llama_cpp_single": round(aggn / peer, 2) if peer else None,
+        "single_over_llama_cpp_single": round(agg1 / peer, 2) if peer else None,
         f"ttft_p95_{n}_over_ttft_1": round(multi["ttft_p95_s"] / single["ttft_p50_s"], 2),
         "single_over_naive_generate": round(agg1 / naive["tokens_per_s"], 2),
     }
+    for mode in modes[1:]:  # the A/B of the served weights, in the same run
+        other = servers[mode]
+        ratios[f"single_{modes[0]}_over_{mode}"] = round(agg1 / other["single"]["agg_tokens_per_s"], 2)
+        ratios[f"agg{n}_{modes[0]}_over_{mode}"] = round(aggn / other["multi"]["agg_tokens_per_s"], 2)
     result = {
-        "config": {"max_tokens": max_tokens, "streams": n, "quick": args.quick},
+        "config": {"max_tokens": max_tokens, "streams": n, "quick": args.quick, "quantize": modes},
         "server": server,
+        "servers": servers,
         "naive_generate": naive,
         "llama_cpp": llama,
+        "int8_quality": quality,
         "decode_profile": profile,
         "ratios": ratios,
         "targets": targets,

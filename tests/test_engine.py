@@ -169,3 +169,30 @@ def test_server_side_clamping() -> None:
     assert (p.temperature, p.top_p, p.top_k, p.max_new_tokens) == (2.0, 0.01, 0, 512)
     with pytest.raises(InputError):
         SamplingParams(temperature=3).validate()
+
+
+def test_a_long_prompt_joins_in_chunks_while_the_batch_keeps_decoding(tiny) -> None:
+    """A joining prompt is prefilled a chunk at a time between decoding steps: the running answer
+    gains tokens while it is read, and the chunked answer is the one an unchunked prefill gives."""
+    from chatlm.engine.local import LocalBackend
+
+    long_question = " ".join(f"word{i}" for i in range(60))
+    params = SamplingParams(temperature=0.0, max_new_tokens=12)
+    whole = LocalBackend(tiny)  # 256-token chunks: this prompt in one pass
+    chunked = LocalBackend(tiny)
+    chunked.scheduler.prefill_chunk = 8
+    try:
+        expected = ask(whole, long_question, params).wait()
+        assert len(whole.encode([{"role": "user", "content": long_question}])) > 100
+        running = ask(chunked, "Hello there", SamplingParams(temperature=0.0, max_new_tokens=200))
+        _wait_for(lambda: running.completion_tokens >= 1)
+        before = running.completion_tokens
+        joining = ask(chunked, long_question, params)
+        _wait_for(lambda: joining.first_token_at is not None)
+        during = running.completion_tokens - before
+        assert joining.wait() == expected
+        running.cancel()
+    finally:
+        whole.close()
+        chunked.close()
+    assert during >= 10, f"the running answer gained {during} tokens while a 13-chunk prompt joined"

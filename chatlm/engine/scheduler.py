@@ -1,8 +1,10 @@
 """One generation scheduler per process: continuous batching over a padded batch with a KV cache.
 
-Requests join the running batch between decoding steps (their prompts are prefilled together,
-left-padded, and their caches merged into the batch's) and leave it as soon as they finish, are
-cancelled, or their reader goes away; the freed row and its cache go with them. Every request keeps
+Requests join the running batch between decoding steps and leave it as soon as they finish, are
+cancelled, or their reader goes away; the freed row and its cache go with them. Joining prompts are
+prefilled together, left-padded, in chunks of at most ``prefill_chunk`` tokens, one chunk between
+two decoding steps (so a burst of long prompts delays the running answers by one chunk per token,
+not by the whole burst); when the last chunk is done their caches are merged into the batch's. Every request keeps
 its own sampling parameters and, with peft, its own LoRA adapter inside the shared batch.
 """
 
@@ -97,6 +99,19 @@ class Generation:
 
 
 @dataclass
+class _Fill:
+    """Prompts being prefilled, chunk by chunk, in their own cache until they join the batch."""
+
+    admit: list[tuple[Generation, list[int]]]
+    ids: torch.Tensor
+    mask: torch.Tensor
+    positions: torch.Tensor
+    cache: Any
+    done: int = 0
+    """Columns already run through the model."""
+
+
+@dataclass
 class _Row:
     gen: Generation
     decoder: IncrementalDecoder
@@ -120,6 +135,7 @@ class Scheduler:
         max_batch: int = 8,
         queue_size: int = 32,
         pad_id: int = 0,
+        prefill_chunk: int = 256,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
@@ -128,6 +144,9 @@ class Scheduler:
         self.max_batch = max_batch
         self.queue_size = queue_size
         self.pad_id = pad_id
+        self.prefill_chunk = max(1, prefill_chunk)
+        """Prompt tokens (rows x columns) run between two decoding steps."""
+        self._fill: _Fill | None = None
         self.device = next(model.parameters()).device
         self._pending: deque[tuple[Generation, list[int]]] = deque()
         self._copies: dict[int, CopyConstraint] = {}
@@ -181,7 +200,7 @@ class Scheduler:
         with self._cv:
             if self._stopping:
                 raise ChatLMError("The generation engine is shutting down.")
-            waiting = len(self._pending) - max(0, self.max_batch - len(self._rows))
+            waiting = len(self._pending) - max(0, self.max_batch - self._seated())
             if waiting >= self.queue_size:
                 raise BusyError(
                     f"The server is busy ({len(self._rows)} answers running, "
@@ -208,6 +227,10 @@ class Scheduler:
     def active(self) -> int:
         return len(self._rows)
 
+    def _seated(self) -> int:
+        """Rows decoding plus rows being prefilled: the batch slots in use."""
+        return len(self._rows) + (len(self._fill.admit) if self._fill is not None else 0)
+
     @property
     def waiting(self) -> int:
         return len(self._pending)
@@ -216,7 +239,7 @@ class Scheduler:
     def _loop(self) -> None:
         while True:
             with self._cv:
-                while not (self._stopping or self._pending or self._rows or self._tasks):
+                while not (self._stopping or self._pending or self._rows or self._tasks or self._fill):
                     self._cv.wait()
                 if self._stopping:
                     break
@@ -228,7 +251,7 @@ class Scheduler:
                             gen._finish("cancelled")
                     self._pending = deque(p for p in self._pending if not p[0].cancelled)
                 admit: list[tuple[Generation, list[int]]] = []
-                while self._pending and len(self._rows) + len(admit) < self.max_batch:
+                while self._fill is None and self._pending and self._seated() + len(admit) < self.max_batch:
                     gen, prompt = self._pending.popleft()
                     if gen.cancelled:
                         gen._finish("cancelled")
@@ -243,19 +266,23 @@ class Scheduler:
                 with torch.inference_mode():
                     self._drop_cancelled()
                     if admit:
-                        self._prefill(admit)
+                        self._fill = self._start_fill(admit)
+                    while self._fill is not None:  # nothing decoding: no reason to pause between chunks
+                        self._prefill_chunk()
+                        if self._rows:
+                            break
                     if self._rows:
                         self._decode_step()
             except Exception as exc:
                 log.exception("generation step failed")
                 for row in self._rows:
                     row.gen._finish("error", f"Generation failed: {exc}")
-                for gen, _ in admit:
+                for gen, _ in admit + (self._fill.admit if self._fill is not None else []):
                     gen._finish("error", f"Generation failed: {exc}")
-                self._rows, self._cache, self._mask = [], None, None
+                self._rows, self._cache, self._mask, self._fill = [], None, None, None
         for row in self._rows:
             row.gen._finish("cancelled")
-        for gen, _ in self._pending:
+        for gen, _ in list(self._pending) + (self._fill.admit if self._fill is not None else []):
             gen._finish("cancelled")
 
     def _forward(self, input_ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor,
@@ -269,7 +296,7 @@ class Scheduler:
         )
         return out.logits[:, -1, :], out.cache
 
-    def _prefill(self, admit: list[tuple[Generation, list[int]]]) -> None:
+    def _start_fill(self, admit: list[tuple[Generation, list[int]]]) -> _Fill:
         from transformers import DynamicCache
 
         width = max(len(p) for _, p in admit)
@@ -279,17 +306,34 @@ class Scheduler:
             ids[i, width - len(prompt):] = torch.tensor(prompt)
             mask[i, width - len(prompt):] = 1
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        logits, cache = self._forward(
-            ids.to(self.device), mask.to(self.device), positions.to(self.device),
-            DynamicCache(config=self.model.config), [g.adapter for g, _ in admit],
-        )
+        return _Fill(admit, ids.to(self.device), mask.to(self.device), positions.to(self.device),
+                     DynamicCache(config=self.model.config))
+
+    def _prefill_chunk(self) -> None:
+        """Run the next columns of the prompts being prefilled; after the last, they join."""
+        fill = self._fill
+        assert fill is not None
+        width = fill.ids.shape[1]
+        end = min(width, fill.done + max(1, self.prefill_chunk // len(fill.admit)))
+        logits, fill.cache = self._forward(
+            fill.ids[:, fill.done:end], fill.mask[:, :end], fill.positions[:, fill.done:end],
+            fill.cache, [g.adapter for g, _ in fill.admit])
+        fill.done = end
+        if end < width:
+            return
+        self._fill = None
+        self._prefill(fill.admit, logits, fill.cache, fill.mask)
+
+    def _prefill(self, admit: list[tuple[Generation, list[int]]], logits: torch.Tensor, cache: Any,
+                 mask: torch.Tensor) -> None:
+        """Seat prefilled prompts in the batch and sample their first tokens."""
         new_rows = [
             _Row(gen=g, decoder=IncrementalDecoder(self.tokenizer, prompt_tail=p[-4:]),
                  stops=StopMatcher(g.params.stop), rng=make_generator(g.params),
                  copy=self._copies.pop(g.id, None))
             for g, p in admit
         ]
-        self._merge(new_rows, cache, mask.to(self.device))
+        self._merge(new_rows, cache, mask)
         start = len(self._rows) - len(new_rows)
         self._accept(logits, range(start, len(self._rows)))
 
