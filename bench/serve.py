@@ -370,7 +370,7 @@ def greedy_tokens(loaded: loader.LoadedModel, prompts: list[str], max_tokens: in
     from chatlm.engine.local import LocalBackend
     from chatlm.engine.params import SamplingParams
 
-    backend = LocalBackend(loaded)
+    backend = LocalBackend(loaded, queue_size=len(prompts))
     try:
         params = SamplingParams(temperature=0, max_new_tokens=max_tokens)
         gens = [backend.chat([{"role": "user", "content": q}], params) for q in prompts]

@@ -91,9 +91,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _ask(args: argparse.Namespace) -> int:
+    from chatlm.engine import threads
     from chatlm.engine.params import SamplingParams
     from chatlm.server import make_service
 
+    threads.one_thread_here()  # this thread loads; decoding gets the cores (chatlm.engine.threads)
     service = make_service(Settings.from_env())
     try:
         uid = service.user_id()

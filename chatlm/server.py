@@ -68,7 +68,10 @@ def serve(settings: Settings) -> None:
     """Run the UI and API until interrupted."""
     import uvicorn
 
+    from chatlm.engine import threads
+
     settings.check_exposure()  # before loading anything: no open server by accident
+    threads.one_thread_here()  # this thread loads; decoding gets the cores (chatlm.engine.threads)
     app = build_app(settings)
     print(f"chatlm: serving {app.service.backend.model_id} on http://{settings.host}:{settings.port}",
           flush=True)

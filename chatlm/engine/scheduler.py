@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from chatlm.engine import threads
 from chatlm.engine.copy import CopyConstraint
 from chatlm.engine.decode import IncrementalDecoder, StopMatcher
 from chatlm.engine.params import SamplingParams
@@ -237,6 +238,7 @@ class Scheduler:
 
     # ---- the loop ---------------------------------------------------------------------------
     def _loop(self) -> None:
+        threads.use_all_cores()
         while True:
             with self._cv:
                 while not (self._stopping or self._pending or self._rows or self._tasks or self._fill):
