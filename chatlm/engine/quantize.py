@@ -36,25 +36,35 @@ class Int8Linear(nn.Linear):
     """A linear layer whose weight lives only as int8 with one scale per output channel; the input
     is smoothed, quantised per row, multiplied in int8 and rescaled to float."""
 
-    def __init__(self, linear: nn.Linear, input_max: torch.Tensor | None = None) -> None:
+    def __init__(self, in_features: int, out_features: int, tensors: dict[str, torch.Tensor]) -> None:
         nn.Module.__init__(self)  # no float weight is allocated
-        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.in_features, self.out_features = in_features, out_features
+        self.register_buffer("qweight_t", tensors["qweight_t"])
+        self.register_buffer("scale", tensors["scale"])
+        self.register_buffer("inv_smooth", tensors.get("inv_smooth"))
+        self.register_buffer("qbias", tensors.get("qbias"))
+        # peft and transformers read ``weight`` for its shape, device and dtype only: a one-byte int8
+        # tensor broadcast to the shape (an int dtype, so peft keeps the adapters in float)
+        self.register_buffer("weight", torch.zeros((), dtype=torch.int8).expand(out_features, in_features),
+                             persistent=False)
+        self.bias = None
+
+    @staticmethod
+    def quantise(linear: nn.Linear, input_max: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """The int8 tensors of a float layer, smoothed by its measured input range when given."""
         weight = linear.weight.detach().float()
-        smooth = None
+        out: dict[str, torch.Tensor] = {}
         if input_max is not None:  # x @ W.T == (x / s) @ (W * s).T
             weight_max = weight.abs().amax(dim=0).clamp(min=1e-5)
             smooth = (input_max.float().clamp(min=1e-5) ** ALPHA / weight_max ** (1 - ALPHA)).clamp(min=1e-5)
             weight = weight * smooth
+            out["inv_smooth"] = 1.0 / smooth
         scale = (weight.abs().amax(dim=1) / 127.0).clamp(min=1e-12)
-        self.register_buffer("qweight_t", (weight / scale[:, None]).round().to(torch.int8).t().contiguous())
-        self.register_buffer("scale", scale)
-        self.register_buffer("inv_smooth", None if smooth is None else 1.0 / smooth)
-        self.register_buffer("qbias", None if linear.bias is None else linear.bias.detach().float())
-        # peft and transformers read ``weight`` for its shape, device and dtype only: a one-byte int8
-        # tensor broadcast to the shape (an int dtype, so peft keeps the adapters in float)
-        self.register_buffer("weight", torch.zeros((), dtype=torch.int8).expand(
-            self.out_features, self.in_features), persistent=False)
-        self.bias = None
+        out["qweight_t"] = (weight / scale[:, None]).round().to(torch.int8).t().contiguous()
+        out["scale"] = scale
+        if linear.bias is not None:
+            out["qbias"] = linear.bias.detach().float().clone()
+        return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features).float()
@@ -111,38 +121,50 @@ def measure_inputs(model: Any, tokenizer: Any) -> dict[str, torch.Tensor]:
     return {k: v.cpu() for k, v in seen.items()}
 
 
-def _ranges(model: Any, tokenizer: Any, cache_dir: Path | None, key: str) -> dict[str, torch.Tensor]:
-    """The calibration ranges, measured once per model and kept in ``cache_dir`` (a second start
-    reads them in milliseconds instead of running the calibration text again)."""
+def _int8_tensors(model: Any, tokenizer: Any, cache_dir: Path | None, key: str) -> dict[str, torch.Tensor]:
+    """Every target layer's int8 tensors (``<layer>/<tensor>``), made once per model and kept in
+    ``cache_dir``: a later start reads them and never touches the float weights of those layers
+    (they stay unread in the mmapped checkpoint), so it neither pays the calibration nor holds the
+    float and int8 copies at once (1 GB more at the peak of a first start)."""
     from safetensors.torch import load_file, save_file
 
     path = None
     if cache_dir is not None:
-        path = cache_dir / f"int8-ranges-{hashlib.sha256(key.encode()).hexdigest()[:16]}.safetensors"
+        path = cache_dir / f"int8-{hashlib.sha256(key.encode()).hexdigest()[:16]}.safetensors"
         if path.is_file():
             try:
-                return load_file(str(path))
-            except (OSError, ValueError):
-                log.warning("unreadable %s: measuring again", path)
+                kept = load_file(str(path))
+                if all(tuple(kept[f"{name}/qweight_t"].shape) == (m.in_features, m.out_features)
+                       for name in _targets(model) if (m := model.get_submodule(name)) is not None):
+                    return kept
+                log.warning("%s is for another model: quantising again", path)
+            except (OSError, ValueError, KeyError):
+                log.warning("unreadable %s: quantising again", path)
     ranges = measure_inputs(model, tokenizer)
+    tensors: dict[str, torch.Tensor] = {}
+    for name in _targets(model):
+        for part, value in Int8Linear.quantise(model.get_submodule(name), ranges.get(name)).items():
+            tensors[f"{name}/{part}"] = value
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-        save_file(ranges, str(tmp))
-        tmp.replace(path)
-    return ranges
+        save_file(tensors, str(tmp))
+        tmp.replace(path)  # atomic: a crash never leaves half a file to load
+    return tensors
 
 
 def apply(model: Any, mode: str, tokenizer: Any, *, cache_dir: Path | None = None, key: str = "") -> int:
     """Replace the model's linear layers in place when ``mode`` is int8; return how many."""
     if mode != "int8":
         return 0
-    ranges = _ranges(model, tokenizer, cache_dir, key or str(getattr(model.config, "_name_or_path", "")))
+    tensors = _int8_tensors(model, tokenizer, cache_dir, key or str(getattr(model.config, "_name_or_path", "")))
     names = _targets(model)
     for name in names:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, Int8Linear(getattr(parent, child), ranges.get(name)))
+        old = getattr(parent, child)
+        mine = {part: t for k, t in tensors.items() if (part := k.removeprefix(f"{name}/")) != k}
+        setattr(parent, child, Int8Linear(old.in_features, old.out_features, mine))
     if getattr(model.config, "tie_word_embeddings", False):  # the head now has its own int8 copy
         model.config.tie_word_embeddings = False
     for param in model.parameters():  # what is left (the embedding, the norms) may be a view of the
