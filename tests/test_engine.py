@@ -196,3 +196,29 @@ def test_a_long_prompt_joins_in_chunks_while_the_batch_keeps_decoding(tiny) -> N
         whole.close()
         chunked.close()
     assert during >= 10, f"the running answer gained {during} tokens while a 13-chunk prompt joined"
+
+
+def test_a_shared_system_prompt_is_prefilled_once_and_answers_do_not_change(bundled) -> None:
+    """The second chat with the same system prompt reuses its cached KV; what it answers is what a
+    server that never saw the first chat answers (the real model: a tiny random one barely reads
+    positions, so it would not notice a prefix at the wrong place)."""
+    from chatlm.engine.local import LocalBackend
+
+    system = {"role": "system", "content": "You answer briefly and politely, in plain words, for a "
+                                           "reader who is new to the subject."}
+    first = [system, {"role": "user", "content": "What is rain?"}]
+    second = [system, {"role": "user", "content": "Why do birds sing in the morning?"}]
+    params = SamplingParams(temperature=0.0, max_new_tokens=24)
+    fresh, warm = LocalBackend(bundled), LocalBackend(bundled)
+    try:
+        expected = fresh.chat(second, params).wait()
+        assert fresh.scheduler.prefix_tokens_reused == 0
+        warm.chat(first, params).wait()
+        assert warm.chat(second, params).wait() == expected
+        shared = len(warm.encode([system]))
+        assert warm.scheduler.prefix_tokens_reused >= shared - 2  # the system turn, not re-read
+        together = [warm.chat(m, params) for m in (first, second)]
+        assert together[1].wait() == expected
+    finally:
+        fresh.close()
+        warm.close()

@@ -69,6 +69,7 @@ class LocalBackend:
             model = adapters.attach(self.scheduler.model, path, name)
             self.scheduler.model = model
             self.scheduler.per_row_adapters = True
+            self.scheduler.forget_prefixes()  # a reloaded adapter makes its cached prefixes stale
 
         self.scheduler.call(swap)
         self._adapters[name] = path

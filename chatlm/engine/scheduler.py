@@ -4,7 +4,9 @@ Requests join the running batch between decoding steps and leave it as soon as t
 cancelled, or their reader goes away; the freed row and its cache go with them. Joining prompts are
 prefilled together, left-padded, in chunks of at most ``prefill_chunk`` tokens, one chunk between
 two decoding steps (so a burst of long prompts delays the running answers by one chunk per token,
-not by the whole burst); when the last chunk is done their caches are merged into the batch's. Every request keeps
+not by the whole burst); when the last chunk is done their caches are merged into the batch's.
+A prompt prefix that two fills in a row share (the chat template's system prompt, or the history
+that a conversation's next turn repeats) is kept as a KV cache and not run through the model again. Every request keeps
 its own sampling parameters and, with peft, its own LoRA adapter inside the shared batch.
 """
 
@@ -15,7 +17,7 @@ import logging
 import queue
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -32,7 +34,14 @@ from chatlm.errors import BusyError, ChatLMError, InputError
 
 log = logging.getLogger(__name__)
 BASE_ADAPTER = "__base__"
+MIN_PREFIX = 16
+"""Shared prompt tokens worth caching (fewer cost more bookkeeping than they save)."""
+MAX_PREFIX = 4096
+MAX_PREFIXES = 8
+"""Cached prefixes kept (least recently used dropped first): a few MB each for a small model."""
 _DONE = object()
+_KV = list[tuple[torch.Tensor, torch.Tensor]]
+"""Per layer, the (keys, values) of one cached row."""
 
 
 @dataclass
@@ -108,8 +117,10 @@ class _Fill:
     mask: torch.Tensor
     positions: torch.Tensor
     cache: Any
+    offset: int = 0
+    """Columns of a cached shared prefix the cache starts with (``mask`` covers them, ``ids`` not)."""
     done: int = 0
-    """Columns already run through the model."""
+    """Columns of ``ids`` already run through the model."""
 
 
 @dataclass
@@ -148,6 +159,11 @@ class Scheduler:
         self.prefill_chunk = max(1, prefill_chunk)
         """Prompt tokens (rows x columns) run between two decoding steps."""
         self._fill: _Fill | None = None
+        self._prefixes: OrderedDict[tuple[str | None, tuple[int, ...]], _KV] = OrderedDict()
+        """Cached prompt prefixes by (adapter, tokens): per layer (keys, values) of one row, newest last."""
+        self._last_prompt: tuple[str | None, list[int]] | None = None
+        self.prefix_tokens_reused = 0
+        """Prompt tokens that a cached prefix saved from being prefilled (for tests and benchmarks)."""
         self.device = next(model.parameters()).device
         self._pending: deque[tuple[Generation, list[int]]] = deque()
         self._copies: dict[int, CopyConstraint] = {}
@@ -224,6 +240,12 @@ class Scheduler:
         self.start()
         return future.result(timeout=timeout)
 
+    def forget_prefixes(self) -> None:
+        """Drop the cached prefixes (an adapter's weights changed: its prefixes are stale).
+        Call on the scheduler thread (``call``)."""
+        self._prefixes.clear()
+        self._last_prompt = None
+
     @property
     def active(self) -> int:
         return len(self._rows)
@@ -299,17 +321,59 @@ class Scheduler:
         return out.logits[:, -1, :], out.cache
 
     def _start_fill(self, admit: list[tuple[Generation, list[int]]]) -> _Fill:
-        from transformers import DynamicCache
-
-        width = max(len(p) for _, p in admit)
+        prefix = self._shared_prefix(admit)
+        cache = _new_cache(self.model)
+        offset = 0
+        if prefix is not None:
+            offset = prefix[0][0].shape[2]
+            for layer, (keys, values) in enumerate(prefix):
+                cache.update(keys.expand(len(admit), -1, -1, -1), values.expand(len(admit), -1, -1, -1), layer)
+            self.prefix_tokens_reused += offset * len(admit)
+        rests = [p[offset:] for _, p in admit]
+        width = max(len(r) for r in rests)
         ids = torch.full((len(admit), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(admit), width), dtype=torch.long)
-        for i, (_, prompt) in enumerate(admit):
-            ids[i, width - len(prompt):] = torch.tensor(prompt)
-            mask[i, width - len(prompt):] = 1
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        mask = torch.zeros((len(admit), offset + width), dtype=torch.long)
+        mask[:, :offset] = 1
+        for i, rest in enumerate(rests):
+            ids[i, width - len(rest):] = torch.tensor(rest)
+            mask[i, offset + width - len(rest):] = 1
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, offset:]
         return _Fill(admit, ids.to(self.device), mask.to(self.device), positions.to(self.device),
-                     DynamicCache(config=self.model.config))
+                     cache, offset=offset)
+
+    def _shared_prefix(self, admit: list[tuple[Generation, list[int]]]) -> _KV | None:
+        """The cached KV of the longest prefix every admitted prompt starts with (all under one
+        adapter), made now when these prompts share at least ``MIN_PREFIX`` tokens with each other
+        or with the previous fill's prompt; None when there is none."""
+        adapters = {g.adapter for g, _ in admit}
+        if len(adapters) != 1:
+            return None
+        adapter = adapters.pop()
+        prompts = [p for _, p in admit]
+        room = min(len(p) for p in prompts) - 1  # the last token of each prompt must run: its logits
+        best: tuple[int, ...] | None = None
+        for key_adapter, tokens in self._prefixes:
+            if key_adapter == adapter and len(tokens) <= room and (best is None or len(tokens) > len(best)) \
+                    and all(tuple(p[:len(tokens)]) == tokens for p in prompts):
+                best = tokens
+        others = prompts[1:] if len(prompts) > 1 else (
+            [self._last_prompt[1]] if self._last_prompt and self._last_prompt[0] == adapter else [])
+        self._last_prompt = (adapter, prompts[0])
+        common = min((_common_length(prompts[0], o) for o in others), default=0)
+        common = min(common, room, MAX_PREFIX)
+        if common >= MIN_PREFIX and (best is None or common > len(best) + MIN_PREFIX):
+            tokens = tuple(prompts[0][:common])
+            ids = torch.tensor([tokens], device=self.device)
+            _, cache = self._forward(ids, torch.ones_like(ids), torch.arange(common, device=self.device)[None],
+                                     _new_cache(self.model), [adapter])
+            self._prefixes[(adapter, tokens)] = [(layer.keys, layer.values) for layer in cache.layers]
+            while len(self._prefixes) > MAX_PREFIXES:
+                self._prefixes.popitem(last=False)
+            best = tokens
+        if best is None:
+            return None
+        self._prefixes.move_to_end((adapter, best))
+        return self._prefixes[(adapter, best)]
 
     def _prefill_chunk(self) -> None:
         """Run the next columns of the prompts being prefilled; after the last, they join."""
@@ -318,7 +382,7 @@ class Scheduler:
         width = fill.ids.shape[1]
         end = min(width, fill.done + max(1, self.prefill_chunk // len(fill.admit)))
         logits, fill.cache = self._forward(
-            fill.ids[:, fill.done:end], fill.mask[:, :end], fill.positions[:, fill.done:end],
+            fill.ids[:, fill.done:end], fill.mask[:, :fill.offset + end], fill.positions[:, fill.done:end],
             fill.cache, [g.adapter for g, _ in fill.admit])
         fill.done = end
         if end < width:
@@ -423,6 +487,21 @@ class Scheduler:
         for layer in self._cache.layers:
             layer.keys = layer.keys.index_select(0, index)[:, :, lead:, :]
             layer.values = layer.values.index_select(0, index)[:, :, lead:, :]
+
+
+def _common_length(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def _new_cache(model: Any) -> Any:
+    from transformers import DynamicCache
+
+    return DynamicCache(config=model.config)
 
 
 def _constrain(logits: torch.Tensor, rows: list[_Row]) -> torch.Tensor:
