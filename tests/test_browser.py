@@ -84,6 +84,25 @@ def assert_france_shown_and_liked(page, answer: Message) -> None:
 
 
 # ---- tests -------------------------------------------------------------------------------------
+def test_a_first_visit_is_welcomed_and_an_example_prompt_is_sent_in_one_click(page, server):
+    from chatlm.ui.chat import EXAMPLES
+
+    open_app(page, server)
+    chat = page.locator("#chatbot")
+    welcome = chat.get_by_text("Welcome to chatlm")
+    welcome.wait_for()
+    assert "teach the next version" in chat.inner_text()  # what rating is for, before any answer
+    settings(page, temperature=0, max_new=16)
+    chat.get_by_text(EXAMPLES[0]).click()
+    answer = wait_answer(page, server, 1)
+    assert user_texts(page) == [EXAMPLES[0]]
+    assert [m.content for m in all_messages(server) if m.role == "user"] == [EXAMPLES[0]]
+    assert answer.content and welcome.count() == 0
+    page.click("#new-chat")
+    welcome.wait_for()  # an empty chat welcomes again
+    assert page.locator(BOT).count() == 0
+
+
 def test_answer_streams_is_rated_and_survives_a_reload(page, server):
     open_app(page, server)
     settings(page, temperature=0, max_new=40)

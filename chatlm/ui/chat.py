@@ -34,6 +34,18 @@ NOTHING = (gr.update(),) * 6
 """The outputs of ``follow`` left as they are."""
 
 
+WELCOME = (
+    "### Welcome to chatlm\n"
+    "Ask anything, or load a text under **Knowledge** below and ask about it: answers about a text "
+    "quote it and show their sources.\n\n"
+    "Rate answers with 👍 / 👎 (and, if you like, write a better one): your ratings teach the next "
+    "version of this model in the **Training** tab.")
+EXAMPLES = (
+    "Explain how a rainbow forms, in three sentences.",
+    "Write a short, friendly note declining a meeting invitation.",
+    "Give me five ideas for a rainy Sunday at home.",
+)
+"""Prompts offered on an empty chat; clicking one sends it."""
 NO_STORAGE = ("⚠️ **This Space has no persistent storage**: conversations, ratings, loaded texts and "
               "trained adapters are lost when it restarts. Its owner can add storage in the Space's "
               "settings (Persistent storage), which keeps them in `/data`.")
@@ -428,7 +440,8 @@ class ChatUI:
                                        elem_id="exclude")
             with gr.Tab("Chat", elem_id="chat-tab"):
                 chatbot = gr.Chatbot(height=520, label="chatlm", elem_id="chatbot", editable="user",
-                                     feedback_options=("Like", "Dislike"), buttons=["copy"])
+                                     feedback_options=("Like", "Dislike"), buttons=["copy"],
+                                     placeholder=WELCOME, examples=[{"text": t} for t in EXAMPLES])
                 with gr.Row():
                     prev_btn = gr.Button("‹", size="sm", scale=0, min_width=40, elem_id="prev-answer")
                     pager = gr.Markdown(elem_id="pager")
@@ -488,6 +501,8 @@ class ChatUI:
                 conv_list.input(self.open, [conv_list], view, api_name="open"),
                 delete_btn.click(self.delete, [conv_id], view, api_name="delete"),
                 gr.on([send_btn.click, box.submit], self.submit, asked, started, **quick),
+                chatbot.example_select(_example_text, None, [box], **quick).then(self.submit, asked, started,
+                                                                                   **quick),
                 gr.on([retry_btn.click, chatbot.retry], self.retry_start,
                       [conv_id, temperature, top_p, max_new], started, **quick),
                 chatbot.edit(self.edit, [conv_id, ids, temperature, top_p, max_new], started, **quick),
@@ -529,3 +544,9 @@ def _shown_text(content: str, status: str) -> str:
     if status == "interrupted":
         return content + " … (interrupted: the server stopped while answering)"
     return content
+
+
+def _example_text(event: gr.SelectData) -> str:
+    """The text of the example prompt a visitor clicked on an empty chat (sent next)."""
+    value = event.value if isinstance(event.value, dict) else {}
+    return str(value.get("text", ""))
