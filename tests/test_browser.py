@@ -84,6 +84,18 @@ def assert_france_shown_and_liked(page, answer: Message) -> None:
 
 
 # ---- tests -------------------------------------------------------------------------------------
+def test_an_answer_cut_at_the_token_limit_says_so(page, server):
+    open_app(page, server)
+    settings(page, temperature=0, max_new=6)
+    answer = send(page, server, "Tell me a long story about a lighthouse keeper.")
+    assert answer.content
+    notice = page.locator("#notice")
+    wait_for(lambda: "cut at the limit of 6 new tokens" in notice.inner_text(), "the token-limit notice")
+    settings(page, max_new=40)
+    send(page, server, FRANCE)
+    wait_for(lambda: "cut at the limit" not in notice.inner_text(), "the notice to go with a whole answer")
+
+
 def test_a_first_visit_is_welcomed_and_an_example_prompt_is_sent_in_one_click(page, server):
     from chatlm.ui.chat import EXAMPLES
 

@@ -60,6 +60,10 @@ class Pump:
             return f"The answer failed: {gen.error}"
         if gen.finish_reason == "cancelled":
             return (notice + " " if notice else "") + "Stopped; the partial answer was kept."
+        if gen.finish_reason == "length":
+            return (notice + " " if notice else "") + (
+                f"The answer was cut at the limit of {gen.params.max_new_tokens} new tokens: raise "
+                "*Maximum new tokens* under Generation settings and press Retry for a longer one.")
         return notice
 
 
