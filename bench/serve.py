@@ -146,11 +146,11 @@ def vm_hwm_bytes(pid: int) -> int | None:
 class Server:
     """``python -m chatlm serve`` in a subprocess on a free port."""
 
-    def __init__(self, data_dir: Path, log_path: Path, quantize: str = "auto") -> None:
+    def __init__(self, data_dir: Path, log_path: Path, quantize: str = "auto", device: str = "cpu") -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {k: v for k, v in os.environ.items() if not k.startswith("CHATLM_")}
-        env.update(CHATLM_PORT=str(self.port), CHATLM_HOST="127.0.0.1", CHATLM_DEVICE="cpu",
+        env.update(CHATLM_PORT=str(self.port), CHATLM_HOST="127.0.0.1", CHATLM_DEVICE=device,
                    CHATLM_DATA_DIR=str(data_dir), CHATLM_QUANTIZE=quantize, PYTHONUNBUFFERED="1")
         self.log_path = log_path
         self._log = log_path.open("wb")
@@ -273,10 +273,10 @@ def run_streams(url: str, model: str, n: int, max_tokens: int, offset: int = 0) 
 
 
 def bench_server(data_dir: Path, tmp: Path, streams: int, max_tokens: int,
-                 quantize: str) -> dict[str, Any]:
+                 quantize: str, device: str = "cpu") -> dict[str, Any]:
     log(f"starting `CHATLM_QUANTIZE={quantize} python -m chatlm serve` ...")
     t0 = time.perf_counter()
-    server = Server(data_dir, tmp / f"server-{quantize}.log", quantize)
+    server = Server(data_dir, tmp / f"server-{quantize}.log", quantize, device)
     try:
         model = server.wait_ready()
         startup = time.perf_counter() - t0
@@ -309,7 +309,7 @@ def chat_ids(tokenizer: Any, i: int) -> list[int]:
 def bench_naive(loaded: loader.LoadedModel, max_tokens: int) -> dict[str, Any]:
     """Plain sequential ``model.generate``, greedy, on the single-stream prompt."""
     model, tok = loaded.model, loaded.tokenizer
-    ids = torch.tensor([chat_ids(tok, 0)])
+    ids = torch.tensor([chat_ids(tok, 0)], device=model.device)
     mask = torch.ones_like(ids)
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     kwargs = {"attention_mask": mask, "do_sample": False, "pad_token_id": pad}
@@ -428,7 +428,7 @@ def time_forward(model: Any, batch: int, cache_len: int, steps: int = 12) -> flo
     called exactly like the scheduler calls it."""
     from transformers import DynamicCache
 
-    ids = torch.randint(100, 1000, (batch, cache_len))
+    ids = torch.randint(100, 1000, (batch, cache_len), device=model.device)
     mask = torch.ones_like(ids)
     with torch.inference_mode():
         out = model(input_ids=ids, attention_mask=mask, position_ids=mask.cumsum(-1) - 1,
@@ -546,8 +546,11 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=None, help="default 256 (64 w/ --quick)")
     parser.add_argument("--streams", type=int, default=8)
     parser.add_argument("--quick", action="store_true", help="64 tokens: a fast smoke run")
-    parser.add_argument("--quantize", default="int8,none",
-                        help="CHATLM_QUANTIZE values to serve, one server run each (the first is reported)")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                        help="cuda: the same benchmark on a GPU in bf16 (int8 is CPU-only: --quantize none)")
+    parser.add_argument("--quantize", default=None,
+                        help="CHATLM_QUANTIZE values to serve, one server run each, the first reported "
+                             "(default int8,none on the CPU, none on CUDA)")
     parser.add_argument("--peer", choices=["none", "llamacpp"], default="llamacpp",
                         help="llamacpp: time llama-cpp-python from .venv-peer (`make bench-peer`) when built")
     parser.add_argument("--squad", type=Path, default=ROOT.parent / "shared" / "data" / "squad2-dev-sample.json",
@@ -556,32 +559,36 @@ def main() -> None:
                         help="skip the in-process scheduler/forward breakdown")
     args = parser.parse_args()
     max_tokens = args.max_tokens or (64 if args.quick else 256)
-    modes = [m.strip() for m in args.quantize.split(",") if m.strip()]
+    modes = [m.strip() for m in (args.quantize or ("int8,none" if args.device == "cpu" else "none")).split(",")
+             if m.strip()]
     began = time.perf_counter()
     load_start = [round(x, 2) for x in os.getloadavg()]
     with tempfile.TemporaryDirectory(prefix="chatlm-bench-") as tmp_s:
         tmp = Path(tmp_s)
         data_dir = prepare_data_dir(tmp)
         log("loading the model in this process ...")
-        loaded = loader.load("bundled", data_dir, "cpu")
+        loaded = loader.load("bundled", data_dir, args.device)
         # naive generate brackets the server runs (before they start and after they stop; never
         # at the same time) so a change in the machine's background load shows up
         log("naive model.generate (before the server) ...")
         naive_before = bench_naive(loaded, max_tokens)
         log(f"  {naive_before['tokens_per_s']} tok/s")
-        int8, int8_first_start_s = first_start_int8(loaded, data_dir)
-        log(f"int8 copy made (first start only) in {int8_first_start_s:.1f} s")
-        servers = {mode: bench_server(data_dir, tmp, args.streams, max_tokens, mode) for mode in modes}
+        int8, int8_first_start_s = None, None
+        if "int8" in modes:
+            int8, int8_first_start_s = first_start_int8(loaded, data_dir)
+            log(f"int8 copy made (first start only) in {int8_first_start_s:.1f} s")
+        servers = {mode: bench_server(data_dir, tmp, args.streams, max_tokens, mode, args.device)
+                   for mode in modes}
     log("naive model.generate (after the server) ...")
     naive_after = bench_naive(loaded, max_tokens)
     log(f"  {naive_after['tokens_per_s']} tok/s")
     naive = {"tokens_per_s": max(naive_before["tokens_per_s"], naive_after["tokens_per_s"]),
              "before_server": naive_before, "after_server": naive_after}
     quality = None
-    if args.squad.is_file():
+    if int8 is not None and args.squad.is_file():
         log("int8 quality against fp32 ...")
         quality = bench_quality(loaded, int8, args.squad)
-    served = int8 if modes and modes[0] == "int8" else loaded
+    served = int8 if int8 is not None and modes[0] == "int8" else loaded
     profile = None if args.no_profile else bench_profile(served, args.streams, max_tokens)
     del loaded, served, int8
     log("llama.cpp ...")
@@ -614,13 +621,14 @@ def main() -> None:
         ratios[f"single_{modes[0]}_over_{mode}"] = round(agg1 / other["single"]["agg_tokens_per_s"], 2)
         ratios[f"agg{n}_{modes[0]}_over_{mode}"] = round(aggn / other["multi"]["agg_tokens_per_s"], 2)
     result = {
-        "config": {"max_tokens": max_tokens, "streams": n, "quick": args.quick, "quantize": modes},
+        "config": {"max_tokens": max_tokens, "streams": n, "quick": args.quick, "quantize": modes,
+                   "device": args.device},
         "server": server,
         "servers": servers,
         "naive_generate": naive,
         "llama_cpp": llama,
         "int8_quality": quality,
-        "int8_first_start_s": round(int8_first_start_s, 1),
+        "int8_first_start_s": None if int8_first_start_s is None else round(int8_first_start_s, 1),
         "decode_profile": profile,
         "ratios": ratios,
         "targets": targets,
