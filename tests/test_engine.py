@@ -198,6 +198,48 @@ def test_a_long_prompt_joins_in_chunks_while_the_batch_keeps_decoding(tiny) -> N
     assert during >= 10, f"the running answer gained {during} tokens while a 13-chunk prompt joined"
 
 
+def test_a_long_prompt_shows_how_far_it_is_read_and_stop_ends_it_while_reading(tiny) -> None:
+    """A prompt read alone in chunks counts its tokens read (what a page shows as progress), and
+    Stop during the reading ends it before the rest is read."""
+    from chatlm.engine.local import LocalBackend
+
+    backend = LocalBackend(tiny)
+    backend.scheduler.prefill_chunk = 8
+    seen: list[int] = []
+    question = " ".join(f"word{i}" for i in range(60))
+    chunk = backend.scheduler._prefill_chunk
+
+    def watched() -> None:
+        chunk()
+        seen.append(gen.prefilled)
+
+    backend.scheduler._prefill_chunk = watched  # type: ignore[method-assign]
+    try:
+        gen = ask(backend, question, SamplingParams(temperature=0.0, max_new_tokens=4))
+        gen.wait()
+        total = gen.prompt_tokens
+        assert seen[-1] == total > 100
+        assert seen == sorted(seen) and len(set(seen)) >= 10 and seen[0] < total // 4
+
+        seen.clear()
+        slow = backend.scheduler._prefill_chunk
+
+        def slowed() -> None:
+            slow()
+            time.sleep(0.05)
+
+        backend.scheduler._prefill_chunk = slowed  # type: ignore[method-assign]
+        other = " ".join(f"term{i}" for i in range(60))  # not the cached prefix of the same prompt
+        gen = ask(backend, other, SamplingParams(temperature=0.0, max_new_tokens=4))
+        _wait_for(lambda: len(seen) >= 2)
+        gen.cancel()
+        gen.wait()
+        assert gen.finish_reason == "cancelled" and gen.completion_tokens == 0
+        assert gen.prefilled < gen.prompt_tokens
+    finally:
+        backend.close()
+
+
 def test_a_shared_system_prompt_is_prefilled_once_and_answers_do_not_change(bundled) -> None:
     """The second chat with the same system prompt reuses its cached KV; what it answers is what a
     server that never saw the first chat answers (the real model: a tiny random one barely reads

@@ -270,3 +270,26 @@ def test_a_later_message_refused_as_busy_is_kept_and_retry_answers_it(scripted):
     [conv] = service.conversations(service.user_id())
     history = [(m.role, m.content) for m, _ in service.history(service.user_id(), conv.id)]
     assert history == chat_texts(chat)  # the shown branch is the stored one, answered
+
+
+def test_a_long_message_says_how_far_it_is_read_and_stop_with_nothing_running_says_so(scripted):
+    """A message of tens of thousands of characters takes the model a while to read: the notice
+    says so, with the tokens read so far, before any answer text; Stop with nothing being written
+    answers that there is nothing to stop."""
+    from chatlm.ui.chat import NOTHING_TO_STOP
+
+    server, backend, client = scripted()
+    backend.hold.clear()  # the answer waits, as a long prompt being read does
+    long_text = "Please summarise this. " + "The quick brown fox jumps over the lazy dog. " * 280
+    job = client.submit(text=long_text, api_name="/send")
+    wait = time.monotonic() + 30
+    while not job.outputs() and time.monotonic() < wait:
+        time.sleep(0.02)
+    notice = value(job.outputs()[0][2])
+    assert "It is long" in notice and "of 3," in notice and "tokens read" in notice, notice
+    backend.hold.set()
+    chat, *_ = job.result(timeout=30)
+    assert chat_texts(chat)[-1] == ("assistant", "Fine, thanks.")
+    [conv] = server.app.service.conversations(server.app.service.user_id())
+    assert client.predict(conv.id, api_name="/stop") == NOTHING_TO_STOP
+    assert client.predict(None, api_name="/stop") == NOTHING_TO_STOP

@@ -60,6 +60,8 @@ class Generation:
     submitted_at: float = field(default_factory=time.perf_counter)
     first_token_at: float | None = None
     finished_at: float | None = None
+    prefilled: int = 0
+    """Prompt tokens read so far (a long prompt is read in chunks: a page shows how far)."""
     _events: queue.Queue[object] = field(default_factory=queue.Queue, repr=False)
     _cancel: threading.Event = field(default_factory=threading.Event, repr=False)
 
@@ -379,12 +381,19 @@ class Scheduler:
         """Run the next columns of the prompts being prefilled; after the last, they join."""
         fill = self._fill
         assert fill is not None
+        if all(g.cancelled for g, _ in fill.admit):  # Stop while a long prompt is read: no waiting for it
+            for g, _ in fill.admit:
+                g._finish("cancelled")
+            self._fill = None
+            return
         width = fill.ids.shape[1]
         end = min(width, fill.done + max(1, self.prefill_chunk // len(fill.admit)))
         logits, fill.cache = self._forward(
             fill.ids[:, fill.done:end], fill.mask[:, :fill.offset + end], fill.positions[:, fill.done:end],
             fill.cache, [g.adapter for g, _ in fill.admit])
         fill.done = end
+        for g, p in fill.admit:  # a row's prompt starts at column width - (its length past the prefix)
+            g.prefilled = fill.offset + max(0, end - (width - (len(p) - fill.offset)))
         if end < width:
             return
         self._fill = None

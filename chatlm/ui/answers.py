@@ -29,6 +29,8 @@ STORING = 4
 """Turns stored at once (a few milliseconds each): a crowd of senders must not take every pooled
 database connection (``send`` used to hold two at once, and 15 senders then waited on each other
 until the pool timed out)."""
+LONG_PROMPT = 1000
+"""Prompt tokens from which a page says how far the model has read (seconds on a CPU)."""
 
 
 class Pump:
@@ -151,6 +153,12 @@ class Answers:
         place = min(pump.place, self.waiting())
         if place:
             return f"Your message is saved; the answer waits for a free slot (number {place} in line)."
+        gen = getattr(pump.reply, "generation", None)
+        total = int(getattr(gen, "prompt_tokens", 0) or 0)
+        if total >= LONG_PROMPT:
+            read = int(getattr(gen, "prefilled", 0) or 0)
+            return (f"Your message is saved. It is long: the model reads it (with the conversation "
+                    f"before it) before answering, {read:,} of {total:,} tokens read…")
         return "Your message is saved; the answer is starting…"
 
     def page(self, session: str | None, conv_id: int | None = None) -> Page:
