@@ -28,7 +28,7 @@ PHASES = {"prefill": 0.2, "streaming": 0.45, "commit": 0.35}
 IN_FLIGHT = ("pending", "streaming")
 """Statuses of an answer still streaming (the service's in-progress name is ``pending``)."""
 KEPT = ("interrupted", "stopped")
-SUFFIXES = (" ⏹", " ⚠", " … (interrupted")
+SUFFIXES = (" *(stopped)*", " *(the answer failed", " … *(interrupted")
 """What the UI appends to a stopped, failed or interrupted answer."""
 SEED = """
 import sys

@@ -38,7 +38,7 @@ def build_app(settings: Settings, backend: Any = None) -> App:
     from fastapi import FastAPI
 
     from chatlm.api.openai import OpenAIRoutes
-    from chatlm.ui import signin
+    from chatlm.ui import page, signin
     from chatlm.ui.chat import ChatUI
     from chatlm.ui.who import Who
 
@@ -60,7 +60,7 @@ def build_app(settings: Settings, backend: Any = None) -> App:
     # copied by Gradio, whatever a request names; uploads are checked in chatlm.ui.uploads.
     blocked = [str(settings.data_dir.resolve()), str(REPO)]
     asgi = gr.mount_gradio_app(api, blocks, path="", server_name=settings.host,
-                               server_port=settings.port, blocked_paths=blocked)
+                               server_port=settings.port, blocked_paths=blocked, css=page.CSS, js=page.JS)
     return App(settings=settings, service=service, identity=identity, asgi=asgi)
 
 

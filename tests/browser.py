@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest
 
+from chatlm.ui.chat import MARKS
+
 CHROMIUM = shutil.which("chromium")
 TIMEOUT = 90.0
 """Seconds to wait for an answer; the CPU may be shared with other work."""
@@ -220,7 +222,7 @@ def wait_answer(page: Any, server: Any, count: int) -> Any:
         return len(rows) >= count and rows[count - 1].status != "pending" and rows[count - 1]
 
     msg = wait_for(stored, f"answer #{count} to be stored")
-    shown = msg.content + (" ⏹" if msg.status == "stopped" else "")
+    shown = msg.content + MARKS.get(msg.status, "")
     wait_for(lambda: bot_texts(page) and bot_texts(page)[-1].strip() == shown.strip(),
              "the stored answer to be shown")
     return msg

@@ -33,6 +33,7 @@ from tests.browser import (
 needs_browser()
 
 from chatlm.store.models import Message  # noqa: E402
+from chatlm.ui.chat import MARKS  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -182,7 +183,7 @@ def test_stop_keeps_the_partial_answer_and_ends_the_generation(page, server):
     assert answer.completion_tokens is not None and 0 < answer.completion_tokens < 300, (
         f"{answer.completion_tokens} tokens: the generation went on after Stop")
     shown = last_bot(page)
-    assert shown == answer.content + " ⏹"
+    assert shown == answer.content + MARKS["stopped"]
     time.sleep(1.5)
     assert last_bot(page) == shown, "the answer kept growing after Stop"
     assert page.locator("#message textarea").input_value() == "My next question"
@@ -218,6 +219,8 @@ def test_retry_adds_a_sibling_answer(page, server):
 
 
 def test_sidebar_new_rename_open_delete(page, server):
+    """New chat, rename, open and delete (which asks first); the page title names the open chat,
+    and Gradio's own 🗑 (which deleted nothing) is not offered."""
     service = server.app.service
     open_app(page, server)
     settings(page, max_new=8)
@@ -240,18 +243,32 @@ def test_sidebar_new_rename_open_delete(page, server):
     page.click("#rename")
     wait_for(lambda: sidebar_titles(page) == ["Jokes", "Hello"], "the new title in the list")
     assert service.conversation(uid(server), second.conversation_id).title == "Jokes"
+    wait_for(lambda: page.title() == "Jokes · chatlm", "the page title to follow the rename")
+    assert page.locator("#chatbot button[aria-label='Copy message']").count() >= 1  # the chat's tools
+    assert not page.locator("#chatbot button[aria-label='Clear']").is_visible()
 
     page.locator("#conversations label", has_text="Hello").click()
     wait_for(lambda: user_texts(page) == ["Hello"], "the first conversation to open")
     assert bot_texts(page) == [first.content]
     assert page.locator("#title textarea").input_value() == "Hello"
     assert page.locator("#conversations label.selected").inner_text().strip() == "Hello"
+    wait_for(lambda: page.title() == "Hello · chatlm", "the page title of the chat opened")
 
+    page.click("#delete")  # asks first: "Keep it" keeps it
+    page.locator("#delete-confirm").wait_for(state="visible")
+    assert "cannot be undone" in page.locator("#delete-question").inner_text()
+    assert len(service.conversations(uid(server))) == 2
+    page.click("#delete-cancel")
+    page.locator("#delete-confirm").wait_for(state="hidden")
+    assert sidebar_titles(page) == ["Jokes", "Hello"] and len(service.conversations(uid(server))) == 2
     page.click("#delete")
+    page.click("#delete-confirm")
     wait_for(lambda: sidebar_titles(page) == ["Jokes"], "the deleted conversation to leave")
+    page.locator("#delete-confirm").wait_for(state="hidden")
     assert [c.id for c in service.conversations(uid(server))] == [second.conversation_id]
     assert {m.conversation_id for m in all_messages(server)} == {second.conversation_id}
     wait_for(lambda: user_texts(page) == ["Tell me a joke."], "the remaining conversation")
+    wait_for(lambda: page.title() == "Jokes · chatlm", "the page title of the chat now shown")
 
 
 def test_an_empty_message_is_not_sent(page, server):
@@ -378,5 +395,5 @@ def test_back_in_a_chat_whose_answer_streams_it_is_drawn_and_can_be_stopped(spag
     spage.locator("#notice", has_text="Stopped").wait_for()
     [answer] = wait_for(lambda: stored_answers(server), "the stopped answer to be stored")
     assert answer.status == "stopped" and 0 < len(answer.content) < len("".join(STORY))
-    wait_for(lambda: bot_texts(spage) == [answer.content + " ⏹"], "the stopped answer shown")
+    wait_for(lambda: bot_texts(spage) == [answer.content + MARKS["stopped"]], "the stopped answer shown")
     assert shown(spage, "#send") and not shown(spage, "#stop")

@@ -9,13 +9,12 @@ service or straight from its SQLite file, so every test proves both.
 
 from __future__ import annotations
 
-import sqlite3
-from pathlib import Path
 from typing import Any
 from urllib.parse import urljoin
 
 import pytest
 
+from chatlm.store.repo import RATING_REASONS
 from tests.browser import (
     all_messages,
     bot_texts,
@@ -53,10 +52,16 @@ def detail(server, message_id: int) -> dict[str, Any] | None:
 
 
 def rating_events(server) -> list[tuple[Any, ...]]:
-    """The rating history, read straight from the SQLite file in the data directory."""
-    with sqlite3.connect(Path(server.settings.data_dir) / "chatlm.db") as db:
-        return db.execute("SELECT message_id, value, reason, comment, better_answer "
-                          "FROM rating_events ORDER BY id").fetchall()
+    """The rating history as stored, read through the running app's SQLAlchemy sessions (a second
+    SQLite handle in this process would drop the server's locks when it closes)."""
+    from sqlalchemy import select
+
+    from chatlm.store.db import transaction
+    from chatlm.store.models import RatingEvent
+
+    with transaction(server.app.service.sessions) as s:
+        return [(e.message_id, e.value, e.reason, e.comment, e.better_answer)
+                for e in s.scalars(select(RatingEvent).order_by(RatingEvent.id))]
 
 
 def open_details(page) -> None:
@@ -75,8 +80,8 @@ def save_details(page, *, value: str | None = None, reason: str | None = None,
     open_details(page)
     if value is not None:
         page.locator("#rate-value label", has_text=value).click()
-    if reason is not None:
-        page.locator("#rate-reason label", has_text=reason).click()
+    if reason is not None:  # picked by its words (the stored id is ``reason``)
+        page.locator("#rate-reason label", has_text=RATING_REASONS[reason]).click()
     if comment is not None:
         page.fill("#rate-comment textarea", comment)
     if better is not None:
@@ -96,11 +101,14 @@ def test_rating_details_are_saved_changed_and_withdrawn(page, server):
     settings(page, temperature=0, max_new=8)
     answer = send(page, server, FRANCE)
 
-    # 👎 in the chat; the details panel follows the answer just rated.
+    # 👎 in the chat opens the details panel by itself, on the answer just rated, with its
+    # reasons in plain words.
     page.locator("#chatbot button[aria-label='Dislike']").click()
     wait_for(lambda: (detail(server, answer.id) or {}).get("value") == -1, "the 👎 to be stored")
-    open_details(page)
+    page.locator("#rate-save").wait_for(state="visible")
     wait_for(lambda: rated_value(page) == ["👎 Dislike"], "the panel to show the 👎")
+    reasons = [t.strip() for t in page.locator("#rate-reason label").all_inner_texts()]
+    assert reasons == list(RATING_REASONS.values())
     assert "alternative 1 of 1" in page.locator("#rate-title").inner_text()
 
     save_details(page, reason="wrong", comment="It should name the city only.",
@@ -110,9 +118,13 @@ def test_rating_details_are_saved_changed_and_withdrawn(page, server):
                                          "better_answer": "The capital of France is Paris."}
     wait_for(lambda: thumbs(page) == ["Disliked", "Like"], "the chat to keep the 👎 after the save")
 
-    # Change it to 👍 in the panel: stored with the details kept, and the chat's thumbs follow.
-    save_details(page, value="👍 Like")
-    assert detail(server, answer.id) == {"value": 1, "reason": "wrong",
+    # Change it to 👍 in the panel: the 👎 reasons go (hidden, and not stored with a 👍), the
+    # comment and better answer stay, and the chat's thumbs follow.
+    open_details(page)
+    page.locator("#rate-value label", has_text="👍 Like").click()
+    page.locator("#rate-reason").wait_for(state="hidden")
+    save_details(page)
+    assert detail(server, answer.id) == {"value": 1, "reason": None,
                                          "comment": "It should name the city only.",
                                          "better_answer": "The capital of France is Paris."}
     wait_for(lambda: thumbs(page) == ["Dislike", "Liked"], "the chat to show the 👍")
@@ -130,7 +142,7 @@ def test_rating_details_are_saved_changed_and_withdrawn(page, server):
     assert rating_events(server) == [
         (answer.id, -1, None, None, None),
         (answer.id, -1, "wrong", "It should name the city only.", "The capital of France is Paris."),
-        (answer.id, 1, "wrong", "It should name the city only.", "The capital of France is Paris."),
+        (answer.id, 1, None, "It should name the city only.", "The capital of France is Paris."),
         (answer.id, None, None, None, None),
     ]
 
@@ -283,7 +295,7 @@ def test_excluded_conversations_stay_out_of_the_dataset_and_the_feedback_tab(pag
     rows = table_rows(page, "fb-table")
     assert len(rows) == 2
     (disliked,) = [r for r in rows if "Too vague for me." in r]
-    assert "dislike" in disliked and FRANCE in disliked and "wrong" in disliked
+    assert "dislike" in disliked and FRANCE in disliked and RATING_REASONS["wrong"] in disliked
     choose(page, "fb-label", "dislike")
     page.locator("#fb-summary", has_text="1 shown.").wait_for()
     wait_for(lambda: len(table_rows(page, "fb-table")) == 1, "the table to show the 👎 only")

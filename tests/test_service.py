@@ -176,8 +176,25 @@ def test_a_thumb_keeps_the_rating_details(service) -> None:
         index, liked = 1, True
 
     ChatUI(service).like([0, answer.id], conv.id, Like())  # type: ignore[arg-type]
-    assert service.rating_detail(uid, answer.id) == {"value": 1, "reason": "wrong", "comment": "no",
+    # the comment and better answer stay; the 👎's reason goes with the 👎
+    assert service.rating_detail(uid, answer.id) == {"value": 1, "reason": None, "comment": "no",
                                                      "better_answer": "yes"}
+
+
+def test_a_reason_fits_its_thumb(service) -> None:
+    """A reason says what was wrong: with 👍 it is refused, with words the user reads, and the
+    rating stored before stays as it was."""
+    from chatlm.errors import InputError
+
+    uid = service.user_id()
+    conv = service.new_conversation(uid)
+    service.send(uid, conv.id, "q", SHORT).run()
+    answer = service.history(uid, conv.id)[-1][0]
+    service.rate(uid, answer.id, -1, reason="not_grounded")
+    with pytest.raises(InputError, match="“Not what the loaded text says” is a reason for 👎"):
+        service.rate(uid, answer.id, 1, reason="not_grounded")
+    assert service.rating_detail(uid, answer.id)["value"] == -1
+    assert service.rating_detail(uid, answer.id)["reason"] == "not_grounded"
 
 
 def test_a_thumb_clicked_before_the_page_holds_the_answers_id_is_saved(service) -> None:

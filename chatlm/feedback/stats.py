@@ -11,6 +11,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from chatlm.store.models import Conversation, Message, Rating, User
+from chatlm.store.repo import RATING_REASONS
 
 
 @dataclass(frozen=True)
@@ -44,7 +45,8 @@ def rated_rows(session: Session, *, label: str | None = None, adapter: str | Non
     for rating, msg, user, question in session.execute(stmt):
         row = RatedRow(day=rating.updated_at.date(), adapter=msg.adapter or "base",
                        label="like" if rating.value > 0 else "dislike", question=question or "",
-                       answer=msg.content, reason=rating.reason or "", comment=rating.comment or "",
+                       answer=msg.content, reason=RATING_REASONS.get(rating.reason or "", rating.reason or ""),
+                       comment=rating.comment or "",
                        better_answer=rating.better_answer or "", user=user, message_id=msg.id)
         if label and row.label != label:
             continue

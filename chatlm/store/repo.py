@@ -14,7 +14,14 @@ from chatlm.store.models import Conversation, Message, Rating, RatingEvent, User
 LOCAL_USER = "local"
 MAX_COMMENT_CHARS = 4000
 MAX_BETTER_ANSWER_CHARS = 20000
-RATING_REASONS = ("wrong", "not_grounded", "too_long", "unsafe", "other")
+RATING_REASONS = {
+    "wrong": "Wrong or made up",
+    "not_grounded": "Not what the loaded text says",
+    "too_long": "Too long or rambling",
+    "unsafe": "Unsafe or rude",
+    "other": "Something else",
+}
+"""Why an answer got a 👎: the stored id and the words a user picks it by. A 👍 takes none."""
 EMPTY_BRANCH = 0
 """``active_leaf_id`` of a conversation whose next message starts a new root (editing the first one)."""
 
@@ -149,6 +156,9 @@ def set_rating(
         raise InputError(f"A better answer may have at most {MAX_BETTER_ANSWER_CHARS} characters.")
     if reason is not None and reason not in RATING_REASONS:
         raise InputError(f"The reason must be one of: {', '.join(RATING_REASONS)}.")
+    if reason is not None and value != -1:
+        raise InputError(f"“{RATING_REASONS[reason]}” is a reason for 👎: with 👍 leave the reason "
+                         "empty (say what you liked in the comment).")
     msg = get_message(session, message_id=message_id, user_id=user_id)
     if msg.role != "assistant":
         raise InputError("Only answers can be rated.")

@@ -26,6 +26,7 @@ POLL_S = 0.08
 """How often a page following an answer looks for new text (tokens are shown in batches)."""
 STILL_ANSWERING = ("An answer is still being written in this chat: your message stays in the box. "
                    "Send it when the answer ends, or press Stop.")
+NOTHING_TO_STOP = "Nothing to stop: no answer is being written in this chat."
 Outputs = tuple[Any, ...]
 ANSWERING = (gr.update(visible=False), gr.update(visible=True))
 """Send and Stop while an answer is being written: Send turns into Stop."""
@@ -355,9 +356,12 @@ class ChatUI:
         # (and never end without output: Gradio would send None for each).
         yield NOTHING
 
-    def stop(self, conv_id: int | None, request: gr.Request) -> None:
-        if conv_id is not None:
-            self.service.stop(self._uid(request), conv_id)
+    def stop(self, conv_id: int | None, request: gr.Request) -> Any:
+        """Stop this chat's answer; the notice then says what was kept (``follow`` writes it), or
+        that there was nothing to stop (a Stop that came after the end, or from a script)."""
+        if conv_id is not None and self.service.stop(self._uid(request), conv_id):
+            return gr.update()
+        return NOTHING_TO_STOP
 
     def like(self, ids: list[int], conv_id: int | None, data: gr.LikeData,
              request: gr.Request = None) -> int | None:  # type: ignore[assignment]
@@ -374,6 +378,8 @@ class ChatUI:
             uid = self._uid(request)
             detail = self.service.rating_detail(uid, ids[index]) if value else None
             extra = {k: detail[k] for k in ("reason", "comment", "better_answer")} if detail else {}
+            if value != -1:  # a reason explains a 👎: it goes when the thumb turns up
+                extra.pop("reason", None)
             self.service.rate(uid, ids[index], value, **extra)
         except ChatLMError as exc:
             gr.Warning(exc.message)
@@ -436,6 +442,13 @@ class ChatUI:
                 with gr.Row():
                     rename_btn = gr.Button("Rename", size="sm", elem_id="rename")
                     delete_btn = gr.Button("Delete", size="sm", variant="stop", elem_id="delete")
+                with gr.Group(visible=False, elem_id="delete-confirm-box") as confirm_box:
+                    gr.Markdown("Delete this conversation, its answers and their ratings? This "
+                                "cannot be undone.", elem_id="delete-question")
+                    with gr.Row():
+                        confirm_btn = gr.Button("Delete for good", size="sm", variant="stop",
+                                                elem_id="delete-confirm")
+                        keep_btn = gr.Button("Keep it", size="sm", elem_id="delete-cancel")
                 excluded = gr.Checkbox(label="Don't use this conversation for training",
                                        elem_id="exclude")
             with gr.Tab("Chat", elem_id="chat-tab"):
@@ -499,7 +512,7 @@ class ChatUI:
                 demo.load(self.load, [stored], view, api_name="load"),
                 new_btn.click(self.new, None, view, api_name="new"),
                 conv_list.input(self.open, [conv_list], view, api_name="open"),
-                delete_btn.click(self.delete, [conv_id], view, api_name="delete"),
+                confirm_btn.click(self.delete, [conv_id], view, api_name="delete"),
                 gr.on([send_btn.click, box.submit], self.submit, asked, started, **quick),
                 chatbot.example_select(_example_text, None, [box], **quick).then(self.submit, asked, started,
                                                                                    **quick),
@@ -510,13 +523,20 @@ class ChatUI:
                 started_by.then(**follow)
             demo.load(self.whoami, None, [account, training_tab, admin_tab, sign_link],
                       api_visibility="private")
-            conv_id.change(lambda c: c, [conv_id], [stored], api_visibility="private")
+            # Delete asks first (the API's /delete is the confirmed step); any other chat shown
+            # takes the question away
+            delete_btn.click(lambda c: gr.update(visible=c is not None), [conv_id], [confirm_box],
+                             api_visibility="private")
+            keep_btn.click(lambda: gr.update(visible=False), None, [confirm_box], api_visibility="private")
+            conv_id.change(lambda c: (c, gr.update(visible=False)), [conv_id], [stored, confirm_box],
+                           api_visibility="private")
             # a chat created outside send (loading a text into a new chat) shows in the sidebar at once
             conv_id.change(self.sidebar, [conv_id], [conv_list], api_visibility="private")
             rename_btn.click(self.rename, [conv_id, title], [conv_list], api_name="rename")
-            stop_btn.click(self.stop, [conv_id], None, concurrency_limit=None, api_name="stop")
+            stop_btn.click(self.stop, [conv_id], [notice], concurrency_limit=None, api_name="stop")
             chatbot.like(self.like, [ids, conv_id], [selected], concurrency_limit=None, api_name="rate").then(
-                panel.show, [selected], panel.details, concurrency_limit=None, api_visibility="private")
+                panel.show, [selected], panel.details, concurrency_limit=None, api_visibility="private").then(
+                panel.open_on_dislike, [selected], [panel.box], concurrency_limit=None, api_visibility="private")
             for rated in panel.rated:
                 rated.then(self.thumbs, [conv_id], [chatbot], api_visibility="private")
             prev_btn.click(self.previous, [conv_id, ids], [chatbot, ids], api_visibility="private")
@@ -536,14 +556,17 @@ def _params(settings: dict[str, Any]) -> SamplingParams:
                           max_new_tokens=int(settings["max_new_tokens"]))
 
 
+MARKS = {
+    "stopped": " *(stopped)*",
+    "error": " *(the answer failed here)*",
+    "interrupted": " … *(interrupted: the server stopped while answering)*",
+}
+"""What follows an answer that did not end by itself: words, not symbols (⏹ and ⚠ were empty
+boxes in a browser without an emoji font)."""
+
+
 def _shown_text(content: str, status: str) -> str:
-    if status == "stopped":
-        return content + " ⏹"
-    if status == "error":
-        return content + " ⚠"
-    if status == "interrupted":
-        return content + " … (interrupted: the server stopped while answering)"
-    return content
+    return content + MARKS.get(status, "")
 
 
 def _example_text(event: gr.SelectData) -> str:

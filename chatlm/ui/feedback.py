@@ -51,12 +51,19 @@ class FeedbackPanel:
         return (message_id, title, label, (detail or {}).get("reason"), (detail or {}).get("comment") or "",
                 (detail or {}).get("better_answer") or "")
 
+    def open_on_dislike(self, message_id: int | None, request: gr.Request) -> Any:
+        """A 👎 in the chat opens this panel: why, and a better answer, are what a 👎 teaches."""
+        detail = self.service.rating_detail(self.who.uid(request), message_id) if message_id else None
+        return gr.update(open=True) if detail and detail["value"] == -1 else gr.update()
+
     def save(self, message_id: int | None, label: str | None, reason: str | None, comment: str,
              better: str, request: gr.Request) -> str:
         if message_id is None:
             return "Select an answer first (click 👍 or 👎 under it)."
         if label is None:
             return "Choose 👍 or 👎 first."
+        if VALUES[label] == 1:  # the reason list is hidden for 👍; a value left in it is not one
+            reason = None
         try:
             self.service.rate(self.who.uid(request), message_id, VALUES[label], reason=reason or None,
                               comment=comment.strip() or None, better_answer=better.strip() or None)
@@ -76,10 +83,11 @@ class FeedbackPanel:
         then calls ``show`` into ``self.details``: a click on the answer already selected, or a
         second click on one, changes no state, so a ``selected.change`` would miss it).
         ``self.rated`` are the events that change a rating here, for the chat to redraw its 👍/👎."""
-        with gr.Accordion("Rate in detail", open=False, elem_id="rate-details"):
+        with gr.Accordion("Rate in detail", open=False, elem_id="rate-details") as self.box:
             title = gr.Markdown(elem_id="rate-title")
             label = gr.Radio(list(VALUES), label="Rating", elem_id="rate-value")
-            reason = gr.Radio(list(RATING_REASONS), label="Reason", elem_id="rate-reason")
+            reason = gr.Radio([(words, key) for key, words in RATING_REASONS.items()],
+                              label="What was wrong?", elem_id="rate-reason", visible=False)
             comment = gr.Textbox(label="Comment", lines=2, elem_id="rate-comment")
             better = gr.Textbox(label="Suggest a better answer", lines=3, elem_id="rate-better")
             with gr.Row():
@@ -87,6 +95,7 @@ class FeedbackPanel:
                 withdraw_btn = gr.Button("Withdraw rating", elem_id="rate-withdraw")
             result = gr.Markdown(elem_id="rate-result")
         fields = [selected, title, label, reason, comment, better]
+        label.change(_reasons_for, [label], [reason], api_visibility="private")
         self.details = fields[1:]
         ids.change(self.follow_last, [conv_id, ids], fields, api_visibility="private")
         self.rated = [
@@ -95,6 +104,13 @@ class FeedbackPanel:
             withdraw_btn.click(self.withdraw, [selected], [label, reason, comment, better, result],
                                api_name="withdraw_rating"),
         ]
+
+
+def _reasons_for(label: str | None) -> Any:
+    """Reasons are offered with 👎 only (a 👍 "not grounded" said two opposite things)."""
+    if label is not None and VALUES.get(label) == -1:
+        return gr.update(visible=True)
+    return gr.update(visible=False, value=None)
 
 
 EXPORT_KEEP_S = 60.0
