@@ -222,10 +222,23 @@ def wait_answer(page: Any, server: Any, count: int) -> Any:
         return len(rows) >= count and rows[count - 1].status != "pending" and rows[count - 1]
 
     msg = wait_for(stored, f"answer #{count} to be stored")
-    shown = msg.content + MARKS.get(msg.status, "")
-    wait_for(lambda: bot_texts(page) and bot_texts(page)[-1].strip() == shown.strip(),
-             "the stored answer to be shown")
+    shown = (msg.content + MARKS.get(msg.status, "")).strip()
+
+    def on_screen() -> bool:  # an answer with sources is followed by their block (last_sources)
+        text = bot_texts(page)[-1].strip() if bot_texts(page) else None
+        return text == shown or bool(msg.sources and text and text.startswith(shown + "\n\n<details"))
+
+    wait_for(on_screen, "the stored answer to be shown")
     return msg
+
+
+def last_sources(page: Any) -> Any:
+    """The sources block under the last answer, opened as a user opens it (a click on its summary)."""
+    block = page.locator(f"{BOT} details.sources").last
+    block.wait_for()
+    if block.get_attribute("open") is None:
+        block.locator("summary").click()
+    return block
 
 
 def send(page: Any, server: Any, text: str) -> Any:

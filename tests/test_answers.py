@@ -135,3 +135,24 @@ def test_a_rated_extractive_answer_trains_on_the_passage_that_holds_its_target(s
     counts = data.count(list(rated.values()))
     assert data.choose_method("auto", counts, knowledge=True) == "sft"
     assert data.choose_method("auto", data.Counts(pairs=8, liked=8, disliked=8, sft=16)) == "dpo"
+
+
+def test_the_sources_under_an_answer_are_the_cited_ones_short_and_escaped() -> None:
+    """Under each answer: the passages its [n] marks cite (all when it cites none), a short snippet
+    around the supporting sentence in bold, the document's name, and markup shown, not run."""
+    from chatlm.ui.knowledge import SNIPPET, sources_block
+
+    long_text = "Filler words here. " * 40 + TEXT + " More filler after it." * 40
+    start = long_text.index("Acme Widgets was founded")
+    end = long_text.index("Tacoma.") + len("Tacoma.")
+    sources = [{"n": 1, "chunk_id": 10, "document": "acme.txt", "sentence": [start, end]},
+               {"n": 2, "chunk_id": 11, "document": "<img src=x onerror=alert(1)>.txt"}]
+    texts = {10: long_text, 11: "Plain *second* passage with <b>markup</b>."}
+    cited_one = sources_block("1987 [1]", sources, texts)
+    assert "Source (1)" in cited_one and "[1] *acme.txt*:" in cited_one and "[2]" not in cited_one
+    assert "**Acme Widgets was founded in 1987 by Dana Kowalski in Tacoma.**" in cited_one
+    assert len(cited_one) < 2 * SNIPPET + 300  # a snippet, not the whole passage
+    both = sources_block("No marks in this answer.", sources, texts)
+    assert "Sources (2)" in both and "[2]" in both
+    assert "<img" not in both and "&lt;img src=x onerror=alert(1)&gt;" in both
+    assert "&lt;b&gt;markup&lt;/b&gt;" in both and r"\*second\*" in both

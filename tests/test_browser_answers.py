@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.browser import needs_browser, open_app, send
+from tests.browser import last_sources, needs_browser, open_app, send
 
 needs_browser()
 
@@ -32,7 +32,9 @@ def test_questions_about_a_text_in_one_chat_are_answered_cited_or_declined(page,
     founded = send(page, server, "When was Acme founded?")
     assert founded.content == ("1987 [1]\n\n> “Acme Widgets was founded in 1987 by Dana Kowalski in Tacoma, "
                                "Washington.”"), founded.content
-    page.locator("#sources strong", has_text="Acme Widgets was founded in 1987").wait_for()  # highlighted
+    sources = last_sources(page)  # under the answer, numbered like its [1], the sentence in bold
+    sources.locator("strong", has_text="Acme Widgets was founded in 1987").wait_for()
+    assert sources.inner_text().strip().startswith("Source (1)") and "[1] acme.txt:" in sources.inner_text()
 
     price = send(page, server, "How much does the Model 7 hinge cost?")  # a second question, same chat
     assert price.content.startswith("12 dollars [1]") and "which costs 12 dollars." in price.content

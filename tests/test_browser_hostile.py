@@ -13,6 +13,7 @@ from tests.browser import (
     ScriptedBackend,
     bot_texts,
     click_and_wait,
+    last_sources,
     loaded,
     needs_browser,
     open_app,
@@ -80,7 +81,7 @@ def test_hostile_text_everywhere_runs_no_script(page, server):
     assert_harmless(page)
 
     send(page, server, "What do owls do?")  # the answer cites the hostile document in Sources
-    wait_for(lambda: "click me" in page.locator("#sources").inner_text(), "the hostile source name")
+    wait_for(lambda: "click me" in last_sources(page).inner_text(), "the hostile source name")
     assert_harmless(page)
 
     click_and_wait(page, "#feedback-tab-button")

@@ -18,6 +18,7 @@ from chatlm.engine.params import SamplingParams
 from chatlm.errors import ChatLMError
 from chatlm.service import ChatService, Reply
 from chatlm.ui.answers import Answers, Pump, Turn
+from chatlm.ui.knowledge import sources_block
 from chatlm.ui.who import Who
 
 FEEDBACK = {1: "Like", -1: "Dislike"}
@@ -75,7 +76,11 @@ class ChatUI:
             return [], [], []
         rows = self.service.history(uid, conv_id)
         shown = [(m, r) for m, r in rows if m.role in ("user", "assistant")]
-        messages = [{"role": m.role, "content": _shown_text(m.content, m.status)} for m, _ in shown]
+        texts = self.service.library.chunk_texts(
+            [src["chunk_id"] for m, _ in shown if m.role == "assistant" for src in m.sources or ()])
+        messages = [{"role": m.role, "content": _shown_text(m.content, m.status) + (
+            sources_block(m.content, m.sources, texts) if m.role == "assistant" and m.sources else "")}
+            for m, _ in shown]
         feedback = [FEEDBACK.get(r) if r else None for m, r in shown if m.role == "assistant"]
         return messages, [m.id for m, _ in shown], feedback
 

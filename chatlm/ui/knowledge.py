@@ -1,8 +1,10 @@
 """Knowledge panel of the chat screen: load a text (upload or paste) into the conversation, see and
-remove its documents, reuse one loaded earlier, and see the passages the last answer cited."""
+remove its documents and reuse one loaded earlier; and the sources block under each answer."""
 
 from __future__ import annotations
 
+import html
+import re
 from typing import Any
 
 import gradio as gr
@@ -13,6 +15,39 @@ from chatlm.ui.uploads import received_file, uploaded_file
 from chatlm.ui.who import Who
 
 FILE_TYPES = [".txt", ".md", ".markdown", ".html", ".htm", ".pdf"]
+SNIPPET = 110
+"""Characters of a passage shown on each side of its supporting sentence (or in all, twice this)."""
+CITED = re.compile(r"\[(\d+)\]")
+
+
+def sources_block(answer: str, sources: list[dict[str, Any]], texts: dict[int, str]) -> str:
+    """The collapsible sources under an answer: the passages it cites by their [n] (all it was
+    given when it cites none), each a short snippet with its document's name and, for a copied
+    answer, the sentence that supports it in bold. Text and names are escaped: a document's own
+    markup is shown, never run."""
+    cited = {int(n) for n in CITED.findall(answer)}
+    shown = [s for s in sources if s.get("n") in cited] or sources
+    lines = []
+    for src in shown:
+        text = " ".join(texts.get(src["chunk_id"], "").split())
+        raw = texts.get(src["chunk_id"], "")
+        if src.get("sentence"):
+            start, end = src["sentence"]
+            before, sentence, after = (" ".join(part.split()) for part in
+                                       (raw[:start], raw[start:end], raw[end:]))
+            lead = ("…" if len(before) > SNIPPET else "") + before[-SNIPPET:]
+            tail = after[:SNIPPET] + ("…" if len(after) > SNIPPET else "")
+            body = f"{_esc(lead)} **{_esc(sentence)}** {_esc(tail)}".strip()
+        else:
+            body = _esc(text[:2 * SNIPPET]) + ("…" if len(text) > 2 * SNIPPET else "")
+        lines.append(f"[{src['n']}] *{_esc(str(src['document']))}*: {body}")
+    plural = "s" if len(lines) != 1 else ""
+    return (f'\n\n<details class="sources"><summary>Source{plural} ({len(lines)})</summary>\n\n'
+            + "\n\n".join(lines) + "\n\n</details>")
+
+
+def _esc(text: str) -> str:
+    return html.escape(text, quote=False).replace("*", "\\*").replace("_", "\\_")
 
 
 class KnowledgePanel:
@@ -78,27 +113,8 @@ class KnowledgePanel:
         self.service.library.index_for(conv_id)
         return (conv_id, *self._documents(uid, conv_id))
 
-    def sources(self, conv_id: int | None, ids: list[int], request: gr.Request) -> str:
-        """Markdown of the passages the last answer was given, with their document names."""
-        if conv_id is None or not ids:
-            return ""
-        rows = self.service.history(self._uid(request), conv_id)
-        answers = [m for m, _ in rows if m.role == "assistant" and m.id in set(ids)]
-        if not answers or not answers[-1].sources:
-            return ""
-        texts = self.service.library.chunk_texts([s["chunk_id"] for s in answers[-1].sources])
-        lines = ["**Sources of the last answer**"]
-        for src in answers[-1].sources:
-            text = texts.get(src["chunk_id"], "")
-            if src.get("sentence"):  # the sentence that proves the answer, highlighted
-                start, end = src["sentence"]
-                text = f"{text[:start]}**{text[start:end]}**{text[end:]}"
-            body = text.strip().replace("\n", " ")
-            lines.append(f"[{src['n']}] *{src['document']}*: {body}")
-        return "\n\n".join(lines)
-
-    def render(self, conv_id: gr.State, ids: gr.State) -> gr.Markdown:
-        """Lay the panel out inside the current Blocks; returns the sources Markdown."""
+    def render(self, conv_id: gr.State, ids: gr.State) -> None:
+        """Lay the panel out inside the current Blocks (each answer shows its own sources)."""
         with gr.Accordion("Knowledge texts", open=False, elem_id="knowledge"):
             with gr.Row():
                 upload = uploaded_file(label="Upload .txt, .md, .html or .pdf (up to 20 MB)",
@@ -115,11 +131,8 @@ class KnowledgePanel:
                 others = gr.Dropdown(label="Reuse a document you loaded before", choices=[],
                                      elem_id="other-docs")
                 reuse_btn = gr.Button("Use in this chat", size="sm", elem_id="reuse-doc")
-        sources = gr.Markdown(elem_id="sources")
         load_btn.click(self.load, [conv_id, upload, pasted, name],
                        [conv_id, used, others, status, upload, pasted], api_name="load_document")
         remove_btn.click(self.remove, [conv_id, used], [used, others], api_name="remove_documents")
         reuse_btn.click(self.reuse, [conv_id, others], [conv_id, used, others], api_name="reuse_document")
         conv_id.change(self.documents, [conv_id], [used, others], api_visibility="private")
-        ids.change(self.sources, [conv_id, ids], [sources], api_visibility="private")
-        return sources
