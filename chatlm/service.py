@@ -302,6 +302,17 @@ class ChatService:
             ids = [m.id for m in repo.siblings(s, message=msg)]
             return ids.index(msg.id) + 1, len(ids)
 
+    def alternatives(self, user_id: int, message_ids: list[int]) -> list[tuple[str, int, int]]:
+        """(role, position from 1, count) of each message among its turn's alternatives, in one
+        transaction (the pager asks for every turn of the shown branch)."""
+        with transaction(self.sessions) as s:
+            out = []
+            for message_id in message_ids:
+                msg = repo.get_message(s, message_id=message_id, user_id=user_id)
+                ids = [m.id for m in repo.siblings(s, message=msg)]
+                out.append((msg.role, ids.index(msg.id) + 1, len(ids)))
+            return out
+
     def switch_sibling(self, user_id: int, message_id: int, step: int) -> int:
         """Show the previous (-1) or next (+1) alternative of a turn; returns the shown message id."""
         with transaction(self.sessions) as s:

@@ -16,6 +16,7 @@ import pytest
 
 from chatlm.store.repo import RATING_REASONS
 from tests.browser import (
+    USER,
     all_messages,
     bot_texts,
     choose,
@@ -265,6 +266,32 @@ def test_editing_the_first_message_starts_a_branch(page, server):
     assert old.parent_id == questions[0].id and edited.parent_id == questions[1].id
     assert [m.content for m, _ in service.history(uid(server), old.conversation_id)] == [
         "Name a fruit.", edited.content]
+
+    # The edited question pages: ‹ reaches the original question and its answer, › comes back,
+    # and a later turn on the edited branch is kept.
+    page.locator("#pager", has_text="question 2/2").wait_for()
+    later = send(page, server, "And another one?")
+    page.locator("#pager", has_text="question 2/2").wait_for()  # the latest turn with alternatives
+    page.click("#prev-answer")
+    wait_for(lambda: user_texts(page) == ["Name a color."], "the original question")
+    assert bot_texts(page) == [old.content]
+    page.locator("#pager", has_text="question 1/2").wait_for()
+    page.click("#next-answer")
+    wait_for(lambda: user_texts(page) == ["Name a fruit.", "And another one?"], "the edited branch")
+    assert bot_texts(page) == [edited.content, later.content]
+
+    # Any turn pages: retry the last answer (it pages now), then click the first question to
+    # page that turn instead.
+    page.click("#retry")
+    retried = wait_answer(page, server, 4)
+    page.locator("#pager", has_text="answer 2/2").wait_for()
+    page.locator(USER).first.click()
+    page.locator("#pager", has_text="question 2/2").wait_for()
+    page.click("#prev-answer")
+    wait_for(lambda: user_texts(page) == ["Name a color."], "the original question again")
+    page.click("#next-answer")
+    wait_for(lambda: user_texts(page) == ["Name a fruit.", "And another one?"], "back on the edit")
+    assert bot_texts(page) == [edited.content, retried.content]  # the answer last shown there
 
 
 def test_excluded_conversations_stay_out_of_the_dataset_and_the_feedback_tab(page, server,

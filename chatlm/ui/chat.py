@@ -390,26 +390,50 @@ class ChatUI:
             gr.Warning(exc.message)
         return ids[index]
 
-    def page(self, conv_id: int | None, ids: list[int], step: int, request: gr.Request | None
-             ) -> tuple[Any, ...]:
-        """Show the previous or next alternative answer of the last turn."""
+    def _target(self, uid: int, conv_id: int | None, ids: list[int], turn: int | None) -> int | None:
+        """The index (in ``ids``) of the message the pager pages: the one last clicked, else the
+        latest that has alternatives (an edited question or a retried answer, at any turn)."""
+        if conv_id is None or not ids:
+            return None
+        if turn is not None and 0 <= turn < len(ids):
+            return turn
+        counts = [count for _, _, count in self.service.alternatives(uid, ids)]
+        return next((i for i in range(len(ids) - 1, -1, -1) if counts[i] > 1), None)
+
+    def page(self, conv_id: int | None, ids: list[int], step: int, turn: int | None = None,
+             request: gr.Request | None = None) -> tuple[Any, ...]:
+        """Show the previous or next alternative of the paged turn; the turns after it follow."""
         uid = self._uid(request)
-        if conv_id is not None and ids:
-            self.service.switch_sibling(uid, ids[-1], step)
+        target = self._target(uid, conv_id, ids, turn)
+        if target is not None:
+            self.service.switch_sibling(uid, ids[target], step)
         messages, ids, feedback = self._view(uid, conv_id)
         return gr.update(value=messages, feedback_value=feedback), ids
 
-    def previous(self, conv_id: int | None, ids: list[int], request: gr.Request) -> tuple[Any, ...]:
-        return self.page(conv_id, ids, -1, request)
+    def previous(self, conv_id: int | None, ids: list[int], turn: int | None,
+                 request: gr.Request) -> tuple[Any, ...]:
+        return self.page(conv_id, ids, -1, turn, request)
 
-    def next(self, conv_id: int | None, ids: list[int], request: gr.Request) -> tuple[Any, ...]:
-        return self.page(conv_id, ids, +1, request)
+    def next(self, conv_id: int | None, ids: list[int], turn: int | None,
+             request: gr.Request) -> tuple[Any, ...]:
+        return self.page(conv_id, ids, +1, turn, request)
 
-    def pager(self, conv_id: int | None, ids: list[int], request: gr.Request) -> str:
-        if conv_id is None or not ids:
+    def pager(self, conv_id: int | None, ids: list[int], turn: int | None, request: gr.Request) -> str:
+        """"answer 2/3" (or "question 2/2" for an edited one) of the paged turn; empty when the
+        chat has no alternatives."""
+        uid = self._uid(request)
+        target = self._target(uid, conv_id, ids, turn)
+        if target is None:
             return ""
-        pos, count = self.service.siblings(self._uid(request), ids[-1])
-        return f"answer {pos}/{count}" if count > 1 else ""
+        [(role, pos, count)] = self.service.alternatives(uid, [ids[target]])
+        if count < 2:
+            return ""
+        return f"{'answer' if role == 'assistant' else 'question'} {pos}/{count}"
+
+    def choose_turn(self, event: gr.SelectData) -> int | None:
+        """A click on a message makes its turn the one ‹ › page."""
+        index = event.index if isinstance(event.index, int) else event.index[0]
+        return int(index) if index is not None else None
 
     def thumbs(self, conv_id: int | None, request: gr.Request) -> Any:
         """The chat's 👍/👎 as stored (after the rating-details panel changed one)."""
@@ -435,6 +459,8 @@ class ChatUI:
                 gr.Markdown(NO_STORAGE, elem_id="no-storage")
             ids = gr.State([])
             selected = gr.State(None)
+            turn = gr.State(None)
+            """Index of the message whose alternatives ‹ › page (None: the latest with some)."""
             conv_id = gr.State(None)
             stored = gr.BrowserState(None, storage_key="chatlm-conversation")
             with gr.Sidebar(open=True):
@@ -526,6 +552,7 @@ class ChatUI:
                 chatbot.edit(self.edit, [conv_id, ids, temperature, top_p, max_new], started, **quick),
             ):
                 started_by.then(**follow)
+                started_by.then(lambda: None, None, [turn], api_visibility="private")
             demo.load(self.whoami, None, [account, training_tab, admin_tab, sign_link],
                       api_visibility="private")
             # Delete asks first (the API's /delete is the confirmed step); any other chat shown
@@ -544,9 +571,13 @@ class ChatUI:
                 panel.open_on_dislike, [selected], [panel.box], concurrency_limit=None, api_visibility="private")
             for rated in panel.rated:
                 rated.then(self.thumbs, [conv_id], [chatbot], api_visibility="private")
-            prev_btn.click(self.previous, [conv_id, ids], [chatbot, ids], api_visibility="private")
-            next_btn.click(self.next, [conv_id, ids], [chatbot, ids], api_visibility="private")
-            ids.change(self.pager, [conv_id, ids], [pager], api_visibility="private")
+            # ‹ › page the turn last clicked (else the latest with alternatives); a new answer or
+            # another chat forgets the click
+            prev_btn.click(self.previous, [conv_id, ids, turn], [chatbot, ids], api_visibility="private")
+            next_btn.click(self.next, [conv_id, ids, turn], [chatbot, ids], api_visibility="private")
+            chatbot.select(self.choose_turn, None, [turn], api_visibility="private")
+            gr.on([ids.change, turn.change], self.pager, [conv_id, ids, turn], [pager],
+                  api_visibility="private")
             excluded.input(self.exclude, [conv_id, excluded], None, api_name="exclude")
         return demo
 
