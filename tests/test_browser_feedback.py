@@ -318,6 +318,11 @@ def test_excluded_conversations_stay_out_of_the_dataset_and_the_feedback_tab(pag
     # The Feedback tab: counts, a plot, a table with the comment, and the label filter.
     page.click("#feedback-tab-button")
     page.locator("#fb-summary", has_text="2 ratings: 1 👍, 1 👎; 2 shown.").wait_for()
+    # what they give training, in the words the Training tab and the downloads use too: the
+    # excluded 👍 gives nothing, the 👎 with a better answer gives two KTO examples (one SFT)
+    assert ("Your 1 rating (0 👍, 1 👎, 1 with a better answer) gives 2 training examples: 1 disliked "
+            "answer and your 1 better answer. SFT learns from the liked and better answers (1), KTO from "
+            "all 2") in page.locator("#fb-summary").inner_text()
     page.locator("#fb-plot canvas, #fb-plot svg").first.wait_for()
     rows = table_rows(page, "fb-table")
     assert len(rows) == 2
@@ -337,7 +342,7 @@ def test_excluded_conversations_stay_out_of_the_dataset_and_the_feedback_tab(pag
     # A KTO dataset: the excluded conversation's text is not in it, and it loads with datasets.
     page.locator("#fb-format label", has_text="kto").click()
     page.click("#fb-build")
-    page.locator("#fb-built", has_text="kto: 2 records").wait_for()
+    page.locator("#fb-built", has_text="kto: 2 records").wait_for()  # "KTO from all 2"
     link = page.locator("#fb-file a[href]").first
     link.wait_for()
     response = page.request.get(urljoin(server.url + "/", link.get_attribute("href")))

@@ -59,6 +59,13 @@ def active_in_registry(server) -> str | None:
         return active.name if active else None
 
 
+def service_contribution(server):
+    from chatlm.feedback.service import FeedbackService
+
+    actor = server.app.identity.local()
+    return FeedbackService(server.app.service.sessions).contribution(actor)
+
+
 def test_ratings_to_a_promoted_adapter_and_back(page, server) -> None:
     service = server.app.service
     open_app(page, server)
@@ -75,6 +82,8 @@ def test_ratings_to_a_promoted_adapter_and_back(page, server) -> None:
     page.click("button[role=tab]:has-text('Chat')")  # no event: nothing to wait for
     open_training(page)
     assert "auto would train DPO" in text(page, "tr-data")
+    given = service_contribution(server)  # the sentence the Feedback tab shows, the same counts
+    assert given.pairs == 12 and given.sentence().replace("**", "") in text(page, "tr-data")
     page.fill("#tr-max-steps input", "2")
     click_and_wait(page, "#tr-start")
     assert "started in its own process" in text(page, "tr-started")

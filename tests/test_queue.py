@@ -19,8 +19,10 @@ pytestmark = pytest.mark.slow
 VISITORS = 24
 STEP_S = 0.75
 """Seconds per decoding step: a slow model, so that 8 tokens hold a batch slot for ~6 s."""
-AT_ONCE_S = 5.0
-"""A visitor hears within this that the message is stored (or that the server is busy)."""
+AT_ONCE = ("A visitor hears that the message is stored (or that the server is busy) before any "
+           "answer has ended: had anyone waited for a batch slot, the first words would come only "
+           "after an answer freed one (8 slowed steps, over 6 s). An order, not a time: a loaded "
+           "machine slows both sides.")
 BOUND_S = 90.0
 
 
@@ -57,12 +59,15 @@ def test_simultaneous_visitors_hear_at_once_and_what_they_hear_is_stored(slow_se
     for t in threads:
         t.join()
     first: dict[int, tuple[float, Any]] = {}
+    ended: dict[int, float] = {}
     try:
         while time.monotonic() - start < BOUND_S and not all(job.done() for job in jobs):
             for i, job in enumerate(jobs):
                 outputs = job.outputs()
                 if outputs and i not in first:
                     first[i] = (time.monotonic() - start, outputs[0])
+                if job.done() and i not in ended:
+                    ended[i] = time.monotonic() - start
             time.sleep(0.02)
         finals = [job.result(timeout=1) for job in jobs]
         for i, job in enumerate(jobs):
@@ -71,8 +76,11 @@ def test_simultaneous_visitors_hear_at_once_and_what_they_hear_is_stored(slow_se
         for c in clients:
             c.close()
 
-    late = {i: round(t, 1) for i, (t, _) in first.items() if t > AT_ONCE_S}
-    assert not late, f"visitors waited (seconds) before hearing anything: {late}"
+    first_answer = min((t for i, t in ended.items() if "busy" not in str(value(finals[i][2])).lower()),
+                       default=BOUND_S)
+    late = {i: round(t, 1) for i, (t, _) in first.items() if t >= first_answer}
+    assert not late, (f"visitors heard nothing until an answer had ended ({first_answer:.1f} s): {late}; "
+                      + AT_ONCE)
     service = slow_server.app.service
     stored = {m.content for c in service.conversations(service.user_id())
               for m, _ in service.history(service.user_id(), c.id) if m.role == "user"}

@@ -171,3 +171,49 @@ def build(fmt: str, answers: Sequence[RatedAnswer],
 
 def to_jsonl(records: Iterable[dict[str, Any]]) -> str:
     return "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in records)
+
+
+@dataclass(frozen=True)
+class Contribution:
+    """What rated answers give training: the one definition the Feedback tab, the Training tab
+    and the dataset downloads all show (their counts are the datasets' own, built the same way)."""
+
+    ratings: int = 0
+    liked: int = 0
+    disliked: int = 0
+    better: int = 0
+    examples: int = 0
+    """KTO's records: every rated answer and every written better answer (deduplicated)."""
+    sft: int = 0
+    """SFT's records: the liked answers and the better answers."""
+    pairs: int = 0
+    """DPO's records: a better and a worse answer to the same question."""
+
+    def sentence(self) -> str:
+        if not self.ratings:
+            return "No ratings yet: rate answers with 👍 / 👎 in the chat to make training examples."
+        parts = [text for count, text in (
+            (self.liked, _n(self.liked, "liked answer")), (self.disliked, _n(self.disliked, "disliked answer")),
+            (self.better, f"your {_n(self.better, 'better answer')}")) if count]
+        given = parts[0] if len(parts) == 1 else f"{', '.join(parts[:-1])} and {parts[-1]}"
+        return (f"Your {_n(self.ratings, 'rating')} ({self.liked} 👍, {self.disliked} 👎"
+                f"{f', {self.better} with a better answer' if self.better else ''}) "
+                f"{'give' if self.ratings != 1 else 'gives'} **{_n(self.examples, 'training example')}**: "
+                f"{given}. SFT learns from the liked and better answers ({self.sft}), KTO from all "
+                f"{self.examples}, DPO from {_n(self.pairs, 'pair')} of a better and a worse answer "
+                "to the same question.")
+
+
+def _n(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+def contribution(answers: Sequence[RatedAnswer]) -> Contribution:
+    """Count what ``answers`` give each training method (excluded conversations give nothing)."""
+    kept = [a for a in answers if not a.excluded and (a.rating in (1, -1) or a.better_answer)]
+    kto, _ = build("kto", kept)
+    return Contribution(
+        ratings=sum(1 for a in kept if a.rating in (1, -1)),
+        liked=sum(1 for a in kept if a.rating == 1), disliked=sum(1 for a in kept if a.rating == -1),
+        better=sum(1 for a in kept if a.better_answer), examples=len(kto),
+        sft=len(build("sft", kept)[0]), pairs=len(build("dpo", kept)[0]))

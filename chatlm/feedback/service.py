@@ -27,6 +27,12 @@ class FeedbackService:
             return (stats.rated_rows(s, user_id=only),
                     stats.rated_rows(s, label=label, adapter=adapter, text=text, user_id=only))
 
+    def contribution(self, actor: Actor) -> records.Contribution:
+        """What the ratings the actor may export give training (the same as their datasets)."""
+        only = None if actor.is_admin else actor.name
+        with transaction(self.sessions) as s:
+            return records.contribution(load.rated_answers(s, user=only))
+
     def dataset(self, actor: Actor, fmt: str) -> tuple[list[dict[str, Any]], records.Counts]:
         """Training records in ``fmt`` from the ratings the actor may export."""
         only = None if actor.is_admin else actor.name

@@ -113,11 +113,10 @@ def method_records(method: str, answers: Sequence[RatedAnswer]) -> list[Record]:
 
 
 def count(answers: Sequence[RatedAnswer]) -> Counts:
-    pairs, _ = records.build("dpo", answers)
-    _, kto_counts = records.build("kto", answers)
-    sft, _ = records.build("sft", answers)
-    return Counts(pairs=len(pairs), liked=kto_counts.desirable, disliked=kto_counts.undesirable,
-                  sft=len(sft))
+    """The method thresholds' view of ``records.contribution`` (liked counts KTO's desirable
+    records: liked answers and better answers)."""
+    c = records.contribution(answers)
+    return Counts(pairs=c.pairs, liked=c.liked + c.better, disliked=c.disliked, sft=c.sft)
 
 
 def _needs(c: Counts) -> dict[str, str]:

@@ -137,7 +137,9 @@ class FeedbackTab:
         adapters = ["all", *sorted({r.adapter for r in everything})]
         plural = "s" if len(everything) != 1 else ""
         summary = (f"{len(everything)} rating{plural}: {sum(r.label == 'like' for r in everything)} 👍, "
-                   f"{sum(r.label == 'dislike' for r in everything)} 👎; {len(rows)} shown.")
+                   f"{sum(r.label == 'dislike' for r in everything)} 👎; {len(rows)} shown.\n\n"
+                   f"{self.feedback.contribution(self.who.actor(request)).sentence()} Ratings in "
+                   "conversations marked *Don't use this conversation for training* give none.")
         return counts, table, gr.update(choices=adapters), summary
 
     def export(self, fmt: str, request: gr.Request = None) -> tuple[str | None, str]:  # type: ignore[assignment]

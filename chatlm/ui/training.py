@@ -18,6 +18,7 @@ import pandas as pd
 from chatlm.accounts import Actor, require_admin
 from chatlm.engine.params import SamplingParams
 from chatlm.errors import ChatLMError, PermissionDeniedError
+from chatlm.feedback.service import FeedbackService
 from chatlm.service import ChatService
 from chatlm.store import registry
 from chatlm.store.models import AdapterVersion, TrainingRun
@@ -119,14 +120,13 @@ class TrainingTab:
     # ---- reading the registry ----------------------------------------------------------------
     def data_summary(self, actor: Actor) -> str:
         """What the stored ratings allow, before anyone presses Start."""
+        given = FeedbackService(self.service.sessions).contribution(actor).sentence()
         try:
             rd = self.training.plan(actor)
         except data.NotEnoughDataError as exc:
-            return exc.message
-        c = rd.counts
-        return (f"Rated data: {c.pairs} preference pairs, {c.liked} liked and {c.disliked} disliked answers, "
-                f"{c.sft} liked or corrected answers for SFT. **auto** would train **{rd.method.upper()}** "
-                f"on {len(rd.train)} examples and hold out {rd.heldout.prompts} questions to evaluate.")
+            return f"{given}\n\n{exc.message}"
+        return (f"{given} **auto** would train **{rd.method.upper()}** on {len(rd.train)} of them and "
+                f"hold out {rd.heldout.prompts} questions to evaluate the new version on.")
 
     def adapters_frame(self, adapters: list[AdapterVersion]) -> pd.DataFrame:
         rows = []
