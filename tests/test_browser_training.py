@@ -74,8 +74,11 @@ def test_ratings_to_a_promoted_adapter_and_back(page, server) -> None:
     # the tab's first refresh may still be showing Gradio's progress timer: wait for its text
     wait_for(lambda: "Not enough feedback to train. DPO needs 8 preference pairs" in text(page, "tr-data"),
              "the data summary")
-    click_and_wait(page, "#tr-start")
-    assert "Not started: Not enough feedback to train. DPO needs 8" in text(page, "tr-started")
+    # Start, Promote and Roll back are disabled until they can act; no empty loss plot is drawn
+    assert page.locator("#tr-start").is_disabled()
+    assert page.locator("#tr-promote").is_disabled() and page.locator("#tr-rollback").is_disabled()
+    assert not page.locator("#tr-loss").is_visible()
+    assert not page.locator("#tr-max-steps input").is_visible()  # advanced options are folded
     assert "No training round yet" in text(page, "tr-status")
 
     seed_pairs(service.sessions, uid(server), 12)
@@ -84,6 +87,8 @@ def test_ratings_to_a_promoted_adapter_and_back(page, server) -> None:
     assert "auto would train DPO" in text(page, "tr-data")
     given = service_contribution(server)  # the sentence the Feedback tab shows, the same counts
     assert given.pairs == 12 and given.sentence().replace("**", "") in text(page, "tr-data")
+    wait_for(lambda: page.locator("#tr-start").is_enabled(), "Start to be enabled by the data")
+    page.click("#tr-advanced .label-wrap")
     page.fill("#tr-max-steps input", "2")
     click_and_wait(page, "#tr-start")
     assert "started in its own process" in text(page, "tr-started")
@@ -97,7 +102,7 @@ def test_ratings_to_a_promoted_adapter_and_back(page, server) -> None:
         adapter = registry.get_adapter(s, name="chatlm-v1")
         metrics = adapter.metrics
     assert [p[0] for p in run.progress["loss"]] == [1, 2]
-    assert page.locator("#tr-loss canvas, #tr-loss svg").count() > 0  # the loss plot is drawn
+    page.locator("#tr-loss canvas, #tr-loss svg").first.wait_for()  # the loss plot, shown once it has points
     assert table_rows(page, "tr-runs")[0][:4] == ["1", "succeeded", "dpo", "chatlm-v1"]
     adapters = table_rows(page, "tr-adapters")
     assert adapters[0][:3] == ["", "chatlm-v1", "dpo"] and adapters[0][5] == "pair_margin"

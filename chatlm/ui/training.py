@@ -44,7 +44,7 @@ FIGURES = {
 ADAPTER_COLUMNS = ["active", "name", "method", "parent", "created", "target", "this adapter", "baseline",
                    "improved"]
 RUN_COLUMNS = ["run", "status", "method", "adapter", "started", "finished", "error"]
-VIEW_OUTPUTS = 13
+VIEW_OUTPUTS = 15
 """Components ``refresh`` fills; the first five are the round's progress, which ``poll`` fills alone."""
 COMPARE = SamplingParams(temperature=0.0, max_new_tokens=256)
 """Greedy decoding, so a difference between the two answers comes from the adapters alone."""
@@ -94,6 +94,12 @@ def loss_frame(run: TrainingRun | None) -> pd.DataFrame:
     return pd.DataFrame(points, columns=["step", "loss"])
 
 
+def _loss(run: TrainingRun | None) -> Any:
+    """The loss plot, hidden until a round has logged a point (never an empty frame)."""
+    frame = loss_frame(run)
+    return gr.update(value=frame, visible=not frame.empty)
+
+
 def evaluation_frame(adapter: AdapterVersion | None) -> pd.DataFrame:
     """The adapter's held-out figures in rows, with its baseline and the then-active adapter."""
     if adapter is None or not adapter.metrics:
@@ -118,15 +124,17 @@ class TrainingTab:
         self.who = Who.of(service, who)
 
     # ---- reading the registry ----------------------------------------------------------------
-    def data_summary(self, actor: Actor) -> str:
-        """What the stored ratings allow, before anyone presses Start."""
+    def data_summary(self, actor: Actor) -> tuple[str, bool]:
+        """What the stored ratings allow, in plain words, before anyone presses Start; and whether a
+        round can start (Start is disabled until it can)."""
         given = FeedbackService(self.service.sessions).contribution(actor).sentence()
         try:
             rd = self.training.plan(actor)
         except data.NotEnoughDataError as exc:
-            return f"{given}\n\n{exc.message}"
+            return f"{given}\n\n{exc.message}", False
         return (f"{given} **auto** would train **{rd.method.upper()}** on {len(rd.train)} of them and "
-                f"hold out {rd.heldout.prompts} questions to evaluate the new version on.")
+                f"hold out {rd.heldout.prompts} questions to evaluate the new version on. Chatting goes "
+                "on while it trains.", True)
 
     def adapters_frame(self, adapters: list[AdapterVersion]) -> pd.DataFrame:
         rows = []
@@ -160,12 +168,13 @@ class TrainingTab:
         running = run is not None and run.status in registry.RUNNING
         choices = [BASE, *reversed(names)]
         serving = self.training.serving(actor)
-        return (describe_run(run), loss_frame(run), self.runs_frame(runs), gr.Timer(active=running),
-                gr.update(interactive=not running), self.adapters_frame(adapters),
+        summary, ready = self.data_summary(actor)
+        return (describe_run(run), _loss(run), self.runs_frame(runs), gr.Timer(active=running),
+                gr.update(interactive=ready and not running), self.adapters_frame(adapters),
                 gr.update(choices=names, value=shown), evaluation_frame(picked),
                 gr.update(choices=choices, value=active), gr.update(choices=choices, value=active),
                 gr.update(choices=choices, value=shown or BASE), f"New chats use: **{serving or BASE}**.",
-                self.data_summary(actor))
+                summary, gr.update(interactive=bool(adapters)), gr.update(interactive=serving is not None))
 
     def poll(self, shown: str | None, request: gr.Request) -> tuple[Any, ...]:
         """A timer tick while a round is under way: its progress only (what the user picked stays);
@@ -175,7 +184,7 @@ class TrainingTab:
         if run is None or run.status not in registry.RUNNING:
             return self.refresh(run.adapter_name if run and run.adapter_name else shown, request)
         unchanged = [gr.update()] * (VIEW_OUTPUTS - 5)
-        return (describe_run(run), loss_frame(run), self.runs_frame(runs), gr.Timer(active=True),
+        return (describe_run(run), _loss(run), self.runs_frame(runs), gr.Timer(active=True),
                 gr.update(interactive=False), *unchanged)
 
     def start(self, method: str, epochs: float | None, max_steps: float | None, lr: float | None,
@@ -253,24 +262,27 @@ class TrainingTab:
                     "active one's, or roll back at any time.")
         active_line = gr.Markdown(elem_id="tr-active")
         summary = gr.Markdown(elem_id="tr-data")
-        with gr.Row():
-            method = gr.Dropdown([m for m in METHODS if m != "document"], value="auto", label="Method",
-                                 elem_id="tr-method", info="auto: DPO with enough pairs, else KTO for 👍/👎, else SFT")
-            epochs = gr.Number(value=0, label="Epochs (0: 3, or 1 from 50 examples)", minimum=0,
-                               elem_id="tr-epochs")
-            max_steps = gr.Number(value=0, label="Max steps (0: no limit)", minimum=0, precision=0,
-                                  elem_id="tr-max-steps")
-            lr = gr.Number(value=0, label="Learning rate (0: 2e-4 SFT, 1e-4 KTO/DPO)", minimum=0, elem_id="tr-lr")
-        with gr.Row():
-            from_active = gr.Checkbox(label="Continue from the active adapter", elem_id="tr-from-active")
-            guests = gr.Checkbox(label="Also learn from guests' ratings", value=False, elem_id="tr-guests",
-                                 info="Guests never signed in: anyone can rate as one.")
-            squad = uploaded_file(label="SQuAD-format file for QA F1 (optional, slow on CPU)", file_types=[".json"],
-                            type="filepath", elem_id="tr-squad")
-        start_btn = gr.Button("Start a round", variant="primary", elem_id="tr-start")
+        start_btn = gr.Button("Start a round", variant="primary", elem_id="tr-start", interactive=False)
+        with gr.Accordion("Advanced options", open=False, elem_id="tr-advanced"):
+            with gr.Row():
+                method = gr.Dropdown([m for m in METHODS if m != "document"], value="auto", label="Method",
+                                     elem_id="tr-method",
+                                     info="auto: DPO with enough pairs, else KTO for 👍/👎, else SFT")
+                epochs = gr.Number(value=0, label="Epochs (0: 3, or 1 from 50 examples)", minimum=0,
+                                   elem_id="tr-epochs")
+                max_steps = gr.Number(value=0, label="Max steps (0: no limit)", minimum=0, precision=0,
+                                      elem_id="tr-max-steps")
+                lr = gr.Number(value=0, label="Learning rate (0: 2e-4 SFT, 1e-4 KTO/DPO)", minimum=0,
+                               elem_id="tr-lr")
+            with gr.Row():
+                from_active = gr.Checkbox(label="Continue from the active adapter", elem_id="tr-from-active")
+                guests = gr.Checkbox(label="Also learn from guests' ratings", value=False, elem_id="tr-guests",
+                                     info="Guests never signed in: anyone can rate as one.")
+                squad = uploaded_file(label="SQuAD-format file for QA F1 (optional, slow on CPU)",
+                                      file_types=[".json"], type="filepath", elem_id="tr-squad")
         started = gr.Markdown(elem_id="tr-started")
         status = gr.Markdown(elem_id="tr-status")
-        loss = gr.LinePlot(x="step", y="loss", title="Training loss", elem_id="tr-loss")
+        loss = gr.LinePlot(x="step", y="loss", title="Training loss", elem_id="tr-loss", visible=False)
         runs = gr.Dataframe(headers=RUN_COLUMNS, interactive=False, label="Recent rounds", elem_id="tr-runs")
 
         # Adapter names are free text to the API (a script names adapters this page has not listed);
@@ -297,7 +309,7 @@ class TrainingTab:
 
         timer = gr.Timer(POLL_S, active=False)
         view = [status, loss, runs, timer, start_btn, adapters, shown, evaluation, target, left, right,
-                active_line, summary]
+                active_line, summary, promote_btn, rollback_btn]
         tab.select(self.refresh, [shown], view, api_visibility="private")
         timer.tick(self.poll, [shown], view, api_visibility="private", show_progress="hidden")
         shown.input(self.refresh, [shown], view, api_visibility="private")
