@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test test-fast lint bench bench-peer clean
+.PHONY: setup run test test-fast lint bench bench-peer screenshots clean
 
 setup: $(STAMP)
 
@@ -27,6 +27,11 @@ test: setup
 test-fast: setup
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -m "not slow" -q
+
+# The README's screens (docs/screenshots), from the accessibility test at desktop and phone width.
+screenshots: setup
+	mkdir -p docs/screenshots
+	CHATLM_SCREENSHOTS=docs/screenshots $(BIN)/python -m pytest -q tests/test_browser_a11y.py
 
 lint: setup
 	$(BIN)/ruff check .

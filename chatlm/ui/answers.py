@@ -42,6 +42,9 @@ class Pump:
         self.place = 0
         """Its place in the backend's wait queue when submitted (0: not waiting, or unknown)."""
         self.done = threading.Event()
+        self.followed = False
+        """A page has followed it (an answer that ended before its page's follow event came is
+        drawn once, with its outcome, by that event: see ``Answers.unseen``)."""
 
     def _run(self, on_done: Callable[[Pump], None]) -> None:
         try:
@@ -106,6 +109,7 @@ class Answers:
     def __init__(self, backend: Any) -> None:
         self.backend = backend
         self._pumps: dict[int, Pump] = {}
+        self._ended: dict[int, Pump] = {}
         self._pages: dict[str, Page] = {}
         self._lock = threading.Lock()
         self.storing = threading.BoundedSemaphore(STORING)
@@ -114,6 +118,12 @@ class Answers:
         """The pump of the answer being written in this conversation (a finished one until its
         thread lets go), if any."""
         return self._pumps.get(conv_id) if conv_id is not None else None
+
+    def unseen(self, conv_id: int | None) -> Pump | None:
+        """This conversation's last answer if it ended before any page followed it (a quick
+        answer, or a busy machine): its page's follow event then draws its end and its notice."""
+        pump = self._ended.get(conv_id) if conv_id is not None else None
+        return pump if pump is not None and not pump.followed else None
 
     def busy(self, conv_id: int | None) -> bool:
         pump = self.running(conv_id)
@@ -133,9 +143,17 @@ class Answers:
             pump.done.set()
             raise
         pump.place = self.waiting()
-        threading.Thread(target=pump._run, args=(lambda p: self._release(conv_id, p),), daemon=True,
+        threading.Thread(target=pump._run, args=(lambda p: self._ended_now(conv_id, p),), daemon=True,
                          name=f"answer-{conv_id}").start()
         return pump
+
+    def _ended_now(self, conv_id: int, pump: Pump) -> None:
+        with self._lock:
+            self._ended.pop(conv_id, None)
+            self._ended[conv_id] = pump
+            if len(self._ended) > SESSIONS:
+                del self._ended[next(iter(self._ended))]
+        self._release(conv_id, pump)
 
     def _release(self, conv_id: int, pump: Pump) -> None:
         with self._lock:

@@ -221,6 +221,7 @@ class ChatUI:
         event that ends repeats its last output, which must not be the chat the page left)."""
         if pump is None:
             return
+        pump.followed = True
         uid = await anyio.to_thread.run_sync(self._uid, request)
         page = self.answers.page(request.session_hash if request else None, conv_id)
         messages, _, _ = self._question(pump, *await anyio.to_thread.run_sync(self._view, uid, conv_id))
@@ -345,7 +346,7 @@ class ChatUI:
         uid = await anyio.to_thread.run_sync(self._uid, request)
         if conv_id is not None:  # only one's own conversation's answer can be followed
             await anyio.to_thread.run_sync(self.service.conversation, uid, conv_id)
-        pump = self.answers.running(conv_id)
+        pump = self.answers.running(conv_id) or self.answers.unseen(conv_id)
         async for out in self._follow(conv_id, pump, request):
             if out is not None:
                 yield (*out[:4], *(ANSWERING if out[4] else IDLE))
@@ -464,9 +465,10 @@ class ChatUI:
             conv_id = gr.State(None)
             stored = gr.BrowserState(None, storage_key="chatlm-conversation")
             with gr.Sidebar(open=True):
+                gr.Markdown("# chatlm", elem_id="app-title")  # the page's one heading, for screen readers
                 account = gr.Markdown(elem_id="account")
                 sign_link = gr.Button(size="sm", link_target="_self", visible=False, elem_id="sign-link")
-                gr.Markdown("### Conversations")
+                gr.Markdown("## Conversations")
                 new_btn = gr.Button("New chat", variant="secondary", elem_id="new-chat")
                 conv_list = gr.Radio(label="Open", choices=[], elem_id="conversations")
                 title = gr.Textbox(label="Title", elem_id="title")

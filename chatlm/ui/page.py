@@ -7,6 +7,16 @@ CSS = """
 /* Gradio's own 🗑 on the chat cleared the view and deleted nothing: deleting is the sidebar's
    Delete, which asks first. */
 #chatbot button[aria-label="Clear"] { display: none !important; }
+/* Text on buttons and in the footer readable by WCAG AA (4.5:1): the default theme's orange and
+   red buttons and grey footer links were 2.8, 3.8 and 1.9 to 1 (axe, tests/test_browser_a11y.py). */
+button.primary { background: #c2410c !important; border-color: #c2410c !important; color: #fff !important; }
+button.primary:hover { background: #9a3412 !important; }
+button.stop { background: #b91c1c !important; border-color: #b91c1c !important; color: #fff !important; }
+button.stop:hover { background: #991b1b !important; }
+footer, footer a, footer button { color: #52525b !important; }
+button[role="tab"].selected { color: #c2410c !important; }
+.dark footer, .dark footer a, .dark footer button { color: #d4d4d8 !important; }
+#app-title h1 { margin: 0; font-size: 1.4rem; }
 """
 
 JS = """
@@ -18,9 +28,21 @@ JS = """
     const wanted = name ? `${name} · chatlm` : 'chatlm';
     if (document.title !== wanted) document.title = wanted;
   };
-  new MutationObserver(sync).observe(document.body, {
+  // On a phone the sidebar starts closed (open, it covers the whole screen); its toggle opens it.
+  let narrowChecked = false;
+  const closeOnPhone = () => {
+    if (narrowChecked) return;
+    const sidebar = document.querySelector('.sidebar');
+    if (!sidebar) return;
+    narrowChecked = true;
+    if (window.innerWidth < 768 && sidebar.classList.contains('open')) {
+      sidebar.querySelector('.toggle-button')?.click();
+    }
+  };
+  new MutationObserver(() => { sync(); closeOnPhone(); }).observe(document.body, {
     subtree: true, childList: true, characterData: true, attributes: true, attributeFilter: ['class'],
   });
   sync();
+  closeOnPhone();
 }
 """

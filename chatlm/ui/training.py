@@ -287,7 +287,7 @@ class TrainingTab:
 
         # Adapter names are free text to the API (a script names adapters this page has not listed);
         # the service checks them against the registry.
-        gr.Markdown("### Adapters")
+        gr.Markdown("## Adapters")
         adapters = gr.Dataframe(headers=ADAPTER_COLUMNS, interactive=False, wrap=True, elem_id="tr-adapters")
         shown = gr.Dropdown([], label="Held-out evaluation of", allow_custom_value=True, elem_id="tr-shown")
         evaluation = gr.Dataframe(interactive=False, wrap=True, label="Held-out figures", elem_id="tr-eval")
@@ -297,7 +297,7 @@ class TrainingTab:
             rollback_btn = gr.Button("Roll back to the previous one", elem_id="tr-rollback")
         changed = gr.Markdown(elem_id="tr-changed")
 
-        gr.Markdown("### Compare two on the same question")
+        gr.Markdown("## Compare two on the same question")
         with gr.Row():
             left = gr.Dropdown([BASE], value=BASE, label="Left", allow_custom_value=True, elem_id="tr-left")
             right = gr.Dropdown([BASE], value=BASE, label="Right", allow_custom_value=True, elem_id="tr-right")
