@@ -141,6 +141,9 @@ def loaded(page: Any, navigate: Callable[[], Any]) -> None:
     navigate()
     page.wait_for_selector("#message textarea")
     page.wait_for_function("window.__gradioCompleted >= 1")
+    # the page load runs several events (the chat's view, who is signed in, and what their outputs
+    # change): a setting made before the view's event ends was once reset to its default
+    settled(page)
 
 
 def open_app(page: Any, server: Any) -> None:
