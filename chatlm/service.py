@@ -297,10 +297,8 @@ class ChatService:
 
     def siblings(self, user_id: int, message_id: int) -> tuple[int, int]:
         """(position from 1, count) of a message among the alternatives of its turn."""
-        with transaction(self.sessions) as s:
-            msg = repo.get_message(s, message_id=message_id, user_id=user_id)
-            ids = [m.id for m in repo.siblings(s, message=msg)]
-            return ids.index(msg.id) + 1, len(ids)
+        _, pos, count = self.alternatives(user_id, [message_id])[0]
+        return pos, count
 
     def alternatives(self, user_id: int, message_ids: list[int]) -> list[tuple[str, int, int]]:
         """(role, position from 1, count) of each message among its turn's alternatives, in one

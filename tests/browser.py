@@ -228,7 +228,8 @@ def wait_answer(page: Any, server: Any, count: int) -> Any:
     shown = (msg.content + MARKS.get(msg.status, "")).strip()
 
     def on_screen() -> bool:  # an answer with sources is followed by their block (last_sources)
-        text = bot_texts(page)[-1].strip() if bot_texts(page) else None
+        texts = bot_texts(page)
+        text = texts[-1].strip() if texts else None
         return text == shown or bool(msg.sources and text and text.startswith(shown + "\n\n<details"))
 
     wait_for(on_screen, "the stored answer to be shown")

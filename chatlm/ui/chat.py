@@ -76,8 +76,8 @@ class ChatUI:
             return [], [], []
         rows = self.service.history(uid, conv_id)
         shown = [(m, r) for m, r in rows if m.role in ("user", "assistant")]
-        texts = self.service.library.chunk_texts(
-            [src["chunk_id"] for m, _ in shown if m.role == "assistant" for src in m.sources or ()])
+        chunk_ids = [src["chunk_id"] for m, _ in shown if m.role == "assistant" for src in m.sources or ()]
+        texts = self.service.library.chunk_texts(chunk_ids) if chunk_ids else {}
         messages = [{"role": m.role, "content": _shown_text(m.content, m.status) + (
             sources_block(m.content, m.sources, texts) if m.role == "assistant" and m.sources else "")}
             for m, _ in shown]
@@ -391,23 +391,25 @@ class ChatUI:
             gr.Warning(exc.message)
         return ids[index]
 
-    def _target(self, uid: int, conv_id: int | None, ids: list[int], turn: int | None) -> int | None:
-        """The index (in ``ids``) of the message the pager pages: the one last clicked, else the
-        latest that has alternatives (an edited question or a retried answer, at any turn)."""
+    def _paged(self, uid: int, conv_id: int | None, ids: list[int], turn: int | None
+               ) -> tuple[int, str, int, int] | None:
+        """(index in ``ids``, role, position, count) of the message the pager pages: the one last
+        clicked, else the latest that has alternatives (an edited question or a retried answer, at
+        any turn); None when there is none. One read of the alternatives."""
         if conv_id is None or not ids:
             return None
         if turn is not None and 0 <= turn < len(ids):
-            return turn
-        counts = [count for _, _, count in self.service.alternatives(uid, ids)]
-        return next((i for i in range(len(ids) - 1, -1, -1) if counts[i] > 1), None)
+            return (turn, *self.service.alternatives(uid, [ids[turn]])[0])
+        every = self.service.alternatives(uid, ids)
+        return next(((i, *every[i]) for i in range(len(ids) - 1, -1, -1) if every[i][2] > 1), None)
 
     def page(self, conv_id: int | None, ids: list[int], step: int, turn: int | None = None,
              request: gr.Request | None = None) -> tuple[Any, ...]:
         """Show the previous or next alternative of the paged turn; the turns after it follow."""
         uid = self._uid(request)
-        target = self._target(uid, conv_id, ids, turn)
-        if target is not None:
-            self.service.switch_sibling(uid, ids[target], step)
+        paged = self._paged(uid, conv_id, ids, turn)
+        if paged is not None:
+            self.service.switch_sibling(uid, ids[paged[0]], step)
         messages, ids, feedback = self._view(uid, conv_id)
         return gr.update(value=messages, feedback_value=feedback), ids
 
@@ -422,13 +424,10 @@ class ChatUI:
     def pager(self, conv_id: int | None, ids: list[int], turn: int | None, request: gr.Request) -> str:
         """"answer 2/3" (or "question 2/2" for an edited one) of the paged turn; empty when the
         chat has no alternatives."""
-        uid = self._uid(request)
-        target = self._target(uid, conv_id, ids, turn)
-        if target is None:
+        paged = self._paged(self._uid(request), conv_id, ids, turn)
+        if paged is None or paged[3] < 2:
             return ""
-        [(role, pos, count)] = self.service.alternatives(uid, [ids[target]])
-        if count < 2:
-            return ""
+        _, role, pos, count = paged
         return f"{'answer' if role == 'assistant' else 'question'} {pos}/{count}"
 
     def choose_turn(self, event: gr.SelectData) -> int | None:
@@ -508,7 +507,7 @@ class ChatUI:
                     top_p = gr.Slider(0.05, 1, value=0.9, step=0.05, label="Top-p")
                     max_new = gr.Slider(1, self._max_new(), value=min(DEFAULT_MAX_NEW, self._max_new()),
                                         step=1, label="Maximum new tokens")
-                KnowledgePanel(self.service, self.who).render(conv_id, ids)
+                KnowledgePanel(self.service, self.who).render(conv_id)
                 panel = FeedbackPanel(self.service, self.who)
                 panel.render(conv_id, ids, selected)
             with gr.Tab("Feedback", elem_id="feedback-tab") as feedback_tab:

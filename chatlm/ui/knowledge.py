@@ -29,7 +29,6 @@ def sources_block(answer: str, sources: list[dict[str, Any]], texts: dict[int, s
     shown = [s for s in sources if s.get("n") in cited] or sources
     lines = []
     for src in shown:
-        text = " ".join(texts.get(src["chunk_id"], "").split())
         raw = texts.get(src["chunk_id"], "")
         if src.get("sentence"):
             start, end = src["sentence"]
@@ -39,6 +38,7 @@ def sources_block(answer: str, sources: list[dict[str, Any]], texts: dict[int, s
             tail = after[:SNIPPET] + ("…" if len(after) > SNIPPET else "")
             body = f"{_esc(lead)} **{_esc(sentence)}** {_esc(tail)}".strip()
         else:
+            text = " ".join(raw.split())
             body = _esc(text[:2 * SNIPPET]) + ("…" if len(text) > 2 * SNIPPET else "")
         lines.append(f"[{src['n']}] *{_esc(str(src['document']))}*: {body}")
     plural = "s" if len(lines) != 1 else ""
@@ -113,7 +113,7 @@ class KnowledgePanel:
         self.service.library.index_for(conv_id)
         return (conv_id, *self._documents(uid, conv_id))
 
-    def render(self, conv_id: gr.State, ids: gr.State) -> None:
+    def render(self, conv_id: gr.State) -> None:
         """Lay the panel out inside the current Blocks (each answer shows its own sources)."""
         with gr.Accordion("Knowledge texts", open=False, elem_id="knowledge"):
             with gr.Row():
