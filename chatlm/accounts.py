@@ -131,6 +131,7 @@ class AccountService:
         self._admin(actor)
         with transaction(self.sessions) as s:
             counts = dict(s.execute(select(Conversation.user_id, func.count())
+                                    .where(Conversation.deleted_at.is_(None))
                                     .group_by(Conversation.user_id)).tuples().all())
             now = utcnow()
             return [UserInfo(name=u.name, is_admin=u.is_admin, is_guest=u.is_guest,

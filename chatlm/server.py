@@ -37,6 +37,7 @@ def build_app(settings: Settings, backend: Any = None) -> App:
     import gradio as gr
     from fastapi import FastAPI
 
+    from chatlm.api import chats
     from chatlm.api.openai import OpenAIRoutes
     from chatlm.ui import page, signin
     from chatlm.ui.chat import ChatUI
@@ -50,11 +51,14 @@ def build_app(settings: Settings, backend: Any = None) -> App:
     # (Another process that finishes such an answer still stores its final state over this mark.)
     if interrupted := service.mark_interrupted():
         log.warning("%d answer(s) were cut off when the last server stopped; kept as interrupted", interrupted)
+    service.purge_deleted()  # deletes whose Undo window passed while no server ran
     api = FastAPI(title="chatlm")
     OpenAIRoutes(service, identity).install(api)
     if settings.auth != "none":
         signin.install(api, identity)
-    blocks = ChatUI(service, Who(identity)).build()
+    who = Who(identity)
+    chats.install(api, service, who)
+    blocks = ChatUI(service, who).build()
     blocks.queue(default_concurrency_limit=settings.max_batch)
     # Nothing under the data folder (database, adapters, models) or the code is ever served or
     # copied by Gradio, whatever a request names; uploads are checked in chatlm.ui.uploads.

@@ -45,6 +45,12 @@ log = logging.getLogger(__name__)
 STATUS_BY_FINISH = {"cancelled": "stopped", "error": "error"}
 COPY_SENTENCES = 1
 """Sentences (best agreement with the question first) an extractive answer may copy from."""
+DEFAULT_MODEL = ""
+"""A conversation's model choice meaning "whatever the server serves by default" (the active adapter)."""
+BASE_MODEL = "base"
+"""A conversation's model choice meaning "the base model, no adapter"."""
+REMEMBERED = ("temperature", "top_p", "max_new_tokens", "model")
+"""Settings a new chat takes from the user's latest one (remembered per user, on the server)."""
 CHECKPOINT_S = 1.0
 """How often a streaming answer's text is written to the database (its row says ``pending``)."""
 
@@ -157,9 +163,21 @@ class ChatService:
                 system_prompt=self.settings.system_prompt if system_prompt is None else system_prompt,
             )
 
-    def conversations(self, user_id: int) -> list[Conversation]:
+    def conversations(self, user_id: int, query: str = "") -> list[Conversation]:
+        """The user's conversations, newest first (``query``: those whose title or text has it).
+        Deletes whose Undo window has passed are purged here, on the user's own next look."""
         with transaction(self.sessions) as s:
-            return repo.list_conversations(s, user_id=user_id)
+            repo.purge_deleted(s, user_id=user_id)
+            return repo.list_conversations(s, user_id=user_id, query=query)
+
+    def remembered(self, user_id: int) -> tuple[str | None, dict[str, Any]]:
+        """The system prompt and settings of the user's latest conversation: what a new chat starts
+        with (None, {} for a first chat: the server's defaults)."""
+        with transaction(self.sessions) as s:
+            latest = next(iter(repo.list_conversations(s, user_id=user_id)), None)
+            if latest is None:
+                return None, {}
+            return latest.system_prompt, {k: latest.settings[k] for k in REMEMBERED if k in latest.settings}
 
     def conversation(self, user_id: int, conversation_id: int) -> Conversation:
         with transaction(self.sessions) as s:
@@ -170,10 +188,22 @@ class ChatService:
             repo.rename_conversation(s, conversation_id=conversation_id, user_id=user_id,
                                      title=title)
 
-    def delete(self, user_id: int, conversation_id: int) -> None:
+    def delete(self, user_id: int, conversation_id: int) -> str:
+        """Delete a conversation (its answer stops); ``restore`` can bring it back for
+        ``repo.UNDO_WINDOW``. Returns its title, for the Undo notice."""
         self.stop(user_id, conversation_id)
         with transaction(self.sessions) as s:
-            repo.delete_conversation(s, conversation_id=conversation_id, user_id=user_id)
+            return repo.delete_conversation(s, conversation_id=conversation_id, user_id=user_id).title
+
+    def purge_deleted(self) -> int:
+        """Remove every user's deletes whose Undo window has passed."""
+        with transaction(self.sessions) as s:
+            return repo.purge_deleted(s)
+
+    def restore(self, user_id: int, conversation_id: int) -> Conversation:
+        """Undo a delete (refused once it was purged)."""
+        with transaction(self.sessions) as s:
+            return repo.restore_conversation(s, conversation_id=conversation_id, user_id=user_id)
 
     def update_settings(self, user_id: int, conversation_id: int, *, system_prompt: str,
                         settings: dict[str, Any]) -> None:
@@ -214,8 +244,9 @@ class ChatService:
              params: SamplingParams, *, adapter: str | None = None, k: int = 3,
              short: bool = False) -> Reply:
         """Commit the user's message, then start the answer (stored when it ends or stops).
-        When the conversation has documents, the answer rests on the top-``k`` passages."""
-        adapter = adapter or self.follow_registry()
+        When the conversation has documents, the answer rests on the top-``k`` passages.
+        ``adapter``: None (or ``DEFAULT_MODEL``) for the served default, ``BASE_MODEL``, or a name."""
+        adapter = self.serving(adapter)
         if not content or not content.strip():
             raise InputError("The message is empty.")
         if len(content) > MAX_MESSAGE_CHARS:
@@ -256,7 +287,7 @@ class ChatService:
     def retry(self, user_id: int, message_id: int, params: SamplingParams, *,
               adapter: str | None = None) -> Reply:
         """A new answer to the same question, stored as a sibling of ``message_id``."""
-        adapter = adapter or self.follow_registry()
+        adapter = self.serving(adapter)
         params = params.clamped(self.settings.max_new_tokens)
         self._admit(user_id)
         with transaction(self.sessions) as s:
@@ -337,6 +368,18 @@ class ChatService:
     def _admit(self, user_id: int) -> None:
         if self.fair is not None:
             self.fair.admit(user_id)
+
+    def serving(self, choice: str | None) -> str | None:
+        """The adapter an answer uses for a model choice: the default (the active adapter), the
+        base model (None), or a served adapter by name (one not served is refused)."""
+        if not choice:
+            return self.follow_registry()
+        if choice == BASE_MODEL:
+            return None
+        if choice not in self.adapter_names():
+            raise NotFoundError(f"The model {choice!r} is not served here (any more): choose another "
+                                "one at the top of the chat.")
+        return choice
 
     def adapter_names(self) -> list[str]:
         """LoRA adapters the backend can serve, as model ids."""

@@ -102,7 +102,10 @@ def test_other_users_cannot_read_or_rate(url: str) -> None:
         assert repo.list_conversations(s, user_id=other) == []
 
 
-def test_deleting_a_conversation_removes_its_messages(url: str) -> None:
+def test_a_deleted_conversation_is_gone_at_once_can_be_undone_and_is_purged_after_the_window(url: str) -> None:
+    from chatlm.feedback.load import conversations as training_conversations
+    from chatlm.store.models import Conversation
+
     sessions = db.make_sessionmaker(db.make_engine(url))
     with db.transaction(sessions) as s:
         uid = repo.get_or_create_user(s).id
@@ -110,8 +113,42 @@ def test_deleting_a_conversation_removes_its_messages(url: str) -> None:
         repo.add_message(s, conversation_id=conv.id, role="user", content="q")
     with db.transaction(sessions) as s:
         repo.delete_conversation(s, conversation_id=conv.id, user_id=uid)
+    with db.transaction(sessions) as s:  # gone for its user and for training at once
+        assert repo.list_conversations(s, user_id=uid) == []
+        with pytest.raises(NotFoundError):
+            repo.get_conversation(s, conversation_id=conv.id, user_id=uid)
+        assert training_conversations(s) == []
+        assert repo.purge_deleted(s) == 0  # within the Undo window the rows stay
+    with db.transaction(sessions) as s:
+        repo.restore_conversation(s, conversation_id=conv.id, user_id=uid)
+    with db.transaction(sessions) as s:
+        assert [c.id for c in repo.list_conversations(s, user_id=uid)] == [conv.id]
+        repo.delete_conversation(s, conversation_id=conv.id, user_id=uid)
+        s.get(Conversation, conv.id).deleted_at -= repo.UNDO_WINDOW  # the window has passed
+    with db.transaction(sessions) as s:
+        assert repo.purge_deleted(s, user_id=uid) == 1
     with db.transaction(sessions) as s:
         assert s.execute(text("SELECT count(*) FROM messages")).scalar() == 0
+        with pytest.raises(NotFoundError, match="no longer"):
+            repo.restore_conversation(s, conversation_id=conv.id, user_id=uid)
+
+
+def test_search_finds_chats_by_title_or_message_text_only_the_users_own(url: str) -> None:
+    sessions = db.make_sessionmaker(db.make_engine(url))
+    with db.transaction(sessions) as s:
+        ann, bob = repo.get_or_create_user(s, name="ann").id, repo.get_or_create_user(s, name="bob").id
+        trip = repo.create_conversation(s, user_id=ann, title="Trip to Rouen")
+        recipe = repo.create_conversation(s, user_id=ann, title="Dinner")
+        repo.add_message(s, conversation_id=recipe.id, role="user", content="A recipe with 100% butter_cream?")
+        repo.create_conversation(s, user_id=bob, title="rouen too")
+    with db.transaction(sessions) as s:
+        def found(query: str, user: int = ann) -> list[int]:
+            return [c.id for c in repo.list_conversations(s, user_id=user, query=query)]
+
+        assert found("ROUEN") == [trip.id]  # case-insensitive, never another user's
+        assert found("butter_cream") == [recipe.id]  # message text counts
+        assert found("100%") == [recipe.id] and found("1_0") == [] and found("%") == [recipe.id]
+        assert found("   ") == [recipe.id, trip.id]  # nothing typed: every chat, newest first
 
 
 def test_upgrade_from_0002_keeps_messages_and_allows_interrupted(tmp_path: Path) -> None:

@@ -25,7 +25,8 @@ def rated_answers(session: Session, *, since: datetime | None = None, adapter: s
             .join(Rating, Rating.message_id == Message.id)
             .join(Conversation, Conversation.id == Message.conversation_id)
             .join(User, User.id == Rating.user_id)
-            .where(Message.role == "assistant", Message.prompt_messages.is_not(None))
+            .where(Message.role == "assistant", Message.prompt_messages.is_not(None),
+                   Conversation.deleted_at.is_(None))
             .order_by(Message.id, Rating.id))
     if since is not None:
         stmt = stmt.where(Message.created_at >= since)
@@ -55,7 +56,8 @@ def _rated(msg: Message, rating: Rating, excluded: bool) -> RatedAnswer:
 def conversations(session: Session, *, since: datetime | None = None,
                   user: str | None = None) -> list[ConvRecord]:
     """Every conversation's visible branch with its system prompt (excluded ones flagged)."""
-    stmt = select(Conversation).join(User, User.id == Conversation.user_id).order_by(Conversation.id)
+    stmt = (select(Conversation).join(User, User.id == Conversation.user_id)
+            .where(Conversation.deleted_at.is_(None)).order_by(Conversation.id))
     if since is not None:
         stmt = stmt.where(Conversation.updated_at >= since)
     if user is not None:

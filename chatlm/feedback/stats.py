@@ -38,6 +38,7 @@ def rated_rows(session: Session, *, label: str | None = None, adapter: str | Non
             .join(User, User.id == Rating.user_id)
             .join(Conversation, Conversation.id == Message.conversation_id)
             .outerjoin(parent, parent.c.id == Message.parent_id)
+            .where(Conversation.deleted_at.is_(None))
             .order_by(Rating.updated_at.desc(), Rating.id.desc()))
     if user_id is not None:
         stmt = stmt.where(Rating.user_id == user_id)

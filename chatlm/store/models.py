@@ -85,6 +85,9 @@ class Conversation(Base):
     """Last message of the branch on screen; no FK to avoid a cycle with messages."""
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, index=True)
+    deleted_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    """Set by Delete: the conversation is gone for its user and for training, and can be brought
+    back (Undo) until ``repo.UNDO_WINDOW`` has passed, when it is purged."""
 
     messages: Mapped[list[Message]] = relationship(
         back_populates="conversation", cascade="all, delete-orphan", passive_deletes=True,

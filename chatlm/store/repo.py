@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, exists, or_, select, update
 from sqlalchemy.orm import Session
 
 from chatlm.errors import InputError, NotFoundError
@@ -24,6 +25,8 @@ RATING_REASONS = {
 """Why an answer got a 👎: the stored id and the words a user picks it by. A 👍 takes none."""
 EMPTY_BRANCH = 0
 """``active_leaf_id`` of a conversation whose next message starts a new root (editing the first one)."""
+UNDO_WINDOW = timedelta(minutes=10)
+"""How long a deleted conversation can be brought back (Undo) before it is purged for good."""
 
 
 def get_or_create_user(session: Session, *, name: str = LOCAL_USER) -> User:
@@ -46,9 +49,17 @@ def create_conversation(
     return conv
 
 
-def list_conversations(session: Session, *, user_id: int) -> list[Conversation]:
-    stmt = (select(Conversation).where(Conversation.user_id == user_id)
+def list_conversations(session: Session, *, user_id: int, query: str = "") -> list[Conversation]:
+    """The user's conversations, newest first; with ``query``, those whose title or any message
+    contains it (case-insensitive; ``%`` and ``_`` match themselves)."""
+    stmt = (select(Conversation).where(Conversation.user_id == user_id, Conversation.deleted_at.is_(None))
             .order_by(Conversation.updated_at.desc(), Conversation.id.desc()))
+    words = " ".join(query.split())
+    if words:
+        pattern = "%" + words.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        in_text = exists().where(Message.conversation_id == Conversation.id,
+                                 Message.role != "system", Message.content.ilike(pattern, escape="\\"))
+        stmt = stmt.where(or_(Conversation.title.ilike(pattern, escape="\\"), in_text))
     return list(session.scalars(stmt))
 
 
@@ -56,7 +67,7 @@ def get_conversation(session: Session, *, conversation_id: int, user_id: int) ->
     """The user's conversation; someone else's is answered exactly as a missing one, so that ids
     tried by a stranger tell them nothing (not even that the conversation exists)."""
     conv = session.get(Conversation, conversation_id)
-    if conv is None or conv.user_id != user_id:
+    if conv is None or conv.user_id != user_id or conv.deleted_at is not None:
         raise NotFoundError(f"Conversation {conversation_id} does not exist.")
     return conv
 
@@ -71,9 +82,31 @@ def rename_conversation(session: Session, *, conversation_id: int, user_id: int,
     return conv
 
 
-def delete_conversation(session: Session, *, conversation_id: int, user_id: int) -> None:
+def delete_conversation(session: Session, *, conversation_id: int, user_id: int) -> Conversation:
+    """Delete for the user at once (gone from lists, access and training data); the rows stay
+    for ``UNDO_WINDOW`` so that Undo can bring them back, then ``purge_deleted`` removes them."""
     conv = get_conversation(session, conversation_id=conversation_id, user_id=user_id)
-    session.delete(conv)
+    conv.deleted_at = utcnow()
+    return conv
+
+
+def restore_conversation(session: Session, *, conversation_id: int, user_id: int) -> Conversation:
+    """Undo a delete that has not been purged yet."""
+    conv = session.get(Conversation, conversation_id)
+    if conv is None or conv.user_id != user_id or conv.deleted_at is None:
+        raise NotFoundError("That conversation can no longer be brought back.")
+    conv.deleted_at = None
+    return conv
+
+
+def purge_deleted(session: Session, *, user_id: int | None = None) -> int:
+    """Remove deleted conversations whose Undo window has passed (of one user, or of everyone);
+    their messages, ratings and links go with them (ON DELETE CASCADE)."""
+    stmt = delete(Conversation).where(Conversation.deleted_at.is_not(None),
+                                      Conversation.deleted_at < utcnow() - UNDO_WINDOW)
+    if user_id is not None:
+        stmt = stmt.where(Conversation.user_id == user_id)
+    return int(session.execute(stmt, execution_options={"synchronize_session": False}).rowcount or 0)  # type: ignore[attr-defined]
 
 
 def add_message(

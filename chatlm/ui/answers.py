@@ -91,6 +91,8 @@ class Page:
 
     conv_id: int | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
+    query: str = ""
+    """What this page's sidebar search box holds: every redraw of its list keeps to it."""
 
     @asynccontextmanager
     async def drawing(self) -> AsyncIterator[None]:

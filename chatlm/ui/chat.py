@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import anyio
@@ -16,7 +17,8 @@ import gradio as gr
 
 from chatlm.engine.params import SamplingParams
 from chatlm.errors import ChatLMError
-from chatlm.service import ChatService, Reply
+from chatlm.service import BASE_MODEL, DEFAULT_MODEL, ChatService, Reply
+from chatlm.ui import sidebar
 from chatlm.ui.answers import Answers, Pump, Turn
 from chatlm.ui.knowledge import sources_block
 from chatlm.ui.who import Who
@@ -33,6 +35,9 @@ ANSWERING = (gr.update(visible=False), gr.update(visible=True))
 """Send and Stop while an answer is being written: Send turns into Stop."""
 IDLE = (gr.update(visible=True), gr.update(visible=False))
 NOTHING = (gr.update(),) * 6
+VIEW_NAMES = ("chat", "ids", "conv_id", "list", "system_prompt", "temperature", "top_p", "max_new", "model",
+              "notice", "excluded")
+"""The outputs of opening a chat (``_open``), in order."""
 """The outputs of ``follow`` left as they are."""
 
 
@@ -40,8 +45,8 @@ WELCOME = (
     "### Welcome to chatlm\n"
     "Ask anything, or load a text under **Knowledge** below and ask about it: answers about a text "
     "quote it and show their sources.\n\n"
-    "Rate answers with 👍 / 👎 (and, if you like, write a better one): your ratings teach the next "
-    "version of this model in the **Training** tab.")
+    "Rate answers with the thumbs under them, up or down (and, if you like, write a better one): "
+    "your ratings teach the next version of this model in the **Training** tab.")
 EXAMPLES = (
     "Explain how a rainbow forms, in three sentences.",
     "Write a short, friendly note declining a meeting invitation.",
@@ -84,9 +89,20 @@ class ChatUI:
         feedback = [FEEDBACK.get(r) if r else None for m, r in shown if m.role == "assistant"]
         return messages, [m.id for m, _ in shown], feedback
 
-    def _sidebar(self, uid: int, conv_id: int | None) -> Any:
-        convs = self.service.conversations(uid)
-        return gr.update(choices=[(c.title, c.id) for c in convs], value=conv_id)
+    def _sidebar(self, uid: int, conv_id: int | None, request: gr.Request | None = None) -> Any:
+        """The conversation list in date groups, kept to this page's search."""
+        session = request.session_hash if request is not None else None
+        query = self.answers.page(session).query if session else ""
+        convs = self.service.conversations(uid, query)
+        return gr.update(value=sidebar.listing(convs, conv_id, datetime.now(UTC).replace(tzinfo=None), query))
+
+    def _models(self, choice: str | None) -> Any:
+        """The chat's model picker: the served default, the base model, or a served adapter."""
+        names = self.service.adapter_names()
+        active = self.service.active_adapter
+        choices = [(f"Default ({active or 'base model'})", DEFAULT_MODEL), ("Base model", BASE_MODEL),
+                   *[(n, n) for n in names]]
+        return gr.update(choices=choices, value=choice if choice in {c[1] for c in choices} else DEFAULT_MODEL)
 
     def _shows(self, request: gr.Request | None, conv_id: int | None) -> bool:
         if request is None or request.session_hash is None:
@@ -98,13 +114,17 @@ class ChatUI:
         conv = self.service.conversation(uid, conv_id) if conv_id else None  # yours, or refused
         self.answers.show(request.session_hash if request else None, conv_id)
         messages, ids, feedback = self._view(uid, conv_id)
-        settings = conv.settings if conv else {}
+        if conv is not None:
+            sys_prompt, settings = conv.system_prompt, conv.settings
+        else:  # a new chat starts with this user's latest settings (remembered on the server)
+            sys_prompt, settings = self.service.remembered(uid)
         return (
             gr.update(value=messages, feedback_value=feedback), ids, conv_id,
-            self._sidebar(uid, conv_id), conv.title if conv else "",
-            conv.system_prompt if conv else self.service.settings.system_prompt,
+            self._sidebar(uid, conv_id, request),
+            self.service.settings.system_prompt if sys_prompt is None else sys_prompt,
             settings.get("temperature", 0.7), settings.get("top_p", 0.9),
-            min(int(settings.get("max_new_tokens", DEFAULT_MAX_NEW)), self._max_new()), "",
+            min(int(settings.get("max_new_tokens", DEFAULT_MAX_NEW)), self._max_new()),
+            self._models(settings.get("model")), "",
             bool(conv.exclude_from_training) if conv else False,
         )
 
@@ -129,8 +149,8 @@ class ChatUI:
             if not created:
                 self.service.update_settings(uid, conv_id, system_prompt=sys_prompt, settings=settings)
             with self.answers.storing:
-                pump = self.answers.start(
-                    conv_id, lambda: self.service.send(uid, conv_id, text, _params(settings)))
+                pump = self.answers.start(conv_id, lambda: self.service.send(
+                    uid, conv_id, text, _params(settings), adapter=settings.get("model")))
         except ChatLMError as exc:
             if created:
                 self.service.delete(uid, conv_id)
@@ -162,7 +182,7 @@ class ChatUI:
         return Turn(conv_id, pump)
 
     def _retry_reply(self, conv_id: int | None, temperature: float, top_p: float,
-                     max_new: int) -> Callable[[int], Reply]:
+                     max_new: int, model: str | None) -> Callable[[int], Reply]:
         """Another answer to the last question; a question left unanswered (the server was busy)
         is asked again as a new branch from the same point."""
         params = _params(_settings(temperature, top_p, max_new))
@@ -174,8 +194,8 @@ class ChatUI:
                 raise ChatLMError("There is no answer to retry.")
             last = path[-1]
             if last.role == "user":
-                return self.service.edit(uid, last.id, last.content, params)
-            return self.service.retry(uid, last.id, params)
+                return self.service.edit(uid, last.id, last.content, params, adapter=model)
+            return self.service.retry(uid, last.id, params, adapter=model)
 
         return start
 
@@ -190,7 +210,7 @@ class ChatUI:
             messages.append({"role": "assistant", "content": ""})
         notice = self.answers.progress(turn.pump) if turn.pump is not None else turn.notice
         return (gr.update(value=messages, feedback_value=feedback), ids, turn.conv_id,
-                self._sidebar(uid, turn.conv_id), notice, box)
+                self._sidebar(uid, turn.conv_id, request), notice, box)
 
     def _begun(self, turn: Turn, box: Any, request: gr.Request | None) -> Outputs:
         """The browser's outputs of a start: as ``_started``, and Send turns into Stop."""
@@ -238,9 +258,9 @@ class ChatUI:
                     yield gr.update(value=chat), gr.update(), gr.update(), now[1], True
             await asyncio.sleep(POLL_S)
         messages, ids, feedback = await anyio.to_thread.run_sync(self._view, uid, conv_id)
-        sidebar = await anyio.to_thread.run_sync(self._sidebar, uid, conv_id)
+        listed = await anyio.to_thread.run_sync(self._sidebar, uid, conv_id, request)
         async with page.drawing():
-            yield ((gr.update(value=messages, feedback_value=feedback), ids, sidebar, pump.outcome(),
+            yield ((gr.update(value=messages, feedback_value=feedback), ids, listed, pump.outcome(),
                     False) if page.conv_id == conv_id else None)
 
     # ---- handlers ------------------------------------------------------------------------
@@ -252,22 +272,42 @@ class ChatUI:
         conv_id = stored_id if stored_id in ids else (convs[0].id if convs else None)
         return self._open(conv_id, request)
 
-    def open(self, conv_id: int | None, request: gr.Request) -> Outputs:
-        return self._open(conv_id, request)
+    def open(self, conv_id: float | None, request: gr.Request) -> Outputs:
+        return self._open(_chat_id(conv_id), request)
 
     def new(self, request: gr.Request) -> Outputs:
         return self._open(None, request)
 
-    def rename(self, conv_id: int | None, title: str, request: gr.Request) -> Any:
-        uid = self._uid(request)
-        if conv_id is None:
+    def rename(self, target: int | None, title: str, shown: int | None, request: gr.Request) -> Any:
+        """Rename one of the caller's chats (the list's menu, or ``/rename``); the list is redrawn."""
+        uid, target = self._uid(request), _chat_id(target)
+        if target is None:
             gr.Warning("Open a conversation first.")
-            return self._sidebar(uid, conv_id)
+            return self._sidebar(uid, shown, request)
         try:
-            self.service.rename(uid, conv_id, title)
+            self.service.rename(uid, target, title)
         except ChatLMError as exc:
             gr.Warning(exc.message)
-        return self._sidebar(uid, conv_id)
+        return self._sidebar(uid, shown, request)
+
+    def renamed(self, shown: int | None, event: gr.EventData, request: gr.Request) -> Any:
+        target, title = sidebar.clicked(event)
+        return self.rename(target, title, shown, request)
+
+    def picked(self, event: gr.EventData, request: gr.Request) -> Outputs:
+        """A chat clicked in the list: open it (someone else's id is refused like a missing one)."""
+        target, _ = sidebar.clicked(event)
+        try:
+            return self._open(target, request)
+        except ChatLMError as exc:
+            gr.Warning(exc.message)
+            return (gr.update(),) * len(VIEW_NAMES)
+
+    def search(self, query: str, shown: int | None, request: gr.Request) -> Any:
+        """Keep the list to chats whose title or messages have ``query`` (this page only)."""
+        if request is not None and request.session_hash:
+            self.answers.page(request.session_hash).query = (query or "")[:200]
+        return self._sidebar(self._uid(request), shown, request)
 
     def whoami(self, request: gr.Request) -> tuple[str, Any, Any, Any]:
         """Who is signed in, the sign-out (or sign-in) link, and the admin's tabs shown to admins
@@ -286,58 +326,87 @@ class ChatUI:
         return line, gr.update(visible=actor.is_admin), gr.update(visible=actor.is_admin), link
 
     def sidebar(self, conv_id: int | None, request: gr.Request) -> Any:
-        return self._sidebar(self._uid(request), conv_id)
+        return self._sidebar(self._uid(request), conv_id, request)
 
-    def delete(self, conv_id: int | None, request: gr.Request) -> Outputs:
-        if conv_id is not None:
-            self.service.delete(self._uid(request), conv_id)
-        return self.load(None, request)
+    def delete(self, target: int | None, shown: int | None, request: gr.Request) -> Outputs:
+        """Delete one of the caller's chats at once and offer Undo; a page that showed it opens
+        the latest chat left. (The view's outputs, then the Undo bar, its words and the id.)"""
+        uid, target = self._uid(request), _chat_id(target)
+        if target is None:
+            gr.Warning("There is no conversation to delete.")
+            return (gr.update(),) * (len(VIEW_NAMES) + 3)
+        try:
+            title = self.service.delete(uid, target)
+        except ChatLMError as exc:
+            gr.Warning(exc.message)
+            return (gr.update(),) * (len(VIEW_NAMES) + 3)
+        if target == shown or shown is None:
+            view = self.load(None, request)
+        else:
+            view = (*(gr.update(),) * 3, self._sidebar(uid, shown, request), *(gr.update(),) * 7)
+        return (*view, gr.update(visible=True), f"Deleted “{_plain(title)}”.", target)
+
+    def deleted(self, shown: int | None, event: gr.EventData, request: gr.Request) -> Outputs:
+        target, _ = sidebar.clicked(event)
+        return self.delete(target, shown, request)
+
+    def undo(self, target: int | None, request: gr.Request) -> Outputs:
+        """Bring a deleted chat back (within ``repo.UNDO_WINDOW``) and open it."""
+        hidden, target = (gr.update(visible=False), "", None), _chat_id(target)
+        if target is None:
+            return (*(gr.update(),) * len(VIEW_NAMES), *hidden)
+        try:
+            self.service.restore(self._uid(request), target)
+        except ChatLMError as exc:
+            gr.Warning(exc.message)
+            return (*(gr.update(),) * len(VIEW_NAMES), *hidden)
+        return (*self._open(target, request), *hidden)
 
     def submit(self, text: str, conv_id: int | None, sys_prompt: str, temperature: float,
-               top_p: float, max_new: int, request: gr.Request) -> Outputs:
+               top_p: float, max_new: int, model: str | None, request: gr.Request) -> Outputs:
         """Send or Enter: store the message and start its answer, clearing the box at once (the
         answer is followed by ``follow``); a refused message stays in the box."""
         if not text or not text.strip():
             gr.Warning("Type a message first.")
             return (gr.update(),) * 8
-        turn = self._turn(text, conv_id, sys_prompt, _settings(temperature, top_p, max_new), request)
+        turn = self._turn(text, conv_id, sys_prompt, _settings(temperature, top_p, max_new, model), request)
         return self._begun(turn, "" if turn.stored else gr.update(), request)
 
     async def send(self, text: str, conv_id: int | None, sys_prompt: str, temperature: float,
-                   top_p: float, max_new: int, request: gr.Request) -> AsyncIterator[Outputs]:
+                   top_p: float, max_new: int, model: str | None, request: gr.Request) -> AsyncIterator[Outputs]:
         """The ``/send`` endpoint: the stored message (or why not) at once, then the answer as
         it streams, then the stored state (ids, ratings)."""
         if not text or not text.strip():
             gr.Warning("Type a message first.")
             return
         turn = await anyio.to_thread.run_sync(
-            self._turn, text, conv_id, sys_prompt, _settings(temperature, top_p, max_new), request)
+            self._turn, text, conv_id, sys_prompt, _settings(temperature, top_p, max_new, model), request)
         async for out in self._stream(turn, "" if turn.stored else text, request):
             yield out
 
     def retry_start(self, conv_id: int | None, temperature: float, top_p: float, max_new: int,
-                    request: gr.Request) -> Outputs:
+                    model: str | None, request: gr.Request) -> Outputs:
         """Retry: start another answer to the last question (followed by ``follow``)."""
-        turn = self._again(conv_id, self._retry_reply(conv_id, temperature, top_p, max_new), request)
+        turn = self._again(conv_id, self._retry_reply(conv_id, temperature, top_p, max_new, model), request)
         return self._begun(turn, gr.update(), request)
 
     async def retry(self, conv_id: int | None, temperature: float, top_p: float, max_new: int,
-                    request: gr.Request) -> AsyncIterator[Outputs]:
+                    model: str | None, request: gr.Request) -> AsyncIterator[Outputs]:
         """The ``/retry`` endpoint: a new answer to the last question, streamed."""
-        start = self._retry_reply(conv_id, temperature, top_p, max_new)
+        start = self._retry_reply(conv_id, temperature, top_p, max_new, model)
         turn = await anyio.to_thread.run_sync(self._again, conv_id, start, request)
         async for out in self._stream(turn, gr.update(), request):
             yield out
 
     def edit(self, conv_id: int | None, ids: list[int], temperature: float, top_p: float,
-             max_new: int, request: gr.Request, data: gr.EditData) -> Outputs:
+             max_new: int, model: str | None, request: gr.Request, data: gr.EditData) -> Outputs:
         """An edited user message starts a new branch; the old branch stays (page back to it)."""
         index = data.index if isinstance(data.index, int) else data.index[0]
         if conv_id is None or not 0 <= index < len(ids):
             return (gr.update(),) * 8
         params = _params(_settings(temperature, top_p, max_new))
         turn = self._again(conv_id, lambda uid: self.service.edit(uid, ids[index], str(data.value),
-                                                                   params), request)
+                                                                   params, adapter=model), request)
         return self._begun(turn, gr.update(), request)
 
     async def follow(self, conv_id: int | None, request: gr.Request) -> AsyncIterator[Outputs]:
@@ -469,21 +538,18 @@ class ChatUI:
                 sign_link = gr.Button(size="sm", link_target="_self", visible=False, elem_id="sign-link")
                 gr.Markdown("## Conversations")
                 new_btn = gr.Button("New chat", variant="secondary", elem_id="new-chat")
-                conv_list = gr.Radio(label="Open", choices=[], elem_id="conversations")
-                title = gr.Textbox(label="Title", elem_id="title")
-                with gr.Row():
-                    rename_btn = gr.Button("Rename", size="sm", elem_id="rename")
-                    delete_btn = gr.Button("Delete", size="sm", variant="stop", elem_id="delete")
-                with gr.Group(visible=False, elem_id="delete-confirm-box") as confirm_box:
-                    gr.Markdown("Delete this conversation, its answers and their ratings? This "
-                                "cannot be undone.", elem_id="delete-question")
-                    with gr.Row():
-                        confirm_btn = gr.Button("Delete for good", size="sm", variant="stop",
-                                                elem_id="delete-confirm")
-                        keep_btn = gr.Button("Keep it", size="sm", elem_id="delete-cancel")
+                search = gr.Textbox(label="Search chats", placeholder="Search titles and messages",
+                                    elem_id="chat-search", max_lines=1)
+                with gr.Group(visible=False, elem_id="undo-box") as undo_box:
+                    undo_text = gr.Markdown(elem_id="undo-text")
+                    undo_btn = gr.Button("Undo", size="sm", elem_id="undo")
+                undo_id = gr.State(None)
+                conv_list = sidebar.component()
                 excluded = gr.Checkbox(label="Don't use this conversation for training",
                                        elem_id="exclude")
             with gr.Tab("Chat", elem_id="chat-tab"):
+                model = gr.Dropdown(label="Model of this chat", choices=[("Default", DEFAULT_MODEL)],
+                                    value=DEFAULT_MODEL, elem_id="model")
                 chatbot = gr.Chatbot(height=520, label="chatlm", elem_id="chatbot", editable="user",
                                      feedback_options=("Like", "Dislike"), buttons=["copy"],
                                      placeholder=WELCOME, examples=[{"text": t} for t in EXAMPLES])
@@ -500,6 +566,8 @@ class ChatUI:
                                          visible=False)
                     retry_btn = gr.Button("Retry", scale=1, elem_id="retry")
                     api = gr.Button("API", visible=False)  # carries /send and /retry (ChatInterface's way)
+                    target = gr.Number(visible=False, precision=0, label="conversation")  # the API's chat id
+                    new_title = gr.Textbox(visible=False, label="title")
                 with gr.Accordion("Generation settings", open=False):
                     sys_prompt = gr.Textbox(label="System prompt", lines=2,
                                             value=self.service.settings.system_prompt)
@@ -523,12 +591,14 @@ class ChatUI:
                 with gr.Tab("Account", elem_id="account-tab") as account_tab:
                     AccountTab(self.service, self.who).render(account_tab)
 
-            view = [chatbot, ids, conv_id, conv_list, title, sys_prompt, temperature, top_p,
-                    max_new, notice, excluded]
+            view = [chatbot, ids, conv_id, conv_list, sys_prompt, temperature, top_p,
+                    max_new, model, notice, excluded]
+            undone = [*view, undo_box, undo_text, undo_id]
             api_out = [chatbot, ids, conv_id, conv_list, notice, box]
             started = [*api_out, send_btn, stop_btn]
             followed = [chatbot, ids, conv_list, notice, send_btn, stop_btn]
-            asked = [box, conv_id, sys_prompt, temperature, top_p, max_new]
+            asked = [box, conv_id, sys_prompt, temperature, top_p, max_new, model]
+            tuning = [conv_id, temperature, top_p, max_new, model]
             # Answers are followed, not run, by events: none waits in Gradio's queue for a slot
             # (the backend's own bounded queue says "busy" at once instead).
             quick: dict[str, Any] = dict(concurrency_limit=None, api_visibility="private")
@@ -536,36 +606,35 @@ class ChatUI:
                                           trigger_mode="multiple", show_progress_on=[chatbot], **quick)
             # The public endpoints first, so that they get the names "/send" and "/retry".
             api.click(self.send, asked, api_out, api_name="send", concurrency_limit=None)
-            api.click(self.retry, [conv_id, temperature, top_p, max_new], api_out, api_name="retry",
-                      concurrency_limit=None)
+            api.click(self.retry, tuning, api_out, api_name="retry", concurrency_limit=None)
             # A page that opens another chat stops drawing the answer it followed (``_shows``), which
             # goes on. (Gradio's ``cancels`` would also undo the new chat's view in the page.)
             for started_by in (
                 demo.load(self.load, [stored], view, api_name="load"),
                 new_btn.click(self.new, None, view, api_name="new"),
-                conv_list.input(self.open, [conv_list], view, api_name="open"),
-                confirm_btn.click(self.delete, [conv_id], view, api_name="delete"),
+                api.click(self.open, [target], view, api_name="open"),
+                conv_list.select(self.picked, None, view, api_visibility="private"),
+                conv_list.delete(self.deleted, [conv_id], undone, api_visibility="private"),
+                api.click(self.delete, [target, conv_id], undone, api_name="delete"),
+                undo_btn.click(self.undo, [undo_id], undone, api_visibility="private"),
+                api.click(self.undo, [target], undone, api_name="undo"),
                 gr.on([send_btn.click, box.submit], self.submit, asked, started, **quick),
                 chatbot.example_select(_example_text, None, [box], **quick).then(self.submit, asked, started,
                                                                                    **quick),
-                gr.on([retry_btn.click, chatbot.retry], self.retry_start,
-                      [conv_id, temperature, top_p, max_new], started, **quick),
-                chatbot.edit(self.edit, [conv_id, ids, temperature, top_p, max_new], started, **quick),
+                gr.on([retry_btn.click, chatbot.retry], self.retry_start, tuning, started, **quick),
+                chatbot.edit(self.edit, [conv_id, ids, temperature, top_p, max_new, model], started, **quick),
             ):
                 started_by.then(**follow)
                 started_by.then(lambda: None, None, [turn], api_visibility="private")
             demo.load(self.whoami, None, [account, training_tab, admin_tab, sign_link],
                       api_visibility="private")
-            # Delete asks first (the API's /delete is the confirmed step); any other chat shown
-            # takes the question away
-            delete_btn.click(lambda c: gr.update(visible=c is not None), [conv_id], [confirm_box],
-                             api_visibility="private")
-            keep_btn.click(lambda: gr.update(visible=False), None, [confirm_box], api_visibility="private")
-            conv_id.change(lambda c: (c, gr.update(visible=False)), [conv_id], [stored, confirm_box],
-                           api_visibility="private")
+            conv_id.change(lambda c: c, [conv_id], [stored], api_visibility="private")
             # a chat created outside send (loading a text into a new chat) shows in the sidebar at once
             conv_id.change(self.sidebar, [conv_id], [conv_list], api_visibility="private")
-            rename_btn.click(self.rename, [conv_id, title], [conv_list], api_name="rename")
+            conv_list.edit(self.renamed, [conv_id], [conv_list], api_visibility="private")
+            api.click(self.rename, [target, new_title, conv_id], [conv_list], api_name="rename")
+            search.change(self.search, [search, conv_id], [conv_list], trigger_mode="always_last",
+                         api_visibility="private")
             stop_btn.click(self.stop, [conv_id], [notice], concurrency_limit=None, api_name="stop")
             chatbot.like(self.like, [ids, conv_id], [selected], concurrency_limit=None, api_name="rate").then(
                 panel.show, [selected], panel.details, concurrency_limit=None, api_visibility="private").then(
@@ -583,8 +652,19 @@ class ChatUI:
         return demo
 
 
-def _settings(temperature: float, top_p: float, max_new: int) -> dict[str, Any]:
-    return {"temperature": temperature, "top_p": top_p, "max_new_tokens": int(max_new)}
+def _settings(temperature: float, top_p: float, max_new: int, model: str | None = None) -> dict[str, Any]:
+    return {"temperature": temperature, "top_p": top_p, "max_new_tokens": int(max_new),
+            "model": model or DEFAULT_MODEL}
+
+
+def _chat_id(value: float | None) -> int | None:
+    """A conversation id a client sent (a number box gives floats); the service checks it is theirs."""
+    return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def _plain(text: str) -> str:
+    """A user's text inside a Markdown notice, its markup shown as typed."""
+    return "".join(f"\\{c}" if c in "\\`*_{}[]()<>#+-.!|~" else c for c in text)
 
 
 def _params(settings: dict[str, Any]) -> SamplingParams:

@@ -17,13 +17,14 @@ footer, footer a, footer button { color: #52525b !important; }
 button[role="tab"].selected { color: #c2410c !important; }
 .dark footer, .dark footer a, .dark footer button { color: #d4d4d8 !important; }
 #app-title h1 { margin: 0; font-size: 1.4rem; }
+#undo-box { padding: .4rem; }
 """
 
 JS = """
 () => {
   // A page title per conversation: the browser's tab and history say which chat is open.
   const sync = () => {
-    const chosen = document.querySelector('#conversations label.selected');
+    const chosen = document.querySelector('#conversations li.open .conv-open');
     const name = chosen ? chosen.innerText.trim() : '';
     const wanted = name ? `${name} · chatlm` : 'chatlm';
     if (document.title !== wanted) document.title = wanted;

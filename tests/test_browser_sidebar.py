@@ -1,0 +1,170 @@
+"""The sidebar in a real browser (Playwright + Debian's chromium): chats in date groups, a search
+box, and each chat's "…" menu (Rename, Export, Delete with Undo); a new chat keeps the user's
+settings and the model picked at the top of the chat. A scripted model answers (no CPU for a model:
+what is tested is the page and what it stores)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from tests.browser import (
+    ScriptedBackend,
+    answers,
+    loaded,
+    needs_browser,
+    new_page,
+    send,
+    settings,
+    settled,
+    uid,
+    user_texts,
+    wait_for,
+)
+
+needs_browser()
+
+from chatlm.store.db import transaction  # noqa: E402
+from chatlm.store.models import Conversation, utcnow  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+
+class AdapterScripted(ScriptedBackend):
+    """The scripted model, serving one LoRA adapter by name (what a round leaves behind)."""
+
+    def adapter_names(self) -> list[str]:
+        return ["kind-v1"]
+
+
+@pytest.fixture
+def served(start_server):
+    return start_server(AdapterScripted(["Fine ", "thanks."]))
+
+
+@pytest.fixture
+def page(browser, served):
+    with new_page(browser, downloads=True) as pg:
+        loaded(pg, lambda: pg.goto(served.url))
+        yield pg
+
+
+def listed(page) -> dict[str, list[str]]:
+    """The list as drawn: each date group's heading and its chats' titles, in order (read in one
+    go: the list is redrawn as a whole)."""
+    groups = page.locator("#conversations").evaluate(
+        """el => [...el.querySelectorAll('section.conv-group')].map(g => [
+             g.querySelector('h3').textContent.trim(),
+             [...g.querySelectorAll('.conv-open')].map(b => b.textContent.trim())])""")
+    return {label.title(): titles for label, titles in groups}
+
+
+def seed(server, titles_and_ages: list[tuple[str, int]]) -> dict[str, int]:
+    """Chats of the local user last changed ``age`` days ago, each with one question."""
+    service = server.app.service
+    me, ids = uid(server), {}
+    for title, age in titles_and_ages:
+        conv = service.new_conversation(me)
+        service.rename(me, conv.id, title)
+        with transaction(service.sessions) as s:
+            from chatlm.store import repo
+
+            repo.add_message(s, conversation_id=conv.id, role="user", content=f"About {title.lower()}")
+            s.get(Conversation, conv.id).updated_at = utcnow() - timedelta(days=age)
+        ids[title] = conv.id
+    return ids
+
+
+def menu(page, title: str, action: str) -> None:
+    """Open a chat's "…" menu and pick an action, as a user does (once the list has stopped being
+    redrawn: a redraw closes an open menu, as it would under a user's pointer)."""
+    settled(page)
+    item = page.locator("#conversations li.conv", has=page.locator(".conv-open", has_text=title))
+    item.locator(".conv-more").click()
+    item.locator(".conv-menu").get_by_text(action, exact=True).click()
+
+
+def test_chats_are_grouped_by_date_searched_renamed_exported_and_deleted_with_undo(page, served):
+    ids = seed(served, [("Old notes", 40), ("Trip to Rouen", 10), ("Dinner ideas", 1)])
+    service, me = served.app.service, uid(served)
+    page.click("#new-chat")
+    settings(page, max_new=2)
+    send(page, served, "Hello there")
+    wait_for(lambda: listed(page) == {"Today": ["Hello there"], "Yesterday": ["Dinner ideas"],
+                                      "Previous 30 Days": ["Trip to Rouen"], "Older": ["Old notes"]},
+             "the chats in date groups")
+    wait_for(lambda: page.title() == "Hello there · chatlm", "the page title of the open chat")
+
+    # search: titles and the text of messages, this user's only; nothing found says so
+    page.fill("#chat-search input", "rouen")
+    wait_for(lambda: listed(page) == {"Previous 30 Days": ["Trip to Rouen"]}, "the search to keep one chat")
+    page.fill("#chat-search input", "about dinner")
+    wait_for(lambda: listed(page) == {"Yesterday": ["Dinner ideas"]}, "a chat found by its message")
+    page.fill("#chat-search input", "zebra")
+    wait_for(lambda: "No chat has “zebra”." in page.locator("#conversations").inner_text(), "a word on no match")
+    page.fill("#chat-search input", "")
+    wait_for(lambda: len(listed(page)) == 4, "every chat again")
+
+    # a click opens a chat
+    page.locator("#conversations .conv-open", has_text="Dinner ideas").click()
+    wait_for(lambda: user_texts(page) == ["About dinner ideas"], "the chat clicked to open")
+    assert page.locator("#conversations li.open .conv-open").inner_text().strip() == "Dinner ideas"
+
+    # Rename in the menu: type over the title, Enter
+    menu(page, "Trip to Rouen", "Rename")
+    box = page.locator("#conversations input.conv-rename")
+    box.fill("Normandy <trip>")
+    box.press("Enter")
+    wait_for(lambda: "Normandy <trip>" in listed(page).get("Previous 30 Days", []), "the new title")
+    assert service.conversation(me, ids["Trip to Rouen"]).title == "Normandy <trip>"
+
+    # Export in the menu: a Markdown file of that chat
+    with page.expect_download() as download:
+        menu(page, "Normandy <trip>", "Export")
+    text = open(download.value.path(), encoding="utf-8").read()
+    assert download.value.suggested_filename == f"Normandy-trip-{ids['Trip to Rouen']}.md"
+    assert text.startswith("# Normandy <trip>") and "About trip to rouen" in text
+
+    # Delete in the menu: gone at once (list and store), with Undo; the open chat stays open
+    menu(page, "Old notes", "Delete")
+    wait_for(lambda: "Old notes" not in str(listed(page)), "the deleted chat to leave the list")
+    assert ids["Old notes"] not in [c.id for c in service.conversations(me)]
+    assert "Deleted “Old notes”." in page.locator("#undo-text").inner_text()
+    assert user_texts(page) == ["About dinner ideas"]
+    page.click("#undo")
+    wait_for(lambda: listed(page).get("Older") == ["Old notes"], "Undo to bring the chat back")
+    wait_for(lambda: user_texts(page) == ["About old notes"], "the chat brought back to open")
+    assert ids["Old notes"] in [c.id for c in service.conversations(me)]
+    page.locator("#undo-box").wait_for(state="hidden")
+
+    # deleting the chat on screen opens the latest one left
+    menu(page, "Old notes", "Delete")
+    wait_for(lambda: user_texts(page) == ["Hello there"], "the latest chat to open")
+    assert ids["Old notes"] not in [c.id for c in service.conversations(me)]
+
+
+def test_a_new_chat_keeps_the_users_settings_and_model_and_the_model_answers(page, served):
+    settings(page, max_new=3, temperature=0.2)
+    page.locator("#model input").click()
+    page.get_by_role("option", name="kind-v1", exact=True).click()
+    first = send(page, served, "First chat")
+    assert first.adapter == "kind-v1" and first.generation_params["max_new_tokens"] == 3
+
+    page.click("#new-chat")
+    wait_for(lambda: user_texts(page) == [], "an empty chat")
+    settled(page)
+    assert page.get_by_label("number input for Maximum new tokens").input_value() == "3"
+    assert page.locator("#model input").input_value() == "kind-v1"
+    page.locator("#model input").click()
+    page.get_by_role("option", name="Base model", exact=True).click()
+    second = send(page, served, "Second chat")
+    assert second.adapter is None and second.conversation_id != first.conversation_id
+    assert second.generation_params["temperature"] == pytest.approx(0.2)
+
+    # each chat keeps its own model: back in the first, kind-v1 answers again
+    page.locator("#conversations .conv-open", has_text="First chat").click()
+    wait_for(lambda: page.locator("#model input").input_value() == "kind-v1", "the first chat's model")
+    settled(page)
+    third = send(page, served, "And again")
+    assert third.adapter == "kind-v1" and len(answers(served)) == 3
