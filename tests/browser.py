@@ -311,3 +311,38 @@ class ScriptedBackend:
 
     def close(self) -> None:
         self.hold.set()
+
+
+def listed(page: Any) -> dict[str, list[str]]:
+    """The sidebar's list as drawn: each date group's heading and its chats' titles, in order (read
+    in one go: the list is redrawn as a whole)."""
+    groups = page.locator("#conversations").evaluate(
+        """el => [...el.querySelectorAll('section.conv-group')].map(g => [
+             g.querySelector('h3').textContent.trim(),
+             [...g.querySelectorAll('.conv-open')].map(b => b.textContent.trim())])""")
+    return {label.title(): titles for label, titles in groups}
+
+
+def sidebar_titles(page: Any) -> list[str]:
+    """Every chat title in the sidebar, top to bottom."""
+    return [title for titles in listed(page).values() for title in titles]
+
+
+def open_title(page: Any) -> str:
+    """The title of the chat the sidebar marks as open ('' when none is)."""
+    return str(page.locator("#conversations").evaluate(
+        "el => el.querySelector('li.open .conv-open')?.textContent.trim() ?? ''"))
+
+
+def open_chat(page: Any, title: str) -> None:
+    """Click a chat in the sidebar."""
+    page.locator("#conversations .conv-open", has_text=title).first.click()
+
+
+def chat_menu(page: Any, title: str, action: str) -> None:
+    """Open a chat's "…" menu and pick an action, as a user does (once the list has stopped being
+    redrawn: a redraw closes an open menu, as it would under a user's pointer)."""
+    settled(page)
+    item = page.locator("#conversations li.conv", has=page.locator(".conv-open", has_text=title)).first
+    item.locator(".conv-more").click()
+    item.locator(".conv-menu").get_by_text(action, exact=True).click()

@@ -109,9 +109,14 @@ def test_each_user_sees_only_their_own_and_only_admins_train(server) -> None:
         # bob: his sidebar is his own; ann's ids are refused and change nothing
         bob_view = bob.predict(None, api_name="/load")
         assert "Ann's secret" not in str(bob_view) and service.conversations(bob_id) == []
-        # Gradio refuses a value its radio never offered; the service refuses it behind that too
-        assert any(why in refused(bob.predict, ann_conv.id, api_name="/open")
-                   for why in ("does not exist", "not in the list of choices"))
+        assert "does not exist" in refused(bob.predict, ann_conv.id, api_name="/open")
+        # her chat's Markdown export: answered as a missing chat, to bob and to a stranger
+        for cookie in (session_cookie(server, BOB), f"{GUEST_COOKIE}={'h' * 43}"):
+            got = httpx.get(f"{server.url}/chats/{ann_conv.id}/export", headers={"Cookie": cookie}, timeout=30)
+            assert got.status_code == 404 and "Ann's" not in got.text
+        mine = httpx.get(f"{server.url}/chats/{ann_conv.id}/export",
+                         headers={"Cookie": session_cookie(server, ANN)}, timeout=30)
+        assert mine.status_code == 200 and "Ann's secret question" in mine.text
         bob.predict(text="Bob's own question", temperature=0, max_new=4, api_name="/send")
         assert any(why in refused(bob.predict, doc.id, api_name="/reuse_document")
                    for why in ("does not exist", "not in the list of choices"))
@@ -519,7 +524,8 @@ def test_every_named_endpoint_as_another_user_and_as_a_guest(server) -> None:
         "/create_key": ("k",), "/revoke_key": (key.id,),
         "/change_password": ("wrong", "new password 1", "new password 1"),
         "/delete_account": (True, "wrong password"), "/send": ("Hello from the caller",), "/retry": (),
-        "/load": (conv.id,), "/new": (), "/open": (conv.id,), "/delete": (), "/rename": ("renamed by a stranger",),
+        "/load": (conv.id,), "/new": (), "/open": (conv.id,), "/delete": (conv.id,), "/undo": (conv.id,),
+        "/rename": (conv.id, "renamed by a stranger"),
         "/stop": (), "/rate": (), "/exclude": (True,),
     }
     before = ann_snapshot(server)

@@ -17,13 +17,17 @@ from tests.browser import (
     all_messages,
     answers,
     bot_texts,
+    chat_menu,
     loaded,
     needs_browser,
     new_page,
     open_app,
+    open_chat,
+    open_title,
     send,
     settings,
     settled,
+    sidebar_titles,
     uid,
     user_texts,
     wait_answer,
@@ -52,10 +56,6 @@ def last_bot(page) -> str:
     return texts[-1] if texts else ""
 
 
-def sidebar_titles(page) -> list[str]:
-    return [t.strip() for t in page.locator("#conversations label").all_inner_texts()]
-
-
 def ask_and_like_france(page, server) -> tuple[int, Message]:
     """Send the France question greedily, wait for the answer and click its thumbs up."""
     settings(page, temperature=0, max_new=40)
@@ -71,8 +71,7 @@ def ask_and_like_france(page, server) -> tuple[int, Message]:
 def assert_france_shown_and_liked(page, answer: Message) -> None:
     page.wait_for_selector(BOT)
     assert FRANCE in sidebar_titles(page)
-    selected = page.locator("#conversations label.selected")
-    assert selected.inner_text().strip() == FRANCE
+    assert open_title(page) == FRANCE
     assert user_texts(page) == [FRANCE]
     assert bot_texts(page) == [answer.content]
     # Gradio marks the chosen feedback by relabelling the button "Liked" (filled icon, accent colour)
@@ -218,9 +217,10 @@ def test_retry_adds_a_sibling_answer(page, server):
     assert [m.id for m, _ in history] == [first.parent_id, second.id]
 
 
-def test_sidebar_new_rename_open_delete(page, server):
-    """New chat, rename, open and delete (which asks first); the page title names the open chat,
-    and Gradio's own 🗑 (which deleted nothing) is not offered."""
+def test_sidebar_new_open_rename_delete_on_the_real_model(page, server):
+    """New chat, open, rename and delete (with Undo) over the real model; the page title names the
+    open chat, a new chat keeps the settings of the last, and Gradio's own 🗑 (which deleted
+    nothing) is not offered."""
     service = server.app.service
     open_app(page, server)
     settings(page, max_new=8)
@@ -229,46 +229,41 @@ def test_sidebar_new_rename_open_delete(page, server):
 
     page.click("#new-chat")
     wait_for(lambda: not bot_texts(page) and not user_texts(page), "an empty chat")
-    wait_for(lambda: page.get_by_label("number input for Maximum new tokens").input_value() == "256",
-             "New chat to reset the generation settings")
-    settings(page, max_new=8)
+    settled(page)
+    assert page.get_by_label("number input for Maximum new tokens").input_value() == "8"  # remembered
     second = send(page, server, "Tell me a joke.")
     assert second.conversation_id != first.conversation_id
     assert second.generation_params["max_new_tokens"] == 8
     wait_for(lambda: sidebar_titles(page) == ["Tell me a joke.", "Hello"], "two conversations")
+    wait_for(lambda: page.title() == "Tell me a joke. · chatlm", "the new chat's title at once")
     assert [c.id for c in service.conversations(uid(server))] == [second.conversation_id,
                                                                    first.conversation_id]
 
-    page.fill("#title textarea", "  Jokes  ")
-    page.click("#rename")
+    chat_menu(page, "Tell me a joke.", "Rename")
+    box = page.locator("#conversations input.conv-rename")
+    box.fill("  Jokes  ")
+    box.press("Enter")
     wait_for(lambda: sidebar_titles(page) == ["Jokes", "Hello"], "the new title in the list")
     assert service.conversation(uid(server), second.conversation_id).title == "Jokes"
     wait_for(lambda: page.title() == "Jokes · chatlm", "the page title to follow the rename")
     assert page.locator("#chatbot button[aria-label='Copy message']").count() >= 1  # the chat's tools
     assert not page.locator("#chatbot button[aria-label='Clear']").is_visible()
 
-    page.locator("#conversations label", has_text="Hello").click()
+    open_chat(page, "Hello")
     wait_for(lambda: user_texts(page) == ["Hello"], "the first conversation to open")
     assert bot_texts(page) == [first.content]
-    assert page.locator("#title textarea").input_value() == "Hello"
-    assert page.locator("#conversations label.selected").inner_text().strip() == "Hello"
+    assert open_title(page) == "Hello"
     wait_for(lambda: page.title() == "Hello · chatlm", "the page title of the chat opened")
 
-    page.click("#delete")  # asks first: "Keep it" keeps it
-    page.locator("#delete-confirm").wait_for(state="visible")
-    assert "cannot be undone" in page.locator("#delete-question").inner_text()
-    assert len(service.conversations(uid(server))) == 2
-    page.click("#delete-cancel")
-    page.locator("#delete-confirm").wait_for(state="hidden")
-    assert sidebar_titles(page) == ["Jokes", "Hello"] and len(service.conversations(uid(server))) == 2
-    page.click("#delete")
-    page.click("#delete-confirm")
+    chat_menu(page, "Hello", "Delete")
     wait_for(lambda: sidebar_titles(page) == ["Jokes"], "the deleted conversation to leave")
-    page.locator("#delete-confirm").wait_for(state="hidden")
     assert [c.id for c in service.conversations(uid(server))] == [second.conversation_id]
-    assert {m.conversation_id for m in all_messages(server)} == {second.conversation_id}
     wait_for(lambda: user_texts(page) == ["Tell me a joke."], "the remaining conversation")
     wait_for(lambda: page.title() == "Jokes · chatlm", "the page title of the chat now shown")
+    page.click("#undo")
+    wait_for(lambda: sidebar_titles(page) == ["Jokes", "Hello"], "Undo to bring it back")
+    wait_for(lambda: user_texts(page) == ["Hello"] and bot_texts(page) == [first.content],
+             "the chat brought back, answer and all")
 
 
 def test_an_empty_message_is_not_sent(page, server):
@@ -386,7 +381,7 @@ def test_back_in_a_chat_whose_answer_streams_it_is_drawn_and_can_be_stopped(spag
     wait_for(lambda: len(last_bot(spage)) > 20, "the story to stream")
     spage.click("#new-chat")
     wait_for(lambda: not bot_texts(spage), "an empty new chat")
-    spage.locator("#conversations label", has_text="Tell me a long story.").click()
+    open_chat(spage, "Tell me a long story.")
     wait_for(lambda: user_texts(spage) == ["Tell me a long story."], "the story's chat again")
     now = len(last_bot(spage))
     wait_for(lambda: len(last_bot(spage)) > now + 10, "the story to go on growing in view")

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.browser import needs_browser, new_page, table_rows, user_texts, wait_for
+from tests.browser import needs_browser, new_page, sidebar_titles, table_rows, user_texts, wait_for
 from tests.conftest import ANN, BOB
 
 needs_browser()
@@ -82,7 +82,7 @@ def ask(page, server, question: str) -> Message:
 
 
 def sidebar(page) -> list[str]:
-    return [t.strip() for t in page.locator("#conversations label").all_inner_texts()]
+    return sidebar_titles(page)
 
 
 def open_knowledge(page) -> None:

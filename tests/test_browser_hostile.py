@@ -12,6 +12,7 @@ import pytest
 from tests.browser import (
     ScriptedBackend,
     bot_texts,
+    chat_menu,
     click_and_wait,
     last_sources,
     loaded,
@@ -70,8 +71,10 @@ def test_hostile_text_everywhere_runs_no_script(page, server):
     service.rate(uid(server), answer.id, -1, comment=f"Bad {HOSTILE}", reason=None)
     service.library.load(user_id=uid(server), conversation_id=conv, name=f"doc {HOSTILE}.txt",
                          text="Owls are birds that hunt at night. " * 20)
-    page.fill("#title textarea", f"Renamed {HOSTILE}")
-    page.click("#rename")
+    chat_menu(page, "Look", "Rename")  # the title is typed in the list, in place
+    box = page.locator("#conversations input.conv-rename")
+    box.fill(f"Renamed {HOSTILE}")
+    box.press("Enter")
     wait_for(lambda: service.conversation(uid(server), conv).title.startswith("Renamed"),
              "the hostile title to be stored")
     loaded(page, page.reload)  # the sidebar, the title, the knowledge panel: all from the database

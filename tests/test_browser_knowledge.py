@@ -22,6 +22,7 @@ from tests.browser import (
     last_sources,
     needs_browser,
     open_app,
+    open_title,
     send,
     settings,
     wait_for,
@@ -111,7 +112,7 @@ def test_upload_ask_cite_paste_remove_and_reuse(page, server, tmp_path):
     assert "zorbia.txt" in doc_status(page)
     assert listed_docs(page) == ["zorbia.txt"]
     # the new chat the text went into is listed and selected in the sidebar before any message
-    page.locator("#conversations label.selected", has_text="New chat").wait_for()
+    wait_for(lambda: open_title(page) == "New chat", "the new chat open in the sidebar")
     progress = page.evaluate("window.__gradioProgress")
     fractions = [unit.get("progress") for unit in progress]
     assert len(progress) >= 2 and fractions == sorted(fractions), progress

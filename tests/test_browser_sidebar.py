@@ -6,15 +6,20 @@ what is tested is the page and what it stores)."""
 from __future__ import annotations
 
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 
 from tests.browser import (
     ScriptedBackend,
     answers,
+    chat_menu,
+    listed,
     loaded,
     needs_browser,
     new_page,
+    open_chat,
+    open_title,
     send,
     settings,
     settled,
@@ -50,16 +55,6 @@ def page(browser, served):
         yield pg
 
 
-def listed(page) -> dict[str, list[str]]:
-    """The list as drawn: each date group's heading and its chats' titles, in order (read in one
-    go: the list is redrawn as a whole)."""
-    groups = page.locator("#conversations").evaluate(
-        """el => [...el.querySelectorAll('section.conv-group')].map(g => [
-             g.querySelector('h3').textContent.trim(),
-             [...g.querySelectorAll('.conv-open')].map(b => b.textContent.trim())])""")
-    return {label.title(): titles for label, titles in groups}
-
-
 def seed(server, titles_and_ages: list[tuple[str, int]]) -> dict[str, int]:
     """Chats of the local user last changed ``age`` days ago, each with one question."""
     service = server.app.service
@@ -74,15 +69,6 @@ def seed(server, titles_and_ages: list[tuple[str, int]]) -> dict[str, int]:
             s.get(Conversation, conv.id).updated_at = utcnow() - timedelta(days=age)
         ids[title] = conv.id
     return ids
-
-
-def menu(page, title: str, action: str) -> None:
-    """Open a chat's "…" menu and pick an action, as a user does (once the list has stopped being
-    redrawn: a redraw closes an open menu, as it would under a user's pointer)."""
-    settled(page)
-    item = page.locator("#conversations li.conv", has=page.locator(".conv-open", has_text=title))
-    item.locator(".conv-more").click()
-    item.locator(".conv-menu").get_by_text(action, exact=True).click()
 
 
 def test_chats_are_grouped_by_date_searched_renamed_exported_and_deleted_with_undo(page, served):
@@ -107,12 +93,12 @@ def test_chats_are_grouped_by_date_searched_renamed_exported_and_deleted_with_un
     wait_for(lambda: len(listed(page)) == 4, "every chat again")
 
     # a click opens a chat
-    page.locator("#conversations .conv-open", has_text="Dinner ideas").click()
+    open_chat(page, "Dinner ideas")
     wait_for(lambda: user_texts(page) == ["About dinner ideas"], "the chat clicked to open")
-    assert page.locator("#conversations li.open .conv-open").inner_text().strip() == "Dinner ideas"
+    assert open_title(page) == "Dinner ideas"
 
     # Rename in the menu: type over the title, Enter
-    menu(page, "Trip to Rouen", "Rename")
+    chat_menu(page, "Trip to Rouen", "Rename")
     box = page.locator("#conversations input.conv-rename")
     box.fill("Normandy <trip>")
     box.press("Enter")
@@ -121,13 +107,13 @@ def test_chats_are_grouped_by_date_searched_renamed_exported_and_deleted_with_un
 
     # Export in the menu: a Markdown file of that chat
     with page.expect_download() as download:
-        menu(page, "Normandy <trip>", "Export")
-    text = open(download.value.path(), encoding="utf-8").read()
+        chat_menu(page, "Normandy <trip>", "Export")
+    text = Path(download.value.path()).read_text(encoding="utf-8")
     assert download.value.suggested_filename == f"Normandy-trip-{ids['Trip to Rouen']}.md"
     assert text.startswith("# Normandy <trip>") and "About trip to rouen" in text
 
     # Delete in the menu: gone at once (list and store), with Undo; the open chat stays open
-    menu(page, "Old notes", "Delete")
+    chat_menu(page, "Old notes", "Delete")
     wait_for(lambda: "Old notes" not in str(listed(page)), "the deleted chat to leave the list")
     assert ids["Old notes"] not in [c.id for c in service.conversations(me)]
     assert "Deleted “Old notes”." in page.locator("#undo-text").inner_text()
@@ -139,7 +125,7 @@ def test_chats_are_grouped_by_date_searched_renamed_exported_and_deleted_with_un
     page.locator("#undo-box").wait_for(state="hidden")
 
     # deleting the chat on screen opens the latest one left
-    menu(page, "Old notes", "Delete")
+    chat_menu(page, "Old notes", "Delete")
     wait_for(lambda: user_texts(page) == ["Hello there"], "the latest chat to open")
     assert ids["Old notes"] not in [c.id for c in service.conversations(me)]
 
@@ -163,7 +149,7 @@ def test_a_new_chat_keeps_the_users_settings_and_model_and_the_model_answers(pag
     assert second.generation_params["temperature"] == pytest.approx(0.2)
 
     # each chat keeps its own model: back in the first, kind-v1 answers again
-    page.locator("#conversations .conv-open", has_text="First chat").click()
+    open_chat(page, "First chat")
     wait_for(lambda: page.locator("#model input").input_value() == "kind-v1", "the first chat's model")
     settled(page)
     third = send(page, served, "And again")

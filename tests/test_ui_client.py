@@ -51,13 +51,13 @@ def client(server):
 
 def test_send_endpoint_parameters(client):
     endpoints = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
-    assert {"/load", "/new", "/open", "/rename", "/delete", "/send", "/retry", "/stop",
+    assert {"/load", "/new", "/open", "/rename", "/delete", "/undo", "/send", "/retry", "/stop",
             "/rate"} <= set(endpoints)
     assert not any(name.startswith("/send_") for name in endpoints)  # the Enter key is private
     params = endpoints["/send"]["parameters"]
     assert [p["parameter_name"] for p in params] == ["text", "sys_prompt", "temperature", "top_p",
-                                                     "max_new"]
-    assert [p["parameter_has_default"] for p in params] == [False, True, True, True, True]
+                                                     "max_new", "model"]
+    assert [p["parameter_has_default"] for p in params] == [False, True, True, True, True, True]
     assert len(endpoints["/send"]["returns"]) == 4  # chat, sidebar, notice, message box
 
 
@@ -78,8 +78,8 @@ def test_send_then_load_and_what_is_stored(client, server, bundled_backend):
     assert len(convs) == 1
     conv = convs[0]
     assert conv.title == FRANCE
-    assert conv.settings == {"temperature": 0, "top_p": 0.9, "max_new_tokens": 40}
-    assert sidebar["choices"] == [[FRANCE, conv.id]] and sidebar["value"] == conv.id
+    assert conv.settings == {"temperature": 0, "top_p": 0.9, "max_new_tokens": 40, "model": ""}  # "": the default
+    assert value(sidebar)["groups"] == [{"label": "Today", "items": [{"id": conv.id, "title": FRANCE, "open": True}]}]
 
     history = service.history(uid, conv.id)
     assert [(m.role, m.content, r) for m, r in history] == [
@@ -99,13 +99,13 @@ def test_send_then_load_and_what_is_stored(client, server, bundled_backend):
 
     # /load takes the conversation id the browser remembered; None means "the latest one".
     for stored_id in (conv.id, None):
-        chat, sidebar, title, sys_prompt, temperature, top_p, max_new, notice, excluded = client.predict(
+        chat, sidebar, sys_prompt, temperature, top_p, max_new, model, notice, excluded = client.predict(
             stored_id, api_name="/load")
         assert excluded is False
         assert chat_texts(chat) == [("user", FRANCE), ("assistant", answer_text)]
         assert value(chat) and chat["feedback_value"] == [None]
-        assert sidebar["value"] == conv.id
-        assert (title, sys_prompt, temperature, top_p, max_new) == (FRANCE, SYSTEM, 0, 0.9, 40)
+        assert value(sidebar)["groups"][0]["items"] == [{"id": conv.id, "title": FRANCE, "open": True}]
+        assert (sys_prompt, temperature, top_p, max_new, value(model)) == (SYSTEM, 0, 0.9, 40, "")
 
 
 def test_send_continues_the_conversation_and_refuses_an_empty_message(client, server):
@@ -199,7 +199,7 @@ def test_a_refused_first_message_leaves_no_conversation_and_stays_in_the_box(scr
     chat, sidebar, notice, box = client.predict(text=too_long, api_name="/send")
     assert f"at most {MAX_MESSAGE_CHARS} characters" in value(notice)
     assert value(box) == too_long  # kept for the user to shorten
-    assert chat_texts(chat) == [] and sidebar["choices"] == []
+    assert chat_texts(chat) == [] and value(sidebar)["groups"] == []
     assert service.conversations(service.user_id()) == []  # no empty "New chat" left behind
 
     chat, *_ = client.predict(text="Hello", api_name="/send")  # the same session then sends fine
@@ -241,7 +241,7 @@ def test_max_new_tokens_never_starts_above_its_maximum(scripted):
     [max_new] = [p for p in endpoints["/send"]["parameters"] if p["parameter_name"] == "max_new"]
     assert max_new["parameter_default"] == 100
     for name in ("/load", "/new"):
-        *_, max_tokens, _notice, _excluded = client.predict(*([None] if name == "/load" else []),
+        *_, max_tokens, _model, _notice, _excluded = client.predict(*([None] if name == "/load" else []),
                                                             api_name=name)
         assert max_tokens == 100, name
     client.predict(text="Hi", api_name="/send")  # its default is the largest allowed
@@ -250,7 +250,7 @@ def test_max_new_tokens_never_starts_above_its_maximum(scripted):
     conv_settings = {**conv.settings, "max_new_tokens": 500}  # stored by an older, larger server
     server.app.service.update_settings(server.app.service.user_id(), conv.id,
                                        system_prompt=conv.system_prompt, settings=conv_settings)
-    assert client.predict(conv.id, api_name="/load")[6] == 100
+    assert client.predict(conv.id, api_name="/load")[5] == 100  # chat, list, prompt, temperature, top_p
 
 
 def test_a_later_message_refused_as_busy_is_kept_and_retry_answers_it(scripted):
