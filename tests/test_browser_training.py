@@ -85,6 +85,7 @@ def test_ratings_to_a_promoted_adapter_and_back(page, server) -> None:
     page.click("button[role=tab]:has-text('Chat')")  # no event: nothing to wait for
     open_training(page)
     assert "auto would train DPO" in text(page, "tr-data")
+    assert "A round takes roughly 1 minute (a first guess" in text(page, "tr-data")  # no round here yet
     given = service_contribution(server)  # the sentence the Feedback tab shows, the same counts
     assert given.pairs == 12 and given.sentence().replace("**", "") in text(page, "tr-data")
     wait_for(lambda: page.locator("#tr-start").is_enabled(), "Start to be enabled by the data")

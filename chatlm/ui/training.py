@@ -22,7 +22,7 @@ from chatlm.feedback.service import FeedbackService
 from chatlm.service import ChatService
 from chatlm.store import registry
 from chatlm.store.models import AdapterVersion, TrainingRun
-from chatlm.training import METHODS, data
+from chatlm.training import METHODS, data, eta
 from chatlm.training.service import TrainingService
 from chatlm.ui.uploads import received_file, uploaded_file
 from chatlm.ui.who import Who
@@ -132,9 +132,10 @@ class TrainingTab:
             rd = self.training.plan(actor)
         except data.NotEnoughDataError as exc:
             return f"{given}\n\n{exc.message}", False
+        took = eta.estimate(len(rd.train), self.training.runs(actor, limit=20))
         return (f"{given} **auto** would train **{rd.method.upper()}** on {len(rd.train)} of them and "
-                f"hold out {rd.heldout.prompts} questions to evaluate the new version on. Chatting goes "
-                "on while it trains.", True)
+                f"hold out {rd.heldout.prompts} questions to evaluate the new version on. A round takes "
+                f"{took}. Chatting goes on while it trains.", True)
 
     def adapters_frame(self, adapters: list[AdapterVersion]) -> pd.DataFrame:
         rows = []
