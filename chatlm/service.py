@@ -82,6 +82,8 @@ class Reply:
     short_answer: str | None = None
     """The copied span of an extractive answer ("" when declined)."""
     support_score: float | None = None
+    prefix: str = ""
+    """An answer being continued: the text it had, shown and stored before what is generated."""
 
     @property
     def notice(self) -> str:
@@ -99,6 +101,9 @@ class Reply:
                 self.final = self.shown = self.service._extractive_reply(self)
                 yield self.final
                 return
+            if self.prefix:
+                self.shown = self.prefix
+                yield self.prefix
             for delta in self.generation:
                 self.shown += delta
                 # the first text, then about every second: a crash keeps what was shown so far
@@ -122,7 +127,7 @@ class Reply:
     @property
     def text(self) -> str:
         """The answer as stored."""
-        return self.final if self.final is not None else self.generation.text
+        return self.final if self.final is not None else self.prefix + self.generation.text
 
 
 class ChatService:
@@ -194,6 +199,11 @@ class ChatService:
         self.stop(user_id, conversation_id)
         with transaction(self.sessions) as s:
             return repo.delete_conversation(s, conversation_id=conversation_id, user_id=user_id).title
+
+    def discard(self, user_id: int, conversation_id: int) -> None:
+        """Remove a chat made for a request that was then refused (no Undo: it was never shown)."""
+        with transaction(self.sessions) as s:
+            repo.discard_conversation(s, conversation_id=conversation_id, user_id=user_id)
 
     def purge_deleted(self) -> int:
         """Remove every user's deletes whose Undo window has passed."""
@@ -326,6 +336,32 @@ class ChatService:
                 repo.get_conversation(s, conversation_id=conv_id, user_id=user_id).active_leaf_id = previous_leaf
             raise
 
+    def continue_answer(self, user_id: int, message_id: int, params: SamplingParams, *,
+                        adapter: str | None = None) -> Reply:
+        """Go on writing an answer that was cut at the token limit or stopped: a new alternative of
+        the same turn that starts with the old text (the cut one stays, a page back)."""
+        adapter = self.serving(adapter)
+        params = params.clamped(self.settings.max_new_tokens)
+        self._admit(user_id)
+        with transaction(self.sessions) as s:
+            answer = repo.get_message(s, message_id=message_id, user_id=user_id)
+            if answer.role != "assistant" or answer.parent_id is None or not can_continue(answer):
+                raise InputError("Only an answer that was cut at the token limit or stopped can be "
+                                 "continued.")
+            conv = repo.get_conversation(s, conversation_id=answer.conversation_id, user_id=user_id)
+            conv.active_leaf_id = answer.parent_id
+            if answer.prompt_messages:
+                prompt = list(answer.prompt_messages)
+            else:
+                path = repo.branch(s, conversation=conv)
+                history = [{"role": m.role, "content": m.content} for m in path if m.content]
+                prompt = self._plan(conv.system_prompt, history, params).messages
+            partial, sources, conv_id, parent_id = answer.content, answer.sources, conv.id, answer.parent_id
+        reply = self._start(conv_id, parent_id, [*prompt, {"role": "assistant", "content": partial}], 0,
+                            params, adapter, sources, user_id=user_id, continue_final=True)
+        reply.prompt_messages, reply.prefix = prompt, partial  # trained on as one whole answer
+        return reply
+
     def siblings(self, user_id: int, message_id: int) -> tuple[int, int]:
         """(position from 1, count) of a message among the alternatives of its turn."""
         _, pos, count = self.alternatives(user_id, [message_id])[0]
@@ -354,13 +390,18 @@ class ChatService:
             return target.id
 
     def generate(self, messages: list[dict[str, str]], params: SamplingParams,
-                 adapter: str | None = None, *, user_id: int | None = None) -> Generation:
-        """A stateless generation (the API): nothing is stored; a too-long prompt is refused."""
+                 adapter: str | None = None, *, user_id: int | None = None,
+                 continue_final: bool = False) -> Generation:
+        """A stateless generation (the API): nothing is stored; a too-long prompt is refused.
+        ``continue_final``: go on writing the last message, an assistant's."""
         if not messages:
             raise InputError("messages must not be empty.")
+        if continue_final and messages[-1]["role"] != "assistant":
+            raise InputError("continue_final_message needs the last message to be the assistant's.")
         if user_id is not None:
             self._admit(user_id)
-        gen = self.backend.chat(messages, params, adapter=adapter)
+        gen = (self.backend.chat(messages, params, adapter=adapter, continue_final=True)  # type: ignore[call-arg]
+               if continue_final else self.backend.chat(messages, params, adapter=adapter))
         if self.fair is not None and user_id is not None:
             self.fair.track(user_id, gen)
         return gen
@@ -510,7 +551,8 @@ class ChatService:
     def _start(self, conversation_id: int, parent_id: int, messages: list[dict[str, str]],
                dropped: int, params: SamplingParams, adapter: str | None,
                sources: list[dict[str, Any]] | None = None, *, question: str = "",
-               extract: list[tuple[int, str, str]] | None = None, user_id: int | None = None) -> Reply:
+               extract: list[tuple[int, str, str]] | None = None, user_id: int | None = None,
+               continue_final: bool = False) -> Reply:
         chosen: list[Support] | None = None
         score = None
         if extract:
@@ -518,6 +560,8 @@ class ChatService:
             gen = self.backend.chat(messages, params, adapter=adapter,  # type: ignore[call-arg]
                                     copy_from=[c.sentence for c in chosen],
                                     avoid_first=question_words(question))
+        elif continue_final:  # the last message is the answer to go on with
+            gen = self.backend.chat(messages, params, adapter=adapter, continue_final=True)  # type: ignore[call-arg]
         else:
             gen = self.backend.chat(messages, params, adapter=adapter)
         if self.fair is not None and user_id is not None:
@@ -565,6 +609,10 @@ class ChatService:
     def _answer_fields(self, reply: Reply) -> dict[str, Any]:
         gen = reply.generation
         params: dict[str, Any] = gen.params.as_dict()
+        if gen.finish_reason:
+            params["finish_reason"] = gen.finish_reason  # "length": Continue can go on
+        if reply.prefix:
+            params["continued"] = True
         if reply.extract is not None:
             params.update(extractive=True, span=reply.short_answer, support_score=reply.support_score)
         return dict(model_id=self.backend.model_id, adapter=reply.adapter,
@@ -614,6 +662,19 @@ class ChatService:
         text and say ``interrupted``, as Stop says ``stopped``."""
         with transaction(self.sessions) as s:
             return repo.mark_interrupted(s)
+
+def can_continue(answer: Message) -> bool:
+    """An answer cut at the token limit or stopped (a quoted, extractive one is whole as it is)."""
+    params = answer.generation_params or {}
+    if params.get("extractive") or answer.status not in ("complete", "stopped", "interrupted"):
+        return False
+    if answer.status != "complete":
+        return bool(answer.content)
+    if "finish_reason" in params:
+        return params["finish_reason"] == "length"
+    cap = params.get("max_new_tokens")  # stored before finish reasons were: the cap was reached
+    return bool(cap) and (answer.completion_tokens or 0) >= int(cap)
+
 
 def _title(content: str) -> str:
     words = " ".join(content.split())

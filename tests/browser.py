@@ -278,7 +278,7 @@ class ScriptedBackend:
     def count_tokens(self, messages: Any) -> int:
         return sum(len(m["content"]) // 4 + 4 for m in messages)
 
-    def chat(self, messages: Any, params: Any, *, adapter: str | None = None) -> Any:
+    def chat(self, messages: Any, params: Any, *, adapter: str | None = None, continue_final: bool = False) -> Any:
         import threading
 
         from chatlm.engine.scheduler import Generation

@@ -91,6 +91,16 @@ def test_an_answer_cut_at_the_token_limit_says_so(page, server):
     assert answer.content
     notice = page.locator("#notice")
     wait_for(lambda: "cut at the limit of 6 new tokens" in notice.inner_text(), "the token-limit notice")
+    assert "press Continue to go on" in notice.inner_text()
+
+    # Continue: the same answer written on, as a new alternative of the turn (the cut one stays)
+    settled(page)
+    page.click("#continue")
+    longer = wait_answer(page, server, 2)
+    assert longer.parent_id == answer.parent_id and longer.content.startswith(answer.content)
+    assert len(longer.content) > len(answer.content) and longer.generation_params["continued"]
+    assert bot_texts(page)[-1] == longer.content
+    wait_for(lambda: page.locator("#pager").inner_text().strip() == "answer 2/2", "the pager on the turn")
     settings(page, max_new=40)
     send(page, server, FRANCE)
     wait_for(lambda: "cut at the limit" not in notice.inner_text(), "the notice to go with a whole answer")

@@ -60,6 +60,12 @@ def test_chat_feedback_and_training_pass_axe_at_desktop_and_phone_width(browser,
             settled(page)
             if shots:
                 page.screenshot(path=str(Path(shots) / f"{tab}-{form}.png"), full_page=True)
+            if tab == "training":  # a header is a word a line (it was a letter a line on a phone)
+                page.locator("#tr-adapters th").first.wait_for()
+                tall = page.locator("#tr-adapters th, #tr-runs th").evaluate_all(
+                    "els => els.filter(e => e.offsetHeight > 3 * (parseFloat(getComputedStyle(e).lineHeight) || 20))"
+                    ".map(e => e.innerText.trim())")
+                assert tall == [], f"headers wrapped letter by letter: {tall}"
             violations = axe.Axe().run(page).response["violations"]
             found[tab] = [(v["impact"], v["id"], _ours(v)) for v in violations
                           if v["impact"] == "critical" or (v["impact"] == "serious" and _ours(v))]

@@ -291,3 +291,46 @@ def test_concurrent_first_requests_of_a_new_user_all_get_the_same_user(service) 
         t.join()
     assert errors == []
     assert all(len(ids) == 1 for ids in results.values()) and len({min(i) for i in results.values()}) == 12
+
+
+def test_continue_goes_on_writing_a_cut_answer_as_a_new_alternative(service) -> None:
+    from chatlm.errors import NotFoundError
+    from chatlm.store import repo
+    from chatlm.store.db import transaction
+
+    uid = service.user_id()
+    conv = service.new_conversation(uid)
+    service.send(uid, conv.id, "tell me a story", SHORT).run()
+    cut = service.history(uid, conv.id)[-1][0]
+    assert cut.generation_params["finish_reason"] == "length" and cut.completion_tokens == 8
+
+    reply = service.continue_answer(uid, cut.id, SHORT)
+    streamed = "".join(reply)
+    longer = service.history(uid, conv.id)[-1][0]
+    assert longer.id != cut.id and longer.parent_id == cut.parent_id  # a new alternative of the turn
+    assert streamed == longer.content and longer.content.startswith(cut.content)
+    assert len(longer.content) > len(cut.content) and longer.completion_tokens == 8
+    assert longer.prompt_messages == cut.prompt_messages  # trained on as one answer to the question
+    assert longer.generation_params["continued"] is True
+    assert service.siblings(uid, longer.id) == (2, 2)
+
+    # the prompt the model saw: the question's, then the cut answer left open (no end of turn)
+    backend = service.backend
+    asked = backend.encode(cut.prompt_messages)
+    open_answer = backend.encode([*cut.prompt_messages, {"role": "assistant", "content": cut.content}],
+                                 continue_final=True)
+    assert open_answer[:len(asked)] == asked and len(open_answer) > len(asked)
+    assert backend.tokenizer.decode(open_answer[len(asked):]).strip() == cut.content.strip()
+
+    # a whole answer, someone else's answer, and a question are refused, and nothing is stored
+    with transaction(service.sessions) as s:
+        repo.get_message(s, message_id=longer.id, user_id=uid).generation_params = {
+            **longer.generation_params, "finish_reason": "stop"}
+    stored = len(service.history(uid, conv.id))
+    with pytest.raises(InputError, match="cut at the token limit or stopped"):
+        service.continue_answer(uid, longer.id, SHORT)
+    with pytest.raises(NotFoundError):
+        service.continue_answer(service.user_id("someone-else"), cut.id, SHORT)
+    with pytest.raises(InputError):
+        service.continue_answer(uid, cut.parent_id, SHORT)
+    assert len(service.history(uid, conv.id)) == stored

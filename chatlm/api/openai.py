@@ -109,6 +109,10 @@ class ChatCompletionRequest(BaseModel):
     stop: str | list[str] | None = None
     seed: int | None = None
     n: int = 1
+    continue_final_message: bool = False
+    """vLLM's extension: go on writing the last (assistant) message instead of starting a new one."""
+    add_generation_prompt: bool = True
+    """vLLM's extension, the opposite of ``continue_final_message`` (kept for its clients)."""
 
     @model_validator(mode="after")
     def _fits(self) -> Self:
@@ -311,7 +315,8 @@ class OpenAIRoutes:
         messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
                     for m in body.messages]
         gen = await asyncio.to_thread(self.service.generate, messages, params, adapter,
-                                      user_id=request.state.actor.user_id)
+                                      user_id=request.state.actor.user_id,
+                                      continue_final=body.continue_final_message)
         cid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         if body.stream:
             usage = bool(body.stream_options and body.stream_options.include_usage)

@@ -48,9 +48,12 @@ class LocalBackend:
         return cls(loaded, context_window=settings.context_window, max_batch=settings.max_batch,
                    queue_size=settings.queue_size)
 
-    def encode(self, messages: ChatMessages) -> list[int]:
+    def encode(self, messages: ChatMessages, *, continue_final: bool = False) -> list[int]:
+        """The prompt's tokens; ``continue_final``: the last (assistant) message is left open, so
+        that generation goes on writing it (Continue after an answer was cut)."""
         ids = self.tokenizer.apply_chat_template(
-            list(messages), add_generation_prompt=True, tokenize=True, return_dict=False
+            list(messages), add_generation_prompt=not continue_final, continue_final_message=continue_final,
+            tokenize=True, return_dict=False,
         )
         return list(ids)
 
@@ -82,7 +85,7 @@ class LocalBackend:
 
     def chat(self, messages: ChatMessages, params: SamplingParams, *,
              adapter: str | None = None, copy_from: Sequence[str] | None = None,
-             avoid_first: Sequence[str] = ()) -> Generation:
+             avoid_first: Sequence[str] = (), continue_final: bool = False) -> Generation:
         """Start an answer; with ``copy_from`` it is a span copied from those passages (starting
         with none of the words ``avoid_first``)."""
         if adapter is not None and adapter not in self._adapters:
@@ -93,7 +96,8 @@ class LocalBackend:
                 copy_from, encode=lambda t: self.tokenizer.encode(t, add_special_tokens=False),
                 token_text=lambda i: self.tokenizer.decode([i]), eos_ids=self.scheduler.eos_ids,
                 avoid_first=avoid_first)
-        return self.scheduler.submit(self.encode(messages), params, adapter=adapter, copy=copy)
+        return self.scheduler.submit(self.encode(messages, continue_final=continue_final), params,
+                                     adapter=adapter, copy=copy)
 
     def close(self) -> None:
         self.scheduler.close()

@@ -93,20 +93,22 @@ class RemoteBackend:
         self.remote_models: list[str] = [m.id for m in self.client.models.list().data]
 
     def chat(self, messages: ChatMessages, params: SamplingParams, *,
-             adapter: str | None = None) -> Generation:
+             adapter: str | None = None, continue_final: bool = False) -> Generation:
         gen = Generation(id=next(self._ids), prompt_tokens=self.count_tokens(messages),
                          params=params, adapter=adapter)
-        threading.Thread(target=self._run, args=(gen, list(messages), adapter), daemon=True,
+        threading.Thread(target=self._run, args=(gen, list(messages), adapter, continue_final), daemon=True,
                          name=f"remote-{gen.id}").start()
         return gen
 
-    def _run(self, gen: Generation, messages: list[Any], adapter: str | None) -> None:
+    def _run(self, gen: Generation, messages: list[Any], adapter: str | None, continue_final: bool) -> None:
         p = gen.params
+        # vLLM's (and chatlm's) way to go on writing the last assistant message
+        extra = {"continue_final_message": True, "add_generation_prompt": False} if continue_final else None
         try:
             stream = self.client.chat.completions.create(
                 model=adapter or self.model_id, messages=messages, stream=True,
                 stream_options={"include_usage": True}, temperature=p.temperature, top_p=p.top_p,
-                max_tokens=p.max_new_tokens, stop=list(p.stop) or None, seed=p.seed,
+                max_tokens=p.max_new_tokens, stop=list(p.stop) or None, seed=p.seed, extra_body=extra,
             )
             finish = "stop"
             with stream:

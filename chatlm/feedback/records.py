@@ -191,7 +191,7 @@ class Contribution:
 
     def sentence(self) -> str:
         if not self.ratings:
-            return "No ratings yet: rate answers with 👍 / 👎 in the chat to make training examples."
+            return "No ratings yet: rate answers with the thumbs up or down in the chat to make training examples."
         parts = [text for count, text in (
             (self.liked, _n(self.liked, "liked answer")), (self.disliked, _n(self.disliked, "disliked answer")),
             (self.better, f"your {_n(self.better, 'better answer')}")) if count]

@@ -90,6 +90,12 @@ def delete_conversation(session: Session, *, conversation_id: int, user_id: int)
     return conv
 
 
+def discard_conversation(session: Session, *, conversation_id: int, user_id: int) -> None:
+    """Remove at once a conversation the user never saw made (a refused first message, a refused
+    text loaded into a new chat): there is nothing to undo."""
+    session.delete(get_conversation(session, conversation_id=conversation_id, user_id=user_id))
+
+
 def restore_conversation(session: Session, *, conversation_id: int, user_id: int) -> Conversation:
     """Undo a delete that has not been purged yet."""
     conv = session.get(Conversation, conversation_id)

@@ -67,8 +67,9 @@ class Pump:
             return (notice + " " if notice else "") + "Stopped; the partial answer was kept."
         if gen.finish_reason == "length":
             return (notice + " " if notice else "") + (
-                f"The answer was cut at the limit of {gen.params.max_new_tokens} new tokens: raise "
-                "*Maximum new tokens* under Generation settings and press Retry for a longer one.")
+                f"The answer was cut at the limit of {gen.params.max_new_tokens} new tokens: press "
+                "**Continue** to go on writing it, or raise *Maximum new tokens* under Generation "
+                "settings and press Retry for a longer one.")
         return notice
 
 

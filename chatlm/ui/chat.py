@@ -153,7 +153,7 @@ class ChatUI:
                     uid, conv_id, text, _params(settings), adapter=settings.get("model")))
         except ChatLMError as exc:
             if created:
-                self.service.delete(uid, conv_id)
+                self.service.discard(uid, conv_id)
                 return Turn(None, notice=f"{exc.message} Your message was not saved.", stored=False)
             if self._last_id(uid, conv_id) == before:
                 return Turn(conv_id, notice=exc.message, stored=False)
@@ -196,6 +196,19 @@ class ChatUI:
             if last.role == "user":
                 return self.service.edit(uid, last.id, last.content, params, adapter=model)
             return self.service.retry(uid, last.id, params, adapter=model)
+
+        return start
+
+    def _continue_reply(self, conv_id: int | None, temperature: float, top_p: float,
+                        max_new: int, model: str | None) -> Callable[[int], Reply]:
+        """Go on writing the last answer (cut at the token limit, or stopped)."""
+        params = _params(_settings(temperature, top_p, max_new))
+
+        def start(uid: int) -> Reply:
+            path = [m for m, _ in self.service.history(uid, conv_id or 0) if m.role in ("user", "assistant")]
+            if not path or path[-1].role != "assistant":
+                raise ChatLMError("There is no answer to continue.")
+            return self.service.continue_answer(uid, path[-1].id, params, adapter=model)
 
         return start
 
@@ -297,6 +310,8 @@ class ChatUI:
     def picked(self, event: gr.EventData, request: gr.Request) -> Outputs:
         """A chat clicked in the list: open it (someone else's id is refused like a missing one)."""
         target, _ = sidebar.clicked(event)
+        if target is None:
+            return (gr.update(),) * len(VIEW_NAMES)
         try:
             return self._open(target, request)
         except ChatLMError as exc:
@@ -394,6 +409,20 @@ class ChatUI:
                     model: str | None, request: gr.Request) -> AsyncIterator[Outputs]:
         """The ``/retry`` endpoint: a new answer to the last question, streamed."""
         start = self._retry_reply(conv_id, temperature, top_p, max_new, model)
+        turn = await anyio.to_thread.run_sync(self._again, conv_id, start, request)
+        async for out in self._stream(turn, gr.update(), request):
+            yield out
+
+    def continue_start(self, conv_id: int | None, temperature: float, top_p: float, max_new: int,
+                       model: str | None, request: gr.Request) -> Outputs:
+        """Continue: go on writing the last answer, as a new alternative (followed by ``follow``)."""
+        turn = self._again(conv_id, self._continue_reply(conv_id, temperature, top_p, max_new, model), request)
+        return self._begun(turn, gr.update(), request)
+
+    async def continue_answer(self, conv_id: int | None, temperature: float, top_p: float, max_new: int,
+                              model: str | None, request: gr.Request) -> AsyncIterator[Outputs]:
+        """The ``/continue`` endpoint: the last answer, cut or stopped, written on, streamed."""
+        start = self._continue_reply(conv_id, temperature, top_p, max_new, model)
         turn = await anyio.to_thread.run_sync(self._again, conv_id, start, request)
         async for out in self._stream(turn, gr.update(), request):
             yield out
@@ -558,6 +587,8 @@ class ChatUI:
                     pager = gr.Markdown(elem_id="pager")
                     next_btn = gr.Button("›", size="sm", scale=0, min_width=40, elem_id="next-answer")
                 notice = gr.Markdown(elem_id="notice")
+                panel = FeedbackPanel(self.service, self.who)  # 👎 opens it here, right under the answer
+                panel.render(conv_id, ids, selected)
                 with gr.Row():
                     box = gr.Textbox(placeholder="Ask anything…", show_label=False, scale=8,
                                      elem_id="message", autofocus=True)
@@ -565,6 +596,7 @@ class ChatUI:
                     stop_btn = gr.Button("Stop", variant="stop", scale=1, elem_id="stop",
                                          visible=False)
                     retry_btn = gr.Button("Retry", scale=1, elem_id="retry")
+                    continue_btn = gr.Button("Continue", scale=1, elem_id="continue")
                     api = gr.Button("API", visible=False)  # carries /send and /retry (ChatInterface's way)
                     target = gr.Number(visible=False, precision=0, label="conversation")  # the API's chat id
                     new_title = gr.Textbox(visible=False, label="title")
@@ -576,8 +608,6 @@ class ChatUI:
                     max_new = gr.Slider(1, self._max_new(), value=min(DEFAULT_MAX_NEW, self._max_new()),
                                         step=1, label="Maximum new tokens")
                 KnowledgePanel(self.service, self.who).render(conv_id)
-                panel = FeedbackPanel(self.service, self.who)
-                panel.render(conv_id, ids, selected)
             with gr.Tab("Feedback", elem_id="feedback-tab") as feedback_tab:
                 FeedbackTab(self.service, self.who).render(feedback_tab)
             with gr.Tab("Training", elem_id="training-tab",
@@ -607,6 +637,7 @@ class ChatUI:
             # The public endpoints first, so that they get the names "/send" and "/retry".
             api.click(self.send, asked, api_out, api_name="send", concurrency_limit=None)
             api.click(self.retry, tuning, api_out, api_name="retry", concurrency_limit=None)
+            api.click(self.continue_answer, tuning, api_out, api_name="continue", concurrency_limit=None)
             # A page that opens another chat stops drawing the answer it followed (``_shows``), which
             # goes on. (Gradio's ``cancels`` would also undo the new chat's view in the page.)
             for started_by in (
@@ -622,6 +653,7 @@ class ChatUI:
                 chatbot.example_select(_example_text, None, [box], **quick).then(self.submit, asked, started,
                                                                                    **quick),
                 gr.on([retry_btn.click, chatbot.retry], self.retry_start, tuning, started, **quick),
+                continue_btn.click(self.continue_start, tuning, started, **quick),
                 chatbot.edit(self.edit, [conv_id, ids, temperature, top_p, max_new, model], started, **quick),
             ):
                 started_by.then(**follow)

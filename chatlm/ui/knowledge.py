@@ -93,7 +93,7 @@ class KnowledgePanel:
             gr.Warning(exc.message)
             status = f"Not loaded: {exc.message}"
             if created:  # a refused text leaves no empty conversation behind
-                self.service.delete(uid, conv_id)
+                self.service.discard(uid, conv_id)
                 conv_id = None
         return (conv_id, *self._documents(uid, conv_id), status, None, "")
 

@@ -18,6 +18,11 @@ button[role="tab"].selected { color: #c2410c !important; }
 .dark footer, .dark footer a, .dark footer button { color: #d4d4d8 !important; }
 #app-title h1 { margin: 0; font-size: 1.4rem; }
 #undo-box { padding: .4rem; }
+/* The Training tab's tables on a phone: a header is a word a line, never a letter a line; the table
+   scrolls sideways instead (Gradio wrapped "active" as a-c-t-i-v-e at 390 px). */
+#tr-adapters table, #tr-runs table, #tr-eval table { min-width: 36rem; }
+#tr-adapters th, #tr-runs th, #tr-eval th, #tr-adapters th *, #tr-runs th *, #tr-eval th * {
+  word-break: normal !important; overflow-wrap: normal !important; hyphens: none; }
 """
 
 JS = """

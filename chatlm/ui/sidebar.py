@@ -67,7 +67,7 @@ TEMPLATE = """
 
 CSS = """
 .conv-group h3 { font-size: .75rem; text-transform: uppercase; letter-spacing: .04em; margin: .8rem 0 .2rem;
-  color: var(--body-text-color-subdued); }
+  color: var(--body-text-color); font-weight: 600; }
 ul { list-style: none; margin: 0; padding: 0; }
 li.conv { display: flex; align-items: center; position: relative; border-radius: 6px; }
 li.conv.open { background: var(--background-fill-secondary); font-weight: 600; }
@@ -82,7 +82,7 @@ li.conv.open { background: var(--background-fill-secondary); font-weight: 600; }
   color: inherit; font: inherit; text-decoration: none; cursor: pointer; }
 .conv-menu .conv-delete { color: #b91c1c; }
 .conv-rename { flex: 1; font: inherit; padding: .3rem .4rem; }
-.conv-empty { color: var(--body-text-color-subdued); }
+.conv-empty { color: var(--body-text-color); font-style: italic; }
 """
 
 JS = """

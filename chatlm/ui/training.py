@@ -268,7 +268,7 @@ class TrainingTab:
             with gr.Row():
                 method = gr.Dropdown([m for m in METHODS if m != "document"], value="auto", label="Method",
                                      elem_id="tr-method",
-                                     info="auto: DPO with enough pairs, else KTO for 👍/👎, else SFT")
+                                     info="auto: DPO with enough pairs, else KTO for thumbs up/down, else SFT")
                 epochs = gr.Number(value=0, label="Epochs (0: 3, or 1 from 50 examples)", minimum=0,
                                    elem_id="tr-epochs")
                 max_steps = gr.Number(value=0, label="Max steps (0: no limit)", minimum=0, precision=0,
