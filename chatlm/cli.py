@@ -1,4 +1,5 @@
-"""`python -m chatlm serve | ask | export | db upgrade | eval qa | eval perplexity | train | adapters | users`."""
+"""`python -m chatlm serve | ask | chats | export | db upgrade | eval qa | eval perplexity | train | adapters |
+users`."""
 
 from __future__ import annotations
 
@@ -23,6 +24,9 @@ def _parser() -> argparse.ArgumentParser:
     ask.add_argument("--max-new-tokens", type=int, default=256)
     ask.add_argument("--temperature", type=float, default=0.0)
     ask.add_argument("--system", help="system prompt (default: CHATLM_SYSTEM_PROMPT)")
+    from chatlm import chats_cli
+
+    chats_cli.add_arguments(sub.add_parser("chats", help="a user's chats: list, export, delete, undo"))
     exp = sub.add_parser("export", help="write training records from stored ratings as JSONL")
     exp.add_argument("--format", required=True, choices=["messages", "sft", "kto", "dpo"])
     exp.add_argument("--since", type=_date, help="only answers from this date on (YYYY-MM-DD)")
@@ -51,6 +55,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from chatlm import chats_cli
+
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -62,6 +68,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _ask(args)
         elif args.command == "export":
             return _export(args)
+        elif args.command == "chats":
+            return chats_cli.main(args)
         elif args.command == "db":
             from chatlm.store import db
 

@@ -205,3 +205,19 @@ def test_every_v1_error_has_the_openai_shape(tiny_server, monkeypatch) -> None:
     # the UI mounted at / keeps its own errors
     outside = httpx.get(f"{tiny_server.url}/no-such-page")
     assert outside.status_code == 404 and "error" not in outside.json()
+
+
+def test_continue_final_message_goes_on_writing_the_assistants_message(server) -> None:
+    """vLLM's ``continue_final_message`` (what chatlm's remote backend sends for Continue): the last
+    assistant message is written on, not answered; without it, or after a user message, it is not."""
+    c = client(server)
+    base = dict(model="SmolLM2-135M-Instruct", temperature=0, max_tokens=8)
+    start = c.chat.completions.create(messages=QUESTION, **base).choices[0].message.content
+    opened = [*QUESTION, {"role": "assistant", "content": "The capital of France is"}]
+    more = c.chat.completions.create(messages=opened, extra_body={"continue_final_message": True,
+                                                                  "add_generation_prompt": False}, **base)
+    assert "Paris" in more.choices[0].message.content
+    assert not more.choices[0].message.content.lstrip().startswith("The capital")  # written on, not anew
+    with pytest.raises(openai.BadRequestError, match="last message to be the assistant"):
+        c.chat.completions.create(messages=QUESTION, extra_body={"continue_final_message": True}, **base)
+    assert start  # a plain request is unchanged

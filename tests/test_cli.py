@@ -66,3 +66,44 @@ def test_adapters_rollback_refuses_an_adapter_whose_files_are_gone(tmp_path) -> 
     assert out.returncode != 0 and "No adapter directory" in out.stderr, out.stderr
     with db.transaction(sessions) as s:
         assert registry.active_adapter(s).name == "chatlm-v2"  # nothing changed
+
+
+@pytest.mark.slow  # seven processes (each imports the app): out of the fast tier
+def test_chats_list_search_export_delete_and_undo_from_the_shell(tmp_path) -> None:
+    from chatlm import compose
+    from chatlm.config import Settings
+    from chatlm.store import repo
+    from chatlm.store.db import transaction
+
+    data = tmp_path / "d"
+    services = compose.build(Settings.from_env({}, data_dir=data), load_model=False)
+    try:
+        chat = services.chat
+        me = chat.user_id()
+        bob = services.accounts.add_user(None, "bob", "bob's long password").user_id
+        ids = {}
+        for uid, title, text in ((me, "Trip to Rouen", "Where to eat in Rouen?"), (me, "Dinner", "A soup"),
+                                 (bob, "Bob's plans", "Bob's secret")):
+            conv = chat.new_conversation(uid)
+            chat.rename(uid, conv.id, title)
+            with transaction(services.sessions) as s:
+                repo.add_message(s, conversation_id=conv.id, role="user", content=text)
+            ids[title] = conv.id
+    finally:
+        services.close()
+
+    listed = run(["chats", "list"], data)
+    assert listed.returncode == 0, listed.stderr
+    assert [line.split("\t")[2] for line in listed.stdout.splitlines()] == ["Dinner", "Trip to Rouen"]
+    assert run(["chats", "list", "--search", "eat in"], data).stdout.split("\t")[2].strip() == "Trip to Rouen"
+    exported = run(["chats", "export", str(ids["Trip to Rouen"])], data)
+    assert exported.stdout.startswith("# Trip to Rouen") and "Where to eat in Rouen?" in exported.stdout
+    stranger = run(["chats", "export", str(ids["Bob's plans"])], data)  # bob's chat, asked as the local user
+    assert stranger.returncode == 2 and "does not exist" in stranger.stderr and "secret" not in stranger.stdout
+    assert "Bob's plans" in run(["chats", "list", "--user", "bob"], data).stdout
+
+    deleted = run(["chats", "delete", str(ids["Dinner"])], data)
+    assert deleted.returncode == 0 and "chats undo" in deleted.stdout
+    assert "Dinner" not in run(["chats", "list"], data).stdout
+    assert run(["chats", "undo", str(ids["Dinner"])], data).returncode == 0
+    assert "Dinner" in run(["chats", "list"], data).stdout
