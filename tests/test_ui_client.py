@@ -293,3 +293,23 @@ def test_a_long_message_says_how_far_it_is_read_and_stop_with_nothing_running_sa
     [conv] = server.app.service.conversations(server.app.service.user_id())
     assert client.predict(conv.id, api_name="/stop") == NOTHING_TO_STOP
     assert client.predict(None, api_name="/stop") == NOTHING_TO_STOP
+
+
+def test_continue_writes_on_a_cut_answer_and_refuses_a_whole_one(scripted):
+    """``/continue`` (the Continue button's endpoint): the cut answer is written on as a new
+    alternative that starts with it; a whole answer is refused with a message and nothing stored."""
+    server, _, client = scripted()
+    service = server.app.service
+    chat, _, notice, _ = client.predict(text="Hello", max_new=2, api_name="/send")
+    assert chat_texts(chat)[-1] == ("assistant", "Fine, ") and "Continue" in value(notice)
+    chat, _, notice, _ = client.predict(max_new=2, api_name="/continue")
+    assert chat_texts(chat) == [("user", "Hello"), ("assistant", "Fine, Fine, ")]  # the script, again
+    [conv] = service.conversations(service.user_id())
+    answers = [m for m, _ in service.history(service.user_id(), conv.id) if m.role == "assistant"]
+    assert answers[-1].content == "Fine, Fine, " and service.siblings(service.user_id(), answers[-1].id) == (2, 2)
+
+    client.predict(text="Once more", api_name="/send")  # a whole answer
+    stored = len(service.history(service.user_id(), conv.id))
+    _, _, notice, _ = client.predict(api_name="/continue")
+    assert "cut at the token limit or stopped" in value(notice)
+    assert len(service.history(service.user_id(), conv.id)) == stored

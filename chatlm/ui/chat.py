@@ -409,8 +409,7 @@ class ChatUI:
                     model: str | None, request: gr.Request) -> AsyncIterator[Outputs]:
         """The ``/retry`` endpoint: a new answer to the last question, streamed."""
         start = self._retry_reply(conv_id, temperature, top_p, max_new, model)
-        turn = await anyio.to_thread.run_sync(self._again, conv_id, start, request)
-        async for out in self._stream(turn, gr.update(), request):
+        async for out in self._again_streamed(conv_id, start, request):  # a generator, so Gradio streams it
             yield out
 
     def continue_start(self, conv_id: int | None, temperature: float, top_p: float, max_new: int,
@@ -423,6 +422,11 @@ class ChatUI:
                               model: str | None, request: gr.Request) -> AsyncIterator[Outputs]:
         """The ``/continue`` endpoint: the last answer, cut or stopped, written on, streamed."""
         start = self._continue_reply(conv_id, temperature, top_p, max_new, model)
+        async for out in self._again_streamed(conv_id, start, request):
+            yield out
+
+    async def _again_streamed(self, conv_id: int | None, start: Callable[[int], Reply],
+                              request: gr.Request) -> AsyncIterator[Outputs]:
         turn = await anyio.to_thread.run_sync(self._again, conv_id, start, request)
         async for out in self._stream(turn, gr.update(), request):
             yield out
