@@ -42,9 +42,8 @@ class LocalBackend:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> LocalBackend:
-        loaded = loader.load(settings.model, Path(settings.data_dir), settings.device)
-        quantize.apply(loaded.model, quantize.resolve(settings.quantize, loaded.device), loaded.tokenizer,
-                       cache_dir=Path(settings.data_dir) / "models", key=f"{loaded.model_id}:{loaded.path}")
+        mode = quantize.resolve(settings.quantize, loader.pick_device(settings.device)[0])
+        loaded = loader.load(settings.model, Path(settings.data_dir), settings.device, quantize=mode)
         return cls(loaded, context_window=settings.context_window, max_batch=settings.max_batch,
                    queue_size=settings.queue_size)
 
