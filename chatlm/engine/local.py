@@ -24,7 +24,7 @@ class LocalBackend:
     """``chat(copy_from=...)`` constrains an answer to spans of given passages."""
 
     def __init__(self, loaded: loader.LoadedModel, *, context_window: int = 0, max_batch: int = 8,
-                 queue_size: int = 32) -> None:
+                 queue_size: int = 32, prefix_cache: bool = True) -> None:
         self.loaded = loaded
         self.tokenizer = loaded.tokenizer
         self.model_id = loaded.model_id
@@ -37,7 +37,7 @@ class LocalBackend:
         self.scheduler = Scheduler(
             loaded.model, self.tokenizer, eos_ids=[i for i in eos_ids if i is not None],
             context_window=self.context_window, max_batch=max_batch, queue_size=queue_size,
-            pad_id=pad if pad is not None else 0,
+            pad_id=pad if pad is not None else 0, prefix_cache=prefix_cache,
         )
 
     @classmethod

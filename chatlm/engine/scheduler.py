@@ -150,6 +150,7 @@ class Scheduler:
         queue_size: int = 32,
         pad_id: int = 0,
         prefill_chunk: int = 256,
+        prefix_cache: bool = True,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
@@ -164,8 +165,12 @@ class Scheduler:
         self._prefixes: OrderedDict[tuple[str | None, tuple[int, ...]], _KV] = OrderedDict()
         """Cached prompt prefixes by (adapter, tokens): per layer (keys, values) of one row, newest last."""
         self._last_prompt: tuple[str | None, list[int]] | None = None
+        self.prefix_cache = prefix_cache
+        """Keep and reuse shared prompt prefixes (off: every prompt is prefilled whole; benchmarks)."""
         self.prefix_tokens_reused = 0
         """Prompt tokens that a cached prefix saved from being prefilled (for tests and benchmarks)."""
+        self.prefix_tokens_made = 0
+        """Prompt tokens run through the model to make cached prefixes (the reuse's price)."""
         self.device = next(model.parameters()).device
         self._pending: deque[tuple[Generation, list[int]]] = deque()
         self._copies: dict[int, CopyConstraint] = {}
@@ -348,7 +353,7 @@ class Scheduler:
         adapter), made now when these prompts share at least ``MIN_PREFIX`` tokens with each other
         or with the previous fill's prompt; None when there is none."""
         adapters = {g.adapter for g, _ in admit}
-        if len(adapters) != 1:
+        if not self.prefix_cache or len(adapters) != 1:
             return None
         adapter = adapters.pop()
         prompts = [p for _, p in admit]
@@ -369,6 +374,7 @@ class Scheduler:
             _, cache = self._forward(ids, torch.ones_like(ids), torch.arange(common, device=self.device)[None],
                                      _new_cache(self.model), [adapter])
             self._prefixes[(adapter, tokens)] = [(layer.keys, layer.values) for layer in cache.layers]
+            self.prefix_tokens_made += common
             while len(self._prefixes) > MAX_PREFIXES:
                 self._prefixes.popitem(last=False)
             best = tokens
