@@ -23,9 +23,10 @@ machine load between the two does not favour one. Scenarios:
 Figures per run: first-token time of every request (``first_token_at - submitted_at``), the
 prompt tokens, the prefill work actually run (rows x columns of every prefill forward, padding and
 the forwards that make a cached prefix included), the scheduler's ``prefix_tokens_reused`` and
-``prefix_tokens_made`` (net saved = reused - made), and whether every answer (``--tokens`` greedy
-tokens) is the same with the cache on as off. A warm-up request with an unrelated system prompt
-runs first on every scheduler.
+``prefix_tokens_made`` (net saved = reused - made), and whether the answers (``--tokens`` greedy
+tokens each) are the same with the cache on as off (``answers_identical``: how many of a
+scenario's answers each run with the cache on, and each further run with it off, shares with the
+first run off). A warm-up request with an unrelated system prompt runs first on every scheduler.
 """
 
 from __future__ import annotations
@@ -222,7 +223,7 @@ def main() -> None:
     log(f"model loaded ({args.quantize}) in {out['load_s']} s; making the conversation")
     prompts = conversation_prompts(loaded, system, args.turns, args.answer_tokens)
     scenarios: dict[str, dict[str, list[Any]]] = {}
-    same: dict[str, bool] = {}
+    same: dict[str, dict[str, Any]] = {}
     for r in range(args.repeats):
         for cache in ((False, True) if r % 2 == 0 else (True, False)):
             mode = "on" if cache else "off"
@@ -238,10 +239,14 @@ def main() -> None:
                 slot[mode].append(figures)
                 slot[f"texts_{mode}"].append(texts)
     for name, slot in scenarios.items():
-        same[name] = all(t == slot["texts_off"][0] for t in slot["texts_off"] + slot["texts_on"])
-        del slot["texts_off"], slot["texts_on"]
+        off, on = slot.pop("texts_off"), slot.pop("texts_on")
+        same[name] = {
+            "answers": len(off[0]),
+            "on_same_as_off": [sum(a == b for a, b in zip(x, off[0], strict=True)) for x in on],
+            "off_repeats_same": [sum(a == b for a, b in zip(x, off[0], strict=True)) for x in off[1:]],
+        }
     out["scenarios"] = scenarios
-    out["answers_identical_on_vs_off"] = same
+    out["answers_identical"] = same
     out["ratios"] = ratios(scenarios)
     out["load_avg_end"] = os.getloadavg()
     out["wall_s"] = round(time.perf_counter() - started, 1)

@@ -369,12 +369,19 @@ class Scheduler:
         common = min((_common_length(prompts[0], o) for o in others), default=0)
         common = min(common, room, MAX_PREFIX)
         if common >= MIN_PREFIX and (best is None or common > len(best) + MIN_PREFIX):
+            # made by extending the longest cached prefix, so a conversation's next turn reads only
+            # what the last two turns added, not its whole history again
             tokens = tuple(prompts[0][:common])
-            ids = torch.tensor([tokens], device=self.device)
-            _, cache = self._forward(ids, torch.ones_like(ids), torch.arange(common, device=self.device)[None],
-                                     _new_cache(self.model), [adapter])
+            start = len(best) if best is not None else 0
+            cache = _new_cache(self.model)
+            if best is not None:
+                for layer, (keys, values) in enumerate(self._prefixes[(adapter, best)]):
+                    cache.update(keys, values, layer)
+            ids = torch.tensor([tokens[start:]], device=self.device)
+            _, cache = self._forward(ids, torch.ones((1, common), dtype=torch.long, device=self.device),
+                                     torch.arange(start, common, device=self.device)[None], cache, [adapter])
             self._prefixes[(adapter, tokens)] = [(layer.keys, layer.values) for layer in cache.layers]
-            self.prefix_tokens_made += common
+            self.prefix_tokens_made += common - start
             while len(self._prefixes) > MAX_PREFIXES:
                 self._prefixes.popitem(last=False)
             best = tokens
