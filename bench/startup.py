@@ -10,7 +10,8 @@ torch._dynamo), the model load proper).
 
 ``--quantize auto,none`` (the default) times every ``CHATLM_QUANTIZE`` value given, in one sitting,
 each in its own scratch data folder; the first start of each (untimed) makes what a second start
-reuses (the database, and for int8 the int8 copy of the weights).
+reuses (the database, and for int8 the int8 copy of the weights). ``--ab N`` adds N interleaved
+rounds of the int8 model load alone, the old way and the new (``INT8_AB``).
 """
 
 from __future__ import annotations
@@ -55,6 +56,41 @@ backend.close()
 """
 
 
+INT8_AB = """
+import json, statistics, sys, time
+import torch
+from pathlib import Path
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from chatlm.config import Settings
+from chatlm.engine import loader, quantize, threads
+threads.one_thread_here()
+settings = Settings.from_env()
+source = loader.resolve(settings.model, "cpu")
+path = loader.local_path(source, settings.data_dir)
+cache_dir, key = settings.data_dir / "models", f"{source.model_id}:{path}"
+tokenizer = AutoTokenizer.from_pretrained(path)
+quantize.apply(AutoModelForCausalLM.from_pretrained(path), "int8", tokenizer, cache_dir=cache_dir, key=key)
+old, new = [], []
+for _ in range(int(sys.argv[1])):
+    t = time.perf_counter()
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    quantize.apply(model, "int8", tokenizer, cache_dir=cache_dir, key=key)
+    old.append(time.perf_counter() - t)
+    del model
+    t = time.perf_counter()
+    model = quantize.load_cached(path, torch.float32, cache_dir, key)
+    new.append(time.perf_counter() - t)
+    assert model is not None
+    del model
+print(json.dumps({"float_then_int8_s": [round(x, 3) for x in old], "from_int8_copy_s": [round(x, 3) for x in new],
+                  "median_float_then_int8_s": round(statistics.median(old), 3),
+                  "median_from_int8_copy_s": round(statistics.median(new), 3)}))
+"""
+"""The int8 model load of a second start (imports done, tokenizer loaded), the old way (float
+weights, then the cached int8 layers swapped in) and the new (``quantize.load_cached``),
+interleaved in one process so both see the same machine load."""
+
+
 def first_token(env: dict[str, str]) -> dict[str, float]:
     started = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", "chatlm", "ask", "What is the capital of France?",
@@ -72,6 +108,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--quantize", default="auto,none", help="CHATLM_QUANTIZE values to time, comma-separated")
+    p.add_argument("--ab", type=int, default=0, help="rounds of the in-process int8 load A/B (0: none)")
     args = p.parse_args()
     out: dict[str, Any] = {"load_avg_start": os.getloadavg(), "by_quantize": {}}
     for mode in args.quantize.split(","):
@@ -93,6 +130,10 @@ def main() -> None:
                                                                first["phases"])
     with tempfile.TemporaryDirectory(prefix="chatlm-bench-startup-") as tmp:
         env = {**os.environ, "CHATLM_DATA_DIR": str(scratch_data_dir(Path(tmp)))}
+        if args.ab:
+            ab = subprocess.run([sys.executable, "-c", INT8_AB, str(args.ab)], cwd=ROOT, env=env,
+                                capture_output=True, text=True, check=True)
+            out["int8_load_ab"] = json.loads(ab.stdout.strip().splitlines()[-1])
         imports = subprocess.run([sys.executable, "-X", "importtime", "-c", "import chatlm.cli, chatlm.server"],
                                  cwd=ROOT, env=env, capture_output=True, text=True, check=True)
     top: list[tuple[int, str]] = []
