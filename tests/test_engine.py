@@ -264,3 +264,30 @@ def test_a_shared_system_prompt_is_prefilled_once_and_answers_do_not_change(bund
     finally:
         fresh.close()
         warm.close()
+
+
+def test_a_conversation_turn_extends_the_cached_history_and_answers_do_not_change(bundled) -> None:
+    """Every turn repeats the history: the prefix a turn makes extends the longest one cached (the
+    history up to the turn before), so a turn reads what the last two turns added, not the whole
+    history again; every answer is that of a server without a prefix cache (the real model)."""
+    from chatlm.engine.local import LocalBackend
+
+    params = SamplingParams(temperature=0.0, max_new_tokens=16)
+    questions = ["What is rain?", "Where does it come from?", "Why is it wet?", "Does it rain on Mars?"]
+    fresh, warm = LocalBackend(bundled, prefix_cache=False), LocalBackend(bundled)
+    history = [{"role": "system", "content": "You answer briefly."}]
+    lengths = []
+    try:
+        for question in questions:
+            messages = [*history, {"role": "user", "content": question}]
+            expected = fresh.chat(messages, params).wait()
+            assert warm.chat(messages, params).wait() == expected
+            lengths.append(len(warm.encode(messages)))
+            history = [*messages, {"role": "assistant", "content": expected}]
+    finally:
+        fresh.close()
+        warm.close()
+    assert fresh.scheduler.prefix_tokens_reused == fresh.scheduler.prefix_tokens_made == 0
+    reused, made = warm.scheduler.prefix_tokens_reused, warm.scheduler.prefix_tokens_made
+    assert reused >= sum(lengths[:3]) - 6  # turns 2-4 each reuse the previous turn's whole prompt
+    assert made <= lengths[2] + 2  # made once, extended turn by turn: not turn 1, 1-2 and 1-3 again

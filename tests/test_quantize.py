@@ -107,3 +107,48 @@ def test_int8_weights_take_a_quarter_of_the_memory(tiny, tmp_path) -> None:
 
     before, after = weight_bytes(tiny.model), weight_bytes(_quantised(tiny, tmp_path).model)
     assert after <= 0.3 * before
+
+
+@pytest.mark.parametrize("layout", ["untied", "tied", "head-only"])
+def test_a_start_from_the_int8_cache_answers_as_the_start_that_built_it(tiny, tmp_path, monkeypatch,
+                                                                         layout) -> None:
+    """A second start builds the int8 model from the kept int8 tensors and reads only the float
+    tensors left (never the float weights of the quantised layers, never the calibration), and its
+    greedy answers are the first start's, token for token. ``head-only`` is the GGUF cache's
+    layout: tied embeddings stored once under ``lm_head.weight`` (safetensors' ``save_model``)."""
+    import transformers
+    from safetensors import safe_open
+    from safetensors.torch import save_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(1)
+    config = LlamaConfig(**{**tiny.model.config.to_dict(), "tie_word_embeddings": layout != "untied"})
+    model_dir = tmp_path / "model"
+    model = LlamaForCausalLM(config).eval()
+    model.save_pretrained(model_dir)
+    if layout == "head-only":
+        save_model(model, str(model_dir / "model.safetensors"))
+        with safe_open(str(model_dir / "model.safetensors"), framework="pt") as f:
+            stored = set(f.keys())
+        assert "lm_head.weight" in stored and "model.embed_tokens.weight" not in stored
+    tiny.tokenizer.save_pretrained(model_dir)
+    settings = Settings.from_env({}, model=str(model_dir), data_dir=tmp_path / "data", quantize="int8",
+                                 device="cpu")
+
+    def answers() -> list[list[int]]:
+        backend = LocalBackend.from_settings(settings)
+        try:
+            assert isinstance(backend.loaded.model.lm_head, quantize.Int8Linear)
+            return _tokens(backend, PROMPTS)
+        finally:
+            backend.close()
+
+    built = answers()
+    assert len(list((tmp_path / "data" / "models").glob("int8-*.safetensors"))) == 1
+
+    def not_again(*_a: object, **_k: object) -> None:
+        raise AssertionError("a start from the int8 cache loaded the float model or calibrated")
+
+    monkeypatch.setattr(quantize, "measure_inputs", not_again)
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", not_again)
+    assert answers() == built

@@ -131,16 +131,24 @@ class LoadedModel:
     device: str
 
 
-def load(spec: str, data_dir: Path, device: str = "auto") -> LoadedModel:
-    """Load model and tokenizer in eval mode on the chosen device."""
+def load(spec: str, data_dir: Path, device: str = "auto", quantize: str = "none") -> LoadedModel:
+    """Load model and tokenizer in eval mode on the chosen device; with ``quantize="int8"`` the
+    linear layers are int8 (``chatlm.engine.quantize``), read straight from the copy kept in
+    ``data_dir/models`` when there is one (a second start) and made and kept there otherwise."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from chatlm.engine import quantize as int8
 
     source = resolve(spec, device)
     dev, dtype = pick_device(device)
     path = local_path(source, data_dir)
+    cache_dir, key = data_dir / "models", f"{source.model_id}:{path}"
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        model = int8.load_cached(path, dtype, cache_dir, key) if quantize == "int8" else None
+        if model is None:
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+            int8.apply(model, quantize, tokenizer, cache_dir=cache_dir, key=key)
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"Could not load model {spec!r}: {exc}") from exc
     if tokenizer.chat_template is None:

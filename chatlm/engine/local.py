@@ -24,7 +24,7 @@ class LocalBackend:
     """``chat(copy_from=...)`` constrains an answer to spans of given passages."""
 
     def __init__(self, loaded: loader.LoadedModel, *, context_window: int = 0, max_batch: int = 8,
-                 queue_size: int = 32) -> None:
+                 queue_size: int = 32, prefix_cache: bool = True) -> None:
         self.loaded = loaded
         self.tokenizer = loaded.tokenizer
         self.model_id = loaded.model_id
@@ -37,14 +37,13 @@ class LocalBackend:
         self.scheduler = Scheduler(
             loaded.model, self.tokenizer, eos_ids=[i for i in eos_ids if i is not None],
             context_window=self.context_window, max_batch=max_batch, queue_size=queue_size,
-            pad_id=pad if pad is not None else 0,
+            pad_id=pad if pad is not None else 0, prefix_cache=prefix_cache,
         )
 
     @classmethod
     def from_settings(cls, settings: Settings) -> LocalBackend:
-        loaded = loader.load(settings.model, Path(settings.data_dir), settings.device)
-        quantize.apply(loaded.model, quantize.resolve(settings.quantize, loaded.device), loaded.tokenizer,
-                       cache_dir=Path(settings.data_dir) / "models", key=f"{loaded.model_id}:{loaded.path}")
+        mode = quantize.resolve(settings.quantize, loader.pick_device(settings.device)[0])
+        loaded = loader.load(settings.model, Path(settings.data_dir), settings.device, quantize=mode)
         return cls(loaded, context_window=settings.context_window, max_batch=settings.max_batch,
                    queue_size=settings.queue_size)
 

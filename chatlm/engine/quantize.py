@@ -121,25 +121,40 @@ def measure_inputs(model: Any, tokenizer: Any) -> dict[str, torch.Tensor]:
     return {k: v.cpu() for k, v in seen.items()}
 
 
+def cache_file(cache_dir: Path, key: str) -> Path:
+    """Where the int8 tensors of the model named by ``key`` are kept."""
+    return cache_dir / f"int8-{hashlib.sha256(key.encode()).hexdigest()[:16]}.safetensors"
+
+
+def _read_cache(model: Any, path: Path) -> dict[str, torch.Tensor] | None:
+    """The kept int8 tensors when ``path`` holds them for every target layer of ``model``."""
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        return None
+    try:
+        kept = load_file(str(path))
+        if all(tuple(kept[f"{name}/qweight_t"].shape) == (m.in_features, m.out_features)
+               for name in _targets(model) if (m := model.get_submodule(name)) is not None):
+            return kept
+        log.warning("%s is for another model: quantising again", path)
+    except (OSError, ValueError, KeyError):
+        log.warning("unreadable %s: quantising again", path)
+    return None
+
+
 def _int8_tensors(model: Any, tokenizer: Any, cache_dir: Path | None, key: str) -> dict[str, torch.Tensor]:
     """Every target layer's int8 tensors (``<layer>/<tensor>``), made once per model and kept in
     ``cache_dir``: a later start reads them and never touches the float weights of those layers
     (they stay unread in the mmapped checkpoint), so it neither pays the calibration nor holds the
     float and int8 copies at once (1 GB more at the peak of a first start)."""
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import save_file
 
     path = None
     if cache_dir is not None:
-        path = cache_dir / f"int8-{hashlib.sha256(key.encode()).hexdigest()[:16]}.safetensors"
-        if path.is_file():
-            try:
-                kept = load_file(str(path))
-                if all(tuple(kept[f"{name}/qweight_t"].shape) == (m.in_features, m.out_features)
-                       for name in _targets(model) if (m := model.get_submodule(name)) is not None):
-                    return kept
-                log.warning("%s is for another model: quantising again", path)
-            except (OSError, ValueError, KeyError):
-                log.warning("unreadable %s: quantising again", path)
+        path = cache_file(cache_dir, key)
+        if (kept := _read_cache(model, path)) is not None:
+            return kept
     ranges = measure_inputs(model, tokenizer)
     tensors: dict[str, torch.Tensor] = {}
     for name in _targets(model):
@@ -153,21 +168,71 @@ def _int8_tensors(model: Any, tokenizer: Any, cache_dir: Path | None, key: str) 
     return tensors
 
 
-def apply(model: Any, mode: str, tokenizer: Any, *, cache_dir: Path | None = None, key: str = "") -> int:
-    """Replace the model's linear layers in place when ``mode`` is int8; return how many."""
-    if mode != "int8":
-        return 0
-    tensors = _int8_tensors(model, tokenizer, cache_dir, key or str(getattr(model.config, "_name_or_path", "")))
+def _install(model: Any, tensors: dict[str, torch.Tensor]) -> int:
+    """Swap every target layer for an ``Int8Linear`` holding its tensors; return how many."""
     names = _targets(model)
     for name in names:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         old = getattr(parent, child)
-        mine = {part: t for k, t in tensors.items() if (part := k.removeprefix(f"{name}/")) != k}
+        prefix = f"{name}/"
+        mine = {k[len(prefix):]: t for k, t in tensors.items() if k.startswith(prefix)}
         setattr(parent, child, Int8Linear(old.in_features, old.out_features, mine))
     if getattr(model.config, "tie_word_embeddings", False):  # the head now has its own int8 copy
         model.config.tie_word_embeddings = False
+    return len(names)
+
+
+def apply(model: Any, mode: str, tokenizer: Any, *, cache_dir: Path | None = None, key: str = "") -> int:
+    """Replace the model's linear layers in place when ``mode`` is int8; return how many."""
+    if mode != "int8":
+        return 0
+    tensors = _int8_tensors(model, tokenizer, cache_dir, key or str(getattr(model.config, "_name_or_path", "")))
+    count = _install(model, tensors)
     for param in model.parameters():  # what is left (the embedding, the norms) may be a view of the
         param.data = param.data.clone()  # mmapped checkpoint, which then stays resident (400 MB here)
-    log.info("int8 weights: %d linear layers", len(names))
-    return len(names)
+    log.info("int8 weights: %d linear layers", count)
+    return count
+
+
+def load_cached(path: str, dtype: torch.dtype, cache_dir: Path, key: str) -> Any | None:
+    """The int8 model straight from the kept int8 tensors: the model is built without initialising
+    its weights, its linear layers become ``Int8Linear`` with the cached tensors, and only the
+    float tensors left (the embedding, the norms) are read from the checkpoint, so the float weights
+    of the quantised layers are never read, converted or dropped (a second start saves the float
+    load and its weight initialisation). ``None`` when there is no cache for ``key`` or the
+    checkpoint is not one local safetensors file: the caller loads in float and calls ``apply``."""
+    checkpoint = Path(path) / "model.safetensors"
+    kept_at = cache_file(cache_dir, key)
+    if not kept_at.is_file() or not checkpoint.is_file():
+        return None
+    from safetensors import safe_open
+    from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
+    from transformers.initialization import no_init_weights
+
+    config = AutoConfig.from_pretrained(path)
+    with no_init_weights():  # parameters are allocated (untouched pages), never initialised
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    kept = _read_cache(model, kept_at)
+    if kept is None:
+        return None
+    tied = dict(getattr(model, "all_tied_weights_keys", None) or {})
+    partners = {**{source: target for target, source in tied.items()}, **tied}
+    _install(model, kept)
+    with safe_open(str(checkpoint), framework="pt") as f:
+        stored = set(f.keys())
+        for name, param in model.named_parameters():
+            key_in_file = name if name in stored else partners.get(name)
+            if key_in_file not in stored:
+                log.warning("%s has no tensor for %s: loading in float", checkpoint, name)
+                return None
+            value = f.get_tensor(key_in_file)
+            if tuple(value.shape) != tuple(param.shape):
+                log.warning("%s: %s has shape %s, not %s: loading in float", checkpoint, name,
+                            tuple(value.shape), tuple(param.shape))
+                return None
+            param.data = value.to(dtype).clone()  # owned, not a view of the file
+    if (Path(path) / "generation_config.json").is_file():
+        model.generation_config = GenerationConfig.from_pretrained(path)
+    log.info("int8 weights read from %s", kept_at.name)
+    return model.eval()

@@ -150,6 +150,7 @@ class Scheduler:
         queue_size: int = 32,
         pad_id: int = 0,
         prefill_chunk: int = 256,
+        prefix_cache: bool = True,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
@@ -164,8 +165,12 @@ class Scheduler:
         self._prefixes: OrderedDict[tuple[str | None, tuple[int, ...]], _KV] = OrderedDict()
         """Cached prompt prefixes by (adapter, tokens): per layer (keys, values) of one row, newest last."""
         self._last_prompt: tuple[str | None, list[int]] | None = None
+        self.prefix_cache = prefix_cache
+        """Keep and reuse shared prompt prefixes (off: every prompt is prefilled whole; benchmarks)."""
         self.prefix_tokens_reused = 0
         """Prompt tokens that a cached prefix saved from being prefilled (for tests and benchmarks)."""
+        self.prefix_tokens_made = 0
+        """Prompt tokens run through the model to make cached prefixes (the reuse's price)."""
         self.device = next(model.parameters()).device
         self._pending: deque[tuple[Generation, list[int]]] = deque()
         self._copies: dict[int, CopyConstraint] = {}
@@ -348,7 +353,7 @@ class Scheduler:
         adapter), made now when these prompts share at least ``MIN_PREFIX`` tokens with each other
         or with the previous fill's prompt; None when there is none."""
         adapters = {g.adapter for g, _ in admit}
-        if len(adapters) != 1:
+        if not self.prefix_cache or len(adapters) != 1:
             return None
         adapter = adapters.pop()
         prompts = [p for _, p in admit]
@@ -364,11 +369,19 @@ class Scheduler:
         common = min((_common_length(prompts[0], o) for o in others), default=0)
         common = min(common, room, MAX_PREFIX)
         if common >= MIN_PREFIX and (best is None or common > len(best) + MIN_PREFIX):
+            # made by extending the longest cached prefix, so a conversation's next turn reads only
+            # what the last two turns added, not its whole history again
             tokens = tuple(prompts[0][:common])
-            ids = torch.tensor([tokens], device=self.device)
-            _, cache = self._forward(ids, torch.ones_like(ids), torch.arange(common, device=self.device)[None],
-                                     _new_cache(self.model), [adapter])
+            start = len(best) if best is not None else 0
+            cache = _new_cache(self.model)
+            if best is not None:
+                for layer, (keys, values) in enumerate(self._prefixes[(adapter, best)]):
+                    cache.update(keys, values, layer)
+            ids = torch.tensor([tokens[start:]], device=self.device)
+            _, cache = self._forward(ids, torch.ones((1, common), dtype=torch.long, device=self.device),
+                                     torch.arange(start, common, device=self.device)[None], cache, [adapter])
             self._prefixes[(adapter, tokens)] = [(layer.keys, layer.values) for layer in cache.layers]
+            self.prefix_tokens_made += common - start
             while len(self._prefixes) > MAX_PREFIXES:
                 self._prefixes.popitem(last=False)
             best = tokens
