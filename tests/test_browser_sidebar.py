@@ -154,3 +154,31 @@ def test_a_new_chat_keeps_the_users_settings_and_model_and_the_model_answers(pag
     settled(page)
     third = send(page, served, "And again")
     assert third.adapter == "kind-v1" and len(answers(served)) == 3
+
+
+def test_the_list_works_from_the_keyboard_and_comes_before_the_chat(page, served):
+    """Sidebar first in the page's order (New chat before the tabs and the footer); a chat's "…" opens
+    with Enter onto its first action, Escape closes it back onto "…"; Enter on a title opens it."""
+    seed(served, [("Keyboard chat", 0), ("Other chat", 3)])
+    page.click("#new-chat")
+    settled(page)
+    order = page.evaluate("""() => {
+      const at = (sel) => document.querySelector(sel);
+      const before = (a, b) => !!(at(a).compareDocumentPosition(at(b)) & Node.DOCUMENT_POSITION_FOLLOWING);
+      return [before('#new-chat', '#chat-tab-button'), before('#conversations', '#message'),
+              before('#conversations', 'footer')];
+    }""")
+    assert order == [True, True, True]
+    item = page.locator("#conversations li.conv", has=page.locator(".conv-open", has_text="Keyboard chat"))
+    more = item.locator(".conv-more")
+    more.focus()
+    page.keyboard.press("Enter")
+    wait_for(lambda: item.locator(".conv-menu").is_visible(), "the menu to open")
+    assert more.get_attribute("aria-expanded") == "true"
+    assert page.evaluate("document.activeElement.textContent.trim()") == "Rename"
+    page.keyboard.press("Escape")
+    wait_for(lambda: not item.locator(".conv-menu").is_visible(), "Escape to close the menu")
+    assert page.evaluate("document.activeElement.getAttribute('aria-label')") == "More for Keyboard chat"
+    item.locator(".conv-open").focus()
+    page.keyboard.press("Enter")
+    wait_for(lambda: user_texts(page) == ["About keyboard chat"], "Enter on the title to open the chat")
