@@ -523,7 +523,7 @@ def test_every_named_endpoint_as_another_user_and_as_a_guest(server) -> None:
         "/set_user_password": ("ann", "taken over, now"), "/remove_user": ("ann", True), "/list_keys": (),
         "/create_key": ("k",), "/revoke_key": (key.id,),
         "/change_password": ("wrong", "new password 1", "new password 1"),
-        "/delete_account": (True, "wrong password"), "/send": ("Hello from the caller",), "/retry": (),
+        "/delete_account": (True, "wrong password"), "/send": ("Hello from the caller",), "/retry": (), "/continue": (),
         "/load": (conv.id,), "/new": (), "/open": (conv.id,), "/delete": (conv.id,), "/undo": (conv.id,),
         "/rename": (conv.id, "renamed by a stranger"),
         "/stop": (), "/rate": (), "/exclude": (True,),

@@ -92,7 +92,7 @@ def test_send_then_load_and_what_is_stored(client, server, bundled_backend):
     assert answer.completion_tokens and 0 < answer.completion_tokens <= 40
     assert answer.latency_ms and answer.latency_ms > 0
     assert answer.generation_params == {"temperature": 0.0, "top_p": 0.9, "top_k": 0,
-                                        "max_new_tokens": 40, "stop": [], "seed": None}
+                                        "max_new_tokens": 40, "stop": [], "seed": None, "finish_reason": "stop"}
     assert answer.prompt_messages == [{"role": "system", "content": SYSTEM},
                                       {"role": "user", "content": FRANCE}]
     assert answer.error is None
