@@ -18,6 +18,7 @@ from tests.browser import (
     click_and_wait,
     needs_browser,
     open_app,
+    settled,
     table_rows,
     uid,
     wait_for,
@@ -90,7 +91,11 @@ def test_ratings_to_a_promoted_adapter_and_back(page, server) -> None:
     assert given.pairs == 12 and given.sentence().replace("**", "") in text(page, "tr-data")
     wait_for(lambda: page.locator("#tr-start").is_enabled(), "Start to be enabled by the data")
     page.click("#tr-advanced .label-wrap")
-    page.fill("#tr-max-steps input", "2")
+    steps = page.locator("#tr-max-steps input")
+    steps.fill("2")
+    steps.press("Tab")  # the number is taken on leaving the box (a loaded full run once started with 0)
+    settled(page)
+    assert steps.input_value() == "2"
     click_and_wait(page, "#tr-start")
     assert "started in its own process" in text(page, "tr-started")
     # the timer follows the round to its end; the tab then shows the new adapter's evaluation
