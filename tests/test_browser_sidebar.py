@@ -45,7 +45,7 @@ class AdapterScripted(ScriptedBackend):
 
 @pytest.fixture
 def served(start_server):
-    return start_server(AdapterScripted(["Fine ", "thanks."]))
+    return start_server(AdapterScripted(["Fine ", "thanks."], delay=0.02))
 
 
 @pytest.fixture
@@ -134,6 +134,7 @@ def test_a_new_chat_keeps_the_users_settings_and_model_and_the_model_answers(pag
     settings(page, max_new=3, temperature=0.2)
     page.locator("#model input").click()
     page.get_by_role("option", name="kind-v1", exact=True).click()
+    settled(page)
     first = send(page, served, "First chat")
     assert first.adapter == "kind-v1" and first.generation_params["max_new_tokens"] == 3
 
@@ -144,6 +145,7 @@ def test_a_new_chat_keeps_the_users_settings_and_model_and_the_model_answers(pag
     assert page.locator("#model input").input_value() == "kind-v1"
     page.locator("#model input").click()
     page.get_by_role("option", name="Base model", exact=True).click()
+    settled(page)
     second = send(page, served, "Second chat")
     assert second.adapter is None and second.conversation_id != first.conversation_id
     assert second.generation_params["temperature"] == pytest.approx(0.2)
