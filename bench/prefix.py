@@ -45,6 +45,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from serve import quantile  # noqa: E402
 from train import scratch_data_dir  # noqa: E402
 
 from chatlm.config import Settings  # noqa: E402
@@ -85,14 +86,6 @@ WARM_UP = [{"role": "system", "content": "Warm-up."}, {"role": "user", "content"
 
 def log(msg: str) -> None:
     print(f"[prefix] {msg}", file=sys.stderr, flush=True)
-
-
-def quantile(values: list[float], q: float) -> float:
-    xs = sorted(values)
-    pos = (len(xs) - 1) * q
-    lo = int(pos)
-    hi = min(lo + 1, len(xs) - 1)
-    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
 
 
 class Probe:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from datetime import UTC, datetime
 from pathlib import Path
 
 from chatlm.config import Settings
@@ -28,7 +27,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from chatlm import compose, transcript
+    from chatlm import compose
+    from chatlm.store.models import utcnow
     from chatlm.ui.sidebar import group_of
 
     services = compose.build(Settings.from_env(), load_model=False)
@@ -36,12 +36,11 @@ def main(args: argparse.Namespace) -> int:
         chat = services.chat
         uid = services.accounts.actor(args.user).user_id if args.user else chat.user_id()
         if args.chats_command == "list":
-            now = datetime.now(UTC).replace(tzinfo=None)
+            now = utcnow()
             for conv in chat.conversations(uid, args.search):
                 print(f"{conv.id}\t{group_of(conv.updated_at, now)}\t{conv.title}")
         elif args.chats_command == "export":
-            conv = chat.conversation(uid, args.id)
-            text = transcript.markdown(conv.title, conv.system_prompt, chat.history(uid, args.id))
+            _, text = chat.transcript(uid, args.id)
             if args.out == "-":
                 sys.stdout.write(text)
             else:

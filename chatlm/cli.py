@@ -55,8 +55,6 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from chatlm import chats_cli
-
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -69,7 +67,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "export":
             return _export(args)
         elif args.command == "chats":
-            return chats_cli.main(args)
+            from chatlm.chats_cli import main as chats_main
+
+            return chats_main(args)
         elif args.command == "db":
             from chatlm.store import db
 

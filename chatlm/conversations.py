@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from chatlm import transcript
 from chatlm.config import Settings
 from chatlm.store import repo
 from chatlm.store.db import transaction
@@ -53,7 +54,7 @@ class Conversations:
         """The system prompt and settings of the user's latest conversation: what a new chat starts
         with (None, {} for a first chat: the server's defaults)."""
         with transaction(self.sessions) as s:
-            latest = next(iter(repo.list_conversations(s, user_id=user_id)), None)
+            latest = next(iter(repo.list_conversations(s, user_id=user_id, limit=1)), None)
             if latest is None:
                 return None, {}
             return latest.system_prompt, {k: latest.settings[k] for k in REMEMBERED if k in latest.settings}
@@ -61,6 +62,15 @@ class Conversations:
     def conversation(self, user_id: int, conversation_id: int) -> Conversation:
         with transaction(self.sessions) as s:
             return repo.get_conversation(s, conversation_id=conversation_id, user_id=user_id)
+
+    def transcript(self, user_id: int, conversation_id: int) -> tuple[str, str]:
+        """(file name, Markdown) of the chat as shown, with its ratings: the sidebar's Export and
+        ``chatlm chats export``."""
+        with transaction(self.sessions) as s:
+            conv = repo.get_conversation(s, conversation_id=conversation_id, user_id=user_id)
+            title, system_prompt = conv.title, conv.system_prompt
+        rows = self.history(user_id, conversation_id)
+        return transcript.filename(title, conversation_id), transcript.markdown(title, system_prompt, rows)
 
     def rename(self, user_id: int, conversation_id: int, title: str) -> None:
         with transaction(self.sessions) as s:

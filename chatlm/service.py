@@ -308,8 +308,8 @@ class ChatService(Conversations):
             raise InputError("continue_final_message needs the last message to be the assistant's.")
         if user_id is not None:
             self._admit(user_id)
-        gen = (self.backend.chat(messages, params, adapter=adapter, continue_final=True)  # type: ignore[call-arg]
-               if continue_final else self.backend.chat(messages, params, adapter=adapter))
+        extra = {"continue_final": True} if continue_final else {}  # a backend without it is never asked
+        gen = self.backend.chat(messages, params, adapter=adapter, **extra)
         if self.fair is not None and user_id is not None:
             self.fair.track(user_id, gen)
         return gen
@@ -463,15 +463,13 @@ class ChatService(Conversations):
                continue_final: bool = False) -> Reply:
         chosen: list[Support] | None = None
         score = None
+        extra: dict[str, Any] = {}  # what only the local engine takes, passed only when asked for
         if extract:
             chosen, score = self._best_sentences(question, extract)
-            gen = self.backend.chat(messages, params, adapter=adapter,  # type: ignore[call-arg]
-                                    copy_from=[c.sentence for c in chosen],
-                                    avoid_first=question_words(question))
+            extra = {"copy_from": [c.sentence for c in chosen], "avoid_first": question_words(question)}
         elif continue_final:  # the last message is the answer to go on with
-            gen = self.backend.chat(messages, params, adapter=adapter, continue_final=True)  # type: ignore[call-arg]
-        else:
-            gen = self.backend.chat(messages, params, adapter=adapter)
+            extra = {"continue_final": True}
+        gen = self.backend.chat(messages, params, adapter=adapter, **extra)
         if self.fair is not None and user_id is not None:
             self.fair.track(user_id, gen)
         with self._lock:

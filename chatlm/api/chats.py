@@ -10,7 +10,6 @@ import anyio
 from fastapi import FastAPI, Request
 from fastapi.responses import PlainTextResponse, Response
 
-from chatlm import transcript
 from chatlm.errors import ChatLMError, NotFoundError, PermissionDeniedError
 from chatlm.service import ChatService
 from chatlm.ui.who import Who
@@ -21,16 +20,13 @@ def install(app: FastAPI, service: ChatService, who: Who) -> None:
     async def export(conversation_id: int, request: Request) -> Response:
         try:
             uid = await anyio.to_thread.run_sync(who.uid, request)
-            conv = await anyio.to_thread.run_sync(service.conversation, uid, conversation_id)
-            rows = await anyio.to_thread.run_sync(service.history, uid, conversation_id)
+            name, text = await anyio.to_thread.run_sync(service.transcript, uid, conversation_id)
         except PermissionDeniedError as exc:
             return PlainTextResponse(exc.message, status_code=401)
         except NotFoundError as exc:
             return PlainTextResponse(exc.message, status_code=404)
         except ChatLMError as exc:
             return PlainTextResponse(exc.message, status_code=400)
-        name = transcript.filename(conv.title, conv.id)
-        return Response(transcript.markdown(conv.title, conv.system_prompt, rows),
-                        media_type="text/markdown; charset=utf-8",
+        return Response(text, media_type="text/markdown; charset=utf-8",
                         headers={"Content-Disposition": f'attachment; filename="{name}"',
                                  "Cache-Control": "no-store"})

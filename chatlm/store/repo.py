@@ -49,9 +49,10 @@ def create_conversation(
     return conv
 
 
-def list_conversations(session: Session, *, user_id: int, query: str = "") -> list[Conversation]:
-    """The user's conversations, newest first; with ``query``, those whose title or any message
-    contains it (case-insensitive; ``%`` and ``_`` match themselves)."""
+def list_conversations(session: Session, *, user_id: int, query: str = "",
+                       limit: int | None = None) -> list[Conversation]:
+    """The user's conversations, newest first (the first ``limit``); with ``query``, those whose
+    title or any message contains it (case-insensitive; ``%`` and ``_`` match themselves)."""
     stmt = (select(Conversation).where(Conversation.user_id == user_id, Conversation.deleted_at.is_(None))
             .order_by(Conversation.updated_at.desc(), Conversation.id.desc()))
     words = " ".join(query.split())
@@ -60,7 +61,7 @@ def list_conversations(session: Session, *, user_id: int, query: str = "") -> li
         in_text = exists().where(Message.conversation_id == Conversation.id,
                                  Message.role != "system", Message.content.ilike(pattern, escape="\\"))
         stmt = stmt.where(or_(Conversation.title.ilike(pattern, escape="\\"), in_text))
-    return list(session.scalars(stmt))
+    return list(session.scalars(stmt.limit(limit)))
 
 
 def get_conversation(session: Session, *, conversation_id: int, user_id: int) -> Conversation:

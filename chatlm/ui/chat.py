@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
-from datetime import UTC, datetime
 from typing import Any
 
 import anyio
@@ -18,6 +17,7 @@ import gradio as gr
 from chatlm.engine.params import SamplingParams
 from chatlm.errors import ChatLMError
 from chatlm.service import BASE_MODEL, DEFAULT_MODEL, ChatService, Reply
+from chatlm.store.models import utcnow
 from chatlm.ui import sidebar
 from chatlm.ui.answers import Answers, Pump, Turn
 from chatlm.ui.knowledge import sources_block
@@ -35,10 +35,15 @@ ANSWERING = (gr.update(visible=False), gr.update(visible=True))
 """Send and Stop while an answer is being written: Send turns into Stop."""
 IDLE = (gr.update(visible=True), gr.update(visible=False))
 NOTHING = (gr.update(),) * 6
+"""The outputs of ``follow`` left as they are."""
 VIEW_NAMES = ("chat", "ids", "conv_id", "list", "system_prompt", "temperature", "top_p", "max_new", "model",
               "notice", "excluded")
 """The outputs of opening a chat (``_open``), in order."""
-"""The outputs of ``follow`` left as they are."""
+
+
+def _view_unchanged(**changed: Any) -> Outputs:
+    """The outputs of opening a chat, all left as they are but those named."""
+    return tuple(changed.get(name, gr.update()) for name in VIEW_NAMES)
 
 
 WELCOME = (
@@ -94,7 +99,7 @@ class ChatUI:
         session = request.session_hash if request is not None else None
         query = self.answers.page(session).query if session else ""
         convs = self.service.conversations(uid, query)
-        return gr.update(value=sidebar.listing(convs, conv_id, datetime.now(UTC).replace(tzinfo=None), query))
+        return gr.update(value=sidebar.listing(convs, conv_id, utcnow(), query))
 
     def _models(self, choice: str | None) -> Any:
         """The chat's model picker: the served default, the base model, or a served adapter."""
@@ -311,12 +316,12 @@ class ChatUI:
         """A chat clicked in the list: open it (someone else's id is refused like a missing one)."""
         target, _ = sidebar.clicked(event)
         if target is None:
-            return (gr.update(),) * len(VIEW_NAMES)
+            return _view_unchanged()
         try:
             return self._open(target, request)
         except ChatLMError as exc:
             gr.Warning(exc.message)
-            return (gr.update(),) * len(VIEW_NAMES)
+            return _view_unchanged()
 
     def search(self, query: str, shown: int | None, request: gr.Request) -> Any:
         """Keep the list to chats whose title or messages have ``query`` (this page only)."""
@@ -349,16 +354,16 @@ class ChatUI:
         uid, target = self._uid(request), _chat_id(target)
         if target is None:
             gr.Warning("There is no conversation to delete.")
-            return (gr.update(),) * (len(VIEW_NAMES) + 3)
+            return (*_view_unchanged(), *(gr.update(),) * 3)
         try:
             title = self.service.delete(uid, target)
         except ChatLMError as exc:
             gr.Warning(exc.message)
-            return (gr.update(),) * (len(VIEW_NAMES) + 3)
+            return (*_view_unchanged(), *(gr.update(),) * 3)
         if target == shown or shown is None:
             view = self.load(None, request)
         else:
-            view = (*(gr.update(),) * 3, self._sidebar(uid, shown, request), *(gr.update(),) * 7)
+            view = _view_unchanged(list=self._sidebar(uid, shown, request))
         return (*view, gr.update(visible=True), f"Deleted “{_plain(title)}”.", target)
 
     def deleted(self, shown: int | None, event: gr.EventData, request: gr.Request) -> Outputs:
@@ -369,12 +374,12 @@ class ChatUI:
         """Bring a deleted chat back (within ``repo.UNDO_WINDOW``) and open it."""
         hidden, target = (gr.update(visible=False), "", None), _chat_id(target)
         if target is None:
-            return (*(gr.update(),) * len(VIEW_NAMES), *hidden)
+            return (*_view_unchanged(), *hidden)
         try:
             self.service.restore(self._uid(request), target)
         except ChatLMError as exc:
             gr.Warning(exc.message)
-            return (*(gr.update(),) * len(VIEW_NAMES), *hidden)
+            return (*_view_unchanged(), *hidden)
         return (*self._open(target, request), *hidden)
 
     def submit(self, text: str, conv_id: int | None, sys_prompt: str, temperature: float,

@@ -143,7 +143,7 @@ document.addEventListener('click', (e) => { if (!element.contains(e.target)) clo
 def component() -> Any:
     import gradio as gr
 
-    return gr.HTML(listing([], None, datetime.now()), html_template=TEMPLATE, css_template=CSS,
+    return gr.HTML({"groups": [], "empty": ""}, html_template=TEMPLATE, css_template=CSS,
                    js_on_load=JS, elem_id="conversations", apply_default_css=False)
 
 

@@ -124,15 +124,16 @@ class TrainingTab:
         self.who = Who.of(service, who)
 
     # ---- reading the registry ----------------------------------------------------------------
-    def data_summary(self, actor: Actor) -> tuple[str, bool]:
-        """What the stored ratings allow, in plain words, before anyone presses Start; and whether a
-        round can start (Start is disabled until it can)."""
+    def data_summary(self, actor: Actor, runs: list[TrainingRun]) -> tuple[str, bool]:
+        """What the stored ratings allow, in plain words, before anyone presses Start, and how long a
+        round takes (from the recent ``runs``); and whether a round can start (Start is disabled
+        until it can)."""
         given = FeedbackService(self.service.sessions).contribution(actor).sentence()
         try:
             rd = self.training.plan(actor)
         except data.NotEnoughDataError as exc:
             return f"{given}\n\n{exc.message}", False
-        took = eta.estimate(len(rd.train), self.training.runs(actor, limit=20))
+        took = eta.estimate(len(rd.train), runs)
         return (f"{given} **auto** would train **{rd.method.upper()}** on {len(rd.train)} of them and "
                 f"hold out {rd.heldout.prompts} questions to evaluate the new version on. A round takes "
                 f"{took}. Chatting goes on while it trains.", True)
@@ -169,7 +170,7 @@ class TrainingTab:
         running = run is not None and run.status in registry.RUNNING
         choices = [BASE, *reversed(names)]
         serving = self.training.serving(actor)
-        summary, ready = self.data_summary(actor)
+        summary, ready = self.data_summary(actor, runs)
         return (describe_run(run), _loss(run), self.runs_frame(runs), gr.Timer(active=running),
                 gr.update(interactive=ready and not running), self.adapters_frame(adapters),
                 gr.update(choices=names, value=shown), evaluation_frame(picked),
