@@ -27,6 +27,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
     from chatlm import compose
     from chatlm.store.models import utcnow
     from chatlm.ui.sidebar import group_of
@@ -36,9 +38,9 @@ def main(args: argparse.Namespace) -> int:
         chat = services.chat
         uid = services.accounts.actor(args.user).user_id if args.user else chat.user_id()
         if args.chats_command == "list":
-            now = utcnow()
+            now, here = utcnow(), datetime.now().astimezone().tzinfo or UTC  # this machine's calendar
             for conv in chat.conversations(uid, args.search):
-                print(f"{conv.id}\t{group_of(conv.updated_at, now)}\t{conv.title}")
+                print(f"{conv.id}\t{group_of(conv.updated_at, now, here)}\t{conv.title}")
         elif args.chats_command == "export":
             _, text = chat.transcript(uid, args.id)
             if args.out == "-":

@@ -49,9 +49,11 @@ def launch() -> Iterator[Any]:
 
 
 @contextmanager
-def new_page(browser: Any, *, downloads: bool = False) -> Iterator[Any]:
-    """A fresh context (empty local storage) with the event watcher installed."""
-    context = browser.new_context(viewport={"width": 1280, "height": 900}, accept_downloads=downloads)
+def new_page(browser: Any, *, downloads: bool = False, timezone: str | None = None) -> Iterator[Any]:
+    """A fresh context (empty local storage) with the event watcher installed; ``timezone``: the
+    browser's (the machine's when None)."""
+    context = browser.new_context(viewport={"width": 1280, "height": 900}, accept_downloads=downloads,
+                                  timezone_id=timezone)
     context.add_init_script(WATCH_GRADIO_EVENTS)
     pg = context.new_page()
     pg.set_default_timeout(TIMEOUT * 1000)
@@ -199,6 +201,18 @@ def user_texts(page: Any) -> list[str]:
     return [t.strip() for t in page.locator(USER).all_inner_texts()]
 
 
+def pagers(page: Any) -> dict[int, str]:
+    """The ‹ n/m › drawn on the chat's messages, by message index: {3: "answer 2/3", …}."""
+    found = page.locator("#chatbot .msg-pager").evaluate_all(
+        "els => els.map(e => [Number(e.dataset.index), e.dataset.role, e.querySelector('.pg-label').textContent])")
+    return {index: f"{role} {label}" for index, role, label in found}
+
+
+def turn_page(page: Any, index: int, step: int) -> None:
+    """Click ‹ (step -1) or › (+1) on the message at ``index``."""
+    page.click(f"#chatbot .msg-pager[data-index='{index}'] .{'pg-prev' if step < 0 else 'pg-next'}")
+
+
 def uid(server: Any) -> int:
     return int(server.app.service.user_id())
 
@@ -232,7 +246,10 @@ def wait_answer(page: Any, server: Any, count: int) -> Any:
         text = texts[-1].strip() if texts else None
         return text == shown or bool(msg.sources and text and text.startswith(shown + "\n\n<details"))
 
-    wait_for(on_screen, "the stored answer to be shown")
+    try:
+        wait_for(on_screen, "the stored answer to be shown")
+    except AssertionError as exc:  # say what the page showed instead
+        raise AssertionError(f"{exc}: stored {shown!r}, on screen {bot_texts(page)[-1:]!r}") from None
     return msg
 
 

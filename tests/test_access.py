@@ -515,7 +515,7 @@ def test_every_named_endpoint_as_another_user_and_as_a_guest(server) -> None:
     key = accounts.create_key(ann, "ann's key")
     args: dict[str, tuple[Any, ...]] = {
         "/load_document": (None, "A text the caller pastes. " * 5, "pasted"), "/remove_documents": ([doc.id],),
-        "/reuse_document": (doc.id,), "/rate_detail": ("👎 Dislike", "wrong", "c", "better"),
+        "/reuse_document": (doc.id,), "/rate_detail": ("Dislike", "wrong", "c", "better"),
         "/withdraw_rating": (), "/export_dataset": ("messages",),
         "/start_round": ("auto", 0, 1, 0, False, None, False), "/promote_adapter": ("base model", None),
         "/rollback_adapter": (None,), "/compare": ("Hi", "base model", "base model"), "/list_users": (),

@@ -24,6 +24,7 @@ from tests.browser import (
     open_app,
     open_chat,
     open_title,
+    pagers,
     send,
     settings,
     settled,
@@ -100,7 +101,7 @@ def test_an_answer_cut_at_the_token_limit_says_so(page, server):
     assert longer.parent_id == answer.parent_id and longer.content.startswith(answer.content)
     assert len(longer.content) > len(answer.content) and longer.generation_params["continued"]
     assert bot_texts(page)[-1] == longer.content
-    wait_for(lambda: page.locator("#pager").inner_text().strip() == "answer 2/2", "the pager on the turn")
+    wait_for(lambda: pagers(page) == {1: "answer 2/2"}, "2/2 on the continued answer")
     settings(page, max_new=40)
     send(page, server, FRANCE)
     wait_for(lambda: "cut at the limit" not in notice.inner_text(), "the notice to go with a whole answer")

@@ -9,6 +9,7 @@ service or straight from its SQLite file, so every test proves both.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 from urllib.parse import urljoin
 
@@ -16,17 +17,18 @@ import pytest
 
 from chatlm.store.repo import RATING_REASONS
 from tests.browser import (
-    USER,
     all_messages,
     bot_texts,
     choose,
     click_and_wait,
-    completed,
     needs_browser,
     open_app,
+    pagers,
     send,
     settings,
+    settled,
     table_rows,
+    turn_page,
     uid,
     user_texts,
     wait_answer,
@@ -66,6 +68,9 @@ def rating_events(server) -> list[tuple[Any, ...]]:
 
 
 def open_details(page) -> None:
+    """Open the details panel unless it is open. A 👎 opens it by itself, so the page settles
+    first: a click on the panel's label while that 👎 was in flight closed it again (a full run)."""
+    settled(page)
     if not page.locator("#rate-save").is_visible():
         page.click("#rate-details .label-wrap")
         page.locator("#rate-save").wait_for(state="visible")
@@ -80,7 +85,7 @@ def save_details(page, *, value: str | None = None, reason: str | None = None,
     """Fill the 'Rate in detail' panel and click Save; wait for 'Saved.'."""
     open_details(page)
     if value is not None:
-        page.locator("#rate-value label", has_text=value).click()
+        page.locator("#rate-value label").filter(has_text=re.compile(rf"^\s*{value}\s*$")).click()
     if reason is not None:  # picked by its words (the stored id is ``reason``)
         page.locator("#rate-reason label", has_text=RATING_REASONS[reason]).click()
     if comment is not None:
@@ -89,11 +94,6 @@ def save_details(page, *, value: str | None = None, reason: str | None = None,
         page.fill("#rate-better textarea", better)
     click_and_wait(page, "#rate-save")
     page.locator("#rate-result", has_text="Saved.").wait_for()
-
-
-def pager(page) -> str:
-    """The pager's text (not the timer Gradio shows over it while it updates)."""
-    return page.locator("#pager [data-testid='markdown']").inner_text().strip()
 
 
 # ---- tests -------------------------------------------------------------------------------------
@@ -107,7 +107,13 @@ def test_rating_details_are_saved_changed_and_withdrawn(page, server):
     page.locator("#chatbot button[aria-label='Dislike']").click()
     wait_for(lambda: (detail(server, answer.id) or {}).get("value") == -1, "the 👎 to be stored")
     page.locator("#rate-save").wait_for(state="visible")
-    wait_for(lambda: rated_value(page) == ["👎 Dislike"], "the panel to show the 👎")
+    wait_for(lambda: rated_value(page) == ["Dislike"], "the panel to show the 👎")
+    # the form is drawn in the chat, right under the answer it rates
+    form = page.locator("#chatbot #rate-details")
+    form.wait_for()
+    answer_box = page.locator("#chatbot [data-testid='bot']").last.bounding_box()
+    form_box = form.bounding_box()
+    assert answer_box and form_box and 0 <= form_box["y"] - (answer_box["y"] + answer_box["height"]) < 80
     reasons = [t.strip() for t in page.locator("#rate-reason label").all_inner_texts()]
     assert reasons == list(RATING_REASONS.values())
     assert "alternative 1 of 1" in page.locator("#rate-title").inner_text()
@@ -122,7 +128,7 @@ def test_rating_details_are_saved_changed_and_withdrawn(page, server):
     # Change it to 👍 in the panel: the 👎 reasons go (hidden, and not stored with a 👍), the
     # comment and better answer stay, and the chat's thumbs follow.
     open_details(page)
-    page.locator("#rate-value label", has_text="👍 Like").click()
+    page.locator("#rate-value label").filter(has_text=re.compile(r"^\s*Like\s*$")).click()
     page.locator("#rate-reason").wait_for(state="hidden")
     save_details(page)
     assert detail(server, answer.id) == {"value": 1, "reason": None,
@@ -149,9 +155,14 @@ def test_rating_details_are_saved_changed_and_withdrawn(page, server):
 
     # A 👍 in the chat after that shows in the panel again (the same answer stays selected).
     page.locator("#chatbot button[aria-label='Like']").click()
-    wait_for(lambda: rated_value(page) == ["👍 Like"], "the panel to show the new 👍")
+    wait_for(lambda: rated_value(page) == ["Like"], "the panel to show the new 👍")
     assert detail(server, answer.id) == {"value": 1, "reason": None, "comment": None,
                                          "better_answer": None}
+
+    # A new chat has no answer to rate: the form goes back under the chat, and keeps working there.
+    page.click("#new-chat")
+    wait_for(lambda: page.locator("#chatbot #rate-details").count() == 0, "the form to leave the chat")
+    assert page.locator("#rate-details").count() == 1
 
 
 def test_retry_paging_and_a_rating_survive_a_restart(page, start_server, bundled_backend, server):
@@ -159,35 +170,37 @@ def test_retry_paging_and_a_rating_survive_a_restart(page, start_server, bundled
     open_app(page, server)
     settings(page, temperature=1.2, max_new=8)
     first = send(page, server, "Name a color.")
-    wait_for(lambda: completed(page) >= 3, "the pager update after the answer")  # load, send, pager
-    assert pager(page) == ""
+    settled(page)
+    assert pagers(page) == {}
 
-    # Two retries: three alternatives of one turn, the newest shown.
+    # Two retries: three alternatives of one turn, the newest shown, ‹ n/m › on the answer itself.
     page.click("#retry")
     second = wait_answer(page, server, 2)
-    page.locator("#pager", has_text="answer 2/2").wait_for()
+    wait_for(lambda: pagers(page) == {1: "answer 2/2"}, "2/2 on the answer")
     page.click("#retry")
     third = wait_answer(page, server, 3)
-    page.locator("#pager", has_text="answer 3/3").wait_for()
+    wait_for(lambda: pagers(page) == {1: "answer 3/3"}, "3/3 on the answer")
     assert first.parent_id == second.parent_id == third.parent_id
+    assert page.locator("#chatbot .msg-pager .pg-next").is_disabled()
 
     # ‹ shows the earlier answer, › goes back.
-    page.click("#prev-answer")
-    page.locator("#pager", has_text="answer 2/3").wait_for()
+    turn_page(page, 1, -1)
+    wait_for(lambda: pagers(page) == {1: "answer 2/3"}, "2/3 on the answer")
     wait_for(lambda: bot_texts(page) == [second.content], "the second answer to be shown")
-    page.click("#next-answer")
-    page.locator("#pager", has_text="answer 3/3").wait_for()
+    turn_page(page, 1, +1)
+    wait_for(lambda: pagers(page) == {1: "answer 3/3"}, "3/3 on the answer again")
     wait_for(lambda: bot_texts(page) == [third.content], "the third answer to be shown again")
     assert [m.id for m, _ in service.history(uid(server), first.conversation_id)] == [
         first.parent_id, third.id]
 
-    # Rate the second answer in detail: page to it, 👎, reason and comment.
-    page.click("#prev-answer")
-    page.locator("#pager", has_text="answer 2/3").wait_for()
+    # Rate the second answer in detail: page to it, 👎 opens the form under it, reason and comment.
+    turn_page(page, 1, -1)
+    wait_for(lambda: pagers(page) == {1: "answer 2/3"}, "2/3 on the answer")
     wait_for(lambda: bot_texts(page) == [second.content], "the second answer to be shown")
+    settled(page)
     page.locator("#chatbot button[aria-label='Dislike']").click()
-    open_details(page)
-    wait_for(lambda: rated_value(page) == ["👎 Dislike"], "the panel to show the 👎")
+    page.locator("#chatbot #rate-details #rate-save").wait_for(state="visible")
+    wait_for(lambda: rated_value(page) == ["Dislike"], "the panel to show the 👎")
     assert "alternative 2 of 3" in page.locator("#rate-title").inner_text()
     save_details(page, reason="other", comment="Not a color I know.")
     assert detail(server, second.id) == {"value": -1, "reason": "other",
@@ -199,7 +212,7 @@ def test_retry_paging_and_a_rating_survive_a_restart(page, start_server, bundled
     again = start_server(bundled_backend, data_dir=server.settings.data_dir)
     open_app(page, again)
     wait_for(lambda: bot_texts(page) == [second.content], "the second answer after the restart")
-    page.locator("#pager", has_text="answer 2/3").wait_for()
+    wait_for(lambda: pagers(page) == {1: "answer 2/3"}, "2/3 on the answer after the restart")
     assert user_texts(page) == ["Name a color."]
     assert thumbs(page) == ["Disliked", "Like"]
     stored = all_messages(again)
@@ -209,13 +222,13 @@ def test_retry_paging_and_a_rating_survive_a_restart(page, start_server, bundled
     assert detail(again, second.id) == {"value": -1, "reason": "other",
                                         "comment": "Not a color I know.", "better_answer": None}
     open_details(page)
-    wait_for(lambda: rated_value(page) == ["👎 Dislike"], "the panel to show the stored 👎")
+    wait_for(lambda: rated_value(page) == ["Dislike"], "the panel to show the stored 👎")
     assert page.locator("#rate-comment textarea").input_value() == "Not a color I know."
-    page.click("#next-answer")
-    page.locator("#pager", has_text="answer 3/3").wait_for()
+    turn_page(page, 1, +1)
+    wait_for(lambda: pagers(page) == {1: "answer 3/3"}, "3/3 on the answer after the restart")
     wait_for(lambda: bot_texts(page) == [third.content], "the third answer after the restart")
     page.click("#feedback-tab-button")
-    page.locator("#fb-summary", has_text="1 rating: 0 👍, 1 👎").wait_for()
+    page.locator("#fb-summary", has_text="1 rating: 0 liked, 1 disliked").wait_for()
     assert any("Not a color I know." in row for row in table_rows(page, "fb-table"))
     assert [e[:4] for e in rating_events(again)] == [(second.id, -1, None, None),
                                                       (second.id, -1, "other", "Not a color I know.")]
@@ -257,7 +270,7 @@ def test_editing_the_first_message_starts_a_branch(page, server):
     old = send(page, server, "Name a color.")
     edit_question(page, 0, "Name a fruit.")
     edited = wait_answer(page, server, 2)
-    wait_for(lambda: completed(page) >= 4, "the edit to end")  # load, send, pager, edit
+    settled(page)
     assert user_texts(page) == ["Name a fruit."]
     assert bot_texts(page) == [edited.content]
     questions = [m for m in all_messages(server) if m.role == "user"]
@@ -267,31 +280,31 @@ def test_editing_the_first_message_starts_a_branch(page, server):
     assert [m.content for m, _ in service.history(uid(server), old.conversation_id)] == [
         "Name a fruit.", edited.content]
 
-    # The edited question pages: ‹ reaches the original question and its answer, › comes back,
-    # and a later turn on the edited branch is kept.
-    page.locator("#pager", has_text="question 2/2").wait_for()
+    # The edited question carries ‹ 2/2 ›: ‹ reaches the original question and its answer, ›
+    # comes back, and a later turn on the edited branch is kept.
+    wait_for(lambda: pagers(page) == {0: "question 2/2"}, "2/2 on the edited question")
     later = send(page, server, "And another one?")
-    page.locator("#pager", has_text="question 2/2").wait_for()  # the latest turn with alternatives
-    page.click("#prev-answer")
+    wait_for(lambda: pagers(page) == {0: "question 2/2"}, "2/2 on the edited question")
+    turn_page(page, 0, -1)
     wait_for(lambda: user_texts(page) == ["Name a color."], "the original question")
     assert bot_texts(page) == [old.content]
-    page.locator("#pager", has_text="question 1/2").wait_for()
-    page.click("#next-answer")
+    wait_for(lambda: pagers(page) == {0: "question 1/2"}, "1/2 on the original question")
+    turn_page(page, 0, +1)
     wait_for(lambda: user_texts(page) == ["Name a fruit.", "And another one?"], "the edited branch")
     assert bot_texts(page) == [edited.content, later.content]
 
-    # Any turn pages: retry the last answer (it pages now), then click the first question to
-    # page that turn instead.
+    # Every turn pages on its own message: retry the last answer, and both pagers are drawn.
+    settled(page)
     page.click("#retry")
     retried = wait_answer(page, server, 4)
-    page.locator("#pager", has_text="answer 2/2").wait_for()
-    page.locator(USER).first.click()
-    page.locator("#pager", has_text="question 2/2").wait_for()
-    page.click("#prev-answer")
+    wait_for(lambda: pagers(page) == {0: "question 2/2", 3: "answer 2/2"}, "a pager on each paged turn")
+    turn_page(page, 0, -1)
     wait_for(lambda: user_texts(page) == ["Name a color."], "the original question again")
-    page.click("#next-answer")
+    assert pagers(page) == {0: "question 1/2"}
+    turn_page(page, 0, +1)
     wait_for(lambda: user_texts(page) == ["Name a fruit.", "And another one?"], "back on the edit")
     assert bot_texts(page) == [edited.content, retried.content]  # the answer last shown there
+    wait_for(lambda: pagers(page) == {0: "question 2/2", 3: "answer 2/2"}, "both pagers again")
 
 
 def test_excluded_conversations_stay_out_of_the_dataset_and_the_feedback_tab(page, server,
@@ -317,10 +330,10 @@ def test_excluded_conversations_stay_out_of_the_dataset_and_the_feedback_tab(pag
 
     # The Feedback tab: counts, a plot, a table with the comment, and the label filter.
     page.click("#feedback-tab-button")
-    page.locator("#fb-summary", has_text="2 ratings: 1 👍, 1 👎; 2 shown.").wait_for()
+    page.locator("#fb-summary", has_text="2 ratings: 1 liked, 1 disliked; 2 shown.").wait_for()
     # what they give training, in the words the Training tab and the downloads use too: the
     # excluded 👍 gives nothing, the 👎 with a better answer gives two KTO examples (one SFT)
-    assert ("Your 1 rating (0 👍, 1 👎, 1 with a better answer) gives 2 training examples: 1 disliked "
+    assert ("Your 1 rating (0 liked, 1 disliked, 1 with a better answer) gives 2 training examples: 1 disliked "
             "answer and your 1 better answer. SFT learns from the liked and better answers (1), KTO from "
             "all 2") in page.locator("#fb-summary").inner_text()
     page.locator("#fb-plot canvas, #fb-plot svg").first.wait_for()

@@ -5,7 +5,7 @@ what is tested is the page and what it stores)."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, timedelta
 from pathlib import Path
 
 import pytest
@@ -128,6 +128,59 @@ def test_chats_are_grouped_by_date_searched_renamed_exported_and_deleted_with_un
     chat_menu(page, "Old notes", "Delete")
     wait_for(lambda: user_texts(page) == ["Hello there"], "the latest chat to open")
     assert ids["Old notes"] not in [c.id for c in service.conversations(me)]
+
+
+def test_a_title_being_typed_survives_the_list_being_redrawn(page, served):
+    """An answer that ends in the chat on screen redraws the list (here with a title changed
+    elsewhere, from another tab or the shell); a rename typed meanwhile in another chat stays open
+    with its text and caret, and Enter saves it."""
+    ids = seed(served, [("Groceries", 2), ("Old notes", 40)])
+    backend = served.app.service.backend
+    backend.hold.clear()  # the answer waits, so the rename is typed while it runs
+    page.fill("#message textarea", "Hello there")
+    page.click("#send")
+    wait_for(lambda: "Hello there" in str(listed(page)), "the new chat in the list")
+    chat_menu(page, "Groceries", "Rename")
+    box = page.locator("#conversations input.conv-rename")
+    box.fill("Groceries for Sunday")
+    served.app.service.rename(uid(served), ids["Old notes"], "Old notes, archived")
+    backend.hold.set()
+    wait_for(lambda: [a.status for a in answers(served)] == ["complete"], "the answer to end")
+    wait_for(lambda: "Old notes, archived" in str(listed(page)), "the list redrawn with the new title")
+    settled(page)
+    assert box.input_value() == "Groceries for Sunday" and box.evaluate("el => el === document.activeElement")
+    box.press("End")
+    box.type("!")
+    box.press("Enter")
+    wait_for(lambda: served.app.service.conversation(uid(served), ids["Groceries"]).title
+             == "Groceries for Sunday!", "the title typed across the redraw to be saved")
+
+
+def test_date_groups_follow_the_browsers_calendar(browser, served):
+    """A chat changed a minute either side of the browser's midnight is "Today" or "Yesterday" by
+    the browser's calendar, where UTC's would say otherwise (the zone is picked so that it does)."""
+    from zoneinfo import ZoneInfo
+
+    from chatlm.ui.sidebar import group_of
+
+    now = utcnow()
+    for name in ("Pacific/Kiritimati", "Etc/GMT+1", "Etc/GMT+12", "Asia/Tokyo"):
+        zone = ZoneInfo(name)
+        local = now.replace(tzinfo=UTC).astimezone(zone)
+        midnight = local.replace(hour=0, minute=0, second=0, microsecond=0).astimezone(UTC).replace(tzinfo=None)
+        picked = next(((name, t) for t in (midnight + timedelta(minutes=1), midnight - timedelta(minutes=1))
+                       if group_of(t, now, zone) != group_of(t, now)), None)
+        if picked:
+            break
+    assert picked, "no zone whose calendar differs from UTC's at this hour"
+    name, changed = picked
+    ids = seed(served, [("Around midnight", 0)])
+    with transaction(served.app.service.sessions) as s:
+        s.get(Conversation, ids["Around midnight"]).updated_at = changed
+    expected = group_of(changed, utcnow(), ZoneInfo(name)).title()  # as `listed` reads headings
+    with new_page(browser, timezone=name) as page:
+        loaded(page, lambda: page.goto(served.url))
+        wait_for(lambda: listed(page) == {expected: ["Around midnight"]}, f"the chat under {expected} in {name}")
 
 
 def test_a_new_chat_keeps_the_users_settings_and_model_and_the_model_answers(page, served):

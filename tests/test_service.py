@@ -132,6 +132,30 @@ def test_edit_starts_a_branch_and_siblings_can_be_paged(service) -> None:
         service.edit(uid, service.history(uid, conv.id)[-1][0].id, "x", SHORT)
 
 
+def test_a_pager_click_pages_only_a_message_the_page_shows(service) -> None:
+    """The page says "message 2, step -1"; the index is looked up in the ids this page was shown,
+    so a forged index pages nothing, and the pagers drawn follow the turn paged."""
+    from types import SimpleNamespace
+
+    from chatlm.ui.chat import ChatUI
+
+    uid = service.user_id()
+    conv = service.new_conversation(uid)
+    service.send(uid, conv.id, "first", SHORT).run()
+    service.retry(uid, service.history(uid, conv.id)[-1][0].id, SHORT).run()
+    ui = ChatUI(service)
+    ids = [m.id for m, _ in service.history(uid, conv.id)]
+    assert ui.marks(conv.id, ids, ids[1], None)["pagers"] == [
+        {"index": 1, "role": "answer", "pos": 2, "count": 2}]
+    for forged in ({"index": 7, "step": -1}, {"index": -1, "step": -1}, {"index": 1, "step": -9}):
+        _, shown = ui.paged(conv.id, ids, SimpleNamespace(_data=forged), None)  # type: ignore[arg-type]
+        assert shown == ids
+    _, shown = ui.paged(conv.id, ids, SimpleNamespace(_data={"index": 1, "step": -1}), None)  # type: ignore[arg-type]
+    assert shown[0] == ids[0] and shown[1] != ids[1]
+    assert ui.marks(conv.id, shown, None, None) == {
+        "pagers": [{"index": 1, "role": "answer", "pos": 1, "count": 2}], "rated": None}
+
+
 def test_feedback_stats(service) -> None:
     from chatlm.feedback import stats
     from chatlm.store.db import transaction

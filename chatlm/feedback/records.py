@@ -196,7 +196,7 @@ class Contribution:
             (self.liked, _n(self.liked, "liked answer")), (self.disliked, _n(self.disliked, "disliked answer")),
             (self.better, f"your {_n(self.better, 'better answer')}")) if count]
         given = parts[0] if len(parts) == 1 else f"{', '.join(parts[:-1])} and {parts[-1]}"
-        return (f"Your {_n(self.ratings, 'rating')} ({self.liked} 👍, {self.disliked} 👎"
+        return (f"Your {_n(self.ratings, 'rating')} ({self.liked} liked, {self.disliked} disliked"
                 f"{f', {self.better} with a better answer' if self.better else ''}) "
                 f"{'give' if self.ratings != 1 else 'gives'} **{_n(self.examples, 'training example')}**: "
                 f"{given}. SFT learns from the liked and better answers ({self.sft}), KTO from all "

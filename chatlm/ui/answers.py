@@ -94,6 +94,8 @@ class Page:
     lock: threading.Lock = field(default_factory=threading.Lock)
     query: str = ""
     """What this page's sidebar search box holds: every redraw of its list keeps to it."""
+    tz: str = ""
+    """The browser's time zone name (the sidebar's date groups follow its calendar)."""
 
     @asynccontextmanager
     async def drawing(self) -> AsyncIterator[None]:

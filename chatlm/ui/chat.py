@@ -18,7 +18,7 @@ from chatlm.engine.params import SamplingParams
 from chatlm.errors import ChatLMError
 from chatlm.service import BASE_MODEL, DEFAULT_MODEL, ChatService, Reply
 from chatlm.store.models import utcnow
-from chatlm.ui import sidebar
+from chatlm.ui import branches, sidebar
 from chatlm.ui.answers import Answers, Pump, Turn
 from chatlm.ui.knowledge import sources_block
 from chatlm.ui.who import Who
@@ -97,9 +97,11 @@ class ChatUI:
     def _sidebar(self, uid: int, conv_id: int | None, request: gr.Request | None = None) -> Any:
         """The conversation list in date groups, kept to this page's search."""
         session = request.session_hash if request is not None else None
-        query = self.answers.page(session).query if session else ""
+        page = self.answers.page(session) if session else None
+        query = page.query if page else ""
         convs = self.service.conversations(uid, query)
-        return gr.update(value=sidebar.listing(convs, conv_id, utcnow(), query))
+        return gr.update(value=sidebar.listing(convs, conv_id, utcnow(), query,
+                                               sidebar.zone(page.tz if page else None)))
 
     def _models(self, choice: str | None) -> Any:
         """The chat's model picker: the served default, the base model, or a served adapter."""
@@ -282,8 +284,12 @@ class ChatUI:
                     False) if page.conv_id == conv_id else None)
 
     # ---- handlers ------------------------------------------------------------------------
-    def load(self, stored_id: int | None, request: gr.Request) -> Outputs:
-        """Page load: reopen the conversation this browser had open, else the latest one."""
+    def load(self, stored_id: int | None, tz: str = "", request: gr.Request = None  # type: ignore[assignment]
+             ) -> Outputs:
+        """Page load: reopen the conversation this browser had open, else the latest one. ``tz``:
+        the browser's time zone, for the sidebar's dates (a name the server does not know is UTC)."""
+        if request.session_hash and isinstance(tz, str) and tz:  # a delete's reload keeps the page's
+            self.answers.page(request.session_hash).tz = tz[:64]
         uid = self._uid(request)
         convs = self.service.conversations(uid)
         ids = {c.id for c in convs}
@@ -361,7 +367,7 @@ class ChatUI:
             gr.Warning(exc.message)
             return (*_view_unchanged(), *(gr.update(),) * 3)
         if target == shown or shown is None:
-            view = self.load(None, request)
+            view = self.load(None, request=request)
         else:
             view = _view_unchanged(list=self._sidebar(uid, shown, request))
         return (*view, gr.update(visible=True), f"Deleted “{_plain(title)}”.", target)
@@ -498,49 +504,32 @@ class ChatUI:
             gr.Warning(exc.message)
         return ids[index]
 
-    def _paged(self, uid: int, conv_id: int | None, ids: list[int], turn: int | None
-               ) -> tuple[int, str, int, int] | None:
-        """(index in ``ids``, role, position, count) of the message the pager pages: the one last
-        clicked, else the latest that has alternatives (an edited question or a retried answer, at
-        any turn); None when there is none. One read of the alternatives."""
-        if conv_id is None or not ids:
-            return None
-        if turn is not None and 0 <= turn < len(ids):
-            return (turn, *self.service.alternatives(uid, [ids[turn]])[0])
-        every = self.service.alternatives(uid, ids)
-        return next(((i, *every[i]) for i in range(len(ids) - 1, -1, -1) if every[i][2] > 1), None)
-
-    def page(self, conv_id: int | None, ids: list[int], step: int, turn: int | None = None,
+    def page(self, conv_id: int | None, ids: list[int], index: int, step: int,
              request: gr.Request | None = None) -> tuple[Any, ...]:
-        """Show the previous or next alternative of the paged turn; the turns after it follow."""
+        """Show the previous or next alternative of the message at ``index`` of those shown (an
+        index this page did not show changes nothing); the turns after it follow."""
         uid = self._uid(request)
-        paged = self._paged(uid, conv_id, ids, turn)
-        if paged is not None:
-            self.service.switch_sibling(uid, ids[paged[0]], step)
+        if conv_id is not None and 0 <= index < len(ids):
+            self.service.switch_sibling(uid, ids[index], step)
         messages, ids, feedback = self._view(uid, conv_id)
         return gr.update(value=messages, feedback_value=feedback), ids
 
-    def previous(self, conv_id: int | None, ids: list[int], turn: int | None,
-                 request: gr.Request) -> tuple[Any, ...]:
-        return self.page(conv_id, ids, -1, turn, request)
+    def paged(self, conv_id: int | None, ids: list[int], event: gr.EventData,
+              request: gr.Request) -> tuple[Any, ...]:
+        """A click on a message's ‹ or ›."""
+        hit = branches.clicked(event)
+        if hit is None:
+            return gr.update(), ids
+        return self.page(conv_id, ids, *hit, request)
 
-    def next(self, conv_id: int | None, ids: list[int], turn: int | None,
-             request: gr.Request) -> tuple[Any, ...]:
-        return self.page(conv_id, ids, +1, turn, request)
-
-    def pager(self, conv_id: int | None, ids: list[int], turn: int | None, request: gr.Request) -> str:
-        """"answer 2/3" (or "question 2/2" for an edited one) of the paged turn; empty when the
-        chat has no alternatives."""
-        paged = self._paged(self._uid(request), conv_id, ids, turn)
-        if paged is None or paged[3] < 2:
-            return ""
-        _, role, pos, count = paged
-        return f"{'answer' if role == 'assistant' else 'question'} {pos}/{count}"
-
-    def choose_turn(self, event: gr.SelectData) -> int | None:
-        """A click on a message makes its turn the one ‹ › page."""
-        index = event.index if isinstance(event.index, int) else event.index[0]
-        return int(index) if index is not None else None
+    def marks(self, conv_id: int | None, ids: list[int], selected: int | None,
+              request: gr.Request) -> dict[str, Any]:
+        """What the messages carry: ‹ n/m › where a turn has alternatives, and which answer the
+        rating form sits under (the one last rated, else the latest)."""
+        if conv_id is None or not ids:
+            return branches.marks([], None)
+        alternatives = self.service.alternatives(self._uid(request), ids)
+        return branches.marks(alternatives, ids.index(selected) if selected in ids else None)
 
     def thumbs(self, conv_id: int | None, request: gr.Request) -> Any:
         """The chat's 👍/👎 as stored (after the rating-details panel changed one)."""
@@ -566,10 +555,9 @@ class ChatUI:
                 gr.Markdown(NO_STORAGE, elem_id="no-storage")
             ids = gr.State([])
             selected = gr.State(None)
-            turn = gr.State(None)
-            """Index of the message whose alternatives ‹ › page (None: the latest with some)."""
             conv_id = gr.State(None)
             stored = gr.BrowserState(None, storage_key="chatlm-conversation")
+            zone = gr.Textbox(visible=False, label="time zone")  # the browser's, read by BROWSER_ZONE
             with gr.Sidebar(open=True):
                 gr.Markdown("# chatlm", elem_id="app-title")  # the page's one heading, for screen readers
                 account = gr.Markdown(elem_id="account")
@@ -591,12 +579,9 @@ class ChatUI:
                 chatbot = gr.Chatbot(height=520, label="chatlm", elem_id="chatbot", editable="user",
                                      feedback_options=("Like", "Dislike"), buttons=["copy"],
                                      placeholder=WELCOME, examples=[{"text": t} for t in EXAMPLES])
-                with gr.Row():
-                    prev_btn = gr.Button("‹", size="sm", scale=0, min_width=40, elem_id="prev-answer")
-                    pager = gr.Markdown(elem_id="pager")
-                    next_btn = gr.Button("›", size="sm", scale=0, min_width=40, elem_id="next-answer")
+                marks = branches.component()
                 notice = gr.Markdown(elem_id="notice")
-                panel = FeedbackPanel(self.service, self.who)  # 👎 opens it here, right under the answer
+                panel = FeedbackPanel(self.service, self.who)  # drawn under the answer it rates (branches)
                 panel.render(conv_id, ids, selected)
                 with gr.Row():
                     box = gr.Textbox(placeholder="Ask anything…", show_label=False, scale=8,
@@ -650,7 +635,7 @@ class ChatUI:
             # A page that opens another chat stops drawing the answer it followed (``_shows``), which
             # goes on. (Gradio's ``cancels`` would also undo the new chat's view in the page.)
             for started_by in (
-                demo.load(self.load, [stored], view, api_name="load"),
+                demo.load(self.load, [stored, zone], view, api_name="load", js=BROWSER_ZONE),
                 new_btn.click(self.new, None, view, api_name="new"),
                 api.click(self.open, [target], view, api_name="open"),
                 conv_list.select(self.picked, None, view, api_visibility="private"),
@@ -666,7 +651,6 @@ class ChatUI:
                 chatbot.edit(self.edit, [conv_id, ids, temperature, top_p, max_new, model], started, **quick),
             ):
                 started_by.then(**follow)
-                started_by.then(lambda: None, None, [turn], api_visibility="private")
             demo.load(self.whoami, None, [account, training_tab, admin_tab, sign_link],
                       api_visibility="private")
             conv_id.change(lambda c: c, [conv_id], [stored], api_visibility="private")
@@ -682,15 +666,16 @@ class ChatUI:
                 panel.open_on_dislike, [selected], [panel.box], concurrency_limit=None, api_visibility="private")
             for rated in panel.rated:
                 rated.then(self.thumbs, [conv_id], [chatbot], api_visibility="private")
-            # ‹ › page the turn last clicked (else the latest with alternatives); a new answer or
-            # another chat forgets the click
-            prev_btn.click(self.previous, [conv_id, ids, turn], [chatbot, ids], api_visibility="private")
-            next_btn.click(self.next, [conv_id, ids, turn], [chatbot, ids], api_visibility="private")
-            chatbot.select(self.choose_turn, None, [turn], api_visibility="private")
-            gr.on([ids.change, turn.change], self.pager, [conv_id, ids, turn], [pager],
+            # ‹ n/m › on each message with alternatives, and the rating form under its answer
+            marks.select(self.paged, [conv_id, ids], [chatbot, ids], api_visibility="private")
+            gr.on([ids.change, selected.change], self.marks, [conv_id, ids, selected], [marks],
                   api_visibility="private")
             excluded.input(self.exclude, [conv_id, excluded], None, api_name="exclude")
         return demo
+
+
+BROWSER_ZONE = "(stored, zone) => [stored, Intl.DateTimeFormat().resolvedOptions().timeZone || '']"
+"""The page load's inputs, with the browser's time zone in place of the hidden box's value."""
 
 
 def _settings(temperature: float, top_p: float, max_new: int, model: str | None = None) -> dict[str, Any]:

@@ -20,7 +20,8 @@ from chatlm.service import ChatService
 from chatlm.store.repo import RATING_REASONS
 from chatlm.ui.who import Who
 
-VALUES = {"👍 Like": 1, "👎 Dislike": -1}
+VALUES = {"Like": 1, "Dislike": -1}
+"""The rating's choices in words (👍 and 👎 were empty boxes where no emoji font is installed)."""
 COLUMNS = ["day", "adapter", "label", "question", "answer", "reason", "comment", "better_answer", "user"]
 
 
@@ -43,9 +44,9 @@ class FeedbackPanel:
 
     def _show(self, uid: int, message_id: int | None) -> tuple[Any, ...]:
         if message_id is None:
-            return None, "Rate an answer with 👍 or 👎 to add details.", None, None, "", ""
+            return None, "Rate an answer with the thumbs up or down under it to add details.", None, None, "", ""
         detail = self.service.rating_detail(uid, message_id)
-        label = {1: "👍 Like", -1: "👎 Dislike"}.get(detail["value"]) if detail else None
+        label = {1: "Like", -1: "Dislike"}.get(detail["value"]) if detail else None
         pos, count = self.service.siblings(uid, message_id)
         title = f"Rating details of the selected answer (alternative {pos} of {count})."
         return (message_id, title, label, (detail or {}).get("reason"), (detail or {}).get("comment") or "",
@@ -59,9 +60,9 @@ class FeedbackPanel:
     def save(self, message_id: int | None, label: str | None, reason: str | None, comment: str,
              better: str, request: gr.Request) -> str:
         if message_id is None:
-            return "Select an answer first (click 👍 or 👎 under it)."
+            return "Select an answer first (click the thumbs up or down under it)."
         if label is None:
-            return "Choose 👍 or 👎 first."
+            return "Choose Like or Dislike first."
         if VALUES[label] == 1:  # the reason list is hidden for 👍; a value left in it is not one
             reason = None
         try:
@@ -136,8 +137,8 @@ class FeedbackTab:
         table = pd.DataFrame([[getattr(r, c) for c in COLUMNS] for r in rows], columns=COLUMNS)
         adapters = ["all", *sorted({r.adapter for r in everything})]
         plural = "s" if len(everything) != 1 else ""
-        summary = (f"{len(everything)} rating{plural}: {sum(r.label == 'like' for r in everything)} 👍, "
-                   f"{sum(r.label == 'dislike' for r in everything)} 👎; {len(rows)} shown.\n\n"
+        summary = (f"{len(everything)} rating{plural}: {sum(r.label == 'like' for r in everything)} liked, "
+                   f"{sum(r.label == 'dislike' for r in everything)} disliked; {len(rows)} shown.\n\n"
                    f"{self.feedback.contribution(self.who.actor(request)).sentence()} Ratings in "
                    "conversations marked *Don't use this conversation for training* give none.")
         return counts, table, gr.update(choices=adapters), summary

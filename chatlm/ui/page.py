@@ -18,6 +18,15 @@ button[role="tab"].selected { color: #c2410c !important; }
 .dark footer, .dark footer a, .dark footer button { color: #d4d4d8 !important; }
 #app-title h1 { margin: 0; font-size: 1.4rem; }
 #undo-box { padding: .4rem; }
+/* ‹ n/m › under a message with alternatives, and the rating form under its answer (chatlm.ui.branches) */
+#branch-marks { display: none !important; }
+.message-buttons:has(.msg-pager) { display: flex; align-items: center; flex-wrap: wrap; }
+.msg-pager { display: inline-flex; align-items: center; gap: .15rem; font-size: .85rem; margin: 0 .3rem; }
+.msg-pager button { background: none; border: 0; padding: .1rem .45rem; cursor: pointer; color: inherit;
+  font: inherit; font-size: 1rem; border-radius: 4px; }
+.msg-pager button:hover:not(:disabled) { background: var(--background-fill-secondary); }
+.msg-pager button:disabled { opacity: .45; cursor: default; }
+#rate-details.inline { margin: .2rem 0 .8rem; max-width: 40rem; }
 /* The Training tab's tables on a phone: a header is a word a line, never a letter a line; the table
    scrolls sideways instead (Gradio wrapped "active" as a-c-t-i-v-e at 390 px). */
 #tr-adapters table, #tr-runs table, #tr-eval table { min-width: 36rem; }

@@ -8,16 +8,32 @@ checks the conversation is the caller's through the service, as for any other id
 
 from __future__ import annotations
 
+import functools
+import zoneinfo
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime, tzinfo
 from typing import Any
 
 GROUPS = ("Today", "Yesterday", "Previous 7 days", "Previous 30 days", "Older")
 
 
-def group_of(updated: datetime, now: datetime) -> str:
-    """The date group of a chat last changed at ``updated`` (both naive UTC, as stored)."""
-    days = (now.date() - updated.date()).days
+@functools.cache
+def _zones() -> frozenset[str]:
+    return frozenset(zoneinfo.available_timezones())
+
+
+def zone(name: Any) -> tzinfo:
+    """The time zone a browser named (``Europe/Paris``), if it is one this machine knows; else UTC.
+    Only a name from the known list reaches ``ZoneInfo``, which reads a file by that name."""
+    if isinstance(name, str) and name in _zones():
+        return zoneinfo.ZoneInfo(name)
+    return UTC
+
+
+def group_of(updated: datetime, now: datetime, tz: tzinfo = UTC) -> str:
+    """The date group of a chat last changed at ``updated`` (both naive UTC, as stored), by the
+    calendar of ``tz`` (the reader's: "Yesterday" is their yesterday)."""
+    days = (now.replace(tzinfo=UTC).astimezone(tz).date() - updated.replace(tzinfo=UTC).astimezone(tz).date()).days
     if days <= 0:
         return GROUPS[0]
     if days == 1:
@@ -29,12 +45,13 @@ def group_of(updated: datetime, now: datetime) -> str:
     return GROUPS[4]
 
 
-def listing(convs: Sequence[Any], open_id: int | None, now: datetime, query: str = "") -> dict[str, Any]:
+def listing(convs: Sequence[Any], open_id: int | None, now: datetime, query: str = "",
+            tz: tzinfo = UTC) -> dict[str, Any]:
     """The list's value: non-empty groups in order, newest first within each, the open one marked;
     ``empty`` says why nothing is listed."""
     groups: dict[str, list[dict[str, Any]]] = {}
     for c in convs:
-        groups.setdefault(group_of(c.updated_at, now), []).append(
+        groups.setdefault(group_of(c.updated_at, now, tz), []).append(
             {"id": int(c.id), "title": c.title, "open": c.id == open_id})
     empty = ""
     if not convs:
@@ -91,19 +108,31 @@ const closeMenus = (except) => element.querySelectorAll('.conv-menu').forEach((m
   m.hidden = true;
   m.parentElement.querySelector('.conv-more')?.setAttribute('aria-expanded', 'false');
 });
-const rename = (li) => {
+// the title being typed, kept across a redraw of the list (an answer ending in another chat
+// redraws it): the box is put back with the text and the caret where they were
+let renaming = null;
+const rename = (li, typed = null) => {
   const open = li.querySelector('.conv-open');
   const input = document.createElement('input');
   input.className = 'conv-rename';
-  input.value = open.textContent;
+  input.value = typed === null ? open.textContent : typed.text;
   input.setAttribute('aria-label', 'New title');
   open.replaceWith(input);
   input.focus();
-  input.select();
+  if (typed === null) input.select();
+  else input.setSelectionRange(typed.start, typed.end);
+  renaming = {id: li.dataset.id, text: input.value, start: input.selectionStart, end: input.selectionEnd};
+  const keep = () => {
+    if (renaming) Object.assign(renaming, {text: input.value, start: input.selectionStart, end: input.selectionEnd});
+  };
+  input.addEventListener('input', keep);
+  input.addEventListener('keyup', keep);
+  input.addEventListener('select', keep);
   let done = false;
   const finish = (save) => {
-    if (done) return;
+    if (done || !input.isConnected) return;  // a redraw took the box away: it comes back (watch)
     done = true;
+    renaming = null;
     if (save && input.value.trim() && input.value !== open.textContent) {
       trigger('edit', {id: Number(li.dataset.id), title: input.value});
     }
@@ -113,7 +142,8 @@ const rename = (li) => {
     if (e.key === 'Enter') { e.preventDefault(); finish(true); }
     if (e.key === 'Escape') { e.preventDefault(); finish(false); open.focus(); }
   });
-  input.addEventListener('blur', () => finish(true));
+  // leaving the box saves; a redraw also blurs it, as it takes it away: wait to see which it was
+  input.addEventListener('blur', () => setTimeout(() => finish(true), 0));
 };
 element.addEventListener('click', (e) => {
   const target = e.target.closest('button, a');
@@ -137,6 +167,12 @@ element.addEventListener('keydown', (e) => {
   if (menu) { closeMenus(null); menu.parentElement.querySelector('.conv-more')?.focus(); }
 });
 document.addEventListener('click', (e) => { if (!element.contains(e.target)) closeMenus(null); });
+watch('value', () => {
+  if (!renaming) return;
+  const li = element.querySelector(`li.conv[data-id="${renaming.id}"]`);
+  if (!li) { renaming = null; return; }  // the chat left the list (deleted, or out of the search)
+  if (!li.querySelector('.conv-rename')) rename(li, renaming);
+});
 """
 
 
