@@ -264,7 +264,7 @@ class StubBackend:
         return 8 + sum(len(m.get("content", "")) for m in messages) // 4
 
     def chat(self, messages: Sequence[dict[str, str]], params: Any, *, adapter: str | None = None) -> Any:
-        from chatlm.engine.scheduler import Generation
+        from chatlm.engine.generation import Generation
 
         gen = Generation(id=next(self._ids), prompt_tokens=self.count_tokens(messages), params=params,
                          adapter=adapter)

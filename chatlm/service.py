@@ -20,8 +20,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from chatlm.config import Settings
 from chatlm.conversations import Conversations
 from chatlm.engine.backend import Backend
+from chatlm.engine.generation import Generation
 from chatlm.engine.params import SamplingParams
-from chatlm.engine.scheduler import Generation
 from chatlm.errors import ChatLMError, InputError, NotFoundError
 from chatlm.knowledge.answer import (
     Support,

@@ -298,7 +298,7 @@ class ScriptedBackend:
     def chat(self, messages: Any, params: Any, *, adapter: str | None = None, continue_final: bool = False) -> Any:
         import threading
 
-        from chatlm.engine.scheduler import Generation
+        from chatlm.engine.generation import Generation
         from chatlm.errors import BusyError
 
         with self._lock:

@@ -182,6 +182,14 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.slow)
 
 
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Start building the simulated Space's virtualenv now, when its test will run (tests/space_build.py)."""
+    if any(item.path.name == "test_space.py" and "boots" in item.name for item in session.items):
+        from tests import space_build
+
+        space_build.start()
+
+
 ANN, BOB = ("ann", "ann's password"), ("bob", "bob's password")
 """The two accounts of the accounts tests: ann, made first, is the admin; bob is a user."""
 

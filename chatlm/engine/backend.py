@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
+from chatlm.engine.generation import Generation
 from chatlm.engine.params import SamplingParams
-from chatlm.engine.scheduler import Generation
 
 ChatMessages = Sequence[dict[str, str]]
 

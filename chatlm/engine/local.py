@@ -10,8 +10,9 @@ from chatlm.config import Settings
 from chatlm.engine import adapters, loader, quantize
 from chatlm.engine.backend import ChatMessages
 from chatlm.engine.copy import CopyConstraint
+from chatlm.engine.generation import Generation
 from chatlm.engine.params import SamplingParams
-from chatlm.engine.scheduler import Generation, Scheduler
+from chatlm.engine.scheduler import Scheduler
 from chatlm.errors import NotFoundError
 
 CONTEXT_CAP = 8192

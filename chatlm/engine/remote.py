@@ -15,8 +15,8 @@ from typing import Any
 
 from chatlm.config import Settings
 from chatlm.engine.backend import ChatMessages
+from chatlm.engine.generation import Generation
 from chatlm.engine.params import SamplingParams
-from chatlm.engine.scheduler import Generation
 from chatlm.errors import AdapterError, ModelLoadError
 
 CHARS_PER_TOKEN = 3

@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import itertools
 import logging
-import queue
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -28,6 +27,7 @@ import torch
 from chatlm.engine import threads
 from chatlm.engine.copy import CopyConstraint
 from chatlm.engine.decode import IncrementalDecoder, StopMatcher
+from chatlm.engine.generation import Generation
 from chatlm.engine.params import SamplingParams
 from chatlm.engine.sampling import make_generator, sample_rows
 from chatlm.errors import BusyError, ChatLMError, InputError
@@ -39,75 +39,8 @@ MIN_PREFIX = 16
 MAX_PREFIX = 4096
 MAX_PREFIXES = 8
 """Cached prefixes kept (least recently used dropped first): a few MB each for a small model."""
-_DONE = object()
 _KV = list[tuple[torch.Tensor, torch.Tensor]]
 """Per layer, the (keys, values) of one cached row."""
-
-
-@dataclass
-class Generation:
-    """Handle of one request: iterate it for text deltas; ``cancel()`` frees its batch slot."""
-
-    id: int
-    prompt_tokens: int
-    params: SamplingParams
-    adapter: str | None = None
-    completion_tokens: int = 0
-    text: str = ""
-    finish_reason: str | None = None
-    """``stop`` (end of turn or stop string), ``length``, ``cancelled`` or ``error``."""
-    error: str | None = None
-    submitted_at: float = field(default_factory=time.perf_counter)
-    first_token_at: float | None = None
-    finished_at: float | None = None
-    prefilled: int = 0
-    """Prompt tokens read so far (a long prompt is read in chunks: a page shows how far)."""
-    _events: queue.Queue[object] = field(default_factory=queue.Queue, repr=False)
-    _cancel: threading.Event = field(default_factory=threading.Event, repr=False)
-
-    def cancel(self) -> None:
-        self._cancel.set()
-
-    @property
-    def cancelled(self) -> bool:
-        return self._cancel.is_set()
-
-    @property
-    def done(self) -> bool:
-        return self.finish_reason is not None
-
-    def __iter__(self) -> Iterator[str]:
-        """Yield text deltas until the request ends; a failure raises after the partial text."""
-        while True:
-            item = self._events.get()
-            if item is _DONE:
-                if self.finish_reason == "error":
-                    raise ChatLMError(self.error or "generation failed")
-                return
-            yield str(item)
-
-    def wait(self) -> str:
-        """Block until done; return the whole text (raises if generation failed)."""
-        for _ in self:
-            pass
-        return self.text
-
-    def wait_quietly(self) -> None:
-        """Block until done, ignoring a failure (the caller reads ``error``)."""
-        while not self.done:
-            self._events.get()
-
-    # called by the scheduler thread only
-    def _emit(self, delta: str) -> None:
-        if delta:
-            self.text += delta
-            self._events.put(delta)
-
-    def _finish(self, reason: str, error: str | None = None) -> None:
-        if self.finish_reason is None:
-            self.finish_reason, self.error = reason, error
-            self.finished_at = time.perf_counter()
-            self._events.put(_DONE)
 
 
 @dataclass

@@ -10,8 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 from chatlm.accounts import Actor, require_admin
+from chatlm.engine.generation import Generation
 from chatlm.engine.params import SamplingParams
-from chatlm.engine.scheduler import Generation
 from chatlm.service import ChatService
 from chatlm.store import registry
 from chatlm.store.db import transaction

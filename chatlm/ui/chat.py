@@ -284,17 +284,22 @@ class ChatUI:
                     False) if page.conv_id == conv_id else None)
 
     # ---- handlers ------------------------------------------------------------------------
-    def load(self, stored_id: int | None, tz: str = "", request: gr.Request = None  # type: ignore[assignment]
-             ) -> Outputs:
-        """Page load: reopen the conversation this browser had open, else the latest one. ``tz``:
-        the browser's time zone, for the sidebar's dates (a name the server does not know is UTC)."""
-        if request.session_hash and isinstance(tz, str) and tz:  # a delete's reload keeps the page's
-            self.answers.page(request.session_hash).tz = tz[:64]
+    def load(self, stored_id: int | None, request: gr.Request) -> Outputs:
+        """Page load: reopen the conversation this browser had open, else the latest one."""
         uid = self._uid(request)
         convs = self.service.conversations(uid)
         ids = {c.id for c in convs}
         conv_id = stored_id if stored_id in ids else (convs[0].id if convs else None)
         return self._open(conv_id, request)
+
+    def zoned(self, tz: str, request: gr.Request) -> Any:
+        """After the page load: the browser's time zone, kept for this page; the list of the chat it
+        shows is redrawn by that calendar (a name this machine does not know is UTC: ``sidebar.zone``)."""
+        if not request.session_hash:
+            return gr.update()
+        page = self.answers.page(request.session_hash)
+        page.tz = tz[:64] if isinstance(tz, str) else ""
+        return self._sidebar(self._uid(request), page.conv_id, request)
 
     def open(self, conv_id: float | None, request: gr.Request) -> Outputs:
         return self._open(_chat_id(conv_id), request)
@@ -367,7 +372,7 @@ class ChatUI:
             gr.Warning(exc.message)
             return (*_view_unchanged(), *(gr.update(),) * 3)
         if target == shown or shown is None:
-            view = self.load(None, request=request)
+            view = self.load(None, request)
         else:
             view = _view_unchanged(list=self._sidebar(uid, shown, request))
         return (*view, gr.update(visible=True), f"Deleted “{_plain(title)}”.", target)
@@ -635,7 +640,7 @@ class ChatUI:
             # A page that opens another chat stops drawing the answer it followed (``_shows``), which
             # goes on. (Gradio's ``cancels`` would also undo the new chat's view in the page.)
             for started_by in (
-                demo.load(self.load, [stored, zone], view, api_name="load", js=BROWSER_ZONE),
+                loading := demo.load(self.load, [stored], view, api_name="load"),
                 new_btn.click(self.new, None, view, api_name="new"),
                 api.click(self.open, [target], view, api_name="open"),
                 conv_list.select(self.picked, None, view, api_visibility="private"),
@@ -651,6 +656,8 @@ class ChatUI:
                 chatbot.edit(self.edit, [conv_id, ids, temperature, top_p, max_new, model], started, **quick),
             ):
                 started_by.then(**follow)
+            # the browser's time zone for the list's dates, once the load has drawn the chat
+            loading.then(self.zoned, [zone], [conv_list], js=BROWSER_ZONE, api_visibility="private")
             demo.load(self.whoami, None, [account, training_tab, admin_tab, sign_link],
                       api_visibility="private")
             conv_id.change(lambda c: c, [conv_id], [stored], api_visibility="private")
@@ -674,8 +681,8 @@ class ChatUI:
         return demo
 
 
-BROWSER_ZONE = "(stored, zone) => [stored, Intl.DateTimeFormat().resolvedOptions().timeZone || '']"
-"""The page load's inputs, with the browser's time zone in place of the hidden box's value."""
+BROWSER_ZONE = "(zone) => [Intl.DateTimeFormat().resolvedOptions().timeZone || '']"
+"""``zoned``'s inputs, with the browser's time zone in place of the hidden box's value."""
 
 
 def _settings(temperature: float, top_p: float, max_new: int, model: str | None = None) -> dict[str, Any]:
