@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -99,13 +100,19 @@ class Page:
 
     @asynccontextmanager
     async def drawing(self) -> AsyncIterator[None]:
-        """Hold the page for one update (polled: blocking here would stop the event loop)."""
-        while not self.lock.acquire(blocking=False):
+        """Hold the page for one update (polled: blocking here would stop the event loop). Like
+        ``Answers.show``, it waits at most ``SWITCH_WAIT_S``: a follower whose update Gradio never
+        took up (its page gone) must not leave this page's next answer undrawn."""
+        deadline = time.monotonic() + SWITCH_WAIT_S
+        held = self.lock.acquire(blocking=False)
+        while not held and time.monotonic() < deadline:
             await asyncio.sleep(0.005)
+            held = self.lock.acquire(blocking=False)
         try:
             yield
         finally:
-            self.lock.release()
+            if held:
+                self.lock.release()
 
 
 class Answers:
