@@ -120,6 +120,43 @@ def test_queue_full_says_busy(tiny) -> None:
         backend.close()
 
 
+def test_the_queue_bound_holds_while_admitted_prompts_are_being_set_up(tiny) -> None:
+    """Prompts taken from the queue for the batch are counted while their prefill is set up (a
+    shared prefix runs the model then): a burst in that moment gets only the queue's places."""
+    import threading
+
+    from chatlm.engine.local import LocalBackend
+
+    backend = LocalBackend(tiny, max_batch=2, queue_size=1)
+    scheduler = backend.scheduler
+    setting_up, release = threading.Event(), threading.Event()
+    start_fill = scheduler._start_fill
+
+    def slow_start_fill(admit):  # what a prefix forward pass does to the timing, made certain
+        setting_up.set()
+        release.wait(10)
+        return start_fill(admit)
+
+    scheduler._start_fill = slow_start_fill
+    long = SamplingParams(temperature=0.0, max_new_tokens=100)
+    taken = []
+    try:
+        taken += [ask(backend, "a", long), ask(backend, "b", long)]
+        assert setting_up.wait(10)  # both taken from the queue, their prefill being set up
+        refused = 0
+        for text in ("c", "d", "e"):
+            try:
+                taken.append(ask(backend, text, long))
+            except BusyError:
+                refused += 1
+        assert (len(taken), refused) == (3, 2)  # the batch of 2 and the queue of 1, no more
+    finally:
+        release.set()
+        for gen in taken:
+            gen.cancel()
+        backend.close()
+
+
 def test_stop_on_a_queued_answer_ends_it_while_the_batch_runs(tiny) -> None:
     """A visitor who presses Stop while the answer waits for a slot is not kept waiting until the
     running answers finish: the queued request ends at the next decoding step."""

@@ -156,6 +156,26 @@ def test_a_pager_click_pages_only_a_message_the_page_shows(service) -> None:
         "pagers": [{"index": 1, "role": "answer", "pos": 1, "count": 2}], "rated": None}
 
 
+def test_the_watchdog_draws_the_stored_chat_once_no_answer_runs(service) -> None:
+    """While an answer runs the watchdog changes nothing; once it ended, it gives the page the chat
+    as stored and Send back (a page whose follower's last update was lost would show Stop for good)."""
+    from types import SimpleNamespace
+
+    from chatlm.ui import chat
+
+    uid = service.user_id()
+    conv = service.new_conversation(uid)
+    service.send(uid, conv.id, "first", SHORT).run()
+    ui = chat.ChatUI(service)
+    request = SimpleNamespace(session_hash=None, username=None, headers={}, cookies={}, client=None)
+    ui.answers.busy = lambda conv_id: True  # type: ignore[method-assign]
+    assert ui.watch(conv.id, request) == chat.NOTHING  # type: ignore[arg-type]
+    ui.answers.busy = lambda conv_id: False  # type: ignore[method-assign]
+    view, ids, _list, _notice, send, stop, timer = ui.watch(conv.id, request)  # type: ignore[arg-type]
+    assert [m["content"] for m in view["value"]][0] == "first" and len(ids) == 2
+    assert (send["visible"], stop["visible"], timer["active"]) == (True, False, False)
+
+
 def test_feedback_stats(service) -> None:
     from chatlm.feedback import stats
     from chatlm.store.db import transaction

@@ -95,6 +95,10 @@ class Scheduler:
         self.prefill_chunk = max(1, prefill_chunk)
         """Prompt tokens (rows x columns) run between two decoding steps."""
         self._fill: _Fill | None = None
+        self._admitting = 0
+        """Requests taken from the queue whose prefill is being set up (outside the lock: a shared
+        prefix may run the model), still counted against the batch, so that ``submit`` does not
+        take more than the batch and the queue hold (it took 11 for 8 while a prefix was made)."""
         self._prefixes: OrderedDict[tuple[str | None, tuple[int, ...]], _KV] = OrderedDict()
         """Cached prompt prefixes by (adapter, tokens): per layer (keys, values) of one row, newest last."""
         self._last_prompt: tuple[str | None, list[int]] | None = None
@@ -191,8 +195,9 @@ class Scheduler:
         return len(self._rows)
 
     def _seated(self) -> int:
-        """Rows decoding plus rows being prefilled: the batch slots in use."""
-        return len(self._rows) + (len(self._fill.admit) if self._fill is not None else 0)
+        """Rows decoding, rows being prefilled, and rows taken from the queue whose prefill is being
+        set up: the batch slots in use."""
+        return len(self._rows) + (len(self._fill.admit) if self._fill is not None else 0) + self._admitting
 
     @property
     def waiting(self) -> int:
@@ -221,6 +226,7 @@ class Scheduler:
                         gen._finish("cancelled")
                     else:
                         admit.append((gen, prompt))
+                self._admitting = len(admit)
             for fn, future in tasks:
                 try:
                     future.set_result(fn())
@@ -231,6 +237,7 @@ class Scheduler:
                     self._drop_cancelled()
                     if admit:
                         self._fill = self._start_fill(admit)
+                    self._admitting = 0  # counted in the fill now (counted twice a moment: refuses, never over-takes)
                     while self._fill is not None:  # nothing decoding: no reason to pause between chunks
                         self._prefill_chunk()
                         if self._rows:
@@ -244,6 +251,7 @@ class Scheduler:
                 for gen, _ in admit + (self._fill.admit if self._fill is not None else []):
                     gen._finish("error", f"Generation failed: {exc}")
                 self._rows, self._cache, self._mask, self._fill = [], None, None, None
+                self._admitting = 0
         for row in self._rows:
             row.gen._finish("cancelled")
         for gen, _ in list(self._pending) + (self._fill.admit if self._fill is not None else []):

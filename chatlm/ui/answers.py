@@ -137,6 +137,10 @@ class Answers:
         pump = self._ended.get(conv_id) if conv_id is not None else None
         return pump if pump is not None and not pump.followed else None
 
+    def last(self, conv_id: int | None) -> Pump | None:
+        """This conversation's last answer that ended (kept for a while: ``SESSIONS`` of them)."""
+        return self._ended.get(conv_id) if conv_id is not None else None
+
     def busy(self, conv_id: int | None) -> bool:
         pump = self.running(conv_id)
         return pump is not None and not pump.done.is_set()

@@ -31,10 +31,12 @@ STILL_ANSWERING = ("An answer is still being written in this chat: your message 
                    "Send it when the answer ends, or press Stop.")
 NOTHING_TO_STOP = "Nothing to stop: no answer is being written in this chat."
 Outputs = tuple[Any, ...]
-ANSWERING = (gr.update(visible=False), gr.update(visible=True))
-"""Send and Stop while an answer is being written: Send turns into Stop."""
-IDLE = (gr.update(visible=True), gr.update(visible=False))
-NOTHING = (gr.update(),) * 6
+ANSWERING = (gr.update(visible=False), gr.update(visible=True), gr.update(active=True))
+"""Send, Stop and the watchdog while an answer is being written: Send turns into Stop, and the page
+checks every ``WATCH_S`` that it has not missed the answer's end (``ChatUI.watch``)."""
+IDLE = (gr.update(visible=True), gr.update(visible=False), gr.update(active=False))
+WATCH_S = 2.0
+NOTHING = (gr.update(),) * 7
 """The outputs of ``follow`` left as they are."""
 VIEW_NAMES = ("chat", "ids", "conv_id", "list", "system_prompt", "temperature", "top_p", "max_new", "model",
               "notice", "excluded")
@@ -399,7 +401,7 @@ class ChatUI:
         answer is followed by ``follow``); a refused message stays in the box."""
         if not text or not text.strip():
             gr.Warning("Type a message first.")
-            return (gr.update(),) * 8
+            return (gr.update(),) * 9
         turn = self._turn(text, conv_id, sys_prompt, _settings(temperature, top_p, max_new, model), request)
         return self._begun(turn, "" if turn.stored else gr.update(), request)
 
@@ -452,7 +454,7 @@ class ChatUI:
         """An edited user message starts a new branch; the old branch stays (page back to it)."""
         index = data.index if isinstance(data.index, int) else data.index[0]
         if conv_id is None or not 0 <= index < len(ids):
-            return (gr.update(),) * 8
+            return (gr.update(),) * 9
         params = _params(_settings(temperature, top_p, max_new))
         turn = self._again(conv_id, lambda uid: self.service.edit(uid, ids[index], str(data.value),
                                                                    params, adapter=model), request)
@@ -479,6 +481,19 @@ class ChatUI:
         # The event's end repeats its last output, maybe after the page moved on: make it nothing
         # (and never end without output: Gradio would send None for each).
         yield NOTHING
+
+    def watch(self, conv_id: int | None, request: gr.Request) -> Outputs:
+        """Every ``WATCH_S`` while the page shows Stop: once no answer is being written in its chat,
+        the chat as stored, its last answer's notice, and Send. A page whose follower's last update
+        never arrived (seen in loaded test runs, cause not found) was left with an empty answer and
+        Stop for good; this is the net under it. While an answer runs, nothing changes."""
+        if conv_id is not None and self.answers.busy(conv_id):
+            return NOTHING
+        uid = self._uid(request)
+        messages, ids, feedback = self._view(uid, conv_id)
+        ended = self.answers.last(conv_id)
+        return (gr.update(value=messages, feedback_value=feedback), ids, gr.update(),
+                ended.outcome() if ended is not None else gr.update(), *IDLE)
 
     def stop(self, conv_id: int | None, request: gr.Request) -> Any:
         """Stop this chat's answer; the notice then says what was kept (``follow`` writes it), or
@@ -596,6 +611,7 @@ class ChatUI:
                                          visible=False)
                     retry_btn = gr.Button("Retry", scale=1, elem_id="retry")
                     continue_btn = gr.Button("Continue", scale=1, elem_id="continue")
+                    watchdog = gr.Timer(WATCH_S, active=False)
                     api = gr.Button("API", visible=False)  # carries /send and /retry (ChatInterface's way)
                     target = gr.Number(visible=False, precision=0, label="conversation")  # the API's chat id
                     new_title = gr.Textbox(visible=False, label="title")
@@ -624,8 +640,8 @@ class ChatUI:
                     max_new, model, notice, excluded]
             undone = [*view, undo_box, undo_text, undo_id]
             api_out = [chatbot, ids, conv_id, conv_list, notice, box]
-            started = [*api_out, send_btn, stop_btn]
-            followed = [chatbot, ids, conv_list, notice, send_btn, stop_btn]
+            started = [*api_out, send_btn, stop_btn, watchdog]
+            followed = [chatbot, ids, conv_list, notice, send_btn, stop_btn, watchdog]
             asked = [box, conv_id, sys_prompt, temperature, top_p, max_new, model]
             tuning = [conv_id, temperature, top_p, max_new, model]
             # Answers are followed, not run, by events: none waits in Gradio's queue for a slot
@@ -667,6 +683,7 @@ class ChatUI:
             api.click(self.rename, [target, new_title, conv_id], [conv_list], api_name="rename")
             search.change(self.search, [search, conv_id], [conv_list], trigger_mode="always_last",
                          api_visibility="private")
+            watchdog.tick(self.watch, [conv_id], followed, show_progress="hidden", **quick)
             stop_btn.click(self.stop, [conv_id], [notice], concurrency_limit=None, api_name="stop")
             chatbot.like(self.like, [ids, conv_id], [selected], concurrency_limit=None, api_name="rate").then(
                 panel.show, [selected], panel.details, concurrency_limit=None, api_visibility="private").then(
