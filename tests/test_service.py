@@ -172,7 +172,7 @@ def test_the_watchdog_draws_the_stored_chat_once_no_answer_runs(service) -> None
     assert ui.watch(conv.id, request) == chat.NOTHING  # type: ignore[arg-type]
     ui.answers.busy = lambda conv_id: False  # type: ignore[method-assign]
     view, ids, _list, _notice, send, stop, timer = ui.watch(conv.id, request)  # type: ignore[arg-type]
-    assert [m["content"] for m in view["value"]][0] == "first" and len(ids) == 2
+    assert view["value"][0]["content"] == "first" and len(ids) == 2
     assert (send["visible"], stop["visible"], timer["active"]) == (True, False, False)
 
 
