@@ -46,7 +46,7 @@ class FeedbackPanel:
         if message_id is None:
             return None, "Rate an answer with the thumbs up or down under it to add details.", None, None, "", ""
         detail = self.service.rating_detail(uid, message_id)
-        label = {1: "Like", -1: "Dislike"}.get(detail["value"]) if detail else None
+        label = next((k for k, v in VALUES.items() if v == detail["value"]), None) if detail else None
         pos, count = self.service.siblings(uid, message_id)
         title = f"Rating details of the selected answer (alternative {pos} of {count})."
         return (message_id, title, label, (detail or {}).get("reason"), (detail or {}).get("comment") or "",
