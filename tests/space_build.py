@@ -15,7 +15,8 @@ from typing import Any
 
 import yaml
 
-REPO = Path(__file__).resolve().parent.parent
+from tests.conftest import REPO
+
 _started: dict[str, Any] = {}
 
 
