@@ -90,6 +90,9 @@ class Settings:
     """``local``: starting a round spawns its worker process on this host. ``queue``: the round is
     only queued; ``python -m chatlm.training.worker --serve`` on another host (a GPU machine, given
     the same database URL and adapter storage) claims and trains it."""
+    api_docs: bool = False
+    """Serve FastAPI's ``/docs``, ``/redoc`` and ``/openapi.json`` (off: they map the server for
+    strangers; the README documents the API)."""
     abstain_threshold: float = 0.6
     """An extractive answer whose support score (cosine of question and supporting sentence under
     the embedding model) is below this is declined: "the text does not say". Calibrated on the

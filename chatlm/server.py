@@ -36,10 +36,11 @@ def make_service(settings: Settings, backend: Any = None) -> ChatService:
 def build_app(settings: Settings, backend: Any = None) -> App:
     import gradio as gr
     from fastapi import FastAPI
+    from fastapi.middleware.cors import CORSMiddleware
 
     from chatlm.api import chats
     from chatlm.api.openai import OpenAIRoutes
-    from chatlm.ui import page, signin
+    from chatlm.ui import guard, page, signin
     from chatlm.ui.chat import ChatUI
     from chatlm.ui.who import Who
 
@@ -52,7 +53,9 @@ def build_app(settings: Settings, backend: Any = None) -> App:
     if interrupted := service.mark_interrupted():
         log.warning("%d answer(s) were cut off when the last server stopped; kept as interrupted", interrupted)
     service.purge_deleted()  # deletes whose Undo window passed while no server ran
-    api = FastAPI(title="chatlm")
+    docs = settings.api_docs  # /docs, /redoc and /openapi.json describe the API only when asked for
+    api = FastAPI(title="chatlm", docs_url="/docs" if docs else None, redoc_url="/redoc" if docs else None,
+                  openapi_url="/openapi.json" if docs else None)
     OpenAIRoutes(service, identity).install(api)
     if settings.auth != "none":
         signin.install(api, identity)
@@ -60,11 +63,17 @@ def build_app(settings: Settings, backend: Any = None) -> App:
     chats.install(api, service, who)
     blocks = ChatUI(service, who).build()
     blocks.queue(default_concurrency_limit=settings.max_batch)
+    guard.guard_events(blocks)
     # Nothing under the data folder (database, adapters, models) or the code is ever served or
     # copied by Gradio, whatever a request names; uploads are checked in chatlm.ui.uploads.
     blocked = [str(settings.data_dir.resolve()), str(REPO)]
     asgi = gr.mount_gradio_app(api, blocks, path="", server_name=settings.host,
-                               server_port=settings.port, blocked_paths=blocked, css=page.CSS, js=page.JS)
+                               server_port=settings.port, blocked_paths=blocked, css=page.CSS, js=page.JS,
+                               app_kwargs={"openapi_url": "/openapi.json" if docs else None})
+    # No cross-origin reads with credentials (Gradio's own CORS layer would allow any localhost
+    # origin with cookies; it stands aside when the parent app configures CORS).
+    asgi.add_middleware(CORSMiddleware, allow_origins=[], allow_credentials=False)
+    asgi.add_middleware(guard.RequestGuard, identity=identity)  # outermost: before Gate and Gradio
     return App(settings=settings, service=service, identity=identity, asgi=asgi)
 
 

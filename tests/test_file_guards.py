@@ -3,6 +3,7 @@ that Python code in the app's process cannot open the database files."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -79,3 +80,35 @@ def test_the_file_inputs_refuse_before_gradio_reads_anything(uploads: Path, tmp_
     (uploads / "u").mkdir()
     (uploads / "u" / "ok.txt").write_text("fine")
     assert component.move_resource_to_block_cache(str(uploads / "u" / "ok.txt")) == str(uploads / "u" / "ok.txt")
+
+
+def test_the_request_check_alone(uploads: Path, tmp_path: Path) -> None:
+    """The fast-tier view of the rule, for the shapes a request can take."""
+    from chatlm.ui.guard import Refused, check_body, check_inputs
+
+    (uploads / "u").mkdir()
+    good = uploads / "u" / "ok.txt"
+    good.write_text("uploaded")
+    secret = tmp_path / "secret"
+    secret.write_text("no")
+    check_body(json.dumps({"data": ["hello", {"path": str(good), "meta": {"_type": "gradio.FileData"}}]}).encode())
+    check_body(b"")
+    for body in ({"data": [{"path": str(secret)}]}, {"data": [[[{"meta": {"_type": "gradio.FileData"}}]]]},
+                 {"data": [{"path": str(uploads / "u" / ".." / ".." / "secret")}]},
+                 {"data": [{"path": "http://127.0.0.1:1/x"}]}, {"data": [{"path": str(good) + "\x00"}]}):
+        with pytest.raises(Refused):
+            check_body(json.dumps(body).encode())
+    with pytest.raises(Refused):
+        check_body(b"[" * 100000 + b"]" * 100000)
+    with pytest.raises(Refused):
+        check_body(b"not json")
+
+    class Field:
+        receives_uploads = True
+
+    ok = {"path": str(good)}
+    check_inputs([ok, "text"], [Field(), object()])
+    with pytest.raises(Refused):
+        check_inputs(["text", ok], [Field(), object()])
+    with pytest.raises(Refused):
+        check_inputs([{"path": str(secret)}], [Field()])

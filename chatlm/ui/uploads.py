@@ -25,19 +25,31 @@ def upload_folder() -> Path:
     return Path(os.path.realpath(get_upload_folder()))
 
 
-def received_file(path: str | os.PathLike[str] | None) -> Path | None:
-    """The real path of a file this server's upload route received, else a ``gr.Error``.
-
-    Symbolic links and ``..`` are resolved first, URLs are refused (fetching one would let a
+def _real_upload(path: str) -> Path | None:
+    """The real path of ``path`` when it is a file inside the upload folder, else None. Symbolic
+    links and ``..`` are resolved first; URLs and NUL bytes are refused (fetching a URL would let a
     visitor make the server call any address)."""
-    if path is None or str(path) == "":
+    if not path or "://" in path or "\x00" in path:
         return None
-    text = str(path)
-    if "://" in text:
-        raise gr.Error(NOT_RECEIVED)
-    real = Path(os.path.realpath(text))
+    real = Path(os.path.realpath(path))
     folder = upload_folder()
     if real == folder or folder not in real.parents or not real.is_file():
+        return None
+    return real
+
+
+def is_received(path: str) -> bool:
+    """Whether ``path`` names a file this server received or produced (its upload folder, which is
+    also Gradio's cache): the one test of ``chatlm.ui.guard`` and of the file inputs."""
+    return _real_upload(path) is not None
+
+
+def received_file(path: str | os.PathLike[str] | None) -> Path | None:
+    """The real path of a file this server's upload route received, else a ``gr.Error``."""
+    if path is None or str(path) == "":
+        return None
+    real = _real_upload(str(path))
+    if real is None:
         raise gr.Error(NOT_RECEIVED)
     return real
 
@@ -57,6 +69,7 @@ def uploaded_file(**kwargs: Any) -> gr.File:
         received = received_file(url_or_file_path)
         return await move_async(str(received) if received else None)
 
+    component.receives_uploads = True  # type: ignore[attr-defined]  # chatlm.ui.guard lets file references in here
     component.move_resource_to_block_cache = guarded  # type: ignore[method-assign]
     component.async_move_resource_to_block_cache = guarded_async  # type: ignore[method-assign]
     return component
