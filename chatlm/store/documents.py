@@ -1,5 +1,5 @@
-"""Data functions for knowledge texts: documents (stored once per sha256), chunks, embeddings,
-and which conversations use which documents."""
+"""Data functions for knowledge texts: documents (stored once per user and sha256), chunks,
+embeddings, and which conversations use which documents."""
 
 from __future__ import annotations
 
@@ -18,14 +18,18 @@ def sha256(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def find_document(session: Session, *, text: str) -> Document | None:
-    return session.scalar(select(Document).where(Document.sha256 == sha256(text)))
+def find_document(session: Session, *, user_id: int, text: str) -> Document | None:
+    """This user's copy of ``text``: only their own rows, so another user's never answers."""
+    return session.scalar(select(Document).where(Document.user_id == user_id,
+                                                 Document.sha256 == sha256(text)))
 
 
 def add_document(session: Session, *, user_id: int, name: str, mime: str, text: str,
                  chunks: Sequence[tuple[int, int, int, str]]) -> Document:
-    """Store a document and its chunks ``(idx, start, end, text)``; the same content is stored once."""
-    existing = find_document(session, text=text)
+    """Store a document and its chunks ``(idx, start, end, text)``; the same content is stored once
+    per user. Deduplicating across users would let the second one learn, from a refusal or a
+    name, what the first one loaded; each user's copy is chunked and embedded on its own."""
+    existing = find_document(session, user_id=user_id, text=text)
     if existing is not None:
         return existing
     doc = Document(sha256=sha256(text), name=name[:300], mime=mime, text=text, user_id=user_id)

@@ -172,12 +172,14 @@ class RatingEvent(Base):
 
 
 class Document(Base):
-    """A loaded knowledge text, stored once per content hash."""
+    """A loaded knowledge text, stored once per user and content hash (one user's copy never
+    depends on, or tells of, another's)."""
 
     __tablename__ = "documents"
+    __table_args__ = (UniqueConstraint("user_id", "sha256", name="uq_documents_user_sha256"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    sha256: Mapped[str] = mapped_column(String(64))
     name: Mapped[str] = mapped_column(String(300))
     mime: Mapped[str] = mapped_column(String(100), default="text/plain")
     text: Mapped[str] = mapped_column(Text)
