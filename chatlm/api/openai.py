@@ -294,6 +294,8 @@ class OpenAIRoutes:
         client names anywhere else."""
         self._admin(request)
         folder = (Path(self.service.settings.data_dir) / "adapters").resolve()
+        if "\x00" in path:  # no file system takes it, and realpath would fail on it
+            raise InputError("An adapter path cannot contain a NUL character.")
         real = Path(os.path.realpath(path))
         if folder not in real.parents:
             raise InputError(f"Only adapter directories under {folder} can be loaded (the path is "

@@ -21,13 +21,36 @@ def check_adapter(path: Path, base_model: Any, name: str) -> dict[str, Any]:
         raise AdapterError(f"Invalid adapter name {name!r}: letters, digits, . _ - only")
     check_files(path)
     try:
-        config = json.loads((path / CONFIG).read_text())
-    except json.JSONDecodeError as exc:
+        config = json.loads((path / CONFIG).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise AdapterError(f"Adapter {path}: {CONFIG} is not valid JSON ({exc})") from exc
+    if not isinstance(config, dict):
+        raise AdapterError(f"Adapter {path}: {CONFIG} is not a JSON object")
     if config.get("peft_type") != "LORA":
         raise AdapterError(f"Adapter {path} is not a LoRA adapter ({config.get('peft_type')})")
+    _check_config(path, config)
     _check_shapes(path, base_model)
     return config
+
+
+def _check_config(path: Path, config: dict[str, Any]) -> None:
+    """peft's own checks of the config, and the types it uses without checking, before the model
+    is touched: a config that fails half-way through loading would leave layers injected."""
+    from peft import LoraConfig
+
+    numbers = {"r": (int,), "lora_alpha": (int, float)}
+    for key, kinds in numbers.items():
+        value = config.get(key)
+        if key in config and (isinstance(value, bool) or not isinstance(value, kinds) or value <= 0):
+            raise AdapterError(f"Adapter {path.name}: `{key}` in {CONFIG} must be a positive number")
+    targets = config.get("target_modules")
+    if targets is not None and not isinstance(targets, str) and not (
+            isinstance(targets, list) and all(isinstance(t, str) for t in targets)):
+        raise AdapterError(f"Adapter {path.name}: `target_modules` in {CONFIG} must be names")
+    try:
+        LoraConfig.from_pretrained(str(path))
+    except (TypeError, ValueError) as exc:
+        raise AdapterError(f"Adapter {path.name}: {CONFIG} is not a usable LoRA config ({exc})") from exc
 
 
 def check_files(path: Path) -> None:
@@ -46,7 +69,7 @@ def check_files(path: Path) -> None:
 
 def _check_shapes(path: Path, base_model: Any) -> None:
     """Every LoRA matrix must fit the base module it targets: the real test of 'same base'."""
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
     modules = dict(base_model.named_modules())
     try:
@@ -67,8 +90,9 @@ def _check_shapes(path: Path, base_model: Any) -> None:
                     raise AdapterError(
                         f"Adapter {path.name} was made for another base model: `{target}` has "
                         f"{expected} features here, the adapter expects {got}")
-    except (OSError, ValueError) as exc:
-        raise AdapterError(f"Adapter {path}: unreadable weights ({exc})") from exc
+    except (OSError, ValueError, SafetensorError) as exc:  # a truncated or garbled file
+        raise AdapterError(f"Adapter {path.name}: {WEIGHTS} is not a readable safetensors "
+                           f"file ({exc})") from exc
 
 
 def attach(model: Any, path: Path, name: str) -> Any:
