@@ -47,7 +47,10 @@ def sources_block(answer: str, sources: list[dict[str, Any]], texts: dict[int, s
 
 
 def _esc(text: str) -> str:
-    return html.escape(text, quote=False).replace("*", "\\*").replace("_", "\\_")
+    """``text`` as itself in Markdown: no tag, link or emphasis of its own (a document's name is
+    whatever its uploader chose)."""
+    return (html.escape(text, quote=False).replace("*", "\\*").replace("_", "\\_")
+            .replace("[", "\\[").replace("]", "\\]").replace("`", "\\`"))
 
 
 class KnowledgePanel:
@@ -88,10 +91,10 @@ class KnowledgePanel:
                 doc = self.service.library.load(user_id=uid, conversation_id=conv_id,
                                                 name=name.strip() or "pasted text", text=pasted,
                                                 progress=report)
-            status = f"Loaded **{doc.name}**: ask questions about it; answers cite its passages."
-        except ChatLMError as exc:
-            gr.Warning(exc.message)
-            status = f"Not loaded: {exc.message}"
+            status = f"Loaded **{_esc(doc.name)}**: ask questions about it; answers cite its passages."
+        except ChatLMError as exc:  # the message may quote the file's name: shown, never run
+            gr.Warning(html.escape(exc.message, quote=False))
+            status = f"Not loaded: {_esc(exc.message)}"
             if created:  # a refused text leaves no empty conversation behind
                 self.service.discard(uid, conv_id)
                 conv_id = None

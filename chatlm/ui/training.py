@@ -8,6 +8,7 @@ the run row while a round is under way), so a page reload or a second browser se
 
 from __future__ import annotations
 
+import html
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -81,7 +82,7 @@ def describe_run(run: TrainingRun | None) -> str:
         return "No training round yet."
     p = run.progress or {}
     if run.status == "failed":
-        return f"**Round {run.id} failed:** {run.error}"
+        return f"**Round {run.id} failed:** {html.escape(run.error or '', quote=False)}"  # may quote a text's name
     if run.status == "succeeded":
         head = f"**Round {run.id} succeeded:** adapter `{run.adapter_name}` ({run.method}) is registered"
         return " ".join([head, ", ".join(_figures(p, FINAL_FIGURES))]).strip() + "."
