@@ -18,7 +18,7 @@ from chatlm.engine.params import SamplingParams
 from chatlm.errors import ChatLMError
 from chatlm.service import BASE_MODEL, DEFAULT_MODEL, ChatService, Reply
 from chatlm.store.models import utcnow
-from chatlm.ui import branches, sidebar
+from chatlm.ui import branches, refusals, sidebar
 from chatlm.ui.answers import Answers, Pump, Turn
 from chatlm.ui.knowledge import sources_block
 from chatlm.ui.who import Who
@@ -695,7 +695,7 @@ class ChatUI:
             gr.on([ids.change, selected.change], self.marks, [conv_id, ids, selected], [marks],
                   api_visibility="private")
             excluded.input(self.exclude, [conv_id, excluded], None, api_name="exclude")
-        return demo
+        return refusals.quiet(demo)  # a refused call: one log line, no traceback
 
 
 BROWSER_ZONE = "(zone) => [Intl.DateTimeFormat().resolvedOptions().timeZone || '']"
