@@ -3,29 +3,42 @@
 The one place that creates users, checks passwords and API keys, and decides roles. Passwords are
 hashed with argon2id (``argon2-cffi``: a maintained binding of the reference implementation, with
 its recommended parameters); API keys are long random tokens, so a sha256 of them is enough to
-store and lets a key be found by its hash. Wrong passwords in a row slow the next attempt down and
-then lock the account for a while, so a guesser gets few tries per hour.
+store and lets a key be found by its hash. Wrong passwords in a row for a typed name slow the next
+attempt down and then lock that name for a while, so a guesser gets few tries per hour; names with
+and without an account are counted alike (one table), so neither the words nor the waits tell which
+names exist. The waits are the caller's: ``sign_in`` sleeps in its thread (the shell, a Gradio
+handler), ``sign_in_async`` awaits them and hashes in a worker thread, so the server's event loop
+never stops for a guesser.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import re
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+import anyio
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from chatlm.errors import ChatLMError, InputError, NotFoundError, PermissionDeniedError
 from chatlm.store.db import transaction
-from chatlm.store.models import ApiKey, Base, Conversation, ConversationDocument, Document, User, utcnow
+from chatlm.store.models import (
+    ApiKey,
+    Base,
+    Conversation,
+    ConversationDocument,
+    Document,
+    SignInFailure,
+    User,
+    utcnow,
+)
 from chatlm.store.repo import LOCAL_USER
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}")
@@ -37,9 +50,18 @@ SLOW_AFTER = 3
 SLOW_S = 1.0
 LOCK_AFTER = 10
 LOCK_FOR = timedelta(minutes=15)
+"""How long a name stays locked; also how long wrong passwords are remembered without a new one."""
+HASHES_AT_ONCE = 4
+"""Password checks run at once by ``sign_in_async`` (argon2id takes 64 MiB each)."""
+WRONG = "Wrong user name or password."
+LOCKED = ("Too many wrong passwords: this name is locked for {minutes} more minute(s). An admin can lift "
+          "it by setting a new password.")
+"""Said for any name, with or without an account, after ``LOCK_AFTER`` wrong passwords."""
 KEY_PREFIX = "clm_"
 GUEST_PREFIX = "guest-"
 GUEST_TOKEN = re.compile(r"[A-Za-z0-9_-]{32,64}")
+GUEST_DAYS = 365
+"""How long a guest token the server issued is honoured (its cookie lives as long)."""
 
 
 def new_guest_token() -> str:
@@ -118,13 +140,22 @@ def key_hash(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
+def name_key(name: str) -> str:
+    """The key of a typed name's wrong-password record (names differing in case share one)."""
+    return key_hash(name.lower())
+
+
 class AccountService:
     """Users, passwords, roles and API keys. Calls that change someone else need an admin actor."""
 
-    def __init__(self, sessions: sessionmaker[Session], *, sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(self, sessions: sessionmaker[Session], *, sleep: Callable[[float], None] = time.sleep,
+                 pause: Callable[[float], Awaitable[None]] | None = None) -> None:
         self.sessions = sessions
         self.sleep = sleep
-        """Waits before answering a slowed-down sign-in (a test passes a recorder)."""
+        """Waits before answering a slowed-down ``sign_in`` (a test passes a recorder)."""
+        self.pause = pause or anyio.sleep
+        """The same wait for ``sign_in_async``, awaited (a test passes an async recorder)."""
+        self._hashing: Any = None
 
     # ---- reading ------------------------------------------------------------------------------
     def list_users(self, actor: Actor) -> list[UserInfo]:
@@ -134,9 +165,9 @@ class AccountService:
                                     .where(Conversation.deleted_at.is_(None))
                                     .group_by(Conversation.user_id)).tuples().all())
             now = utcnow()
+            locked = set(s.scalars(select(SignInFailure.name_key).where(SignInFailure.locked_until > now)))
             return [UserInfo(name=u.name, is_admin=u.is_admin, is_guest=u.is_guest,
-                             has_password=u.password_hash is not None,
-                             locked=bool(u.locked_until and u.locked_until > now),
+                             has_password=u.password_hash is not None, locked=name_key(u.name) in locked,
                              conversations=counts.get(u.id, 0), created_at=u.created_at)
                     for u in s.scalars(select(User).order_by(User.id))]
 
@@ -175,21 +206,35 @@ class AccountService:
         """The operator's admin account from the environment: made if missing, else made admin with
         this password (a restart with a new secret changes it)."""
         with transaction(self.sessions) as s:
-            exists = s.scalar(select(User.id).where(User.name == name, User.is_guest.is_(False))) is not None
-        if not exists:
+            user = s.scalar(select(User).where(User.name == name, User.is_guest.is_(False)))
+            stored = user.password_hash if user is not None else None
+        if user is None:
             return self.add_user(None, name, password, admin=True)
-        self.set_password(None, name, password)
+        if not _verifies(stored, password):  # the same secret on a restart keeps the admin signed in
+            self.set_password(None, name, password)
         self.set_role(None, name, "admin")
         return self.actor(name)
 
     def set_password(self, actor: Actor | None, name: str, password: str) -> None:
-        """Change a password (one's own, or anyone's for an admin); it also lifts a lockout."""
+        """Change a password (one's own, or anyone's for an admin); it also lifts a lockout and ends
+        every session of the account (API keys stay: they are revoked on their own)."""
         hashed = hash_password(password)
         with transaction(self.sessions) as s:
             user = self._user(s, name)
             if actor is not None and actor.user_id != user.id:
                 self._admin(actor)
-            user.password_hash, user.failed_logins, user.locked_until = hashed, 0, None
+            user.password_hash = hashed
+            user.session_generation += 1
+            s.execute(delete(SignInFailure).where(SignInFailure.name_key == name_key(name)))
+
+    def end_sessions(self, actor: Actor | None, name: str) -> None:
+        """Sign the account out of every browser (its own sign-out, or an admin's for anyone):
+        each saved session cookie is refused from now on. API keys are not sessions and stay."""
+        with transaction(self.sessions) as s:
+            user = self._user(s, name)
+            if actor is not None and actor.user_id != user.id:
+                self._admin(actor)
+            user.session_generation += 1
 
     def set_role(self, actor: Actor | None, name: str, role: str) -> None:
         if role not in ("admin", "user"):
@@ -220,47 +265,74 @@ class AccountService:
     # ---- proving who one is -------------------------------------------------------------------
     def sign_in(self, name: str, password: str) -> Actor:
         """The actor for a right name and password; otherwise a SignInError that does not say
-        whether the name exists. Wrong attempts in a row are slowed down, then locked out."""
-        from argon2.exceptions import InvalidHashError, VerificationError
+        whether the name exists. Wrong attempts in a row are slowed down, then locked out. Blocks
+        for the slow-down: for threads (the shell, a Gradio handler), not the event loop."""
+        wait = self._attempt(name, password)
+        if wait:
+            self.sleep(wait)
+        return self._check(name, password)
 
+    async def sign_in_async(self, name: str, password: str) -> Actor:
+        """``sign_in`` for the server's event loop: the slow-down is awaited and the database and
+        the hash run in worker threads (at most ``HASHES_AT_ONCE`` hashes), so a guesser being
+        slowed down holds up no one else's request."""
+        if self._hashing is None:
+            self._hashing = anyio.CapacityLimiter(HASHES_AT_ONCE)
+        wait = await anyio.to_thread.run_sync(self._attempt, name, password)
+        if wait:
+            await self.pause(wait)
+        return await anyio.to_thread.run_sync(self._check, name, password, limiter=self._hashing)
+
+    def _attempt(self, name: str, password: str) -> float:
+        """Count this attempt as wrong before checking it (the count is committed first, so
+        attempts sent at once each see the ones before) and return the wait it earns; a locked
+        name is refused here. The same steps whether or not an account has the name."""
         if len(password) > MAX_PASSWORD:
-            raise SignInError("Wrong user name or password.")
+            raise SignInError(WRONG)
+        try:
+            return self._count(name)
+        except IntegrityError:  # a first attempt beside this one made the record: count on it
+            return self._count(name)
+
+    def _count(self, name: str) -> float:
+        now = utcnow()
+        with transaction(self.sessions) as s:
+            record = s.get(SignInFailure, name_key(name))
+            if record is not None and record.locked_until is not None and record.locked_until > now:
+                raise SignInError(_locked(record.locked_until, now))
+            if record is None:
+                s.execute(delete(SignInFailure).where(  # forgotten records of any name go
+                    SignInFailure.last_failed_at < now - LOCK_FOR,
+                    (SignInFailure.locked_until.is_(None)) | (SignInFailure.locked_until < now)))
+                record = SignInFailure(name_key=name_key(name), failures=0)
+                s.add(record)
+            elif record.last_failed_at < now - LOCK_FOR:
+                record.failures = 0  # wrong passwords long ago are no longer "in a row"
+            record.failures, record.last_failed_at, record.locked_until = record.failures + 1, now, None
+            return SLOW_S * max(0, record.failures - SLOW_AFTER)
+
+    def _check(self, name: str, password: str) -> Actor:
+        """Verify the password (an unknown name verifies against a dummy hash: the same work), then
+        clear the name's record, or lock the name after ``LOCK_AFTER`` wrong ones."""
         with transaction(self.sessions) as s:
             user = s.scalar(select(User).where(User.name == name, User.is_guest.is_(False)))
-            now = utcnow()
-            if user is not None and user.locked_until is not None and user.locked_until > now:
-                minutes = max(1, round((user.locked_until - now).total_seconds() / 60))
-                raise SignInError(f"Too many wrong passwords: this account is locked for {minutes} more "
-                                  "minute(s). An admin can lift it by setting a new password.")
-            failures = user.failed_logins if user is not None else 0
-        if failures >= SLOW_AFTER:
-            self.sleep(SLOW_S * (failures - SLOW_AFTER + 1))
-        hasher = _hasher()
-        ok = False
-        if user is not None and user.password_hash:
-            try:
-                ok = bool(hasher.verify(user.password_hash, password))
-            except (VerificationError, InvalidHashError):
-                ok = False
-        else:  # the same work for an unknown name, so timing does not tell names apart
-            with contextlib.suppress(VerificationError, InvalidHashError):
-                hasher.verify(_DUMMY.get(hasher), password)
-        if user is None:
-            raise SignInError("Wrong user name or password.")
+            stored = user.password_hash if user is not None else None
+        ok = _verifies(stored, password)
+        now = utcnow()
         with transaction(self.sessions) as s:  # the failure is committed before it is said
-            row = s.get(User, user.id)
-            if row is not None and not ok:
-                row.failed_logins += 1
-                if row.failed_logins >= LOCK_AFTER:
-                    row.locked_until, row.failed_logins = utcnow() + LOCK_FOR, 0
-            elif row is not None:
-                row.failed_logins, row.locked_until = 0, None
-                if hasher.check_needs_rehash(row.password_hash):
-                    row.password_hash = hasher.hash(password)
-            actor = Actor.of(row) if row is not None and ok else None
-        if actor is None:
-            raise SignInError("Wrong user name or password.")
-        return actor
+            record = s.get(SignInFailure, name_key(name))
+            if record is not None and record.locked_until is not None and record.locked_until > now:
+                raise SignInError(_locked(record.locked_until, now))  # locked by an attempt beside this
+            row = s.get(User, user.id) if user is not None and ok else None
+            if row is not None:
+                if record is not None:
+                    s.delete(record)
+                if _hasher().check_needs_rehash(row.password_hash):
+                    row.password_hash = _hasher().hash(password)
+                return Actor.of(row)
+            if record is not None and record.failures >= LOCK_AFTER:
+                record.locked_until, record.failures = now + LOCK_FOR, 0
+        raise SignInError(WRONG)
 
     def hf_user(self, username: str, admins: tuple[str, ...] = ()) -> Actor:
         """The account of a Hugging Face user who has just signed in (made on first sign-in; an
@@ -286,11 +358,14 @@ class AccountService:
         return self._made_once(account)  # two first sign-ins of one user may race to make the row
 
     def guest(self, token: str | None = None) -> tuple[Actor, str]:
-        """The guest identity bound to a browser's random token (a new token when None or not one
-        of ours in shape): returns the actor and the token to keep in the visitor's cookie. The
-        token is the only secret, so whoever holds it is that guest; the row is made on first use."""
-        if not token or not GUEST_TOKEN.fullmatch(token):
+        """The guest identity bound to a random token the server issued (a new token when None):
+        returns the actor and the token. The token is the only secret, so whoever holds it is that
+        guest; the row is made on first use. The caller has checked that the server issued it
+        (``Identity.guest_token``: its signature); one not of our shape is refused, making no row."""
+        if token is None:
             token = new_guest_token()
+        if not GUEST_TOKEN.fullmatch(token):
+            raise InputError("Not a guest token of this server.")
         name = GUEST_PREFIX + key_hash(token)[:32]
 
         def guest_row(s: Session) -> Actor:
@@ -315,13 +390,15 @@ class AccountService:
 
     def adopt_guest(self, token: str, actor: Actor) -> int:
         """Signing in keeps what the browser did as a guest: the guest's conversations, ratings and
-        texts become the user's, and the guest identity is gone. Returns the conversations moved."""
+        texts become the user's, and the guest identity is gone. Returns the conversations moved.
+        Only a guest made within ``GUEST_DAYS`` is adopted; the caller has checked that the server
+        issued the token to this browser's sign-in form (``Identity.keeps``)."""
         if not token or not GUEST_TOKEN.fullmatch(token) or actor.is_guest:
             return 0
         name = GUEST_PREFIX + key_hash(token)[:32]
         with transaction(self.sessions) as s:
             guest = s.scalar(select(User).where(User.name == name, User.is_guest.is_(True)))
-            if guest is None:
+            if guest is None or guest.created_at < utcnow() - timedelta(days=GUEST_DAYS):
                 return 0
             moved = int(s.scalar(select(func.count()).select_from(Conversation)
                                  .where(Conversation.user_id == guest.id)) or 0)
@@ -388,6 +465,22 @@ class AccountService:
     @staticmethod
     def _admins(s: Session) -> int:
         return int(s.scalar(select(func.count()).select_from(User).where(User.is_admin.is_(True))) or 0)
+
+
+def _locked(until: datetime, now: datetime) -> str:
+    return LOCKED.format(minutes=max(1, round((until - now).total_seconds() / 60)))
+
+
+def _verifies(stored: str | None, password: str) -> bool:
+    """Whether ``password`` matches the stored hash; with no hash, the same work against a dummy
+    one and False, so timing does not tell an unknown name (or one without a password) apart."""
+    from argon2.exceptions import InvalidHashError, VerificationError
+
+    hasher = _hasher()
+    try:
+        return bool(hasher.verify(stored or _DUMMY.get(hasher), password)) and stored is not None
+    except (VerificationError, InvalidHashError):
+        return False
 
 
 class _Dummy:

@@ -1,4 +1,4 @@
-"""`python -m chatlm users add | list | passwd | role | remove | key`: accounts from the shell.
+"""`python -m chatlm users add | list | passwd | role | signout | remove | key`: accounts from the shell.
 
 Whoever runs these can read the database file anyway, so the shell acts as the operator (no actor).
 A password is never an argument (it would sit in the shell history and in ``ps``): it is prompted
@@ -27,11 +27,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add.add_argument("--no-password", action="store_true",
                      help="no password (a Hugging Face sign-in or an API key only)")
     sub.add_parser("list", help="accounts with their role and number of conversations")
-    pw = sub.add_parser("passwd", help="set a password (also lifts a lockout)")
+    pw = sub.add_parser("passwd", help="set a password (also lifts a lockout and ends its sessions)")
     pw.add_argument("name")
     role = sub.add_parser("role", help="make an account admin or user")
     role.add_argument("name")
     role.add_argument("role", choices=["admin", "user"])
+    out = sub.add_parser("signout", help="end every session of an account (its browsers sign in again; "
+                         "API keys stay)")
+    out.add_argument("name")
     rm = sub.add_parser("remove", help="delete an account with all its conversations, ratings and texts")
     rm.add_argument("name")
     rm.add_argument("--yes", action="store_true", help="do not ask for confirmation")
@@ -78,6 +81,9 @@ def main(args: argparse.Namespace) -> int:
     elif cmd == "role":
         accounts.set_role(None, args.name, args.role)
         print(f"{args.name} is now {args.role}")
+    elif cmd == "signout":
+        accounts.end_sessions(None, args.name)
+        print(f"every session of {args.name} ended")
     elif cmd == "remove":
         accounts.actor(args.name)
         if not args.yes:

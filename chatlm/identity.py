@@ -2,8 +2,11 @@
 
 Every UI handler, Gradio API endpoint and ``/v1`` route asks this one place who is calling; nothing
 trusts a user id, a name or a role that the client sends. Sessions live in a cookie signed with
-itsdangerous (HttpOnly, SameSite=Lax, with an expiry); the signed value carries the user id and a
-fingerprint of the password hash, so changing a password signs out every other browser.
+itsdangerous (HttpOnly, SameSite=Lax, with an expiry); the signed value carries the user id, a
+fingerprint of that account (so a later account given the same id is not it) and the account's
+session generation, which signing out, a new password or an admin bumps: a saved cookie is refused
+from then on. Guest tokens are issued here too, signed with the same key: a token the client makes
+up is no guest (and makes no user row).
 """
 
 from __future__ import annotations
@@ -16,9 +19,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
-
-from chatlm.accounts import AccountService, Actor
+from chatlm.accounts import GUEST_DAYS, AccountService, Actor, new_guest_token
 from chatlm.config import Settings
 from chatlm.store.db import transaction
 from chatlm.store.models import User
@@ -27,7 +28,9 @@ from chatlm.store.repo import LOCAL_USER, get_or_create_user
 log = logging.getLogger(__name__)
 SESSION_COOKIE = "chatlm_session"
 GUEST_COOKIE = "chatlm_guest"
-GUEST_COOKIE_DAYS = 365
+GUEST_COOKIE_DAYS = GUEST_DAYS
+KEEP_MINUTES = 60
+"""How long a sign-in page's proof of this browser's guest stays good (the form's hidden field)."""
 
 
 class Identity:
@@ -36,7 +39,7 @@ class Identity:
     def __init__(self, settings: Settings, accounts: AccountService) -> None:
         self.settings = settings
         self.accounts = accounts
-        self._serializer: Any = None
+        self._serializers: dict[str, Any] = {}
         self._local: Actor | None = None
 
     # ---- who is calling ----------------------------------------------------------------------
@@ -52,8 +55,8 @@ class Identity:
             if keyed is not None:
                 return keyed
         if self.settings.guests_allowed:
-            token = cookies.get(GUEST_COOKIE, "")
-            if token:
+            token = self.guest_token(cookies.get(GUEST_COOKIE, ""))
+            if token is not None:
                 return self.accounts.guest(token)[0]
         return None
 
@@ -80,24 +83,50 @@ class Identity:
 
     # ---- sessions ----------------------------------------------------------------------------
     def session_value(self, actor: Actor) -> str:
-        return str(self._signer().dumps({"u": actor.user_id, "p": self._fingerprint(actor.user_id)}))
+        with transaction(self.accounts.sessions) as s:
+            user = s.get(User, actor.user_id)
+            data = {"u": actor.user_id, "p": self._fingerprint_of(user) if user else "",
+                    "g": user.session_generation if user else -1}
+        return str(self._signer("chatlm-session").dumps(data))
 
     def session_actor(self, value: str) -> Actor | None:
-        from itsdangerous import BadSignature
-
-        if not value or len(value) > 500:
-            return None
-        try:
-            data = self._signer().loads(value, max_age=self.settings.session_hours * 3600)
-        except BadSignature:  # forged, altered or expired: not signed in
-            return None
+        """The signed-in user of a session cookie, or None: forged, expired, of an account that is
+        gone, or ended (signed out, a new password, an admin's sign-out)."""
+        data = self._loads("chatlm-session", value, self.settings.session_hours * 3600)
         if not isinstance(data, dict) or not isinstance(data.get("u"), int):
             return None
         with transaction(self.accounts.sessions) as s:
             user = s.get(User, data["u"])
-            if user is None or user.is_guest or self._fingerprint_of(user) != data.get("p"):
+            if (user is None or user.is_guest or self._fingerprint_of(user) != data.get("p")
+                    or user.session_generation != data.get("g")):
                 return None
             return Actor.of(user)
+
+    # ---- guests ------------------------------------------------------------------------------
+    def new_guest_cookie(self) -> str:
+        """A guest token issued by this server, signed: the only guest cookies honoured."""
+        return str(self._signer("chatlm-guest").dumps(new_guest_token()))
+
+    def guest_token(self, cookie: str) -> str | None:
+        """The token inside a guest cookie this server issued (within ``GUEST_COOKIE_DAYS``);
+        None for one made up, altered or expired."""
+        token = self._loads("chatlm-guest", cookie, GUEST_COOKIE_DAYS * 86400)
+        return token if isinstance(token, str) else None
+
+    def keep_proof(self, cookie: str) -> str:
+        """The sign-in page's hidden field: proof that this browser held this guest cookie when the
+        page was shown, so that signing in keeps that guest's work and no cookie planted later."""
+        return str(self._signer("chatlm-keep").dumps(self._cookie_hash(cookie))) if cookie else ""
+
+    def keeps(self, proof: str, cookie: str) -> bool:
+        """Whether a sign-in form's proof names this guest cookie, signed here within
+        ``KEEP_MINUTES``, and the cookie is a guest token this server issued."""
+        return (bool(cookie) and self.guest_token(cookie) is not None
+                and self._loads("chatlm-keep", proof, KEEP_MINUTES * 60) == self._cookie_hash(cookie))
+
+    @staticmethod
+    def _cookie_hash(cookie: str) -> str:
+        return hashlib.sha256(cookie.encode()).hexdigest()[:32]
 
     def cookie_options(self, *, max_age: float) -> dict[str, Any]:
         """HttpOnly (no script reads it), SameSite=Lax (not sent by other sites' forms). On a Space
@@ -107,21 +136,30 @@ class Identity:
         return {"max_age": int(max_age), "httponly": True, "samesite": "none" if space else "lax",
                 "path": "/", "secure": space}
 
-    def _fingerprint(self, user_id: int) -> str:
-        with transaction(self.accounts.sessions) as s:
-            user = s.scalar(select(User).where(User.id == user_id))
-            return self._fingerprint_of(user) if user is not None else ""
-
     @staticmethod
     def _fingerprint_of(user: User) -> str:
-        return hashlib.sha256((user.password_hash or f"no password {user.id}").encode()).hexdigest()[:16]
+        """This account and no later one: SQLite may give a removed account's id to the next."""
+        made = user.created_at.isoformat() if user.created_at else ""
+        return hashlib.sha256(f"{user.id} {user.name} {made}".encode()).hexdigest()[:16]
 
-    def _signer(self) -> Any:
-        if self._serializer is None:
+    def _signer(self, salt: str) -> Any:
+        """One key, a salt per use: a value signed for one use is refused by the others."""
+        if salt not in self._serializers:
             from itsdangerous import URLSafeTimedSerializer
 
-            self._serializer = URLSafeTimedSerializer(self._secret(), salt="chatlm-session")
-        return self._serializer
+            self._serializers[salt] = URLSafeTimedSerializer(self._secret(), salt=salt)
+        return self._serializers[salt]
+
+    def _loads(self, salt: str, value: str, max_age: float) -> Any:
+        """What a value signed here for ``salt`` says, or None: forged, altered or expired."""
+        from itsdangerous import BadSignature
+
+        if not value or len(value) > 500:
+            return None
+        try:
+            return self._signer(salt).loads(value, max_age=max_age)
+        except BadSignature:
+            return None
 
     def _secret(self) -> str:
         """CHATLM_SECRET_KEY, or a random key made once and kept beside the database (mode 0600)."""

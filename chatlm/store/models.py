@@ -50,8 +50,22 @@ class User(Base):
     password_hash: Mapped[str | None] = mapped_column(String(200), nullable=True, default=None)
     """argon2id hash; None for the local user, guests and Hugging Face accounts (no password)."""
     is_guest: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
-    failed_logins: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
-    """Wrong passwords in a row; reset by a good one."""
+    session_generation: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    """Carried in every session cookie; bumped by signing out, a new password or an admin, which
+    ends every session made before (a saved cookie is refused from then on)."""
+
+
+class SignInFailure(Base):
+    """Wrong passwords in a row for a typed user name, whether or not an account has that name:
+    one record for both, so the slow-down and the lockout never tell names apart."""
+
+    __tablename__ = "sign_in_failures"
+
+    name_key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    """sha256 of the lowercased name as typed (never the name: a password typed there by mistake
+    is not kept)."""
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    last_failed_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     locked_until: Mapped[datetime | None] = mapped_column(DateTime, nullable=True, default=None)
 
 
