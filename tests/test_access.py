@@ -7,6 +7,7 @@ call must leave the database as it was.
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from chatlm.accounts import AccountService
+from chatlm.accounts import AccountService, name_key
 from chatlm.config import Settings
 from chatlm.errors import ConfigError
 from chatlm.identity import GUEST_COOKIE, SESSION_COOKIE
@@ -43,6 +44,15 @@ def client_as(server, cookie: str | None = None, key: str | None = None) -> Any:
     if key:
         headers["Authorization"] = f"Bearer {key}"
     return gradio_client.Client(server.url, verbose=False, headers=headers)
+
+
+def issued_guest(server) -> str:
+    """A guest cookie's value as the server issues it (signed) to a browser on its first page."""
+    return server.app.identity.new_guest_cookie()
+
+
+def guest_of(server, cookie: str) -> Any:
+    return server.app.identity.actor({GUEST_COOKIE: cookie})
 
 
 def session_cookie(server, who: tuple[str, str]) -> str:
@@ -81,20 +91,29 @@ def test_sign_in_page_cookie_flags_wrong_password_and_sign_out(server) -> None:
     assert right.status_code == 303 and right.headers["location"] == "/"
     flags = right.headers["set-cookie"].lower()
     assert "httponly" in flags and "samesite=lax" in flags and "max-age=" in flags
-    out = httpx.get(f"{server.url}/logout", follow_redirects=False, timeout=30,
-                    cookies={SESSION_COOKIE: right.cookies[SESSION_COOKIE]})
-    assert out.status_code == 303 and 'chatlm_session=""' in out.headers["set-cookie"]
     forged = right.cookies[SESSION_COOKIE][:-3] + "abc"
     assert server.app.identity.session_actor(forged) is None
     assert server.app.identity.session_actor(right.cookies[SESSION_COOKIE]).name == "ann"
+    other = sign_in(server, *ANN).cookies[SESSION_COOKIE]  # ann in a second browser
+    asked = httpx.get(f"{server.url}/logout", follow_redirects=False, timeout=30,
+                      cookies={SESSION_COOKIE: right.cookies[SESSION_COOKIE]})
+    assert asked.status_code == 200 and 'method="post" action="/logout"' in asked.text  # a GET ends nothing
+    assert server.app.identity.session_actor(right.cookies[SESSION_COOKIE]).name == "ann"
+    out = httpx.post(f"{server.url}/logout", follow_redirects=False, timeout=30,
+                     cookies={SESSION_COOKIE: right.cookies[SESSION_COOKIE]})
+    assert out.status_code == 303 and 'chatlm_session=""' in out.headers["set-cookie"]
+    for saved in (right.cookies[SESSION_COOKIE], other):  # signed out everywhere
+        assert server.app.identity.session_actor(saved) is None
+    again = sign_in(server, *ANN).cookies[SESSION_COOKIE]
     AccountService(server.app.service.sessions).set_password(None, "ann", "a brand new one")
-    assert server.app.identity.session_actor(right.cookies[SESSION_COOKIE]) is None  # signed out everywhere
+    assert server.app.identity.session_actor(again) is None  # a new password ends sessions too
 
 
 def test_each_user_sees_only_their_own_and_only_admins_train(server) -> None:
     ann = client_as(server, session_cookie(server, ANN))
     bob = client_as(server, session_cookie(server, BOB))
-    guest = client_as(server, f"{GUEST_COOKIE}={'g' * 43}")
+    guest_cookie = issued_guest(server)
+    guest = client_as(server, f"{GUEST_COOKIE}={guest_cookie}")
     try:
         ann.predict(text="Ann's secret question", temperature=0, max_new=4, api_name="/send")
         service = server.app.service
@@ -111,7 +130,7 @@ def test_each_user_sees_only_their_own_and_only_admins_train(server) -> None:
         assert "Ann's secret" not in str(bob_view) and service.conversations(bob_id) == []
         assert "does not exist" in refused(bob.predict, ann_conv.id, api_name="/open")
         # her chat's Markdown export: answered as a missing chat, to bob and to a stranger
-        for cookie in (session_cookie(server, BOB), f"{GUEST_COOKIE}={'h' * 43}"):
+        for cookie in (session_cookie(server, BOB), f"{GUEST_COOKIE}={issued_guest(server)}"):
             got = httpx.get(f"{server.url}/chats/{ann_conv.id}/export", headers={"Cookie": cookie}, timeout=30)
             assert got.status_code == 404 and "Ann's" not in got.text
         mine = httpx.get(f"{server.url}/chats/{ann_conv.id}/export",
@@ -145,7 +164,7 @@ def test_each_user_sees_only_their_own_and_only_admins_train(server) -> None:
 
         # the guest has a private identity of their own
         guest.predict(text="A guest's question", temperature=0, max_new=4, api_name="/send")
-        guest_id = accounts.guest("g" * 43)[0].user_id
+        guest_id = guest_of(server, guest_cookie).user_id
         assert [c.title for c in service.conversations(guest_id)] == ["A guest's question"]
         assert "A guest's question" not in str(bob.predict(None, api_name="/load"))
         assert "A guest's question" not in str(ann.predict(None, api_name="/load"))
@@ -234,15 +253,18 @@ def test_handlers_refuse_other_users_ids_behind_gradios_own_checks(server) -> No
 
 
 def test_signing_in_keeps_what_the_browser_did_as_a_guest(server) -> None:
-    token = "t" * 43
+    first = httpx.get(f"{server.url}/", headers={"accept": "text/html"}, follow_redirects=False, timeout=30)
+    token = first.cookies[GUEST_COOKIE]  # as the gate gives it to a browser
     guest = client_as(server, f"{GUEST_COOKIE}={token}")
     try:
         guest.predict(text="Asked before signing in", temperature=0, max_new=3, api_name="/send")
     finally:
         guest.close()
     accounts = AccountService(server.app.service.sessions)
-    guest_id = accounts.guest(token)[0].user_id
-    response = httpx.post(f"{server.url}/login", data={"name": BOB[0], "password": BOB[1]},
+    guest_id = guest_of(server, token).user_id
+    form = httpx.get(f"{server.url}/login", cookies={GUEST_COOKIE: token}, timeout=30)
+    keep = re.search(r'name="keep" value="([^"]+)"', form.text).group(1)  # the page's proof of the guest
+    response = httpx.post(f"{server.url}/login", data={"name": BOB[0], "password": BOB[1], "keep": keep},
                           cookies={GUEST_COOKIE: token}, follow_redirects=False, timeout=30)
     assert response.status_code == 303 and f'{GUEST_COOKIE}=""' in response.headers.get("set-cookie", "")
     bob_id = accounts.actor("bob").user_id
@@ -272,12 +294,12 @@ def owned(server, name: str) -> dict[str, int]:
 
 
 def users_table(server) -> list[tuple[Any, ...]]:
-    """Every account as stored: name, role, password hash, lockout."""
+    """Every account as stored: name, role, password hash, sessions."""
     from sqlalchemy import text
 
     with db.transaction(server.app.service.sessions) as s:
         return [tuple(r) for r in s.execute(text(
-            "SELECT name, is_admin, password_hash, locked_until FROM users ORDER BY id"))]
+            "SELECT name, is_admin, password_hash, session_generation FROM users ORDER BY id"))]
 
 
 def rows(table: dict[str, Any]) -> dict[str, list[Any]]:
@@ -291,7 +313,7 @@ def v1_status(server, key: str) -> int:
 
 def test_only_an_admin_manages_users_and_a_refusal_changes_nothing(server) -> None:
     bob = client_as(server, session_cookie(server, BOB))
-    guest = client_as(server, f"{GUEST_COOKIE}={'h' * 43}")
+    guest = client_as(server, f"{GUEST_COOKIE}={issued_guest(server)}")
     try:
         bob.predict(text="Bob's question", temperature=0, max_new=3, api_name="/send")
         guest.predict(text="A guest's question", temperature=0, max_new=3, api_name="/send")  # its row
@@ -324,7 +346,7 @@ def test_an_admin_adds_a_user_sets_roles_and_passwords_and_removes_one(server) -
         status, table, *_ = ann.predict("carl", "carl's password", False, api_name="/add_user")
         assert "Added **carl** as a user" in status and rows(table)["carl"][1:6] == ["user", "", "set", "", 0]
         assert sign_in(server, "carl", "carl's password").status_code == 303  # carl can sign in at once
-        guest_name = accounts.guest("g" * 43)[0].name
+        guest_name = guest_of(server, issued_guest(server)).name
         before = users_table(server)
         status, *_ = ann.predict("Carl", "another password", False, api_name="/add_user")
         assert "Not added: There is already a user named 'Carl'" in status
@@ -342,8 +364,8 @@ def test_an_admin_adds_a_user_sets_roles_and_passwords_and_removes_one(server) -
 
         # a locked-out bob: a new password lets him in again and the table no longer says locked
         with db.transaction(server.app.service.sessions) as s:
-            s.execute(text("UPDATE users SET locked_until = '2999-01-01 00:00:00', failed_logins = 3 "
-                           "WHERE name = 'bob'"))
+            s.execute(text("INSERT INTO sign_in_failures (name_key, failures, last_failed_at, locked_until) "
+                           "VALUES (:k, 0, '2998-01-01 00:00:00', '2999-01-01 00:00:00')"), {"k": name_key("bob")})
         assert rows(ann.predict(api_name="/list_users")[0])["bob"][4] == "locked"
         assert sign_in(server, *BOB).status_code == 401
         status, table, _, box = ann.predict("bob", "bob's new password", api_name="/set_user_password")
@@ -373,7 +395,8 @@ def test_a_user_manages_their_own_keys_and_password_only(server) -> None:
     accounts = AccountService(server.app.service.sessions)
     ann_key = accounts.create_key(accounts.actor("ann"), "ann's")
     bob = client_as(server, session_cookie(server, BOB))
-    guest = client_as(server, f"{GUEST_COOKIE}={'k' * 43}")
+    guest_cookie = issued_guest(server)
+    guest = client_as(server, f"{GUEST_COOKIE}={guest_cookie}")
     try:
         status, table, _, new_key = bob.predict("laptop", api_name="/create_key")
         key = new_key["value"]
@@ -390,7 +413,7 @@ def test_a_user_manages_their_own_keys_and_password_only(server) -> None:
         status, *_ = guest.predict("mine", api_name="/create_key")
         assert "No key made: Guests" in status
         assert "Guests have no account" in refused(guest.predict, api_name="/list_keys")
-        assert len(accounts.list_keys(accounts.guest("k" * 43)[0])) == 0
+        assert len(accounts.list_keys(guest_of(server, guest_cookie))) == 0
 
         status, table, _ = bob.predict(mine, api_name="/revoke_key")
         assert f"Key {mine} is revoked" in status and rows(table)[mine][5] == "revoked"
@@ -481,7 +504,8 @@ def ann_snapshot(server) -> dict[str, Any]:
             return [tuple(r) for r in s.execute(text(sql))]
 
         return {
-            "users": q("SELECT id, name, is_admin, password_hash, locked_until FROM users WHERE is_guest = 0"),
+            "users": q("SELECT id, name, is_admin, password_hash, session_generation FROM users "
+                       "WHERE is_guest = 0"),
             "conversations": q("SELECT c.id, c.title, c.exclude_from_training, c.active_leaf_id FROM conversations c "
                                "JOIN users u ON u.id = c.user_id WHERE u.name = 'ann'"),
             "messages": q("SELECT m.id, m.content, m.status FROM messages m JOIN conversations c "
@@ -529,7 +553,7 @@ def test_every_named_endpoint_as_another_user_and_as_a_guest(server) -> None:
         "/stop": (), "/rate": (), "/exclude": (True,),
     }
     before = ann_snapshot(server)
-    for cookie in (session_cookie(server, BOB), f"{GUEST_COOKIE}={'q' * 43}"):
+    for cookie in (session_cookie(server, BOB), f"{GUEST_COOKIE}={issued_guest(server)}"):
         caller = client_as(server, cookie)
         try:
             endpoints = set(caller.view_api(return_format="dict", print_info=False)["named_endpoints"])
@@ -564,7 +588,7 @@ def test_every_v1_route_for_each_kind_of_caller(server) -> None:
     chat = {"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
     adapter = {"name": "x", "path": str(server.settings.data_dir / "adapters" / "missing")}
     callers = {"admin": {"Authorization": f"Bearer {admin_key}"}, "user": {"Authorization": f"Bearer {user_key}"},
-               "anonymous": {}, "guest": {"Cookie": f"{GUEST_COOKIE}={'z' * 43}"},
+               "anonymous": {}, "guest": {"Cookie": f"{GUEST_COOKIE}={issued_guest(server)}"},
                "revoked": {"Authorization": f"Bearer {revoked.key}"}}
     expected = [  # route, body, status for admin, user, anonymous, guest, revoked
         ("GET", "/v1/models", None, (200, 200, 401, 401, 401)),

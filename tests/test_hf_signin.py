@@ -6,6 +6,7 @@ a guest's work kept, an account with a password never taken over, and the Space'
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import httpx
@@ -39,10 +40,13 @@ def server(start_server, tiny_backend, hub_user):
 
 
 def hf_sign_in(server, cookies: dict[str, str] | None = None) -> httpx.Response:
-    """Click "Sign in with Hugging Face" and follow the flow back to the app (not into it)."""
+    """Click "Sign in with Hugging Face" on the sign-in page (a form carrying the page's proof of
+    this browser's guest) and follow the flow back to the app (not into it)."""
     with httpx.Client(base_url=server.url, cookies=cookies or {}, timeout=30) as http:
-        start = http.get("/login/huggingface", follow_redirects=False)
-        assert start.status_code in (302, 303, 307), start.text
+        form = http.get("/login")
+        keep = re.search(r'name="keep" value="([^"]*)"', form.text).group(1)
+        start = http.post("/login/huggingface", data={"keep": keep}, follow_redirects=False)
+        assert start.status_code in (302, 303), start.text
         return http.get(start.headers["location"], follow_redirects=False)
 
 

@@ -143,7 +143,7 @@ class AccountTab:
         except ChatLMError as exc:
             gr.Warning(exc.message)
             return f"Not deleted: {exc.message}", gr.update(), "", gr.update()
-        return "Your account and all your data are deleted.", False, "", _go("Leave", "/logout")
+        return "Your account and all your data are deleted.", False, "", _go("Leave", "/login")
 
     # ---- layout ------------------------------------------------------------------------------
     def render(self, tab: gr.Tab) -> None:

@@ -10,6 +10,11 @@ can be tried without a Space. On any other address the mock is refused (``Settin
 refuses to start, and the callback refuses too): it would make every visitor that user.
 We do not use Gradio's ``LoginButton``: Gradio itself notes it is no access control, and its
 session would be a second identity beside ours.
+
+The sign-in page's button posts a form (checked to come from this site) carrying the page's proof
+of this browser's guest; the proof rides through the Hugging Face round trip in a short-lived
+cookie, so the callback keeps that guest's work and no cookie planted on the way. ``GET
+/login/huggingface`` still signs in, keeping no guest.
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ from chatlm.identity import Identity
 
 STATE_COOKIE = "chatlm_oauth"
 STATE_MINUTES = 10
+KEEP_COOKIE = "chatlm_keep"
+"""The sign-in page's guest proof, kept through the Hugging Face round trip (``/login`` only)."""
 
 
 def mocked_profile() -> dict[str, Any]:
@@ -72,6 +79,18 @@ def install(app: FastAPI, identity: Identity) -> None:
             return await client.authorize_redirect(request, _callback_url(request))
         return RedirectResponse(str(request.url_for("hf_callback")), status_code=303)
 
+    @app.post("/login/huggingface", include_in_schema=False)
+    async def hf_start_form(request: Request) -> Response:
+        """The sign-in page's button: as ``GET``, with the page's guest proof kept for the callback."""
+        if not signin.same_origin(request):
+            return HTMLResponse(signin.page(signin.FOREIGN, guests=settings.guests_allowed, hf=True), 403)
+        form = await signin.read_form(request)
+        response = await hf_start(request)
+        if form and form.get("keep"):
+            response.set_cookie(KEEP_COOKIE, form["keep"], **{
+                **identity.cookie_options(max_age=STATE_MINUTES * 60), "path": "/login"})
+        return response
+
     @app.get("/login/callback", include_in_schema=False, name="hf_callback")
     async def hf_callback(request: Request) -> Response:
         try:
@@ -89,4 +108,7 @@ def install(app: FastAPI, identity: Identity) -> None:
             actor = await anyio.to_thread.run_sync(identity.accounts.hf_user, username, settings.admins)
         except SignInError as exc:
             return refused(exc.message)
-        return await anyio.to_thread.run_sync(signin.signed_in, request, identity, actor)
+        response = await anyio.to_thread.run_sync(signin.signed_in, request, identity, actor,
+                                                  request.cookies.get(KEEP_COOKIE, ""))
+        response.delete_cookie(KEEP_COOKIE, path="/login")
+        return response

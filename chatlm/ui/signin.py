@@ -1,23 +1,29 @@
 """The sign-in page, sign-out, and the gate in front of the UI when accounts are on.
 
 A plain HTML form (no script) posts to ``/login``; a right password sets the signed session cookie
-and goes to the app. In front of the Gradio app an ASGI middleware gives a first-time visitor a
-guest token (when guests are allowed) or sends them to the sign-in page; it decides nothing about
+and goes to the app. A form posted from another site is refused (its Origin, or Referer, names
+another host): no page elsewhere can sign a visitor in as someone else. Signing out is a POST too
+(``GET /logout`` shows a form) and ends every session of the account on the server. The password is
+checked off the event loop and its slow-down awaited, so a guesser holds up no one else.
+
+In front of the Gradio app an ASGI middleware gives a first-time visitor a guest token signed by
+the server (when guests are allowed) or sends them to the sign-in page; it decides nothing about
 who may do what: every handler asks ``chatlm.ui.who`` with the request's cookies.
 """
 
 from __future__ import annotations
 
 import html
+import os
 from http.cookies import SimpleCookie
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlsplit
 
 import anyio
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from chatlm.accounts import Actor, SignInError, new_guest_token
+from chatlm.accounts import Actor, SignInError
 from chatlm.errors import ChatLMError
 from chatlm.identity import GUEST_COOKIE, GUEST_COOKIE_DAYS, SESSION_COOKIE, Identity
 
@@ -31,32 +37,89 @@ PAGE = """<!doctype html>
 <style>body{{font-family:system-ui,sans-serif;max-width:22rem;margin:10vh auto;padding:0 1rem}}
 label{{display:block;margin:.8rem 0 .2rem}}input{{width:100%;padding:.5rem;box-sizing:border-box}}
 button,.button{{display:inline-block;margin-top:1rem;padding:.5rem 1rem}}.error{{color:#b00020}}</style></head>
-<body><h1>chatlm</h1><p>Sign in to your account.</p>{error}{how}{guest}</body></html>"""
+<body><h1>chatlm</h1>{body}</body></html>"""
+SIGN_IN = "<p>Sign in to your account.</p>{error}{how}{guest}"
 PASSWORD_FORM = """<form method="post" action="/login">
 <label for="name">User name</label><input id="name" name="name" autocomplete="username" required value="{name}">
 <label for="password">Password</label>
 <input id="password" name="password" type="password" autocomplete="current-password" required>
+<input type="hidden" name="keep" value="{keep}">
 <button type="submit" id="sign-in">Sign in</button></form>"""
-HF_BUTTON = ('<p><a href="/login/huggingface" id="sign-in-hf" class="button">Sign in with Hugging Face</a>'
-             '</p>')
+HF_BUTTON = """<form method="post" action="/login/huggingface"><input type="hidden" name="keep" value="{keep}">
+<button type="submit" id="sign-in-hf" class="button">Sign in with Hugging Face</button></form>"""
+SIGN_OUT = """<p>Sign out? Every browser signed in as you is signed out.</p>
+<form method="post" action="/logout"><button type="submit" id="sign-out">Sign out</button></form>
+<p><a href="/">Back to the chat</a></p>"""
+FOREIGN = "This form was sent from another site: sign in on this site's own page."
 
 
-def page(error: str = "", name: str = "", *, guests: bool, hf: bool = False) -> str:
-    return PAGE.format(error=f'<p class="error" role="alert">{html.escape(error)}</p>' if error else "",
-                       how=HF_BUTTON if hf else PASSWORD_FORM.format(name=html.escape(name)),
-                       guest='<p><a href="/" id="as-guest">Continue as a guest</a></p>' if guests else "")
+def page(error: str = "", name: str = "", *, guests: bool, hf: bool = False, keep: str = "") -> str:
+    """The sign-in page; ``keep`` is the proof of this browser's guest (``Identity.keep_proof``)."""
+    how = (HF_BUTTON if hf else PASSWORD_FORM).format(name=html.escape(name), keep=html.escape(keep))
+    return PAGE.format(body=SIGN_IN.format(
+        error=f'<p class="error" role="alert">{html.escape(error)}</p>' if error else "", how=how,
+        guest='<p><a href="/" id="as-guest">Continue as a guest</a></p>' if guests else ""))
 
 
-def signed_in(request: Request, identity: Identity, actor: Actor) -> Response:
+def same_origin(request: Request) -> bool:
+    """A form from one of this site's pages, or no browser at all: a present Origin (else Referer)
+    must name this host, as a page elsewhere that posts a form names its own (login CSRF). A client
+    that sends neither is no browser and carries no visitor's cookies."""
+    if request.headers.get("sec-fetch-site") == "cross-site":
+        return False
+    source = request.headers.get("origin") or request.headers.get("referer")
+    if not source:
+        return True
+    host = urlsplit(source).netloc.lower() if source != "null" else ""
+    return bool(host) and _bare(host) in _own_hosts(request)
+
+
+def _own_hosts(request: Request) -> set[str]:
+    """The names this server is reached by: the Host header, a proxy's forwarded host, a Space's
+    host (no page elsewhere can set any of them on a visitor's request)."""
+    names = [request.headers.get("host", ""), *request.headers.get("x-forwarded-host", "").split(","),
+             *os.environ.get("SPACE_HOST", "").split(",")]
+    return {_bare(n.strip().lower()) for n in names if n.strip()}
+
+
+def _bare(host: str) -> str:
+    """A host without the scheme's default port, as browsers write an Origin."""
+    return host.removesuffix(":443").removesuffix(":80")
+
+
+def guest_cookie(request: Request) -> str:
+    return request.cookies.get(GUEST_COOKIE, "")
+
+
+def signed_in(request: Request, identity: Identity, actor: Actor, keep: str = "") -> Response:
     """The end of every sign-in (password or Hugging Face): the signed session cookie, the guest's
-    work kept, and on to the app."""
+    work kept when the sign-in came from this browser's sign-in page (``keep``, the page's proof of
+    the guest cookie it saw: a cookie planted since, or one never issued here, is not adopted),
+    and on to the app. Blocks on the database: call it from a thread."""
     response = RedirectResponse("/", status_code=303)
     response.set_cookie(SESSION_COOKIE, identity.session_value(actor),
                         **identity.cookie_options(max_age=identity.settings.session_hours * 3600))
-    if request.cookies.get(GUEST_COOKIE):  # what this browser did as a guest is kept
-        identity.accounts.adopt_guest(request.cookies[GUEST_COOKIE], actor)
-        response.delete_cookie(GUEST_COOKIE, path="/")
+    cookie = guest_cookie(request)
+    if cookie:
+        token = identity.guest_token(cookie)
+        if token is not None and identity.keeps(keep, cookie):  # what this browser did as a guest
+            identity.accounts.adopt_guest(token, actor)
+        response.delete_cookie(GUEST_COOKIE, path="/")  # adopted or not, this browser is signed in now
     return response
+
+
+def _keep_for(request: Request, identity: Identity) -> str:
+    """The sign-in page's proof of the guest cookie this browser holds (none for a made-up one)."""
+    cookie = guest_cookie(request)
+    return identity.keep_proof(cookie) if identity.guest_token(cookie) is not None else ""
+
+
+async def read_form(request: Request) -> dict[str, str] | None:
+    """A posted form's first values, or None when it is larger than ``MAX_FORM``."""
+    body = await request.body()
+    if len(body) > MAX_FORM:
+        return None
+    return {k: v[0] for k, v in parse_qs(body.decode("utf-8", "replace")).items()}
 
 
 def install(app: FastAPI, identity: Identity) -> None:
@@ -69,27 +132,43 @@ def install(app: FastAPI, identity: Identity) -> None:
         hf_signin.install(app, identity)
 
     @app.get("/login", include_in_schema=False)
-    def login_form() -> HTMLResponse:
-        return HTMLResponse(page(guests=settings.guests_allowed, hf=hf))
+    def login_form(request: Request) -> HTMLResponse:
+        return HTMLResponse(page(guests=settings.guests_allowed, hf=hf, keep=_keep_for(request, identity)))
 
     @app.post("/login", include_in_schema=False)
     async def login(request: Request) -> Response:
-        body = await request.body()
-        if len(body) > MAX_FORM:
+        if not same_origin(request):
+            return HTMLResponse(page(FOREIGN, guests=settings.guests_allowed, hf=hf), 403)
+        form = await read_form(request)
+        if form is None:
             return HTMLResponse(page("The form is too large.", guests=settings.guests_allowed), 413)
         if hf:
             return HTMLResponse(page("This app signs in with Hugging Face only.",
                                      guests=settings.guests_allowed, hf=True), 400)
-        form = {k: v[0] for k, v in parse_qs(body.decode("utf-8", "replace")).items()}
-        name, password = form.get("name", "").strip(), form.get("password", "")
+        name, password, keep = form.get("name", "").strip(), form.get("password", ""), form.get("keep", "")
         try:
-            actor = identity.accounts.sign_in(name, password)
+            actor = await identity.accounts.sign_in_async(name, password)
         except (SignInError, ChatLMError) as exc:
-            return HTMLResponse(page(exc.message, name, guests=settings.guests_allowed), 401)
-        return signed_in(request, identity, actor)
+            return HTMLResponse(page(exc.message, name, guests=settings.guests_allowed, keep=keep), 401)
+        return await anyio.to_thread.run_sync(signed_in, request, identity, actor, keep)
 
-    @app.api_route("/logout", methods=["GET", "POST"], include_in_schema=False)
-    def logout() -> Response:
+    @app.get("/logout", include_in_schema=False)
+    def logout_form(request: Request) -> Response:
+        """Signing out changes state, so it is a POST (a link or image elsewhere cannot do it):
+        this page is its form."""
+        if identity.session_actor(request.cookies.get(SESSION_COOKIE, "")) is None:
+            return RedirectResponse("/login", status_code=303)
+        return HTMLResponse(PAGE.format(body=SIGN_OUT))
+
+    @app.post("/logout", include_in_schema=False)
+    def logout(request: Request) -> Response:
+        """End every session of the account (the cookie alone would leave a saved copy working),
+        then forget the cookie here. Without a session it just goes to the sign-in page."""
+        if not same_origin(request):
+            return HTMLResponse(PAGE.format(body=f'<p class="error" role="alert">{FOREIGN}</p>'), 403)
+        actor = identity.session_actor(request.cookies.get(SESSION_COOKIE, ""))
+        if actor is not None:
+            identity.accounts.end_sessions(actor, actor.name)
         response = RedirectResponse("/login", status_code=303)
         response.delete_cookie(SESSION_COOKIE, path="/")
         return response
@@ -111,7 +190,8 @@ class Gate:
         cookies = _cookies(headers.get(b"cookie", b"").decode("latin-1"))
         if SESSION_COOKIE in cookies and _is_page(scope):  # an ended session sees the sign-in page
             actor = await anyio.to_thread.run_sync(self.identity.session_actor, cookies[SESSION_COOKIE])
-            if actor is None and not (self.identity.settings.guests_allowed and GUEST_COOKIE in cookies):
+            guest = self.identity.guest_token(cookies.get(GUEST_COOKIE, "")) is not None
+            if actor is None and not (self.identity.settings.guests_allowed and guest):
                 response = RedirectResponse("/login", status_code=303)
                 response.delete_cookie(SESSION_COOKIE, path="/")
                 await response(scope, receive, send)
@@ -122,14 +202,16 @@ class Gate:
         if not self.identity.settings.guests_allowed:
             await self._sign_in_first(scope, send)
             return
-        if GUEST_COOKIE in cookies or not _is_page(scope):
+        if not _is_page(scope) or self.identity.guest_token(cookies.get(GUEST_COOKIE, "")) is not None:
             # only a browser opening a page becomes a guest: a script without cookies would make a
-            # new guest (a user row) on every call; its calls are refused as not signed in instead
+            # new guest (a user row) on every call; its calls are refused as not signed in instead,
+            # and so are calls with a guest token this server never issued
             await self.app(scope, receive, send)
             return
-        token = new_guest_token()  # this request acts as the new guest already; the browser keeps it
-        existing = headers.get(b"cookie", b"").decode("latin-1")
-        cookie = f"{existing}; {GUEST_COOKIE}={token}" if existing.strip() else f"{GUEST_COOKIE}={token}"
+        token = self.identity.new_guest_cookie()  # this request acts as the new guest already
+        others = [part for part in headers.get(b"cookie", b"").decode("latin-1").split(";")
+                  if part.strip() and part.split("=", 1)[0].strip() != GUEST_COOKIE]  # a made-up one goes
+        cookie = "; ".join([*(p.strip() for p in others), f"{GUEST_COOKIE}={token}"])
         scope = {**scope, "headers": [(k, v) for k, v in scope["headers"] if k != b"cookie"]
                  + [(b"cookie", cookie.encode("latin-1"))]}
         set_cookie = _set_cookie(GUEST_COOKIE, token, self.identity.cookie_options(
