@@ -3,7 +3,8 @@
 The backend's queue is shared; without a per-user bound one visitor (or one script) could fill it
 and everyone else would be told "busy". Each user may have a few answers running and a bounded
 number of new ones a minute; the next is refused at once with a message saying which limit, before
-anything is stored.
+anything is stored. Guests draw on one share together: a guest is one new cookie away from another,
+so a share per guest would bound nothing.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from typing import Any
 from chatlm.errors import BusyError
 
 WINDOW_S = 60.0
+GUESTS = 0
+"""The share key of all guests together (no user has id 0)."""
 
 
 class UserLimitError(BusyError):
@@ -39,6 +42,9 @@ class FairShare:
             running = [g for g in self._running[user_id] if not g.done]
             self._running[user_id] = running
             if self.answers and len(running) >= self.answers:
+                if user_id == GUESTS:
+                    raise UserLimitError(f"Guests together have {len(running)} answer(s) being written (the "
+                                         f"limit for all guests is {self.answers}): wait a moment, or sign in.")
                 raise UserLimitError(f"You already have {len(running)} answer(s) being written (the limit "
                                      f"is {self.answers} per user): wait for one to end, or stop it.")
             recent = self._recent[user_id]
@@ -46,6 +52,10 @@ class FairShare:
                 recent.popleft()
             if self.per_minute and len(recent) >= self.per_minute:
                 wait = max(1, round(WINDOW_S - (now - recent[0])))
+                if user_id == GUESTS:
+                    raise UserLimitError(f"Guests together sent {len(recent)} requests in the last minute "
+                                         f"(the limit for all guests is {self.per_minute}): try again in "
+                                         f"{wait} s, or sign in.")
                 raise UserLimitError(f"You sent {len(recent)} requests in the last minute (the limit is "
                                      f"{self.per_minute}): try again in {wait} s.")
             recent.append(now)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -34,11 +35,11 @@ from chatlm.knowledge.answer import (
     short_form,
 )
 from chatlm.library import Library
-from chatlm.limits import FairShare
+from chatlm.limits import GUESTS, FairShare
 from chatlm.prompts import fit_history, grounded_question
 from chatlm.store import repo
 from chatlm.store.db import transaction
-from chatlm.store.models import Message
+from chatlm.store.models import Message, User
 
 MAX_MESSAGE_CHARS = 100_000
 TITLE_CHARS = 48
@@ -311,12 +312,18 @@ class ChatService(Conversations):
         extra = {"continue_final": True} if continue_final else {}  # a backend without it is never asked
         gen = self.backend.chat(messages, params, adapter=adapter, **extra)
         if self.fair is not None and user_id is not None:
-            self.fair.track(user_id, gen)
+            self.fair.track(self._share(user_id), gen)
         return gen
 
     def _admit(self, user_id: int) -> None:
         if self.fair is not None:
-            self.fair.admit(user_id)
+            self.fair.admit(self._share(user_id))
+
+    def _share(self, user_id: int) -> int:
+        """The fair share a user draws on: their own, or for a guest the one all guests share."""
+        with transaction(self.sessions) as s:
+            guest = s.scalar(select(User.is_guest).where(User.id == user_id))
+        return GUESTS if guest else user_id
 
     def serving(self, choice: str | None) -> str | None:
         """The adapter an answer uses for a model choice: the default (the active adapter), the
@@ -471,7 +478,7 @@ class ChatService(Conversations):
             extra = {"continue_final": True}
         gen = self.backend.chat(messages, params, adapter=adapter, **extra)
         if self.fair is not None and user_id is not None:
-            self.fair.track(user_id, gen)
+            self.fair.track(self._share(user_id), gen)
         with self._lock:
             old = self._running.get(conversation_id)
             if old is not None:
