@@ -80,6 +80,7 @@ def build(settings: Settings, backend: Any = None, *, url: str | None = None, lo
     chat = ChatService(settings, backend, sessions, library)
     if follow_registry and backend is not None:
         chat.follow_registry()  # serve the adapter the registry says is active (the base if it is broken)
+        chat.ensure_reader()  # questions about a loaded text: the reader adapter (CHATLM_READER)
     accounts = AccountService(sessions)
     return Services(settings=settings, engine=engine, sessions=sessions, chat=chat, accounts=accounts,
                     identity=Identity(settings, accounts), training=TrainingService(chat),

@@ -18,7 +18,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from chatlm.config import Settings
+from chatlm.config import BUNDLED_MODEL, Settings
 from chatlm.conversations import Conversations
 from chatlm.engine.backend import Backend
 from chatlm.engine.generation import Generation
@@ -36,10 +36,10 @@ from chatlm.knowledge.answer import (
 )
 from chatlm.library import Library
 from chatlm.limits import GUESTS, FairShare
-from chatlm.prompts import fit_history, grounded_question
+from chatlm.prompts import NOT_FOUND, fit_history, grounded_question
 from chatlm.store import repo
 from chatlm.store.db import transaction
-from chatlm.store.models import Message, User
+from chatlm.store.models import AdapterVersion, Message, User
 
 MAX_MESSAGE_CHARS = 100_000
 TITLE_CHARS = 48
@@ -147,6 +147,10 @@ class ChatService(Conversations):
         self._lock = threading.Lock()
         self.active_adapter: str | None = None
         """Adapter used by new answers unless one is named; None is the base model."""
+        self.reader: str | None = None
+        """The reader adapter that answers questions about a loaded text when the base model serves
+        (``ensure_reader``); None: the base model reads too."""
+        self._readers: dict[str, bool] = {}
         self._registry_seen: tuple[str, Any] | bool | None = False
         """The registry's active adapter (name, activation time) when last followed; False: never."""
 
@@ -165,6 +169,7 @@ class ChatService(Conversations):
         """Commit the user's message, then start the answer (stored when it ends or stops).
         When the conversation has documents, the answer rests on the top-``k`` passages.
         ``adapter``: None (or ``DEFAULT_MODEL``) for the served default, ``BASE_MODEL``, or a name."""
+        chosen_model = adapter
         adapter = self.serving(adapter)
         if not content or not content.strip():
             raise InputError("The message is empty.")
@@ -182,6 +187,8 @@ class ChatService(Conversations):
             history = [{"role": m.role, "content": m.content} for m in path if m.content]
             numbered = [(p.number, p.document, p.text) for p in passages]
             extract = numbered if passages and self._can_extract(content) else None
+            if extract and not chosen_model and adapter is None and self.reader:
+                adapter = self.reader  # the default model reads a loaded text with the reader adapter
             if extract:
                 # answered from this question's passages alone (no earlier answer to copy), greedily
                 history = [{"role": "user", "content": grounded_question(content, numbered, short=True)}]
@@ -424,6 +431,61 @@ class ChatService(Conversations):
             active = registry.active_adapter(s)
             return (active.name, active.activated_at) if active else None
 
+    def reads(self, adapter: str | None) -> bool:
+        """Whether ``adapter`` was taught to read (a reader round, or a round continued from one):
+        its span and its decline are its own, so it copies from every sentence and may decline."""
+        if adapter is None:
+            return False
+        if adapter not in self._readers:
+            lineage, name, seen = False, adapter, set()
+            with transaction(self.sessions) as s:
+                while name and name not in seen:
+                    seen.add(name)
+                    row = s.scalar(select(AdapterVersion).where(AdapterVersion.name == name))
+                    if row is None:
+                        break
+                    if row.method == "reader":
+                        lineage = True
+                        break
+                    name = row.parent or ""
+            self._readers[adapter] = lineage
+        return self._readers[adapter]
+
+    def mark_reader(self, adapter: str, reads: bool) -> None:
+        """Say whether an adapter loaded from another registry (the QA harness's) is a reader."""
+        self._readers[adapter] = reads
+
+    def ensure_reader(self) -> str | None:
+        """Serve the reader adapter for questions about a loaded text. ``CHATLM_READER=auto``: the
+        one shipped in ``chatlm/adapters/reader`` when the bundled model serves (registered on the
+        first start, so it is listed with every adapter); a name: that registered adapter; ``off``:
+        none. A missing or broken reader leaves the base model reading (logged)."""
+        from chatlm.adapters import SHIPPED_READER, register_shipped_reader
+
+        choice = self.settings.reader
+        if choice == "off" or self.backend is None or not getattr(self.backend, "supports_copy", False):
+            return None
+        try:
+            if choice == "auto":
+                if self.settings.model != BUNDLED_MODEL or not SHIPPED_READER.is_dir():
+                    return None
+                with transaction(self.sessions) as s:
+                    name, path = register_shipped_reader(s, self.backend.model_id)
+            else:
+                with transaction(self.sessions) as s:
+                    row = s.scalar(select(AdapterVersion).where(AdapterVersion.name == choice))
+                    if row is None:
+                        raise NotFoundError(f"CHATLM_READER names {choice!r}, which is not a registered adapter.")
+                    name, path = row.name, row.path
+            self._load_once(name, path)
+        except Exception as exc:
+            message = exc.message if isinstance(exc, ChatLMError) else repr(exc)
+            log.warning("no reader adapter, the base model reads: %s", message)
+            return None
+        self.reader = name
+        self._readers[name] = True
+        return name
+
     def follow_registry(self) -> str | None:
         """The adapter new answers use. When the registry's choice changed since it was last
         followed (``chatlm adapters activate`` in a shell, a rollback elsewhere), serve the new
@@ -471,7 +533,11 @@ class ChatService(Conversations):
         chosen: list[Support] | None = None
         score = None
         extra: dict[str, Any] = {}  # what only the local engine takes, passed only when asked for
-        if extract:
+        if extract and self.reads(adapter):  # the reader picks the span from every sentence and may decline
+            chosen, _ = self._best_sentences(question, extract, limit=None)
+            extra = {"copy_from": [c.sentence for c in chosen], "avoid_first": question_words(question),
+                     "decline": NOT_FOUND}
+        elif extract:
             chosen, score = self._best_sentences(question, extract)
             extra = {"copy_from": [c.sentence for c in chosen], "avoid_first": question_words(question)}
         elif continue_final:  # the last message is the answer to go on with
@@ -489,7 +555,8 @@ class ChatService(Conversations):
                      adapter=adapter, sources=sources, question=question, extract=chosen,
                      support_score=score)
 
-    def _best_sentences(self, question: str, passages: list[tuple[int, str, str]]) -> tuple[list[Support], float]:
+    def _best_sentences(self, question: str, passages: list[tuple[int, str, str]],
+                        limit: int | None = COPY_SENTENCES) -> tuple[list[Support], float]:
         """The passages' sentences that agree best with the question under the embedding model
         (the span is copied from these), and the best agreement: the abstention signal."""
         import numpy as np
@@ -499,7 +566,7 @@ class ChatService(Conversations):
         q = np.asarray(embedder.embed_query(question), dtype=np.float32)
         m = np.asarray(embedder.embed([c.sentence for c in candidates]), dtype=np.float32)
         sims = (m @ q) / (np.linalg.norm(m, axis=1) * (np.linalg.norm(q) or 1.0) + 1e-9)
-        order = np.argsort(-sims, kind="stable")[:COPY_SENTENCES]
+        order = np.argsort(-sims, kind="stable")[:limit]
         return [candidates[i] for i in order], round(float(sims[order[0]]), 4)
 
     def _extractive_reply(self, reply: Reply) -> str:
@@ -509,10 +576,15 @@ class ChatService(Conversations):
         if gen.finish_reason not in ("stop", "length") or not reply.extract:
             return gen.text  # stopped or failed: what there is, marked as such
         support = find_support(gen.text, reply.extract)
-        if support is None or (reply.support_score or 0.0) < self.settings.abstain_threshold:
+        threshold = self.settings.abstain_threshold
+        if gen.decline_score is not None:  # the reader's own "not in the text" against its best span
+            reply.support_score, threshold = round(-gen.decline_score, 4), self.settings.reader_threshold
+        if support is None or (reply.support_score or 0.0) < threshold:
             reply.short_answer = ""
-            best = reply.extract[0]
-            return decline_text((best.number, best.document, best.sentence))
+            # never quote, with a decline, the sentence that holds the span it would have given
+            span = short_form(gen.text).lower()
+            best = next((c for c in reply.extract if not span or span not in c.sentence.lower()), None)
+            return decline_text((best.number, best.document, best.sentence) if best else None)
         reply.short_answer = short_form(gen.text)
         for source in reply.sources or []:
             if source.get("n") == support.number:

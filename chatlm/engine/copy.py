@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 ARTICLES = frozenset({"the", "a", "an"})
 State = frozenset[tuple[int, int, int]]
@@ -42,6 +43,10 @@ class CopyConstraint:
     eos_ids: frozenset[int]
     no_start: frozenset[tuple[int, int]] = frozenset()
     """(passage, position) of word starts no span may begin at (articles, the question's words)."""
+    decline_ids: tuple[int, ...] = ()
+    """First tokens a decline may open with (scored, never emitted: ``decline_score``)."""
+    decline_score: float | None = None
+    """Set at the first step by the scheduler: how much more the model wants to decline than to copy."""
     state: State | None = None
     """None before the first token: the answer may start at any word start."""
     _starts: dict[int, set[tuple[int, int, int]]] = field(default_factory=dict, repr=False)
@@ -58,7 +63,7 @@ class CopyConstraint:
     @classmethod
     def build(cls, passages: Sequence[str], *, encode: Callable[[str], list[int]],
               token_text: Callable[[int], str], eos_ids: Iterable[int],
-              avoid_first: Iterable[str] = ()) -> CopyConstraint:
+              avoid_first: Iterable[str] = (), decline: str = "") -> CopyConstraint:
         """Tokenise each passage as it reads inside a prompt (words after the first carry their
         space) and each word once more without its space, for the reply's first token. No span
         starts with an article or with a word of ``avoid_first`` (the question's own words: a span
@@ -87,8 +92,22 @@ class CopyConstraint:
                     continue
                 if text_word:
                     entries.append(_Entry(tuple(encode(text_word)), p, end))
+        decline_ids = tuple(encode(decline.strip())[:1]) if decline.strip() else ()
         return cls(passages=ids_list, word_start=starts, alnum_start=alnums, entries=entries,
-                   eos_ids=frozenset(eos_ids), no_start=frozenset(skipped))
+                   eos_ids=frozenset(eos_ids), no_start=frozenset(skipped), decline_ids=decline_ids)
+
+    def score_decline(self, logprobs: Sequence[float] | Any) -> float:
+        """``decline_score`` from the first step's log-probabilities over the vocabulary: the
+        decline's first token against every token a span may start with (the decline's excluded)."""
+        import math
+
+        starts = [t for t in self._starts if t not in self.decline_ids]
+        decline = max(float(logprobs[t]) for t in self.decline_ids)
+        values = [float(logprobs[t]) for t in starts] or [-math.inf]
+        top = max(values)
+        copy = top + math.log(sum(math.exp(v - top) for v in values)) if top > -math.inf else -math.inf
+        self.decline_score = decline - copy
+        return self.decline_score
 
     def allowed(self) -> list[int]:
         """Token ids that may come next (an end-of-turn id once the span may end here)."""

@@ -32,6 +32,9 @@ class Generation:
     submitted_at: float = field(default_factory=time.perf_counter)
     first_token_at: float | None = None
     finished_at: float | None = None
+    decline_score: float | None = None
+    """For a copied answer with a decline option: log p(the decline's first token) minus log p(any
+    span start), read from the first step's unconstrained distribution (a learnt "not in the text")."""
     prefilled: int = 0
     """Prompt tokens read so far (a long prompt is read in chunks: a page shows how far)."""
     _events: queue.Queue[object] = field(default_factory=queue.Queue, repr=False)

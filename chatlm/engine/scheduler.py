@@ -473,6 +473,8 @@ def _constrain(logits: torch.Tensor, rows: list[_Row]) -> torch.Tensor:
         return logits
     logits = logits.float().clone()
     for j, row in enumerate(rows):
+        if row.copy is not None and row.copy.state is None and row.copy.decline_ids:
+            row.gen.decline_score = row.copy.score_decline(torch.log_softmax(logits[j], -1).tolist())
         if row.copy is not None:
             keep = torch.tensor(row.copy.allowed(), dtype=torch.long, device=logits.device)
             masked = torch.full_like(logits[j], float("-inf"))

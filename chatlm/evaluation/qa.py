@@ -331,7 +331,7 @@ def evaluate(service: Any, articles: Sequence[Article], options: Options) -> dic
     if options.k < 1:
         raise InputError("--k must be at least 1")
     generating = options.mode != "retrieval-only"
-    if generating and options.adapter and options.adapter not in service.adapter_names():
+    if generating and options.adapter not in (None, "", "base") and options.adapter not in service.adapter_names():
         loaded = ", ".join(service.adapter_names()) or "none"
         raise InputError(f"No adapter named {options.adapter!r} is loaded (loaded: {loaded}).")
     params = SamplingParams(temperature=0.0, top_p=1.0, max_new_tokens=options.max_new_tokens)
@@ -409,6 +409,9 @@ def evaluate(service: Any, articles: Sequence[Article], options: Options) -> dic
         "together": options.together,
         "conversation": options.conversation,
         "abstain_threshold": service.settings.abstain_threshold,
+        "reader": (options.adapter if service.reads(options.adapter) else None) if options.adapter
+        else service.reader,
+        "reader_threshold": service.settings.reader_threshold,
         "squad": str(options.squad),
         "n_articles": len(chosen),
         **score(records, generated=generating),
@@ -484,7 +487,7 @@ def _answer_oracle(service: Any, rec: Record, article: Article, q: Question, par
                    options: Options) -> None:
     gold = article.paragraphs[q.paragraph_index]
     messages = oracle_messages(service.settings.system_prompt, q.question, article.title, gold)
-    generation = service.generate(messages, params, adapter=options.adapter)
+    generation = service.generate(messages, params, adapter=None if options.adapter == "base" else options.adapter)
     try:
         raw = generation.wait()
     except Exception:  # the error is recorded on the generation
@@ -516,8 +519,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     """Arguments of ``python -m chatlm eval qa``."""
     p.add_argument("--squad", required=True, type=Path, help="a SQuAD v1.1/v2.0 JSON file")
     p.add_argument("--json", required=True, dest="json_out", help="where to write the report ('-' for stdout)")
-    p.add_argument("--adapter", help="answer with this registered LoRA adapter (see `chatlm adapters list`; "
-                                     "default: the base model)")
+    p.add_argument("--adapter", help="answer with this registered LoRA adapter (see `chatlm adapters list`), "
+                                     "or 'base' for the bare model (default: what a fresh install answers "
+                                     "with, the shipped reader for questions about the text)")
     p.add_argument("--k", type=int, default=3, help="passages retrieved per question (default 3)")
     p.add_argument("--limit", type=int, help="only the first N questions of each article")
     p.add_argument("--together", action="store_true", help="all articles of the file in one knowledge base")
@@ -556,7 +560,8 @@ def run_cli(args: argparse.Namespace, *, backend_factory: Callable[[Any], Any] |
                       together=args.together, conversation=args.conversation)
     articles = load_squad(squad)
     user_settings = Settings.from_env()
-    adapter_path = _registered_adapter(user_settings, args.adapter) if mode != "retrieval-only" else None
+    named = args.adapter if args.adapter and args.adapter != "base" else None
+    adapter_path, reads = _registered_adapter(user_settings, named) if mode != "retrieval-only" else (None, False)
     with tempfile.TemporaryDirectory(prefix="chatlm-eval-") as tmp:
         settings = Settings.from_env(database_url=f"sqlite:///{Path(tmp) / 'eval.db'}")
         service, engine = _service(settings, load_model=mode != "retrieval-only",
@@ -564,6 +569,7 @@ def run_cli(args: argparse.Namespace, *, backend_factory: Callable[[Any], Any] |
         try:
             if adapter_path is not None:
                 service.load_adapter(args.adapter, adapter_path)
+                service.mark_reader(args.adapter, reads)
             report = evaluate(service, articles, options)
         finally:
             if service.backend is not None:
@@ -580,11 +586,12 @@ def run_cli(args: argparse.Namespace, *, backend_factory: Callable[[Any], Any] |
     return 0
 
 
-def _registered_adapter(settings: Any, name: str | None) -> str | None:
+def _registered_adapter(settings: Any, name: str | None) -> tuple[str | None, bool]:
     """The folder of an adapter in the user's registry (the harness answers from a scratch database,
-    so the adapter is looked up where rounds registered it); None for the base model."""
+    so the adapter is looked up where rounds registered it; None for the base model), and whether it
+    is a reader (a reader round, or a round continued from one)."""
     if not name:
-        return None
+        return None, False
     from chatlm.engine.adapters import check_files
     from chatlm.errors import NotFoundError, StorageError
     from chatlm.store import db, registry
@@ -592,13 +599,18 @@ def _registered_adapter(settings: Any, name: str | None) -> str | None:
     engine = db.make_engine(settings.db_url)
     try:
         with db.transaction(db.make_sessionmaker(engine)) as s:
-            path = registry.get_adapter(s, name=name).path
+            row = registry.get_adapter(s, name=name)
+            path, reads, seen = row.path, False, set()
+            while row is not None and row.name not in seen and not reads:
+                seen.add(row.name)
+                reads = row.method == "reader"
+                row = registry.find_adapter(s, name=row.parent) if row.parent else None
     except StorageError as exc:  # no database, or one from before the registry existed
         raise NotFoundError(f"No adapter named {name!r}: there is no adapter registry at {settings.db_url}.") from exc
     finally:
         engine.dispose()
     check_files(Path(path))
-    return path
+    return path, reads
 
 
 class QueryCache:
@@ -632,6 +644,7 @@ def _service(settings: Any, *, load_model: bool,
     backend = backend_factory(settings) if load_model and backend_factory is not None else None
     services = compose.build(settings, backend, load_model=load_model, embedder=QueryCache(get_embedder()),
                              follow_registry=False)
+    services.chat.ensure_reader()  # what a fresh install answers: the shipped reader reads (CHATLM_READER)
     return services.chat, services.engine
 
 

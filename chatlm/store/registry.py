@@ -53,6 +53,10 @@ def get_adapter(session: Session, *, name: str) -> AdapterVersion:
     return adapter
 
 
+def find_adapter(session: Session, *, name: str) -> AdapterVersion | None:
+    return session.scalar(select(AdapterVersion).where(AdapterVersion.name == name))
+
+
 def active_adapter(session: Session) -> AdapterVersion | None:
     return session.scalar(select(AdapterVersion).where(AdapterVersion.is_active.is_(True)))
 

@@ -27,6 +27,10 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--guests", action="store_true",
                    help="also learn from guests' ratings (visitors who never signed in; left out by default)")
     p.add_argument("--squad", help="also measure SQuAD F1 on this file (slow: generates answers)")
+    p.add_argument("--reader-data", metavar="FILE",
+                   help="with --method reader: the SQuAD training file its records come from")
+    p.add_argument("--reader-limit", type=int, metavar="N", help="with --method reader: at most N questions an article")
+    p.add_argument("--squad-limit", type=int, metavar="N", help="questions an article for --squad (default 10)")
     p.add_argument("--wait", action="store_true", help="follow the round with a progress bar until it ends")
 
 
@@ -46,7 +50,8 @@ def run_train(args: argparse.Namespace) -> int:
     method = "document" if args.method == "auto" and (args.document is not None or args.text) else args.method
     run_id = rounds.start_round(settings, method=method, epochs=args.epochs, lr=args.lr,
                                 max_steps=args.max_steps, squad=args.squad, from_active=args.from_active,
-                                guests=args.guests or None,
+                                guests=args.guests or None, reader_data=args.reader_data,
+                                reader_limit=args.reader_limit, squad_limit=args.squad_limit,
                                 document=args.document, text=args.text, window=args.window, sessions=sessions)
     log = rounds.log_path(settings, run_id)
     if settings.trainer == "queue":

@@ -79,6 +79,8 @@ class RoundData:
     """(desirable_weight, undesirable_weight) for KTO."""
     source: dict[str, Any] | None = None
     """A document round's text: its name, id or file, sha256, tokens and windows."""
+    knowledge: bool = False
+    """Most rated answers are about loaded texts: the round continues from the reader adapter."""
 
     def summary(self) -> dict[str, Any]:
         out = {"method": self.method, "train": len(self.train), "heldout_prompts": self.heldout.prompts,
@@ -202,4 +204,4 @@ def prepare(answers: Sequence[RatedAnswer], method: str = "auto") -> RoundData:
         weights = kto_weights(liked, len(train) - liked)
     return RoundData(method=chosen, train=train, heldout=heldout, counts=counts,
                      dataset_hash=hashlib.sha256(jsonl.encode()).hexdigest(), jsonl=jsonl,
-                     kto_weights=weights)
+                     kto_weights=weights, knowledge=knowledge)

@@ -17,7 +17,8 @@ from typing import Any
 
 from chatlm.training.data import Heldout, Record
 
-TARGETS = {"dpo": "pair_margin", "kto": "rated_margin", "sft": "liked_perplexity", "document": "text_perplexity"}
+TARGETS = {"dpo": "pair_margin", "kto": "rated_margin", "sft": "liked_perplexity", "document": "text_perplexity",
+           "reader": "liked_perplexity"}
 KNOWLEDGE_LIMIT = 16
 """Held-out questions about loaded texts answered per model (generation is the slow part on a CPU)."""
 KNOWLEDGE_TOKENS = 64

@@ -100,6 +100,14 @@ def start_round(settings: Settings, method: str = "auto", epochs: float | None =
     """Check there is enough data, create the run (refused while another runs), spawn the worker.
     A ``document`` round learns one text: a stored document's id, or a file (``text``)."""
     _check(method, epochs, lr, max_steps, squad)
+    if method == "reader":
+        reader_data = extra.get("reader_data")
+        if not reader_data or not Path(str(reader_data)).is_file():
+            raise InputError("A reader round needs --reader-data FILE: a SQuAD training file "
+                             "(e.g. ../shared/data/squad2-train-sample.json).")
+        extra = {**extra, "reader_data": str(Path(str(reader_data)).resolve()), "prefix": "reader"}
+    elif extra.get("reader_data"):
+        raise InputError("--reader-data is for --method reader.")
     source = doc_round.check_params(method, document=document, text=text, window=window)
     sessions = sessions or sessions_for(settings)
     reap(settings, sessions)
@@ -110,7 +118,7 @@ def start_round(settings: Settings, method: str = "auto", epochs: float | None =
         if method == "document":  # a missing or too short text: refused now, not in a log later
             checked = doc_round.build_round(s, settings, params, tokenizer).source or {}
             params["text_sha256"] = checked["sha256"]
-        else:
+        elif method != "reader":
             data.build_round(s, method, guests=bool(extra.get("guests")))  # too little data: say it now
         if from_active and registry.active_adapter(s) is None:
             raise InputError("No adapter is active, so there is nothing to continue from: "

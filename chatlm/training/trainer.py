@@ -14,7 +14,7 @@ from typing import Any
 
 from chatlm.training.data import RoundData
 
-LEARNING_RATES = {"sft": 2e-4, "kto": 1e-4, "dpo": 1e-4, "document": 2e-4}
+LEARNING_RATES = {"sft": 2e-4, "kto": 1e-4, "dpo": 1e-4, "document": 2e-4, "reader": 2e-4}
 """LoRA learning rates: ~10x what full fine-tuning uses, as LoRA updates are low-rank."""
 LORA = {"r": 16, "lora_alpha": 32, "lora_dropout": 0.0, "target_modules": "all-linear"}
 """No LoRA dropout: it copies every layer input (a fifth more memory and time on a CPU)."""
@@ -48,13 +48,14 @@ def hyperparams(round_data: RoundData, params: dict[str, Any]) -> dict[str, Any]
         "batch_size": int(params.get("batch_size") or BATCH_SIZE), "max_length": MAX_LENGTH,
         "seed": int(params.get("seed") or 42), "lora": dict(LORA), "train_records": len(round_data.train),
     }
-    hp["micro_batch"] = min(MICRO_BATCH, hp["batch_size"])
+    # a reader record quotes three passages (~750 tokens): one a pass keeps a round within 4 GB
+    hp["micro_batch"] = min(1 if method == "reader" else MICRO_BATCH, hp["batch_size"])
     hp["batch_size"] -= hp["batch_size"] % hp["micro_batch"]
     if method in ("dpo", "kto"):
         hp["beta"] = BETA
     if round_data.kto_weights:
         hp["desirable_weight"], hp["undesirable_weight"] = round_data.kto_weights
-    if round_data.source:
+    if round_data.source and "window" in round_data.source:
         hp["window"] = round_data.source["window"]
     if (hp["learning_rate"] <= 0 or hp["epochs"] <= 0 or hp["batch_size"] < 1
             or (hp["max_steps"] is not None and hp["max_steps"] < 1)):
@@ -160,7 +161,7 @@ def make_trainer(model: Any, tokenizer: Any, round_data: RoundData, hp: dict[str
         "dataloader_pin_memory": device == "cuda",
     }
     dataset = Dataset.from_list(round_data.train)
-    if method == "sft":
+    if method in ("sft", "reader"):  # a reader round is SFT on SQuAD records (chatlm.training.reader)
         config: Any = SFTConfig(**common, train_sampling_strategy="group_by_length")
         trainer_cls: type = SFTTrainer
     elif method == "document":  # a "text" column: TRL's language modelling, every token in the loss

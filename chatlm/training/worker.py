@@ -22,11 +22,11 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from chatlm.config import Settings
+from chatlm.config import BUNDLED_MODEL, Settings
 from chatlm.errors import ChatLMError
 from chatlm.store import db, registry
 from chatlm.store.models import utcnow
-from chatlm.training import data, document
+from chatlm.training import data, document, reader
 
 log = logging.getLogger("chatlm.training")
 TMP_PREFIX = ".tmp-run"
@@ -98,8 +98,15 @@ def run_round(settings: Settings, run_id: int) -> int:
         method, params, parent, active = _mark_running(sessions, run_id)
         report = Reporter(sessions, run_id)
         with db.transaction(sessions) as s:
-            round_data = (document.build_round(s, settings, params) if method == "document"
-                          else data.build_round(s, method, guests=bool(params.get("guests"))))
+            if method == "document":
+                round_data = document.build_round(s, settings, params)
+            elif method != "reader":
+                round_data = data.build_round(s, method, guests=bool(params.get("guests")))
+        if method == "reader":  # SQuAD records, not ratings: retrieval runs outside the transaction
+            report({"phase": "preparing"})
+            round_data = reader.build_round(settings, params)
+        if parent is None and round_data.knowledge:  # ratings of knowledge answers: teach the reader on
+            parent = reader_parent(settings, sessions)
         logs = Path(settings.data_dir) / "training"
         logs.mkdir(parents=True, exist_ok=True)
         (logs / f"run-{run_id}.jsonl").write_text(round_data.jsonl, encoding="utf-8")
@@ -136,6 +143,21 @@ def run_round(settings: Settings, run_id: int) -> int:
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def reader_parent(settings: Settings, sessions: sessionmaker[Session]) -> Named | None:
+    """The reader adapter a round on knowledge answers continues from (``CHATLM_READER``), if any."""
+    from chatlm.adapters import READER_NAME, SHIPPED_READER
+
+    if settings.reader == "off" or (settings.reader == "auto" and settings.model != BUNDLED_MODEL):
+        return None  # the shipped reader is the bundled model's
+    name = READER_NAME if settings.reader == "auto" else settings.reader
+    with db.transaction(sessions) as s:
+        row = registry.find_adapter(s, name=name)
+        if row is None:
+            return None
+        shipped = settings.reader == "auto" and row.name == READER_NAME
+        return row.name, str(SHIPPED_READER) if shipped else row.path
 
 
 def _train_and_evaluate(settings: Settings, round_data: Any, params: dict[str, Any], parent: Named | None,

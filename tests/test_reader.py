@@ -1,0 +1,108 @@
+"""The reader (issue 23): SQuAD records with the chat's own prompt, a reader round on a tiny model,
+the learnt decline scored at the first step, and the shipped reader served for knowledge answers."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+from pathlib import Path
+
+import pytest
+
+from chatlm.config import Settings
+from chatlm.engine.copy import CopyConstraint
+from chatlm.prompts import NOT_FOUND, grounded_question, split_grounded
+from chatlm.store import db, registry, repo
+from chatlm.training import reader, rounds, worker
+
+SQUAD = Path(__file__).resolve().parent / "data" / "squad-mini.json"
+
+
+def _words(text: str) -> list[int]:
+    """A toy tokeniser: one id per word (spaced and unspaced spellings alike)."""
+    return [sum(ord(c) for c in w) % 997 + 3 for w in text.split()]
+
+
+def test_the_decline_is_scored_against_every_span_start() -> None:
+    c = CopyConstraint.build(["Paris is the capital."], encode=_words,
+                             token_text=lambda i: f" w{i}", eos_ids=[0], decline=NOT_FOUND)
+    decline = c.decline_ids[0]
+    assert c.decline_ids == (_words("I")[0],)
+    logprobs = [-50.0] * 1000
+    starts = [t for t in c.allowed() if t != decline]
+    for t in starts:
+        logprobs[t] = math.log(0.1)
+    logprobs[decline] = math.log(0.4)
+    expected = math.log(0.4) - math.log(0.1 * len(starts))
+    assert c.score_decline(logprobs) == pytest.approx(expected)
+    logprobs[decline] = -50.0
+    assert c.score_decline(logprobs) < -10  # nothing for the decline: copy
+
+
+def test_span_targets_are_what_the_copy_constraint_can_give() -> None:
+    assert reader.span_target("the Normans.") == "Normans"
+    assert reader.span_target("An Icelandic saga") == "Icelandic saga"
+    assert reader.span_target("1066") == "1066"
+
+
+@pytest.fixture
+def tiny_settings(tmp_path, tiny_dir) -> Settings:
+    return Settings.from_env({}, data_dir=tmp_path / "data", model=str(tiny_dir), device="cpu")
+
+
+def test_a_reader_round_registers_an_adapter_that_changes_a_span(tiny_settings, tiny) -> None:
+    """Records come from the app's own retrieval and prompt; the round goes through the worker and
+    registry like any other; the adapter, served for a question about a loaded text, gives another
+    span than the base model."""
+    from chatlm.engine.local import LocalBackend
+    from chatlm.engine.params import SamplingParams
+    from chatlm.service import ChatService
+
+    records, mix = reader.reader_records(SQUAD, tiny_settings, limit=12, progress=False)
+    assert mix["span"] > 0 and mix.get("unanswerable", 0) > 0 and sum(mix.values()) == len(records)
+    first = records[0]
+    question_turn = first["prompt"][-1]["content"]
+    assert first["prompt"][0] == {"role": "system", "content": tiny_settings.system_prompt}
+    assert question_turn.startswith("Passages:\n\n[1] (Normans)\n")
+    question, passages = split_grounded(question_turn)
+    assert question_turn == grounded_question(question, passages, short=True)  # the chat's own prompt
+    targets = {r["completion"][0]["content"] for r in records}
+    assert NOT_FOUND in targets and len(targets) > 3
+
+    sessions = rounds.sessions_for(tiny_settings)
+    with pytest.raises(Exception, match="reader-data"):
+        rounds.start_round(tiny_settings, "reader", sessions=sessions)
+    with db.transaction(sessions) as s:
+        run_id = registry.start_run(s, method="reader", params={
+            "reader_data": str(SQUAD), "reader_limit": 12, "max_steps": 4, "lr": 2e-2, "prefix": "reader"}).id
+    assert worker.run_round(tiny_settings, run_id) == 0
+    with db.transaction(sessions) as s:
+        run = registry.get_run(s, run_id=run_id)
+        adapter = registry.get_adapter(s, name=run.adapter_name)
+        assert adapter.name == "reader-v1" and adapter.method == "reader"
+        assert adapter.metrics["dataset"]["document"]["mix"]["span"] > 0
+        assert adapter.metrics["target"] == "liked_perplexity"
+        uid = repo.get_or_create_user(s).id
+        path = adapter.path
+
+    backend = LocalBackend(dataclasses.replace(tiny, model=copy.deepcopy(tiny.model)))
+    try:
+        settings = dataclasses.replace(tiny_settings, reader="reader-v1")
+        service = ChatService(settings, backend, sessions)
+        assert service.ensure_reader() == "reader-v1" and service.reads("reader-v1")
+        text = ("The Normans gave their name to Normandy, a region in France. "
+                "Their leader Rollo swore fealty to King Charles III in 911.")
+        conv = service.new_conversation(uid)
+        service.library.load(user_id=uid, conversation_id=conv.id, name="Normans", text=text)
+        params = SamplingParams(temperature=0.0, max_new_tokens=8)
+        read = service.send(uid, conv.id, "Who gave their name to Normandy?", params)
+        read.run()
+        assert read.adapter == "reader-v1" and read.generation.decline_score is not None
+        base = service.send(uid, conv.id, "Who gave their name to Normandy?", params, adapter="base")
+        base.run()
+        assert base.adapter is None and base.generation.decline_score is None
+        assert read.generation.text != base.generation.text  # the adapter picks another span
+        assert path
+    finally:
+        backend.close()
