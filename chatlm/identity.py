@@ -19,13 +19,17 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.exc import IntegrityError
+
 from chatlm.accounts import GUEST_DAYS, AccountService, Actor, new_guest_token
 from chatlm.config import Settings
 from chatlm.store.db import transaction
-from chatlm.store.models import User
+from chatlm.store.models import ServerSecret, User
 from chatlm.store.repo import LOCAL_USER, get_or_create_user
 
 log = logging.getLogger(__name__)
+SESSION_KEY = "session_signing_key"
+"""The ``server_secrets`` row of the key that signs session and guest cookies."""
 SESSION_COOKIE = "chatlm_session"
 GUEST_COOKIE = "chatlm_guest"
 GUEST_COOKIE_DAYS = GUEST_DAYS
@@ -162,16 +166,30 @@ class Identity:
             return None
 
     def _secret(self) -> str:
-        """CHATLM_SECRET_KEY, or a random key made once and kept beside the database (mode 0600)."""
+        """CHATLM_SECRET_KEY (read once at start), or a random key made once and kept in the
+        database: no file under the data folder or the working directory holds it, so no path a
+        request names can reach it. A key an older version kept in ``<data dir>/secret_key`` moves
+        into the database (sessions stay valid) and the file is removed."""
         if self.settings.secret_key:
             return self.settings.secret_key
-        path = Path(self.settings.data_dir) / "secret_key"
-        if path.is_file():
-            return path.read_text(encoding="utf-8").strip()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        key = secrets.token_urlsafe(48)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write(key)
-        log.info("made a session signing key in %s", path)
+        legacy = Path(self.settings.data_dir) / "secret_key"
+        old = legacy.read_text(encoding="utf-8").strip() if legacy.is_file() else ""
+
+        def key_row(s: Any) -> str:
+            row = s.get(ServerSecret, SESSION_KEY)
+            if row is None:
+                row = ServerSecret(name=SESSION_KEY, value=old or secrets.token_urlsafe(48))
+                s.add(row)
+                s.flush()
+            return str(row.value)
+
+        try:
+            with transaction(self.accounts.sessions) as s:
+                key = key_row(s)
+        except IntegrityError:  # another front end made it first: take theirs
+            with transaction(self.accounts.sessions) as s:
+                key = key_row(s)
+        if old:
+            legacy.unlink(missing_ok=True)
+            log.info("moved the session signing key from %s into the database", legacy)
         return key

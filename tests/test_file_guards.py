@@ -112,3 +112,36 @@ def test_the_request_check_alone(uploads: Path, tmp_path: Path) -> None:
         check_inputs(["text", ok], [Field(), object()])
     with pytest.raises(Refused):
         check_inputs([{"path": str(secret)}], [Field()])
+
+
+def test_the_session_key_lives_in_the_database_not_in_a_file(tmp_path: Path) -> None:
+    """No path a request names reaches the signing key: it is made in the database (which only
+    SQLAlchemy opens), and a key an older version kept in ``<data dir>/secret_key`` moves there."""
+    from chatlm import compose
+    from chatlm.config import Settings
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "secret_key").write_text("an older version's key, long enough to sign\n")
+    settings = Settings.from_env({}, data_dir=data)
+    services = compose.build(settings, load_model=False)
+    try:
+        identity = services.identity
+        assert identity._secret() == "an older version's key, long enough to sign"
+        assert not (data / "secret_key").exists()
+        fresh = compose.build(settings, load_model=False)  # a restart, or another front end: same key
+        try:
+            assert fresh.identity._secret() == identity._secret()
+        finally:
+            fresh.close()
+    finally:
+        services.close()
+    other = Settings.from_env({}, data_dir=tmp_path / "other")
+    made = compose.build(other, load_model=False)
+    try:
+        key = made.identity._secret()
+        assert len(key) >= 40 and not (tmp_path / "other" / "secret_key").exists()
+        files = [p for p in (tmp_path / "other").rglob("*") if p.is_file() and not p.name.startswith("chatlm.db")]
+        assert all(key not in p.read_text(errors="ignore") for p in files)
+    finally:
+        made.close()

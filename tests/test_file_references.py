@@ -95,7 +95,7 @@ def test_a_file_reference_in_any_input_of_any_event_is_refused_and_copies_nothin
                             "trigger_id": None})
                         calls += 1
                         assert r.status_code == 400, (who, target, fn_index, i, r.status_code, r.text)
-                        problems += len(leaks(r, path, uploads))
+                        problems += len(leaks(r, path, uploads)) + (server.app.identity._secret() in r.text)
                 for name, n in named.items():
                     for i in range(n):
                         data = [None] * n
@@ -114,7 +114,10 @@ def test_a_file_reference_in_any_input_of_any_event_is_refused_and_copies_nothin
                     assert r.status_code == 404 and path.name not in r.text, (spelled, r.status_code)
                     assert http.get(f"/gradio_api/file/{spelled}").status_code == 404
     time.sleep(0.5)  # anything queued would have run by now
+    key = server.app.identity._secret()
+    assert not (Path(server.settings.data_dir) / "secret_key").exists()  # the key is in the database
     copies = [p for p in uploads.rglob("*") if p.is_file()]
+    assert all(key not in p.read_text(errors="ignore") for p in copies)
     assert copies == [], copies
     assert problems == 0
     print(f"{calls} calls with a file reference, {len(copies)} copies made, 0 leaked")

@@ -55,6 +55,17 @@ class User(Base):
     ends every session made before (a saved cookie is refused from then on)."""
 
 
+class ServerSecret(Base):
+    """A secret the server made for itself (the session signing key when CHATLM_SECRET_KEY is not
+    set): in the database, which only SQLAlchemy opens, never in a file a request could name."""
+
+    __tablename__ = "server_secrets"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
 class SignInFailure(Base):
     """Wrong passwords in a row for a typed user name, whether or not an account has that name:
     one record for both, so the slow-down and the lockout never tell names apart."""
