@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from chatlm.knowledge.squad import f1  # noqa: E402
+from chatlm.knowledge.squad import f1
 
 
 def figures(questions: list[dict], threshold: float) -> dict[str, float]:

@@ -537,9 +537,10 @@ class ChatService(Conversations):
             chosen, _ = self._best_sentences(question, extract, limit=None)
             extra = {"copy_from": [c.sentence for c in chosen], "avoid_first": question_words(question),
                      "decline": NOT_FOUND}
-        elif extract:
-            chosen, score = self._best_sentences(question, extract)
-            extra = {"copy_from": [c.sentence for c in chosen], "avoid_first": question_words(question)}
+        elif extract:  # the base model copies from the best sentence; a decline quotes another one
+            chosen, score = self._best_sentences(question, extract, limit=None)
+            extra = {"copy_from": [c.sentence for c in chosen[:COPY_SENTENCES]],
+                     "avoid_first": question_words(question)}
         elif continue_final:  # the last message is the answer to go on with
             extra = {"continue_final": True}
         gen = self.backend.chat(messages, params, adapter=adapter, **extra)

@@ -64,6 +64,14 @@ NO_STORAGE = ("⚠️ **This Space has no persistent storage**: conversations, r
               "trained adapters are lost when it restarts. Its owner can add storage in the Space's "
               "settings (Persistent storage), which keeps them in `/data`.")
 
+SIGN_OUT = """() => {
+  if (document.querySelector('#sign-link')?.innerText.trim() !== 'Sign out') { location.href = '/login'; return; }
+  const form = document.createElement('form');
+  form.method = 'post'; form.action = '/logout'; document.body.append(form); form.submit();
+}"""
+"""The sidebar's Sign in goes to the sign-in page; its Sign out posts the sign-out form."""
+
+
 class ChatUI:
     """Builds the Blocks and holds the handlers; handlers are functions of their inputs plus the
     answers being written and the conversation each page shows (``answers``)."""
@@ -345,17 +353,18 @@ class ChatUI:
     def whoami(self, request: gr.Request) -> tuple[str, Any, Any, Any]:
         """Who is signed in, the sign-out (or sign-in) link, and the admin's tabs shown to admins
         only (Training; Admin only when there are accounts to manage). The link is a button: Gradio
-        opens every Markdown link in a new tab, and signing out there left this page as it was."""
+        opens every Markdown link in a new tab, and signing out there left this page as it was.
+        Sign out is a POST (``SIGN_OUT``): the server ends no session on a GET another site can send."""
         if self.service.settings.auth == "none":
             return "", gr.update(visible=True), gr.update(visible=False), gr.update(visible=False)
         actor = self.who.actor(request)
         if actor.is_guest:
             line = "You are a **guest**: your chats stay in this browser."
-            link = gr.update(value="Sign in", link="/login", visible=True)
+            link = gr.update(value="Sign in", visible=True)
         else:
             role = " (admin)" if actor.is_admin else ""
             line = f"Signed in as **{actor.name}**{role}."
-            link = gr.update(value="Sign out", link="/logout", visible=True)
+            link = gr.update(value="Sign out", visible=True)
         return line, gr.update(visible=actor.is_admin), gr.update(visible=actor.is_admin), link
 
     def sidebar(self, conv_id: int | None, request: gr.Request) -> Any:
@@ -581,7 +590,7 @@ class ChatUI:
             with gr.Sidebar(open=True):
                 gr.Markdown("# chatlm", elem_id="app-title")  # the page's one heading, for screen readers
                 account = gr.Markdown(elem_id="account")
-                sign_link = gr.Button(size="sm", link_target="_self", visible=False, elem_id="sign-link")
+                sign_link = gr.Button(size="sm", visible=False, elem_id="sign-link")
                 gr.Markdown("## Conversations")
                 new_btn = gr.Button("New chat", variant="secondary", elem_id="new-chat")
                 search = gr.Textbox(label="Search chats", placeholder="Search titles and messages",
@@ -676,6 +685,7 @@ class ChatUI:
             loading.then(self.zoned, [zone], [conv_list], js=BROWSER_ZONE, api_visibility="private")
             demo.load(self.whoami, None, [account, training_tab, admin_tab, sign_link],
                       api_visibility="private")
+            sign_link.click(None, None, None, js=SIGN_OUT)
             conv_id.change(lambda c: c, [conv_id], [stored], api_visibility="private")
             # a chat created outside send (loading a text into a new chat) shows in the sidebar at once
             conv_id.change(self.sidebar, [conv_id], [conv_list], api_visibility="private")
