@@ -62,6 +62,8 @@ class ServeProcess:
     def call(self, endpoint: str, data: list) -> tuple[str, str]:
         """A raw Gradio API call, as any HTTP client can make it: (final event, its data)."""
         started = httpx.post(f"{self.url}/gradio_api/call/{endpoint}", json={"data": data}, timeout=30)
+        if started.status_code == 400:  # refused by the request guard before Gradio saw it
+            return "error", started.text
         started.raise_for_status()
         event_id = started.json()["event_id"]
         event, payload = "", ""
