@@ -52,6 +52,15 @@ def settings(tmp_path: Path) -> Settings:
     return Settings.from_env({}, data_dir=tmp_path / "data")
 
 
+@pytest.fixture
+def uploads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Gradio's upload folder (also its cache) for this test alone, set before any server starts."""
+    folder = tmp_path / "gradio-uploads"
+    folder.mkdir()
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(folder))
+    return folder
+
+
 @pytest.fixture(scope="session")
 def postgres() -> Iterator:
     """One real PostgreSQL server for the session (``tests/postgres.py``)."""

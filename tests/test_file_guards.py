@@ -37,14 +37,6 @@ def test_python_code_cannot_open_the_database_files_but_sqlalchemy_works(tmp_pat
     assert (tmp_path / "data" / "notes.txt").read_text() == "other files open as usual"
 
 
-@pytest.fixture
-def uploads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    folder = tmp_path / "gradio-uploads"
-    folder.mkdir()
-    monkeypatch.setenv("GRADIO_TEMP_DIR", str(folder))
-    return folder
-
-
 def test_only_files_in_the_upload_folder_are_received(uploads: Path, tmp_path: Path) -> None:
     import gradio as gr
 

@@ -24,14 +24,6 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
-def uploads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    folder = tmp_path / "gradio-uploads"
-    folder.mkdir()
-    monkeypatch.setenv("GRADIO_TEMP_DIR", str(folder))
-    return folder
-
-
-@pytest.fixture
 def server(uploads: Path, request: pytest.FixtureRequest):
     return request.getfixturevalue("accounts_server")  # started after GRADIO_TEMP_DIR is set
 
