@@ -94,9 +94,6 @@ class Settings:
     """The adapter that reads a loaded text for factoid questions when the default model serves:
     ``auto`` (the reader shipped for the bundled model), ``off`` (the base model reads), or the name
     of a registered adapter (a reader you trained: ``chatlm train --method reader``)."""
-    reader_threshold: float = 0.0
-    """With a reader, an answer is declined when ``log p(decline) - log p(copy)`` at its first
-    token exceeds minus this (0: the reader's own greedy choice); calibrated on the calibration split."""
     api_docs: bool = False
     """Serve FastAPI's ``/docs``, ``/redoc`` and ``/openapi.json`` (off: they map the server for
     strangers; the README documents the API)."""

@@ -533,14 +533,12 @@ class ChatService(Conversations):
         chosen: list[Support] | None = None
         score = None
         extra: dict[str, Any] = {}  # what only the local engine takes, passed only when asked for
-        if extract and self.reads(adapter):  # the reader picks the span from every sentence and may decline
-            chosen, _ = self._best_sentences(question, extract, limit=None)
-            extra = {"copy_from": [c.sentence for c in chosen], "avoid_first": question_words(question),
-                     "decline": NOT_FOUND}
-        elif extract:  # the base model copies from the best sentence; a decline quotes another one
+        if extract:  # a span of the best sentence; a decline quotes another one
             chosen, score = self._best_sentences(question, extract, limit=None)
             extra = {"copy_from": [c.sentence for c in chosen[:COPY_SENTENCES]],
                      "avoid_first": question_words(question)}
+            if self.reads(adapter):  # a reader's wish to decline is scored (measured), never copied
+                extra["decline"] = NOT_FOUND
         elif continue_final:  # the last message is the answer to go on with
             extra = {"continue_final": True}
         gen = self.backend.chat(messages, params, adapter=adapter, **extra)
@@ -577,10 +575,7 @@ class ChatService(Conversations):
         if gen.finish_reason not in ("stop", "length") or not reply.extract:
             return gen.text  # stopped or failed: what there is, marked as such
         support = find_support(gen.text, reply.extract)
-        threshold = self.settings.abstain_threshold
-        if gen.decline_score is not None:  # the reader's own "not in the text" against its best span
-            reply.support_score, threshold = round(-gen.decline_score, 4), self.settings.reader_threshold
-        if support is None or (reply.support_score or 0.0) < threshold:
+        if support is None or (reply.support_score or 0.0) < self.settings.abstain_threshold:
             reply.short_answer = ""
             # never quote, with a decline, the sentence that holds the span it would have given
             span = short_form(gen.text).lower()
@@ -601,6 +596,8 @@ class ChatService(Conversations):
             params["continued"] = True
         if reply.extract is not None:
             params.update(extractive=True, span=reply.short_answer, support_score=reply.support_score)
+            if gen.decline_score is not None:  # a reader's own "not in the text" (README: not yet the rule)
+                params["decline_score"] = round(gen.decline_score, 4)
         return dict(model_id=self.backend.model_id, adapter=reply.adapter,
                     generation_params=params, prompt_messages=reply.prompt_messages,
                     sources=reply.sources, prompt_tokens=gen.prompt_tokens,

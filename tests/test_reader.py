@@ -106,3 +106,14 @@ def test_a_reader_round_registers_an_adapter_that_changes_a_span(tiny_settings, 
         assert path
     finally:
         backend.close()
+
+
+def test_a_decline_never_opens_a_span() -> None:
+    """The decline's first token ("I") is scored, never copied: a reader that wants to decline must
+    not be turned into "Iceland" or "I of Normandy" by the constraint."""
+    c = CopyConstraint.build(["Richard I of Normandy ruled."], encode=_words,
+                             token_text=lambda i: f" w{i}", eos_ids=[0], decline=NOT_FOUND)
+    assert c.decline_ids[0] not in c.allowed()
+    plain = CopyConstraint.build(["Richard I of Normandy ruled."], encode=_words,
+                                 token_text=lambda i: f" w{i}", eos_ids=[0])
+    assert _words("I")[0] in plain.allowed()  # without a decline option, "I" may start a span

@@ -111,8 +111,8 @@ class CopyConstraint:
 
     def allowed(self) -> list[int]:
         """Token ids that may come next (an end-of-turn id once the span may end here)."""
-        if self.state is None:
-            return sorted(self._starts)
+        if self.state is None:  # the decline's opening token is scored, never a span's start
+            return sorted(set(self._starts).difference(self.decline_ids))
         out: set[int] = set()
         can_end = False
         for kind, index, pos in self.state:

@@ -88,7 +88,8 @@ class LocalBackend:
              avoid_first: Sequence[str] = (), continue_final: bool = False, decline: str = "") -> Generation:
         """Start an answer; with ``copy_from`` it is a span copied from those passages (starting
         with none of the words ``avoid_first``); ``decline`` (a reply that says the text does not
-        answer) is scored against copying at the first step, as ``Generation.decline_score``."""
+        answer) is scored against copying at the first step, as ``Generation.decline_score``, and
+        its opening token starts no span."""
         if adapter is not None and adapter not in self._adapters:
             raise NotFoundError(f"No adapter named {adapter!r} is loaded.")
         copy = None

@@ -216,6 +216,8 @@ class Record:
     extractive: bool = False
     """Answered by the chat's extractive path (a copied span, or its decline)."""
     support_score: float | None = None
+    decline_score: float | None = None
+    """A reader's first-token log p(decline) - log p(copy), when a reader answered."""
     """The extractive path's abstention signal: question-sentence agreement."""
     shown: list[str] = field(default_factory=list, repr=False)
     """Texts of the passages the model was shown (not written to the report)."""
@@ -250,6 +252,8 @@ def score(records: Sequence[Record], *, generated: bool = True) -> dict[str, Any
             "abstained_by": _count(r.abstained_by for r in records if r.abstained_by),
             "errors": sum(1 for r in records if r.error),
             "support_auroc": auroc([r.support_score for r in has], [r.support_score for r in no]),
+            "decline_auroc": auroc([-r.decline_score for r in has if r.decline_score is not None],
+                                   [-r.decline_score for r in no if r.decline_score is not None]),
         })
     else:
         out.update(dict.fromkeys(("exact_match", "f1", "has_ans_exact", "has_ans_f1", "no_ans_accuracy"), None))
@@ -411,7 +415,6 @@ def evaluate(service: Any, articles: Sequence[Article], options: Options) -> dic
         "abstain_threshold": service.settings.abstain_threshold,
         "reader": (options.adapter if service.reads(options.adapter) else None) if options.adapter
         else service.reader,
-        "reader_threshold": service.settings.reader_threshold,
         "squad": str(options.squad),
         "n_articles": len(chosen),
         **score(records, generated=generating),
@@ -476,6 +479,7 @@ def _answer_rag(service: Any, rec: Record, q: Question, uid: int, conversation_i
     _finish(rec, raw, reply.generation, rec.shown)
     if reply.extract is not None:  # the chat's own answer: its span, or its decline
         rec.extractive, rec.support_score = True, reply.support_score
+        rec.decline_score = reply.generation.decline_score
         rec.answer = reply.short_answer or ""
         rec.model_abstained = not rec.answer
         rec.new_words = new_words(rec.answer, rec.question)

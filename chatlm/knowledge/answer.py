@@ -72,7 +72,7 @@ def sentences(passages: Sequence[tuple[int, str, str]]) -> list[Support]:
 
 def find_support(span: str, candidates: Sequence[Support]) -> Support | None:
     """The first candidate sentence that holds ``span``."""
-    needle = span.strip().lower()
+    needle = short_form(span).lower()
     if not needle:
         return None
     return next((c for c in candidates if needle in c.sentence.lower()), None)
