@@ -115,6 +115,9 @@ def start_server(tmp_path: Path):
     started: list[RunningServer] = []
 
     def start(backend, data_dir: Path | None = None, **overrides) -> RunningServer:
+        # the shipped reader only where a test asks for it (reader="auto"): loading it wraps the
+        # model in LoRA layers, and most servers share the session's one bundled model
+        overrides.setdefault("reader", "off")
         s = Settings.from_env({}, data_dir=data_dir or tmp_path / "data", port=free_port(),
                               **overrides)
         server = RunningServer(s, backend)

@@ -195,7 +195,7 @@ def run_perplexity(args: argparse.Namespace) -> int:
         raise InputError(f"--window must be between {document.MIN_WINDOW} and {document.MAX_WINDOW} tokens.")
     settings = Settings.from_env()
     text = document.read_text_file(Path(args.text))
-    adapter_path = _registered_adapter(settings, args.adapter)
+    adapter_path, _ = _registered_adapter(settings, args.adapter)
     loaded = loader.load(settings.model, Path(settings.data_dir), settings.device)
     model = loaded.model
     if adapter_path is not None:
