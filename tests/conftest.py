@@ -49,7 +49,7 @@ def tiny():
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    return Settings.from_env({}, data_dir=tmp_path / "data")
+    return Settings.from_env({}, data_dir=tmp_path / "data", reader="off")  # see start_server
 
 
 @pytest.fixture
