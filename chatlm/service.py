@@ -18,7 +18,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from chatlm.config import BUNDLED_MODEL, Settings
+from chatlm.config import Settings
 from chatlm.conversations import Conversations
 from chatlm.engine.backend import Backend
 from chatlm.engine.generation import Generation
@@ -39,7 +39,7 @@ from chatlm.limits import GUESTS, FairShare
 from chatlm.prompts import NOT_FOUND, fit_history, grounded_question
 from chatlm.store import repo
 from chatlm.store.db import transaction
-from chatlm.store.models import AdapterVersion, Message, User
+from chatlm.store.models import Message, User
 
 MAX_MESSAGE_CHARS = 100_000
 TITLE_CHARS = 48
@@ -437,18 +437,10 @@ class ChatService(Conversations):
         if adapter is None:
             return False
         if adapter not in self._readers:
-            lineage, name, seen = False, adapter, set()
+            from chatlm.store import registry
+
             with transaction(self.sessions) as s:
-                while name and name not in seen:
-                    seen.add(name)
-                    row = s.scalar(select(AdapterVersion).where(AdapterVersion.name == name))
-                    if row is None:
-                        break
-                    if row.method == "reader":
-                        lineage = True
-                        break
-                    name = row.parent or ""
-            self._readers[adapter] = lineage
+                self._readers[adapter] = registry.is_reader(s, adapter)
         return self._readers[adapter]
 
     def mark_reader(self, adapter: str, reads: bool) -> None:
@@ -460,23 +452,19 @@ class ChatService(Conversations):
         one shipped in ``chatlm/adapters/reader`` when the bundled model serves (registered on the
         first start, so it is listed with every adapter); a name: that registered adapter; ``off``:
         none. A missing or broken reader leaves the base model reading (logged)."""
-        from chatlm.adapters import SHIPPED_READER, register_shipped_reader
+        from chatlm.adapters import reader_for
 
-        choice = self.settings.reader
-        if choice == "off" or self.backend is None or not getattr(self.backend, "supports_copy", False):
+        if self.backend is None or not getattr(self.backend, "supports_copy", False):
             return None
         try:
-            if choice == "auto":
-                if self.settings.model != BUNDLED_MODEL or not SHIPPED_READER.is_dir():
-                    return None
-                with transaction(self.sessions) as s:
-                    name, path = register_shipped_reader(s, self.backend.model_id)
-            else:
-                with transaction(self.sessions) as s:
-                    row = s.scalar(select(AdapterVersion).where(AdapterVersion.name == choice))
-                    if row is None:
-                        raise NotFoundError(f"CHATLM_READER names {choice!r}, which is not a registered adapter.")
-                    name, path = row.name, row.path
+            with transaction(self.sessions) as s:
+                found = reader_for(self.settings, s, register_as=self.backend.model_id)
+            if found is None:
+                if self.settings.reader not in ("auto", "off"):
+                    raise NotFoundError(f"CHATLM_READER names {self.settings.reader!r}, which is not a "
+                                        "registered adapter.")
+                return None
+            name, path = found
             self._load_once(name, path)
         except Exception as exc:
             message = exc.message if isinstance(exc, ChatLMError) else repr(exc)
@@ -534,7 +522,7 @@ class ChatService(Conversations):
         score = None
         extra: dict[str, Any] = {}  # what only the local engine takes, passed only when asked for
         if extract:  # a span of the best sentence; a decline quotes another one
-            chosen, score = self._best_sentences(question, extract, limit=None)
+            chosen, score = self._best_sentences(question, extract)
             extra = {"copy_from": [c.sentence for c in chosen[:COPY_SENTENCES]],
                      "avoid_first": question_words(question)}
             if self.reads(adapter):  # a reader's wish to decline is scored (measured), never copied
@@ -554,10 +542,10 @@ class ChatService(Conversations):
                      adapter=adapter, sources=sources, question=question, extract=chosen,
                      support_score=score)
 
-    def _best_sentences(self, question: str, passages: list[tuple[int, str, str]],
-                        limit: int | None = COPY_SENTENCES) -> tuple[list[Support], float]:
-        """The passages' sentences that agree best with the question under the embedding model
-        (the span is copied from these), and the best agreement: the abstention signal."""
+    def _best_sentences(self, question: str, passages: list[tuple[int, str, str]]) -> tuple[list[Support], float]:
+        """The passages' sentences, best agreement with the question under the embedding model first
+        (the span is copied from the first ``COPY_SENTENCES``), and the best agreement: the
+        abstention signal."""
         import numpy as np
 
         candidates = sentences(passages)
@@ -565,7 +553,7 @@ class ChatService(Conversations):
         q = np.asarray(embedder.embed_query(question), dtype=np.float32)
         m = np.asarray(embedder.embed([c.sentence for c in candidates]), dtype=np.float32)
         sims = (m @ q) / (np.linalg.norm(m, axis=1) * (np.linalg.norm(q) or 1.0) + 1e-9)
-        order = np.argsort(-sims, kind="stable")[:limit]
+        order = np.argsort(-sims, kind="stable")
         return [candidates[i] for i in order], round(float(sims[order[0]]), 4)
 
     def _extractive_reply(self, reply: Reply) -> str:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 from pathlib import Path
 
 from chatlm.adapters import SHIPPED_READER
@@ -53,7 +52,6 @@ def main(argv: list[str] | None = None) -> int:
     target = ship(source, row)
     for f in sorted(target.iterdir()):
         print(f"{f.stat().st_size / 1e6:7.2f} MB  {f}")
-    shutil.rmtree(target / "__pycache__", ignore_errors=True)
     return 0
 
 

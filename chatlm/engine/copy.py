@@ -44,9 +44,7 @@ class CopyConstraint:
     no_start: frozenset[tuple[int, int]] = frozenset()
     """(passage, position) of word starts no span may begin at (articles, the question's words)."""
     decline_ids: tuple[int, ...] = ()
-    """First tokens a decline may open with (scored, never emitted: ``decline_score``)."""
-    decline_score: float | None = None
-    """Set at the first step by the scheduler: how much more the model wants to decline than to copy."""
+    """First tokens a decline may open with (scored by ``score_decline``, never a span's start)."""
     state: State | None = None
     """None before the first token: the answer may start at any word start."""
     _starts: dict[int, set[tuple[int, int, int]]] = field(default_factory=dict, repr=False)
@@ -97,8 +95,9 @@ class CopyConstraint:
                    eos_ids=frozenset(eos_ids), no_start=frozenset(skipped), decline_ids=decline_ids)
 
     def score_decline(self, logprobs: Sequence[float] | Any) -> float:
-        """``decline_score`` from the first step's log-probabilities over the vocabulary: the
-        decline's first token against every token a span may start with (the decline's excluded)."""
+        """How much more the model wants to decline than to copy, from the first step's
+        log-probabilities over the vocabulary: the decline's first token against every token a span
+        may start with (``Generation.decline_score``)."""
         import math
 
         starts = [t for t in self._starts if t not in self.decline_ids]
@@ -106,8 +105,7 @@ class CopyConstraint:
         values = [float(logprobs[t]) for t in starts] or [-math.inf]
         top = max(values)
         copy = top + math.log(sum(math.exp(v - top) for v in values)) if top > -math.inf else -math.inf
-        self.decline_score = decline - copy
-        return self.decline_score
+        return decline - copy
 
     def allowed(self) -> list[int]:
         """Token ids that may come next (an end-of-turn id once the span may end here)."""

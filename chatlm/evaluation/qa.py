@@ -603,12 +603,7 @@ def _registered_adapter(settings: Any, name: str | None) -> tuple[str | None, bo
     engine = db.make_engine(settings.db_url)
     try:
         with db.transaction(db.make_sessionmaker(engine)) as s:
-            row = registry.get_adapter(s, name=name)
-            path, reads, seen = row.path, False, set()
-            while row is not None and row.name not in seen and not reads:
-                seen.add(row.name)
-                reads = row.method == "reader"
-                row = registry.find_adapter(s, name=row.parent) if row.parent else None
+            path, reads = registry.get_adapter(s, name=name).path, registry.is_reader(s, name)
     except StorageError as exc:  # no database, or one from before the registry existed
         raise NotFoundError(f"No adapter named {name!r}: there is no adapter registry at {settings.db_url}.") from exc
     finally:

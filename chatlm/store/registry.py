@@ -57,6 +57,18 @@ def find_adapter(session: Session, *, name: str) -> AdapterVersion | None:
     return session.scalar(select(AdapterVersion).where(AdapterVersion.name == name))
 
 
+def is_reader(session: Session, name: str) -> bool:
+    """Whether adapter ``name`` was taught to read: a reader round, or a round continued from one."""
+    seen: set[str] = set()
+    row = find_adapter(session, name=name)
+    while row is not None and row.name not in seen:
+        if row.method == "reader":
+            return True
+        seen.add(row.name)
+        row = find_adapter(session, name=row.parent) if row.parent else None
+    return False
+
+
 def active_adapter(session: Session) -> AdapterVersion | None:
     return session.scalar(select(AdapterVersion).where(AdapterVersion.is_active.is_(True)))
 

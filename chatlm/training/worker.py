@@ -22,7 +22,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from chatlm.config import BUNDLED_MODEL, Settings
+from chatlm.config import Settings
 from chatlm.errors import ChatLMError
 from chatlm.store import db, registry
 from chatlm.store.models import utcnow
@@ -147,17 +147,10 @@ def run_round(settings: Settings, run_id: int) -> int:
 
 def reader_parent(settings: Settings, sessions: sessionmaker[Session]) -> Named | None:
     """The reader adapter a round on knowledge answers continues from (``CHATLM_READER``), if any."""
-    from chatlm.adapters import READER_NAME, SHIPPED_READER
+    from chatlm.adapters import reader_for
 
-    if settings.reader == "off" or (settings.reader == "auto" and settings.model != BUNDLED_MODEL):
-        return None  # the shipped reader is the bundled model's
-    name = READER_NAME if settings.reader == "auto" else settings.reader
     with db.transaction(sessions) as s:
-        row = registry.find_adapter(s, name=name)
-        if row is None:
-            return None
-        shipped = settings.reader == "auto" and row.name == READER_NAME
-        return row.name, str(SHIPPED_READER) if shipped else row.path
+        return reader_for(settings, s)
 
 
 def _train_and_evaluate(settings: Settings, round_data: Any, params: dict[str, Any], parent: Named | None,
