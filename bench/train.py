@@ -109,7 +109,7 @@ def follow_round(settings: Any, sessions: Any, run_id: int, started: float) -> d
 
     with db.transaction(sessions) as s:
         adapter = registry.get_adapter(s, name=str(run.adapter_name))
-    keys = ("target", "baseline_name", "adapter", "baseline", "improved", "heldout")
+    keys = ("target", "baseline_name", "adapter", "baseline", "verdict", "heldout")
     return {"wall_s": round(time.perf_counter() - started, 1), "phase_started_at_s": phases,
             "peak_rss_mb": peak[0] or None, "adapter": adapter.name, "method": adapter.method,
             "epochs": adapter.hyperparams["epochs"], "train": adapter.metrics["train"],

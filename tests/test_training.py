@@ -265,16 +265,18 @@ def test_cli_train_wait_and_adapters(tiny_settings) -> None:
 
     out = cli("train", "--max-steps", "2", "--wait")
     assert out.returncode == 0, out.stderr
-    assert "chatlm-v1: dpo adapter, pair_margin" in out.stdout and "round 1" in out.stderr
+    assert "chatlm-v1: dpo adapter, " in out.stdout and "pair_margin" in out.stdout and "round 1" in out.stderr
+    assert re.search(r"chatlm-v1: dpo adapter, (better|worse|unchanged): pair_accuracy", out.stdout), out.stdout
     assert "adapters activate chatlm-v1" in out.stdout
     # the QA harness scores the trained adapter (it answers from a scratch database of its own)
     scored = cli("eval", "qa", "--squad", str(SQUAD), "--limit", "2", "--max-new-tokens", "4",
                  "--adapter", "chatlm-v1", "--no-progress", "--json", "-")
     assert scored.returncode == 0, scored.stderr
     assert json.loads(scored.stdout)["adapter"] == "chatlm-v1" and "adapter=chatlm-v1" in scored.stderr
-    assert cli("adapters", "activate", "chatlm-v1").returncode == 0
+    assert cli("adapters", "activate", "chatlm-v1", "--yes").returncode == 0
     listing = cli("adapters", "list").stdout
-    assert re.search(r"^\*\s+chatlm-v1\s+dpo\s+-\s+\d{4}-\d\d-\d\d \d\d:\d\d\s+pair_margin", listing, re.M), listing
+    assert re.search(r"^\*\s+chatlm-v1\s+dpo\s+-\s+\d{4}-\d\d-\d\d \d\d:\d\d\s+(better|worse|unchanged): "
+                     r"pair_accuracy", listing, re.M), listing
     out = cli("adapters", "activate", "nope")
     assert out.returncode == 2 and "No adapter named 'nope'" in out.stderr
     assert "the base model is active" in cli("adapters", "rollback").stdout
@@ -384,7 +386,7 @@ def test_whole_loop_ratings_to_served_adapter(bundled, start_server, tmp_path) -
         adapter = registry.get_adapter(s, name=run.adapter_name)
     m = adapter.metrics
     assert adapter.method == "dpo" and m["target"] == "pair_margin" and m["heldout"]["pairs"] >= 2
-    assert m["improved"] and m["adapter"]["pair_margin"] > m["baseline"]["pair_margin"], m
+    assert m["verdict"]["label"] == "better" and m["adapter"]["pair_margin"] > m["baseline"]["pair_margin"], m
     assert m["adapter"]["pair_accuracy"] >= m["baseline"]["pair_accuracy"], m
     with safe_open(str(Path(adapter.path) / "adapter_model.safetensors"), framework="pt") as f:
         keys = list(f.keys())
@@ -522,3 +524,41 @@ def test_only_an_admin_may_use_the_training_service(settings, tiny_backend) -> N
     assert training.runs(admin) == [] and training.plan(admin).method == "dpo"
     left, right = training.compare(admin, [{"role": "user", "content": "hi"}], (None, None), P)
     assert left.wait() == right.wait()  # the same greedy answer from the same model
+
+
+def test_old_free_form_knowledge_ratings_train_as_sft_on_one_passage(settings) -> None:
+    """Ratings stored before answers were extractive (free-form, three passages, the long cite-your-
+    sources instruction) train like new ones: SFT on the one passage holding the user's correction,
+    with the short instruction, not DPO on the whole prompt (85 s a step on 620-token prompts)."""
+    from chatlm.feedback import load
+    from chatlm.prompts import grounded_question, split_grounded
+    from chatlm.store import db, repo
+    from chatlm.training import data, rounds
+
+    sessions = rounds.sessions_for(settings)
+    with db.transaction(sessions) as s:
+        uid = repo.get_or_create_user(s).id
+    filler = "The harbour wall was rebuilt after the storm of the previous winter. " * 8
+    for i in range(12):
+        passages = [(1, "town.txt", f"{filler} Mill {i} stands by the river."),
+                    (2, "town.txt", f"Mill {i} was founded by Ada Marsh{i} in 18{i:02d}. {filler}"),
+                    (3, "town.txt", filler)]
+        prompt = [{"role": "system", "content": "Be brief."},
+                  {"role": "user", "content": grounded_question(f"Who founded mill {i}?", passages)}]
+        add_turn(sessions, uid, f"Who founded mill {i}?",
+                 [(f"Mill {i} was founded by a man called John [1].", -1, f"Ada Marsh{i}"),
+                  ("It was founded by John Brackenford [3].", -1, None)], prompt=prompt)
+    with db.transaction(sessions) as s:
+        answers = load.rated_answers(s)
+    assert all(a.knowledge and not a.extractive for a in answers)
+    corrected = [a for a in answers if a.better_answer]
+    for a in corrected:
+        _, kept = split_grounded(a.prompt[-1][1])
+        assert len(kept) == 1 and a.better_answer in kept[0][2]  # the passage holding the correction
+        assert "shortest exact phrase" in a.prompt[-1][1] and a.prompt[0] == ("system", "Be brief.")
+    round_data = data.prepare(answers)
+    assert round_data.method == "sft" and round_data.knowledge  # DPO would have had 12 pairs
+    longest = max(len(m["content"]) for r in round_data.train for m in r["prompt"])
+    assert longest < len(grounded_question("Who founded mill 0?", [(1, "t", filler)] * 3)) / 2
+    assert {t for _, t in round_data.corrections} <= {f"Ada Marsh{i}" for i in range(12)}
+    assert round_data.corrections and not round_data.liked

@@ -37,7 +37,9 @@ class RatedAnswer:
     excluded: bool = False
     """The conversation is marked as not to be used for training."""
     extractive: bool = False
-    """A span copied from a loaded text's passages (or its decline): a knowledge answer."""
+    """A span copied from a loaded text's passages (or its decline)."""
+    knowledge: bool = False
+    """An answer to a question about a loaded text (its prompt quotes passages), extractive or not."""
 
     @property
     def prompt_messages(self) -> list[Message]:

@@ -30,6 +30,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reader-data", metavar="FILE",
                    help="with --method reader: the SQuAD training file its records come from")
     p.add_argument("--reader-limit", type=int, metavar="N", help="with --method reader: at most N questions an article")
+    p.add_argument("--reader-skip", type=int, metavar="N",
+                   help="with --method reader: skip an article's first N questions (those an earlier round used)")
     p.add_argument("--squad-limit", type=int, metavar="N", help="questions an article for --squad (default 10)")
     p.add_argument("--wait", action="store_true", help="follow the round with a progress bar until it ends")
 
@@ -39,6 +41,7 @@ def add_adapters_arguments(p: argparse.ArgumentParser) -> None:
     sub.add_parser("list", help="registered adapters with their held-out figures")
     act = sub.add_parser("activate", help="make an adapter the default for new chats")
     act.add_argument("name", help="adapter name, or 'base' for the base model")
+    act.add_argument("--yes", action="store_true", help="serve it even when its held-out figures are worse")
     sub.add_parser("rollback", help="activate the adapter that was active before the current one")
 
 
@@ -51,7 +54,8 @@ def run_train(args: argparse.Namespace) -> int:
     run_id = rounds.start_round(settings, method=method, epochs=args.epochs, lr=args.lr,
                                 max_steps=args.max_steps, squad=args.squad, from_active=args.from_active,
                                 guests=args.guests or None, reader_data=args.reader_data,
-                                reader_limit=args.reader_limit, squad_limit=args.squad_limit,
+                                reader_limit=args.reader_limit,
+                                reader_skip=args.reader_skip, squad_limit=args.squad_limit,
                                 document=args.document, text=args.text, window=args.window, sessions=sessions)
     log = rounds.log_path(settings, run_id)
     if settings.trainer == "queue":
@@ -77,8 +81,14 @@ def run_train(args: argparse.Namespace) -> int:
 
     with db.transaction(sessions) as s:
         adapter = registry.get_adapter(s, name=str(run.adapter_name))
+    from chatlm.evaluation.verdict import judge
+
+    verdict = judge(adapter.metrics)
     print(f"{adapter.name}: {adapter.method} adapter, {_figures(adapter.metrics)}")
-    print(f"make it the default with: python -m chatlm adapters activate {adapter.name}")
+    for line in verdict.sentences():
+        print(f"  {line}")
+    print(f"make it the default with: python -m chatlm adapters activate {adapter.name}"
+          + (" --yes (it is worse)" if verdict.is_worse else ""))
     return 0
 
 
@@ -110,15 +120,20 @@ class _ProgressBar:
 
 
 def _figures(metrics: dict[str, Any]) -> str:
-    """The target figure next to its baseline, e.g. ``pair_margin 70.3 (base 41.2)``."""
-    key = metrics.get("target")
+    """The verdict (``chatlm.evaluation.verdict``, as the Training tab says it), then the figures it
+    rests on next to the baseline's, e.g. ``worse: qa_f1 0.667 (base 0.923)``."""
+    from chatlm.evaluation.verdict import judge, matters
+
+    verdict = judge(metrics)
     new, old = metrics.get("adapter", {}), metrics.get("baseline", {})
-    if not key or new.get(key) is None or old.get(key) is None:
+    keys = matters(metrics)
+    if not keys:
         return "no held-out figures"
-    text = f"{key} {new[key]:g} ({metrics.get('baseline_name', 'base')} {old[key]:g})"
-    for extra in ("knowledge_f1", "qa_f1"):
-        if new.get(extra) is not None and old.get(extra) is not None:
-            text += f", {extra} {new[extra]:g} ({old[extra]:g})"
+    base = metrics.get("baseline_name", "base")
+    text = f"{verdict.label}: " + ", ".join(f"{k} {new[k]:g} ({base} {old[k]:g})" for k in keys)
+    if verdict.learnt.get("corrections"):
+        text += (f"; corrections answered as written {verdict.learnt.get('adapter', 0)}/"
+                 f"{verdict.learnt['corrections']} (before {verdict.learnt.get('baseline', 0)})")
     return text
 
 
@@ -134,6 +149,14 @@ def run_adapters(args: argparse.Namespace) -> int:
         elif args.adapters_command == "activate":
             name = None if args.name == "base" else args.name
             _check_adapter_files(s, name)
+            if name is not None and not args.yes:
+                from chatlm.evaluation.verdict import judge
+
+                verdict = judge(registry.get_adapter(s, name=name).metrics)
+                if verdict.is_worse:
+                    print(f"not activated: {verdict.confirm_text(name).replace('Press Promote again', 'Add --yes')}",
+                          file=sys.stderr)
+                    return 1
             registry.activate(s, name=name)
             print(f"{args.name} is active: new chats use it once the server syncs (no restart)")
         else:

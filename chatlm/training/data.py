@@ -81,6 +81,10 @@ class RoundData:
     """A document round's text: its name, id or file, sha256, tokens and windows."""
     knowledge: bool = False
     """Most rated answers are about loaded texts: the round continues from the reader adapter."""
+    corrections: list[tuple[list[dict[str, str]], str]] = field(default_factory=list)
+    """(prompt, the better answer a user wrote) of the training set: what the round must learn."""
+    liked: list[tuple[list[dict[str, str]], str]] = field(default_factory=list)
+    """(prompt, a liked answer) of the training set: what the round must keep."""
 
     def summary(self) -> dict[str, Any]:
         out = {"method": self.method, "train": len(self.train), "heldout_prompts": self.heldout.prompts,
@@ -189,7 +193,7 @@ def build_round(session: Session, method: str = "auto", *, guests: bool = False)
 
 def prepare(answers: Sequence[RatedAnswer], method: str = "auto") -> RoundData:
     counts = count(answers)
-    knowledge = sum(a.extractive for a in answers) * 2 > len(answers)
+    knowledge = sum(a.knowledge for a in answers) * 2 > len(answers)
     chosen = choose_method(method, counts, knowledge=knowledge)
     train_answers, held_answers = split(answers)
     train = method_records(chosen, train_answers)
@@ -202,6 +206,10 @@ def prepare(answers: Sequence[RatedAnswer], method: str = "auto") -> RoundData:
     if chosen == "kto":
         liked = sum(1 for r in train if r["label"])
         weights = kto_weights(liked, len(train) - liked)
+    corrections = {_prompt_key(a): (a.prompt_messages, a.better_answer) for a in train_answers if a.better_answer}
+    liked = {_prompt_key(a): (a.prompt_messages, a.answer) for a in train_answers
+             if a.rating == 1 and _prompt_key(a) not in corrections}
     return RoundData(method=chosen, train=train, heldout=heldout, counts=counts,
                      dataset_hash=hashlib.sha256(jsonl.encode()).hexdigest(), jsonl=jsonl,
-                     kto_weights=weights, knowledge=knowledge)
+                     kto_weights=weights, knowledge=knowledge, corrections=list(corrections.values()),
+                     liked=list(liked.values()))

@@ -22,6 +22,8 @@ TARGETS = {"dpo": "pair_margin", "kto": "rated_margin", "sft": "liked_perplexity
 KNOWLEDGE_LIMIT = 16
 """Held-out questions about loaded texts answered per model (generation is the slow part on a CPU)."""
 KNOWLEDGE_TOKENS = 64
+LEARNT_LIMIT = 24
+"""The round's corrections (and liked answers) re-asked per model to say what it learnt."""
 LOWER_IS_BETTER = {"liked_perplexity", "text_perplexity"}
 Messages = list[dict[str, str]]
 BATCH = 4
@@ -125,34 +127,68 @@ def knowledge_items(heldout: Heldout, limit: int = KNOWLEDGE_LIMIT) -> list[tupl
     return list(items.values())[:limit]
 
 
+def greedy_answers(model: Any, tokenizer: Any, prompts: Sequence[Messages], *, max_new_tokens: int,
+                   batch_size: int = BATCH) -> list[str]:
+    """The model's greedy answers to chat prompts (left-padded batches), as the chat would start them."""
+    import torch
+
+    device = next(model.parameters()).device
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    answers: list[str] = []
+    with torch.no_grad():
+        for b in range(0, len(prompts), batch_size):
+            encoded = [tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=True, return_dict=False)
+                       for p in prompts[b:b + batch_size]]
+            width = max(len(x) for x in encoded)
+            ids = torch.tensor([[pad] * (width - len(x)) + list(x) for x in encoded], device=device)
+            mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in encoded], device=device)
+            out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
+                                 do_sample=False, pad_token_id=pad)
+            answers += tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
+    return answers
+
+
 def knowledge_f1(model: Any, tokenizer: Any, items: Sequence[tuple[Messages, list[str]]], *,
                  batch_size: int = BATCH) -> dict[str, float]:
     """SQuAD-rule F1 and exact match of the model's greedy answers against the liked answers,
     both cleaned like the QA harness cleans predictions (citations, labels, a decline)."""
-    import torch
-
     from chatlm.evaluation.qa import clean_answer
     from chatlm.knowledge.squad import exact_match, f1
 
     if not items:
         return {}
-    device = next(model.parameters()).device
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    answers: list[str] = []
-    with torch.no_grad():
-        for b in range(0, len(items), batch_size):
-            prompts = [tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=True, return_dict=False)
-                       for p, _ in items[b:b + batch_size]]
-            width = max(len(x) for x in prompts)
-            ids = torch.tensor([[pad] * (width - len(x)) + list(x) for x in prompts], device=device)
-            mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in prompts], device=device)
-            out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=KNOWLEDGE_TOKENS,
-                                 do_sample=False, pad_token_id=pad)
-            answers += tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
+    answers = greedy_answers(model, tokenizer, [p for p, _ in items], max_new_tokens=KNOWLEDGE_TOKENS,
+                             batch_size=batch_size)
     golds = [[c for c in map(clean_answer, gs) if c] for _, gs in items]  # [] = a liked decline
     preds = [clean_answer(a) for a in answers]
     return {"knowledge_f1": sum(f1(p, g) for p, g in zip(preds, golds, strict=True)) / len(items),
             "knowledge_exact": sum(exact_match(p, g) for p, g in zip(preds, golds, strict=True)) / len(items)}
+
+
+def same_answer(said: str, wanted: str) -> bool:
+    """Whether an answer says what the user wrote: equal after SQuAD normalisation (case,
+    punctuation, articles, spaces) once citations and labels are cleaned, or both the decline."""
+    from chatlm.evaluation.qa import clean_answer
+    from chatlm.knowledge.squad import normalize_answer
+
+    a, b = clean_answer(said), clean_answer(wanted)
+    return normalize_answer(a) == normalize_answer(b)
+
+
+def learnt(model: Any, tokenizer: Any, items: Sequence[tuple[Messages, str]], adapters: Sequence[str | None],
+           *, limit: int = LEARNT_LIMIT) -> dict[str | None, int]:
+    """How many of the round's own targets (a user's corrections, or liked answers) each model
+    answers as written, greedily, on the prompt they were given with."""
+    items = list(items)[:limit]
+    if not items:
+        return {a: 0 for a in adapters}
+    longest = max(len(tokenizer(t, add_special_tokens=False)["input_ids"]) for _, t in items)
+    out: dict[str | None, int] = {}
+    for adapter in adapters:
+        with using(model, adapter):
+            said = greedy_answers(model, tokenizer, [p for p, _ in items], max_new_tokens=longest + 8)
+        out[adapter] = sum(same_answer(a, t) for a, (_, t) in zip(said, items, strict=True))
+    return out
 
 
 @contextmanager
@@ -178,24 +214,30 @@ def target_of(method: str, figures: dict[str, float]) -> str | None:
     return None
 
 
-def better(key: str, new: float, old: float) -> bool:
-    return new < old if key in LOWER_IS_BETTER else new > old
-
-
 def compare(model: Any, tokenizer: Any, heldout: Heldout, *, method: str, trained: str = "default",
-            baseline: str | None = None, baseline_name: str = "base") -> dict[str, Any]:
-    """Figures of the trained adapter and of the baseline, side by side, with the round's target."""
+            baseline: str | None = None, baseline_name: str = "base",
+            corrections: Sequence[tuple[Messages, str]] = (),
+            liked: Sequence[tuple[Messages, str]] = ()) -> dict[str, Any]:
+    """Figures of the trained adapter and of the baseline, side by side, with the round's target,
+    and what it learnt: how many of the round's ``corrections`` each answers as the user wrote them,
+    and how many ``liked`` answers the adapter still gives (the verdict reads these metrics)."""
     model.eval()
     with using(model, trained):
         new = score(model, tokenizer, heldout)
     with using(model, baseline):
         old = score(model, tokenizer, heldout)
     key = target_of(method, new)
-    return {
+    out: dict[str, Any] = {
         "method": method, "target": key, "lower_is_better": key in LOWER_IS_BETTER,
         "baseline_name": baseline_name,
         "heldout": {"pairs": len(heldout.pairs), "rated": len(heldout.rated), "liked": len(heldout.liked),
                     "texts": len(heldout.texts)},
         "adapter": new, "baseline": old,
-        "improved": bool(key and better(key, new[key], old[key])),
     }
+    if corrections or liked:
+        fixed = learnt(model, tokenizer, corrections, (trained, baseline))
+        kept = learnt(model, tokenizer, liked, (trained,))
+        out["learnt"] = {"corrections": min(len(corrections), LEARNT_LIMIT), "adapter": fixed[trained],
+                         "baseline": fixed[baseline], "liked": min(len(liked), LEARNT_LIMIT),
+                         "liked_kept": kept[trained]}
+    return out

@@ -48,9 +48,12 @@ def record(system_prompt: str, question: str, passages: list[tuple[int, str, str
     return {"prompt": [*system, user], "completion": [{"role": "assistant", "content": target}]}
 
 
-def reader_records(squad: Path, settings: Settings, *, limit: int | None = None, seed: int = 42,
-                   progress: bool = True) -> tuple[list[Record], dict[str, int]]:
-    """SFT records from a SQuAD file (``limit`` questions per article at most) and their mix."""
+def reader_records(squad: Path, settings: Settings, *, limit: int | None = None, skip: int = 0,
+                   seed: int = 42, progress: bool = True) -> tuple[list[Record], dict[str, int]]:
+    """SFT records from a SQuAD file (``limit`` questions per article at most) and their mix.
+
+    The questions of an article are shuffled with ``seed``; ``skip`` leaves out the first ones, so a
+    round that continues an earlier one (same seed) reads questions that one did not."""
     from tqdm import tqdm
 
     from chatlm import compose
@@ -68,7 +71,7 @@ def reader_records(squad: Path, settings: Settings, *, limit: int | None = None,
         chat = services.chat
         try:
             uid = chat.user_id()
-            total = sum(min(len(a.questions), limit or len(a.questions)) for a in articles)
+            total = sum(len(a.questions[skip:][:limit]) for a in articles)
             bar = tqdm(total=total, desc="reader records", unit="q", disable=not progress)
             for article in articles:
                 conv = chat.new_conversation(uid)
@@ -76,7 +79,7 @@ def reader_records(squad: Path, settings: Settings, *, limit: int | None = None,
                 chat.library.wait_for_embeddings()
                 questions = list(article.questions)
                 rng.shuffle(questions)
-                for q in questions[:limit]:
+                for q in questions[skip:][:limit]:
                     bar.update(1)
                     wide = chat.library.retrieve(conv.id, q.question, k=PASSAGES + 6)
                     top = wide[:PASSAGES]
@@ -114,6 +117,7 @@ def build_round(settings: Settings, params: dict[str, Any]) -> Any:
 
     squad = Path(str(params["reader_data"]))
     records, mix = reader_records(squad, settings, limit=params.get("reader_limit"),
+                                  skip=int(params.get("reader_skip") or 0),
                                   seed=int(params.get("seed") or 42), progress=False)
     held = records[:HELDOUT] if len(records) > 4 * HELDOUT else records[:max(1, len(records) // 5)]
     train = records[len(held):]

@@ -12,6 +12,7 @@ from typing import Any
 from chatlm.accounts import Actor, require_admin
 from chatlm.engine.generation import Generation
 from chatlm.engine.params import SamplingParams
+from chatlm.evaluation.verdict import Verdict, judge
 from chatlm.service import ChatService
 from chatlm.store import registry
 from chatlm.store.db import transaction
@@ -49,6 +50,15 @@ class TrainingService:
     def start(self, actor: Actor, method: str = "auto", **options: Any) -> int:
         require_admin(actor)
         return self.chat.start_round(method, **options)
+
+    def worse(self, actor: Actor, name: str | None) -> Verdict | None:
+        """The verdict on ``name`` when it is worse than its baseline (Promote asks first), else None."""
+        require_admin(actor)
+        if name is None:
+            return None
+        with transaction(self.sessions) as s:
+            judged = judge(registry.get_adapter(s, name=name).metrics)
+        return judged if judged.is_worse else None
 
     def promote(self, actor: Actor, name: str | None) -> str | None:
         require_admin(actor)

@@ -163,6 +163,7 @@ def _train_and_evaluate(settings: Settings, round_data: Any, params: dict[str, A
 
     from chatlm.engine import loader
     from chatlm.engine.adapters import check_files
+    from chatlm.evaluation.verdict import judge
     from chatlm.training import evaluate, trainer
 
     hp = trainer.hyperparams(round_data, params)
@@ -187,7 +188,8 @@ def _train_and_evaluate(settings: Settings, round_data: Any, params: dict[str, A
         model.load_adapter(parent[1], adapter_name="parent")
     metrics = evaluate.compare(model, loaded.tokenizer, round_data.heldout, method=round_data.method,
                                baseline="parent" if parent else None,
-                               baseline_name=parent[0] if parent else "base")
+                               baseline_name=parent[0] if parent else "base",
+                               corrections=round_data.corrections, liked=round_data.liked)
     other = active if active and active != parent else None
     if other:
         model.load_adapter(other[1], adapter_name="active")
@@ -208,6 +210,8 @@ def _train_and_evaluate(settings: Settings, round_data: Any, params: dict[str, A
             if key in qa:
                 metrics[key].update(qa.pop(key))
         metrics["qa"] = qa
+    verdict = judge(metrics)  # the one definition of "better", stored with the adapter
+    metrics["verdict"] = {"label": verdict.label, "summary": verdict.sentences()}
     return loaded.model_id, hp, metrics
 
 
