@@ -249,7 +249,9 @@ def test_a_rollback_whose_adapter_fails_to_load_changes_nothing(tiny, settings, 
 
 
 def test_compare_loads_a_registered_adapter_that_is_not_served_yet(tiny, settings, adapter_dirs) -> None:
-    from chatlm.ui.training import COMPARE, TrainingTab
+    from chatlm.ui.training import TrainingTab
+
+    greedy = SamplingParams(temperature=0.0, max_new_tokens=256)  # a new chat's limit, decoded greedily
 
     service, backend = _registered_service(tiny, settings, adapter_dirs)
     try:
@@ -257,8 +259,38 @@ def test_compare_loads_a_registered_adapter_that_is_not_served_yet(tiny, setting
         *_, (left, right) = TrainingTab(service).compare("Say something", "base model", "tiny-v1")
         messages = [{"role": "system", "content": service.settings.system_prompt},
                     {"role": "user", "content": "Say something"}]
-        assert left == service.generate(messages, COMPARE).wait()
-        assert right == service.generate(messages, COMPARE, "tiny-v1").wait() != left
+        assert left == service.generate(messages, greedy).wait()
+        assert right == service.generate(messages, greedy, "tiny-v1").wait() != left
         assert _registry_active(service) is None  # comparing promotes nothing
+    finally:
+        backend.close()
+
+
+def test_promote_asks_again_before_serving_a_worse_round(tiny, settings, adapter_dirs) -> None:
+    """The Training tab says what gets worse and promotes a worse round only at a second press for
+    that same adapter; a better one is promoted at once. The CLI asks for --yes instead."""
+    from chatlm.store import registry
+    from chatlm.store.db import transaction
+    from chatlm.ui.training import TrainingTab
+
+    worse = {"baseline_name": "base", "adapter": {"knowledge_f1": 0.667}, "baseline": {"knowledge_f1": 0.923}}
+    better = {"baseline_name": "base", "adapter": {"knowledge_f1": 0.9}, "baseline": {"knowledge_f1": 0.5}}
+    service, backend = _registered_service(tiny, settings, adapter_dirs)
+    try:
+        with transaction(service.sessions) as s:
+            registry.get_adapter(s, name="tiny-v1").metrics = worse
+            registry.get_adapter(s, name="tiny-v2").metrics = better
+        tab = TrainingTab(service)
+        *view, message, pending = tab.promote("tiny-v1", "tiny-v1", None)
+        assert pending == "tiny-v1" and _registry_active(service) is None
+        assert "Not promoted yet" in message and "0.923 → 0.667" in message
+        assert "Worse than base model" in view[-1]  # the verdict line under the figures
+        *_, message, pending = tab.promote("tiny-v1", None, pending)  # the second press
+        assert pending is None and _registry_active(service) == "tiny-v1" and "Promoted" in message
+        *view, message, pending = tab.promote("tiny-v2", None, None)
+        assert pending is None and _registry_active(service) == "tiny-v2"
+        frame = tab.adapters_frame(tab.training.adapters(tab.who.actor(None))).set_index("name")
+        assert frame.loc[["tiny-v2", "tiny-v1"], "verdict"].tolist() == ["better than base model",
+                                                                        "worse than base model"]
     finally:
         backend.close()

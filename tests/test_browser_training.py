@@ -28,9 +28,12 @@ from tests.seeding import seed_pairs
 needs_browser()
 
 from chatlm.engine.local import LocalBackend  # noqa: E402
+from chatlm.engine.params import SamplingParams  # noqa: E402
 from chatlm.store import registry  # noqa: E402
 from chatlm.store.db import transaction  # noqa: E402
-from chatlm.ui.training import COMPARE  # noqa: E402
+
+COMPARE = SamplingParams(temperature=0.0, max_new_tokens=256)
+"""What Compare asks with here: greedy, with the token limit of the chat this test sent from."""
 
 pytestmark = pytest.mark.slow
 ROUND_TIMEOUT = 300.0

@@ -131,6 +131,7 @@ def test_training_endpoints_from_ratings_to_a_promoted_adapter_and_back(start_se
     import dataclasses
 
     from chatlm.engine.local import LocalBackend
+    from chatlm.engine.params import SamplingParams
     from chatlm.training import rounds
     from tests.seeding import seed_pairs
 
@@ -151,12 +152,12 @@ def test_training_endpoints_from_ratings_to_a_promoted_adapter_and_back(start_se
         assert value(promoted[-1]) == "Promoted: new chats use **chatlm-v1**."
         assert service.active_adapter == "chatlm-v1"
         left, right = client.predict("What is 2 plus 2?", "base model", "chatlm-v1", api_name="/compare")
-        from chatlm.ui.training import COMPARE
-
-        asked = [{"role": "system", "content": service.settings.system_prompt},
-                 {"role": "user", "content": "What is 2 plus 2?"}]
-        assert left == service.generate(asked, COMPARE).wait()  # each column is that model's answer
-        assert right == service.generate(asked, COMPARE, "chatlm-v1").wait()
+        # asked as the admin's chat asks: their latest chat (seeded) has no system prompt and the
+        # default settings, decoded greedily
+        asked = [{"role": "user", "content": "What is 2 plus 2?"}]
+        greedy = SamplingParams(temperature=0.0, max_new_tokens=256)
+        assert left == service.generate(asked, greedy).wait()  # each column is that model's answer
+        assert right == service.generate(asked, greedy, "chatlm-v1").wait()
         unknown = client.predict("chatlm-v9", "chatlm-v1", api_name="/promote_adapter")
         assert value(unknown[-1]) == "Not promoted: No adapter named 'chatlm-v9' in the registry."
         assert service.active_adapter == "chatlm-v1"  # nothing changed

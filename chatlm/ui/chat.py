@@ -8,6 +8,8 @@ lets it draw into the chat now shown.
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -15,7 +17,7 @@ import anyio
 import gradio as gr
 
 from chatlm.engine.params import SamplingParams
-from chatlm.errors import ChatLMError
+from chatlm.errors import ChatLMError, PermissionDeniedError
 from chatlm.service import BASE_MODEL, DEFAULT_MODEL, ChatService, Reply
 from chatlm.store.models import utcnow
 from chatlm.ui import branches, refusals, sidebar
@@ -36,6 +38,10 @@ ANSWERING = (gr.update(visible=False), gr.update(visible=True), gr.update(active
 checks every ``WATCH_S`` that it has not missed the answer's end (``ChatUI.watch``)."""
 IDLE = (gr.update(visible=True), gr.update(visible=False), gr.update(active=False))
 WATCH_S = 2.0
+log = logging.getLogger(__name__)
+MODELS_S = 3.0
+"""How often a page checks that its model picker still names what this server serves: a promotion
+or rollback (from any page) shows in every open page's picker without a reload (``ChatUI.models``)."""
 NOTHING = (gr.update(),) * 7
 """The outputs of ``follow`` left as they are."""
 VIEW_NAMES = ("chat", "ids", "conv_id", "list", "system_prompt", "temperature", "top_p", "max_new", "model",
@@ -79,6 +85,7 @@ class ChatUI:
     def __init__(self, service: ChatService, who: Who | None = None) -> None:
         self.service = service
         self.who = Who.of(service, who)
+        self._followed_at = -MODELS_S  # when ``_served`` last read the registry
         self.answers = Answers(service.backend)
 
     # ---- helpers -------------------------------------------------------------------------
@@ -113,13 +120,30 @@ class ChatUI:
         return gr.update(value=sidebar.listing(convs, conv_id, utcnow(), query,
                                                sidebar.zone(page.tz if page else None)))
 
-    def _models(self, choice: str | None) -> Any:
-        """The chat's model picker: the served default, the base model, or a served adapter."""
-        names = self.service.adapter_names()
-        active = self.service.active_adapter
+    def _served(self) -> tuple[str | None, tuple[str, ...]]:
+        """What the model picker names: the served default and the adapters served. The registry
+        is read at most once per ``MODELS_S`` for the whole process, however many pages ask (a
+        promotion made in a shell or by another server then shows too); otherwise from memory."""
+        now = time.monotonic()
+        if now - self._followed_at >= MODELS_S:
+            self._followed_at = now
+            try:
+                self.service.follow_registry()
+            except ChatLMError as exc:  # a busy database: the picker says what is served now
+                log.warning("could not read the registry: %s", exc.message)
+        return self.service.active_adapter, tuple(self.service.adapter_names())
+
+    def _models(self, choice: str | None, served: tuple[str | None, tuple[str, ...]] | None = None, *,
+                keep: bool = False) -> Any:
+        """The chat's model picker: the served default, the base model, or a served adapter.
+        ``keep``: the value is left to the browser (a choice made meanwhile stays) unless ``choice``
+        is no longer offered."""
+        active, names = served or self._served()
         choices = [(f"Default ({active or 'base model'})", DEFAULT_MODEL), ("Base model", BASE_MODEL),
                    *[(n, n) for n in names]]
-        return gr.update(choices=choices, value=choice if choice in {c[1] for c in choices} else DEFAULT_MODEL)
+        if choice in {c[1] for c in choices}:
+            return gr.update(choices=choices) if keep else gr.update(choices=choices, value=choice)
+        return gr.update(choices=choices, value=DEFAULT_MODEL)
 
     def _shows(self, request: gr.Request | None, conv_id: int | None) -> bool:
         if request is None or request.session_hash is None:
@@ -131,17 +155,13 @@ class ChatUI:
         conv = self.service.conversation(uid, conv_id) if conv_id else None  # yours, or refused
         self.answers.show(request.session_hash if request else None, conv_id)
         messages, ids, feedback = self._view(uid, conv_id)
-        if conv is not None:
-            sys_prompt, settings = conv.system_prompt, conv.settings
-        else:  # a new chat starts with this user's latest settings (remembered on the server)
-            sys_prompt, settings = self.service.remembered(uid)
+        sys_prompt, settings = (chat_settings(self.service, conv.system_prompt, conv.settings) if conv is not None
+                                else new_chat_settings(self.service, uid))
         return (
             gr.update(value=messages, feedback_value=feedback), ids, conv_id,
-            self._sidebar(uid, conv_id, request),
-            self.service.settings.system_prompt if sys_prompt is None else sys_prompt,
-            settings.get("temperature", 0.7), settings.get("top_p", 0.9),
-            min(int(settings.get("max_new_tokens", DEFAULT_MAX_NEW)), self._max_new()),
-            self._models(settings.get("model")), "",
+            self._sidebar(uid, conv_id, request), sys_prompt,
+            settings["temperature"], settings["top_p"], settings["max_new_tokens"],
+            self._models(settings["model"]), "",
             bool(conv.exclude_from_training) if conv else False,
         )
 
@@ -167,7 +187,7 @@ class ChatUI:
                 self.service.update_settings(uid, conv_id, system_prompt=sys_prompt, settings=settings)
             with self.answers.storing:
                 pump = self.answers.start(conv_id, lambda: self.service.send(
-                    uid, conv_id, text, _params(settings), adapter=settings.get("model")))
+                    uid, conv_id, text, sampling_params(settings), adapter=settings.get("model")))
         except ChatLMError as exc:
             if created:
                 self.service.discard(uid, conv_id)
@@ -202,7 +222,7 @@ class ChatUI:
                      max_new: int, model: str | None) -> Callable[[int], Reply]:
         """Another answer to the last question; a question left unanswered (the server was busy)
         is asked again as a new branch from the same point."""
-        params = _params(_settings(temperature, top_p, max_new))
+        params = sampling_params(_settings(temperature, top_p, max_new))
 
         def start(uid: int) -> Reply:
             path = [m for m, _ in self.service.history(uid, conv_id or 0)
@@ -219,7 +239,7 @@ class ChatUI:
     def _continue_reply(self, conv_id: int | None, temperature: float, top_p: float,
                         max_new: int, model: str | None) -> Callable[[int], Reply]:
         """Go on writing the last answer (cut at the token limit, or stopped)."""
-        params = _params(_settings(temperature, top_p, max_new))
+        params = sampling_params(_settings(temperature, top_p, max_new))
 
         def start(uid: int) -> Reply:
             path = [m for m, _ in self.service.history(uid, conv_id or 0) if m.role in ("user", "assistant")]
@@ -367,6 +387,20 @@ class ChatUI:
             link = gr.update(value="Sign out", visible=True)
         return line, gr.update(visible=actor.is_admin), gr.update(visible=actor.is_admin), link
 
+    def models(self, choice: str | None, drawn: Any, request: gr.Request) -> tuple[Any, Any]:
+        """A page's model picker and what it last drew, every ``MODELS_S`` and after Promote or Roll
+        back: redrawn when the default or the adapters served changed since this page last drew it
+        (a promotion or rollback on any page, for every user), the user's choice kept while it is
+        still offered; otherwise nothing changes (no flicker). Cheap: the service's memory only."""
+        try:
+            self.who.actor(request)  # a page whose session ended learns nothing, and hears nothing
+        except PermissionDeniedError:
+            return gr.update(), gr.update()
+        served = self._served()
+        if served == drawn:
+            return gr.update(), gr.update()
+        return self._models(choice, served, keep=True), served
+
     def sidebar(self, conv_id: int | None, request: gr.Request) -> Any:
         return self._sidebar(self._uid(request), conv_id, request)
 
@@ -386,7 +420,7 @@ class ChatUI:
             view = self.load(None, request)
         else:
             view = _view_unchanged(list=self._sidebar(uid, shown, request))
-        return (*view, gr.update(visible=True), f"Deleted “{_plain(title)}”.", target)
+        return (*view, gr.update(visible=True), f"Deleted “{plain(title)}”.", target)
 
     def deleted(self, shown: int | None, event: gr.EventData, request: gr.Request) -> Outputs:
         target, _ = sidebar.clicked(event)
@@ -464,7 +498,7 @@ class ChatUI:
         index = data.index if isinstance(data.index, int) else data.index[0]
         if conv_id is None or not 0 <= index < len(ids):
             return (gr.update(),) * 9
-        params = _params(_settings(temperature, top_p, max_new))
+        params = sampling_params(_settings(temperature, top_p, max_new))
         turn = self._again(conv_id, lambda uid: self.service.edit(uid, ids[index], str(data.value),
                                                                    params, adapter=model), request)
         return self._begun(turn, gr.update(), request)
@@ -605,6 +639,8 @@ class ChatUI:
             with gr.Tab("Chat", elem_id="chat-tab"):
                 model = gr.Dropdown(label="Model of this chat", choices=[("Default", DEFAULT_MODEL)],
                                     value=DEFAULT_MODEL, elem_id="model")
+                drawn = gr.State(None)  # what this page's picker last named (``models``)
+                models_timer = gr.Timer(MODELS_S)
                 chatbot = gr.Chatbot(height=520, label="chatlm", elem_id="chatbot", editable="user",
                                      feedback_options=("Like", "Dislike"), buttons=["copy"],
                                      placeholder=WELCOME, examples=[{"text": t} for t in EXAMPLES])
@@ -636,7 +672,8 @@ class ChatUI:
                 FeedbackTab(self.service, self.who).render(feedback_tab)
             with gr.Tab("Training", elem_id="training-tab",
                         visible=self.service.settings.auth == "none") as training_tab:
-                TrainingTab(self.service, self.who).render(training_tab)
+                training = TrainingTab(self.service, self.who)
+                training.render(training_tab)
             accounts_on = self.service.settings.auth != "none"
             with gr.Tab("Admin", elem_id="admin-tab", visible=False) as admin_tab:
                 if accounts_on:  # local mode: hidden and empty (``python -m chatlm users`` there)
@@ -694,6 +731,9 @@ class ChatUI:
             search.change(self.search, [search, conv_id], [conv_list], trigger_mode="always_last",
                          api_visibility="private")
             watchdog.tick(self.watch, [conv_id], followed, show_progress="hidden", **quick)
+            # the picker follows a promotion or rollback: every page within MODELS_S, the promoting one at once
+            for changed in (models_timer.tick, *(event.then for event in training.promotions)):
+                changed(self.models, [model, drawn], [model, drawn], show_progress="hidden", **quick)
             stop_btn.click(self.stop, [conv_id], [notice], concurrency_limit=None, api_name="stop")
             chatbot.like(self.like, [ids, conv_id], [selected], concurrency_limit=None, api_name="rate").then(
                 panel.show, [selected], panel.details, concurrency_limit=None, api_visibility="private").then(
@@ -722,12 +762,28 @@ def _chat_id(value: float | None) -> int | None:
     return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
-def _plain(text: str) -> str:
+def plain(text: str) -> str:
     """A user's text inside a Markdown notice, its markup shown as typed."""
     return "".join(f"\\{c}" if c in "\\`*_{}[]()<>#+-.!|~" else c for c in text)
 
 
-def _params(settings: dict[str, Any]) -> SamplingParams:
+def chat_settings(service: ChatService, system_prompt: str | None, settings: dict[str, Any]
+                  ) -> tuple[str, dict[str, Any]]:
+    """A chat's system prompt and settings as the chat shows and sends them: the server's defaults
+    where one is missing, the token limit no more than the server's."""
+    return (service.settings.system_prompt if system_prompt is None else system_prompt,
+            _settings(settings.get("temperature", 0.7), settings.get("top_p", 0.9),
+                      min(int(settings.get("max_new_tokens", DEFAULT_MAX_NEW)), service.settings.max_new_tokens),
+                      settings.get("model")))
+
+
+def new_chat_settings(service: ChatService, uid: int) -> tuple[str, dict[str, Any]]:
+    """What a new chat of this user starts with: the system prompt and settings of their latest chat
+    (remembered on the server, so on every browser), else the server's defaults."""
+    return chat_settings(service, *service.remembered(uid))
+
+
+def sampling_params(settings: dict[str, Any]) -> SamplingParams:
     return SamplingParams(temperature=float(settings["temperature"]),
                           top_p=float(settings["top_p"]),
                           max_new_tokens=int(settings["max_new_tokens"]))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import html
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import gradio as gr
@@ -19,36 +20,26 @@ import pandas as pd
 from chatlm.accounts import Actor, require_admin
 from chatlm.engine.params import SamplingParams
 from chatlm.errors import ChatLMError, PermissionDeniedError
+from chatlm.evaluation import verdict
 from chatlm.feedback.service import FeedbackService
 from chatlm.service import ChatService
 from chatlm.store import registry
 from chatlm.store.models import AdapterVersion, TrainingRun
 from chatlm.training import METHODS, data, eta
 from chatlm.training.service import TrainingService
+from chatlm.ui.chat import new_chat_settings, plain, sampling_params
 from chatlm.ui.uploads import received_file, uploaded_file
 from chatlm.ui.who import Who
 
 BASE = "base model"
 POLL_S = 1.0
 """How often the tab reads the run row while a round is under way."""
-FIGURES = {
-    "pair_accuracy": "preference accuracy (pairs, higher is better)",
-    "pair_margin": "reward margin: log p(chosen) - log p(rejected) (higher is better)",
-    "rated_accuracy": "liked ranked above disliked (higher is better)",
-    "rated_margin": "per-token log p, liked - disliked (higher is better)",
-    "liked_perplexity": "perplexity of liked answers (lower is better)",
-    "knowledge_f1": "QA F1 on held-out questions about your texts (higher is better)",
-    "knowledge_exact": "exact match on those questions (higher is better)",
-    "qa_f1": "QA F1 on the SQuAD file (higher is better)",
-    "qa_exact": "QA exact match (higher is better)",
-}
-ADAPTER_COLUMNS = ["active", "name", "method", "parent", "created", "target", "this adapter", "baseline",
-                   "improved"]
+ADAPTER_COLUMNS = ["active", "name", "method", "parent", "created", "verdict", "judged on"]
 RUN_COLUMNS = ["run", "status", "method", "adapter", "started", "finished", "error"]
-VIEW_OUTPUTS = 15
+VIEW_OUTPUTS = 16
 """Components ``refresh`` fills; the first five are the round's progress, which ``poll`` fills alone."""
-COMPARE = SamplingParams(temperature=0.0, max_new_tokens=256)
-"""Greedy decoding, so a difference between the two answers comes from the adapters alone."""
+COMPARE_PROMPT_CHARS = 80
+"""How much of the system prompt the line over Compare's answers quotes."""
 
 
 def _adapter(choice: str | None) -> str | None:
@@ -102,17 +93,45 @@ def _loss(run: TrainingRun | None) -> Any:
 
 
 def evaluation_frame(adapter: AdapterVersion | None) -> pd.DataFrame:
-    """The adapter's held-out figures in rows, with its baseline and the then-active adapter."""
+    """The adapter's held-out figures in rows, with its baseline and the then-active adapter; the
+    figures the verdict rests on are marked."""
     if adapter is None or not adapter.metrics:
         return pd.DataFrame(columns=["figure"])
     m = adapter.metrics
     columns = [(adapter.name, m.get("adapter") or {}), (m.get("baseline_name", BASE), m.get("baseline") or {})]
     if m.get("active"):
         columns.append((f"{m['active_name']} (active then)", m["active"]))
-    keys = [k for k in FIGURES if any(k in figures for _, figures in columns)]
-    rows = [[FIGURES[k] + (" ← target" if k == m.get("target") else ""),
+    judged = verdict.matters(m)
+    keys = [k for k in verdict.FIGURES if any(k in figures for _, figures in columns)]
+    rows = [[verdict.FIGURES[k][0] + (" ← judged on" if k in judged else ""),
              *(_fmt(figures.get(k)) for _, figures in columns)] for k in keys]
     return pd.DataFrame(rows, columns=["figure", *(name for name, _ in columns)])
+
+
+def verdict_text(adapter: AdapterVersion | None) -> str:
+    """What the round changed, in plain words (``chatlm.evaluation.verdict``, as the CLI says it)."""
+    if adapter is None:
+        return ""
+    judged = verdict.judge(adapter.metrics)
+    mark = {"better": "✅", "worse": "⚠️", "unchanged": "➖"}.get(judged.label, "")
+    lines = judged.sentences()
+    return f"**{mark} {html.escape(adapter.name)}:** " + " ".join(html.escape(line) for line in lines)
+
+
+def model_name(choice: str | None, serving: str | None) -> str:
+    """A model as Compare names it: an adapter's name or the base model, and whether new chats use it."""
+    name = _adapter(choice)
+    return (name or BASE) + (" (the default: new chats use it)" if name == serving else "")
+
+
+def asked_with(system_prompt: str, params: SamplingParams) -> str:
+    """One line over Compare's answers: what both models were asked with."""
+    said = " ".join(system_prompt.split())
+    if len(said) > COMPARE_PROMPT_CHARS:
+        said = said[:COMPARE_PROMPT_CHARS - 1].rstrip() + "…"
+    prompt = f"your chat's system prompt “{plain(said)}”" if said else "no system prompt (as your chat)"
+    return (f"Asked with {prompt}, max {params.max_new_tokens} new tokens, greedy (temperature 0), "
+            "so a difference between the answers comes from the models.")
 
 
 class TrainingTab:
@@ -123,6 +142,8 @@ class TrainingTab:
         self.service = service
         self.training = TrainingService(service)
         self.who = Who.of(service, who)
+        self.promotions: tuple[Any, ...] = ()
+        """The Promote and Roll back events, once rendered: the chat's model picker follows them."""
 
     # ---- reading the registry ----------------------------------------------------------------
     def data_summary(self, actor: Actor, runs: list[TrainingRun]) -> tuple[str, bool]:
@@ -142,12 +163,10 @@ class TrainingTab:
     def adapters_frame(self, adapters: list[AdapterVersion]) -> pd.DataFrame:
         rows = []
         for a in reversed(adapters):
-            m = a.metrics or {}
-            key = m.get("target")
+            judged = verdict.judge(a.metrics)
             rows.append(["✓" if a.is_active else "", a.name, a.method, a.parent or BASE, _when(a.created_at),
-                         key or "", _fmt((m.get("adapter") or {}).get(key)),
-                         f"{_fmt((m.get('baseline') or {}).get(key))} ({m.get('baseline_name', BASE)})",
-                         "yes" if m.get("improved") else "no"])
+                         f"{judged.label} than {judged.baseline}" if judged.label in ("better", "worse")
+                         else judged.label, ", ".join(verdict.FIGURES[k][0] for k in verdict.matters(a.metrics or {}))])
         return pd.DataFrame(rows, columns=ADAPTER_COLUMNS)
 
     @staticmethod
@@ -177,7 +196,8 @@ class TrainingTab:
                 gr.update(choices=names, value=shown), evaluation_frame(picked),
                 gr.update(choices=choices, value=active), gr.update(choices=choices, value=active),
                 gr.update(choices=choices, value=shown or BASE), f"New chats use: **{serving or BASE}**.",
-                summary, gr.update(interactive=bool(adapters)), gr.update(interactive=serving is not None))
+                summary, gr.update(interactive=bool(adapters)), gr.update(interactive=serving is not None),
+                verdict_text(picked))
 
     def poll(self, shown: str | None, request: gr.Request) -> tuple[Any, ...]:
         """A timer tick while a round is under way: its progress only (what the user picked stays);
@@ -209,16 +229,28 @@ class TrainingTab:
                  else "started in its own process")
         return f"Round {run_id} {where}; chatting goes on meanwhile.", gr.Timer(active=True)
 
-    def promote(self, name: str | None, shown: str | None, request: gr.Request) -> tuple[Any, ...]:
+    def promote(self, name: str | None, shown: str | None, confirmed: str | None = None,
+                request: gr.Request = None) -> tuple[Any, ...]:  # type: ignore[assignment]
+        """Serve ``name`` for new chats. A round whose held-out figures are worse is promoted only at
+        a second press for the same adapter (``confirmed`` holds the name the first press warned of),
+        after the tab has said what gets worse."""
+        actor = self.who.actor(request)
+        pending = None
         try:
-            now = self.training.promote(self.who.actor(request), _adapter(name))
-            message = f"Promoted: new chats use **{now or BASE}**."
+            worse = self.training.worse(actor, _adapter(name))
+            if worse is not None and confirmed != name:
+                pending = name
+                gr.Warning(worse.confirm_text(str(name)))
+                message = f"Not promoted yet: {html.escape(worse.confirm_text(str(name)), quote=False)}"
+            else:
+                now = self.training.promote(actor, _adapter(name))
+                message = f"Promoted: new chats use **{html.escape(now or BASE, quote=False)}**."
         except PermissionDeniedError:
             raise
         except ChatLMError as exc:
             gr.Warning(exc.message)
-            message = f"Not promoted: {exc.message}"
-        return (*self.refresh(shown, request), message)
+            message = f"Not promoted: {html.escape(exc.message, quote=False)}"
+        return (*self.refresh(shown, request), message, pending)
 
     def rollback(self, shown: str | None, request: gr.Request) -> tuple[Any, ...]:
         try:
@@ -231,19 +263,43 @@ class TrainingTab:
             message = f"Not rolled back: {exc.message}"
         return (*self.refresh(shown, request), message)
 
+    def asking(self, actor: Actor) -> tuple[str, SamplingParams]:
+        """What Compare asks with: the system prompt and settings a new chat of this admin starts
+        with (the chat's own code), decoded greedily, so a difference comes from the models alone."""
+        system_prompt, settings = new_chat_settings(self.service, actor.user_id)
+        params = replace(sampling_params(settings), temperature=0.0)
+        return system_prompt, params.clamped(self.service.settings.max_new_tokens)
+
+    def compare_heading(self, question: str, left: str | None, right: str | None,
+                        request: gr.Request = None) -> tuple[Any, Any, Any]:  # type: ignore[assignment]
+        """Before Compare's answers: the line saying what they are asked with, and each answer box
+        named after the model that gives it (the default, new chats' model, says so)."""
+        actor = self.who.actor(request)
+        require_admin(actor)
+        if not question or not question.strip():
+            return gr.update(), gr.update(), gr.update()
+        system_prompt, params = self.asking(actor)
+        serving = self.training.serving(actor)
+        return (asked_with(system_prompt, params),
+                gr.update(value="", label=f"Left answer, from {model_name(left, serving)}"),
+                gr.update(value="", label=f"Right answer, from {model_name(right, serving)}"))
+
     def compare(self, question: str, left: str | None, right: str | None,
                 request: gr.Request = None) -> Iterator[tuple[str, str]]:  # type: ignore[assignment]
-        """Both answers stream side by side; they are generated in the same batch, greedily."""
+        """Both answers stream side by side; they are generated in the same batch, greedily, with
+        the system prompt and token limit of this admin's new chats (``asking``)."""
         actor = self.who.actor(request)
         require_admin(actor)  # before the empty-question notice: a non-admin learns nothing here
         if not question or not question.strip():
             gr.Warning("Type a question to compare the two on.")
             return
-        messages = [{"role": "system", "content": self.service.settings.system_prompt},
-                    {"role": "user", "content": question.strip()}]
         gens = []
         try:
-            gens = self.training.compare(actor, messages, (_adapter(left), _adapter(right)), COMPARE)
+            system_prompt, params = self.asking(actor)
+            # the prompt as a chat's first turn builds it (no system message for an empty prompt)
+            messages = self.service._plan(system_prompt, [{"role": "user", "content": question.strip()}],
+                                          params).messages
+            gens = self.training.compare(actor, messages, (_adapter(left), _adapter(right)), params)
             while not all(g.done for g in gens):
                 yield gens[0].text, gens[1].text
                 time.sleep(0.2)
@@ -293,6 +349,7 @@ class TrainingTab:
         gr.Markdown("## Adapters")
         adapters = gr.Dataframe(headers=ADAPTER_COLUMNS, interactive=False, wrap=True, elem_id="tr-adapters")
         shown = gr.Dropdown([], label="Held-out evaluation of", allow_custom_value=True, elem_id="tr-shown")
+        judged = gr.Markdown(elem_id="tr-verdict")
         evaluation = gr.Dataframe(interactive=False, wrap=True, label="Held-out figures", elem_id="tr-eval")
         with gr.Row():
             target = gr.Dropdown([BASE], value=BASE, label="Serve", allow_custom_value=True, elem_id="tr-target")
@@ -306,18 +363,24 @@ class TrainingTab:
             right = gr.Dropdown([BASE], value=BASE, label="Right", allow_custom_value=True, elem_id="tr-right")
         question = gr.Textbox(label="Question", elem_id="tr-question")
         compare_btn = gr.Button("Compare", elem_id="tr-compare")
+        asked = gr.Markdown(elem_id="tr-asked")
         with gr.Row():
             left_out = gr.Textbox(label="Left answer", lines=6, interactive=False, elem_id="tr-left-answer")
             right_out = gr.Textbox(label="Right answer", lines=6, interactive=False, elem_id="tr-right-answer")
 
         timer = gr.Timer(POLL_S, active=False)
         view = [status, loss, runs, timer, start_btn, adapters, shown, evaluation, target, left, right,
-                active_line, summary, promote_btn, rollback_btn]
+                active_line, summary, promote_btn, rollback_btn, judged]
         tab.select(self.refresh, [shown], view, api_visibility="private")
         timer.tick(self.poll, [shown], view, api_visibility="private", show_progress="hidden")
         shown.input(self.refresh, [shown], view, api_visibility="private")
         start_btn.click(self.start, [method, epochs, max_steps, lr, from_active, squad, guests], [started, timer],
                         api_name="start_round").then(self.refresh, [shown], view, api_visibility="private")
-        promote_btn.click(self.promote, [target, shown], [*view, changed], api_name="promote_adapter")
-        rollback_btn.click(self.rollback, [shown], [*view, changed], api_name="rollback_adapter")
-        compare_btn.click(self.compare, [question, left, right], [left_out, right_out], api_name="compare")
+        confirmed = gr.State(None)
+        promoted = promote_btn.click(self.promote, [target, shown, confirmed], [*view, changed, confirmed],
+                                     api_name="promote_adapter")
+        rolled_back = rollback_btn.click(self.rollback, [shown], [*view, changed], api_name="rollback_adapter")
+        self.promotions = (promoted, rolled_back)  # the chat's model picker follows them (ChatUI.models)
+        compare_btn.click(self.compare_heading, [question, left, right], [asked, left_out, right_out],
+                          api_visibility="private", show_progress="hidden").then(
+            self.compare, [question, left, right], [left_out, right_out], api_name="compare")
