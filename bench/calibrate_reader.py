@@ -10,6 +10,14 @@ no-answer accuracy wins (the issue's targets are on both; overall F1 on a split 
 unanswerable would pick "always decline", useless to a user).
 
     .venv/bin/python bench/calibrate_reader.py bench/out/reader_calibration.json [--field decline_score]
+
+``--rule`` instead keeps the agreement threshold (``--threshold``, the configured 0.6) and sweeps the
+reader's two overrides (``chatlm.service.SURE_SPAN``: answer despite a poor agreement when the span's
+first token has at least this log-probability; ``SURE_DECLINE``: decline when ``decline_score``
+reaches this). They exist to let a round's taught answers and declines through; the table shows what
+each pair costs or gains on untaught questions, and the most permissive pair within 0.005 of the
+rule without overrides is printed (``--rule`` needs a report made with this version: ``span`` and
+``span_logprob`` per question).
 """
 
 from __future__ import annotations
@@ -41,11 +49,48 @@ def figures(questions: list[dict], threshold: float) -> dict[str, float]:
     return {"f1": mean(total), "has_ans_f1": mean(has_f1), "no_ans_accuracy": mean(no_ok)}
 
 
+def rule_figures(questions: list[dict], threshold: float, sure_span: float, sure_decline: float) -> dict[str, float]:
+    """The served rule (``ChatService._declines``) replayed on each question's span and signals."""
+    has_f1, no_ok = [], []
+    for q in questions:
+        span, support = q.get("span") or "", q.get("support_score") or 0.0
+        decline, first = q.get("decline_score"), q.get("span_logprob")
+        declined = (not span or (decline is not None and decline >= sure_decline)
+                    or not (support >= threshold or (first is not None and first >= sure_span)))
+        if q["is_impossible"]:
+            no_ok.append(1.0 if declined else 0.0)
+        else:
+            has_f1.append(0.0 if declined else f1(span, q["answers"]))
+    mean = lambda xs: sum(xs) / len(xs) if xs else 0.0  # noqa: E731
+    return {"has_ans_f1": mean(has_f1), "no_ans_accuracy": mean(no_ok),
+            "balanced": (mean(has_f1) + mean(no_ok)) / 2}
+
+
+def sweep_rule(questions: list[dict], threshold: float) -> int:
+    inf = float("inf")
+    spans = [-0.02, -0.05, -0.1, -0.2, -0.5, inf]
+    declines = [0.0, 1.0, 2.0, 3.0, 5.0, inf]
+    base = rule_figures(questions, threshold, inf, inf)
+    print("| SURE_SPAN | SURE_DECLINE | has-answer F1 | no-answer accuracy | mean |\n| --- | --- | --- | --- | --- |")
+    rows = [(s, d, rule_figures(questions, threshold, s, d)) for s in spans for d in declines]
+    for s, d, fig in rows:
+        print(f"| {s:g} | {d:g} | {fig['has_ans_f1']:.3f} | {fig['no_ans_accuracy']:.3f} | {fig['balanced']:.3f} |")
+    fine = [(s, d, fig) for s, d, fig in rows if fig["balanced"] >= base["balanced"] - 0.005]
+    s, d, fig = min(fine, key=lambda r: min(r[0], 10.0) + min(r[1], 10.0))  # lowest thresholds: most let through
+    print(f"\nwithout overrides: has-answer F1 {base['has_ans_f1']:.3f}, no-answer accuracy "
+          f"{base['no_ans_accuracy']:.3f}; most permissive within 0.005: SURE_SPAN {s:g}, SURE_DECLINE {d:g} "
+          f"(has-answer F1 {fig['has_ans_f1']:.3f}, no-answer accuracy {fig['no_ans_accuracy']:.3f}) "
+          f"on {len(questions)} calibration questions")
+    return 0
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("report", type=Path)
     p.add_argument("--field", default="support_score", choices=("support_score", "decline_score"),
                    help="the signal: MiniLM agreement (support_score) or the reader's own (decline_score)")
+    p.add_argument("--rule", action="store_true", help="sweep the reader's overrides of the agreement rule")
+    p.add_argument("--threshold", type=float, default=0.6, help="with --rule: the agreement threshold in force")
     args = p.parse_args()
     global FIELD
     FIELD = args.field
@@ -54,6 +99,8 @@ def main() -> int:
         print("error: calibrate on the calibration split only", file=sys.stderr)
         return 2
     questions = report["questions"]
+    if args.rule:
+        return sweep_rule(questions, args.threshold)
     sign = -1 if FIELD == "decline_score" else 1  # a higher decline score means less support
     for q in questions:
         if q.get(FIELD) is not None:

@@ -46,7 +46,17 @@ TITLE_CHARS = 48
 log = logging.getLogger(__name__)
 STATUS_BY_FINISH = {"cancelled": "stopped", "error": "error"}
 COPY_SENTENCES = 1
-"""Sentences (best agreement with the question first) an extractive answer may copy from."""
+"""Sentences (best agreement with the question first) the base model's extractive answer may copy from."""
+PREFER_BEST = 3.0
+"""A reader copies from every sentence of its passages, the best-agreeing one raised by this much
+at the first step: it keeps to that sentence unless it is taught otherwise (a user's correction
+learnt by a round) by more than this logit margin (calibration split: ``bench/calibrate_reader.py``)."""
+SURE_SPAN = -0.1
+"""A reader's span stands although question and sentence agree less than the decline threshold when
+its first token's log-probability is at least this (p >= 0.9): an answer it was taught."""
+SURE_DECLINE = 2.0
+"""A reader declines although the sentence agrees when ``decline_score`` (log p(decline) minus log
+p(any span start)) is at least this: a decline it was taught."""
 DEFAULT_MODEL = ""
 """A conversation's model choice meaning "whatever the server serves by default" (the active adapter)."""
 BASE_MODEL = "base"
@@ -525,8 +535,9 @@ class ChatService(Conversations):
             chosen, score = self._best_sentences(question, extract)
             extra = {"copy_from": [c.sentence for c in chosen[:COPY_SENTENCES]],
                      "avoid_first": question_words(question)}
-            if self.reads(adapter):  # a reader's wish to decline is scored (measured), never copied
-                extra["decline"] = NOT_FOUND
+            if self.reads(adapter):  # every sentence, the best preferred; its wish to decline is scored
+                extra.update(copy_from=[c.sentence for c in chosen], decline=NOT_FOUND,
+                             start_bias=[PREFER_BEST])
         elif continue_final:  # the last message is the answer to go on with
             extra = {"continue_final": True}
         gen = self.backend.chat(messages, params, adapter=adapter, **extra)
@@ -563,7 +574,7 @@ class ChatService(Conversations):
         if gen.finish_reason not in ("stop", "length") or not reply.extract:
             return gen.text  # stopped or failed: what there is, marked as such
         support = find_support(gen.text, reply.extract)
-        if support is None or (reply.support_score or 0.0) < self.settings.abstain_threshold:
+        if support is None or self._declines(reply):
             reply.short_answer = ""
             # never quote, with a decline, the sentence that holds the span it would have given
             span = short_form(gen.text).lower()
@@ -575,6 +586,18 @@ class ChatService(Conversations):
                 source.update(cited=True, sentence=[support.start, support.end])
         return answer_text(gen.text, support)
 
+    def _declines(self, reply: Reply) -> bool:
+        """Whether an extractive answer is the decline: question and sentence agree less than the
+        calibrated threshold (``CHATLM_ABSTAIN_THRESHOLD``), unless a reader is sure of its span;
+        or a reader is sure the text does not say (a decline it was taught)."""
+        gen = reply.generation
+        agreed = (reply.support_score or 0.0) >= self.settings.abstain_threshold
+        if gen.decline_score is None:  # not a reader: the agreement decides
+            return not agreed
+        if gen.decline_score >= SURE_DECLINE:
+            return True
+        return not (agreed or (gen.span_logprob is not None and gen.span_logprob >= SURE_SPAN))
+
     def _answer_fields(self, reply: Reply) -> dict[str, Any]:
         gen = reply.generation
         params: dict[str, Any] = gen.params.as_dict()
@@ -584,8 +607,10 @@ class ChatService(Conversations):
             params["continued"] = True
         if reply.extract is not None:
             params.update(extractive=True, span=reply.short_answer, support_score=reply.support_score)
-            if gen.decline_score is not None:  # a reader's own "not in the text" (README: not yet the rule)
+            if gen.decline_score is not None:  # a reader's own "not in the text"
                 params["decline_score"] = round(gen.decline_score, 4)
+            if gen.span_logprob is not None:  # how sure it was of the span it started
+                params["span_logprob"] = round(gen.span_logprob, 4)
         return dict(model_id=self.backend.model_id, adapter=reply.adapter,
                     generation_params=params, prompt_messages=reply.prompt_messages,
                     sources=reply.sources, prompt_tokens=gen.prompt_tokens,

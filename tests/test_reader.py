@@ -117,3 +117,22 @@ def test_a_decline_never_opens_a_span() -> None:
     plain = CopyConstraint.build(["Richard I of Normandy ruled."], encode=_words,
                                  token_text=lambda i: f" w{i}", eos_ids=[0])
     assert _words("I")[0] in plain.allowed()  # without a decline option, "I" may start a span
+
+
+@pytest.mark.parametrize(("support", "decline", "first", "declines"), [
+    (0.9, None, -3.0, False),   # the base model: the agreement decides
+    (0.3, None, -0.01, True),   # ... however sure the model is
+    (0.9, -1.0, -2.0, False),   # a reader on an agreeing sentence answers
+    (0.3, -1.0, -2.0, True),    # a reader unsure of its span on a poor sentence declines
+    (0.3, -1.0, -0.01, False),  # a reader sure of its span (a taught answer) answers anyway
+    (0.9, 3.0, -2.0, True),     # a reader sure the text does not say (a taught decline) declines
+])
+def test_a_reader_overrides_the_agreement_rule_only_when_sure(settings, support, decline, first, declines) -> None:
+    from types import SimpleNamespace
+
+    from chatlm.service import SURE_DECLINE, SURE_SPAN, ChatService
+
+    assert settings.abstain_threshold == 0.6 and math.log(0.5) < SURE_SPAN and SURE_DECLINE > 0
+    reply = SimpleNamespace(support_score=support,
+                            generation=SimpleNamespace(decline_score=decline, span_logprob=first))
+    assert ChatService._declines(SimpleNamespace(settings=settings), reply) is declines

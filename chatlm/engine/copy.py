@@ -45,6 +45,10 @@ class CopyConstraint:
     """(passage, position) of word starts no span may begin at (articles, the question's words)."""
     decline_ids: tuple[int, ...] = ()
     """First tokens a decline may open with (scored by ``score_decline``, never a span's start)."""
+    start_bias: tuple[float, ...] = ()
+    """Added to the first step's logit of a token that starts a span in passage ``i`` (the largest
+    when it starts spans in several): a prior for where the answer lies, which the model's own
+    preference overrides only when it is stronger (``first_bias``)."""
     state: State | None = None
     """None before the first token: the answer may start at any word start."""
     _starts: dict[int, set[tuple[int, int, int]]] = field(default_factory=dict, repr=False)
@@ -57,11 +61,19 @@ class CopyConstraint:
         for e, entry in enumerate(self.entries):
             if entry.ids:
                 self._starts.setdefault(entry.ids[0], set()).add((1, e, 1))
+        self._bias: dict[int, float] = {}
+        if any(self.start_bias):
+            for tok, where in self._starts.items():
+                passages = {index if kind == 0 else self.entries[index].passage for kind, index, _ in where}
+                bias = max(self.start_bias[p] if p < len(self.start_bias) else 0.0 for p in passages)
+                if bias:
+                    self._bias[tok] = bias
 
     @classmethod
     def build(cls, passages: Sequence[str], *, encode: Callable[[str], list[int]],
               token_text: Callable[[int], str], eos_ids: Iterable[int],
-              avoid_first: Iterable[str] = (), decline: str = "") -> CopyConstraint:
+              avoid_first: Iterable[str] = (), decline: str = "",
+              start_bias: Sequence[float] = ()) -> CopyConstraint:
         """Tokenise each passage as it reads inside a prompt (words after the first carry their
         space) and each word once more without its space, for the reply's first token. No span
         starts with an article or with a word of ``avoid_first`` (the question's own words: a span
@@ -92,7 +104,12 @@ class CopyConstraint:
                     entries.append(_Entry(tuple(encode(text_word)), p, end))
         decline_ids = tuple(encode(decline.strip())[:1]) if decline.strip() else ()
         return cls(passages=ids_list, word_start=starts, alnum_start=alnums, entries=entries,
-                   eos_ids=frozenset(eos_ids), no_start=frozenset(skipped), decline_ids=decline_ids)
+                   eos_ids=frozenset(eos_ids), no_start=frozenset(skipped), decline_ids=decline_ids,
+                   start_bias=tuple(start_bias))
+
+    def first_bias(self) -> dict[int, float]:
+        """Token id -> logit bonus at the first step (``start_bias``); empty when there is none."""
+        return self._bias
 
     def score_decline(self, logprobs: Sequence[float] | Any) -> float:
         """How much more the model wants to decline than to copy, from the first step's

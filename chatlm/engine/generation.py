@@ -35,6 +35,9 @@ class Generation:
     decline_score: float | None = None
     """For a copied answer with a decline option: log p(the decline's first token) minus log p(any
     span start), read from the first step's unconstrained distribution (a learnt "not in the text")."""
+    span_logprob: float | None = None
+    """For a copied answer: log p of its first token under the model's unconstrained first-step
+    distribution (how sure the model is of the span it starts; a taught answer is near 0)."""
     prefilled: int = 0
     """Prompt tokens read so far (a long prompt is read in chunks: a page shows how far)."""
     _events: queue.Queue[object] = field(default_factory=queue.Queue, repr=False)

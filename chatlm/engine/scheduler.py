@@ -67,6 +67,8 @@ class _Row:
     last_token: int = 0
     copy: CopyConstraint | None = None
     """When set, every token continues a span of its passages (extractive answers)."""
+    first_logprobs: torch.Tensor | None = None
+    """A copied answer's unconstrained first-step log-probabilities (for ``span_logprob``)."""
 
 
 class Scheduler:
@@ -403,6 +405,9 @@ class Scheduler:
             gen = row.gen
             row.last_token = tok
             if row.copy is not None:
+                if row.first_logprobs is not None:
+                    gen.span_logprob = float(row.first_logprobs[tok])
+                    row.first_logprobs = None
                 row.copy.advance(tok)
             if gen.first_token_at is None:
                 gen.first_token_at = time.perf_counter()
@@ -473,13 +478,21 @@ def _constrain(logits: torch.Tensor, rows: list[_Row]) -> torch.Tensor:
         return logits
     logits = logits.float().clone()
     for j, row in enumerate(rows):
-        if row.copy is not None and row.copy.state is None and row.copy.decline_ids:
-            row.gen.decline_score = row.copy.score_decline(torch.log_softmax(logits[j], -1).tolist())
-        if row.copy is not None:
-            keep = torch.tensor(row.copy.allowed(), dtype=torch.long, device=logits.device)
-            masked = torch.full_like(logits[j], float("-inf"))
-            masked[keep] = logits[j, keep]
-            logits[j] = masked
+        if row.copy is None:
+            continue
+        if row.copy.state is None:  # the first step: what the model wants before any constraint
+            first = torch.log_softmax(logits[j], -1)
+            row.first_logprobs = first.cpu()
+            if row.copy.decline_ids:
+                row.gen.decline_score = row.copy.score_decline(first.tolist())
+            bias = row.copy.first_bias()
+            if bias:
+                ids = torch.tensor(list(bias), dtype=torch.long, device=logits.device)
+                logits[j, ids] += torch.tensor(list(bias.values()), dtype=logits.dtype, device=logits.device)
+        keep = torch.tensor(row.copy.allowed(), dtype=torch.long, device=logits.device)
+        masked = torch.full_like(logits[j], float("-inf"))
+        masked[keep] = logits[j, keep]
+        logits[j] = masked
     return logits
 
 

@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from chatlm.knowledge.answer import short_form
 from chatlm.knowledge.squad import Article, Question, answer_in_chunks, exact_match, f1, load_squad, normalize_answer
 from chatlm.prompts import NOT_FOUND, grounded_question
 
@@ -216,9 +217,13 @@ class Record:
     extractive: bool = False
     """Answered by the chat's extractive path (a copied span, or its decline)."""
     support_score: float | None = None
+    """The extractive path's abstention signal: question-sentence agreement."""
     decline_score: float | None = None
     """A reader's first-token log p(decline) - log p(copy), when a reader answered."""
-    """The extractive path's abstention signal: question-sentence agreement."""
+    span_logprob: float | None = None
+    """log p of the copied span's first token (how sure the model was of it)."""
+    span: str = ""
+    """The copied span before the decline rule (what it would have answered)."""
     shown: list[str] = field(default_factory=list, repr=False)
     """Texts of the passages the model was shown (not written to the report)."""
 
@@ -480,6 +485,8 @@ def _answer_rag(service: Any, rec: Record, q: Question, uid: int, conversation_i
     if reply.extract is not None:  # the chat's own answer: its span, or its decline
         rec.extractive, rec.support_score = True, reply.support_score
         rec.decline_score = reply.generation.decline_score
+        rec.span_logprob = reply.generation.span_logprob
+        rec.span = short_form(reply.generation.text) if reply.generation.finish_reason in ("stop", "length") else ""
         rec.answer = reply.short_answer or ""
         rec.model_abstained = not rec.answer
         rec.new_words = new_words(rec.answer, rec.question)

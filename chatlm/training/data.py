@@ -143,12 +143,14 @@ def _enough(method: str, c: Counts) -> bool:
     return c.sft >= MIN_SFT
 
 
-def choose_method(requested: str, c: Counts, *, knowledge: bool = False) -> str:
+def choose_method(requested: str, c: Counts, *, knowledge: bool = False, corrections: bool = False) -> str:
     """DPO when there are enough pairs, else KTO, else SFT; too little data is a clear error.
-    ``knowledge`` (most rated answers are spans copied from a loaded text): SFT first. A correction
-    there is the span (or the decline) to copy, and on 160 rated questions of one shared article SFT
-    lifted the other article's F1 from 14.2 to 18.4 in 3 minutes of training at 2.6 GB, where DPO on
-    the same ratings changed no answer in 4 minutes at 4.3 GB (``bench/knowledge_round.py``)."""
+    ``knowledge`` (most rated answers are about a loaded text): SFT first. A correction there is the
+    span (or the decline) to copy, and on 160 rated questions of one shared article SFT lifted the
+    other article's F1 from 14.2 to 18.4 in 3 minutes of training at 2.6 GB, where DPO on the same
+    ratings changed no answer in 4 minutes at 4.3 GB (``bench/knowledge_round.py``).
+    ``corrections`` (written better answers are at least half of the ratings): SFT first too, as
+    what the user asked for is that answer, word for word (``bench/corrections.py chat``)."""
     if requested not in METHODS:
         raise ChatLMError(f"The training method must be one of {', '.join(METHODS)}, not {requested!r}.")
     if requested == "document":  # its data is a text, read by chatlm.training.document
@@ -158,7 +160,7 @@ def choose_method(requested: str, c: Counts, *, knowledge: bool = False) -> str:
         if not _enough(requested, c):
             raise NotEnoughDataError(f"Not enough feedback to train: {needs[requested]}.")
         return requested
-    for method in ("sft", "dpo", "kto") if knowledge else ("dpo", "kto", "sft"):
+    for method in ("sft", "dpo", "kto") if knowledge or corrections else ("dpo", "kto", "sft"):
         if _enough(method, c):
             return method
     raise NotEnoughDataError("Not enough feedback to train. " + "; ".join(needs.values()) + ". "
@@ -194,7 +196,8 @@ def build_round(session: Session, method: str = "auto", *, guests: bool = False)
 def prepare(answers: Sequence[RatedAnswer], method: str = "auto") -> RoundData:
     counts = count(answers)
     knowledge = sum(a.knowledge for a in answers) * 2 > len(answers)
-    chosen = choose_method(method, counts, knowledge=knowledge)
+    corrected = sum(bool(a.better_answer) for a in answers) * 2 >= len(answers) > 0
+    chosen = choose_method(method, counts, knowledge=knowledge, corrections=corrected)
     train_answers, held_answers = split(answers)
     train = method_records(chosen, train_answers)
     if not train:

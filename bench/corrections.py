@@ -1,0 +1,225 @@
+"""Corrections benchmark (issue 24): after one round on a user's ratings and a promotion, does the
+chat answer the corrected questions as the user wrote, keep the liked answers, and not get worse
+elsewhere?
+
+Run from the repository root (bundled model; one JSON object printed and written to ``--out``)::
+
+    .venv/bin/python bench/corrections.py knowledge [--questions 80] [--eval-limit 50]
+    .venv/bin/python bench/corrections.py chat
+
+``knowledge``: a fresh install (the shipped reader answers questions about a text) is asked the
+first ``--questions`` questions of article A of the shared development sample, a chat per question,
+through the chat's own path; a user who knows the answers likes the right ones (SQuAD F1 >= 0.5, or
+a decline of an unanswerable question) and dislikes the others with the gold span (or the decline)
+written as the better answer. One ``auto`` round, promoted, then the same questions are asked again
+in new chats: a correction is learnt when the new answer equals it (SQuAD exact match on the span,
+or a decline for a decline), a liked answer is kept when the new answer is the same. Article B's
+report split (``--eval-limit`` questions) is answered before and after: the other article's F1
+must not fall.
+
+``chat``: 20 made-up questions about a user's own world (what a model cannot know) are answered,
+disliked and corrected with a short better answer; 20 other everyday questions are asked and not
+rated. One ``auto`` round, promoted; then both sets are asked again in new chats: a correction is
+learnt on a normalised match (case, punctuation, articles, spaces), and the other answers are
+compared with their answers before the round (unchanged, word for word).
+
+Greedy decoding throughout, so a difference comes from the adapter. Targets: >= 80 % of corrections
+learnt, >= 95 % of liked answers kept, the other article's F1 not lower; the round within 15 minutes
+and 4 GB (its wall time and the worker's peak resident memory are reported).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+DEFAULT_SQUAD = ROOT.parent / "shared/data/squad2-dev-sample.json"
+
+CORRECTED = [  # (question, the better answer the user writes)
+    ("What time is our team stand-up?", "9:15 every weekday, in the blue room."),
+    ("Who is my manager?", "Priya Raman."),
+    ("What is the wifi password at the office?", "Ask reception; it changes every Monday."),
+    ("Which editor does our team use?", "Neovim with the team's shared config."),
+    ("What is the name of my cat?", "Biscuit."),
+    ("Where do we keep the spare keys?", "In the red tin on the top shelf of the pantry."),
+    ("When is my dentist appointment?", "Thursday at 3 pm."),
+    ("What is our project's code name?", "Bluefin."),
+    ("Which day is the recycling collected?", "Tuesday morning."),
+    ("What is my favourite tea?", "Smoky lapsang souchong, no milk."),
+    ("Who fixes the printer at work?", "Tomasz from IT, extension 4412."),
+    ("What is the name of our sailing boat?", "The Kestrel."),
+    ("How do I book the meeting room?", "Through the calendar: add Room 2 as a guest."),
+    ("What is my gym locker number?", "Locker 57."),
+    ("Which train do I take home?", "The 17:42 from platform 3."),
+    ("What is our band's name?", "The Paper Lanterns."),
+    ("Where is the team offsite this year?", "A farmhouse near Hay-on-Wye."),
+    ("What is my daughter's school called?", "Elmfield Primary."),
+    ("What do I call my sourdough starter?", "Clint Yeastwood."),
+    ("Which plant needs water every day?", "The basil on the kitchen windowsill."),
+]
+OTHERS = [
+    "What is the capital of France?", "How many days are in a leap year?", "What colour is the sky on a clear day?",
+    "Name a fruit that is yellow.", "What is two plus three?", "What do bees make?",
+    "What is the opposite of hot?", "How many legs does a spider have?", "What is frozen water called?",
+    "Which planet do we live on?", "What do you use to write on a blackboard?", "What animal says moo?",
+    "How many hours are in a day?", "What is the largest ocean?", "What language is spoken in Spain?",
+    "What do plants need to grow?", "What is the first letter of the alphabet?", "What shape has three sides?",
+    "What is the boiling point of water in Celsius?", "What do you call a baby dog?",
+]
+CHAT_TOKENS = 48
+
+
+def _services(data_dir: Path) -> Any:
+    """A fresh install: the bundled model, the shipped reader for questions about a text."""
+    from chatlm import compose
+    from chatlm.config import Settings
+    from chatlm.evaluation.qa import QueryCache
+    from chatlm.knowledge.embed import get_embedder
+
+    settings = Settings.from_env(data_dir=data_dir)
+    services = compose.build(settings, embedder=QueryCache(get_embedder()), follow_registry=False)
+    services.chat.ensure_reader()
+    return settings, services
+
+
+def _round(settings: Any, services: Any, method: str) -> dict[str, Any]:
+    from train import follow_round
+
+    from chatlm.store import db
+    from chatlm.training import data, rounds
+
+    with db.transaction(services.sessions) as s:
+        planned = data.build_round(s, method)
+    started = time.perf_counter()
+    run_id = rounds.start_round(settings, method, sessions=services.sessions)
+    out = follow_round(settings, services.sessions, run_id, started)
+    out["round_data"] = planned.summary()
+    services.chat.promote_adapter(out["adapter"])  # what a user does next: Promote
+    return out
+
+
+def knowledge(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
+    from knowledge_round import answers_by_question, headline, rate
+
+    from chatlm.evaluation.qa import AbstainRule, Options, evaluate
+    from chatlm.knowledge.squad import exact_match, load_squad, normalize_answer
+
+    rule = AbstainRule(check="none", min_dense=None)  # the chat's own answers, no clean-up rule
+    articles = load_squad(args.squad)
+    a, b = articles[0], articles[1]
+    out: dict[str, Any] = {"train_article": a.title, "test_article": b.title, "questions": args.questions}
+    settings, services = _services(data_dir)
+    service = services.chat
+    try:
+        uid = service.user_id()
+        before_b = evaluate(service, [b], Options(squad=args.squad, limit=args.eval_limit, split="report", rule=rule))
+        out["other_before"] = headline(before_b)
+        asked = evaluate(service, [a], Options(squad=args.squad, limit=args.questions, details=True, rule=rule))
+        out["asked"] = headline(asked)
+        out["ratings"] = rate(service, uid, asked["questions"])
+        ids = answers_by_question(service, uid)
+        out["round"] = _round(settings, services, args.method)
+        again = evaluate(service, [a], Options(squad=args.squad, limit=args.questions, details=True, rule=rule))
+        after = {q["question"]: q for q in again["questions"]}
+        learnt = kept = corrected = liked = 0
+        misses: list[dict[str, str]] = []
+        for q in asked["questions"]:
+            if q["question"] not in ids:
+                continue
+            new = after[q["question"]]["prediction"]
+            right = (not q["prediction"]) if q["is_impossible"] else q["f1"] >= 0.5
+            if right:
+                liked += 1
+                kept += normalize_answer(new) == normalize_answer(q["prediction"])
+                continue
+            corrected += 1
+            wanted = "" if q["is_impossible"] else q["answers"][0]
+            ok = (not new) if not wanted else bool(exact_match(new, [wanted]))
+            learnt += ok
+            if not ok and len(misses) < 8:
+                misses.append({"question": q["question"], "wanted": wanted or "(decline)", "said": new or "(decline)"})
+        out["corrections"] = {"corrected": corrected, "learnt": learnt, "share": round(learnt / max(corrected, 1), 3),
+                              "liked": liked, "kept": kept, "kept_share": round(kept / max(liked, 1), 3),
+                              "misses": misses}
+        after_b = evaluate(service, [b], Options(squad=args.squad, limit=args.eval_limit, split="report", rule=rule))
+        out["other_after"] = headline(after_b)
+    finally:
+        services.close()
+    return out
+
+
+def chat(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
+    from chatlm.engine.params import SamplingParams
+    from chatlm.training.evaluate import same_answer
+
+    params = SamplingParams(temperature=0.0, max_new_tokens=CHAT_TOKENS)
+    out: dict[str, Any] = {"corrected": len(CORRECTED), "others": len(OTHERS)}
+    settings, services = _services(data_dir)
+    service = services.chat
+
+    def ask(question: str) -> tuple[int, str]:
+        conv = service.new_conversation(uid)
+        reply = service.send(uid, conv.id, question, params)
+        text = reply.run()
+        return int(service.history(uid, conv.id)[-1][0].id), text
+
+    try:
+        uid = service.user_id()
+        for question, better in CORRECTED:
+            message_id, _ = ask(question)
+            service.rate(uid, message_id, -1, better_answer=better)
+        before = {q: ask(q)[1] for q in OTHERS}
+        out["round"] = _round(settings, services, args.method)
+        learnt = [(q, better, ask(q)[1]) for q, better in CORRECTED]
+        out["corrections"] = {"learnt": sum(same_answer(said, better) for _, better, said in learnt),
+                              "misses": [{"question": q, "wanted": b, "said": s} for q, b, s in learnt
+                                         if not same_answer(s, b)][:8]}
+        after = {q: ask(q)[1] for q in OTHERS}
+        out["others_unchanged"] = sum(before[q].strip() == after[q].strip() for q in OTHERS)
+        out["others_changed"] = [{"question": q, "before": before[q], "after": after[q]}
+                                 for q in OTHERS if before[q].strip() != after[q].strip()][:6]
+    finally:
+        services.close()
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("part", choices=("knowledge", "chat"))
+    p.add_argument("--squad", type=Path, default=DEFAULT_SQUAD)
+    p.add_argument("--questions", type=int, default=80, help="knowledge: questions of article A asked and rated")
+    p.add_argument("--eval-limit", type=int, default=50, help="knowledge: report-split questions of article B")
+    p.add_argument("--method", default="auto")
+    p.add_argument("--out", type=Path)
+    args = p.parse_args()
+
+    import torch
+    from train import scratch_data_dir
+
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="chatlm-bench-corrections-") as tmp:
+        data_dir = scratch_data_dir(Path(tmp))
+        result = (knowledge if args.part == "knowledge" else chat)(args, data_dir)
+    result = {"part": args.part, "method": args.method, **result,
+              "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                          "cuda": torch.cuda.is_available(), "load_avg_end": os.getloadavg()},
+              "wall_s": round(time.perf_counter() - started, 1)}
+    text = json.dumps(result, indent=2)
+    out = args.out or ROOT / f"bench/out/corrections_{args.part}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text + "\n", encoding="utf-8")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
