@@ -29,6 +29,7 @@ needs_browser()
 
 from chatlm.engine.local import LocalBackend  # noqa: E402
 from chatlm.engine.params import SamplingParams  # noqa: E402
+from chatlm.evaluation.verdict import judge  # noqa: E402
 from chatlm.store import registry  # noqa: E402
 from chatlm.store.db import transaction  # noqa: E402
 
@@ -88,8 +89,8 @@ def test_ratings_to_a_promoted_adapter_and_back(page, server) -> None:
     seed_pairs(service.sessions, uid(server), 12)
     page.click("button[role=tab]:has-text('Chat')")  # no event: nothing to wait for
     open_training(page)
-    assert "auto would train DPO" in text(page, "tr-data")
-    assert "A round takes roughly 1 minute (a first guess" in text(page, "tr-data")  # no round here yet
+    assert "A round would learn to prefer the better answer of each pair (DPO)" in text(page, "tr-data")
+    assert "It takes roughly 1 minute (a first guess" in text(page, "tr-data")  # no round here yet
     given = service_contribution(server)  # the sentence the Feedback tab shows, the same counts
     assert given.pairs == 12 and given.sentence().replace("**", "") in text(page, "tr-data")
     wait_for(lambda: page.locator("#tr-start").is_enabled(), "Start to be enabled by the data")
@@ -114,10 +115,14 @@ def test_ratings_to_a_promoted_adapter_and_back(page, server) -> None:
     page.locator("#tr-loss canvas, #tr-loss svg").first.wait_for()  # the loss plot, shown once it has points
     assert table_rows(page, "tr-runs")[0][:4] == ["1", "succeeded", "dpo", "chatlm-v1"]
     adapters = table_rows(page, "tr-adapters")
-    assert adapters[0][:3] == ["", "chatlm-v1", "dpo"] and adapters[0][5] == "pair_margin"
+    verdict = judge(metrics)  # the tab says what the registry's one definition says
+    assert adapters[0][:3] == ["", "chatlm-v1", "dpo"]
+    assert adapters[0][5] == (f"{verdict.label} than base model" if verdict.label in ("better", "worse")
+                              else verdict.label)
+    assert verdict.headline() in text(page, "tr-verdict")
     evaluation = table_rows(page, "tr-eval")
-    margin = next(r for r in evaluation if r[0].startswith("reward margin"))
-    assert "← target" in margin[0]
+    margin = next(r for r in evaluation if r[0].startswith("how much more likely it finds the better answer"))
+    assert "← judged on" in margin[0]
     assert float(margin[1]) == pytest.approx(metrics["adapter"]["pair_margin"], rel=1e-3)
     assert float(margin[2]) == pytest.approx(metrics["baseline"]["pair_margin"], rel=1e-3)
     assert service.active_adapter is None  # a new adapter is not served until promoted
@@ -125,11 +130,17 @@ def test_ratings_to_a_promoted_adapter_and_back(page, server) -> None:
     # promote: registry and server change at once, and the next chat answer uses it
     choose(page, "tr-target", "chatlm-v1")
     click_and_wait(page, "#tr-promote")
+    if verdict.is_worse:  # a worse round: the tab says what gets worse, and a second press promotes
+        assert "Not promoted yet" in text(page, "tr-changed") and "Press Promote again" in text(page, "tr-changed")
+        assert active_in_registry(server) is None
+        click_and_wait(page, "#tr-promote")
     assert "new chats use chatlm-v1" in text(page, "tr-changed")
     assert "New chats use: chatlm-v1" in text(page, "tr-active")
     assert active_in_registry(server) == "chatlm-v1" and service.active_adapter == "chatlm-v1"
     assert table_rows(page, "tr-adapters")[0][0] == "✓"
     page.click("button[role=tab]:has-text('Chat')")  # no event: nothing to wait for
+    # the chat's model picker names the promoted adapter without a reload
+    wait_for(lambda: "Default (chatlm-v1)" in page.locator("#model input").input_value(), "the picker", timeout=10)
     before = len(answers(server))
     page.fill("#message textarea", "Say hi")
     page.click("#send")  # the tiny model's random tokens do not render as typed: read the store

@@ -8,6 +8,7 @@ small, and recomputing activations would cost a third of the time for memory we 
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -20,10 +21,20 @@ LORA = {"r": 16, "lora_alpha": 32, "lora_dropout": 0.0, "target_modules": "all-l
 """No LoRA dropout: it copies every layer input (a fifth more memory and time on a CPU)."""
 BATCH_SIZE = 4
 SMALL_DATA = 50
-"""Below this many training records a round makes 3 passes over them, from here on 1: one pass over
-many ratings already moves a LoRA adapter (in the benchmark, one pass over 83 DPO pairs took the
-held-out ranking of liked over disliked answers from 0.59 to 0.97), and keeps a round within
-minutes on a CPU."""
+"""A round makes 3 passes over fewer records than this, 1 from here on (SFT: ``MIN_STEPS``)."""
+MIN_STEPS = 40
+"""An SFT round on ratings makes at least this many optimiser steps (passes over the data up to
+``MAX_EPOCHS``; 1 pass from 160 records): a user's handful of corrections must be learnt
+(``bench/corrections.py``). One pass over many ratings already moves an adapter (one pass over
+83 DPO pairs took the held-out ranking of liked over disliked answers from 0.59 to 0.97)."""
+MAX_EPOCHS = 20
+
+
+def default_epochs(method: str, records: int) -> int:
+    """Passes over the training records when the admin does not say."""
+    if method == "sft":
+        return max(1, min(MAX_EPOCHS, math.ceil(MIN_STEPS * BATCH_SIZE / max(records, 1))))
+    return 3 if records < SMALL_DATA else 1
 MICRO_BATCH = 2
 """Examples per forward pass; the batch is reached by gradient accumulation, which halves the
 activation memory of a step (preference pairs with knowledge passages are long)."""
@@ -42,7 +53,7 @@ def hyperparams(round_data: RoundData, params: dict[str, Any]) -> dict[str, Any]
 
     hp: dict[str, Any] = {
         "method": method,
-        "epochs": float(given("epochs", 3 if len(round_data.train) < SMALL_DATA else 1)),
+        "epochs": float(given("epochs", default_epochs(method, len(round_data.train)))),
         "learning_rate": float(given("lr", LEARNING_RATES[method])),
         "max_steps": None if params.get("max_steps") is None else int(params["max_steps"]),
         "batch_size": int(params.get("batch_size") or BATCH_SIZE), "max_length": MAX_LENGTH,

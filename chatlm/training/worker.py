@@ -167,6 +167,7 @@ def _train_and_evaluate(settings: Settings, round_data: Any, params: dict[str, A
     from chatlm.training import evaluate, trainer
 
     hp = trainer.hyperparams(round_data, params)
+    report({"epochs": hp["epochs"]})  # passes over the data: what a later estimate scales by
     loaded = loader.load(settings.model, Path(settings.data_dir), settings.device)
     model = trainer.peft_model(loaded.model, parent[1] if parent else None)
     lora = model.peft_config["default"]

@@ -25,7 +25,7 @@ from chatlm.feedback.service import FeedbackService
 from chatlm.service import ChatService
 from chatlm.store import registry
 from chatlm.store.models import AdapterVersion, TrainingRun
-from chatlm.training import METHODS, data, eta
+from chatlm.training import METHODS, data, eta, trainer
 from chatlm.training.service import TrainingService
 from chatlm.ui.chat import new_chat_settings, plain, sampling_params
 from chatlm.ui.uploads import received_file, uploaded_file
@@ -40,6 +40,23 @@ VIEW_OUTPUTS = 16
 """Components ``refresh`` fills; the first five are the round's progress, which ``poll`` fills alone."""
 COMPARE_PROMPT_CHARS = 80
 """How much of the system prompt the line over Compare's answers quotes."""
+
+
+ABOUT = (
+    "**What a round does.** It teaches the model from the ratings people gave: the answers they "
+    "liked, and the better answers they wrote when they disliked one. What it learns is kept as a "
+    "small add-on to the model (a LoRA adapter, a few MB): you can read what it changed, try it "
+    "below, serve it, or leave it; the model itself never changes.\n\n"
+    "**What it costs.** Minutes of this machine's processor (the estimate below comes from earlier "
+    "rounds). Chatting goes on meanwhile, a little slower.\n\n"
+    "**Then.** The tab says what the round changed: how many of your corrections it now answers as "
+    "you wrote them, and whether answers to questions it never saw got better or worse. Promote "
+    "serves it in new chats; Roll back returns to the previous one at any time.")
+METHOD_WORDS = {
+    "sft": "learn to give the liked answers and your corrections (SFT)",
+    "dpo": "learn to prefer the better answer of each pair (DPO)",
+    "kto": "learn to give answers like the liked ones and unlike the disliked ones (KTO)",
+}
 
 
 def _adapter(choice: str | None) -> str | None:
@@ -155,10 +172,11 @@ class TrainingTab:
             rd = self.training.plan(actor)
         except data.NotEnoughDataError as exc:
             return f"{given}\n\n{exc.message}", False
-        took = eta.estimate(len(rd.train), runs)
-        return (f"{given} **auto** would train **{rd.method.upper()}** on {len(rd.train)} of them and "
-                f"hold out {rd.heldout.prompts} questions to evaluate the new version on. A round takes "
-                f"{took}. Chatting goes on while it trains.", True)
+        took = eta.estimate(len(rd.train) * trainer.default_epochs(rd.method, len(rd.train)), runs)
+        held = f"{rd.heldout.prompts} question{'s' if rd.heldout.prompts != 1 else ''}"
+        what = METHOD_WORDS.get(rd.method, rd.method.upper())
+        return (f"{given} A round would {what} from {len(rd.train)} of them, keeping {held} aside to "
+                f"check the result on. It takes {took}. Chatting goes on while it trains.", True)
 
     def adapters_frame(self, adapters: list[AdapterVersion]) -> pd.DataFrame:
         rows = []
@@ -316,9 +334,7 @@ class TrainingTab:
 
     # ---- layout ------------------------------------------------------------------------------
     def render(self, tab: gr.Tab) -> None:
-        gr.Markdown("A round turns the stored ratings into a LoRA adapter. It trains in its own "
-                    "process, so chatting goes on; promote the new adapter when its figures beat the "
-                    "active one's, or roll back at any time.")
+        gr.Markdown(ABOUT, elem_id="tr-about")
         active_line = gr.Markdown(elem_id="tr-active")
         summary = gr.Markdown(elem_id="tr-data")
         start_btn = gr.Button("Start a round", variant="primary", elem_id="tr-start", interactive=False)
@@ -327,7 +343,7 @@ class TrainingTab:
                 method = gr.Dropdown([m for m in METHODS if m != "document"], value="auto", label="Method",
                                      elem_id="tr-method",
                                      info="auto: DPO with enough pairs, else KTO for thumbs up/down, else SFT")
-                epochs = gr.Number(value=0, label="Epochs (0: 3, or 1 from 50 examples)", minimum=0,
+                epochs = gr.Number(value=0, label="Passes over the data (0: the round's own choice)", minimum=0,
                                    elem_id="tr-epochs")
                 max_steps = gr.Number(value=0, label="Max steps (0: no limit)", minimum=0, precision=0,
                                       elem_id="tr-max-steps")
