@@ -43,6 +43,7 @@ def main() -> None:
 
     import torch
 
+    from chatlm.compose import sessions_for
     from chatlm.config import Settings
     from chatlm.engine import loader
     from chatlm.engine.local import LocalBackend
@@ -70,7 +71,7 @@ def main() -> None:
                           "rows_equal": sum(a == b for a, b in zip(batched, single, strict=True)),
                           "rows": len(prompts), "batch_seconds": round(time.perf_counter() - started, 2)}
 
-        sessions = rounds.sessions_for(settings)
+        sessions = sessions_for(settings)
         with db.transaction(sessions) as s:
             uid = repo.get_or_create_user(s).id
         seed_pairs(sessions, uid, 16)

@@ -214,6 +214,7 @@ def main() -> None:
 
     import torch
 
+    from chatlm.compose import sessions_for
     from chatlm.config import Settings
     from chatlm.engine import loader
     from chatlm.store import db
@@ -224,7 +225,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="chatlm-bench-train-") as tmp:
         data_dir = scratch_data_dir(Path(tmp))
         settings = Settings.from_env(data_dir=data_dir)
-        sessions = rounds.sessions_for(settings)
+        sessions = sessions_for(settings)
         out["data"] = {**seed(sessions, args.squad, args.turns, args.passage), "passage": args.passage}
         with db.transaction(sessions) as s:
             out["data"]["counts"] = data.build_round(s).counts.as_dict()

@@ -12,12 +12,13 @@ import sys
 
 import pytest
 
+from chatlm.compose import sessions_for
 from chatlm.config import Settings
 from chatlm.errors import InputError
 from chatlm.knowledge.chunk import chunk_text
 from chatlm.store import db, registry, repo
 from chatlm.store import documents as docs
-from chatlm.training import document, rounds, worker
+from chatlm.training import document, paths, rounds
 from tests.conftest import REPO
 
 COLOURS = ("red", "blue", "green", "white")
@@ -34,7 +35,7 @@ def tiny_settings(tmp_path, tiny_dir) -> Settings:
 
 def store(settings: Settings, text: str, name: str = "lamps.md") -> int:
     """A text as the library stores a loaded one (its id is what `train --document` takes)."""
-    sessions = rounds.sessions_for(settings)
+    sessions = sessions_for(settings)
     with db.transaction(sessions) as s:
         uid = repo.get_or_create_user(s).id
         doc = docs.add_document(s, user_id=uid, name=name, mime="text/plain", text=text,
@@ -62,7 +63,7 @@ def test_windows_cover_the_text_and_hold_out_every_tenth(tiny, tiny_settings, tm
     md = tmp_path / "lamps.md"
     md.write_text(TEXT.replace("# Lamps", "# **Lamps**"), encoding="utf-8")
     doc_id = store(tiny_settings, document.read_text_file(md))
-    with db.transaction(rounds.sessions_for(tiny_settings)) as s:
+    with db.transaction(sessions_for(tiny_settings)) as s:
         stored = document.build_round(s, tiny_settings, {"document": doc_id, "window": WINDOW}, tiny.tokenizer)
         from_file = document.build_round(s, tiny_settings, {"text": str(md), "window": WINDOW}, tiny.tokenizer)
         with pytest.raises(InputError, match="changed after the round was started"):
@@ -74,7 +75,7 @@ def test_windows_cover_the_text_and_hold_out_every_tenth(tiny, tiny_settings, tm
 
 
 def test_missing_or_too_short_text_is_refused_and_starts_nothing(tiny_settings, tmp_path) -> None:
-    sessions = rounds.sessions_for(tiny_settings)
+    sessions = sessions_for(tiny_settings)
     with pytest.raises(InputError, match=r"No document with id 99; no text is stored yet"):
         rounds.start_round(tiny_settings, "document", document=99, sessions=sessions)
     short = store(tiny_settings, "Lamp 1 is red. Lamp 2 is blue.", name="short.txt")
@@ -88,7 +89,7 @@ def test_missing_or_too_short_text_is_refused_and_starts_nothing(tiny_settings, 
         rounds.start_round(tiny_settings, "sft", document=short, sessions=sessions)
     with db.transaction(sessions) as s:
         assert registry.latest_runs(s) == []
-    assert not worker.adapters_dir(tiny_settings).exists()
+    assert not paths.adapters_dir(tiny_settings).exists()
 
     # from the shell: a file too short for its windows, then one that is not there
     f = tmp_path / "short.txt"
@@ -107,7 +108,7 @@ def test_document_round_lowers_heldout_perplexity(tiny_settings, tmp_path) -> No
     f = tmp_path / "lamps.md"
     f.write_text(TEXT, encoding="utf-8")
     doc_id = store(tiny_settings, document.read_text_file(f))
-    sessions = rounds.sessions_for(tiny_settings)
+    sessions = sessions_for(tiny_settings)
     run_id = rounds.start_round(tiny_settings, "document", document=doc_id, window=WINDOW, max_steps=20,
                                 lr=2e-3, sessions=sessions)
     run = rounds.wait(tiny_settings, run_id, timeout=600, sessions=sessions)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from chatlm.compose import sessions_for
 from chatlm.config import Settings
 from chatlm.engine.copy import CopyConstraint
 from chatlm.prompts import NOT_FOUND, grounded_question, split_grounded
@@ -70,7 +71,7 @@ def test_a_reader_round_registers_an_adapter_that_changes_a_span(tiny_settings, 
     targets = {r["completion"][0]["content"] for r in records}
     assert NOT_FOUND in targets and len(targets) > 3
 
-    sessions = rounds.sessions_for(tiny_settings)
+    sessions = sessions_for(tiny_settings)
     with pytest.raises(Exception, match="reader-data"):
         rounds.start_round(tiny_settings, "reader", sessions=sessions)
     with db.transaction(sessions) as s:

@@ -15,13 +15,14 @@ from pathlib import Path
 
 import pytest
 
+from chatlm.compose import sessions_for
 from chatlm.config import Settings
 from chatlm.engine.params import SamplingParams
 from chatlm.errors import ChatLMError
 from chatlm.server import make_service
 from chatlm.store import db, registry, repo
 from chatlm.store.registry import RoundInProgressError
-from chatlm.training import data, rounds, worker
+from chatlm.training import data, paths, rounds, worker
 from chatlm.training.data import NotEnoughDataError
 from tests.conftest import MODEL_CACHE, REPO
 from tests.seeding import add_turn, seed_pairs
@@ -41,7 +42,7 @@ def tiny_settings(tmp_path, tiny_dir, database_url) -> Settings:
 
 
 def adapter_dirs(settings: Settings) -> list[str]:
-    folder = worker.adapters_dir(settings)
+    folder = paths.adapters_dir(settings)
     return sorted(os.listdir(folder)) if folder.is_dir() else []
 
 
@@ -109,7 +110,7 @@ def test_train_cli_says_what_is_missing(tmp_path) -> None:
 # ---- 2. one round at a time; a failed worker leaves nothing behind ---------------------------------
 @pytest.mark.slow
 def test_refused_second_round_and_failed_workers_leave_nothing(tiny_settings) -> None:
-    sessions = rounds.sessions_for(tiny_settings)
+    sessions = sessions_for(tiny_settings)
     with db.transaction(sessions) as s:
         uid = repo.get_or_create_user(s).id
         registry.register(s, name="keep-v1", base_model="tiny", path="/nowhere", method="sft", dataset_hash="0")
@@ -132,7 +133,7 @@ def test_refused_second_round_and_failed_workers_leave_nothing(tiny_settings) ->
                 break
             time.sleep(0.2)
         assert run.status == "running" and run.progress["step"] >= 1, run.progress
-        assert [d for d in adapter_dirs(tiny_settings) if d.startswith(worker.TMP_PREFIX)]
+        assert [d for d in adapter_dirs(tiny_settings) if d.startswith(paths.TMP_PREFIX)]
         os.kill(run.pid, sig)
         run = rounds.wait(tiny_settings, long, timeout=60, sessions=sessions)
         assert run.status == "failed" and error in run.error, run.error
@@ -146,7 +147,7 @@ def test_guest_ratings_are_left_out_unless_the_admin_asks(tiny_settings) -> None
     """Anyone can rate as a guest, so a round learns from guests' ratings only when asked to."""
     from chatlm.accounts import AccountService
 
-    sessions = rounds.sessions_for(tiny_settings)
+    sessions = sessions_for(tiny_settings)
     guest = AccountService(sessions).guest()[0]
     seed_pairs(sessions, guest.user_id, 10)
     with db.transaction(sessions) as s, pytest.raises(NotEnoughDataError):
@@ -162,8 +163,8 @@ def test_directory_left_by_a_kill_before_registration_does_not_block_later_round
     """A worker SIGKILLed between renaming its adapter directory and committing the registration
     leaves ``chatlm-vN`` on disk with no row; the next round must neither fail on that name nor
     delete a registered adapter or a live worker's directory."""
-    sessions = rounds.sessions_for(tiny_settings)
-    folder = worker.adapters_dir(tiny_settings)
+    sessions = sessions_for(tiny_settings)
+    folder = paths.adapters_dir(tiny_settings)
     kept = folder / "chatlm-v1"
     kept.mkdir(parents=True)
     (kept / "adapter_config.json").write_text("{}")
@@ -195,7 +196,7 @@ def test_each_method_trains_evaluates_and_registers(tiny_settings, tiny, tmp_pat
     from chatlm.engine.local import LocalBackend
     from chatlm.service import ChatService
 
-    sessions = rounds.sessions_for(tiny_settings)
+    sessions = sessions_for(tiny_settings)
     with db.transaction(sessions) as s:
         uid = repo.get_or_create_user(s).id
     seed_pairs(sessions, uid, 10)
@@ -252,7 +253,7 @@ def test_each_method_trains_evaluates_and_registers(tiny_settings, tiny, tmp_pat
 
 @pytest.mark.slow
 def test_cli_train_wait_and_adapters(tiny_settings) -> None:
-    sessions = rounds.sessions_for(tiny_settings)
+    sessions = sessions_for(tiny_settings)
     with db.transaction(sessions) as s:
         uid = repo.get_or_create_user(s).id
     seed_pairs(sessions, uid, 10)
@@ -291,7 +292,7 @@ def test_a_training_host_claims_queued_rounds(tiny_settings) -> None:
     from datetime import timedelta
 
     settings = dataclasses.replace(tiny_settings, trainer="queue")
-    sessions = rounds.sessions_for(settings)
+    sessions = sessions_for(settings)
     with db.transaction(sessions) as s:
         uid = repo.get_or_create_user(s).id
     seed_pairs(sessions, uid, 10)
@@ -533,9 +534,9 @@ def test_old_free_form_knowledge_ratings_train_as_sft_on_one_passage(settings) -
     from chatlm.feedback import load
     from chatlm.prompts import grounded_question, split_grounded
     from chatlm.store import db, repo
-    from chatlm.training import data, rounds
+    from chatlm.training import data
 
-    sessions = rounds.sessions_for(settings)
+    sessions = sessions_for(settings)
     with db.transaction(sessions) as s:
         uid = repo.get_or_create_user(s).id
     filler = "The harbour wall was rebuilt after the storm of the previous winter. " * 8

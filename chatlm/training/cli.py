@@ -48,10 +48,11 @@ def add_adapters_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    from chatlm.compose import sessions_for
     from chatlm.training import rounds
 
     settings = Settings.from_env()
-    sessions = rounds.sessions_for(settings)
+    sessions = sessions_for(settings)
     method = "document" if args.method == "auto" and (args.document is not None or args.text) else args.method
     run_id = rounds.start_round(settings, method=method, epochs=args.epochs, lr=args.lr,
                                 max_steps=args.max_steps, squad=args.squad, from_active=args.from_active,
@@ -140,11 +141,11 @@ def _figures(metrics: dict[str, Any]) -> str:
 
 
 def run_adapters(args: argparse.Namespace) -> int:
+    from chatlm.compose import sessions_for
     from chatlm.store import db, registry
-    from chatlm.training import rounds
 
     settings = Settings.from_env()
-    sessions = rounds.sessions_for(settings)
+    sessions = sessions_for(settings)
     with db.transaction(sessions) as s:
         if args.adapters_command == "list":
             _table(registry.list_adapters(s))

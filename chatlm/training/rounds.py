@@ -28,16 +28,10 @@ from chatlm.store import db, registry
 from chatlm.store.models import TrainingRun
 from chatlm.training import METHODS, data
 from chatlm.training import document as doc_round
-from chatlm.training.worker import ADAPTER_PREFIX, TMP_PREFIX, adapters_dir
+from chatlm.training.paths import ADAPTER_PREFIX, TMP_PREFIX, adapters_dir
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 DIED = "The training process ended unexpectedly"
-
-
-def sessions_for(settings: Settings) -> sessionmaker[Session]:
-    from chatlm import compose
-
-    return compose.sessions_for(settings)
 
 
 def log_path(settings: Settings, run_id: int) -> Path:
@@ -96,9 +90,10 @@ def _check(method: str, epochs: float | None, lr: float | None, max_steps: int |
 def start_round(settings: Settings, method: str = "auto", epochs: float | None = None, lr: float | None = None,
                 max_steps: int | None = None, squad: str | None = None, *, from_active: bool = False,
                 document: int | None = None, text: str | None = None, window: int | None = None,
-                sessions: sessionmaker[Session] | None = None, **extra: Any) -> int:
+                sessions: sessionmaker[Session], **extra: Any) -> int:
     """Check there is enough data, create the run (refused while another runs), spawn the worker.
-    A ``document`` round learns one text: a stored document's id, or a file (``text``)."""
+    A ``document`` round learns one text: a stored document's id, or a file (``text``).
+    ``sessions``: the caller's database (an entry point opens it, ``chatlm.compose.sessions_for``)."""
     _check(method, epochs, lr, max_steps, squad)
     if method == "reader":
         reader_data = extra.get("reader_data")
@@ -109,7 +104,6 @@ def start_round(settings: Settings, method: str = "auto", epochs: float | None =
     elif extra.get("reader_data"):
         raise InputError("--reader-data is for --method reader.")
     source = doc_round.check_params(method, document=document, text=text, window=window)
-    sessions = sessions or sessions_for(settings)
     reap(settings, sessions)
     params: dict[str, Any] = {"epochs": epochs, "lr": lr, "max_steps": max_steps, "from_active": from_active,
                               "squad": str(Path(squad).resolve()) if squad else None, **source, **extra}
@@ -155,9 +149,8 @@ def _watch(proc: subprocess.Popen[bytes], settings: Settings, sessions: sessionm
 
 def wait(settings: Settings, run_id: int, *, timeout: float | None = None,
          on_progress: Callable[[TrainingRun], None] | None = None,
-         sessions: sessionmaker[Session] | None = None, poll: float = 0.5) -> TrainingRun:
+         sessions: sessionmaker[Session], poll: float = 0.5) -> TrainingRun:
     """Block until the round succeeds or fails (or ``timeout`` seconds pass); returns the run row."""
-    sessions = sessions or sessions_for(settings)
     deadline = None if timeout is None else time.monotonic() + timeout
     while True:
         with db.transaction(sessions) as s:
@@ -173,10 +166,3 @@ def wait(settings: Settings, run_id: int, *, timeout: float | None = None,
             raise ChatLMError(f"Training round {run_id} is still {run.status} after {timeout:g} s; "
                               f"its log is {log_path(settings, run_id)}.")
         time.sleep(poll)
-
-
-def latest(settings: Settings, *, limit: int = 10,
-           sessions: sessionmaker[Session] | None = None) -> list[TrainingRun]:
-    sessions = sessions or sessions_for(settings)
-    with db.transaction(sessions) as s:
-        return registry.latest_runs(s, limit=limit)

@@ -27,10 +27,9 @@ from chatlm.errors import ChatLMError
 from chatlm.store import db, registry
 from chatlm.store.models import utcnow
 from chatlm.training import data, document, reader
+from chatlm.training.paths import ADAPTER_PREFIX, adapters_dir, temp_dir
 
 log = logging.getLogger("chatlm.training")
-TMP_PREFIX = ".tmp-run"
-ADAPTER_PREFIX = "chatlm"
 QA_LIMIT = 10
 """Questions per SQuAD article asked when a round is given ``--squad`` (generation is slow on CPU)."""
 
@@ -41,15 +40,6 @@ class Stopped(BaseException):
 
 def _on_sigterm(signum: int, frame: Any) -> None:
     raise Stopped("The training process was stopped (SIGTERM).")
-
-
-def adapters_dir(settings: Settings) -> Path:
-    return Path(settings.data_dir) / "adapters"
-
-
-def temp_dir(settings: Settings, run_id: int, pid: int) -> Path:
-    """Named with the host and pid, so that only a worker's own host reaps it (shared storage)."""
-    return adapters_dir(settings) / f"{TMP_PREFIX}{run_id}-{registry.HOST}-pid{pid}"
 
 
 class Reporter:
@@ -111,7 +101,7 @@ def run_round(settings: Settings, run_id: int) -> int:
         logs.mkdir(parents=True, exist_ok=True)
         (logs / f"run-{run_id}.jsonl").write_text(round_data.jsonl, encoding="utf-8")
         report({"phase": "loading", "data": round_data.summary()})
-        tmp = temp_dir(settings, run_id, os.getpid())
+        tmp = temp_dir(settings, run_id, os.getpid(), registry.HOST)
         tmp.mkdir(parents=True)
         model_id, hp, metrics = _train_and_evaluate(settings, round_data, params, parent, active, tmp, report)
         report({"phase": "registering"})
