@@ -37,9 +37,9 @@ def _parser() -> argparse.ArgumentParser:
     dbp.add_argument("action", choices=["upgrade"])
     ev = sub.add_parser("eval", help="benchmarks through the app's own code paths")
     ev_sub = ev.add_subparsers(dest="eval_command", required=True)
-    from chatlm.evaluation import qa as qa_eval
+    from chatlm.evaluation import qa_cli
 
-    qa_eval.add_arguments(ev_sub.add_parser(
+    qa_cli.add_arguments(ev_sub.add_parser(
         "qa", help="SQuAD v2 question answering over knowledge texts (temporary database)"))
     from chatlm.training import cli as training_cli
 
@@ -81,7 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return run_perplexity(args)
         elif args.command == "eval":
-            from chatlm.evaluation.qa import run_cli
+            from chatlm.evaluation.qa_cli import run_cli
 
             return run_cli(args)
         elif args.command == "users":

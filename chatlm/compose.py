@@ -7,7 +7,11 @@ registry followed at start) reaches every entry point alike.
 
 from __future__ import annotations
 
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine
@@ -85,3 +89,21 @@ def build(settings: Settings, backend: Any = None, *, url: str | None = None, lo
     return Services(settings=settings, engine=engine, sessions=sessions, chat=chat, accounts=accounts,
                     identity=Identity(settings, accounts), training=TrainingService(chat),
                     feedback=FeedbackService(sessions))
+
+
+@contextmanager
+def scratch(settings: Settings, backend: Any = None, *, prefix: str, load_model: bool = True,
+            embedder: Any = None) -> Iterator[Services]:
+    """Services over a throwaway database in a temporary folder (``prefix``), the registry not
+    followed: a reader round's retrieval. Afterwards the backend is closed, the embeddings finished
+    and the database closed and removed."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as folder:
+        services = build(settings, backend, url=f"sqlite:///{Path(folder) / 'scratch.db'}", load_model=load_model,
+                         embedder=embedder, follow_registry=False)
+        try:
+            yield services
+        finally:
+            if services.chat.backend is not None:
+                services.chat.backend.close()
+            services.chat.library.wait_for_embeddings(timeout=30)
+            services.engine.dispose()

@@ -13,7 +13,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from chatlm.evaluation import qa
+from chatlm.evaluation import qa, qa_cli
 from chatlm.evaluation.qa import AbstainRule, Record, clean_answer, grounded, is_abstention, new_words, supported
 from chatlm.prompts import NOT_FOUND
 from tests.conftest import MODEL_CACHE, REPO
@@ -162,7 +162,7 @@ def test_abstain_rules_and_scores() -> None:
 # ---- the generating modes, wired to a tiny random model (fast; the text is nonsense) ------------
 def _args(squad: Path, out: Path, **kw) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
-    qa.add_arguments(parser)
+    qa_cli.add_arguments(parser)
     argv = ["--squad", str(squad), "--json", str(out), "--no-progress", "--max-new-tokens", "4"]
     for key, value in kw.items():
         argv += [f"--{key.replace('_', '-')}"] + ([] if value is True else [str(value)])
@@ -174,7 +174,7 @@ def test_generating_modes_with_a_tiny_model(tmp_path, monkeypatch, tiny_backend,
     monkeypatch.setenv("CHATLM_DATA_DIR", str(tmp_path / "d"))
     out = tmp_path / "r.json"
     extra = {"oracle": True} if mode == "oracle" else {}
-    assert qa.run_cli(_args(easy_file(tmp_path), out, details=True, **extra),
+    assert qa_cli.run_cli(_args(easy_file(tmp_path), out, details=True, **extra),
                       backend_factory=lambda _settings: tiny_backend) == 0
     report = json.loads(out.read_text())
     assert report["mode"] == mode and report["model"] == "tiny-random"
@@ -200,7 +200,7 @@ def test_together_and_conversation_ask_through_one_knowledge_base_and_one_chat(t
 
     monkeypatch.setattr(ChatService, "send", spy)
     out = tmp_path / "r.json"
-    assert qa.run_cli(_args(easy_file(tmp_path), out, together=True, conversation=True),
+    assert qa_cli.run_cli(_args(easy_file(tmp_path), out, together=True, conversation=True),
                       backend_factory=lambda _settings: tiny_backend) == 0
     report = json.loads(out.read_text())
     assert report["together"] and report["conversation"] and report["n_questions"] == 6
@@ -214,7 +214,7 @@ def test_unknown_adapter_is_a_clear_error(tmp_path, monkeypatch, tiny_backend) -
 
     monkeypatch.setenv("CHATLM_DATA_DIR", str(tmp_path / "d"))
     with pytest.raises(ChatLMError, match="No adapter named 'nope'"):
-        qa.run_cli(_args(easy_file(tmp_path), tmp_path / "r.json", adapter="nope"),
+        qa_cli.run_cli(_args(easy_file(tmp_path), tmp_path / "r.json", adapter="nope"),
                    backend_factory=lambda _settings: tiny_backend)
 
 
@@ -238,7 +238,7 @@ def test_a_registered_adapter_is_the_one_that_answers(tmp_path, monkeypatch, tin
         out = tmp_path / f"{name}.json"
         extra = {"adapter": name} if name else {}
         fresh = LocalBackend(dataclasses.replace(tiny, model=copy.deepcopy(tiny.model)))  # the run closes it
-        assert qa.run_cli(_args(easy_file(tmp_path), out, details=True, **extra),
+        assert qa_cli.run_cli(_args(easy_file(tmp_path), out, details=True, **extra),
                           backend_factory=lambda _settings, b=fresh: b) == 0
         reports[name] = json.loads(out.read_text())
     assert reports["tiny-v1"]["adapter"] == "tiny-v1"

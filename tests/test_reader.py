@@ -56,11 +56,16 @@ def test_a_reader_round_registers_an_adapter_that_changes_a_span(tiny_settings, 
     """Records come from the app's own retrieval and prompt; the round goes through the worker and
     registry like any other; the adapter, served for a question about a loaded text, gives another
     span than the base model."""
+    from chatlm.compose import scratch
     from chatlm.engine.local import LocalBackend
     from chatlm.engine.params import SamplingParams
+    from chatlm.evaluation.qa import QueryCache
+    from chatlm.knowledge.embed import get_embedder
     from chatlm.service import ChatService
 
-    records, mix = reader.reader_records(SQUAD, tiny_settings, limit=12, progress=False)
+    with scratch(tiny_settings, prefix="chatlm-reader-", load_model=False,
+                 embedder=QueryCache(get_embedder())) as services:
+        records, mix = reader.reader_records(SQUAD, tiny_settings, services.chat, limit=12, progress=False)
     assert mix["span"] > 0 and mix.get("unanswerable", 0) > 0 and sum(mix.values()) == len(records)
     first = records[0]
     question_turn = first["prompt"][-1]["content"]

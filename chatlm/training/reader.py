@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import random
 import re
-import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -48,75 +47,67 @@ def record(system_prompt: str, question: str, passages: list[tuple[int, str, str
     return {"prompt": [*system, user], "completion": [{"role": "assistant", "content": target}]}
 
 
-def reader_records(squad: Path, settings: Settings, *, limit: int | None = None, skip: int = 0,
+def reader_records(squad: Path, settings: Settings, chat: Any, *, limit: int | None = None, skip: int = 0,
                    seed: int = 42, progress: bool = True) -> tuple[list[Record], dict[str, int]]:
     """SFT records from a SQuAD file (``limit`` questions per article at most) and their mix.
 
+    ``chat``: a ``ChatService`` over a throwaway database, no model needed (the worker makes it with
+    ``chatlm.compose.scratch``); each article is loaded into a chat of its own there.
     The questions of an article are shuffled with ``seed``; ``skip`` leaves out the first ones, so a
     round that continues an earlier one (same seed) reads questions that one did not."""
     from tqdm import tqdm
 
-    from chatlm import compose
-    from chatlm.evaluation.qa import QueryCache
-    from chatlm.knowledge.embed import get_embedder
     from chatlm.knowledge.squad import load_squad
 
     rng = random.Random(seed)
     articles = load_squad(squad)
     records: list[Record] = []
     mix: Counter[str] = Counter()
-    with tempfile.TemporaryDirectory(prefix="chatlm-reader-") as folder:
-        services = compose.build(settings, None, url=f"sqlite:///{Path(folder) / 'reader.db'}", load_model=False,
-                                 embedder=QueryCache(get_embedder()), follow_registry=False)
-        chat = services.chat
-        try:
-            uid = chat.user_id()
-            total = sum(len(a.questions[skip:][:limit]) for a in articles)
-            bar = tqdm(total=total, desc="reader records", unit="q", disable=not progress)
-            for article in articles:
-                conv = chat.new_conversation(uid)
-                chat.library.load(user_id=uid, conversation_id=conv.id, name=article.title, text=article.text)
-                chat.library.wait_for_embeddings()
-                questions = list(article.questions)
-                rng.shuffle(questions)
-                for q in questions[skip:][:limit]:
-                    bar.update(1)
-                    wide = chat.library.retrieve(conv.id, q.question, k=PASSAGES + 6)
-                    top = wide[:PASSAGES]
-                    numbered = [(i + 1, p.document, p.text) for i, p in enumerate(top)]
-                    if q.is_impossible:
-                        records.append(record(settings.system_prompt, q.question, numbered, NOT_FOUND))
-                        mix["unanswerable"] += 1
-                        continue
-                    texts = [p.text for p in top]
-                    gold = next((a for a in q.answers if any(a in t for t in texts)), None)
-                    if gold is None:
-                        records.append(record(settings.system_prompt, q.question, numbered, NOT_FOUND))
-                        mix["answer_not_retrieved"] += 1
-                        continue
-                    records.append(record(settings.system_prompt, q.question, numbered, span_target(gold)))
-                    mix["span"] += 1
-                    if rng.random() < NEGATIVE_SHARE:
-                        others = [p for p in wide if not any(a in p.text for a in q.answers)][:PASSAGES]
-                        if len(others) == PASSAGES:
-                            negative = [(i + 1, p.document, p.text) for i, p in enumerate(others)]
-                            records.append(record(settings.system_prompt, q.question, negative, NOT_FOUND))
-                            mix["negative_passages"] += 1
-            bar.close()
-        finally:
-            chat.library.wait_for_embeddings(timeout=30)
-            services.engine.dispose()
+    uid = chat.user_id()
+    total = sum(len(a.questions[skip:][:limit]) for a in articles)
+    bar = tqdm(total=total, desc="reader records", unit="q", disable=not progress)
+    for article in articles:
+        conv = chat.new_conversation(uid)
+        chat.library.load(user_id=uid, conversation_id=conv.id, name=article.title, text=article.text)
+        chat.library.wait_for_embeddings()
+        questions = list(article.questions)
+        rng.shuffle(questions)
+        for q in questions[skip:][:limit]:
+            bar.update(1)
+            wide = chat.library.retrieve(conv.id, q.question, k=PASSAGES + 6)
+            top = wide[:PASSAGES]
+            numbered = [(i + 1, p.document, p.text) for i, p in enumerate(top)]
+            if q.is_impossible:
+                records.append(record(settings.system_prompt, q.question, numbered, NOT_FOUND))
+                mix["unanswerable"] += 1
+                continue
+            texts = [p.text for p in top]
+            gold = next((a for a in q.answers if any(a in t for t in texts)), None)
+            if gold is None:
+                records.append(record(settings.system_prompt, q.question, numbered, NOT_FOUND))
+                mix["answer_not_retrieved"] += 1
+                continue
+            records.append(record(settings.system_prompt, q.question, numbered, span_target(gold)))
+            mix["span"] += 1
+            if rng.random() < NEGATIVE_SHARE:
+                others = [p for p in wide if not any(a in p.text for a in q.answers)][:PASSAGES]
+                if len(others) == PASSAGES:
+                    negative = [(i + 1, p.document, p.text) for i, p in enumerate(others)]
+                    records.append(record(settings.system_prompt, q.question, negative, NOT_FOUND))
+                    mix["negative_passages"] += 1
+    bar.close()
     rng.shuffle(records)
     return records, dict(mix)
 
 
-def build_round(settings: Settings, params: dict[str, Any]) -> Any:
-    """The ``RoundData`` of a reader round (``params["reader_data"]``: a SQuAD training file)."""
+def build_round(settings: Settings, params: dict[str, Any], chat: Any) -> Any:
+    """The ``RoundData`` of a reader round (``params["reader_data"]``: a SQuAD training file), its
+    records retrieved through ``chat`` (see ``reader_records``)."""
     from chatlm.feedback.records import to_jsonl
     from chatlm.training.data import Counts, Heldout, RoundData
 
     squad = Path(str(params["reader_data"]))
-    records, mix = reader_records(squad, settings, limit=params.get("reader_limit"),
+    records, mix = reader_records(squad, settings, chat, limit=params.get("reader_limit"),
                                   skip=int(params.get("reader_skip") or 0),
                                   seed=int(params.get("seed") or 42), progress=False)
     held = records[:HELDOUT] if len(records) > 4 * HELDOUT else records[:max(1, len(records) // 5)]

@@ -94,7 +94,7 @@ def run_round(settings: Settings, run_id: int) -> int:
                 round_data = data.build_round(s, method, guests=bool(params.get("guests")))
         if method == "reader":  # SQuAD records, not ratings: retrieval runs outside the transaction
             report({"phase": "preparing"})
-            round_data = reader.build_round(settings, params)
+            round_data = reader_round(settings, params)
         if parent is None and round_data.knowledge:  # ratings of knowledge answers: teach the reader on
             parent = reader_parent(settings, sessions)
         logs = Path(settings.data_dir) / "training"
@@ -133,6 +133,17 @@ def run_round(settings: Settings, run_id: int) -> int:
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def reader_round(settings: Settings, params: dict[str, Any]) -> Any:
+    """A reader round's data, retrieved by the app's own library over a throwaway database (no model)."""
+    from chatlm import compose
+    from chatlm.evaluation.qa import QueryCache
+    from chatlm.knowledge.embed import get_embedder
+
+    with compose.scratch(settings, prefix="chatlm-reader-", load_model=False,
+                         embedder=QueryCache(get_embedder())) as services:
+        return reader.build_round(settings, params, services.chat)
 
 
 def reader_parent(settings: Settings, sessions: sessionmaker[Session]) -> Named | None:
@@ -218,8 +229,9 @@ def qa_figures(settings: Settings, squad: Path, adapter_path: Path, others: dict
     from chatlm.engine.local import LocalBackend
     from chatlm.evaluation import qa
     from chatlm.knowledge.embed import get_embedder
+    from chatlm.knowledge.squad import load_squad
 
-    articles = qa.load_squad(squad)
+    articles = load_squad(squad)
     backend = LocalBackend(loader.load(settings.model, Path(settings.data_dir), settings.device))
     with tempfile.TemporaryDirectory(prefix="chatlm-round-qa-") as folder:
         services = compose.build(settings, backend, url=f"sqlite:///{Path(folder) / 'qa.db'}",
