@@ -40,7 +40,7 @@ def build_app(settings: Settings, backend: Any = None) -> App:
 
     from chatlm.api import chats
     from chatlm.api.openai import OpenAIRoutes
-    from chatlm.ui import guard, page, signin
+    from chatlm.ui import guard, hf_signin, page, signin
     from chatlm.ui.chat import ChatUI
     from chatlm.ui.who import Who
 
@@ -57,6 +57,8 @@ def build_app(settings: Settings, backend: Any = None) -> App:
     api = FastAPI(title="chatlm", docs_url="/docs" if docs else None, redoc_url="/redoc" if docs else None,
                   openapi_url="/openapi.json" if docs else None)
     OpenAIRoutes(service, identity).install(api)
+    if settings.auth == "hf":
+        hf_signin.install(api, identity)  # its routes first, under the gate's open /login paths
     if settings.auth != "none":
         signin.install(api, identity)
     who = Who(identity)

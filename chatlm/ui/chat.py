@@ -16,17 +16,23 @@ from typing import Any
 import anyio
 import gradio as gr
 
-from chatlm.engine.params import SamplingParams
 from chatlm.errors import ChatLMError, PermissionDeniedError
 from chatlm.service import BASE_MODEL, DEFAULT_MODEL, ChatService, Reply
 from chatlm.store.models import utcnow
 from chatlm.ui import branches, refusals, sidebar
 from chatlm.ui.answers import Answers, Pump, Turn
+from chatlm.ui.chat_defaults import (
+    DEFAULT_MAX_NEW,
+    chat_settings,
+    new_chat_settings,
+    plain,
+    sampling_params,
+    settings_of,
+)
 from chatlm.ui.knowledge import sources_block
 from chatlm.ui.who import Who
 
 FEEDBACK = {1: "Like", -1: "Dislike"}
-DEFAULT_MAX_NEW = 256
 POLL_S = 0.08
 """How often a page following an answer looks for new text (tokens are shown in batches)."""
 STILL_ANSWERING = ("An answer is still being written in this chat: your message stays in the box. "
@@ -222,7 +228,7 @@ class ChatUI:
                      max_new: int, model: str | None) -> Callable[[int], Reply]:
         """Another answer to the last question; a question left unanswered (the server was busy)
         is asked again as a new branch from the same point."""
-        params = sampling_params(_settings(temperature, top_p, max_new))
+        params = sampling_params(settings_of(temperature, top_p, max_new))
 
         def start(uid: int) -> Reply:
             path = [m for m, _ in self.service.history(uid, conv_id or 0)
@@ -239,7 +245,7 @@ class ChatUI:
     def _continue_reply(self, conv_id: int | None, temperature: float, top_p: float,
                         max_new: int, model: str | None) -> Callable[[int], Reply]:
         """Go on writing the last answer (cut at the token limit, or stopped)."""
-        params = sampling_params(_settings(temperature, top_p, max_new))
+        params = sampling_params(settings_of(temperature, top_p, max_new))
 
         def start(uid: int) -> Reply:
             path = [m for m, _ in self.service.history(uid, conv_id or 0) if m.role in ("user", "assistant")]
@@ -445,7 +451,7 @@ class ChatUI:
         if not text or not text.strip():
             gr.Warning("Type a message first.")
             return (gr.update(),) * 9
-        turn = self._turn(text, conv_id, sys_prompt, _settings(temperature, top_p, max_new, model), request)
+        turn = self._turn(text, conv_id, sys_prompt, settings_of(temperature, top_p, max_new, model), request)
         return self._begun(turn, "" if turn.stored else gr.update(), request)
 
     async def send(self, text: str, conv_id: int | None, sys_prompt: str, temperature: float,
@@ -456,7 +462,7 @@ class ChatUI:
             gr.Warning("Type a message first.")
             return
         turn = await anyio.to_thread.run_sync(
-            self._turn, text, conv_id, sys_prompt, _settings(temperature, top_p, max_new, model), request)
+            self._turn, text, conv_id, sys_prompt, settings_of(temperature, top_p, max_new, model), request)
         async for out in self._stream(turn, "" if turn.stored else text, request):
             yield out
 
@@ -498,7 +504,7 @@ class ChatUI:
         index = data.index if isinstance(data.index, int) else data.index[0]
         if conv_id is None or not 0 <= index < len(ids):
             return (gr.update(),) * 9
-        params = sampling_params(_settings(temperature, top_p, max_new))
+        params = sampling_params(settings_of(temperature, top_p, max_new))
         turn = self._again(conv_id, lambda uid: self.service.edit(uid, ids[index], str(data.value),
                                                                    params, adapter=model), request)
         return self._begun(turn, gr.update(), request)
@@ -752,41 +758,9 @@ BROWSER_ZONE = "(zone) => [Intl.DateTimeFormat().resolvedOptions().timeZone || '
 """``zoned``'s inputs, with the browser's time zone in place of the hidden box's value."""
 
 
-def _settings(temperature: float, top_p: float, max_new: int, model: str | None = None) -> dict[str, Any]:
-    return {"temperature": temperature, "top_p": top_p, "max_new_tokens": int(max_new),
-            "model": model or DEFAULT_MODEL}
-
-
 def _chat_id(value: float | None) -> int | None:
     """A conversation id a client sent (a number box gives floats); the service checks it is theirs."""
     return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
-
-
-def plain(text: str) -> str:
-    """A user's text inside a Markdown notice, its markup shown as typed."""
-    return "".join(f"\\{c}" if c in "\\`*_{}[]()<>#+-.!|~" else c for c in text)
-
-
-def chat_settings(service: ChatService, system_prompt: str | None, settings: dict[str, Any]
-                  ) -> tuple[str, dict[str, Any]]:
-    """A chat's system prompt and settings as the chat shows and sends them: the server's defaults
-    where one is missing, the token limit no more than the server's."""
-    return (service.settings.system_prompt if system_prompt is None else system_prompt,
-            _settings(settings.get("temperature", 0.7), settings.get("top_p", 0.9),
-                      min(int(settings.get("max_new_tokens", DEFAULT_MAX_NEW)), service.settings.max_new_tokens),
-                      settings.get("model")))
-
-
-def new_chat_settings(service: ChatService, uid: int) -> tuple[str, dict[str, Any]]:
-    """What a new chat of this user starts with: the system prompt and settings of their latest chat
-    (remembered on the server, so on every browser), else the server's defaults."""
-    return chat_settings(service, *service.remembered(uid))
-
-
-def sampling_params(settings: dict[str, Any]) -> SamplingParams:
-    return SamplingParams(temperature=float(settings["temperature"]),
-                          top_p=float(settings["top_p"]),
-                          max_new_tokens=int(settings["max_new_tokens"]))
 
 
 MARKS = {

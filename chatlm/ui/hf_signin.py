@@ -29,6 +29,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from chatlm.accounts import SignInError
 from chatlm.identity import Identity
+from chatlm.ui import signin
 
 STATE_COOKIE = "chatlm_oauth"
 STATE_MINUTES = 10
@@ -50,9 +51,8 @@ def _callback_url(request: Request) -> str:
 
 
 def install(app: FastAPI, identity: Identity) -> None:
-    """Add ``/login/huggingface`` and ``/login/callback`` (under the gate's open ``/login`` paths)."""
-    from chatlm.ui import signin
-
+    """Add ``/login/huggingface`` and ``/login/callback`` (under the gate's open ``/login`` paths);
+    the server calls it before ``signin.install``."""
     settings = identity.settings
     client: Any = None
     if settings.hf_oauth_app:

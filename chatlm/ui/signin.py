@@ -123,13 +123,11 @@ async def read_form(request: Request) -> dict[str, str] | None:
 
 
 def install(app: FastAPI, identity: Identity) -> None:
-    """Add ``/login`` and ``/logout`` and put the gate in front of everything else."""
+    """Add ``/login`` and ``/logout`` and put the gate in front of everything else. With
+    ``CHATLM_AUTH=hf`` the server installs ``chatlm.ui.hf_signin``'s routes first; this page then
+    shows its button."""
     settings = identity.settings
     hf = settings.auth == "hf"
-    if hf:
-        from chatlm.ui import hf_signin
-
-        hf_signin.install(app, identity)
 
     @app.get("/login", include_in_schema=False)
     def login_form(request: Request) -> HTMLResponse:

@@ -27,7 +27,7 @@ from chatlm.store import registry
 from chatlm.store.models import AdapterVersion, TrainingRun
 from chatlm.training import METHODS, data, eta, trainer
 from chatlm.training.service import TrainingService
-from chatlm.ui.chat import new_chat_settings, plain, sampling_params
+from chatlm.ui.chat_defaults import new_chat_settings, plain, sampling_params
 from chatlm.ui.uploads import received_file, uploaded_file
 from chatlm.ui.who import Who
 
