@@ -56,6 +56,17 @@ def server(start_server, bundled):
         backend.close()
 
 
+def load_text(page) -> None:
+    """Paste the made-up text into the chat's Knowledge panel and load it."""
+    if not page.locator("#load-doc").is_visible():
+        page.click("#knowledge .label-wrap")
+        page.locator("#load-doc").wait_for(state="visible")
+    page.fill("#paste textarea", LIGHTHOUSE)
+    page.fill("#paste-name textarea", "harrowgate")
+    click_and_wait(page, "#load-doc")
+    page.locator("#doc-status", has_text="Loaded").wait_for()
+
+
 def right(answer: str, expected: str | None) -> bool:
     """The answer's own line: the expected phrase for a fact, the decline for the rest."""
     first = answer.strip().split("\n", 1)[0]
@@ -69,13 +80,7 @@ def right(answer: str, expected: str | None) -> bool:
 def test_a_new_user_asks_ten_questions_about_a_made_up_text(page, server):
     assert server.app.service.reader == "reader"
     open_app(page, server)
-    if not page.locator("#load-doc").is_visible():
-        page.click("#knowledge .label-wrap")
-        page.locator("#load-doc").wait_for(state="visible")
-    page.fill("#paste textarea", LIGHTHOUSE)
-    page.fill("#paste-name textarea", "harrowgate")
-    click_and_wait(page, "#load-doc")
-    page.locator("#doc-status", has_text="Loaded").wait_for()
+    load_text(page)
     results = []
     for question, expected in QUESTIONS:
         answer = send(page, server, question)
