@@ -83,30 +83,34 @@ def test_the_scheduler_keeps_a_random_model_inside_the_passages(tiny_backend) ->
     assert free_in_passages == 0  # unconstrained, the random model babbles: the constraint did it
 
 
-def test_a_start_bias_keeps_the_answer_in_the_preferred_passage_unless_the_model_is_surer(tiny_backend) -> None:
-    """A reader copies from every sentence with the best-agreeing one raised at the first step: a
-    large bias keeps every answer in it; with none, the (random) model starts anywhere. The first
+def test_a_preferred_passage_holds_the_answer_unless_the_model_is_sure_elsewhere(tiny_backend) -> None:
+    """A reader copies from every sentence but keeps to the best-agreeing one unless its first
+    token elsewhere is at least ``sure`` likely: with ``sure`` out of reach every answer stays in
+    the preferred passage; with none preferred, the (random) model starts anywhere. The first
     token's unconstrained log-probability is reported, so a taught answer can be told apart."""
     messages = [{"role": "user", "content": "Who founded Acme Widgets?"}]
     kept, anywhere = 0, 0
     for seed in range(8):
         params = SamplingParams(temperature=1.0, top_p=1.0, max_new_tokens=8, seed=seed)
-        biased = tiny_backend.chat(messages, params, copy_from=PASSAGES, start_bias=[0.0, 50.0, 0.0])
-        kept += biased.wait().strip() in PASSAGES[1]
-        assert biased.span_logprob is not None and biased.span_logprob <= 0.0
+        held = tiny_backend.chat(messages, params, copy_from=PASSAGES, prefer=[1], sure=0.5)
+        kept += held.wait().strip() in PASSAGES[1]
+        assert held.span_logprob is not None and held.span_logprob <= 0.0
         free = tiny_backend.chat(messages, params, copy_from=PASSAGES).wait().strip()
         anywhere += free not in PASSAGES[1]
     assert kept == 8 and anywhere >= 2, (kept, anywhere)
 
 
-def test_the_first_bias_covers_every_token_that_starts_a_span_in_the_preferred_passage(tiny) -> None:
+def test_a_sure_first_token_elsewhere_lifts_the_preference(tiny) -> None:
     tokenizer = tiny.tokenizer
     constraint = CopyConstraint.build(PASSAGES, encode=lambda t: tokenizer.encode(t, add_special_tokens=False),
                                       token_text=lambda i: tokenizer.decode([i]), eos_ids={tokenizer.eos_token_id},
-                                      start_bias=[2.5])
-    bias = constraint.first_bias()
+                                      prefer=[0], sure=-0.5)
     dana = tokenizer.encode("Dana", add_special_tokens=False)[0]
     normans = tokenizer.encode("Normans", add_special_tokens=False)[0]
-    assert bias.get(normans) == 2.5 and dana not in bias  # passage 0 raised, passage 1 not
-    assert set(bias) <= set(constraint.allowed())
-    assert _constraint(tokenizer).first_bias() == {}
+    unsure = [-5.0] * len(tokenizer)
+    held = constraint.first_allowed(unsure)
+    assert normans in held and dana not in held  # passage 0 only
+    sure = list(unsure)
+    sure[dana] = -0.1  # the model is sure of "Dana" (passage 1): every start is open
+    assert set(constraint.first_allowed(sure)) == set(constraint.allowed()) and dana in constraint.first_allowed(sure)
+    assert _constraint(tokenizer).first_allowed(unsure) == _constraint(tokenizer).allowed()  # nothing preferred

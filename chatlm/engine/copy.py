@@ -45,10 +45,10 @@ class CopyConstraint:
     """(passage, position) of word starts no span may begin at (articles, the question's words)."""
     decline_ids: tuple[int, ...] = ()
     """First tokens a decline may open with (scored by ``score_decline``, never a span's start)."""
-    start_bias: tuple[float, ...] = ()
-    """Added to the first step's logit of a token that starts a span in passage ``i`` (the largest
-    when it starts spans in several): a prior for where the answer lies, which the model's own
-    preference overrides only when it is stronger (``first_bias``)."""
+    prefer: tuple[int, ...] = ()
+    """Passages the answer keeps to (the best-agreeing sentence) unless the model is sure of a span
+    that starts elsewhere: a first token outside them with log-probability at least ``sure``."""
+    sure: float = float("inf")
     state: State | None = None
     """None before the first token: the answer may start at any word start."""
     _starts: dict[int, set[tuple[int, int, int]]] = field(default_factory=dict, repr=False)
@@ -61,19 +61,15 @@ class CopyConstraint:
         for e, entry in enumerate(self.entries):
             if entry.ids:
                 self._starts.setdefault(entry.ids[0], set()).add((1, e, 1))
-        self._bias: dict[int, float] = {}
-        if any(self.start_bias):
-            for tok, where in self._starts.items():
-                passages = {index if kind == 0 else self.entries[index].passage for kind, index, _ in where}
-                bias = max(self.start_bias[p] if p < len(self.start_bias) else 0.0 for p in passages)
-                if bias:
-                    self._bias[tok] = bias
+        self._preferred: frozenset[int] = frozenset(
+            tok for tok, where in self._starts.items()
+            if {index if kind == 0 else self.entries[index].passage for kind, index, _ in where} & set(self.prefer))
 
     @classmethod
     def build(cls, passages: Sequence[str], *, encode: Callable[[str], list[int]],
               token_text: Callable[[int], str], eos_ids: Iterable[int],
-              avoid_first: Iterable[str] = (), decline: str = "",
-              start_bias: Sequence[float] = ()) -> CopyConstraint:
+              avoid_first: Iterable[str] = (), decline: str = "", prefer: Sequence[int] = (),
+              sure: float = float("inf")) -> CopyConstraint:
         """Tokenise each passage as it reads inside a prompt (words after the first carry their
         space) and each word once more without its space, for the reply's first token. No span
         starts with an article or with a word of ``avoid_first`` (the question's own words: a span
@@ -105,11 +101,19 @@ class CopyConstraint:
         decline_ids = tuple(encode(decline.strip())[:1]) if decline.strip() else ()
         return cls(passages=ids_list, word_start=starts, alnum_start=alnums, entries=entries,
                    eos_ids=frozenset(eos_ids), no_start=frozenset(skipped), decline_ids=decline_ids,
-                   start_bias=tuple(start_bias))
+                   prefer=tuple(prefer), sure=sure)
 
-    def first_bias(self) -> dict[int, float]:
-        """Token id -> logit bonus at the first step (``start_bias``); empty when there is none."""
-        return self._bias
+    def first_allowed(self, logprobs: Sequence[float] | Any) -> list[int]:
+        """The first step's allowed tokens given the model's unconstrained log-probabilities: the
+        starts in the ``prefer`` passages, unless the model is ``sure`` of a start elsewhere."""
+        allowed = self.allowed()
+        if not self._preferred:
+            return allowed
+        inside = [t for t in allowed if t in self._preferred]
+        outside = [t for t in allowed if t not in self._preferred]
+        if not inside or (outside and max(float(logprobs[t]) for t in outside) >= self.sure):
+            return allowed
+        return inside
 
     def score_decline(self, logprobs: Sequence[float] | Any) -> float:
         """How much more the model wants to decline than to copy, from the first step's

@@ -86,12 +86,12 @@ class LocalBackend:
     def chat(self, messages: ChatMessages, params: SamplingParams, *,
              adapter: str | None = None, copy_from: Sequence[str] | None = None,
              avoid_first: Sequence[str] = (), continue_final: bool = False, decline: str = "",
-             start_bias: Sequence[float] = ()) -> Generation:
+             prefer: Sequence[int] = (), sure: float = float("inf")) -> Generation:
         """Start an answer; with ``copy_from`` it is a span copied from those passages (starting
-        with none of the words ``avoid_first``, the first step's logits of spans starting in passage
-        ``i`` raised by ``start_bias[i]``); ``decline`` (a reply that says the text does not
-        answer) is scored against copying at the first step, as ``Generation.decline_score``, and
-        its opening token starts no span."""
+        with none of the words ``avoid_first``; from the ``prefer`` passages unless the model's
+        first token elsewhere has log-probability ``sure`` or more); ``decline`` (a reply that says
+        the text does not answer) is scored against copying at the first step, as
+        ``Generation.decline_score``, and its opening token starts no span."""
         if adapter is not None and adapter not in self._adapters:
             raise NotFoundError(f"No adapter named {adapter!r} is loaded.")
         copy = None
@@ -99,7 +99,7 @@ class LocalBackend:
             copy = CopyConstraint.build(
                 copy_from, encode=lambda t: self.tokenizer.encode(t, add_special_tokens=False),
                 token_text=lambda i: self.tokenizer.decode([i]), eos_ids=self.scheduler.eos_ids,
-                avoid_first=avoid_first, decline=decline, start_bias=start_bias)
+                avoid_first=avoid_first, decline=decline, prefer=prefer, sure=sure)
         return self.scheduler.submit(self.encode(messages, continue_final=continue_final), params,
                                      adapter=adapter, copy=copy)
 

@@ -480,16 +480,15 @@ def _constrain(logits: torch.Tensor, rows: list[_Row]) -> torch.Tensor:
     for j, row in enumerate(rows):
         if row.copy is None:
             continue
+        allowed = None
         if row.copy.state is None:  # the first step: what the model wants before any constraint
-            first = torch.log_softmax(logits[j], -1)
-            row.first_logprobs = first.cpu()
+            first = torch.log_softmax(logits[j], -1).cpu()
+            row.first_logprobs = first
             if row.copy.decline_ids:
                 row.gen.decline_score = row.copy.score_decline(first.tolist())
-            bias = row.copy.first_bias()
-            if bias:
-                ids = torch.tensor(list(bias), dtype=torch.long, device=logits.device)
-                logits[j, ids] += torch.tensor(list(bias.values()), dtype=logits.dtype, device=logits.device)
-        keep = torch.tensor(row.copy.allowed(), dtype=torch.long, device=logits.device)
+            allowed = row.copy.first_allowed(first)
+        keep = torch.tensor(allowed if allowed is not None else row.copy.allowed(), dtype=torch.long,
+                            device=logits.device)
         masked = torch.full_like(logits[j], float("-inf"))
         masked[keep] = logits[j, keep]
         logits[j] = masked
