@@ -92,7 +92,8 @@ def _services(data_dir: Path) -> Any:
     return settings, services
 
 
-def _round(settings: Any, services: Any, method: str, epochs: float | None = None) -> dict[str, Any]:
+def _round(settings: Any, services: Any, method: str, epochs: float | None = None,
+           lr: float | None = None) -> dict[str, Any]:
     from train import follow_round
 
     from chatlm.store import db
@@ -101,7 +102,7 @@ def _round(settings: Any, services: Any, method: str, epochs: float | None = Non
     with db.transaction(services.sessions) as s:
         planned = data.build_round(s, method)
     started = time.perf_counter()
-    run_id = rounds.start_round(settings, method, epochs=epochs, sessions=services.sessions)
+    run_id = rounds.start_round(settings, method, epochs=epochs, lr=lr, sessions=services.sessions)
     out = follow_round(settings, services.sessions, run_id, started)
     out["round_data"] = planned.summary()
     services.chat.promote_adapter(out["adapter"])  # what a user does next: Promote
@@ -128,7 +129,7 @@ def knowledge(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
         out["asked"] = headline(asked)
         out["ratings"] = rate(service, uid, asked["questions"])
         ids = answers_by_question(service, uid)
-        out["round"] = _round(settings, services, args.method, args.epochs)
+        out["round"] = _round(settings, services, args.method, args.epochs, args.lr)
         again = evaluate(service, [a], Options(squad=args.squad, limit=args.questions, details=True, rule=rule))
         after = {q["question"]: q for q in again["questions"]}
         learnt = kept = corrected = liked = 0
@@ -179,7 +180,7 @@ def chat(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
             message_id, _ = ask(question)
             service.rate(uid, message_id, -1, better_answer=better)
         before = {q: ask(q)[1] for q in OTHERS}
-        out["round"] = _round(settings, services, args.method, args.epochs)
+        out["round"] = _round(settings, services, args.method, args.epochs, args.lr)
         learnt = [(q, better, ask(q)[1]) for q, better in CORRECTED]
         out["corrections"] = {"learnt": sum(same_answer(said, better) for _, better, said in learnt),
                               "misses": [{"question": q, "wanted": b, "said": s} for q, b, s in learnt
@@ -201,6 +202,7 @@ def main() -> None:
     p.add_argument("--eval-limit", type=int, default=50, help="knowledge: report-split questions of article B")
     p.add_argument("--method", default="auto")
     p.add_argument("--epochs", type=float, help="passes over the data (default: the round's own rule)")
+    p.add_argument("--lr", type=float, help="learning rate (default: the round's own)")
     p.add_argument("--out", type=Path)
     args = p.parse_args()
 
@@ -211,7 +213,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="chatlm-bench-corrections-") as tmp:
         data_dir = scratch_data_dir(Path(tmp))
         result = (knowledge if args.part == "knowledge" else chat)(args, data_dir)
-    result = {"part": args.part, "method": args.method, "epochs_asked": args.epochs, **result,
+    result = {"part": args.part, "method": args.method, "epochs_asked": args.epochs, "lr_asked": args.lr, **result,
               "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                           "cuda": torch.cuda.is_available(), "load_avg_end": os.getloadavg()},
               "wall_s": round(time.perf_counter() - started, 1)}
