@@ -285,6 +285,7 @@ def test_promote_asks_again_before_serving_a_worse_round(tiny, settings, adapter
         assert pending == "tiny-v1" and _registry_active(service) is None
         assert "Not promoted yet" in message and "0.923 → 0.667" in message
         assert "Worse than base model" in view[-1]  # the verdict line under the figures
+        assert view[8]["value"] == "tiny-v1"  # Serve still names it: the second press confirms it
         *_, message, pending = tab.promote("tiny-v1", None, pending)  # the second press
         assert pending is None and _registry_active(service) == "tiny-v1" and "Promoted" in message
         *view, message, pending = tab.promote("tiny-v2", None, None)

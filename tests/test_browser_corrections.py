@@ -10,7 +10,7 @@ import pytest
 
 from chatlm.adapters import SHIPPED_READER
 from chatlm.prompts import NOT_FOUND
-from tests.browser import click_and_wait, needs_browser, open_app, send, wait_for
+from tests.browser import choose, click_and_wait, needs_browser, open_app, send, wait_for
 from tests.test_browser_reader import QUESTIONS, load_text, right
 
 needs_browser()
@@ -96,10 +96,14 @@ def test_what_a_user_corrects_the_promoted_adapter_answers(page, server) -> None
     assert "of your" in verdict and "corrections as you wrote them" in verdict, verdict
 
     # Promote (a worse round asks for a second press, saying what gets worse)
-    click_and_wait(page, "#tr-promote")
-    if "Not promoted yet" in page.locator("#tr-changed").inner_text():
-        click_and_wait(page, "#tr-promote")
-    assert "new chats use chatlm-v1" in page.locator("#tr-changed").inner_text()
+    choose(page, "tr-target", "chatlm-v1")
+    changed = lambda: page.locator("#tr-changed").inner_text()  # noqa: E731
+    page.click("#tr-promote")  # the tab's own words say when it is done (the picker's update follows it)
+    said = wait_for(lambda: ("Not promoted yet" in changed() or "Promoted" in changed()) and changed(), "Promote")
+    if "Not promoted yet" in said:
+        assert "Press Promote again" in said
+        page.click("#tr-promote")
+    wait_for(lambda: "new chats use chatlm-v1" in changed(), "the promotion")
 
     # the chat's picker follows without a reload; a new chat asks the corrected questions again
     page.click("button[role=tab]:has-text('Chat')")

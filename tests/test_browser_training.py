@@ -129,12 +129,13 @@ def test_ratings_to_a_promoted_adapter_and_back(page, server) -> None:
 
     # promote: registry and server change at once, and the next chat answer uses it
     choose(page, "tr-target", "chatlm-v1")
-    click_and_wait(page, "#tr-promote")
+    page.click("#tr-promote")  # the tab's own words say when it is done (the picker's update follows it)
     if verdict.is_worse:  # a worse round: the tab says what gets worse, and a second press promotes
-        assert "Not promoted yet" in text(page, "tr-changed") and "Press Promote again" in text(page, "tr-changed")
-        assert active_in_registry(server) is None
-        click_and_wait(page, "#tr-promote")
-    assert "new chats use chatlm-v1" in text(page, "tr-changed")
+        wait_for(lambda: "Press Promote again" in text(page, "tr-changed"), "the tab to ask again")
+        assert "Not promoted yet" in text(page, "tr-changed") and active_in_registry(server) is None
+        page.click("#tr-promote")
+    wait_for(lambda: "new chats use chatlm-v1" in text(page, "tr-changed"), "the promotion")
+    settled(page)
     assert "New chats use: chatlm-v1" in text(page, "tr-active")
     assert active_in_registry(server) == "chatlm-v1" and service.active_adapter == "chatlm-v1"
     assert table_rows(page, "tr-adapters")[0][0] == "✓"
@@ -153,14 +154,19 @@ def test_ratings_to_a_promoted_adapter_and_back(page, server) -> None:
     choose(page, "tr-right", "chatlm-v1")
     page.fill("#tr-question textarea", "What is 3 plus 3?")
     stored = len(all_messages(server))
-    click_and_wait(page, "#tr-compare")
+    click_and_wait(page, "#tr-compare")  # the heading (what it asks with), then the two answers
+    settled(page)
     messages = [{"role": "system", "content": service.settings.system_prompt},
                 {"role": "user", "content": "What is 3 plus 3?"}]
     # the same two requests, started together like the tab's (a batch of two; a random model's
     # near-ties can flip between a batch of one and of two)
     expected = [g.wait() for g in [service.generate(messages, COMPARE, a) for a in (None, "chatlm-v1")]]
-    shown = [page.locator(f"#{e} textarea").input_value() for e in ("tr-left-answer", "tr-right-answer")]
-    assert shown == [t.replace("\r\n", "\n") for t in expected] and all(shown)  # a textarea keeps \n only
+
+    def shown() -> list[str]:
+        return [page.locator(f"#{e} textarea").input_value() for e in ("tr-left-answer", "tr-right-answer")]
+
+    wait_for(lambda: shown() == [t.replace("\r\n", "\n") for t in expected], "both answers")  # \n only
+    assert all(shown())
     assert len(all_messages(server)) == stored  # a comparison stores no conversation
 
     # roll back: the base model serves again, and the registry agrees

@@ -37,6 +37,8 @@ POLL_S = 1.0
 ADAPTER_COLUMNS = ["active", "name", "method", "parent", "created", "verdict", "judged on"]
 RUN_COLUMNS = ["run", "status", "method", "adapter", "started", "finished", "error"]
 VIEW_OUTPUTS = 16
+TARGET = 8
+"""Where the Serve dropdown is among the outputs ``refresh`` fills."""
 """Components ``refresh`` fills; the first five are the round's progress, which ``poll`` fills alone."""
 COMPARE_PROMPT_CHARS = 80
 """How much of the system prompt the line over Compare's answers quotes."""
@@ -268,7 +270,10 @@ class TrainingTab:
         except ChatLMError as exc:
             gr.Warning(exc.message)
             message = f"Not promoted: {html.escape(exc.message, quote=False)}"
-        return (*self.refresh(shown, request), message, pending)
+        view = list(self.refresh(shown, request))
+        if pending is not None:  # the Serve box keeps the adapter the second press confirms
+            view[TARGET] = gr.update(value=pending)
+        return (*view, message, pending)
 
     def rollback(self, shown: str | None, request: gr.Request) -> tuple[Any, ...]:
         try:
