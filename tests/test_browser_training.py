@@ -96,10 +96,15 @@ def test_ratings_to_a_promoted_adapter_and_back(page, server) -> None:
     wait_for(lambda: page.locator("#tr-start").is_enabled(), "Start to be enabled by the data")
     page.click("#tr-advanced .label-wrap")
     steps = page.locator("#tr-max-steps input")
-    steps.fill("2")
-    steps.press("Tab")  # the number is taken on leaving the box (a loaded full run once started with 0)
-    settled(page)
-    assert steps.input_value() == "2"
+
+    def typed() -> bool:  # the number is taken on leaving the box (a loaded full run once started with 0)
+        steps.fill("2")
+        steps.press("Tab")
+        settled(page)
+        return steps.input_value() == "2"
+
+    # a full run once read "0" back after the first try (a redraw that the test has not pinned down)
+    wait_for(typed, "the maximum steps to hold 2")
     click_and_wait(page, "#tr-start")
     assert "started in its own process" in text(page, "tr-started")
     # the timer follows the round to its end; the tab then shows the new adapter's evaluation

@@ -149,7 +149,7 @@ def choose_method(requested: str, c: Counts, *, knowledge: bool = False, correct
     span (or the decline) to copy, and on 160 rated questions of one shared article SFT lifted the
     other article's F1 from 14.2 to 18.4 in 3 minutes of training at 2.6 GB, where DPO on the same
     ratings changed no answer in 4 minutes at 4.3 GB (``bench/knowledge_round.py``).
-    ``corrections`` (written better answers are at least half of the ratings): SFT first too, as
+    ``corrections`` (written better answers are most of the ratings): SFT first too, as
     what the user asked for is that answer, word for word (``bench/corrections.py chat``)."""
     if requested not in METHODS:
         raise ChatLMError(f"The training method must be one of {', '.join(METHODS)}, not {requested!r}.")
@@ -196,7 +196,7 @@ def build_round(session: Session, method: str = "auto", *, guests: bool = False)
 def prepare(answers: Sequence[RatedAnswer], method: str = "auto") -> RoundData:
     counts = count(answers)
     knowledge = sum(a.knowledge for a in answers) * 2 > len(answers)
-    corrected = sum(bool(a.better_answer) for a in answers) * 2 >= len(answers) > 0
+    corrected = sum(bool(a.better_answer) for a in answers) * 2 > len(answers)
     chosen = choose_method(method, counts, knowledge=knowledge, corrections=corrected)
     train_answers, held_answers = split(answers)
     train = method_records(chosen, train_answers)
