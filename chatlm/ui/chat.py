@@ -737,8 +737,11 @@ class ChatUI:
             search.change(self.search, [search, conv_id], [conv_list], trigger_mode="always_last",
                          api_visibility="private")
             watchdog.tick(self.watch, [conv_id], followed, show_progress="hidden", **quick)
-            # the picker follows a promotion or rollback: every page within MODELS_S, the promoting one at once
-            for changed in (models_timer.tick, *(event.then for event in training.promotions)):
+            # the picker follows a promotion or rollback: every page within MODELS_S, the promoting one at once;
+            # the tick skips the queue (no queue slot, and a page's "an event ended" signals stay its user's)
+            models_timer.tick(self.models, [model, drawn], [model, drawn], show_progress="hidden", queue=False,
+                              api_visibility="private")
+            for changed in (event.then for event in training.promotions):
                 changed(self.models, [model, drawn], [model, drawn], show_progress="hidden", **quick)
             stop_btn.click(self.stop, [conv_id], [notice], concurrency_limit=None, api_name="stop")
             chatbot.like(self.like, [ids, conv_id], [selected], concurrency_limit=None, api_name="rate").then(
