@@ -15,6 +15,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+from chatlm.evaluation.verdict import FIGURES as VERDICT_FIGURES
 from chatlm.training.data import Heldout, Record
 
 TARGETS = {"dpo": "pair_margin", "kto": "rated_margin", "sft": "liked_perplexity", "document": "text_perplexity",
@@ -24,7 +25,8 @@ KNOWLEDGE_LIMIT = 16
 KNOWLEDGE_TOKENS = 64
 LEARNT_LIMIT = 24
 """The round's corrections (and liked answers) re-asked per model to say what it learnt."""
-LOWER_IS_BETTER = {"liked_perplexity", "text_perplexity"}
+LOWER_IS_BETTER = {key for key, (_, higher) in VERDICT_FIGURES.items() if not higher}
+"""The figures where lower is better: the verdict's own table says which (one place)."""
 Messages = list[dict[str, str]]
 BATCH = 4
 
