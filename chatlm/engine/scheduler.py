@@ -169,7 +169,8 @@ class Scheduler:
                     f"The server is busy ({len(self._rows)} answers running, "
                     f"{len(self._pending)} waiting); retry shortly."
                 )
-            self._pending.append((gen, prompt))
+            gen.submitted_at = time.perf_counter()  # admitted now: a slot freed while it waited
+            self._pending.append((gen, prompt))     # for the lock ended before this
             if copy is not None:
                 self._copies[gen.id] = copy
             self._cv.notify_all()
