@@ -40,8 +40,9 @@ class Settings:
     device: str = "auto"
     """``auto`` (CUDA with bf16 when present, else CPU fp32), ``cpu`` or ``cuda``."""
     quantize: str = "auto"
-    """Served weights: ``int8`` (per-token int8 with SmoothQuant scales; perplexity within 2 %),
-    ``none`` (full precision) or ``auto`` (int8 on the CPU, none on CUDA). Training is always fp32."""
+    """Served weights: ``auto`` or ``none`` (full precision: fp32 on the CPU, bf16 on CUDA), or
+    ``int8`` on the CPU (per-token int8 with SmoothQuant scales: it changes most greedy answers and
+    is no faster for one user, ``bench/answers.py``). Training is always fp32."""
     max_new_tokens: int = 1024
     """Upper bound on new tokens per answer, whatever a client asks for."""
     context_window: int = 0
@@ -74,7 +75,7 @@ class Settings:
     allow_open: bool = False
     """Serve a non-loopback address with no sign-in and no guests (everyone is the one local user)."""
     secret_key: str = ""
-    """Signs session cookies; empty means a random key kept in ``<data_dir>/secret_key`` (set it on
+    """Signs session cookies; empty means a random key kept in the database (set it on
     every machine of a deployment so they accept each other's cookies)."""
     session_hours: float = 168.0
     """How long a sign-in lasts."""
@@ -96,11 +97,11 @@ class Settings:
     of a registered adapter (a reader you trained: ``chatlm train --method reader``)."""
     api_docs: bool = False
     """Serve FastAPI's ``/docs``, ``/redoc`` and ``/openapi.json`` (off: they map the server for
-    strangers; the README documents the API)."""
+    strangers; docs/api.md documents the API)."""
     abstain_threshold: float = 0.6
     """An extractive answer whose support score (cosine of question and supporting sentence under
     the embedding model) is below this is declined: "the text does not say". Calibrated on the
-    calibration split of the shared SQuAD sample (see the README)."""
+    calibration split of the shared SQuAD sample (see bench/README.md, "Question answering")."""
 
     def __post_init__(self) -> None:
         if not 1 <= self.port <= 65535:

@@ -90,7 +90,8 @@ def test_calibration_is_measured_once_and_kept(tiny, tmp_path, monkeypatch) -> N
 
 
 def test_the_setting_means_int8_on_cpu_and_is_checked() -> None:
-    assert quantize.resolve("auto", "cpu") == "int8"
+    assert quantize.resolve("auto", "cpu") == "none"  # int8 changes answers users see: opt-in only
+    assert quantize.resolve("int8", "cpu") == "int8"
     assert quantize.resolve("auto", "cuda") == "none"
     assert quantize.resolve("none", "cpu") == "none"
     with pytest.raises(ConfigError, match="CPU only"):
