@@ -45,7 +45,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--together", action="store_true", help="all articles of the file in one knowledge base")
     p.add_argument("--conversation", action="store_true", help="each article's questions in one chat, in order")
     p.add_argument("--split", choices=SPLITS, default="all",
-                   help="calibration: tune thresholds here; report: quote figures from here (see README)")
+                   help="calibration: tune thresholds here; report: quote figures from here (see bench/README.md)")
     how = p.add_mutually_exclusive_group()
     how.add_argument("--retrieval-only", action="store_true", help="no generation: recall@k and timing")
     how.add_argument("--oracle", action="store_true", help="answer from the gold paragraph alone (reference)")
