@@ -187,10 +187,12 @@ SLOW_FIXTURES = {"bundled", "bundled_backend", "browser", "page", "server"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """A test that loads the real model or a browser is slow wherever it lives, so that
-    `make test-fast` (``-m "not slow"``) never waits for either."""
+    """A test that loads the real model, a browser or a PostgreSQL server is slow wherever it
+    lives, so that `make test-fast` (``-m "not slow"``) never waits for any of them."""
     for item in items:
-        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+        names = set(getattr(item, "fixturenames", ()))
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if SLOW_FIXTURES & names or "postgres" in names or params.get("database_url") == "postgresql":
             item.add_marker(pytest.mark.slow)
 
 
