@@ -151,6 +151,7 @@ def test_a_guest_is_bound_to_its_token(accounts) -> None:
         accounts.sign_in(first.name, "")
 
 
+@pytest.mark.slow  # runs the command line in a subprocess
 def test_users_commands(tmp_path: Path) -> None:
     env = {**os.environ, "CHATLM_DATA_DIR": str(tmp_path / "data"), "PYTHONPATH": str(REPO)}
 

@@ -18,6 +18,7 @@ def run(args: list[str], data_dir, **env: str) -> subprocess.CompletedProcess[st
                           env=full_env, cwd=REPO, timeout=300)
 
 
+@pytest.mark.slow  # runs the command line in a subprocess
 def test_db_upgrade_creates_the_database(tmp_path) -> None:
     out = run(["db", "upgrade"], tmp_path / "d")
     assert out.returncode == 0, out.stderr
@@ -40,12 +41,14 @@ def test_ask_streams_and_stores(tmp_path, bundled) -> None:
     assert stored[1][0] == "assistant" and "Paris" in stored[1][1]
 
 
+@pytest.mark.slow  # runs the command line in a subprocess
 def test_bad_setting_is_a_clear_error(tmp_path) -> None:
     out = run(["db", "upgrade"], tmp_path, CHATLM_PORT="99999")
     assert out.returncode == 2
     assert "CHATLM_PORT" in out.stderr
 
 
+@pytest.mark.slow  # runs the command line in a subprocess
 def test_adapters_rollback_refuses_an_adapter_whose_files_are_gone(tmp_path) -> None:
     """`adapters rollback` checks the files of the adapter it goes back to, as `activate` does."""
     from chatlm.store import db, registry

@@ -74,6 +74,7 @@ def test_windows_cover_the_text_and_hold_out_every_tenth(tiny, tiny_settings, tm
     assert stored.summary()["document"]["heldout_windows"] == len(stored.heldout.texts) >= 2
 
 
+@pytest.mark.slow  # runs the command line in a subprocess
 def test_missing_or_too_short_text_is_refused_and_starts_nothing(tiny_settings, tmp_path) -> None:
     sessions = sessions_for(tiny_settings)
     with pytest.raises(InputError, match=r"No document with id 99; no text is stored yet"):

@@ -63,6 +63,7 @@ def easy_file(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.mark.slow  # runs the command line in a subprocess
 def test_retrieval_only_cli_reports_full_recall_on_an_easy_file(tmp_path) -> None:
     out_path = tmp_path / "report.json"
     data = tmp_path / "d"
@@ -82,6 +83,7 @@ def test_retrieval_only_cli_reports_full_recall_on_an_easy_file(tmp_path) -> Non
     assert not (data / "chatlm.db").exists()  # the user's database was not touched
 
 
+@pytest.mark.slow  # runs the command line in a subprocess
 def test_limit_and_missing_file(tmp_path) -> None:
     out_path = tmp_path / "r.json"
     out = run(["--squad", str(easy_file(tmp_path)), "--retrieval-only", "--limit", "1", "--json",

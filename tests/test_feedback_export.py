@@ -7,6 +7,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from chatlm.engine.params import SamplingParams
 from chatlm.server import make_service
 from tests.conftest import REPO
@@ -21,6 +23,7 @@ def export(data_dir, fmt: str, out, *extra: str) -> subprocess.CompletedProcess[
                           timeout=120)
 
 
+@pytest.mark.slow  # runs the command line in a subprocess
 def test_export_all_formats(settings, tiny_backend, tmp_path) -> None:
     service = make_service(settings, tiny_backend)
     uid = service.user_id()
@@ -66,6 +69,7 @@ def test_export_all_formats(settings, tiny_backend, tmp_path) -> None:
     assert bad.returncode == 2 and "not a date" in bad.stderr
 
 
+@pytest.mark.slow  # runs the command line in a subprocess
 def test_building_datasets_in_the_ui_leaves_no_folder_per_export(settings, tiny_backend, monkeypatch) -> None:
     import json as json_module
     import tempfile

@@ -52,6 +52,7 @@ def tiny_settings(tmp_path, tiny_dir) -> Settings:
     return Settings.from_env({}, data_dir=tmp_path / "data", model=str(tiny_dir), device="cpu")
 
 
+@pytest.mark.slow  # trains a round
 def test_a_reader_round_registers_an_adapter_that_changes_a_span(tiny_settings, tiny) -> None:
     """Records come from the app's own retrieval and prompt; the round goes through the worker and
     registry like any other; the adapter, served for a question about a loaded text, gives another

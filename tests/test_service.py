@@ -95,6 +95,7 @@ def test_long_conversation_drops_oldest_turns_with_notice(service) -> None:
     assert len(service.history(uid, conv.id)) == 12  # nothing deleted, only left out
 
 
+@pytest.mark.slow  # waits out SQLite's 15 s busy timeout
 def test_locked_database_is_a_clear_error_and_loses_nothing(service, settings) -> None:
     uid = service.user_id()
     conv = service.new_conversation(uid)

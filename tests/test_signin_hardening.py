@@ -129,6 +129,7 @@ def test_a_saved_session_ends_on_sign_out_a_new_password_and_an_admin(sessions, 
     assert identity.session_actor(later).name == "carl" and identity.session_actor(bobs) is None
 
 
+@pytest.mark.slow  # runs the command line in a subprocess
 def test_users_signout_from_the_shell(tmp_path: Path) -> None:
     env = {**os.environ, "CHATLM_DATA_DIR": str(tmp_path / "data"), "PYTHONPATH": str(REPO)}
 

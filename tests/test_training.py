@@ -97,6 +97,7 @@ def test_kto_weights_follow_trl_advice() -> None:
         assert 1 <= d * n_d / (u * n_u) <= 4 / 3, (n_d, n_u)
 
 
+@pytest.mark.slow  # runs the command line in a subprocess
 def test_train_cli_says_what_is_missing(tmp_path) -> None:
     env = {**os.environ, "CHATLM_DATA_DIR": str(tmp_path / "d")}
     out = subprocess.run([sys.executable, "-m", "chatlm", "train", "--method", "sft"], capture_output=True,
@@ -285,6 +286,7 @@ def test_cli_train_wait_and_adapters(tiny_settings) -> None:
     assert out.returncode == 2 and "Nothing to roll back" in out.stderr
 
 
+@pytest.mark.slow  # runs the command line in a subprocess
 def test_a_training_host_claims_queued_rounds(tiny_settings) -> None:
     """CHATLM_TRAINER=queue: the front end only queues the round; a worker given the database URL
     and the adapter storage (here in another process, as on a GPU host) claims and trains it."""
