@@ -21,9 +21,10 @@ run: setup
 
 test: setup
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadfile
 
-# The inner loop: no browser, no real model (tests marked slow, or using those fixtures, are left out).
+# The inner loop (under a minute): no browser, no real model, no PostgreSQL, no subprocess (tests marked
+# slow, or using those fixtures, are left out).
 test-fast: setup
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -m "not slow" -q

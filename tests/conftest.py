@@ -3,6 +3,7 @@ and a running server on a free port."""
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 import time
@@ -194,6 +195,23 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         params = getattr(getattr(item, "callspec", None), "params", {})
         if SLOW_FIXTURES & names or "postgres" in names or params.get("database_url") == "postgresql":
             item.add_marker(pytest.mark.slow)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist (``make test``: two workers on two cores) each worker runs torch on one
+    core, and so do the servers and rounds it starts: two teams of two OpenMP threads on two cores
+    made every kernel wait (``chatlm/engine/threads.py``), and model tests ran three times slower.
+    The controller starts the simulated Space's build before the workers exist (they find it
+    through the environment): one build, not one per worker."""
+    if hasattr(config, "workerinput"):
+        import torch
+
+        os.environ["OMP_NUM_THREADS"] = "1"
+        torch.set_num_threads(1)
+    elif getattr(config.option, "numprocesses", None) and "slow" not in (config.option.markexpr or ""):
+        from tests import space_build
+
+        space_build.start(share=True)
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:

@@ -107,8 +107,16 @@ def _dequantise_to_safetensors(gguf: Path, target: Path) -> None:
     model.generation_config.save_pretrained(tmp)
     save_model(model, str(tmp / "model.safetensors"))
     tokenizer.save_pretrained(tmp)
-    shutil.rmtree(target, ignore_errors=True)
-    tmp.rename(target)  # atomic: a crash never leaves a half-written cache
+    if (target / "model.safetensors").is_file():  # another process (a worker, a second server)
+        shutil.rmtree(tmp, ignore_errors=True)      # starting at the same time finished first
+        return
+    shutil.rmtree(target, ignore_errors=True)  # a folder left by an older version, never complete
+    try:
+        tmp.rename(target)  # atomic: a crash never leaves a half-written cache
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (target / "model.safetensors").is_file():
+            raise
 
 
 def local_path(source: ModelSource, data_dir: Path) -> str:
