@@ -49,10 +49,11 @@ def launch() -> Iterator[Any]:
 
 
 @contextmanager
-def new_page(browser: Any, *, downloads: bool = False, timezone: str | None = None) -> Iterator[Any]:
+def new_page(browser: Any, *, downloads: bool = False, timezone: str | None = None,
+             size: tuple[int, int] = (1280, 900)) -> Iterator[Any]:
     """A fresh context (empty local storage) with the event watcher installed; ``timezone``: the
-    browser's (the machine's when None)."""
-    context = browser.new_context(viewport={"width": 1280, "height": 900}, accept_downloads=downloads,
+    browser's (the machine's when None); ``size``: the window's width and height."""
+    context = browser.new_context(viewport={"width": size[0], "height": size[1]}, accept_downloads=downloads,
                                   timezone_id=timezone)
     context.add_init_script(WATCH_GRADIO_EVENTS)
     pg = context.new_page()

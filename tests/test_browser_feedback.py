@@ -354,9 +354,10 @@ def test_excluded_conversations_stay_out_of_the_dataset_and_the_feedback_tab(pag
     assert any(OWLS in row for row in table_rows(page, "fb-table"))
 
     # A KTO dataset: the excluded conversation's text is not in it, and it loads with datasets.
-    page.locator("#fb-format label", has_text="kto").click()
+    page.get_by_text("Download your ratings").click()
+    page.locator("#fb-format label", has_text="marked good or bad").click()
     page.click("#fb-build")
-    page.locator("#fb-built", has_text="kto: 2 records").wait_for()  # "KTO from all 2"
+    page.locator("#fb-built", has_text="chatlm-kto.jsonl: 2 records").wait_for()
     link = page.locator("#fb-file a[href]").first
     link.wait_for()
     response = page.request.get(urljoin(server.url + "/", link.get_attribute("href")))
@@ -380,4 +381,4 @@ def test_excluded_conversations_stay_out_of_the_dataset_and_the_feedback_tab(pag
              .exclude_from_training, "the conversation to be allowed again")
     page.click("#feedback-tab-button")
     page.click("#fb-build")
-    page.locator("#fb-built", has_text="kto: 3 records").wait_for()
+    page.locator("#fb-built", has_text="chatlm-kto.jsonl: 3 records").wait_for()

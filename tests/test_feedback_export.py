@@ -92,3 +92,11 @@ def test_building_datasets_in_the_ui_leaves_no_folder_per_export(settings, tiny_
     assert len(created) == 1  # one folder for the process, not one per export
     tab._exports.cleanup()
     assert not any(p.exists() for p in created)
+
+
+def test_every_dataset_format_has_words_a_user_reads() -> None:
+    from chatlm.feedback import records
+    from chatlm.ui.feedback import DATASET_WORDS
+
+    assert list(DATASET_WORDS) == list(records.FORMATS)
+    assert not any(term in " ".join(DATASET_WORDS.values()).upper() for term in ("SFT", "KTO", "DPO", "TRL", "LORA"))

@@ -23,7 +23,11 @@ from chatlm.ui import branches, refusals, sidebar
 from chatlm.ui.answers import Answers, Pump, Turn
 from chatlm.ui.chat_defaults import (
     DEFAULT_MAX_NEW,
+    DEFAULT_TEMPERATURE,
+    DEFAULT_TOP_P,
+    changed_settings,
     chat_settings,
+    defaults,
     new_chat_settings,
     plain,
     sampling_params,
@@ -39,19 +43,39 @@ STILL_ANSWERING = ("An answer is still being written in this chat: your message 
                    "Send it when the answer ends, or press Stop.")
 NOTHING_TO_STOP = "Nothing to stop: no answer is being written in this chat."
 Outputs = tuple[Any, ...]
-ANSWERING = (gr.update(visible=False), gr.update(visible=True), gr.update(active=True))
-"""Send, Stop and the watchdog while an answer is being written: Send turns into Stop, and the page
-checks every ``WATCH_S`` that it has not missed the answer's end (``ChatUI.watch``)."""
-IDLE = (gr.update(visible=True), gr.update(visible=False), gr.update(active=False))
+ANSWERING = (gr.update(visible=False), gr.update(visible=True), gr.update(active=True),
+             gr.update(interactive=False), gr.update(interactive=False))
+"""Send, Stop, the watchdog, Retry and Continue while an answer is being written: Send turns into
+Stop, Retry and Continue wait for the end, and the page checks every ``WATCH_S`` that it has not
+missed the answer's end (``ChatUI.watch``)."""
+
+
+def actions(answered: bool) -> tuple[Any, Any]:
+    """Retry and Continue: usable once the chat has an answer (in an empty chat they only said
+    "There is no answer to retry")."""
+    return gr.update(interactive=answered), gr.update(interactive=answered)
+
+
+IDLE = (gr.update(visible=True), gr.update(visible=False), gr.update(active=False), *actions(True))
+"""As ``ANSWERING``, once an answer has ended."""
+
+
+def idle(answered: bool) -> Outputs:
+    return (*IDLE[:3], *actions(answered))
 WATCH_S = 2.0
 log = logging.getLogger(__name__)
+CHAT_HEIGHT = "calc(100dvh - 380px - max(0px, 768px - 100vw) / 5)"
+"""The conversation fills the window's height, leaving the tab bar, the model picker, the notice
+and the message box in view; a window narrower than 768 px (a phone: the notice wraps to more
+lines, the buttons to another row) leaves a little more (76 px at 390 px).
+tests/test_browser_layout.py measures it at 1400×900 and 390×844."""
 MODELS_S = 3.0
 """How often a page checks that its model picker still names what this server serves: a promotion
 or rollback (from any page) shows in every open page's picker without a reload (``ChatUI.models``)."""
-NOTHING = (gr.update(),) * 7
+NOTHING = (gr.update(),) * 9
 """The outputs of ``follow`` left as they are."""
 VIEW_NAMES = ("chat", "ids", "conv_id", "list", "system_prompt", "temperature", "top_p", "max_new", "model",
-              "notice", "excluded")
+              "notice", "excluded", "retry", "continue")
 """The outputs of opening a chat (``_open``), in order."""
 
 
@@ -62,8 +86,8 @@ def _view_unchanged(**changed: Any) -> Outputs:
 
 WELCOME = (
     "### Welcome to chatlm\n"
-    "Ask anything, or load a text under **Knowledge** below and ask about it: answers about a text "
-    "quote it and show their sources.\n\n"
+    "Ask anything, or load a text under **Knowledge**, below the message box, and ask about it: "
+    "answers about a text quote it and show their sources.\n\n"
     "Rate answers with the thumbs under them, up or down (and, if you like, write a better one): "
     "your ratings teach the next version of this model in the **Training** tab.")
 EXAMPLES = (
@@ -169,6 +193,7 @@ class ChatUI:
             settings["temperature"], settings["top_p"], settings["max_new_tokens"],
             self._models(settings["model"]), "",
             bool(conv.exclude_from_training) if conv else False,
+            *actions(any(m["role"] == "assistant" for m in messages)),
         )
 
     # ---- answers being written -----------------------------------------------------------
@@ -270,7 +295,9 @@ class ChatUI:
 
     def _begun(self, turn: Turn, box: Any, request: gr.Request | None) -> Outputs:
         """The browser's outputs of a start: as ``_started``, and Send turns into Stop."""
-        return (*self._started(turn, box, request), *(ANSWERING if turn.pump else IDLE))
+        answered = turn.conv_id is not None and any(
+            m.role == "assistant" for m, _ in self.service.history(self._uid(request), turn.conv_id))
+        return (*self._started(turn, box, request), *(ANSWERING if turn.pump else idle(answered)))
 
     async def _stream(self, turn: Turn, box: Any, request: gr.Request | None
                       ) -> AsyncIterator[Outputs]:
@@ -450,7 +477,7 @@ class ChatUI:
         answer is followed by ``follow``); a refused message stays in the box."""
         if not text or not text.strip():
             gr.Warning("Type a message first.")
-            return (gr.update(),) * 9
+            return (gr.update(),) * 11
         turn = self._turn(text, conv_id, sys_prompt, settings_of(temperature, top_p, max_new, model), request)
         return self._begun(turn, "" if turn.stored else gr.update(), request)
 
@@ -503,7 +530,7 @@ class ChatUI:
         """An edited user message starts a new branch; the old branch stays (page back to it)."""
         index = data.index if isinstance(data.index, int) else data.index[0]
         if conv_id is None or not 0 <= index < len(ids):
-            return (gr.update(),) * 9
+            return (gr.update(),) * 11
         params = sampling_params(settings_of(temperature, top_p, max_new))
         turn = self._again(conv_id, lambda uid: self.service.edit(uid, ids[index], str(data.value),
                                                                    params, adapter=model), request)
@@ -524,9 +551,10 @@ class ChatUI:
             async with self.answers.page(request.session_hash if request else None,
                                          conv_id).drawing():
                 if conv_id is not None and self._shows(request, conv_id):
-                    yield gr.update(value=messages, feedback_value=feedback), ids, *NOTHING[:2], *IDLE
+                    yield (gr.update(value=messages, feedback_value=feedback), ids, *NOTHING[:2],
+                           *idle(any(m["role"] == "assistant" for m in messages)))
                 elif self._shows(request, conv_id):
-                    yield (*NOTHING[:4], *IDLE)
+                    yield (*NOTHING[:4], *idle(False))
         # The event's end repeats its last output, maybe after the page moved on: make it nothing
         # (and never end without output: Gradio would send None for each).
         yield NOTHING
@@ -605,6 +633,11 @@ class ChatUI:
         messages, _, feedback = self._view(self._uid(request), conv_id)
         return gr.update(value=messages, feedback_value=feedback)
 
+    def changed(self, sys_prompt: str, temperature: float, top_p: float, max_new: int) -> tuple[Any, str]:
+        """The line at the top of the chat naming the settings that differ from the defaults."""
+        said = changed_settings(self.service, sys_prompt, temperature, top_p, max_new)
+        return gr.update(visible=bool(said)), ("This chat: " + ", ".join(said) + ".") if said else ""
+
     def exclude(self, conv_id: int | None, excluded: bool, request: gr.Request) -> None:
         if conv_id is not None:
             self.service.set_excluded(self._uid(request), conv_id, excluded)
@@ -645,34 +678,42 @@ class ChatUI:
             with gr.Tab("Chat", elem_id="chat-tab"):
                 model = gr.Dropdown(label="Model of this chat", choices=[("Default", DEFAULT_MODEL)],
                                     value=DEFAULT_MODEL, elem_id="model")
+                with gr.Row(elem_id="settings-row", visible=False) as settings_row:  # what differs from the defaults
+                    changed_line = gr.Markdown(elem_id="settings-changed")
+                    reset = gr.Button("Reset", size="sm", scale=0, min_width=70, elem_id="settings-reset")
                 drawn = gr.State(None)  # what this page's picker last named (``models``)
                 models_timer = gr.Timer(MODELS_S)
-                chatbot = gr.Chatbot(height=520, label="chatlm", elem_id="chatbot", editable="user",
+                chatbot = gr.Chatbot(height=CHAT_HEIGHT, min_height=240, label="chatlm", elem_id="chatbot",
+                                     editable="user",
                                      feedback_options=("Like", "Dislike"), buttons=["copy"],
                                      placeholder=WELCOME, examples=[{"text": t} for t in EXAMPLES])
                 marks = branches.component()
                 notice = gr.Markdown(elem_id="notice")
                 panel = FeedbackPanel(self.service, self.who)  # drawn under the answer it rates (branches)
                 panel.render(conv_id, ids, selected)
-                with gr.Row():
-                    box = gr.Textbox(placeholder="Ask anything…", show_label=False, scale=8,
-                                     elem_id="message", autofocus=True)
-                    send_btn = gr.Button("Send", variant="primary", scale=1, elem_id="send")
-                    stop_btn = gr.Button("Stop", variant="stop", scale=1, elem_id="stop",
+                with gr.Row(equal_height=True, elem_id="message-row"):  # the box spans the row; small buttons
+                    box = gr.Textbox(placeholder="Ask anything…", show_label=False, scale=12, lines=1,
+                                     max_lines=8, elem_id="message", autofocus=True)
+                    send_btn = gr.Button("Send", variant="primary", scale=0, min_width=80, elem_id="send")
+                    stop_btn = gr.Button("Stop", variant="stop", scale=0, min_width=80, elem_id="stop",
                                          visible=False)
-                    retry_btn = gr.Button("Retry", scale=1, elem_id="retry")
-                    continue_btn = gr.Button("Continue", scale=1, elem_id="continue")
+                    retry_btn = gr.Button("Retry", size="sm", scale=0, min_width=80, elem_id="retry")
+                    continue_btn = gr.Button("Continue", size="sm", scale=0, min_width=80, elem_id="continue")
                     watchdog = gr.Timer(WATCH_S, active=False)
                     api = gr.Button("API", visible=False)  # carries /send and /retry (ChatInterface's way)
                     target = gr.Number(visible=False, precision=0, label="conversation")  # the API's chat id
                     new_title = gr.Textbox(visible=False, label="title")
                 with gr.Accordion("Generation settings", open=False):
                     sys_prompt = gr.Textbox(label="System prompt", lines=2,
-                                            value=self.service.settings.system_prompt)
-                    temperature = gr.Slider(0, 2, value=0.7, step=0.05, label="Temperature")
-                    top_p = gr.Slider(0.05, 1, value=0.9, step=0.05, label="Top-p")
+                                            value=self.service.settings.system_prompt,
+                                            info="Instructions the model reads before every message of this chat.")
+                    temperature = gr.Slider(0, 2, value=DEFAULT_TEMPERATURE, step=0.05, label="Temperature",
+                                            info="Higher: more varied answers; 0: the same answer every time.")
+                    top_p = gr.Slider(0.05, 1, value=DEFAULT_TOP_P, step=0.05, label="Top-p",
+                                      info="Only the likeliest next words, together this probability, are drawn from.")
                     max_new = gr.Slider(1, self._max_new(), value=min(DEFAULT_MAX_NEW, self._max_new()),
-                                        step=1, label="Maximum new tokens")
+                                        step=1, label="Maximum new tokens",
+                                        info="The longest answer, in tokens (a token is about ¾ of a word).")
                 KnowledgePanel(self.service, self.who).render(conv_id)
             with gr.Tab("Feedback", elem_id="feedback-tab") as feedback_tab:
                 FeedbackTab(self.service, self.who).render(feedback_tab)
@@ -689,16 +730,19 @@ class ChatUI:
                     AccountTab(self.service, self.who).render(account_tab)
 
             view = [chatbot, ids, conv_id, conv_list, sys_prompt, temperature, top_p,
-                    max_new, model, notice, excluded]
+                    max_new, model, notice, excluded, retry_btn, continue_btn]
             undone = [*view, undo_box, undo_text, undo_id]
             api_out = [chatbot, ids, conv_id, conv_list, notice, box]
-            started = [*api_out, send_btn, stop_btn, watchdog]
-            followed = [chatbot, ids, conv_list, notice, send_btn, stop_btn, watchdog]
+            buttons = [send_btn, stop_btn, watchdog, retry_btn, continue_btn]
+            started = [*api_out, *buttons]
+            followed = [chatbot, ids, conv_list, notice, *buttons]
             asked = [box, conv_id, sys_prompt, temperature, top_p, max_new, model]
             tuning = [conv_id, temperature, top_p, max_new, model]
             # Answers are followed, not run, by events: none waits in Gradio's queue for a slot
             # (the backend's own bounded queue says "busy" at once instead).
             quick: dict[str, Any] = dict(concurrency_limit=None, api_visibility="private")
+            # Gradio's "processing | 0.1s" and "queue: 1/1" go on the chat, never into the notice
+            starts: dict[str, Any] = dict(**quick, show_progress_on=[chatbot])
             follow: dict[str, Any] = dict(fn=self.follow, inputs=[conv_id], outputs=followed,
                                           trigger_mode="multiple", show_progress_on=[chatbot], **quick)
             # The public endpoints first, so that they get the names "/send" and "/retry".
@@ -716,12 +760,12 @@ class ChatUI:
                 api.click(self.delete, [target, conv_id], undone, api_name="delete"),
                 api.click(self.undo, [target], undone, api_name="undo"),
                 undo_btn.click(self.undo, [undo_id], undone, api_visibility="private"),
-                gr.on([send_btn.click, box.submit], self.submit, asked, started, **quick),
+                gr.on([send_btn.click, box.submit], self.submit, asked, started, **starts),
                 chatbot.example_select(_example_text, None, [box], **quick).then(self.submit, asked, started,
-                                                                                   **quick),
-                gr.on([retry_btn.click, chatbot.retry], self.retry_start, tuning, started, **quick),
-                continue_btn.click(self.continue_start, tuning, started, **quick),
-                chatbot.edit(self.edit, [conv_id, ids, temperature, top_p, max_new, model], started, **quick),
+                                                                                   **starts),
+                gr.on([retry_btn.click, chatbot.retry], self.retry_start, tuning, started, **starts),
+                continue_btn.click(self.continue_start, tuning, started, **starts),
+                chatbot.edit(self.edit, [conv_id, ids, temperature, top_p, max_new, model], started, **starts),
             ):
                 started_by.then(**follow)
             # the browser's time zone for the list's dates, once the load has drawn the chat
@@ -743,6 +787,10 @@ class ChatUI:
                               api_visibility="private")
             for changed in (event.then for event in training.promotions):
                 changed(self.models, [model, drawn], [model, drawn], show_progress="hidden", **quick)
+            knobs = [sys_prompt, temperature, top_p, max_new]
+            gr.on([k.change for k in knobs], self.changed, knobs, [settings_row, changed_line], queue=False,
+                  show_progress="hidden", api_visibility="private")
+            reset.click(lambda: defaults(self.service), None, knobs, queue=False, api_visibility="private")
             stop_btn.click(self.stop, [conv_id], [notice], concurrency_limit=None, api_name="stop")
             chatbot.like(self.like, [ids, conv_id], [selected], concurrency_limit=None, api_name="rate").then(
                 panel.show, [selected], panel.details, concurrency_limit=None, api_visibility="private").then(

@@ -13,6 +13,8 @@ from chatlm.engine.params import SamplingParams
 from chatlm.service import DEFAULT_MODEL, ChatService
 
 DEFAULT_MAX_NEW = 256
+DEFAULT_TEMPERATURE = 0.7
+DEFAULT_TOP_P = 0.9
 
 
 def settings_of(temperature: float, top_p: float, max_new: int, model: str | None = None) -> dict[str, Any]:
@@ -30,7 +32,7 @@ def chat_settings(service: ChatService, system_prompt: str | None, settings: dic
     """A chat's system prompt and settings as the chat shows and sends them: the server's defaults
     where one is missing, the token limit no more than the server's."""
     return (service.settings.system_prompt if system_prompt is None else system_prompt,
-            settings_of(settings.get("temperature", 0.7), settings.get("top_p", 0.9),
+            settings_of(settings.get("temperature", DEFAULT_TEMPERATURE), settings.get("top_p", DEFAULT_TOP_P),
                         min(int(settings.get("max_new_tokens", DEFAULT_MAX_NEW)), service.settings.max_new_tokens),
                         settings.get("model")))
 
@@ -45,3 +47,26 @@ def sampling_params(settings: dict[str, Any]) -> SamplingParams:
     return SamplingParams(temperature=float(settings["temperature"]),
                           top_p=float(settings["top_p"]),
                           max_new_tokens=int(settings["max_new_tokens"]))
+
+
+def defaults(service: ChatService) -> tuple[str, float, float, int]:
+    """The server's system prompt, temperature, top-p and token limit: what Reset brings back."""
+    return (service.settings.system_prompt, DEFAULT_TEMPERATURE, DEFAULT_TOP_P,
+            min(DEFAULT_MAX_NEW, service.settings.max_new_tokens))
+
+
+def changed_settings(service: ChatService, system_prompt: str, temperature: float, top_p: float,
+                     max_new: int) -> list[str]:
+    """What differs from the server's defaults, in words shown at the top of the chat (a limit set
+    once follows a user into every new chat: they should see it there, not find it in a panel)."""
+    prompt, temp, p, limit = defaults(service)
+    said = []
+    if (system_prompt or "").strip() != (prompt or "").strip():
+        said.append("own system prompt")
+    if temperature is not None and abs(float(temperature) - temp) > 1e-9:
+        said.append(f"temperature {float(temperature):g}")
+    if top_p is not None and abs(float(top_p) - p) > 1e-9:
+        said.append(f"top-p {float(top_p):g}")
+    if max_new is not None and int(max_new) != limit:
+        said.append(f"at most {int(max_new)} tokens an answer")
+    return said

@@ -118,6 +118,16 @@ EXPORT_KEEP_S = 60.0
 """A built dataset's file outlives its request this long (then only Gradio's cached copy remains)."""
 
 
+DATASET_WORDS = {
+    "messages": "every rated conversation, as it was",
+    "sft": "the answers you liked, and the ones you wrote",
+    "kto": "each rated answer, marked good or bad",
+    "dpo": "pairs: a preferred and a rejected answer to one question",
+}
+"""The dataset formats (``records.FORMATS``) in words a user reads; the files are what TRL's SFT, KTO
+and DPO trainers read."""
+
+
 class FeedbackTab:
     """Everyone sees and exports their own ratings; an admin sees and exports everyone's."""
 
@@ -155,12 +165,12 @@ class FeedbackTab:
         folder.mkdir()
         path = folder / f"chatlm-{fmt}.jsonl"
         path.write_text(records.to_jsonl(recs), encoding="utf-8")
-        return str(path), f"{fmt}: {counts.summary()}"
+        return str(path), f"{path.name}: {counts.summary()}"
 
     def render(self, tab: gr.Tab) -> None:
         """Lay the tab out; it refreshes whenever it is opened."""
-        gr.Markdown("Ratings are the raw material of the next LoRA round. Excluded conversations "
-                    "never reach a dataset.")
+        gr.Markdown("Your ratings teach the next version of the model: an admin trains it from them. "
+                    "Conversations marked *Don't use this conversation for training* never do.")
         with gr.Row():
             label = gr.Dropdown(["all", "like", "dislike"], value="all", label="Label", elem_id="fb-label")
             adapter = gr.Dropdown(["all"], value="all", label="Adapter", elem_id="fb-adapter")
@@ -170,11 +180,13 @@ class FeedbackTab:
         plot = gr.BarPlot(x="day", y="count", color="series", title="Ratings by day, label and adapter",
                           elem_id="fb-plot")
         table = gr.Dataframe(headers=COLUMNS, interactive=False, wrap=True, elem_id="fb-table")
-        with gr.Row():
-            fmt = gr.Radio(list(records.FORMATS), value="sft", label="Training dataset", elem_id="fb-format")
-            build = gr.Button("Build dataset", elem_id="fb-build")
-        file = gr.File(label="Download (JSONL, TRL format)", elem_id="fb-file")
-        built = gr.Markdown(elem_id="fb-built")
+        with gr.Accordion("Download your ratings", open=False, elem_id="fb-download"):
+            with gr.Row():
+                fmt = gr.Radio([(words, key) for key, words in DATASET_WORDS.items()], value="sft",
+                               label="What to download", elem_id="fb-format")
+                build = gr.Button("Build the file", elem_id="fb-build")
+            file = gr.File(label="Download (JSON Lines: one record a line)", elem_id="fb-file")
+            built = gr.Markdown(elem_id="fb-built")
         inputs, outputs = [label, adapter, text], [plot, table, adapter, summary]
         for trigger in (tab.select, refresh.click, label.change, text.submit):
             trigger(self.refresh, inputs, outputs, api_visibility="private")

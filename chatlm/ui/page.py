@@ -26,7 +26,11 @@ button[role="tab"].selected { color: #c2410c !important; }
   font: inherit; font-size: 1rem; border-radius: 4px; }
 .msg-pager button:hover:not(:disabled) { background: var(--background-fill-secondary); }
 .msg-pager button:disabled { opacity: .45; cursor: default; }
-#rate-details.inline { margin: .2rem 0 .8rem; max-width: 40rem; }
+#rate-details.inline { margin: .2rem 0 .8rem; max-width: 40rem; max-height: 55vh; overflow-y: auto; }
+/* The rating form shows only under the answer it rates: never as an empty bar between the chat and
+   the message box. */
+#rate-details:not(.inline) { display: none !important; }
+
 /* The Training tab's tables on a phone: a header is a word a line, never a letter a line; the table
    scrolls sideways instead (Gradio wrapped "active" as a-c-t-i-v-e at 390 px). */
 #tr-adapters table, #tr-runs table, #tr-eval table { min-width: 36rem; }
@@ -54,6 +58,12 @@ JS = """
       sidebar.querySelector('.toggle-button')?.click();
     }
   };
+  // On a phone, picking a chat (or New chat) closes the sidebar that covered the screen.
+  document.addEventListener('click', (e) => {
+    if (window.innerWidth >= 768 || !e.target.closest('#conversations .conv-open, #new-chat')) return;
+    const sidebar = document.querySelector('.sidebar');
+    if (sidebar && sidebar.classList.contains('open')) sidebar.querySelector('.toggle-button')?.click();
+  });
   new MutationObserver(() => { sync(); closeOnPhone(); }).observe(document.body, {
     subtree: true, childList: true, characterData: true, attributes: true, attributeFilter: ['class'],
   });

@@ -83,7 +83,7 @@ TEMPLATE = """
 """
 
 CSS = """
-.conv-group h3 { font-size: .75rem; text-transform: uppercase; letter-spacing: .04em; margin: .8rem 0 .2rem;
+.conv-group h3 { font-size: .8rem; text-transform: none; margin: .8rem 0 .2rem;
   color: var(--body-text-color); font-weight: 600; }
 ul { list-style: none; margin: 0; padding: 0; }
 li.conv { display: flex; align-items: center; position: relative; border-radius: 6px; }
