@@ -185,11 +185,23 @@ def settings(page: Any, *, temperature: float | None = None, max_new: int | None
     if not temp_box.is_visible():
         page.get_by_text("Generation settings").click()
         temp_box.wait_for(state="visible")
+    said = {"Temperature": lambda v: f"temperature {float(v):g}",
+            "Maximum new tokens": lambda v: f"at most {int(v)} tokens"}
+    defaults = {"Temperature": 0.7, "Maximum new tokens": 256}
     for label, value in (("Temperature", temperature), ("Maximum new tokens", max_new)):
-        if value is not None:
-            box = page.get_by_label(f"number input for {label}")
-            box.fill(str(value))
+        if value is None:
+            continue
+        box = page.get_by_label(f"number input for {label}")
+        for _ in range(3):  # the page names a changed setting at the top of the chat once the server
+            box.fill(str(value))  # has it: a value typed on a loaded machine was lost now and then
             box.press("Enter")
+            if value == defaults[label]:
+                break
+            try:
+                page.locator("#settings-changed", has_text=said[label](value)).wait_for(timeout=5000)
+                break
+            except Exception:  # playwright's TimeoutError: type it again
+                continue
 
 
 def bot_texts(page: Any) -> list[str]:

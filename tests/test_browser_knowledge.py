@@ -164,6 +164,7 @@ def test_upload_ask_cite_paste_remove_and_reuse(page, server, tmp_path):
     # A new chat has no texts; reuse the uploaded one there and ask again.
     page.click("#new-chat")
     wait_for(lambda: listed_docs(page) == [] and not bot_texts(page), "an empty new chat")
+    wait_for(lambda: doc_status(page) == "", "no leftover 'Loaded …' line in the new chat")
     wait_for(lambda: sorted(other_docs(page)) == ["moonflowers", "zorbia.txt"],
              "both texts offered for reuse")
     choose(page, "other-docs", "zorbia.txt")

@@ -18,7 +18,8 @@ from chatlm.evaluation.qa import AbstainRule, Record, clean_answer, grounded, is
 from chatlm.prompts import NOT_FOUND
 from tests.conftest import MODEL_CACHE, REPO
 
-SHARED_SAMPLE = Path(__file__).resolve().parents[2] / "shared/data/squad2-dev-sample.json"
+MINI = Path(__file__).resolve().parent / "data" / "squad-mini.json"
+"""16 paragraphs of SQuAD 2.0's "Normans" article, in the repository (tests/data/README.md)."""
 REPORT_KEYS = {"n_questions", "exact_match", "f1", "has_ans_f1", "has_ans_exact", "no_ans_accuracy",
                "retrieval_recall_at_k", "k", "seconds", "mode", "adapter", "model", "per_article",
                "examples"}
@@ -248,23 +249,21 @@ def test_a_registered_adapter_is_the_one_that_answers(tmp_path, monkeypatch, tin
     assert raw[0] != raw[1]  # the adapter changed the answers: it, not the base model, was scored
 
 
-# ---- the real model on the shared SQuAD sample -------------------------------------------------
+# ---- the real model on SQuAD questions (tests/data) ------------------------------------------
 @pytest.mark.slow
-def test_rag_on_the_shared_squad_sample(tmp_path, bundled) -> None:
-    if not SHARED_SAMPLE.is_file():
-        pytest.skip(f"no shared SQuAD sample at {SHARED_SAMPLE}")
+def test_rag_on_squad_questions(tmp_path, bundled) -> None:
     data = tmp_path / "d"
     (data / "models").mkdir(parents=True)
     # reuse the session's safetensors copy of the bundled model instead of dequantising again
     for entry in (MODEL_CACHE / "models").iterdir():
         (data / "models" / entry.name).symlink_to(entry)
     out_path = tmp_path / "report.json"
-    out = run(["--squad", str(SHARED_SAMPLE), "--limit", "3", "--details", "--json", str(out_path)], data)
+    out = run(["--squad", str(MINI), "--limit", "4", "--details", "--json", str(out_path)], data)
     assert out.returncode == 0, out.stderr
     report = json.loads(out_path.read_text())
     assert set(report) >= REPORT_KEYS
     assert report["mode"] == "rag" and report["model"] == "SmolLM2-135M-Instruct"
-    assert report["n_questions"] == 6 and len(report["per_article"]) == 2
+    assert report["n_questions"] == 4 and len(report["per_article"]) == 1
     assert report["errors"] == 0 and report["fusion"] is True
     assert report["reader"] == "reader"  # what a fresh install answers: the shipped reader reads
     for q in report["questions"]:  # each answer a span of its passages, or the decline

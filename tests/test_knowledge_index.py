@@ -21,7 +21,9 @@ from chatlm.knowledge.squad import (
     normalize_answer,
 )
 
-SQUAD = Path(__file__).resolve().parents[2] / "shared/data/squad2-dev-sample.json"
+SQUAD = Path(__file__).resolve().parent / "data" / "squad-mini.json"
+"""16 paragraphs of SQuAD 2.0's "Normans" article (tests/data/README.md): in the repository, so a clean
+clone runs these tests."""
 
 DOCS = [
     "The Normans were descended from Norse raiders who settled in Normandy.",
@@ -164,14 +166,14 @@ def squad_recall(embedder: Embedder) -> dict[str, float]:
     return {mode: n / total for mode, n in found.items()}
 
 
-@pytest.mark.skipif(not SQUAD.exists(), reason="shared SQuAD sample not present")
 def test_squad_retrieval_recall_at_3(embedder: Embedder) -> None:
-    # Measured with the default chunking (192 tokens, 48 overlap): bm25 0.925, dense 0.853,
-    # hybrid 0.939 (293 answerable questions; SQuAD's own paragraphs as chunks give 0.945).
+    # Measured with the default chunking (192 tokens, 48 overlap) on the 41 answerable questions:
+    # bm25 0.902, dense 0.927, hybrid 0.927 (on the shared sample's 293: 0.925, 0.853, 0.939;
+    # bench/retrieval.py reports those).
     recall = squad_recall(embedder)
-    assert recall["hybrid"] >= 0.92, recall
-    assert recall["bm25"] >= 0.90, recall
-    assert recall["dense"] >= 0.83, recall
+    assert recall["hybrid"] >= 0.90, recall
+    assert recall["bm25"] >= 0.87, recall
+    assert recall["dense"] >= 0.90, recall
     assert recall["hybrid"] >= max(recall["bm25"], recall["dense"]), recall
 
 
@@ -214,14 +216,13 @@ def test_answer_in_chunks() -> None:
     assert not answer_in_chunks([], chunks) and not answer_in_chunks([""], chunks)
 
 
-@pytest.mark.skipif(not SQUAD.exists(), reason="shared SQuAD sample not present")
 def test_load_squad() -> None:
     articles = load_squad(SQUAD)
-    assert [a.title for a in articles] == ["Normans", "Computational_complexity_theory"]
+    assert [a.title for a in articles] == ["Normans"]
     questions = [q for a in articles for q in a.questions]
-    assert sum(len(a.paragraphs) for a in articles) == 87 and len(questions) == 626
+    assert sum(len(a.paragraphs) for a in articles) == 16 and len(questions) == 95
     answerable = [q for q in questions if not q.is_impossible]
-    assert len(answerable) == 293 and all(q.answers for q in answerable)
+    assert len(answerable) == 41 and all(q.answers for q in answerable)
     assert all(q.answers == [] for q in questions if q.is_impossible)
     first = articles[0].questions[0]
     assert first.question == "In what country is Normandy located?" and first.answers == ["France"]

@@ -172,9 +172,10 @@ def test_the_watchdog_draws_the_stored_chat_once_no_answer_runs(service) -> None
     ui.answers.busy = lambda conv_id: True  # type: ignore[method-assign]
     assert ui.watch(conv.id, request) == chat.NOTHING  # type: ignore[arg-type]
     ui.answers.busy = lambda conv_id: False  # type: ignore[method-assign]
-    view, ids, _list, _notice, send, stop, timer = ui.watch(conv.id, request)  # type: ignore[arg-type]
+    view, ids, _list, _notice, send, stop, timer, retry, cont = ui.watch(conv.id, request)  # type: ignore[arg-type]
     assert view["value"][0]["content"] == "first" and len(ids) == 2
     assert (send["visible"], stop["visible"], timer["active"]) == (True, False, False)
+    assert retry["interactive"] and cont["interactive"]  # the chat has an answer to retry or continue
 
 
 def test_feedback_stats(service) -> None:

@@ -61,9 +61,12 @@ class KnowledgePanel:
     def _uid(self, request: gr.Request | None) -> int:
         return self.who.uid(request)
 
-    def documents(self, conv_id: int | None, request: gr.Request) -> tuple[Any, Any]:
-        """The conversation's documents (to remove) and the user's others (to reuse)."""
-        return self._documents(self._uid(request), conv_id)
+    def documents(self, conv_id: int | None, request: gr.Request) -> tuple[Any, Any, Any]:
+        """The conversation's documents (to remove), the user's others (to reuse), and the load's
+        line cleared in a chat with no text (a new chat showed the last chat's "Loaded page.html")."""
+        used, others = self._documents(self._uid(request), conv_id)  # someone else's chat: refused
+        empty = not conv_id or not self.service.library.documents(conv_id)
+        return used, others, "" if empty else gr.update()
 
     def _documents(self, uid: int, conv_id: int | None) -> tuple[Any, Any]:
         mine = self.service.library.user_documents(uid)
@@ -138,4 +141,4 @@ class KnowledgePanel:
                        [conv_id, used, others, status, upload, pasted], api_name="load_document")
         remove_btn.click(self.remove, [conv_id, used], [used, others], api_name="remove_documents")
         reuse_btn.click(self.reuse, [conv_id, others], [conv_id, used, others], api_name="reuse_document")
-        conv_id.change(self.documents, [conv_id], [used, others], api_visibility="private")
+        conv_id.change(self.documents, [conv_id], [used, others, status], api_visibility="private")
