@@ -187,9 +187,15 @@ def page(browser, server) -> Iterator:
 SLOW_FIXTURES = {"bundled", "bundled_backend", "browser", "page", "server"}
 
 
+LONGEST_FIRST = ("test_browser_corrections.py", "test_reliability.py", "test_training.py")
+"""The files that take longest (a round from the Training tab alone takes minutes): run first, so
+that under two workers (``make test``, files handed out in order) none of them starts last."""
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """A test that loads the real model, a browser or a PostgreSQL server is slow wherever it
     lives, so that `make test-fast` (``-m "not slow"``) never waits for any of them."""
+    items.sort(key=lambda item: item.path.name not in LONGEST_FIRST)  # stable: files keep their order
     for item in items:
         names = set(getattr(item, "fixturenames", ()))
         params = getattr(getattr(item, "callspec", None), "params", {})
