@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import pytest
 
@@ -243,16 +244,18 @@ def test_a_long_prompt_shows_how_far_it_is_read_and_stop_ends_it_while_reading(t
     backend = LocalBackend(tiny)
     backend.scheduler.prefill_chunk = 8
     seen: list[int] = []
+    asked: list[Any] = []  # the request being read (the scheduler may read before ``ask`` returns)
     question = " ".join(f"word{i}" for i in range(60))
     chunk = backend.scheduler._prefill_chunk
 
     def watched() -> None:
         chunk()
-        seen.append(gen.prefilled)
+        if asked:
+            seen.append(asked[-1].prefilled)
 
     backend.scheduler._prefill_chunk = watched  # type: ignore[method-assign]
     try:
-        gen = ask(backend, question, SamplingParams(temperature=0.0, max_new_tokens=4))
+        asked.append(gen := ask(backend, question, SamplingParams(temperature=0.0, max_new_tokens=4)))
         gen.wait()
         total = gen.prompt_tokens
         assert seen[-1] == total > 100
@@ -267,7 +270,8 @@ def test_a_long_prompt_shows_how_far_it_is_read_and_stop_ends_it_while_reading(t
 
         backend.scheduler._prefill_chunk = slowed  # type: ignore[method-assign]
         other = " ".join(f"term{i}" for i in range(60))  # not the cached prefix of the same prompt
-        gen = ask(backend, other, SamplingParams(temperature=0.0, max_new_tokens=4))
+        asked.clear()
+        asked.append(gen := ask(backend, other, SamplingParams(temperature=0.0, max_new_tokens=4)))
         _wait_for(lambda: len(seen) >= 2)
         gen.cancel()
         gen.wait()
