@@ -109,7 +109,10 @@ def test_a_reader_round_registers_an_adapter_that_changes_a_span(tiny_settings, 
         base = service.send(uid, conv.id, "Who gave their name to Normandy?", params, adapter="base")
         base.run()
         assert base.adapter is None and base.generation.decline_score is None
-        assert read.generation.text != base.generation.text  # the adapter picks another span
+        # the adapter, not the base model, read the text: its first step's distribution is its own
+        # (on the tiny random model the span it picks is the base's now and then: a full run saw
+        # " France" from both, so the text alone cannot tell them apart)
+        assert read.generation.span_logprob != base.generation.span_logprob
         assert path
     finally:
         backend.close()
