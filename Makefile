@@ -23,7 +23,7 @@ test: setup
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -n 2 --dist loadfile
 
-# The inner loop (under a minute): no browser, no real model, no PostgreSQL, no subprocess (tests marked
+# The inner loop (about a minute): no browser, no real model, no PostgreSQL, no subprocess (tests marked
 # slow, or using those fixtures, are left out).
 test-fast: setup
 	$(BIN)/ruff check .
