@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from chatlm.ui.chat import MARKS
+from chatlm.ui.chat_defaults import DEFAULT_MAX_NEW, DEFAULT_TEMPERATURE
 
 CHROMIUM = shutil.which("chromium")
 TIMEOUT = 90.0
@@ -187,7 +188,7 @@ def settings(page: Any, *, temperature: float | None = None, max_new: int | None
         temp_box.wait_for(state="visible")
     said = {"Temperature": lambda v: f"temperature {float(v):g}",
             "Maximum new tokens": lambda v: f"at most {int(v)} tokens"}
-    defaults = {"Temperature": 0.7, "Maximum new tokens": 256}
+    defaults = {"Temperature": DEFAULT_TEMPERATURE, "Maximum new tokens": DEFAULT_MAX_NEW}
     for label, value in (("Temperature", temperature), ("Maximum new tokens", max_new)):
         if value is None:
             continue

@@ -56,12 +56,16 @@ def actions(answered: bool) -> tuple[Any, Any]:
     return gr.update(interactive=answered), gr.update(interactive=answered)
 
 
-IDLE = (gr.update(visible=True), gr.update(visible=False), gr.update(active=False), *actions(True))
-"""As ``ANSWERING``, once an answer has ended."""
+def answered(messages: list[dict[str, str]]) -> bool:
+    return any(m["role"] == "assistant" for m in messages)
 
 
-def idle(answered: bool) -> Outputs:
-    return (*IDLE[:3], *actions(answered))
+def idle(has_answer: bool) -> Outputs:
+    """As ``ANSWERING``, once no answer is being written."""
+    return (gr.update(visible=True), gr.update(visible=False), gr.update(active=False), *actions(has_answer))
+
+
+IDLE = idle(True)
 WATCH_S = 2.0
 log = logging.getLogger(__name__)
 CHAT_HEIGHT = "calc(100dvh - 380px - max(0px, 768px - 100vw) / 5)"
@@ -193,7 +197,7 @@ class ChatUI:
             settings["temperature"], settings["top_p"], settings["max_new_tokens"],
             self._models(settings["model"]), "",
             bool(conv.exclude_from_training) if conv else False,
-            *actions(any(m["role"] == "assistant" for m in messages)),
+            *actions(answered(messages)),
         )
 
     # ---- answers being written -----------------------------------------------------------
@@ -295,9 +299,10 @@ class ChatUI:
 
     def _begun(self, turn: Turn, box: Any, request: gr.Request | None) -> Outputs:
         """The browser's outputs of a start: as ``_started``, and Send turns into Stop."""
-        answered = turn.conv_id is not None and any(
-            m.role == "assistant" for m, _ in self.service.history(self._uid(request), turn.conv_id))
-        return (*self._started(turn, box, request), *(ANSWERING if turn.pump else idle(answered)))
+        if turn.pump is not None:
+            return (*self._started(turn, box, request), *ANSWERING)
+        shown = self._view(self._uid(request), turn.conv_id)[0]  # a refused message: nothing runs
+        return (*self._started(turn, box, request), *idle(answered(shown)))
 
     async def _stream(self, turn: Turn, box: Any, request: gr.Request | None
                       ) -> AsyncIterator[Outputs]:
@@ -552,7 +557,7 @@ class ChatUI:
                                          conv_id).drawing():
                 if conv_id is not None and self._shows(request, conv_id):
                     yield (gr.update(value=messages, feedback_value=feedback), ids, *NOTHING[:2],
-                           *idle(any(m["role"] == "assistant" for m in messages)))
+                           *idle(answered(messages)))
                 elif self._shows(request, conv_id):
                     yield (*NOTHING[:4], *idle(False))
         # The event's end repeats its last output, maybe after the page moved on: make it nothing

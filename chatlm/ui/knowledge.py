@@ -65,8 +65,7 @@ class KnowledgePanel:
         """The conversation's documents (to remove), the user's others (to reuse), and the load's
         line cleared in a chat with no text (a new chat showed the last chat's "Loaded page.html")."""
         used, others = self._documents(self._uid(request), conv_id)  # someone else's chat: refused
-        empty = not conv_id or not self.service.library.documents(conv_id)
-        return used, others, "" if empty else gr.update()
+        return used, others, gr.update() if used["choices"] else ""
 
     def _documents(self, uid: int, conv_id: int | None) -> tuple[Any, Any]:
         mine = self.service.library.user_documents(uid)
