@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from chatlm.ui.chat import MARKS
+from chatlm.ui.chat import shown_text
 from chatlm.ui.chat_defaults import DEFAULT_MAX_NEW, DEFAULT_TEMPERATURE
 
 CHROMIUM = shutil.which("chromium")
@@ -205,6 +205,11 @@ def settings(page: Any, *, temperature: float | None = None, max_new: int | None
                 continue
 
 
+def shown(message: Any) -> str:
+    """A stored answer as the chat draws it (with its mark when stopped, cut or failed)."""
+    return shown_text(message)
+
+
 def bot_texts(page: Any) -> list[str]:
     """The raw text of every assistant bubble (Gradio puts it in the aria-label)."""
     labels = page.locator(BOT).evaluate_all("els => els.map(e => e.getAttribute('aria-label'))")
@@ -253,17 +258,17 @@ def wait_answer(page: Any, server: Any, count: int) -> Any:
         return len(rows) >= count and rows[count - 1].status != "pending" and rows[count - 1]
 
     msg = wait_for(stored, f"answer #{count} to be stored")
-    shown = (msg.content + MARKS.get(msg.status, "")).strip()
+    drawn = shown(msg).strip()
 
     def on_screen() -> bool:  # an answer with sources is followed by their block (last_sources)
         texts = bot_texts(page)
         text = texts[-1].strip() if texts else None
-        return text == shown or bool(msg.sources and text and text.startswith(shown + "\n\n<details"))
+        return text == drawn or bool(msg.sources and text and text.startswith(drawn + "\n\n<details"))
 
     try:
         wait_for(on_screen, "the stored answer to be shown")
     except AssertionError as exc:  # say what the page showed instead
-        raise AssertionError(f"{exc}: stored {shown!r}, on screen {bot_texts(page)[-1:]!r}") from None
+        raise AssertionError(f"{exc}: stored {drawn!r}, on screen {bot_texts(page)[-1:]!r}") from None
     return msg
 
 

@@ -28,6 +28,7 @@ from tests.browser import (
     send,
     settings,
     settled,
+    shown,
     sidebar_titles,
     uid,
     user_texts,
@@ -74,7 +75,7 @@ def assert_france_shown_and_liked(page, answer: Message) -> None:
     assert FRANCE in sidebar_titles(page)
     assert open_title(page) == FRANCE
     assert user_texts(page) == [FRANCE]
-    assert bot_texts(page) == [answer.content]
+    assert bot_texts(page) == [shown(answer)]
     # Gradio marks the chosen feedback by relabelling the button "Liked" (filled icon, accent colour)
     liked = page.locator("#chatbot button[aria-label='Liked']")
     liked.wait_for(state="visible")
@@ -93,6 +94,11 @@ def test_an_answer_cut_at_the_token_limit_says_so(page, server):
     notice = page.locator("#notice")
     wait_for(lambda: "cut at the limit of 6 new tokens" in notice.inner_text(), "the token-limit notice")
     assert "press Continue to go on" in notice.inner_text()
+    # the answer itself says so too, and still after a reload (the notice is gone then)
+    assert bot_texts(page) == [answer.content + MARKS["cut"]]
+    loaded(page, page.reload)
+    wait_for(lambda: bot_texts(page) == [answer.content + MARKS["cut"]], "the cut mark after a reload")
+    assert "cut at the limit" not in page.locator("#notice").inner_text()
 
     # Continue: the same answer written on, as a new alternative of the turn (the cut one stays)
     settled(page)
@@ -100,7 +106,7 @@ def test_an_answer_cut_at_the_token_limit_says_so(page, server):
     longer = wait_answer(page, server, 2)
     assert longer.parent_id == answer.parent_id and longer.content.startswith(answer.content)
     assert len(longer.content) > len(answer.content) and longer.generation_params["continued"]
-    assert bot_texts(page)[-1] == longer.content
+    assert bot_texts(page)[-1] == shown(longer)
     wait_for(lambda: pagers(page) == {1: "answer 2/2"}, "2/2 on the continued answer")
     settings(page, max_new=40)
     send(page, server, FRANCE)
@@ -221,7 +227,7 @@ def test_retry_adds_a_sibling_answer(page, server):
     assert first.generation_params["max_new_tokens"] == second.generation_params["max_new_tokens"] == 12
     assert [m.role for m in all_messages(server)] == ["user", "assistant", "assistant"]
     assert any(t != first.content for t in seen), "the retried answer was never streamed"
-    assert bot_texts(page) == [second.content]
+    assert bot_texts(page) == [shown(second)]
     assert user_texts(page) == ["Name a color."]
     assert page.locator("#message textarea").input_value() == "a draft"  # Retry keeps the draft
     history = server.app.service.history(uid(server), first.conversation_id)
@@ -262,7 +268,7 @@ def test_sidebar_new_open_rename_delete_on_the_real_model(page, server):
 
     open_chat(page, "Hello")
     wait_for(lambda: user_texts(page) == ["Hello"], "the first conversation to open")
-    assert bot_texts(page) == [first.content]
+    assert bot_texts(page) == [shown(first)]
     assert open_title(page) == "Hello"
     wait_for(lambda: page.title() == "Hello · chatlm", "the page title of the chat opened")
 
@@ -273,7 +279,7 @@ def test_sidebar_new_open_rename_delete_on_the_real_model(page, server):
     wait_for(lambda: page.title() == "Jokes · chatlm", "the page title of the chat now shown")
     page.click("#undo")
     wait_for(lambda: sidebar_titles(page) == ["Jokes", "Hello"], "Undo to bring it back")
-    wait_for(lambda: user_texts(page) == ["Hello"] and bot_texts(page) == [first.content],
+    wait_for(lambda: user_texts(page) == ["Hello"] and bot_texts(page) == [shown(first)],
              "the chat brought back, answer and all")
 
 
@@ -315,7 +321,7 @@ def history(server, conv_id: int) -> list[tuple[str, str, str]]:
     return [(m.role, m.content, m.status) for m, _ in server.app.service.history(uid(server), conv_id)]
 
 
-def shown(page, selector: str) -> bool:
+def visible(page, selector: str) -> bool:
     return page.locator(selector).is_visible()
 
 
@@ -332,7 +338,7 @@ def test_a_message_typed_while_the_answer_waits_stays_in_the_box_until_it_can_go
     box.fill("First")
     box.press("Enter")
     wait_for(lambda: user_texts(spage) == ["First"] and box.input_value() == "", "First to be sent")
-    wait_for(lambda: shown(spage, "#stop") and not shown(spage, "#send"), "Send to turn into Stop")
+    wait_for(lambda: visible(spage, "#stop") and not visible(spage, "#send"), "Send to turn into Stop")
     assert [m.content for m in all_messages(server)] == ["First"]  # stored before any token
 
     box.fill("Second")
@@ -341,7 +347,7 @@ def test_a_message_typed_while_the_answer_waits_stays_in_the_box_until_it_can_go
     backend.hold.set()
     wait_for(lambda: len(stored_answers(server)) == 1, "the first answer to be stored")
     wait_for(lambda: bot_texts(spage) == ["Fine, thanks."], "the answer to be shown")
-    wait_for(lambda: shown(spage, "#send") and not shown(spage, "#stop"), "Stop to turn back into Send")
+    wait_for(lambda: visible(spage, "#send") and not visible(spage, "#stop"), "Stop to turn back into Send")
     assert box.input_value() == "Second", "the message typed while waiting was lost"
     assert [m.content for m in all_messages(server)] == ["First", "Fine, thanks."]
 
@@ -361,7 +367,7 @@ def test_a_new_chat_while_an_answer_streams_neither_moves_the_view_nor_misfiles(
     wait_for(lambda: len(last_bot(spage)) > 20, "the story to stream")
     spage.click("#new-chat")
     wait_for(lambda: not user_texts(spage) and not bot_texts(spage), "an empty new chat")
-    wait_for(lambda: shown(spage, "#send"), "Send to be back in the new chat")
+    wait_for(lambda: visible(spage, "#send"), "Send to be back in the new chat")
     [running] = answers(server)
     grown = len(running.content)
     deadline = time.monotonic() + 1.5
@@ -396,10 +402,10 @@ def test_back_in_a_chat_whose_answer_streams_it_is_drawn_and_can_be_stopped(spag
     wait_for(lambda: user_texts(spage) == ["Tell me a long story."], "the story's chat again")
     now = len(last_bot(spage))
     wait_for(lambda: len(last_bot(spage)) > now + 10, "the story to go on growing in view")
-    assert shown(spage, "#stop") and not shown(spage, "#send")
+    assert visible(spage, "#stop") and not visible(spage, "#send")
     spage.click("#stop")
     spage.locator("#notice", has_text="Stopped").wait_for()
     [answer] = wait_for(lambda: stored_answers(server), "the stopped answer to be stored")
     assert answer.status == "stopped" and 0 < len(answer.content) < len("".join(STORY))
-    wait_for(lambda: bot_texts(spage) == [answer.content + MARKS["stopped"]], "the stopped answer shown")
-    assert shown(spage, "#send") and not shown(spage, "#stop")
+    wait_for(lambda: bot_texts(spage) == [shown(answer) + MARKS["stopped"]], "the stopped answer shown")
+    assert visible(spage, "#send") and not visible(spage, "#stop")

@@ -27,6 +27,7 @@ from tests.browser import (
     send,
     settings,
     settled,
+    shown,
     table_rows,
     turn_page,
     uid,
@@ -187,17 +188,17 @@ def test_retry_paging_and_a_rating_survive_a_restart(page, start_server, bundled
     # ‹ shows the earlier answer, › goes back.
     turn_page(page, 1, -1)
     wait_for(lambda: pagers(page) == {1: "answer 2/3"}, "2/3 on the answer")
-    wait_for(lambda: bot_texts(page) == [second.content], "the second answer to be shown")
+    wait_for(lambda: bot_texts(page) == [shown(second)], "the second answer to be shown")
     turn_page(page, 1, +1)
     wait_for(lambda: pagers(page) == {1: "answer 3/3"}, "3/3 on the answer again")
-    wait_for(lambda: bot_texts(page) == [third.content], "the third answer to be shown again")
+    wait_for(lambda: bot_texts(page) == [shown(third)], "the third answer to be shown again")
     assert [m.id for m, _ in service.history(uid(server), first.conversation_id)] == [
         first.parent_id, third.id]
 
     # Rate the second answer in detail: page to it, 👎 opens the form under it, reason and comment.
     turn_page(page, 1, -1)
     wait_for(lambda: pagers(page) == {1: "answer 2/3"}, "2/3 on the answer")
-    wait_for(lambda: bot_texts(page) == [second.content], "the second answer to be shown")
+    wait_for(lambda: bot_texts(page) == [shown(second)], "the second answer to be shown")
     settled(page)
     page.locator("#chatbot button[aria-label='Dislike']").click()
     page.locator("#chatbot #rate-details #rate-save").wait_for(state="visible")
@@ -212,7 +213,7 @@ def test_retry_paging_and_a_rating_survive_a_restart(page, start_server, bundled
     server.stop()
     again = start_server(bundled_backend, data_dir=server.settings.data_dir)
     open_app(page, again)
-    wait_for(lambda: bot_texts(page) == [second.content], "the second answer after the restart")
+    wait_for(lambda: bot_texts(page) == [shown(second)], "the second answer after the restart")
     wait_for(lambda: pagers(page) == {1: "answer 2/3"}, "2/3 on the answer after the restart")
     assert user_texts(page) == ["Name a color."]
     assert thumbs(page) == ["Disliked", "Like"]
@@ -227,7 +228,7 @@ def test_retry_paging_and_a_rating_survive_a_restart(page, start_server, bundled
     assert page.locator("#rate-comment textarea").input_value() == "Not a color I know."
     turn_page(page, 1, +1)
     wait_for(lambda: pagers(page) == {1: "answer 3/3"}, "3/3 on the answer after the restart")
-    wait_for(lambda: bot_texts(page) == [third.content], "the third answer after the restart")
+    wait_for(lambda: bot_texts(page) == [shown(third)], "the third answer after the restart")
     page.click("#feedback-tab-button")
     page.locator("#fb-summary", has_text="1 rating: 0 liked, 1 disliked").wait_for()
     assert any("Not a color I know." in row for row in table_rows(page, "fb-table"))
@@ -252,7 +253,7 @@ def test_editing_a_later_message_starts_a_branch(page, server):
     edited = wait_answer(page, server, 3)
     wait_for(lambda: user_texts(page) == ["Name a color.", "Name a fruit."],
              "the edited question in place of the old one")
-    assert bot_texts(page) == [first.content, edited.content]
+    assert bot_texts(page) == [shown(first), shown(edited)]
     page.locator("#chatbot button[aria-label='Like']").last.click()
     wait_for(lambda: (detail(server, edited.id) or {}).get("value") == 1, "the 👍 to be stored")
 
@@ -273,7 +274,7 @@ def test_editing_the_first_message_starts_a_branch(page, server):
     edited = wait_answer(page, server, 2)
     settled(page)
     assert user_texts(page) == ["Name a fruit."]
-    assert bot_texts(page) == [edited.content]
+    assert bot_texts(page) == [shown(edited)]
     questions = [m for m in all_messages(server) if m.role == "user"]
     assert [(q.content, q.parent_id) for q in questions] == [("Name a color.", None),
                                                              ("Name a fruit.", None)]
@@ -288,11 +289,11 @@ def test_editing_the_first_message_starts_a_branch(page, server):
     wait_for(lambda: pagers(page) == {0: "question 2/2"}, "2/2 on the edited question")
     turn_page(page, 0, -1)
     wait_for(lambda: user_texts(page) == ["Name a color."], "the original question")
-    assert bot_texts(page) == [old.content]
+    assert bot_texts(page) == [shown(old)]
     wait_for(lambda: pagers(page) == {0: "question 1/2"}, "1/2 on the original question")
     turn_page(page, 0, +1)
     wait_for(lambda: user_texts(page) == ["Name a fruit.", "And another one?"], "the edited branch")
-    assert bot_texts(page) == [edited.content, later.content]
+    assert bot_texts(page) == [shown(edited), shown(later)]
 
     # Every turn pages on its own message: retry the last answer, and both pagers are drawn.
     settled(page)
@@ -304,7 +305,7 @@ def test_editing_the_first_message_starts_a_branch(page, server):
     wait_for(lambda: pagers(page) == {0: "question 1/2"}, "1/2 on the original question")
     turn_page(page, 0, +1)
     wait_for(lambda: user_texts(page) == ["Name a fruit.", "And another one?"], "back on the edit")
-    assert bot_texts(page) == [edited.content, retried.content]  # the answer last shown there
+    assert bot_texts(page) == [shown(edited), shown(retried)]  # the answer last shown there
     wait_for(lambda: pagers(page) == {0: "question 2/2", 3: "answer 2/2"}, "both pagers again")
 
 

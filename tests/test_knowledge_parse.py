@@ -290,3 +290,22 @@ def test_empty_and_bad_arguments() -> None:
     assert chunk_text("") == [] and chunk_text(" \n\n\t") == []
     with pytest.raises(ValueError):
         chunk_text("x", max_tokens=10, overlap_tokens=10)
+
+
+def test_html_page_chrome_is_left_out() -> None:
+    """A saved web page's menu, banner, sidebar and footer are not passages to cite; the article's
+    own header (its title) stays, and a page that is nothing but a footer keeps it."""
+    html = (
+        "<html><body><header><a href='/'>Home</a> | <a href='/shop'>Shop</a></header>"
+        "<nav><ul><li>About us<li>Contact</ul></nav>"
+        "<main><article><header><h1>The Elder River orchard</h1></header>"
+        "<p>The packing hall stands beside the Elder River.</p></article>"
+        "<aside>Related: ten recipes</aside></main>"
+        "<div role='navigation'>Next page</div>"
+        "<form><label>Subscribe</label><button>Go</button></form>"
+        "<footer>© 2024 Example Ltd · Privacy</footer></body></html>"
+    )
+    text = parse_bytes(html.encode(), "page.html")
+    assert text == "The Elder River orchard\n\nThe packing hall stands beside the Elder River."
+    only_footer = "<html><body><footer>Opening hours: 9 to 5</footer></body></html>"
+    assert parse_bytes(only_footer.encode(), "hours.html") == "Opening hours: 9 to 5"

@@ -17,7 +17,7 @@ import anyio
 import gradio as gr
 
 from chatlm.errors import ChatLMError, PermissionDeniedError
-from chatlm.service import BASE_MODEL, DEFAULT_MODEL, ChatService, Reply
+from chatlm.service import BASE_MODEL, DEFAULT_MODEL, ChatService, Reply, can_continue
 from chatlm.store.models import utcnow
 from chatlm.ui import branches, refusals, sidebar
 from chatlm.ui.answers import Answers, Pump, Turn
@@ -139,7 +139,7 @@ class ChatUI:
         shown = [(m, r) for m, r in rows if m.role in ("user", "assistant")]
         chunk_ids = [src["chunk_id"] for m, _ in shown if m.role == "assistant" for src in m.sources or ()]
         texts = self.service.library.chunk_texts(chunk_ids) if chunk_ids else {}
-        messages = [{"role": m.role, "content": _shown_text(m.content, m.status) + (
+        messages = [{"role": m.role, "content": shown_text(m) + (
             sources_block(m.content, m.sources, texts) if m.role == "assistant" and m.sources else "")}
             for m, _ in shown]
         feedback = [FEEDBACK.get(r) if r else None for m, r in shown if m.role == "assistant"]
@@ -820,6 +820,7 @@ def _chat_id(value: float | None) -> int | None:
 
 
 MARKS = {
+    "cut": " … *(cut at the token limit: Continue goes on)*",
     "stopped": " *(stopped)*",
     "error": " *(the answer failed here)*",
     "interrupted": " … *(interrupted: the server stopped while answering)*",
@@ -828,8 +829,18 @@ MARKS = {
 boxes in a browser without an emoji font)."""
 
 
-def _shown_text(content: str, status: str) -> str:
-    return content + MARKS.get(status, "")
+def shown_text(message: Any) -> str:
+    """A stored message as the chat draws it: an answer that did not end by itself says how it
+    ended on the answer (a cut one was marked only in a notice under the chat, gone on reload)."""
+    return message.content + MARKS.get(mark(message), "")
+
+
+def mark(message: Any) -> str:
+    """The ``MARKS`` key of a stored message: its status, or ``cut`` for a complete answer that
+    reached the token limit."""
+    if message.role == "assistant" and message.status == "complete" and can_continue(message):
+        return "cut"
+    return message.status
 
 
 def _example_text(event: gr.SelectData) -> str:
