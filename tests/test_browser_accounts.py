@@ -217,6 +217,17 @@ def test_only_the_admin_sees_training_and_admin_and_sign_out_leads_to_sign_in(br
         bob.locator("#sign-link", has_text="Sign in").click()  # and back to the form from there
         bob.wait_for_url(f"{server.url}/login")
 
+        # guests (one per browser) are listed only when asked for: they buried the accounts
+        tab(ann, "Chat").click()
+        tab(ann, "Admin").click()
+        ann.locator("#ad-guests", has_text="Show guests (1").wait_for()
+        assert [r[2] for r in table_rows(ann, "ad-users")] == ["", "", ""]  # ann, bob, carl
+        ann.click("#ad-guests input")
+        wait_for(lambda: [r[2] for r in table_rows(ann, "ad-users")] == ["", "", "", "yes"], "the guest listed")
+        assert table_rows(ann, "ad-users")[3][0].startswith("guest-")
+        ann.click("#ad-guests input")
+        wait_for(lambda: len(table_rows(ann, "ad-users")) == 3, "the guest hidden again")
+
 
 def test_changing_ones_password_then_deleting_ones_account(browser, server) -> None:
     accounts = AccountService(server.app.service.sessions)
@@ -251,3 +262,24 @@ def test_changing_ones_password_then_deleting_ones_account(browser, server) -> N
     with pytest.raises(Exception, match="No user named 'bob'"):
         accounts.actor("bob")
     assert answered(server, "Bob's question before leaving") is None  # his chat went with him
+
+
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+def test_the_sign_in_page_follows_the_colour_scheme_and_passes_axe(browser, server, scheme) -> None:
+    """The sign-in page is styled (it was the browser's default page) and dark in a dark browser
+    (it stayed white); axe finds nothing serious on it, in either scheme."""
+    axe = pytest.importorskip("axe_playwright_python.sync_playwright", reason="axe-playwright-python is missing")
+    context = browser.new_context(color_scheme=scheme, viewport={"width": 390, "height": 844})
+    try:
+        page = context.new_page()
+        page.goto(f"{server.url}/login")
+        page.locator("#sign-in").wait_for()
+        background = page.evaluate("getComputedStyle(document.body).backgroundColor")
+        channels = [int(c) for c in background[background.index("(") + 1:background.index(")")].split(",")[:3]]
+        assert (sum(channels) < 150) == (scheme == "dark"), background
+        box = page.locator("#sign-in").bounding_box()
+        assert box["width"] > 250 and box["height"] >= 36  # a full-width button, not a default one
+        violations = axe.Axe().run(page).response["violations"]
+        assert [v["id"] for v in violations if v["impact"] in ("serious", "critical")] == []
+    finally:
+        context.close()

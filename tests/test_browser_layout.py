@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.browser import needs_browser, new_page, open_app, send, settings, wait_for
+from tests.browser import needs_browser, new_page, open_app, send, settings, sidebar_titles, wait_for
 
 needs_browser()
 
@@ -89,3 +89,83 @@ def test_message_box_and_send_stay_in_view_and_the_conversation_fills_the_window
         page.click("#settings-reset")  # back to the defaults: the line goes
         wait_for(lambda: not changed.is_visible(), "the settings line to go after Reset", timeout=10)
         assert page.get_by_label("number input for Maximum new tokens").input_value() == "256"
+
+
+def chips(page: Any) -> list[str]:
+    """The names on the chips over the message box (none drawn when the box is hidden)."""
+    if not page.locator("#doc-chips").is_visible():
+        return []
+    return [t.removeprefix("📄").strip() for t in page.locator("#doc-chips .doc-chip-name").all_inner_texts()]
+
+
+def drop_file(page: Any, selector: str, name: str, text: str) -> None:
+    """Drag a text file from the desktop onto ``selector``, as a browser does (a DataTransfer)."""
+    page.evaluate("""([selector, name, text]) => {
+        const dt = new DataTransfer();
+        dt.items.add(new File([text], name, {type: 'text/plain'}));
+        const target = document.querySelector(selector);
+        target.dispatchEvent(new DragEvent('dragover', {bubbles: true, cancelable: true, dataTransfer: dt}));
+        target.dispatchEvent(new DragEvent('drop', {bubbles: true, cancelable: true, dataTransfer: dt}));
+    }""", [selector, name, text])
+
+
+@pytest.mark.parametrize("size", list(SIZES))
+def test_attach_and_drop_load_texts_shown_as_removable_chips(browser, start_server, size, tmp_path) -> None:
+    from tests.browser import ScriptedBackend
+
+    server = start_server(ScriptedBackend(["Fine."]))
+    library = server.app.service.library
+    town = tmp_path / "town.txt"
+    town.write_text("Brackenford was founded in 1820 by Ada Lyle, a miller from the coast.")
+    with new_page(browser, size=SIZES[size]) as page:
+        open_app(page, server)
+        assert chips(page) == [] and in_view(page, "#attach")  # Attach sits in the message row
+        page.locator("#message-row input[type=file]").set_input_files(str(town))
+        wait_for(lambda: chips(page) == ["town.txt"], "a chip for the attached text")
+        page.locator(".toast-body", has_text="Loaded town.txt").first.wait_for()
+        [conv] = server.app.service.conversations(server.app.service.user_id())
+        assert [d.name for d in library.documents(conv.id)] == ["town.txt"]
+        if size == "laptop":  # the chat it made is listed at once (a phone's sidebar is closed)
+            wait_for(lambda: sidebar_titles(page) != [], "the new chat in the sidebar")
+
+        drop_file(page, "#chatbot", "orchard.txt", "The Copper Lantern apple was bred in 2004 at the Elder orchard.")
+        wait_for(lambda: chips(page) == ["town.txt", "orchard.txt"], "a chip for the dropped text")
+        assert [d.name for d in library.documents(conv.id)] == ["town.txt", "orchard.txt"]
+
+        page.locator("#doc-chips .doc-chip-remove[aria-label='Remove town.txt from this chat']").click()
+        wait_for(lambda: chips(page) == ["orchard.txt"], "the removed text's chip to go")
+        assert [d.name for d in library.documents(conv.id)] == ["orchard.txt"]
+        assert sorted(d.name for d in library.user_documents(server.app.service.user_id())) == [
+            "orchard.txt", "town.txt"]  # out of the chat, still the user's to reuse
+
+        if size == "phone":  # New chat is in the sidebar, closed on a phone
+            page.locator(".sidebar .toggle-button").first.click()
+            page.wait_for_function("document.querySelector('.sidebar').classList.contains('open')")
+        page.click("#new-chat")
+        wait_for(lambda: chips(page) == [], "no chips in a new chat")
+        # the Knowledge panel (closed) says nothing of the last chat's text either
+        assert page.evaluate("() => (document.querySelector('#doc-status')?.textContent || '').trim()") == ""
+
+
+def test_a_streaming_answer_has_no_thumbs_and_a_long_message_is_kept_short(browser, start_server) -> None:
+    """While an answer is written its thumbs, Retry and copy wait for its end; a long pasted
+    message shows in a box of its own, scrolled, not the whole chat."""
+    from tests.browser import ScriptedBackend
+
+    server = start_server(ScriptedBackend(["word "] * 30, delay=0.2))
+    with new_page(browser, size=SIZES["laptop"]) as page:
+        open_app(page, server)
+        page.fill("#message textarea", "A long pasted message. " * 200)
+        page.click("#send")
+        page.locator("#stop").wait_for()
+        last_buttons = "#chatbot .message-wrap > .message-buttons-left:not(:has(~ .message-buttons-left))"
+        wait_for(lambda: page.locator("#chatbot [data-testid='bot']").count() == 1, "the answer to start")
+        wait_for(lambda: page.locator(f"{last_buttons} button[aria-label='Like']").count() == 1
+                 and page.locator("#stop").is_visible(), "the streaming answer's buttons drawn")
+        assert not page.locator(f"{last_buttons} button[aria-label='Like']").is_visible()
+        user = page.locator("#chatbot [data-testid='user']")
+        height = user.evaluate("el => el.getBoundingClientRect().height")
+        assert 100 < height <= 16 * 16 + 1 and user.evaluate("el => el.scrollHeight > el.clientHeight")
+        page.locator("#send").wait_for(timeout=30_000)  # the answer ended
+        wait_for(lambda: page.locator(f"{last_buttons} button[aria-label='Like']").is_visible(),
+                 "the thumbs once the answer ended")

@@ -58,14 +58,16 @@ def test_only_files_in_the_upload_folder_are_received(uploads: Path, tmp_path: P
         assert refused.value.message == NOT_RECEIVED
 
 
-def test_the_file_inputs_refuse_before_gradio_reads_anything(uploads: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("make", ["uploaded_file", "upload_button"])
+def test_the_file_inputs_refuse_before_gradio_reads_anything(uploads: Path, tmp_path: Path, make: str) -> None:
+    """The Knowledge panel's file box and the message box's 📎 alike."""
     import gradio as gr
 
-    from chatlm.ui.uploads import uploaded_file
+    from chatlm.ui import uploads as made
 
     outside = tmp_path / "secret.txt"
     outside.write_text("not uploaded")
-    component = uploaded_file(label="x")
+    component = getattr(made, make)(label="x")
     with pytest.raises(gr.Error):
         component.move_resource_to_block_cache(str(outside))
     assert not any(p.is_file() for p in uploads.rglob("*"))  # nothing was copied into the cache

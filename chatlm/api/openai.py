@@ -32,7 +32,7 @@ from chatlm.engine.generation import Generation
 from chatlm.engine.params import SamplingParams
 from chatlm.errors import ChatLMError, InputError, NotFoundError, PermissionDeniedError
 from chatlm.identity import Identity
-from chatlm.service import MAX_MESSAGE_CHARS, ChatService
+from chatlm.service import BASE_MODEL, MAX_MESSAGE_CHARS, ChatService
 
 _END = object()
 PREFIX = "/v1"
@@ -336,10 +336,13 @@ class OpenAIRoutes:
         }
 
     def _adapter_for(self, model: str) -> str | None:
-        if model == self.service.backend.model_id:
-            return None
-        if model in self.service.adapter_names():
-            return model
+        """The adapter a request's model names, by the chat's own mapping (``ChatService.serving``):
+        the model's id is the base model, an adapter's name that adapter."""
+        try:
+            if model:
+                return self.service.serving(BASE_MODEL if model == self.service.backend.model_id else model)
+        except NotFoundError:
+            pass
         raise NotFoundError(f"The model `{model}` does not exist; GET /v1/models lists them.")
 
     async def _stream(self, gen: Generation, cid: str, model: str,

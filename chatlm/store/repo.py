@@ -23,6 +23,13 @@ RATING_REASONS = {
     "other": "Something else",
 }
 """Why an answer got a 👎: the stored id and the words a user picks it by. A 👍 takes none."""
+
+
+def reason_for(value: int | None, reason: str | None) -> str | None:
+    """The reason a rating of ``value`` keeps: a reason explains a 👎 only. The one rule: the chat's
+    thumbs and the details form drop it for 👍; ``set_rating`` refuses a 👍 that sends one."""
+    return reason if value == -1 else None
+
 EMPTY_BRANCH = 0
 """``active_leaf_id`` of a conversation whose next message starts a new root (editing the first one)."""
 UNDO_WINDOW = timedelta(minutes=10)
@@ -196,7 +203,7 @@ def set_rating(
         raise InputError(f"A better answer may have at most {MAX_BETTER_ANSWER_CHARS} characters.")
     if reason is not None and reason not in RATING_REASONS:
         raise InputError(f"The reason must be one of: {', '.join(RATING_REASONS)}.")
-    if reason is not None and value != -1:
+    if reason is not None and reason_for(value, reason) is None:
         raise InputError(f"“{RATING_REASONS[reason]}” is a reason for 👎: with 👍 leave the reason "
                          "empty (say what you liked in the comment).")
     msg = get_message(session, message_id=message_id, user_id=user_id)

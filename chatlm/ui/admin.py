@@ -26,9 +26,10 @@ ROLES = ["user", "admin"]
 CONFIRM_REMOVE = "Tick “Yes, remove this user and all their data” first."
 
 
-def users_frame(users: list[UserInfo]) -> pd.DataFrame:
-    """The users table: signed-up accounts first, then guests (there may be many of those)."""
-    ordered = sorted(users, key=lambda u: u.is_guest)
+def users_frame(users: list[UserInfo], *, guests: bool = True) -> pd.DataFrame:
+    """The users table: signed-up accounts first, then guests (there may be many of those), or
+    without guests."""
+    ordered = [u for u in sorted(users, key=lambda u: u.is_guest) if guests or not u.is_guest]
     rows = [[u.name, "admin" if u.is_admin else "user", "yes" if u.is_guest else "",
              "set" if u.has_password else "none", "locked" if u.locked else "", u.conversations]
             for u in ordered]
@@ -47,36 +48,54 @@ class AdminTab:
     def accounts(self) -> AccountService:
         return self.who.identity.accounts
 
-    def _view(self, request: gr.Request | None) -> tuple[pd.DataFrame, Any]:
+    def _view(self, request: gr.Request | None, guests: bool = False) -> tuple[pd.DataFrame, Any]:
         """The table and the name picker as they are now, for whoever calls now: an admin who just
         demoted or removed themselves (or reset their own password, which signs them out) sees
-        an empty table rather than an error."""
+        an empty table rather than an error. Guests (one per browser that visited) are listed
+        only when asked for: they buried the accounts."""
         try:
             actor = self.who.admin(request)
         except ChatLMError:
             return pd.DataFrame(columns=USER_COLUMNS), gr.update(choices=[], value=None)
         users = self.accounts.list_users(actor)
-        names = [u.name for u in sorted(users, key=lambda u: u.is_guest)]
-        return users_frame(users), gr.update(choices=names)
+        names = [u.name for u in sorted(users, key=lambda u: u.is_guest) if guests or not u.is_guest]
+        return users_frame(users, guests=guests), gr.update(choices=names)
 
-    def _act(self, request: gr.Request | None, failed: str, change: Callable[[Actor], str]
-             ) -> tuple[str, pd.DataFrame, Any, bool]:
-        """Run ``change`` as the calling admin: (status, table, names, done)."""
+    def guests_label(self, request: gr.Request) -> Any:
+        """The Show guests box names how many there are."""
+        try:
+            actor = self.who.admin(request)
+        except ChatLMError:
+            return gr.update()
+        count = sum(u.is_guest for u in self.accounts.list_users(actor))
+        return gr.update(label=f"Show guests ({count}: visitors who have not signed up)")
+
+    def listed(self, guests: bool, request: gr.Request) -> tuple[pd.DataFrame, Any, bool]:
+        """The table with or without guests, as the box says (and the page's state that its
+        actions redraw the table by)."""
+        self.who.admin(request)
+        return (*self._view(request, bool(guests)), bool(guests))
+
+    def _act(self, request: gr.Request | None, failed: str, change: Callable[[Actor], str],
+             guests: bool) -> tuple[str, pd.DataFrame, Any, bool]:
+        """Run ``change`` as the calling admin: (status, table, names, done); the table as the
+        page last asked for it (with guests or not)."""
         actor = self.who.admin(request)
         try:
             status, done = change(actor), True
         except ChatLMError as exc:
             gr.Warning(exc.message)
             status, done = f"{failed}: {exc.message}", False
-        return (status, *self._view(request), done)
+        return (status, *self._view(request, bool(guests)), done)
 
     # ---- handlers ----------------------------------------------------------------------------
-    def refresh(self, request: gr.Request) -> tuple[pd.DataFrame, Any]:
-        """The users table (the ``/list_users`` endpoint): admins only."""
+    def refresh(self, guests: bool, request: gr.Request) -> tuple[pd.DataFrame, Any]:
+        """The users table (the ``/list_users`` endpoint): admins only; guests as the page last
+        asked (an API client: without)."""
         self.who.admin(request)
-        return self._view(request)
+        return self._view(request, bool(guests))
 
-    def add(self, name: str, password: str, admin: bool, request: gr.Request) -> tuple[Any, ...]:
+    def add(self, name: str, password: str, admin: bool, guests: bool, request: gr.Request) -> tuple[Any, ...]:
         """A new account; an empty password makes one that cannot sign in until a password is set."""
         name = (name or "").strip()
 
@@ -86,11 +105,11 @@ class AdminTab:
             how = "" if password else " It has no password yet: set one so that they can sign in."
             return f"Added **{made.name}** as {role}.{how}"
 
-        status, users, names, done = self._act(request, "Not added", change)
+        status, users, names, done = self._act(request, "Not added", change, guests)
         cleared = ("", "", False) if done else (gr.update(),) * 3
         return status, users, names, *cleared
 
-    def set_role(self, name: str | None, role: str | None, request: gr.Request) -> tuple[Any, ...]:
+    def set_role(self, name: str | None, role: str | None, guests: bool, request: gr.Request) -> tuple[Any, ...]:
         """A guest is never made admin: whoever holds that browser's cookie would be one."""
         def change(actor: Actor) -> str:
             if role == "admin" and _named(name).startswith(GUEST_PREFIX):
@@ -98,9 +117,9 @@ class AdminTab:
             self.accounts.set_role(actor, _named(name), role or "")
             return f"**{name}** is now {'an admin' if role == 'admin' else 'a user'}."
 
-        return self._act(request, "Role not changed", change)[:3]
+        return self._act(request, "Role not changed", change, guests)[:3]
 
-    def set_password(self, name: str | None, password: str, request: gr.Request) -> tuple[Any, ...]:
+    def set_password(self, name: str | None, password: str, guests: bool, request: gr.Request) -> tuple[Any, ...]:
         """A new password for anyone (a forgotten one, or a locked account: it lifts the lockout);
         it signs that user out of every browser."""
         def change(actor: Actor) -> str:
@@ -108,10 +127,10 @@ class AdminTab:
             own = " You are signed out: sign in again with it." if name == actor.name else ""
             return f"New password set for **{name}**; any lockout is lifted.{own}"
 
-        status, users, names, done = self._act(request, "Password not set", change)
+        status, users, names, done = self._act(request, "Password not set", change, guests)
         return status, users, names, "" if done else gr.update()
 
-    def remove(self, name: str | None, confirmed: bool, request: gr.Request) -> tuple[Any, ...]:
+    def remove(self, name: str | None, confirmed: bool, guests: bool, request: gr.Request) -> tuple[Any, ...]:
         """Delete the account and everything it owns; only with the confirmation ticked."""
         def change(actor: Actor) -> str:
             if not confirmed:
@@ -119,7 +138,7 @@ class AdminTab:
             self.accounts.remove_user(actor, _named(name))
             return f"Removed **{name}** and all their data."
 
-        status, users, names, done = self._act(request, "Not removed", change)
+        status, users, names, done = self._act(request, "Not removed", change, guests)
         return status, users, {**names, "value": None} if done else names, False
 
     # ---- layout ------------------------------------------------------------------------------
@@ -129,6 +148,8 @@ class AdminTab:
         status = gr.Markdown(elem_id="ad-status")
         users = gr.Dataframe(headers=USER_COLUMNS, interactive=False, wrap=True, label="Users",
                              elem_id="ad-users")
+        guests = gr.Checkbox(label="Show guests", value=False, elem_id="ad-guests")
+        listing = gr.State(False)  # whether this page lists guests (not a parameter of the API)
         with gr.Accordion("Add a user", open=True):
             with gr.Row():
                 new_name = gr.Textbox(label="User name", elem_id="ad-new-name")
@@ -150,13 +171,16 @@ class AdminTab:
             remove_btn = gr.Button("Remove user", variant="stop", elem_id="ad-remove")
 
         view = [users, target]
-        tab.select(self.refresh, None, view, api_name="list_users")
-        add_btn.click(self.add, [new_name, new_password, new_admin],
+        tab.select(self.refresh, [listing], view, api_name="list_users").then(
+            self.guests_label, None, [guests], api_visibility="private")
+        guests.input(self.listed, [guests], [*view, listing], api_visibility="private")
+        add_btn.click(self.add, [new_name, new_password, new_admin, listing],
                       [status, *view, new_name, new_password, new_admin], api_name="add_user")
-        role_btn.click(self.set_role, [target, role], [status, *view], api_name="set_role")
-        password_btn.click(self.set_password, [target, password], [status, *view, password],
+        role_btn.click(self.set_role, [target, role, listing], [status, *view], api_name="set_role")
+        password_btn.click(self.set_password, [target, password, listing], [status, *view, password],
                            api_name="set_user_password")
-        remove_btn.click(self.remove, [target, confirm], [status, *view, confirm], api_name="remove_user")
+        remove_btn.click(self.remove, [target, confirm, listing], [status, *view, confirm],
+                         api_name="remove_user")
 
 
 def _named(name: str | None) -> str:

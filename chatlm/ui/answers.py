@@ -69,8 +69,7 @@ class Pump:
         if gen.finish_reason == "length":
             return (notice + " " if notice else "") + (
                 f"The answer was cut at the limit of {gen.params.max_new_tokens} new tokens: press "
-                "**Continue** to go on writing it, or raise *Maximum new tokens* under Generation "
-                "settings and press Retry for a longer one.")
+                "**Continue** to go on, or raise *Maximum new tokens* and Retry.")
         return notice
 
 

@@ -19,6 +19,7 @@ import gradio as gr
 from chatlm.errors import ChatLMError, PermissionDeniedError
 from chatlm.service import BASE_MODEL, DEFAULT_MODEL, ChatService, Reply, can_continue
 from chatlm.store.models import utcnow
+from chatlm.store.repo import reason_for
 from chatlm.ui import branches, refusals, sidebar
 from chatlm.ui.answers import Answers, Pump, Turn
 from chatlm.ui.chat_defaults import (
@@ -90,8 +91,8 @@ def _view_unchanged(**changed: Any) -> Outputs:
 
 WELCOME = (
     "### Welcome to chatlm\n"
-    "Ask anything, or load a text under **Knowledge**, below the message box, and ask about it: "
-    "answers about a text quote it and show their sources.\n\n"
+    "Ask anything, or press **Attach** beside the message box (or drop a file here) to load a text, "
+    "and ask about it: answers about a text quote it and show their sources.\n\n"
     "Rate answers with the thumbs under them, up or down (and, if you like, write a better one): "
     "your ratings teach the next version of this model in the **Training** tab.")
 EXAMPLES = (
@@ -599,8 +600,8 @@ class ChatUI:
             uid = self._uid(request)
             detail = self.service.rating_detail(uid, ids[index]) if value else None
             extra = {k: detail[k] for k in ("reason", "comment", "better_answer")} if detail else {}
-            if value != -1:  # a reason explains a 👎: it goes when the thumb turns up
-                extra.pop("reason", None)
+            if extra:  # a reason explains a 👎: it goes when the thumb turns up
+                extra["reason"] = reason_for(value, extra["reason"])
             self.service.rate(uid, ids[index], value, **extra)
         except ChatLMError as exc:
             gr.Warning(exc.message)
@@ -696,7 +697,10 @@ class ChatUI:
                 notice = gr.Markdown(elem_id="notice")
                 panel = FeedbackPanel(self.service, self.who)  # drawn under the answer it rates (branches)
                 panel.render(conv_id, ids, selected)
+                knowledge = KnowledgePanel(self.service, self.who)
+                knowledge.chips()  # a chip per text loaded into this chat, over the message box
                 with gr.Row(equal_height=True, elem_id="message-row"):  # the box spans the row; small buttons
+                    knowledge.attach_button()
                     box = gr.Textbox(placeholder="Ask anything…", show_label=False, scale=12, lines=1,
                                      max_lines=8, elem_id="message", autofocus=True)
                     send_btn = gr.Button("Send", variant="primary", scale=0, min_width=80, elem_id="send")
@@ -719,7 +723,7 @@ class ChatUI:
                     max_new = gr.Slider(1, self._max_new(), value=min(DEFAULT_MAX_NEW, self._max_new()),
                                         step=1, label="Maximum new tokens",
                                         info="The longest answer, in tokens (a token is about ¾ of a word).")
-                KnowledgePanel(self.service, self.who).render(conv_id)
+                knowledge.render(conv_id)
             with gr.Tab("Feedback", elem_id="feedback-tab") as feedback_tab:
                 FeedbackTab(self.service, self.who).render(feedback_tab)
             with gr.Tab("Training", elem_id="training-tab",

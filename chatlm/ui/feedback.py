@@ -17,7 +17,7 @@ from chatlm.errors import ChatLMError
 from chatlm.feedback import records, stats
 from chatlm.feedback.service import FeedbackService
 from chatlm.service import ChatService
-from chatlm.store.repo import RATING_REASONS
+from chatlm.store.repo import RATING_REASONS, reason_for
 from chatlm.ui.who import Who
 
 VALUES = {"Like": 1, "Dislike": -1}
@@ -63,8 +63,7 @@ class FeedbackPanel:
             return "Select an answer first (click the thumbs up or down under it)."
         if label is None:
             return "Choose Like or Dislike first."
-        if VALUES[label] == 1:  # the reason list is hidden for 👍; a value left in it is not one
-            reason = None
+        reason = reason_for(VALUES[label], reason)  # hidden for 👍: a value left in it is not one
         try:
             self.service.rate(self.who.uid(request), message_id, VALUES[label], reason=reason or None,
                               comment=comment.strip() or None, better_answer=better.strip() or None)

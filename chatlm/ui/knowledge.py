@@ -11,13 +11,39 @@ import gradio as gr
 
 from chatlm.errors import ChatLMError
 from chatlm.service import ChatService
-from chatlm.ui.uploads import received_file, uploaded_file
+from chatlm.ui import sidebar
+from chatlm.ui.uploads import received_file, upload_button, uploaded_file
 from chatlm.ui.who import Who
 
 FILE_TYPES = [".txt", ".md", ".markdown", ".html", ".htm", ".pdf"]
 SNIPPET = 110
 """Characters of a passage shown on each side of its supporting sentence (or in all, twice this)."""
 CITED = re.compile(r"\[(\d+)\]")
+CHIPS = """
+{{#each value.docs}}
+<span class="doc-chip"><span class="doc-chip-name" title="{{this.name}}">📄 {{this.name}}</span><button
+ type="button" class="doc-chip-remove" data-id="{{this.id}}" aria-label="Remove {{this.name}} from this chat"
+ title="Remove from this chat">✕</button></span>
+{{/each}}
+"""
+"""The texts loaded into the open chat, a chip each over the message box (names escaped by the
+template); a chip's ✕ takes its text out of the chat."""
+CHIPS_CSS = """
+:host, & { display: flex; flex-wrap: wrap; gap: .35rem; }
+.doc-chip { display: inline-flex; align-items: center; max-width: 18rem; border-radius: 999px;
+  border: 1px solid var(--border-color-primary); background: var(--background-fill-secondary);
+  font-size: .85rem; padding: .1rem .2rem .1rem .6rem; }
+.doc-chip-name { overflow: hidden; white-space: nowrap; text-overflow: ellipsis; }
+.doc-chip-remove { background: none; border: 0; cursor: pointer; color: inherit; font: inherit;
+  padding: .1rem .4rem; border-radius: 999px; }
+.doc-chip-remove:hover { background: var(--background-fill-primary); }
+"""
+CHIPS_JS = """
+element.addEventListener('click', (e) => {
+  const remove = e.target.closest('.doc-chip-remove');
+  if (remove) trigger('select', {id: Number(remove.dataset.id)});
+});
+"""
 
 
 def sources_block(answer: str, sources: list[dict[str, Any]], texts: dict[int, str]) -> str:
@@ -61,24 +87,41 @@ class KnowledgePanel:
     def _uid(self, request: gr.Request | None) -> int:
         return self.who.uid(request)
 
-    def documents(self, conv_id: int | None, request: gr.Request) -> tuple[Any, Any, Any]:
-        """The conversation's documents (to remove), the user's others (to reuse), and the load's
-        line cleared in a chat with no text (a new chat showed the last chat's "Loaded page.html")."""
-        used, others = self._documents(self._uid(request), conv_id)  # someone else's chat: refused
-        return used, others, gr.update() if used["choices"] else ""
+    def documents(self, conv_id: int | None, request: gr.Request) -> tuple[Any, ...]:
+        """The conversation's documents (to remove), the user's others (to reuse), the chips over
+        the message box, and the load's line cleared in a chat with no text (a new chat showed the
+        last chat's "Loaded page.html")."""
+        used, others, chips = self._documents(self._uid(request), conv_id)  # someone else's: refused
+        return used, others, chips, gr.update() if used["choices"] else ""
 
-    def _documents(self, uid: int, conv_id: int | None) -> tuple[Any, Any]:
+    def _documents(self, uid: int, conv_id: int | None) -> tuple[Any, Any, Any]:
         mine = self.service.library.user_documents(uid)
         if conv_id:
             self.service.conversation(uid, conv_id)  # someone else's chat: refused
         used = self.service.library.documents(conv_id) if conv_id else []
         used_ids = {d.id for d in used}
         return (gr.update(choices=[(d.name, d.id) for d in used], value=[]),
-                gr.update(choices=[(d.name, d.id) for d in mine if d.id not in used_ids], value=None))
+                gr.update(choices=[(d.name, d.id) for d in mine if d.id not in used_ids], value=None),
+                gr.update(value={"docs": [{"id": d.id, "name": d.name} for d in used]}, visible=bool(used)))
 
     def load(self, conv_id: int | None, upload: str | None, pasted: str, name: str, request: gr.Request,
              progress: gr.Progress = gr.Progress()) -> tuple[Any, ...]:  # noqa: B008 - Gradio's way
         """Parse, chunk, store and index; BM25 is ready at once, embeddings follow in the background."""
+        conv_id, status, lists = self._load(conv_id, upload, pasted, name, request, progress)
+        return (conv_id, *lists, status, None, "")
+
+    def attach(self, conv_id: int | None, upload: str | None, request: gr.Request,
+               progress: gr.Progress = gr.Progress()) -> tuple[Any, ...]:  # noqa: B008 - Gradio's way
+        """The message box's Attach (or a file dropped on the chat): load it into this chat, said in a
+        toast (the Knowledge panel's line is out of sight)."""
+        conv_id, status, lists = self._load(conv_id, upload, "", "", request, progress)
+        if status.startswith("Loaded"):
+            gr.Info(html.unescape(status.replace("**", "").replace("\\", "")))
+        return (conv_id, *lists, status)
+
+    def _load(self, conv_id: int | None, upload: str | None, pasted: str, name: str,
+              request: gr.Request | None, progress: Any) -> tuple[int | None, str, tuple[Any, Any, Any]]:
+        """(the chat, now made if there was none; the line that says what happened; its lists)."""
         uid = self._uid(request)
         created = False
         try:
@@ -100,7 +143,12 @@ class KnowledgePanel:
             if created:  # a refused text leaves no empty conversation behind
                 self.service.discard(uid, conv_id)
                 conv_id = None
-        return (conv_id, *self._documents(uid, conv_id), status, None, "")
+        return conv_id, status, self._documents(uid, conv_id)
+
+    def unchip(self, conv_id: int | None, event: gr.EventData, request: gr.Request) -> tuple[Any, ...]:
+        """A chip's ✕: that text out of this chat (it stays in the user's texts, to reuse)."""
+        doc_id, _ = sidebar.clicked(event)
+        return self.remove(conv_id, [doc_id] if doc_id is not None else [], request)
 
     def remove(self, conv_id: int | None, doc_ids: list[int], request: gr.Request) -> tuple[Any, ...]:
         uid = self._uid(request)
@@ -118,8 +166,23 @@ class KnowledgePanel:
         self.service.library.index_for(conv_id)
         return (conv_id, *self._documents(uid, conv_id))
 
+    def chips(self) -> Any:
+        """The chips of the chat's texts, made where the chat lays them out (over the message
+        box); ``render`` wires them."""
+        self._chips = gr.HTML({"docs": []}, html_template=CHIPS, css_template=CHIPS_CSS, js_on_load=CHIPS_JS,
+                              elem_id="doc-chips", apply_default_css=False, visible=False)
+        return self._chips
+
+    def attach_button(self) -> Any:
+        """The message box's Attach, made in the message row; ``render`` wires it. (Words, not 📎:
+        a browser without an emoji font drew an empty box.)"""
+        self._attach = upload_button(label="Attach", file_types=FILE_TYPES, type="filepath", size="sm",
+                                     scale=0, min_width=80, elem_id="attach", variant="secondary")
+        return self._attach
+
     def render(self, conv_id: gr.State) -> None:
-        """Lay the panel out inside the current Blocks (each answer shows its own sources)."""
+        """Lay the panel out inside the current Blocks (each answer shows its own sources); the
+        chips and Attach must have been made."""
         with gr.Accordion("Knowledge texts", open=False, elem_id="knowledge"):
             with gr.Row():
                 upload = uploaded_file(label="Upload .txt, .md, .html or .pdf (up to 20 MB)",
@@ -136,8 +199,12 @@ class KnowledgePanel:
                 others = gr.Dropdown(label="Reuse a document you loaded before", choices=[],
                                      elem_id="other-docs")
                 reuse_btn = gr.Button("Use in this chat", size="sm", elem_id="reuse-doc")
+        chips = self._chips
         load_btn.click(self.load, [conv_id, upload, pasted, name],
-                       [conv_id, used, others, status, upload, pasted], api_name="load_document")
-        remove_btn.click(self.remove, [conv_id, used], [used, others], api_name="remove_documents")
-        reuse_btn.click(self.reuse, [conv_id, others], [conv_id, used, others], api_name="reuse_document")
-        conv_id.change(self.documents, [conv_id], [used, others, status], api_visibility="private")
+                       [conv_id, used, others, chips, status, upload, pasted], api_name="load_document")
+        self._attach.upload(self.attach, [conv_id, self._attach], [conv_id, used, others, chips, status],
+                            api_visibility="private", show_progress_on=[chips])
+        chips.select(self.unchip, [conv_id], [used, others, chips], api_visibility="private")
+        remove_btn.click(self.remove, [conv_id, used], [used, others, chips], api_name="remove_documents")
+        reuse_btn.click(self.reuse, [conv_id, others], [conv_id, used, others, chips], api_name="reuse_document")
+        conv_id.change(self.documents, [conv_id], [used, others, chips, status], api_visibility="private")

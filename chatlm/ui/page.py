@@ -26,6 +26,14 @@ button[role="tab"].selected { color: #c2410c !important; }
   font: inherit; font-size: 1rem; border-radius: 4px; }
 .msg-pager button:hover:not(:disabled) { background: var(--background-fill-secondary); }
 .msg-pager button:disabled { opacity: .45; cursor: default; }
+/* A long pasted message shows in a box of its own height, scrolled: it no longer fills the chat. */
+#chatbot [data-testid='user'] { max-height: 16rem; overflow-y: auto; }
+/* While an answer is written (Stop shows), its copy, Retry and thumbs wait for its end. */
+body:has(#stop) #chatbot .message-wrap > .message-buttons-left:not(:has(~ .message-buttons-left)) {
+  display: none !important; }
+@media (max-width: 767px) { #attach { order: 2; } }  /* a phone: the box has the first row to itself */
+/* Attach beside the message box, and the chips of the chat's texts over it. */
+#doc-chips { padding: 0 .2rem; }
 #rate-details.inline { margin: .2rem 0 .8rem; max-width: 40rem; max-height: 55vh; overflow-y: auto; }
 /* The rating form shows only under the answer it rates: never as an empty bar between the chat and
    the message box. */
@@ -63,6 +71,20 @@ JS = """
     if (window.innerWidth >= 768 || !e.target.closest('#conversations .conv-open, #new-chat')) return;
     const sidebar = document.querySelector('.sidebar');
     if (sidebar && sidebar.classList.contains('open')) sidebar.querySelector('.toggle-button')?.click();
+  });
+  // A text file dropped on the conversation or the message box goes to Attach (loaded into this chat).
+  const dropZone = (e) => e.target.closest && e.target.closest('#chatbot, #message-row, #doc-chips');
+  document.addEventListener('dragover', (e) => {
+    if (dropZone(e) && e.dataTransfer && [...e.dataTransfer.types].includes('Files')) e.preventDefault();
+  });
+  document.addEventListener('drop', (e) => {
+    const input = document.querySelector('#message-row input[type=file]');
+    if (!dropZone(e) || !input || !e.dataTransfer || !e.dataTransfer.files.length) return;
+    e.preventDefault();
+    const one = new DataTransfer();
+    one.items.add(e.dataTransfer.files[0]);
+    input.files = one.files;
+    input.dispatchEvent(new Event('change', {bubbles: true}));
   });
   new MutationObserver(() => { sync(); closeOnPhone(); }).observe(document.body, {
     subtree: true, childList: true, characterData: true, attributes: true, attributeFilter: ['class'],

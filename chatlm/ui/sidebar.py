@@ -67,7 +67,8 @@ TEMPLATE = """
 <ul role="list">
 {{#each this.items}}
 <li class="conv{{#if this.open}} open{{/if}}" data-id="{{this.id}}">
-  <button type="button" class="conv-open"{{#if this.open}} aria-current="page"{{/if}}>{{this.title}}</button>
+  <button type="button" class="conv-open" title="{{this.title}}"
+          {{#if this.open}}aria-current="page"{{/if}}>{{this.title}}</button>
   <button type="button" class="conv-more" aria-label="More for {{this.title}}" aria-haspopup="true"
           aria-expanded="false">…</button>
   <div class="conv-menu" role="group" aria-label="Actions for {{this.title}}" hidden>
@@ -88,9 +89,14 @@ CSS = """
 ul { list-style: none; margin: 0; padding: 0; }
 li.conv { display: flex; align-items: center; position: relative; border-radius: 6px; }
 li.conv.open { background: var(--background-fill-secondary); font-weight: 600; }
-.conv-open { flex: 1; text-align: left; padding: .35rem .5rem; overflow: hidden; white-space: nowrap;
-  text-overflow: ellipsis; background: none; border: 0; color: inherit; cursor: pointer; font: inherit; }
-.conv-more { background: none; border: 0; padding: .2rem .5rem; cursor: pointer; color: inherit; font: inherit; }
+/* A title takes up to two lines, then ends in "…"; all of it shows on hover. (One line cut titles
+   at about 20 characters.) The ⋯ takes little room: it sits on the title's right edge. */
+.conv-open { flex: 1; min-width: 0; text-align: left; padding: .35rem .3rem .35rem .5rem; overflow: hidden;
+  display: -webkit-box; -webkit-box-orient: vertical; -webkit-line-clamp: 2; line-clamp: 2;
+  white-space: normal; overflow-wrap: anywhere; line-height: 1.3; font-size: .92rem;
+  background: none; border: 0; color: inherit; cursor: pointer; font-family: inherit; font-weight: inherit; }
+.conv-more { flex: none; background: none; border: 0; padding: .2rem .35rem; cursor: pointer; color: inherit;
+  font: inherit; }
 .conv-menu { position: absolute; right: 0; top: 100%; z-index: 20; display: flex; flex-direction: column;
   background: var(--background-fill-primary); border: 1px solid var(--border-color-primary);
   border-radius: 6px; padding: .2rem; min-width: 8rem; box-shadow: 0 4px 12px rgba(0,0,0,.15); }

@@ -33,11 +33,27 @@ MAX_FORM = 4096
 
 PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width">
+<meta name="color-scheme" content="light dark">
 <title>Sign in · chatlm</title>
-<style>body{{font-family:system-ui,sans-serif;max-width:22rem;margin:10vh auto;padding:0 1rem}}
-label{{display:block;margin:.8rem 0 .2rem}}input{{width:100%;padding:.5rem;box-sizing:border-box}}
-button,.button{{display:inline-block;margin-top:1rem;padding:.5rem 1rem}}.error{{color:#b00020}}</style></head>
-<body><h1>chatlm</h1>{body}</body></html>"""
+<style>
+:root{{color-scheme:light dark;--bg:#f4f4f5;--card:#fff;--text:#18181b;--muted:#52525b;--line:#d4d4d8;
+--accent:#c2410c;--accent-text:#fff;--error:#b00020}}
+@media (prefers-color-scheme:dark){{:root{{--bg:#0b0f19;--card:#1f2937;--text:#f4f4f5;--muted:#a1a1aa;
+--line:#374151;--accent:#f97316;--accent-text:#111;--error:#ff8a80}}}}
+body{{font-family:system-ui,sans-serif;background:var(--bg);color:var(--text);margin:0;min-height:100vh;
+display:flex;align-items:flex-start;justify-content:center}}
+main{{background:var(--card);border:1px solid var(--line);border-radius:12px;width:100%;max-width:22rem;
+margin:10vh 1rem 2rem;padding:1.5rem 1.75rem;box-sizing:border-box;box-shadow:0 1px 3px rgb(0 0 0 / .08)}}
+h1{{margin:0 0 .25rem;font-size:1.6rem}}p{{color:var(--muted);line-height:1.45}}
+label{{display:block;margin:.9rem 0 .3rem;font-weight:600;color:var(--text)}}
+input{{width:100%;padding:.6rem .7rem;box-sizing:border-box;border:1px solid var(--line);border-radius:8px;
+background:var(--bg);color:var(--text);font:inherit}}
+input:focus{{outline:2px solid var(--accent);outline-offset:1px}}
+button,.button{{display:block;width:100%;margin-top:1.2rem;padding:.65rem 1rem;border:0;border-radius:8px;
+background:var(--accent);color:var(--accent-text);font:inherit;font-weight:600;cursor:pointer}}
+a{{color:var(--accent)}}.error{{color:var(--error);font-weight:600}}
+</style></head>
+<body><main><h1>chatlm</h1>{body}</main></body></html>"""
 SIGN_IN = "<p>Sign in to your account.</p>{error}{how}{guest}"
 PASSWORD_FORM = """<form method="post" action="/login">
 <label for="name">User name</label><input id="name" name="name" autocomplete="username" required value="{name}">

@@ -55,13 +55,22 @@ def received_file(path: str | os.PathLike[str] | None) -> Path | None:
 
 
 def uploaded_file(**kwargs: Any) -> gr.File:
-    """A ``gr.File`` input that takes only files from the upload folder, refused before Gradio
-    reads them. Its two cache methods are guarded on the instance: a subclass would make Gradio's
-    ComponentMeta write a ``.pyi`` stub beside this module whenever it is imported."""
-    component = gr.File(**kwargs)
+    """A ``gr.File`` input that takes only files from the upload folder (``guarded``)."""
+    return guarded(gr.File(**kwargs))
+
+
+def upload_button(**kwargs: Any) -> gr.UploadButton:
+    """A ``gr.UploadButton`` (the chat's Attach) that takes only files from the upload folder."""
+    return guarded(gr.UploadButton(**kwargs))
+
+
+def guarded(component: Any) -> Any:
+    """A file input refused any path outside the upload folder before Gradio reads it. Its two
+    cache methods are guarded on the instance: a subclass would make Gradio's ComponentMeta write
+    a ``.pyi`` stub beside this module whenever it is imported."""
     move, move_async = component.move_resource_to_block_cache, component.async_move_resource_to_block_cache
 
-    def guarded(url_or_file_path: str | Path | None) -> str | None:
+    def guarded_move(url_or_file_path: str | Path | None) -> str | None:
         received = received_file(url_or_file_path)
         return move(str(received) if received else None)
 
@@ -69,7 +78,7 @@ def uploaded_file(**kwargs: Any) -> gr.File:
         received = received_file(url_or_file_path)
         return await move_async(str(received) if received else None)
 
-    component.receives_uploads = True  # type: ignore[attr-defined]  # chatlm.ui.guard lets file references in here
-    component.move_resource_to_block_cache = guarded  # type: ignore[method-assign]
-    component.async_move_resource_to_block_cache = guarded_async  # type: ignore[method-assign]
+    component.receives_uploads = True  # chatlm.ui.guard lets file references in here
+    component.move_resource_to_block_cache = guarded_move
+    component.async_move_resource_to_block_cache = guarded_async
     return component
