@@ -87,6 +87,12 @@ class Conversations:
         with transaction(self.sessions) as s:
             return repo.purge_deleted(s)
 
+    def last_deleted(self, user_id: int) -> tuple[int, str] | None:
+        """(id, title) of the user's latest delete that can still be undone, or None."""
+        with transaction(self.sessions) as s:
+            conv = repo.last_deleted(s, user_id=user_id)
+            return (conv.id, conv.title) if conv is not None else None
+
     def restore(self, user_id: int, conversation_id: int) -> Conversation:
         """Undo a delete (refused once it was purged)."""
         with transaction(self.sessions) as s:

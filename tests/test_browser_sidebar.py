@@ -129,6 +129,14 @@ def test_chats_are_grouped_by_date_searched_renamed_exported_and_deleted_with_un
     wait_for(lambda: user_texts(page) == ["Hello there"], "the latest chat to open")
     assert ids["Old notes"] not in [c.id for c in service.conversations(me)]
 
+    # a reload keeps the Undo of the latest delete (for its ten minutes)
+    loaded(page, page.reload)
+    page.locator("#undo-box").first.wait_for(state="visible")  # (Gradio nests a group's id twice)
+    assert "Deleted “Old notes”." in page.locator("#undo-text").inner_text()
+    page.click("#undo")
+    wait_for(lambda: user_texts(page) == ["About old notes"], "the chat brought back after a reload")
+    assert ids["Old notes"] in [c.id for c in service.conversations(me)]
+
 
 def test_a_title_being_typed_survives_the_list_being_redrawn(page, served):
     """An answer that ends in the chat on screen redraws the list (here with a title changed

@@ -9,6 +9,8 @@ import pytest
 
 gradio_client = pytest.importorskip("gradio_client")
 
+from chatlm.ui.chat import MARKS  # noqa: E402
+
 pytestmark = pytest.mark.slow
 
 FRANCE = "What is the capital of France?"
@@ -302,9 +304,10 @@ def test_continue_writes_on_a_cut_answer_and_refuses_a_whole_one(scripted):
     server, _, client = scripted()
     service = server.app.service
     chat, _, notice, _ = client.predict(text="Hello", max_new=2, api_name="/send")
-    assert chat_texts(chat)[-1] == ("assistant", "Fine, ") and "Continue" in value(notice)
+    # the chat says on the answer that it was cut (as the page draws it)
+    assert chat_texts(chat)[-1] == ("assistant", "Fine, " + MARKS["cut"]) and "Continue" in value(notice)
     chat, _, notice, _ = client.predict(max_new=2, api_name="/continue")
-    assert chat_texts(chat) == [("user", "Hello"), ("assistant", "Fine, Fine, ")]  # the script, again
+    assert chat_texts(chat) == [("user", "Hello"), ("assistant", "Fine, Fine, " + MARKS["cut"])]  # the script, again
     [conv] = service.conversations(service.user_id())
     answers = [m for m, _ in service.history(service.user_id(), conv.id) if m.role == "assistant"]
     assert answers[-1].content == "Fine, Fine, " and service.siblings(service.user_id(), answers[-1].id) == (2, 2)

@@ -113,6 +113,14 @@ def restore_conversation(session: Session, *, conversation_id: int, user_id: int
     return conv
 
 
+def last_deleted(session: Session, *, user_id: int) -> Conversation | None:
+    """The user's latest delete that Undo can still bring back (a page reloaded after a delete
+    offers it again)."""
+    return session.scalar(select(Conversation).where(
+        Conversation.user_id == user_id, Conversation.deleted_at.is_not(None),
+        Conversation.deleted_at >= utcnow() - UNDO_WINDOW).order_by(Conversation.deleted_at.desc()).limit(1))
+
+
 def purge_deleted(session: Session, *, user_id: int | None = None) -> int:
     """Remove deleted conversations whose Undo window has passed (of one user, or of everyone);
     their messages, ratings and links go with them (ON DELETE CASCADE)."""

@@ -461,6 +461,14 @@ class ChatUI:
             view = _view_unchanged(list=self._sidebar(uid, shown, request))
         return (*view, gr.update(visible=True), f"Deleted “{plain(title)}”.", target)
 
+    def undoable(self, request: gr.Request) -> tuple[Any, str, int | None]:
+        """At page load: the Undo bar for the user's latest delete still in its window (a reload
+        used to lose it), else none."""
+        last = self.service.last_deleted(self._uid(request))
+        if last is None:
+            return gr.update(visible=False), "", None
+        return gr.update(visible=True), f"Deleted “{plain(last[1])}”.", last[0]
+
     def deleted(self, shown: int | None, event: gr.EventData, request: gr.Request) -> Outputs:
         target, _ = sidebar.clicked(event)
         return self.delete(target, shown, request)
@@ -689,8 +697,9 @@ class ChatUI:
                     reset = gr.Button("Reset", size="sm", scale=0, min_width=70, elem_id="settings-reset")
                 drawn = gr.State(None)  # what this page's picker last named (``models``)
                 models_timer = gr.Timer(MODELS_S)
-                chatbot = gr.Chatbot(height=CHAT_HEIGHT, min_height=240, label="chatlm", elem_id="chatbot",
-                                     editable="user",
+                # no "chatlm" badge over the chat: it covered the first lines and the 👎 form's title
+                chatbot = gr.Chatbot(height=CHAT_HEIGHT, min_height=240, label="chatlm", show_label=False,
+                                     elem_id="chatbot", editable="user",
                                      feedback_options=("Like", "Dislike"), buttons=["copy"],
                                      placeholder=WELCOME, examples=[{"text": t} for t in EXAMPLES])
                 marks = branches.component()
@@ -778,7 +787,8 @@ class ChatUI:
             ):
                 started_by.then(**follow)
             # the browser's time zone for the list's dates, once the load has drawn the chat
-            loading.then(self.zoned, [zone], [conv_list], js=BROWSER_ZONE, api_visibility="private")
+            loading.then(self.zoned, [zone], [conv_list], js=BROWSER_ZONE, api_visibility="private").then(
+                self.undoable, None, [undo_box, undo_text, undo_id], api_visibility="private")
             demo.load(self.whoami, None, [account, training_tab, admin_tab, sign_link],
                       api_visibility="private")
             sign_link.click(None, None, None, js=SIGN_OUT)

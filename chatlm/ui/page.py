@@ -42,6 +42,8 @@ body:has(#stop) #chatbot .message-wrap > .message-buttons-left:not(:has(~ .messa
 /* The Training tab's tables on a phone: a header is a word a line, never a letter a line; the table
    scrolls sideways instead (Gradio wrapped "active" as a-c-t-i-v-e at 390 px). */
 #tr-adapters table, #tr-runs table, #tr-eval table { min-width: 36rem; }
+.phone-only { display: none !important; }
+@media (max-width: 767px) { .phone-only { display: block !important; } }
 #tr-adapters th, #tr-runs th, #tr-eval th, #tr-adapters th *, #tr-runs th *, #tr-eval th * {
   word-break: normal !important; overflow-wrap: normal !important; hyphens: none; }
 """

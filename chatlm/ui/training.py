@@ -372,6 +372,8 @@ class TrainingTab:
         shown = gr.Dropdown([], label="Held-out evaluation of", allow_custom_value=True, elem_id="tr-shown")
         judged = gr.Markdown(elem_id="tr-verdict")
         evaluation = gr.Dataframe(interactive=False, wrap=True, label="Held-out figures", elem_id="tr-eval")
+        gr.Markdown("Scroll the tables sideways (→) to see each model's column.", elem_classes=["phone-only"],
+                    elem_id="tr-scroll-hint")
         with gr.Row():
             target = gr.Dropdown([BASE], value=BASE, label="Serve", allow_custom_value=True, elem_id="tr-target")
             promote_btn = gr.Button("Promote (new chats use it now)", variant="primary", elem_id="tr-promote")
