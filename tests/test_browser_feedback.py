@@ -236,11 +236,16 @@ def test_retry_paging_and_a_rating_survive_a_restart(page, start_server, bundled
                                                       (second.id, -1, "other", "Not a color I know.")]
 
 
-def edit_question(page, index: int, text: str) -> None:
-    """Edit the ``index``-th user message with the chat's pencil button and submit it."""
+def edit_question(page, index: int, text: str, *, enter: bool = False) -> None:
+    """Edit the ``index``-th user message with the chat's pencil button and submit it (with ✓,
+    or with Enter)."""
     page.locator("#chatbot button[aria-label='Edit']").nth(index).click()
-    page.locator("#chatbot textarea.edit-textarea").fill(text)
-    page.locator("#chatbot button[aria-label='Submit']").click()
+    box = page.locator("#chatbot textarea.edit-textarea")
+    box.fill(text)
+    if enter:
+        box.press("Enter")
+    else:
+        page.locator("#chatbot button[aria-label='Submit']").click()
 
 
 def test_editing_a_later_message_starts_a_branch(page, server):
@@ -270,7 +275,15 @@ def test_editing_the_first_message_starts_a_branch(page, server):
     open_app(page, server)
     settings(page, temperature=0, max_new=6)
     old = send(page, server, "Name a color.")
-    edit_question(page, 0, "Name a fruit.")
+    # the edit box is one to write in, Shift+Enter a new line, Escape leaves the question as it was
+    page.locator("#chatbot button[aria-label='Edit']").first.click()
+    box = page.locator("#chatbot textarea.edit-textarea")
+    assert box.evaluate("el => el.getBoundingClientRect().height") >= 80
+    box.press("Shift+Enter")
+    assert box.input_value() == "Name a color.\n"
+    box.press("Escape")
+    wait_for(lambda: box.count() == 0 and user_texts(page) == ["Name a color."], "the edit left")
+    edit_question(page, 0, "Name a fruit.", enter=True)  # Enter saves
     edited = wait_answer(page, server, 2)
     settled(page)
     assert user_texts(page) == ["Name a fruit."]

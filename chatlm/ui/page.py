@@ -28,6 +28,10 @@ button[role="tab"].selected { color: #c2410c !important; }
 .msg-pager button:disabled { opacity: .45; cursor: default; }
 /* A long pasted message shows in a box of its own height, scrolled: it no longer fills the chat. */
 #chatbot [data-testid='user'] { max-height: 16rem; overflow-y: auto; }
+/* Editing a question: a box to write in, and ✓/✕ big enough to hit. */
+#chatbot textarea.edit-textarea { min-height: 5.5rem !important; min-width: min(34rem, 72vw); padding: .5rem .6rem;
+  font: inherit; line-height: 1.45; }
+#chatbot button[aria-label='Submit'], #chatbot button[aria-label='Cancel'] { min-width: 2.25rem; min-height: 2.25rem; }
 /* While an answer is written (Stop shows), its copy, Retry and thumbs wait for its end. */
 body:has(#stop) #chatbot .message-wrap > .message-buttons-left:not(:has(~ .message-buttons-left)) {
   display: none !important; }
@@ -73,6 +77,14 @@ JS = """
     if (window.innerWidth >= 768 || !e.target.closest('#conversations .conv-open, #new-chat')) return;
     const sidebar = document.querySelector('.sidebar');
     if (sidebar && sidebar.classList.contains('open')) sidebar.querySelector('.toggle-button')?.click();
+  });
+  // Editing a question: Enter saves it (Shift+Enter: a new line), Escape leaves it as it was.
+  document.addEventListener('keydown', (e) => {
+    if (!e.target.matches || !e.target.matches('#chatbot textarea.edit-textarea') || e.isComposing) return;
+    const label = e.key === 'Escape' ? 'Cancel' : (e.key === 'Enter' && !e.shiftKey ? 'Submit' : null);
+    if (!label) return;
+    e.preventDefault();
+    document.querySelector(`#chatbot button[aria-label='${label}']`)?.click();
   });
   // A text file dropped on the conversation or the message box goes to Attach (loaded into this chat).
   const dropZone = (e) => e.target.closest && e.target.closest('#chatbot, #message-row, #doc-chips');
