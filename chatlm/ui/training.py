@@ -362,7 +362,8 @@ class TrainingTab:
                                       file_types=[".json"], type="filepath", elem_id="tr-squad")
         started = gr.Markdown(elem_id="tr-started")
         status = gr.Markdown(elem_id="tr-status")
-        loss = gr.LinePlot(x="step", y="loss", title="Training loss", elem_id="tr-loss", visible=False)
+        loss = gr.LinePlot(x="step", y="loss", title="Training loss", elem_id="tr-loss", visible=False,
+                           x_axis_format="d")  # whole steps (ticks were 0.2 steps apart on a short round)
         runs = gr.Dataframe(headers=RUN_COLUMNS, interactive=False, label="Recent rounds", elem_id="tr-runs")
 
         # Adapter names are free text to the API (a script names adapters this page has not listed);
