@@ -183,6 +183,10 @@ def test_only_the_admin_sees_training_and_admin_and_sign_out_leads_to_sign_in(br
         assert tab_shown(ann, "Training") and tab_shown(ann, "Admin")
         assert not tab_shown(bob, "Training") and not tab_shown(bob, "Admin")
         assert tab_shown(bob, "Account")
+        ann.set_viewport_size({"width": 390, "height": 844})  # a phone wraps the tabs: none hides in a "⋯"
+        wait_for(lambda: all(tab_shown(ann, name) for name in ("Chat", "Feedback", "Training", "Admin", "Account")),
+                 "every tab in a phone's width")
+        ann.set_viewport_size({"width": 1280, "height": 900})
 
         # the admin's table lists everyone; a user added here can sign in
         tab(ann, "Admin").click()

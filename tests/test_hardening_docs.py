@@ -52,7 +52,7 @@ def panel(server):
 
 def load(panel: Any, caller: Caller, name: str, text: str = TEXT) -> tuple[int, str]:
     """Paste ``text`` into a new chat as ``caller``: (the chat's id, the status line)."""
-    conv_id, _used, _others, status, *_ = panel.load(None, None, text, name, caller)
+    conv_id, _used, _others, _chips, status, *_ = panel.load(None, None, text, name, caller)
     return conv_id, status
 
 

@@ -15,6 +15,16 @@ pytest.importorskip("gradio_client")
 pytestmark = pytest.mark.slow
 
 
+def test_the_crash_bench_knows_the_chats_cut_mark() -> None:
+    """The crash bench compares what a client was shown with what is stored; an answer cut at the
+    token limit is drawn with the chat's mark, which the bench keeps as text."""
+    from reliability_crash import CUT_MARK
+
+    from chatlm.ui.chat import MARKS
+
+    assert MARKS["cut"] == CUT_MARK
+
+
 def test_twenty_kill_nine_cycles_lose_nothing_told_stored(tiny_dir: Path, tmp_path: Path) -> None:
     """20 cycles of serve → /send → SIGKILL before the first token, while streaming or around the
     answer's commit → read the file → restart. The server is forked from a preloaded forkserver

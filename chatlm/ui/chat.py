@@ -689,63 +689,67 @@ class ChatUI:
                 conv_list = sidebar.component()
                 excluded = gr.Checkbox(label="Don't use this conversation for training",
                                        elem_id="exclude")
-            with gr.Tab("Chat", elem_id="chat-tab"):
-                model = gr.Dropdown(label="Model of this chat", choices=[("Default", DEFAULT_MODEL)],
-                                    value=DEFAULT_MODEL, elem_id="model")
-                with gr.Row(elem_id="settings-row", visible=False) as settings_row:  # what differs from the defaults
-                    changed_line = gr.Markdown(elem_id="settings-changed")
-                    reset = gr.Button("Reset", size="sm", scale=0, min_width=70, elem_id="settings-reset")
-                drawn = gr.State(None)  # what this page's picker last named (``models``)
-                models_timer = gr.Timer(MODELS_S)
-                # no "chatlm" badge over the chat: it covered the first lines and the 👎 form's title
-                chatbot = gr.Chatbot(height=CHAT_HEIGHT, min_height=240, label="chatlm", show_label=False,
-                                     elem_id="chatbot", editable="user",
-                                     feedback_options=("Like", "Dislike"), buttons=["copy"],
-                                     placeholder=WELCOME, examples=[{"text": t} for t in EXAMPLES])
-                marks = branches.component()
-                notice = gr.Markdown(elem_id="notice")
-                panel = FeedbackPanel(self.service, self.who)  # drawn under the answer it rates (branches)
-                panel.render(conv_id, ids, selected)
-                knowledge = KnowledgePanel(self.service, self.who)
-                knowledge.chips()  # a chip per text loaded into this chat, over the message box
-                with gr.Row(equal_height=True, elem_id="message-row"):  # the box spans the row; small buttons
-                    knowledge.attach_button()
-                    box = gr.Textbox(placeholder="Ask anything…", show_label=False, scale=12, lines=1,
-                                     max_lines=8, elem_id="message", autofocus=True)
-                    send_btn = gr.Button("Send", variant="primary", scale=0, min_width=80, elem_id="send")
-                    stop_btn = gr.Button("Stop", variant="stop", scale=0, min_width=80, elem_id="stop",
-                                         visible=False)
-                    retry_btn = gr.Button("Retry", size="sm", scale=0, min_width=80, elem_id="retry")
-                    continue_btn = gr.Button("Continue", size="sm", scale=0, min_width=80, elem_id="continue")
-                    watchdog = gr.Timer(WATCH_S, active=False)
-                    api = gr.Button("API", visible=False)  # carries /send and /retry (ChatInterface's way)
-                    target = gr.Number(visible=False, precision=0, label="conversation")  # the API's chat id
-                    new_title = gr.Textbox(visible=False, label="title")
-                with gr.Accordion("Generation settings", open=False):
-                    sys_prompt = gr.Textbox(label="System prompt", lines=2,
-                                            value=self.service.settings.system_prompt,
-                                            info="Instructions the model reads before every message of this chat.")
-                    temperature = gr.Slider(0, 2, value=DEFAULT_TEMPERATURE, step=0.05, label="Temperature",
-                                            info="Higher: more varied answers; 0: the same answer every time.")
-                    top_p = gr.Slider(0.05, 1, value=DEFAULT_TOP_P, step=0.05, label="Top-p",
-                                      info="Only the likeliest next words, together this probability, are drawn from.")
-                    max_new = gr.Slider(1, self._max_new(), value=min(DEFAULT_MAX_NEW, self._max_new()),
-                                        step=1, label="Maximum new tokens",
-                                        info="The longest answer, in tokens (a token is about ¾ of a word).")
-                knowledge.render(conv_id)
-            with gr.Tab("Feedback", elem_id="feedback-tab") as feedback_tab:
-                FeedbackTab(self.service, self.who).render(feedback_tab)
-            with gr.Tab("Training", elem_id="training-tab",
-                        visible=self.service.settings.auth == "none") as training_tab:
-                training = TrainingTab(self.service, self.who)
-                training.render(training_tab)
-            accounts_on = self.service.settings.auth != "none"
-            with gr.Tab("Admin", elem_id="admin-tab", visible=False) as admin_tab:
-                if accounts_on:  # local mode: hidden and empty (``python -m chatlm users`` there)
-                    AdminTab(self.service, self.who).render(admin_tab)
-            if accounts_on:
-                with gr.Tab("Account", elem_id="account-tab") as account_tab:
-                    AccountTab(self.service, self.who).render(account_tab)
+            # a phone wraps the tabs to a second line (a "⋯" menu hid Admin and Account)
+            with gr.Tabs(overflow_behavior="wrap", elem_id="tabs"):
+                with gr.Tab("Chat", elem_id="chat-tab"):
+                    model = gr.Dropdown(label="Model of this chat", choices=[("Default", DEFAULT_MODEL)],
+                                        value=DEFAULT_MODEL, elem_id="model")
+                    # what differs from the defaults
+                    with gr.Row(elem_id="settings-row", visible=False) as settings_row:
+                        changed_line = gr.Markdown(elem_id="settings-changed")
+                        reset = gr.Button("Reset", size="sm", scale=0, min_width=70, elem_id="settings-reset")
+                    drawn = gr.State(None)  # what this page's picker last named (``models``)
+                    models_timer = gr.Timer(MODELS_S)
+                    # no "chatlm" badge over the chat: it covered the first lines and the 👎 form's title
+                    chatbot = gr.Chatbot(height=CHAT_HEIGHT, min_height=240, label="chatlm", show_label=False,
+                                         elem_id="chatbot", editable="user",
+                                         feedback_options=("Like", "Dislike"), buttons=["copy"],
+                                         placeholder=WELCOME, examples=[{"text": t} for t in EXAMPLES])
+                    marks = branches.component()
+                    notice = gr.Markdown(elem_id="notice")
+                    panel = FeedbackPanel(self.service, self.who)  # drawn under the answer it rates (branches)
+                    panel.render(conv_id, ids, selected)
+                    knowledge = KnowledgePanel(self.service, self.who)
+                    knowledge.chips()  # a chip per text loaded into this chat, over the message box
+                    with gr.Row(equal_height=True, elem_id="message-row"):  # the box spans the row; small buttons
+                        knowledge.attach_button()
+                        box = gr.Textbox(placeholder="Ask anything…", show_label=False, scale=12, lines=1,
+                                         max_lines=8, elem_id="message", autofocus=True)
+                        send_btn = gr.Button("Send", variant="primary", scale=0, min_width=80, elem_id="send")
+                        stop_btn = gr.Button("Stop", variant="stop", scale=0, min_width=80, elem_id="stop",
+                                             visible=False)
+                        retry_btn = gr.Button("Retry", size="sm", scale=0, min_width=80, elem_id="retry")
+                        continue_btn = gr.Button("Continue", size="sm", scale=0, min_width=80, elem_id="continue")
+                        watchdog = gr.Timer(WATCH_S, active=False)
+                        api = gr.Button("API", visible=False)  # carries /send and /retry (ChatInterface's way)
+                        target = gr.Number(visible=False, precision=0, label="conversation")  # the API's chat id
+                        new_title = gr.Textbox(visible=False, label="title")
+                    with gr.Accordion("Generation settings", open=False):
+                        sys_prompt = gr.Textbox(label="System prompt", lines=2,
+                                                value=self.service.settings.system_prompt,
+                                                info="Instructions the model reads before every message of this chat.")
+                        temperature = gr.Slider(0, 2, value=DEFAULT_TEMPERATURE, step=0.05, label="Temperature",
+                                                info="Higher: more varied answers; 0: the same answer every time.")
+                        top_p = gr.Slider(
+                            0.05, 1, value=DEFAULT_TOP_P, step=0.05, label="Top-p",
+                            info="Only the likeliest next words, together this probability, are drawn from.")
+                        max_new = gr.Slider(1, self._max_new(), value=min(DEFAULT_MAX_NEW, self._max_new()),
+                                            step=1, label="Maximum new tokens",
+                                            info="The longest answer, in tokens (a token is about ¾ of a word).")
+                    knowledge.render(conv_id)
+                with gr.Tab("Feedback", elem_id="feedback-tab") as feedback_tab:
+                    FeedbackTab(self.service, self.who).render(feedback_tab)
+                with gr.Tab("Training", elem_id="training-tab",
+                            visible=self.service.settings.auth == "none") as training_tab:
+                    training = TrainingTab(self.service, self.who)
+                    training.render(training_tab)
+                accounts_on = self.service.settings.auth != "none"
+                with gr.Tab("Admin", elem_id="admin-tab", visible=False) as admin_tab:
+                    if accounts_on:  # local mode: hidden and empty (``python -m chatlm users`` there)
+                        AdminTab(self.service, self.who).render(admin_tab)
+                if accounts_on:
+                    with gr.Tab("Account", elem_id="account-tab") as account_tab:
+                        AccountTab(self.service, self.who).render(account_tab)
 
             view = [chatbot, ids, conv_id, conv_list, sys_prompt, temperature, top_p,
                     max_new, model, notice, excluded, retry_btn, continue_btn]

@@ -105,10 +105,18 @@ def loss_frame(run: TrainingRun | None) -> pd.DataFrame:
     return pd.DataFrame(points, columns=["step", "loss"])
 
 
+SHORT_SPAN = 4
+"""A round whose logged steps span less than this draws one tick a step, by name: a number axis
+put ticks half a step apart there (whole-number labels then read "1, 2, 2")."""
+
+
 def _loss(run: TrainingRun | None) -> Any:
     """The loss plot, hidden until a round has logged a point (never an empty frame)."""
     frame = loss_frame(run)
-    return gr.update(value=frame, visible=not frame.empty)
+    if frame.empty or frame["step"].max() - frame["step"].min() >= SHORT_SPAN:
+        return gr.update(value=frame, visible=not frame.empty, sort=None)
+    named = frame.assign(step=frame["step"].astype(str))
+    return gr.update(value=named, visible=True, sort=list(named["step"]))
 
 
 def evaluation_frame(adapter: AdapterVersion | None) -> pd.DataFrame:
