@@ -298,6 +298,20 @@ def test_editing_the_first_message_starts_a_branch(page, server):
     # The edited question carries ‹ 2/2 ›: ‹ reaches the original question and its answer, ›
     # comes back, and a later turn on the edited branch is kept.
     wait_for(lambda: pagers(page) == {0: "question 2/2"}, "2/2 on the edited question")
+    # editing it again, its ‹ 2/2 › stays beside the edit box, above the answer (it jumped under it)
+    page.locator("#chatbot button[aria-label='Edit']").first.click()
+    page.locator("#chatbot textarea.edit-textarea").wait_for()
+
+    def pager_above_answer() -> bool:
+        return page.evaluate("""() => {
+            const pager = document.querySelector('#chatbot .msg-pager');
+            const answer = document.querySelector("#chatbot [data-testid='bot']");
+            return !!pager && !!answer
+                && pager.getBoundingClientRect().bottom <= answer.getBoundingClientRect().top; }""")
+
+    wait_for(pager_above_answer, "the question's pager beside its edit box")
+    page.locator("#chatbot textarea.edit-textarea").press("Escape")
+    wait_for(lambda: user_texts(page) == ["Name a fruit."] and pager_above_answer(), "the edit left")
     later = send(page, server, "And another one?")
     wait_for(lambda: pagers(page) == {0: "question 2/2"}, "2/2 on the edited question")
     turn_page(page, 0, -1)

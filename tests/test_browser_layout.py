@@ -169,3 +169,30 @@ def test_a_streaming_answer_has_no_thumbs_and_a_long_message_is_kept_short(brows
         page.locator("#send").wait_for(timeout=30_000)  # the answer ended
         wait_for(lambda: page.locator(f"{last_buttons} button[aria-label='Like']").is_visible(),
                  "the thumbs once the answer ended")
+
+
+def test_the_dislike_form_opens_in_view_on_a_phone(browser, start_server) -> None:
+    """👎 opens the rating form under its answer inside the chat's box: on a phone it opened below the
+    box's visible part with only its title showing; now it is scrolled into view and fits the box."""
+    from tests.browser import ScriptedBackend, settled
+
+    server = start_server(ScriptedBackend(["Paris is the capital of France. " * 6]))
+    with new_page(browser, size=SIZES["phone"]) as page:
+        open_app(page, server)
+        send(page, server, "What is the capital of France?")
+        send(page, server, "And of Italy?")
+        settled(page)
+        page.locator("#chatbot button[aria-label='Dislike']").last.click()
+        page.locator("#rate-comment textarea").wait_for()
+
+        def inside_chat(selector: str) -> bool:
+            return page.evaluate("""(selector) => {
+                const box = document.querySelector('#chatbot .bubble-wrap').getBoundingClientRect();
+                const r = document.querySelector(selector).getBoundingClientRect();
+                return r.top >= box.top - 1 && r.bottom <= box.bottom + 1; }""", selector)
+
+        wait_for(lambda: inside_chat("#rate-details"), "the whole form inside the chat's visible box")
+        page.locator("#rate-comment textarea").scroll_into_view_if_needed()  # the form scrolls within
+        assert inside_chat("#rate-comment textarea")
+        page.fill("#rate-comment textarea", "It answered about France.")
+        assert page.locator("#rate-comment textarea").input_value() == "It answered about France."

@@ -45,7 +45,11 @@ const findForm = () => {
   if (!form && (form = document.querySelector('#rate-details'))) form.before(home);
   return form;
 };
-const messages = (root) => [...root.querySelectorAll('[data-testid="user"], [data-testid="bot"]')];
+// the chat's messages in order; a question being edited is its edit box (the message is taken out
+// while it is edited, which moved its ‹ n/m › onto the answer under it)
+const messages = (root) => [...root.querySelectorAll(
+  '[data-testid="user"], [data-testid="bot"], textarea.edit-textarea')]
+  .filter((el) => !(el.matches('textarea') && el.closest('[data-testid="user"], [data-testid="bot"]')));
 // the bar of copy/edit/thumb buttons under a message (the message's row when it has none)
 const barOf = (msg) => {
   const row = msg.closest('.message-row');

@@ -39,6 +39,7 @@ body:has(#stop) #chatbot .message-wrap > .message-buttons-left:not(:has(~ .messa
 /* Attach beside the message box, and the chips of the chat's texts over it. */
 #doc-chips { padding: 0 .2rem; }
 #rate-details.inline { margin: .2rem 0 .8rem; max-width: 40rem; max-height: 55vh; overflow-y: auto; }
+@media (max-width: 767px) { #rate-details.inline { max-height: 40vh; } }  /* inside a phone's chat box */
 /* The rating form shows only under the answer it rates: never as an empty bar between the chat and
    the message box. */
 #rate-details:not(.inline) { display: none !important; }
@@ -86,6 +87,20 @@ JS = """
     e.preventDefault();
     document.querySelector(`#chatbot button[aria-label='${label}']`)?.click();
   });
+  // 👎 opens the rating form under its answer: bring the form into the chat's view (on a phone it
+  // opened below the visible part, with only its title showing).
+  document.addEventListener('click', (e) => {
+    if (!e.target.closest || !e.target.closest("#chatbot button[aria-label='Dislike']")) return;
+    let tries = 0;
+    const show = () => {
+      const form = document.querySelector('#rate-details.inline');
+      const comment = form && form.querySelector('#rate-comment textarea');
+      if (comment && comment.getClientRects().length) {  // open, not only drawn
+        form.scrollIntoView({block: 'nearest'});
+      } else if (++tries < 30) setTimeout(show, 100);
+    };
+    setTimeout(show, 100);
+  }, true);  // capture: the chat's own handler may stop the click there
   // A text file dropped on the conversation or the message box goes to Attach (loaded into this chat).
   const dropZone = (e) => e.target.closest && e.target.closest('#chatbot, #message-row, #doc-chips');
   document.addEventListener('dragover', (e) => {
