@@ -210,6 +210,21 @@ def shown(message: Any) -> str:
     return shown_text(message)
 
 
+def dislike_last(page: Any) -> None:
+    """👎 the last answer and wait for its rating form to be open and still: the page scrolls the
+    form into the chat's view, and a click during that scroll lands where the form was."""
+    page.locator("#chatbot button[aria-label='Dislike']").last.click()
+    page.locator("#rate-save").wait_for(state="visible")
+    top = lambda: page.locator("#rate-details").evaluate("el => Math.round(el.getBoundingClientRect().top)")  # noqa: E731
+    last = None
+    for _ in range(40):
+        now = top()
+        if now == last:
+            return
+        last = now
+        page.wait_for_timeout(250)
+
+
 def bot_texts(page: Any) -> list[str]:
     """The raw text of every assistant bubble (Gradio puts it in the aria-label)."""
     labels = page.locator(BOT).evaluate_all("els => els.map(e => e.getAttribute('aria-label'))")

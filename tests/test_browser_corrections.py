@@ -10,7 +10,7 @@ import pytest
 
 from chatlm.adapters import SHIPPED_READER
 from chatlm.prompts import NOT_FOUND
-from tests.browser import choose, click_and_wait, needs_browser, open_app, send, wait_for
+from tests.browser import choose, click_and_wait, dislike_last, needs_browser, open_app, send, wait_for
 from tests.test_browser_reader import QUESTIONS, load_text, right
 
 needs_browser()
@@ -43,7 +43,7 @@ def rate(page, *, good: bool, better: str | None = None) -> None:
         page.locator("#chatbot button[aria-label='Like']").last.click()
         page.locator("#chatbot button[aria-label='Liked']").last.wait_for()
         return
-    page.locator("#chatbot button[aria-label='Dislike']").last.click()
+    dislike_last(page)
     page.locator("#rate-save").wait_for(state="visible")
     page.fill("#rate-better textarea", better or "")
     click_and_wait(page, "#rate-save")

@@ -21,6 +21,7 @@ from tests.browser import (
     bot_texts,
     choose,
     click_and_wait,
+    dislike_last,
     needs_browser,
     open_app,
     pagers,
@@ -105,7 +106,7 @@ def test_rating_details_are_saved_changed_and_withdrawn(page, server):
 
     # 👎 in the chat opens the details panel by itself, on the answer just rated, with its
     # reasons in plain words.
-    page.locator("#chatbot button[aria-label='Dislike']").click()
+    dislike_last(page)
     wait_for(lambda: (detail(server, answer.id) or {}).get("value") == -1, "the 👎 to be stored")
     page.locator("#rate-save").wait_for(state="visible")
     wait_for(lambda: rated_value(page) == ["Dislike"], "the panel to show the 👎")
@@ -200,7 +201,7 @@ def test_retry_paging_and_a_rating_survive_a_restart(page, start_server, bundled
     wait_for(lambda: pagers(page) == {1: "answer 2/3"}, "2/3 on the answer")
     wait_for(lambda: bot_texts(page) == [shown(second)], "the second answer to be shown")
     settled(page)
-    page.locator("#chatbot button[aria-label='Dislike']").click()
+    dislike_last(page)
     page.locator("#chatbot #rate-details #rate-save").wait_for(state="visible")
     wait_for(lambda: rated_value(page) == ["Dislike"], "the panel to show the 👎")
     assert "alternative 2 of 3" in page.locator("#rate-title").inner_text()
@@ -342,7 +343,7 @@ def test_excluded_conversations_stay_out_of_the_dataset_and_the_feedback_tab(pag
     open_app(page, server)
     settings(page, temperature=0, max_new=10)
     kept = send(page, server, FRANCE)
-    page.locator("#chatbot button[aria-label='Dislike']").click()
+    dislike_last(page)
     save_details(page, reason="wrong", comment="Too vague for me.", better="Paris.")
 
     page.click("#new-chat")

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.browser import needs_browser, new_page, open_app, send, settings, sidebar_titles, wait_for
+from tests.browser import dislike_last, needs_browser, new_page, open_app, send, settings, sidebar_titles, wait_for
 
 needs_browser()
 
@@ -182,7 +182,7 @@ def test_the_dislike_form_opens_in_view_on_a_phone(browser, start_server) -> Non
         send(page, server, "What is the capital of France?")
         send(page, server, "And of Italy?")
         settled(page)
-        page.locator("#chatbot button[aria-label='Dislike']").last.click()
+        dislike_last(page)
         page.locator("#rate-comment textarea").wait_for()
 
         def inside_chat(selector: str) -> bool:

@@ -54,7 +54,9 @@ class Conversation:
 
 
 @dataclass
-class Counts:
+class ExportCounts:
+    """How many records an exported dataset holds, and how many of them are liked or disliked."""
+
     records: int = 0
     desirable: int = 0
     undesirable: int = 0
@@ -146,7 +148,7 @@ def dpo_records(answers: Iterable[RatedAnswer]) -> list[dict[str, Any]]:
 
 
 def build(fmt: str, answers: Sequence[RatedAnswer],
-          conversations: Sequence[Conversation] = ()) -> tuple[list[dict[str, Any]], Counts]:
+          conversations: Sequence[Conversation] = ()) -> tuple[list[dict[str, Any]], ExportCounts]:
     """Records of one format, deduplicated and in a stable order, with their counts."""
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}")
@@ -164,7 +166,7 @@ def build(fmt: str, answers: Sequence[RatedAnswer],
         if key not in seen:
             seen.add(key)
             records.append(rec)
-    counts = Counts(records=len(records))
+    counts = ExportCounts(records=len(records))
     if fmt == "kto":
         counts.desirable = sum(1 for r in records if r["label"])
         counts.undesirable = counts.records - counts.desirable

@@ -33,7 +33,7 @@ class FeedbackService:
         with transaction(self.sessions) as s:
             return records.contribution(load.rated_answers(s, user=only))
 
-    def dataset(self, actor: Actor, fmt: str) -> tuple[list[dict[str, Any]], records.Counts]:
+    def dataset(self, actor: Actor, fmt: str) -> tuple[list[dict[str, Any]], records.ExportCounts]:
         """Training records in ``fmt`` from the ratings the actor may export."""
         only = None if actor.is_admin else actor.name
         with transaction(self.sessions) as s:
