@@ -23,17 +23,16 @@ RATING_REASONS = {
     "other": "Something else",
 }
 """Why an answer got a 👎: the stored id and the words a user picks it by. A 👍 takes none."""
+EMPTY_BRANCH = 0
+"""``active_leaf_id`` of a conversation whose next message starts a new root (editing the first one)."""
+UNDO_WINDOW = timedelta(minutes=10)
+"""How long a deleted conversation can be brought back (Undo) before it is purged for good."""
 
 
 def reason_for(value: int | None, reason: str | None) -> str | None:
     """The reason a rating of ``value`` keeps: a reason explains a 👎 only. The one rule: the chat's
     thumbs and the details form drop it for 👍; ``set_rating`` refuses a 👍 that sends one."""
     return reason if value == -1 else None
-
-EMPTY_BRANCH = 0
-"""``active_leaf_id`` of a conversation whose next message starts a new root (editing the first one)."""
-UNDO_WINDOW = timedelta(minutes=10)
-"""How long a deleted conversation can be brought back (Undo) before it is purged for good."""
 
 
 def get_or_create_user(session: Session, *, name: str = LOCAL_USER) -> User:

@@ -57,9 +57,8 @@ class AdminTab:
             actor = self.who.admin(request)
         except ChatLMError:
             return pd.DataFrame(columns=USER_COLUMNS), gr.update(choices=[], value=None)
-        users = self.accounts.list_users(actor)
-        names = [u.name for u in sorted(users, key=lambda u: u.is_guest) if guests or not u.is_guest]
-        return users_frame(users, guests=guests), gr.update(choices=names)
+        table = users_frame(self.accounts.list_users(actor), guests=guests)
+        return table, gr.update(choices=list(table["name"]))  # the picker offers whom the table lists
 
     def guests_label(self, request: gr.Request) -> Any:
         """The Show guests box names how many there are."""

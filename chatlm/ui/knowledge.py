@@ -107,23 +107,24 @@ class KnowledgePanel:
     def load(self, conv_id: int | None, upload: str | None, pasted: str, name: str, request: gr.Request,
              progress: gr.Progress = gr.Progress()) -> tuple[Any, ...]:  # noqa: B008 - Gradio's way
         """Parse, chunk, store and index; BM25 is ready at once, embeddings follow in the background."""
-        conv_id, status, lists = self._load(conv_id, upload, pasted, name, request, progress)
+        conv_id, _loaded, status, lists = self._load(conv_id, upload, pasted, name, request, progress)
         return (conv_id, *lists, status, None, "")
 
     def attach(self, conv_id: int | None, upload: str | None, request: gr.Request,
                progress: gr.Progress = gr.Progress()) -> tuple[Any, ...]:  # noqa: B008 - Gradio's way
         """The message box's Attach (or a file dropped on the chat): load it into this chat, said in a
         toast (the Knowledge panel's line is out of sight)."""
-        conv_id, status, lists = self._load(conv_id, upload, "", "", request, progress)
-        if status.startswith("Loaded"):
-            gr.Info(html.unescape(status.replace("**", "").replace("\\", "")))
+        conv_id, loaded, status, lists = self._load(conv_id, upload, "", "", request, progress)
+        if loaded is not None:  # the name is the uploader's: shown, never run
+            gr.Info(html.escape(f"Loaded {loaded}: ask questions about it.", quote=False))
         return (conv_id, *lists, status)
 
     def _load(self, conv_id: int | None, upload: str | None, pasted: str, name: str,
-              request: gr.Request | None, progress: Any) -> tuple[int | None, str, tuple[Any, Any, Any]]:
-        """(the chat, now made if there was none; the line that says what happened; its lists)."""
+              request: gr.Request | None, progress: Any) -> tuple[int | None, str | None, str, tuple[Any, Any, Any]]:
+        """(the chat, now made if there was none; the loaded text's name, None when refused; the
+        line that says what happened; its lists)."""
         uid = self._uid(request)
-        created = False
+        created, loaded = False, None
         try:
             if conv_id is None:
                 conv_id, created = self.service.new_conversation(uid).id, True
@@ -136,14 +137,15 @@ class KnowledgePanel:
                 doc = self.service.library.load(user_id=uid, conversation_id=conv_id,
                                                 name=name.strip() or "pasted text", text=pasted,
                                                 progress=report)
-            status = f"Loaded **{_esc(doc.name)}**: ask questions about it; answers cite its passages."
+            loaded = doc.name
+            status = f"Loaded **{_esc(loaded)}**: ask questions about it; answers cite its passages."
         except ChatLMError as exc:  # the message may quote the file's name: shown, never run
             gr.Warning(html.escape(exc.message, quote=False))
             status = f"Not loaded: {_esc(exc.message)}"
             if created:  # a refused text leaves no empty conversation behind
                 self.service.discard(uid, conv_id)
                 conv_id = None
-        return conv_id, status, self._documents(uid, conv_id)
+        return conv_id, loaded, status, self._documents(uid, conv_id)
 
     def unchip(self, conv_id: int | None, event: gr.EventData, request: gr.Request) -> tuple[Any, ...]:
         """A chip's ✕: that text out of this chat (it stays in the user's texts, to reuse)."""
