@@ -470,6 +470,22 @@ def test_training_tab_shows_a_round_in_progress_and_how_it_ended() -> None:
     assert describe_run(None) == "No training round yet." and loss_frame(None).empty
 
 
+def test_a_short_rounds_loss_plot_names_its_steps_in_step_order() -> None:
+    """A round of a few steps ticks each step once, 9 before 10 in the chart's own text order, and
+    never sends a sort that would make the chart redraw itself at each step."""
+    from chatlm.store.models import TrainingRun
+    from chatlm.ui.training import _loss
+
+    def plot(steps: list[int]) -> dict:
+        return _loss(TrainingRun(id=1, status="running", progress={"loss": [[s, 0.5] for s in steps]}))
+
+    short = plot([8, 9, 10, 11])
+    assert sorted(short["value"]["step"]) == list(short["value"]["step"]) == [" 8", " 9", "10", "11"]
+    assert "sort" not in short and short["visible"]
+    assert list(plot(list(range(1, 12)))["value"]["step"]) == list(range(1, 12))  # a long round: numbers
+    assert plot([])["visible"] is False
+
+
 def test_cpu_rounds_project_only_completion_tokens_with_the_same_loss(tiny, monkeypatch) -> None:
     """The patched TRL fused head on a CPU: the loss and the gradients are TRL's own, computed on
     the completion tokens only (the benchmark measures the time and memory this saves)."""

@@ -111,12 +111,16 @@ put ticks half a step apart there (whole-number labels then read "1, 2, 2")."""
 
 
 def _loss(run: TrainingRun | None) -> Any:
-    """The loss plot, hidden until a round has logged a point (never an empty frame)."""
+    """The loss plot, hidden until a round has logged a point (never an empty frame).
+
+    Named steps are padded with spaces to one width so that the chart's own text order is step
+    order (9 before 10): a sort list would change with each step, and the chart redraws itself
+    from scratch on each new sort, where two redraws in flight kept the older one on screen."""
     frame = loss_frame(run)
     if frame.empty or frame["step"].max() - frame["step"].min() >= SHORT_SPAN:
-        return gr.update(value=frame, visible=not frame.empty, sort=None)
-    named = frame.assign(step=frame["step"].astype(str))
-    return gr.update(value=named, visible=True, sort=list(named["step"]))
+        return gr.update(value=frame, visible=not frame.empty)
+    width = len(str(frame["step"].max()))
+    return gr.update(value=frame.assign(step=frame["step"].astype(str).str.rjust(width)), visible=True)
 
 
 def evaluation_frame(adapter: AdapterVersion | None) -> pd.DataFrame:
