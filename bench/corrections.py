@@ -88,7 +88,7 @@ def _services(data_dir: Path) -> Any:
 
     settings = Settings.from_env(data_dir=data_dir)
     services = compose.build(settings, embedder=QueryCache(get_embedder()), follow_registry=False)
-    services.chat.ensure_reader()
+    services.chat.adapters.ensure_reader()
     return settings, services
 
 
@@ -98,14 +98,15 @@ def _round(settings: Any, services: Any, method: str, epochs: float | None = Non
 
     from chatlm.store import db
     from chatlm.training import data, rounds
+    from chatlm.training.options import RoundOptions
 
     with db.transaction(services.sessions) as s:
         planned = data.build_round(s, method)
     started = time.perf_counter()
-    run_id = rounds.start_round(settings, method, epochs=epochs, lr=lr, sessions=services.sessions)
+    run_id = rounds.start_round(settings, RoundOptions(method, epochs=epochs, lr=lr), sessions=services.sessions)
     out = follow_round(settings, services.sessions, run_id, started)
     out["round_data"] = planned.summary()
-    services.chat.promote_adapter(out["adapter"])  # what a user does next: Promote
+    services.chat.adapters.promote(out["adapter"])  # what a user does next: Promote
     return out
 
 

@@ -50,6 +50,7 @@ def main() -> None:
     from chatlm.engine.params import SamplingParams
     from chatlm.store import db, registry, repo
     from chatlm.training import rounds
+    from chatlm.training.options import RoundOptions
     from tests.seeding import add_turn, seed_pairs
 
     out: dict[str, Any] = {"torch": torch.__version__, "cuda": torch.cuda.is_available(),
@@ -79,7 +80,7 @@ def main() -> None:
             add_turn(sessions, uid, f"Name a colour, please ({i}).", [("Blue.", 1, None)])
         out["rounds"] = {}
         for method in ("sft", "kto", "dpo"):
-            run_id = rounds.start_round(settings, method, max_steps=args.steps, sessions=sessions)
+            run_id = rounds.start_round(settings, RoundOptions(method, max_steps=args.steps), sessions=sessions)
             run = rounds.wait(settings, run_id, timeout=540, sessions=sessions)
             if run.status != "succeeded":
                 out["rounds"][method] = {"status": run.status, "error": run.error,

@@ -97,6 +97,7 @@ def main() -> None:
     from chatlm.knowledge.squad import load_squad
     from chatlm.store import db, registry
     from chatlm.training import data, rounds
+    from chatlm.training.options import RoundOptions
 
     rule = AbstainRule(check="none", min_dense=None)  # the chat's own answers, no clean-up rule
     articles = load_squad(args.squad)
@@ -121,11 +122,11 @@ def main() -> None:
             prompt_chars = [len(m["content"]) for r in planned.train for m in r["prompt"]]
             out["round_data"]["mean_prompt_chars"] = round(sum(prompt_chars) / max(len(prompt_chars), 1))
             started = time.perf_counter()
-            run_id = rounds.start_round(settings, args.method, sessions=services.sessions)
+            run_id = rounds.start_round(settings, RoundOptions(args.method), sessions=services.sessions)
             out["round"] = follow_round(settings, services.sessions, run_id, started)
             name = out["round"]["adapter"]
             with db.transaction(services.sessions) as s:
-                service.load_adapter(name, registry.get_adapter(s, name=name).path)
+                service.adapters.load(name, registry.get_adapter(s, name=name).path)
             for label, adapter in (("base", None), ("adapter", name)):
                 t0 = time.perf_counter()
                 report = evaluate(service, [test_article], Options(squad=args.squad, limit=args.eval_limit,

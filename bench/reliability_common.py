@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from chatlm.engine.backend import Backend
+
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "bench" / "out"
 MODEL_CACHE = REPO / ".pytest_cache" / "chatlm-data"
@@ -250,7 +252,7 @@ def integrity(con: sqlite3.Connection) -> tuple[bool, str]:
 
 
 # ---- a backend for storage-only runs ----------------------------------------------------------------
-class StubBackend:
+class StubBackend(Backend):
     """Answers at once with a fixed text: the writers part measures the store, not a model."""
 
     model_id = "stub"
@@ -263,7 +265,8 @@ class StubBackend:
     def count_tokens(self, messages: Sequence[dict[str, str]]) -> int:
         return 8 + sum(len(m.get("content", "")) for m in messages) // 4
 
-    def chat(self, messages: Sequence[dict[str, str]], params: Any, *, adapter: str | None = None) -> Any:
+    def chat(self, messages: Sequence[dict[str, str]], params: Any, *, adapter: str | None = None,
+             continue_final: bool = False, **copy: Any) -> Any:
         from chatlm.engine.generation import Generation
 
         gen = Generation(id=next(self._ids), prompt_tokens=self.count_tokens(messages), params=params,

@@ -219,6 +219,7 @@ def main() -> None:
     from chatlm.engine import loader
     from chatlm.store import db
     from chatlm.training import data, rounds
+    from chatlm.training.options import RoundOptions
 
     out: dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                                        "cuda": torch.cuda.is_available(), "load_avg_start": os.getloadavg()}}
@@ -238,8 +239,8 @@ def main() -> None:
             out["sft_throughput"] = compare(records, args.compare_steps, args.batch, model_dir, args.repeats)
 
         started = time.perf_counter()
-        run_id = rounds.start_round(settings, "auto", epochs=args.epochs, max_steps=args.round_max_steps,
-                                    sessions=sessions, batch_size=args.batch)
+        run_id = rounds.start_round(settings, RoundOptions("auto", epochs=args.epochs, max_steps=args.round_max_steps,
+                                                               batch_size=args.batch), sessions=sessions)
         full = follow_round(settings, sessions, run_id, started)
         total = full["train"]["steps"]
         out["round"] = {"turns": args.turns, **full}

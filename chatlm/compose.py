@@ -59,9 +59,8 @@ class Services:
     feedback: Any
 
     def close(self) -> None:
-        backend = getattr(self.chat, "backend", None)
-        if backend is not None:
-            backend.close()
+        if self.chat.backend is not None:
+            self.chat.backend.close()
         self.engine.dispose()
 
 
@@ -83,8 +82,8 @@ def build(settings: Settings, backend: Any = None, *, url: str | None = None, lo
     library = Library(sessions, embedder=embedder) if embedder is not None else None
     chat = ChatService(settings, backend, sessions, library)
     if follow_registry and backend is not None:
-        chat.follow_registry()  # serve the adapter the registry says is active (the base if it is broken)
-        chat.ensure_reader()  # questions about a loaded text: the reader adapter (CHATLM_READER)
+        chat.adapters.follow_registry()  # serve the adapter the registry says is active (the base if it is broken)
+        chat.adapters.ensure_reader()  # questions about a loaded text: the reader adapter (CHATLM_READER)
     accounts = AccountService(sessions)
     return Services(settings=settings, engine=engine, sessions=sessions, chat=chat, accounts=accounts,
                     identity=Identity(settings, accounts), training=TrainingService(chat),

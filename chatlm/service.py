@@ -11,19 +11,19 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from chatlm.adapters.serving import Serving
 from chatlm.config import Settings
 from chatlm.conversations import Conversations
 from chatlm.engine.backend import Backend
 from chatlm.engine.generation import Generation
 from chatlm.engine.params import SamplingParams
-from chatlm.errors import ChatLMError, InputError, NotFoundError
+from chatlm.errors import ChatLMError, InputError
 from chatlm.knowledge.answer import (
     Support,
     answer_text,
@@ -58,10 +58,6 @@ SURE_DECLINE = 2.0
 """A reader declines although the sentence agrees when ``decline_score`` (log p(decline) minus log
 p(any span start)) is at least this: a decline it was taught. The lowest value that changes no
 answer on the calibration split (``bench/calibrate_reader.py --rule``)."""
-DEFAULT_MODEL = ""
-"""A conversation's model choice meaning "whatever the server serves by default" (the active adapter)."""
-BASE_MODEL = "base"
-"""A conversation's model choice meaning "the base model, no adapter"."""
 CHECKPOINT_S = 1.0
 """How often a streaming answer's text is written to the database (its row says ``pending``)."""
 
@@ -146,7 +142,7 @@ class ChatService(Conversations):
     conversations' rows (``Conversations``), and the turns that generate."""
 
     def __init__(self, settings: Settings, backend: Backend, sessions: sessionmaker[Session],
-                 library: Library | None = None) -> None:
+                 library: Library | None = None, adapters: Serving | None = None) -> None:
         self.settings = settings
         self.backend = backend
         self.sessions = sessions
@@ -156,14 +152,8 @@ class ChatService(Conversations):
         self.library = library or Library(sessions)
         self._running: dict[int, Generation] = {}
         self._lock = threading.Lock()
-        self.active_adapter: str | None = None
-        """Adapter used by new answers unless one is named; None is the base model."""
-        self.reader: str | None = None
-        """The reader adapter that answers questions about a loaded text when the base model serves
-        (``ensure_reader``); None: the base model reads too."""
-        self._readers: dict[str, bool] = {}
-        self._registry_seen: tuple[str, Any] | bool | None = False
-        """The registry's active adapter (name, activation time) when last followed; False: never."""
+        self.adapters = adapters or Serving(settings, backend, sessions)
+        """Which adapter answers (the default, the reader), following the registry."""
 
     # ---- conversations (the rest is chatlm.conversations.Conversations) ----------------------
     def delete(self, user_id: int, conversation_id: int) -> str:
@@ -181,7 +171,7 @@ class ChatService(Conversations):
         When the conversation has documents, the answer rests on the top-``k`` passages.
         ``adapter``: None (or ``DEFAULT_MODEL``) for the served default, ``BASE_MODEL``, or a name."""
         chosen_model = adapter
-        adapter = self.serving(adapter)
+        adapter = self.adapters.choose(adapter)
         if not content or not content.strip():
             raise InputError("The message is empty.")
         if len(content) > MAX_MESSAGE_CHARS:
@@ -198,8 +188,8 @@ class ChatService(Conversations):
             history = [{"role": m.role, "content": m.content} for m in path if m.content]
             numbered = [(p.number, p.document, p.text) for p in passages]
             extract = numbered if passages and self._can_extract(content) else None
-            if extract and not chosen_model and adapter is None and self.reader:
-                adapter = self.reader  # the default model reads a loaded text with the reader adapter
+            if extract and not chosen_model and adapter is None and self.adapters.reader:
+                adapter = self.adapters.reader  # the default model reads a loaded text with the reader adapter
             if extract:
                 # answered from this question's passages alone (no earlier answer to copy), greedily
                 history = [{"role": "user", "content": grounded_question(content, numbered, short=True)}]
@@ -219,12 +209,12 @@ class ChatService(Conversations):
     def _can_extract(self, request: str) -> bool:
         """Factoid questions get a copied span where the backend can constrain decoding (a remote
         engine cannot: it answers free-form, grounded and cited)."""
-        return bool(getattr(self.backend, "supports_copy", False)) and is_factoid(request)
+        return self.backend.supports_copy and is_factoid(request)
 
     def retry(self, user_id: int, message_id: int, params: SamplingParams, *,
               adapter: str | None = None) -> Reply:
         """A new answer to the same question, stored as a sibling of ``message_id``."""
-        adapter = self.serving(adapter)
+        adapter = self.adapters.choose(adapter)
         params = params.clamped(self.settings.max_new_tokens)
         self._admit(user_id)
         with transaction(self.sessions) as s:
@@ -267,7 +257,7 @@ class ChatService(Conversations):
                         adapter: str | None = None) -> Reply:
         """Go on writing an answer that was cut at the token limit or stopped: a new alternative of
         the same turn that starts with the old text (the cut one stays, a page back)."""
-        adapter = self.serving(adapter)
+        adapter = self.adapters.choose(adapter)
         params = params.clamped(self.settings.max_new_tokens)
         self._admit(user_id)
         with transaction(self.sessions) as s:
@@ -343,172 +333,6 @@ class ChatService(Conversations):
             guest = s.scalar(select(User.is_guest).where(User.id == user_id))
         return GUESTS if guest else user_id
 
-    def serving(self, choice: str | None) -> str | None:
-        """The adapter an answer uses for a model choice: the default (the active adapter), the
-        base model (None), or a served adapter by name (one not served is refused)."""
-        if not choice:
-            return self.follow_registry()
-        if choice == BASE_MODEL:
-            return None
-        if choice not in self.adapter_names():
-            raise NotFoundError(f"The model {choice!r} is not served here (any more): choose another "
-                                "one at the top of the chat.")
-        return choice
-
-    def adapter_names(self) -> list[str]:
-        """LoRA adapters the backend can serve, as model ids."""
-        names = getattr(self.backend, "adapter_names", None)
-        return list(names()) if callable(names) else []
-
-    def load_adapter(self, name: str, path: str, *, activate: bool = False) -> float:
-        """Load an adapter directory while serving (no restart); optionally make it the default.
-        The previous default stays loaded, so rolling back is just activating it again."""
-        load = getattr(self.backend, "load_adapter", None)
-        if load is None:
-            raise InputError("This backend cannot load adapters.")
-        seconds = float(load(name, Path(path)))
-        if activate:
-            self.activate_adapter(name)
-        return seconds
-
-    def activate_adapter(self, name: str | None) -> None:
-        if name is not None and name not in self.adapter_names():
-            raise NotFoundError(f"No adapter named {name!r} is loaded.")
-        self.active_adapter = name
-
-    # ---- training rounds and the adapter registry ------------------------------------------------
-    def start_round(self, method: str = "auto", **options: Any) -> int:
-        """Start a fine-tuning round in its own process (refused while one runs); returns its run id."""
-        from chatlm.training.rounds import start_round
-
-        return start_round(self.settings, method, sessions=self.sessions, **options)
-
-    def sync_active_adapter(self) -> str | None:
-        """Serve the registry's active adapter (loading it first if needed): this is how a server
-        learns of an activation or rollback made elsewhere (the CLI, another worker), no restart."""
-        from chatlm.store import registry
-
-        with transaction(self.sessions) as s:
-            active = registry.active_adapter(s)
-            name, path = (active.name, active.path) if active else (None, None)
-        if name is not None:
-            self._load_once(name, str(path))
-        before = self.active_adapter
-        self.activate_adapter(name)
-        if before not in (None, name) and getattr(self.backend, "unload_on_switch", False):
-            self.backend.unload_adapter(before)  # a remote engine's few adapter slots: free the old one
-        return name
-
-    def _load_once(self, name: str, path: str) -> None:
-        if name not in self.adapter_names():
-            self.load_adapter(name, path)
-
-    def ensure_loaded(self, name: str | None) -> None:
-        """Load a registered adapter that this process does not serve yet (Compare asks for any)."""
-        from chatlm.store import registry
-
-        if name is None or name in self.adapter_names():
-            return
-        with transaction(self.sessions) as s:
-            path = registry.get_adapter(s, name=name).path
-        self._load_once(name, path)
-
-    def promote_adapter(self, name: str | None) -> str | None:
-        """Make a registered adapter (None: the base model) the default, in the registry and here;
-        it is loaded first, so one that fails to load leaves the registry as it was."""
-        from chatlm.store import registry
-
-        self.ensure_loaded(name)
-        with transaction(self.sessions) as s:
-            registry.activate(s, name=name)
-        self.activate_adapter(name)
-        self._registry_seen = self._registry_state()
-        return name
-
-    def rollback_adapter(self) -> str | None:
-        """Activate the adapter that was active before the current one; returns the one now active.
-        Like a promotion, it loads first: one that fails to load leaves registry and server as they were."""
-        from chatlm.store import registry
-
-        with transaction(self.sessions) as s:
-            target = registry.rollback_target(s)
-            name = target.name if target is not None else None
-        return self.promote_adapter(name)
-
-    def _registry_state(self) -> tuple[str, Any] | None:
-        from chatlm.store import registry
-
-        with transaction(self.sessions) as s:
-            active = registry.active_adapter(s)
-            return (active.name, active.activated_at) if active else None
-
-    def reads(self, adapter: str | None) -> bool:
-        """Whether ``adapter`` was taught to read (a reader round, or a round continued from one):
-        its span and its decline are its own, so it copies from every sentence and may decline."""
-        if adapter is None:
-            return False
-        if adapter not in self._readers:
-            from chatlm.store import registry
-
-            with transaction(self.sessions) as s:
-                self._readers[adapter] = registry.is_reader(s, adapter)
-        return self._readers[adapter]
-
-    def mark_reader(self, adapter: str, reads: bool) -> None:
-        """Say whether an adapter loaded from another registry (the QA harness's) is a reader."""
-        self._readers[adapter] = reads
-
-    def ensure_reader(self) -> str | None:
-        """Serve the reader adapter for questions about a loaded text. ``CHATLM_READER=auto``: the
-        one shipped in ``chatlm/adapters/reader`` when the bundled model serves (registered on the
-        first start, so it is listed with every adapter); a name: that registered adapter; ``off``:
-        none. A missing or broken reader leaves the base model reading (logged)."""
-        from chatlm.adapters import reader_for
-
-        if self.backend is None or not getattr(self.backend, "supports_copy", False):
-            return None
-        try:
-            with transaction(self.sessions) as s:
-                found = reader_for(self.settings, s, register_as=self.backend.model_id)
-            if found is None:
-                if self.settings.reader not in ("auto", "off"):
-                    raise NotFoundError(f"CHATLM_READER names {self.settings.reader!r}, which is not a "
-                                        "registered adapter.")
-                return None
-            name, path = found
-            self._load_once(name, path)
-        except Exception as exc:
-            message = exc.message if isinstance(exc, ChatLMError) else repr(exc)
-            log.warning("no reader adapter, the base model reads: %s", message)
-            return None
-        self.reader = name
-        self._readers[name] = True
-        return name
-
-    def follow_registry(self) -> str | None:
-        """The adapter new answers use. When the registry's choice changed since it was last
-        followed (``chatlm adapters activate`` in a shell, a rollback elsewhere), serve the new
-        choice first: one small query per new answer buys "no restart" without a watcher thread.
-        An adapter loaded through the API stays the default until the registry changes."""
-        state = self._registry_state()
-        if state != self._registry_seen:
-            self._registry_seen = state
-            self.restore_active_adapter()
-        return self.active_adapter
-
-    def restore_active_adapter(self) -> str | None:
-        """At start: serve the adapter the registry says is active. A missing or broken adapter must
-        not stop the server, so the base model serves instead and the reason is logged."""
-        import logging
-
-        try:
-            return self.sync_active_adapter()
-        except Exception as exc:  # a broken adapter, a remote backend: the base model serves
-            message = exc.message if isinstance(exc, ChatLMError) else repr(exc)
-            logging.getLogger(__name__).warning("serving the base model: %s", message)
-            self.active_adapter = None
-            return None
-
     def stop(self, user_id: int, conversation_id: int) -> bool:
         """Stop the answer being generated in this conversation of the user's, if any."""
         self.conversation(user_id, conversation_id)  # someone else's (or no) conversation: NotFound
@@ -536,7 +360,7 @@ class ChatService(Conversations):
             chosen, score = self._best_sentences(question, extract)
             extra = {"copy_from": [c.sentence for c in chosen[:COPY_SENTENCES]],
                      "avoid_first": question_words(question)}
-            if self.reads(adapter):  # every sentence, the best unless it is sure; its decline is scored
+            if self.adapters.reads(adapter):  # every sentence, the best unless it is sure; its decline is scored
                 extra.update(copy_from=[c.sentence for c in chosen], decline=NOT_FOUND, prefer=[0],
                              sure=SURE_SPAN)
         elif continue_final:  # the last message is the answer to go on with

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from chatlm.engine.backend import Backend
 from chatlm.ui.chat import shown_text
 from chatlm.ui.chat_defaults import DEFAULT_MAX_NEW, DEFAULT_TEMPERATURE
 
@@ -304,7 +305,7 @@ def send(page: Any, server: Any, text: str) -> Any:
     return wait_answer(page, server, count)
 
 
-class ScriptedBackend:
+class ScriptedBackend(Backend):
     """A stand-in for the model that answers every prompt with the same pieces of text: a test can
     hold the first piece back (``hold``) and pace the rest (``delay``), so what a page shows while
     an answer waits or streams is checked without a model's CPU time or its randomness.

@@ -136,10 +136,10 @@ def test_activate_and_roll_back_through_the_api(start_server, bundled, tmp_path)
     conv = service.new_conversation(uid)
     service.send(uid, conv.id, "hi", GREEDY).run()
     assert service.history(uid, conv.id)[-1][0].adapter == "smol-v1"  # default for new chats
-    service.activate_adapter(None)  # roll back to the base; the adapter stays loaded
+    service.adapters.activate(None)  # roll back to the base; the adapter stays loaded
     service.send(uid, conv.id, "hi again", GREEDY).run()
     assert service.history(uid, conv.id)[-1][0].adapter is None
-    assert "smol-v1" in service.adapter_names()
+    assert "smol-v1" in service.adapters.names()
     with pytest.raises(openai.BadRequestError):
         client.post("/adapters", body={"name": "bad", "path": str(tmp_path / "missing")},
                     cast_to=object)
@@ -167,14 +167,14 @@ def test_a_restart_serves_the_registry_choice_and_survives_a_broken_adapter(tiny
         for i, path in enumerate(adapter_dirs, 1):
             registry.register(s, name=f"tiny-v{i}", base_model="tiny", path=str(path), method="sft",
                               dataset_hash="0")
-    service.promote_adapter("tiny-v2")
+    service.adapters.promote("tiny-v2")
     expected = backend.chat(Q, GREEDY, adapter="tiny-v2").wait()
     base = backend.chat(Q, GREEDY).wait()
     backend.close()
 
     service, backend = start()  # a restart: nothing loaded until the registry says so
     try:
-        assert service.active_adapter == "tiny-v2" and backend.adapter_names() == ["tiny-v2"]
+        assert service.adapters.active == "tiny-v2" and backend.adapter_names() == ["tiny-v2"]
         assert service.generate(Q, GREEDY, "tiny-v2").wait() == expected != base
         conv = service.new_conversation(service.user_id())
         reply = service.send(service.user_id(), conv.id, "Say something", GREEDY)
@@ -186,7 +186,7 @@ def test_a_restart_serves_the_registry_choice_and_survives_a_broken_adapter(tiny
     shutil.rmtree(adapter_dirs[1])
     service, backend = start()
     try:
-        assert service.active_adapter is None and "serving the base model" in caplog.text
+        assert service.adapters.active is None and "serving the base model" in caplog.text
         assert service.generate(Q, GREEDY).wait() == base
     finally:
         backend.close()
@@ -230,20 +230,20 @@ def test_a_rollback_whose_adapter_fails_to_load_changes_nothing(tiny, settings, 
 
     service, backend = _registered_service(tiny, settings, adapter_dirs)
     try:
-        service.promote_adapter("tiny-v1")
-        service.promote_adapter("tiny-v2")
+        service.adapters.promote("tiny-v1")
+        service.adapters.promote("tiny-v2")
     finally:
         backend.close()
     shutil.rmtree(adapter_dirs[0])  # the adapter a rollback would go back to is gone
     backend = LocalBackend(dataclasses.replace(tiny, model=copy.deepcopy(tiny.model)))
     try:
         service = make_service(settings, backend)  # a restart serves tiny-v2, the registry's choice
-        assert service.active_adapter == "tiny-v2"
+        assert service.adapters.active == "tiny-v2"
         with pytest.raises(AdapterError):
-            service.rollback_adapter()
-        assert _registry_active(service) == "tiny-v2" and service.active_adapter == "tiny-v2"
-        service.follow_registry()  # the next answer still agrees with the registry
-        assert service.active_adapter == "tiny-v2"
+            service.adapters.rollback()
+        assert _registry_active(service) == "tiny-v2" and service.adapters.active == "tiny-v2"
+        service.adapters.follow_registry()  # the next answer still agrees with the registry
+        assert service.adapters.active == "tiny-v2"
     finally:
         backend.close()
 

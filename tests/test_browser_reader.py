@@ -78,7 +78,7 @@ def right(answer: str, expected: str | None) -> bool:
 
 @pytest.mark.skipif(not SHIPPED_READER.is_dir(), reason="no shipped reader")
 def test_a_new_user_asks_ten_questions_about_a_made_up_text(page, server):
-    assert server.app.service.reader == "reader"
+    assert server.app.service.adapters.reader == "reader"
     open_app(page, server)
     load_text(page)
     results = []

@@ -138,7 +138,7 @@ def test_ratings_to_a_promoted_adapter_and_back(page, server) -> None:
     assert "← judged on" in margin[0]
     assert float(margin[1]) == pytest.approx(metrics["adapter"]["pair_margin"], rel=1e-3)
     assert float(margin[2]) == pytest.approx(metrics["baseline"]["pair_margin"], rel=1e-3)
-    assert service.active_adapter is None  # a new adapter is not served until promoted
+    assert service.adapters.active is None  # a new adapter is not served until promoted
 
     # promote: registry and server change at once, and the next chat answer uses it
     choose(page, "tr-target", "chatlm-v1")
@@ -150,7 +150,7 @@ def test_ratings_to_a_promoted_adapter_and_back(page, server) -> None:
     wait_for(lambda: "new chats use chatlm-v1" in text(page, "tr-changed"), "the promotion")
     settled(page)
     assert "New chats use: chatlm-v1" in text(page, "tr-active")
-    assert active_in_registry(server) == "chatlm-v1" and service.active_adapter == "chatlm-v1"
+    assert active_in_registry(server) == "chatlm-v1" and service.adapters.active == "chatlm-v1"
     assert table_rows(page, "tr-adapters")[0][0] == "✓"
     page.click("button[role=tab]:has-text('Chat')")  # no event: nothing to wait for
     # the chat's model picker names the promoted adapter without a reload
@@ -185,5 +185,5 @@ def test_ratings_to_a_promoted_adapter_and_back(page, server) -> None:
     # roll back: the base model serves again, and the registry agrees
     click_and_wait(page, "#tr-rollback")
     assert "new chats use base model" in text(page, "tr-changed")
-    assert active_in_registry(server) is None and service.active_adapter is None
+    assert active_in_registry(server) is None and service.adapters.active is None
     assert table_rows(page, "tr-adapters")[0][0] == ""

@@ -19,6 +19,7 @@ from chatlm.knowledge.chunk import chunk_text
 from chatlm.store import db, registry, repo
 from chatlm.store import documents as docs
 from chatlm.training import document, paths, rounds
+from chatlm.training.options import RoundOptions
 from tests.conftest import REPO
 
 COLOURS = ("red", "blue", "green", "white")
@@ -78,16 +79,16 @@ def test_windows_cover_the_text_and_hold_out_every_tenth(tiny, tiny_settings, tm
 def test_missing_or_too_short_text_is_refused_and_starts_nothing(tiny_settings, tmp_path) -> None:
     sessions = sessions_for(tiny_settings)
     with pytest.raises(InputError, match=r"No document with id 99; no text is stored yet"):
-        rounds.start_round(tiny_settings, "document", document=99, sessions=sessions)
+        rounds.start_round(tiny_settings, RoundOptions("document", document=99), sessions=sessions)
     short = store(tiny_settings, "Lamp 1 is red. Lamp 2 is blue.", name="short.txt")
     with pytest.raises(InputError, match=rf"No document with id 99; stored texts: {short} \(short.txt\)"):
-        rounds.start_round(tiny_settings, "document", document=99, sessions=sessions)
+        rounds.start_round(tiny_settings, RoundOptions("document", document=99), sessions=sessions)
     with pytest.raises(InputError, match=r"short.txt is \d+ tokens long: too short .* at least 384 tokens"):
-        rounds.start_round(tiny_settings, "document", document=short, sessions=sessions)
+        rounds.start_round(tiny_settings, RoundOptions("document", document=short), sessions=sessions)
     with pytest.raises(InputError, match="needs one text"):
-        rounds.start_round(tiny_settings, "document", sessions=sessions)
-    with pytest.raises(InputError, match="are for --method document"):
-        rounds.start_round(tiny_settings, "sft", document=short, sessions=sessions)
+        rounds.start_round(tiny_settings, RoundOptions("document"), sessions=sessions)
+    with pytest.raises(InputError, match="is for a document round"):
+        rounds.start_round(tiny_settings, RoundOptions("sft", document=short), sessions=sessions)
     with db.transaction(sessions) as s:
         assert registry.latest_runs(s) == []
     assert not paths.adapters_dir(tiny_settings).exists()
@@ -110,8 +111,8 @@ def test_document_round_lowers_heldout_perplexity(tiny_settings, tmp_path) -> No
     f.write_text(TEXT, encoding="utf-8")
     doc_id = store(tiny_settings, document.read_text_file(f))
     sessions = sessions_for(tiny_settings)
-    run_id = rounds.start_round(tiny_settings, "document", document=doc_id, window=WINDOW, max_steps=20,
-                                lr=2e-3, sessions=sessions)
+    options = RoundOptions("document", document=doc_id, window=WINDOW, max_steps=20, lr=2e-3)
+    run_id = rounds.start_round(tiny_settings, options, sessions=sessions)
     run = rounds.wait(tiny_settings, run_id, timeout=600, sessions=sessions)
     assert run.status == "succeeded", (run.error, rounds.log_path(tiny_settings, run_id).read_text()[-3000:])
     with db.transaction(sessions) as s:

@@ -12,10 +12,10 @@ import httpx
 import pytest
 
 from chatlm.accounts import AccountService
+from chatlm.adapters.serving import DEFAULT_MODEL
 from chatlm.engine.params import SamplingParams
 from chatlm.identity import SESSION_COOKIE
 from chatlm.library import Library
-from chatlm.service import DEFAULT_MODEL
 from tests.conftest import BOB
 from tests.seeding import StubEmbedder
 

@@ -13,9 +13,11 @@ import pytest
 from chatlm.compose import sessions_for
 from chatlm.config import Settings
 from chatlm.engine.copy import CopyConstraint
+from chatlm.errors import InputError
 from chatlm.prompts import NOT_FOUND, grounded_question, split_grounded
 from chatlm.store import db, registry, repo
-from chatlm.training import reader, rounds, worker
+from chatlm.training import reader, worker
+from chatlm.training.options import RoundOptions
 
 SQUAD = Path(__file__).resolve().parent / "data" / "squad-mini.json"
 
@@ -78,8 +80,8 @@ def test_a_reader_round_registers_an_adapter_that_changes_a_span(tiny_settings, 
     assert NOT_FOUND in targets and len(targets) > 3
 
     sessions = sessions_for(tiny_settings)
-    with pytest.raises(Exception, match="reader-data"):
-        rounds.start_round(tiny_settings, "reader", sessions=sessions)
+    with pytest.raises(InputError, match="A reader round needs a SQuAD training file"):
+        RoundOptions("reader")
     with db.transaction(sessions) as s:
         run_id = registry.start_run(s, method="reader", params={
             "reader_data": str(SQUAD), "reader_limit": 12, "max_steps": 4, "lr": 2e-2, "prefix": "reader"}).id
@@ -97,7 +99,7 @@ def test_a_reader_round_registers_an_adapter_that_changes_a_span(tiny_settings, 
     try:
         settings = dataclasses.replace(tiny_settings, reader="reader-v1")
         service = ChatService(settings, backend, sessions)
-        assert service.ensure_reader() == "reader-v1" and service.reads("reader-v1")
+        assert service.adapters.ensure_reader() == "reader-v1" and service.adapters.reads("reader-v1")
         text = ("The Normans gave their name to Normandy, a region in France. "
                 "Their leader Rollo swore fealty to King Charles III in 911.")
         conv = service.new_conversation(uid)

@@ -18,12 +18,13 @@ import pytest
 from chatlm.compose import sessions_for
 from chatlm.config import Settings
 from chatlm.engine.params import SamplingParams
-from chatlm.errors import ChatLMError
+from chatlm.errors import ChatLMError, InputError
 from chatlm.server import make_service
 from chatlm.store import db, registry, repo
 from chatlm.store.registry import RoundInProgressError
 from chatlm.training import data, paths, rounds, worker
 from chatlm.training.data import NotEnoughDataError
+from chatlm.training.options import RoundOptions
 from tests.conftest import MODEL_CACHE, REPO
 from tests.seeding import add_turn, seed_pairs
 
@@ -118,14 +119,18 @@ def test_refused_second_round_and_failed_workers_leave_nothing(tiny_settings) ->
         registry.activate(s, name="keep-v1")
     seed_pairs(sessions, uid, 10)
 
-    bad = rounds.start_round(tiny_settings, "dpo", max_steps=1, sessions=sessions, batch_size="many")
+    with pytest.raises(InputError, match="Batch size must be a whole number"):  # refused before it starts
+        RoundOptions("dpo", max_steps=1, batch_size="many")  # type: ignore[arg-type]
+    with db.transaction(sessions) as s:  # a run row the worker cannot use (an older version's, say)
+        bad = registry.start_run(s, method="dpo", params={"max_steps": 1, "batch_size": "many"}).id
+    rounds.spawn(tiny_settings, bad, sessions=sessions)
     run = rounds.wait(tiny_settings, bad, timeout=120, sessions=sessions)
     assert run.status == "failed" and "ValueError" in run.error and run.adapter_name is None
 
     for sig, error in ((signal.SIGTERM, "stopped (SIGTERM)"), (signal.SIGKILL, rounds.DIED)):
-        long = rounds.start_round(tiny_settings, "dpo", max_steps=10_000, sessions=sessions)
+        long = rounds.start_round(tiny_settings, RoundOptions("dpo", max_steps=10_000), sessions=sessions)
         with pytest.raises(RoundInProgressError):
-            rounds.start_round(tiny_settings, "dpo", sessions=sessions)
+            rounds.start_round(tiny_settings, RoundOptions("dpo"), sessions=sessions)
         deadline = time.monotonic() + 180
         while True:  # stop it mid-training, when its temporary adapter directory exists
             with db.transaction(sessions) as s:
@@ -154,7 +159,7 @@ def test_guest_ratings_are_left_out_unless_the_admin_asks(tiny_settings) -> None
     with db.transaction(sessions) as s, pytest.raises(NotEnoughDataError):
         data.build_round(s)
     with pytest.raises(NotEnoughDataError):
-        rounds.start_round(tiny_settings, "dpo", sessions=sessions)
+        rounds.start_round(tiny_settings, RoundOptions("dpo"), sessions=sessions)
     with db.transaction(sessions) as s:
         assert data.build_round(s, guests=True).method == "dpo"
         assert registry.latest_runs(s, limit=5) == []  # the refused round left no run behind
@@ -243,11 +248,11 @@ def test_each_method_trains_evaluates_and_registers(tiny_settings, tiny, tmp_pat
     backend = LocalBackend(dataclasses.replace(tiny, model=copy.deepcopy(tiny.model)))
     try:
         service = ChatService(tiny_settings, backend, sessions)
-        assert service.restore_active_adapter() == "chatlm-v1" == service.active_adapter
+        assert service.adapters.restore() == "chatlm-v1" == service.adapters.active
         with db.transaction(sessions) as s:
             registry.register(s, name="gone-v1", base_model="tiny", path="/nowhere", method="sft", dataset_hash="0")
             registry.activate(s, name="gone-v1")
-        assert service.restore_active_adapter() is None and service.active_adapter is None
+        assert service.adapters.restore() is None and service.adapters.active is None
     finally:
         backend.close()
 
@@ -298,12 +303,12 @@ def test_a_training_host_claims_queued_rounds(tiny_settings) -> None:
     with db.transaction(sessions) as s:
         uid = repo.get_or_create_user(s).id
     seed_pairs(sessions, uid, 10)
-    run_id = rounds.start_round(settings, "sft", max_steps=1, sessions=sessions)
+    run_id = rounds.start_round(settings, RoundOptions("sft", max_steps=1), sessions=sessions)
     with db.transaction(sessions) as s:
         queued = registry.get_run(s, run_id=run_id)
         assert (queued.status, queued.pid) == ("queued", None)  # nothing started here
     with pytest.raises(RoundInProgressError):  # still one round at a time
-        rounds.start_round(settings, "sft", sessions=sessions)
+        rounds.start_round(settings, RoundOptions("sft"), sessions=sessions)
     env = {**os.environ, "CHATLM_DATA_DIR": str(settings.data_dir), "CHATLM_DATABASE_URL": settings.db_url,
            "CHATLM_MODEL": settings.model, "CHATLM_DEVICE": "cpu"}
     done = subprocess.run([sys.executable, "-m", "chatlm.training.worker", "--next"], env=env, cwd=REPO,
@@ -382,7 +387,8 @@ def test_whole_loop_ratings_to_served_adapter(bundled, start_server, tmp_path) -
             answers.append((text, 1 if good else -1, None if good else golds[0]))
         add_turn(service.sessions, uid, question, answers, prompt=prompt)
 
-    run_id = service.start_round(max_steps=3, lr=5e-4, batch_size=2)
+    options = RoundOptions("auto", max_steps=3, lr=5e-4, batch_size=2)
+    run_id = rounds.start_round(server.settings, options, sessions=service.sessions)
     run = rounds.wait(server.settings, run_id, timeout=900, sessions=service.sessions)
     assert run.status == "succeeded", (run.error, rounds.log_path(server.settings, run_id).read_text()[-3000:])
     with db.transaction(service.sessions) as s:
@@ -397,8 +403,8 @@ def test_whole_loop_ratings_to_served_adapter(bundled, start_server, tmp_path) -
         assert any(f.get_tensor(k).abs().sum() > 0 for k in keys if ".lora_B." in k)
     assert hashlib.sha256(base_file.read_bytes()).hexdigest() == base_hash
 
-    assert service.active_adapter is None
-    assert service.promote_adapter(adapter.name) == adapter.name  # served without a restart
+    assert service.adapters.active is None
+    assert service.adapters.promote(adapter.name) == adapter.name  # served without a restart
     conv = service.new_conversation(uid, system_prompt=SYSTEM)
     service.send(uid, conv.id, "Say hi", SamplingParams(temperature=0.0, max_new_tokens=4)).run()
     assert service.history(uid, conv.id)[-1][0].adapter == adapter.name
@@ -412,7 +418,7 @@ def test_whole_loop_ratings_to_served_adapter(bundled, start_server, tmp_path) -
     assert out.returncode == 0 and "the base model is active" in out.stdout
     # the running server follows the shell's choice at the next answer: no restart, no extra call
     service.send(uid, conv.id, "Say hi again", SamplingParams(temperature=0.0, max_new_tokens=4)).run()
-    assert service.history(uid, conv.id)[-1][0].adapter is None and service.active_adapter is None
+    assert service.history(uid, conv.id)[-1][0].adapter is None and service.adapters.active is None
     out = subprocess.run([sys.executable, "-m", "chatlm", "adapters", "activate", adapter.name],
                          capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
     assert out.returncode == 0, out.stderr
@@ -533,7 +539,7 @@ def test_only_an_admin_may_use_the_training_service(settings, tiny_backend) -> N
     training = TrainingService(service)
     user = Actor(user_id=uid, name="local", is_admin=False)
     calls = [lambda: training.runs(user), lambda: training.adapters(user), lambda: training.plan(user),
-             lambda: training.serving(user), lambda: training.start(user, "dpo", max_steps=1),
+             lambda: training.serving(user), lambda: training.start(user, RoundOptions("dpo", max_steps=1)),
              lambda: training.promote(user, None), lambda: training.rollback(user),
              lambda: training.compare(user, [{"role": "user", "content": "hi"}], (None, None), P)]
     for call in calls:

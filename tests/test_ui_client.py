@@ -152,7 +152,7 @@ def test_training_endpoints_from_ratings_to_a_promoted_adapter_and_back(start_se
         assert run.status == "succeeded" and run.adapter_name == "chatlm-v1", run.error
         promoted = client.predict("chatlm-v1", "chatlm-v1", api_name="/promote_adapter")
         assert value(promoted[-1]) == "Promoted: new chats use **chatlm-v1**."
-        assert service.active_adapter == "chatlm-v1"
+        assert service.adapters.active == "chatlm-v1"
         left, right = client.predict("What is 2 plus 2?", "base model", "chatlm-v1", api_name="/compare")
         # asked as the admin's chat asks: their latest chat (seeded) has no system prompt and the
         # default settings, decoded greedily
@@ -162,10 +162,10 @@ def test_training_endpoints_from_ratings_to_a_promoted_adapter_and_back(start_se
         assert right == service.generate(asked, greedy, "chatlm-v1").wait()
         unknown = client.predict("chatlm-v9", "chatlm-v1", api_name="/promote_adapter")
         assert value(unknown[-1]) == "Not promoted: No adapter named 'chatlm-v9' in the registry."
-        assert service.active_adapter == "chatlm-v1"  # nothing changed
+        assert service.adapters.active == "chatlm-v1"  # nothing changed
         rolled = client.predict("chatlm-v1", api_name="/rollback_adapter")
         assert value(rolled[-1]) == "Rolled back: new chats use **base model**."
-        assert service.active_adapter is None
+        assert service.adapters.active is None
         again = client.predict("auto", 0, 2, 0, True, None, api_name="/start_round")
         assert "Not started: No adapter is active" in value(again[0])  # --from-active needs one
     finally:

@@ -9,20 +9,22 @@ from types import SimpleNamespace
 import gradio as gr
 import pytest
 
+from chatlm.adapters.serving import BASE_MODEL, DEFAULT_MODEL
+from chatlm.engine.backend import Backend
 from chatlm.engine.generation import Generation
 from chatlm.server import make_service
-from chatlm.service import BASE_MODEL, DEFAULT_MODEL
 
 UNCHANGED = (gr.update(), gr.update())
 LOCAL = SimpleNamespace(session_hash=None, username=None, headers={}, cookies={}, client=None)
 """A page's request in the local mode (no accounts): the local user, an admin."""
 
 
-class FakeBackend:
+class FakeBackend(Backend):
     """What the service asks of a backend, answering at once with the name of the model asked."""
 
     model_id = "fake"
     context_window = 2048
+    supports_adapters = True
 
     def __init__(self) -> None:
         self.served: list[str] = []
@@ -76,18 +78,18 @@ def test_the_model_picker_follows_a_promotion_and_a_rollback(service) -> None:
     assert labels(picker) == [("Default (base model)", DEFAULT_MODEL), ("Base model", BASE_MODEL)]
     assert ui.models(DEFAULT_MODEL, drawn, LOCAL) == UNCHANGED  # nothing changed: nothing is sent
 
-    service.promote_adapter("v1")  # Promote, on any page of this server
+    service.adapters.promote("v1")  # Promote, on any page of this server
     picker, drawn = ui.models(DEFAULT_MODEL, drawn, LOCAL)
     assert labels(picker) == [("Default (v1)", DEFAULT_MODEL), ("Base model", BASE_MODEL), ("v1", "v1")]
     assert "value" not in picker  # the page's choice stays as it is
     assert ui.models(DEFAULT_MODEL, drawn, LOCAL) == UNCHANGED
 
-    service.promote_adapter("v2")
+    service.adapters.promote("v2")
     picker, drawn = ui.models("v1", drawn, LOCAL)  # this user had picked v1: it stays picked
     assert labels(picker)[0] == ("Default (v2)", DEFAULT_MODEL) and ("v2", "v2") in labels(picker)
     assert "value" not in picker
 
-    assert service.rollback_adapter() == "v1"
+    assert service.adapters.rollback() == "v1"
     picker, drawn = ui.models("v1", drawn, LOCAL)
     assert labels(picker)[0] == ("Default (v1)", DEFAULT_MODEL) and "value" not in picker
     assert ui.models("v1", drawn, LOCAL) == UNCHANGED
@@ -130,7 +132,7 @@ def test_compare_asks_as_the_chat_asks_and_names_each_model(service) -> None:
     uid = service.user_id()
     service.new_conversation(uid, system_prompt="You are the archivist of Brackenford.",
                              settings={"temperature": 0.9, "top_p": 0.5, "max_new_tokens": 40, "model": ""})
-    service.promote_adapter("v1")
+    service.adapters.promote("v1")
     tab = TrainingTab(service)
 
     asked, left_box, right_box = tab.compare_heading("Who founded Brackenford?", "base model", "v1", LOCAL)

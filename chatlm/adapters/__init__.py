@@ -2,7 +2,7 @@
 
 A fresh install registers it on the first start (``register_shipped_reader``), so it is listed,
 compared and measured like any round's adapter; it serves only questions about a loaded text
-(``ChatService.ensure_reader``), never other chat, unless an admin promotes it.
+(``Serving.ensure_reader``), never other chat, unless an admin promotes it.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ def reader_for(settings: Settings, session: Session, *, register_as: str | None 
     """The reader ``CHATLM_READER`` names, as (name, folder): ``auto`` is the shipped one when the
     bundled model serves (registered under ``register_as``, the served model's id, when given),
     a name is that registered adapter; None for ``off``, another model, or a reader not registered.
-    The one answer to "which reader" for serving (``ChatService.ensure_reader``) and for rounds that
+    The one answer to "which reader" for serving (``Serving.ensure_reader``) and for rounds that
     continue from it (``chatlm.training.worker``)."""
     from chatlm.store import registry
 

@@ -28,11 +28,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from chatlm.accounts import AccountService, Actor
+from chatlm.adapters.serving import BASE_MODEL
 from chatlm.engine.generation import Generation
 from chatlm.engine.params import SamplingParams
 from chatlm.errors import ChatLMError, InputError, NotFoundError, PermissionDeniedError
 from chatlm.identity import Identity
-from chatlm.service import BASE_MODEL, MAX_MESSAGE_CHARS, ChatService
+from chatlm.service import MAX_MESSAGE_CHARS, ChatService
 
 _END = object()
 PREFIX = "/v1"
@@ -182,7 +183,7 @@ class OpenAIRoutes:
         self.identity = identity or Identity(service.settings, AccountService(service.sessions))
 
     def models(self) -> list[str]:
-        return [self.service.backend.model_id, *self.service.adapter_names()]
+        return [self.service.backend.model_id, *self.service.adapters.names()]
 
     def _auth(self, request: Request) -> Actor:
         """Every /v1 call acts as the user of its key (``chatlm.identity``); none, no call."""
@@ -267,7 +268,7 @@ class OpenAIRoutes:
         """chatlm's own shape: load, and optionally make it the default."""
         seconds = await self._load(request, body.name, body.path, activate=body.activate)
         return {"name": body.name, "seconds": round(seconds, 3),
-                "active": self.service.active_adapter, "adapters": self.service.adapter_names()}
+                "active": self.service.adapters.active, "adapters": self.service.adapters.names()}
 
     async def load_lora_adapter(self, body: LoadLoRAAdapterRequest, request: Request) -> PlainTextResponse:
         """vLLM's runtime endpoint: requests may name the adapter as their model from now on."""
@@ -276,11 +277,8 @@ class OpenAIRoutes:
 
     async def unload_lora_adapter(self, body: UnloadLoRAAdapterRequest, request: Request) -> PlainTextResponse:
         self._admin(request)
-        unload = getattr(self.service.backend, "unload_adapter", None)
-        if unload is None or not await asyncio.to_thread(unload, body.lora_name):
+        if not await asyncio.to_thread(self.service.adapters.unload, body.lora_name):
             raise NotFoundError(f"No adapter named {body.lora_name!r} is loaded.")
-        if self.service.active_adapter == body.lora_name:
-            self.service.activate_adapter(None)
         return PlainTextResponse(f"Success: LoRA adapter '{body.lora_name}' removed successfully.")
 
     @staticmethod
@@ -300,7 +298,7 @@ class OpenAIRoutes:
         if folder not in real.parents:
             raise InputError(f"Only adapter directories under {folder} can be loaded (the path is "
                              "resolved on the server, links included).")
-        return float(await asyncio.to_thread(self.service.load_adapter, name, str(real), activate=activate))
+        return float(await asyncio.to_thread(self.service.adapters.load, name, str(real), activate=activate))
 
     async def chat_completions(self, body: ChatCompletionRequest, request: Request) -> Any:
         adapter = self._adapter_for(body.model)
@@ -336,11 +334,11 @@ class OpenAIRoutes:
         }
 
     def _adapter_for(self, model: str) -> str | None:
-        """The adapter a request's model names, by the chat's own mapping (``ChatService.serving``):
+        """The adapter a request's model names, by the chat's own mapping (``Serving.choose``):
         the model's id is the base model, an adapter's name that adapter."""
         try:
             if model:
-                return self.service.serving(BASE_MODEL if model == self.service.backend.model_id else model)
+                return self.service.adapters.choose(BASE_MODEL if model == self.service.backend.model_id else model)
         except NotFoundError:
             pass
         raise NotFoundError(f"The model `{model}` does not exist; GET /v1/models lists them.")

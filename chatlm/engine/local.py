@@ -8,7 +8,7 @@ from pathlib import Path
 
 from chatlm.config import Settings
 from chatlm.engine import adapters, loader, quantize
-from chatlm.engine.backend import ChatMessages
+from chatlm.engine.backend import Backend, ChatMessages
 from chatlm.engine.copy import CopyConstraint
 from chatlm.engine.generation import Generation
 from chatlm.engine.params import SamplingParams
@@ -18,11 +18,11 @@ from chatlm.errors import NotFoundError
 CONTEXT_CAP = 8192
 
 
-class LocalBackend:
+class LocalBackend(Backend):
     """Generates with a transformers model in this process; one scheduler shared by all callers."""
 
     supports_copy = True
-    """``chat(copy_from=...)`` constrains an answer to spans of given passages."""
+    supports_adapters = True
 
     def __init__(self, loaded: loader.LoadedModel, *, context_window: int = 0, max_batch: int = 8,
                  queue_size: int = 32, prefix_cache: bool = True) -> None:
@@ -102,6 +102,9 @@ class LocalBackend:
                 avoid_first=avoid_first, decline=decline, prefer=prefer, sure=sure)
         return self.scheduler.submit(self.encode(messages, continue_final=continue_final), params,
                                      adapter=adapter, copy=copy)
+
+    def waiting(self) -> int:
+        return self.scheduler.waiting
 
     def close(self) -> None:
         self.scheduler.close()

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from chatlm.config import Settings
-from chatlm.engine.backend import ChatMessages
+from chatlm.engine.backend import Backend, ChatMessages
 from chatlm.engine.generation import Generation
 from chatlm.engine.params import SamplingParams
 from chatlm.errors import AdapterError, ModelLoadError
@@ -24,7 +24,7 @@ CHARS_PER_TOKEN = 3
 DEFAULT_CONTEXT = 8192
 
 
-class RemoteBackend:
+class RemoteBackend(Backend):
     """Streams chat completions from a remote server into the same ``Generation`` handles."""
 
     def __init__(self, base_url: str, *, api_key: str = "", model: str = "",
@@ -58,6 +58,7 @@ class RemoteBackend:
         """The remote server's other models stand for adapters (chatlm lists them that way)."""
         return [m for m in self.remote_models if m != self.model_id]
 
+    supports_adapters = True
     unload_on_switch = True
     """An engine holds few adapters at once (vLLM's ``--max-loras``): the one no longer active goes."""
 

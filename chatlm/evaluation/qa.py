@@ -338,8 +338,8 @@ def evaluate(service: Any, articles: Sequence[Article], options: Options) -> dic
     if options.k < 1:
         raise InputError("--k must be at least 1")
     generating = options.mode != "retrieval-only"
-    if generating and options.adapter not in (None, "", "base") and options.adapter not in service.adapter_names():
-        loaded = ", ".join(service.adapter_names()) or "none"
+    if generating and options.adapter not in (None, "", "base") and options.adapter not in service.adapters.names():
+        loaded = ", ".join(service.adapters.names()) or "none"
         raise InputError(f"No adapter named {options.adapter!r} is loaded (loaded: {loaded}).")
     params = SamplingParams(temperature=0.0, top_p=1.0, max_new_tokens=options.max_new_tokens)
     params = params.clamped(service.settings.max_new_tokens)
@@ -408,7 +408,7 @@ def evaluate(service: Any, articles: Sequence[Article], options: Options) -> dic
     backend = service.backend
     report: dict[str, Any] = {
         "mode": options.mode,
-        "model": getattr(backend, "model_id", None) or service.settings.model,
+        "model": backend.model_id if backend is not None else service.settings.model,
         "adapter": options.adapter,
         "k": options.k,
         "limit": options.limit,
@@ -416,8 +416,8 @@ def evaluate(service: Any, articles: Sequence[Article], options: Options) -> dic
         "together": options.together,
         "conversation": options.conversation,
         "abstain_threshold": service.settings.abstain_threshold,
-        "reader": (options.adapter if service.reads(options.adapter) else None) if options.adapter
-        else service.reader,
+        "reader": (options.adapter if service.adapters.reads(options.adapter) else None) if options.adapter
+        else service.adapters.reader,
         "squad": str(options.squad),
         "n_articles": len(chosen),
         **score(records, generated=generating),

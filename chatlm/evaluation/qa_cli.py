@@ -83,8 +83,8 @@ def run_cli(args: argparse.Namespace, *, backend_factory: Callable[[Any], Any] |
                                    backend_factory=backend_factory)
         try:
             if adapter_path is not None:
-                service.load_adapter(args.adapter, adapter_path)
-                service.mark_reader(args.adapter, reads)
+                service.adapters.load(args.adapter, adapter_path)
+                service.adapters.mark_reader(args.adapter, reads)
             report = evaluate(service, articles, options)
         finally:
             if service.backend is not None:
@@ -109,7 +109,7 @@ def _service(settings: Any, *, load_model: bool,
     backend = backend_factory(settings) if load_model and backend_factory is not None else None
     services = compose.build(settings, backend, load_model=load_model, embedder=QueryCache(get_embedder()),
                              follow_registry=False)
-    services.chat.ensure_reader()  # what a fresh install answers: the shipped reader reads (CHATLM_READER)
+    services.chat.adapters.ensure_reader()  # what a fresh install answers: the shipped reader reads (CHATLM_READER)
     return services.chat, services.engine
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from chatlm.config import Settings
 from chatlm.errors import ChatLMError
-from chatlm.training import METHODS, document
+from chatlm.training import METHODS, document, options
 
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
@@ -19,7 +19,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--document", type=int, metavar="ID", help="learn this stored (loaded) text")
     p.add_argument("--text", metavar="FILE", help="learn this file's text (.txt, .md, .html, .pdf)")
     p.add_argument("--window", type=int, metavar="N",
-                   help=f"tokens per window of a learnt text (default {document.WINDOW})")
+                   help=f"tokens per window of a learnt text (default {options.WINDOW})")
     p.add_argument("--epochs", type=float,
                    help="passes over the data (default SFT: enough for 40 steps, at most 20, 1 from 160 "
                         "records; else 3 below 50 records, 1 from 50)")
@@ -50,16 +50,16 @@ def add_adapters_arguments(p: argparse.ArgumentParser) -> None:
 def run_train(args: argparse.Namespace) -> int:
     from chatlm.compose import sessions_for
     from chatlm.training import rounds
+    from chatlm.training.options import RoundOptions
 
     settings = Settings.from_env()
     sessions = sessions_for(settings)
     method = "document" if args.method == "auto" and (args.document is not None or args.text) else args.method
-    run_id = rounds.start_round(settings, method=method, epochs=args.epochs, lr=args.lr,
-                                max_steps=args.max_steps, squad=args.squad, from_active=args.from_active,
-                                guests=args.guests or None, reader_data=args.reader_data,
-                                reader_limit=args.reader_limit,
-                                reader_skip=args.reader_skip, squad_limit=args.squad_limit,
-                                document=args.document, text=args.text, window=args.window, sessions=sessions)
+    asked = RoundOptions(method, epochs=args.epochs, lr=args.lr, max_steps=args.max_steps, squad=args.squad,
+                          from_active=args.from_active, guests=bool(args.guests), reader_data=args.reader_data,
+                          reader_limit=args.reader_limit, reader_skip=args.reader_skip or 0,
+                          squad_limit=args.squad_limit, document=args.document, text=args.text, window=args.window)
+    run_id = rounds.start_round(settings, asked, sessions=sessions)
     log = rounds.log_path(settings, run_id)
     if settings.trainer == "queue":
         print(f"training round {run_id} queued for a training worker (python -m chatlm.training.worker "
@@ -199,8 +199,8 @@ def add_perplexity_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--text", required=True, metavar="FILE", help="the text (.txt, .md, .html, .pdf)")
     p.add_argument("--adapter", metavar="NAME",
                    help="score with this registered LoRA adapter (default: the base model)")
-    p.add_argument("--window", type=int, default=document.WINDOW, metavar="N",
-                   help=f"tokens per window (default {document.WINDOW}, as a document round cuts it)")
+    p.add_argument("--window", type=int, default=options.WINDOW, metavar="N",
+                   help=f"tokens per window (default {options.WINDOW}, as a document round cuts it)")
     p.add_argument("--heldout", action="store_true",
                    help="only the windows a document round on this text holds out (never trained on)")
     p.add_argument("--json", dest="json_out", help="also write the figures as JSON here ('-' for stdout)")
@@ -217,8 +217,8 @@ def run_perplexity(args: argparse.Namespace) -> int:
     from chatlm.errors import InputError
     from chatlm.evaluation.qa import _registered_adapter
 
-    if not document.MIN_WINDOW <= args.window <= document.MAX_WINDOW:
-        raise InputError(f"--window must be between {document.MIN_WINDOW} and {document.MAX_WINDOW} tokens.")
+    if not options.MIN_WINDOW <= args.window <= options.MAX_WINDOW:
+        raise InputError(f"--window must be between {options.MIN_WINDOW} and {options.MAX_WINDOW} tokens.")
     settings = Settings.from_env()
     text = document.read_text_file(Path(args.text))
     adapter_path, _ = _registered_adapter(settings, args.adapter)

@@ -25,32 +25,10 @@ from chatlm.errors import InputError
 from chatlm.feedback import records
 from chatlm.store.models import Document
 from chatlm.training.data import Counts, Heldout, RoundData
+from chatlm.training.options import WINDOW
 
-WINDOW = 256
-"""Tokens per window: long enough to carry sentences, short enough for many steps from one text."""
-MIN_WINDOW, MAX_WINDOW = 8, 512
-"""A merged tail makes a window up to 1.5x this, which stays under the trainer's MAX_LENGTH."""
 HOLDOUT_EVERY = 10
 BATCH = 4
-
-
-def check_params(method: str, *, document: int | None, text: str | None, window: int | None) -> dict[str, Any]:
-    """The round parameters naming its text; a document round needs exactly one text, others none."""
-    if method != "document":
-        if document is not None or text is not None or window is not None:
-            raise InputError("--document, --text and --window are for --method document.")
-        return {}
-    if (document is None) == (text is None):
-        raise InputError("A document round needs one text: --document ID (a loaded text) or --text FILE.")
-    if window is not None and not MIN_WINDOW <= window <= MAX_WINDOW:
-        raise InputError(f"--window must be between {MIN_WINDOW} and {MAX_WINDOW} tokens.")
-    params: dict[str, Any] = {"document": document, "window": window or WINDOW}
-    if text is not None:
-        path = Path(text)
-        if not path.is_file():
-            raise InputError(f"No file at {text}.")
-        params["text"] = str(path.resolve())
-    return params
 
 
 def read_text_file(path: Path) -> str:

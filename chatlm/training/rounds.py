@@ -17,7 +17,6 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -26,8 +25,9 @@ from chatlm.config import Settings
 from chatlm.errors import ChatLMError, InputError
 from chatlm.store import db, registry
 from chatlm.store.models import TrainingRun
-from chatlm.training import METHODS, data
+from chatlm.training import data
 from chatlm.training import document as doc_round
+from chatlm.training.options import RoundOptions
 from chatlm.training.paths import ADAPTER_PREFIX, TMP_PREFIX, adapters_dir
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]
@@ -41,7 +41,16 @@ def log_path(settings: Settings, run_id: int) -> Path:
 def reap(settings: Settings, sessions: sessionmaker[Session]) -> None:
     """Mark runs whose process is gone as failed and remove what dead workers left in the adapters
     folder: temporary directories, and a finished directory whose registration never committed (a
-    SIGKILL between the rename and the commit). Registered adapters are never touched."""
+    SIGKILL between the rename and the commit). Registered adapters are never touched. A dead
+    worker's temporary directory goes before its run is marked failed: whoever reads "failed" finds
+    nothing left behind."""
+    folder = adapters_dir(settings)
+    for entry in sorted(folder.iterdir()) if folder.is_dir() else ():
+        if entry.name.startswith(TMP_PREFIX):  # only this host's: another's worker may be writing it
+            named = re.fullmatch(r"\d+(?:-(.+))?-pid(\d+)", entry.name.removeprefix(TMP_PREFIX))
+            host, pid = (named.group(1) or registry.HOST, int(named.group(2))) if named else (registry.HOST, 0)
+            if host == registry.HOST and not registry.process_alive(pid):
+                shutil.rmtree(entry, ignore_errors=True)
     with db.transaction(sessions) as s:
         alive = False
         for run in s.scalars(select(TrainingRun).where(TrainingRun.status.in_(registry.RUNNING))):
@@ -50,15 +59,9 @@ def reap(settings: Settings, sessions: sessionmaker[Session]) -> None:
             else:
                 alive = True
         registered = {Path(a.path).resolve() for a in registry.list_adapters(s)}
-    folder = adapters_dir(settings)
-    for entry in sorted(folder.iterdir()) if folder.is_dir() else ():
-        if entry.name.startswith(TMP_PREFIX):  # only this host's: another's worker may be writing it
-            named = re.fullmatch(r"\d+(?:-(.+))?-pid(\d+)", entry.name.removeprefix(TMP_PREFIX))
-            host, pid = (named.group(1) or registry.HOST, int(named.group(2))) if named else (registry.HOST, 0)
-            if host == registry.HOST and not registry.process_alive(pid):
-                shutil.rmtree(entry, ignore_errors=True)
-        elif (not alive and entry.is_dir() and not entry.is_symlink()
-              and entry.name.startswith(f"{ADAPTER_PREFIX}-v") and entry.resolve() not in registered):
+    for entry in sorted(folder.iterdir()) if folder.is_dir() and not alive else ():
+        if (entry.is_dir() and not entry.is_symlink() and entry.name.startswith(f"{ADAPTER_PREFIX}-v")
+                and entry.resolve() not in registered):
             shutil.rmtree(entry, ignore_errors=True)
 
 
@@ -73,51 +76,28 @@ def _child_env(settings: Settings) -> dict[str, str]:
             "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
 
 
-def _check(method: str, epochs: float | None, lr: float | None, max_steps: int | None,
-           squad: str | None) -> None:
-    if method not in METHODS:
-        raise InputError(f"The training method must be one of {', '.join(METHODS)}.")
-    if epochs is not None and epochs <= 0:
-        raise InputError("--epochs must be more than 0.")
-    if lr is not None and not 0 < lr < 1:
-        raise InputError("--lr must be between 0 and 1.")
-    if max_steps is not None and max_steps < 1:
-        raise InputError("--max-steps must be at least 1.")
-    if squad and not Path(squad).is_file():
-        raise InputError(f"No SQuAD file at {squad}.")
-
-
-def start_round(settings: Settings, method: str = "auto", epochs: float | None = None, lr: float | None = None,
-                max_steps: int | None = None, squad: str | None = None, *, from_active: bool = False,
-                document: int | None = None, text: str | None = None, window: int | None = None,
-                sessions: sessionmaker[Session], **extra: Any) -> int:
+def start_round(settings: Settings, options: RoundOptions, *, sessions: sessionmaker[Session]) -> int:
     """Check there is enough data, create the run (refused while another runs), spawn the worker.
-    A ``document`` round learns one text: a stored document's id, or a file (``text``).
     ``sessions``: the caller's database (an entry point opens it, ``chatlm.compose.sessions_for``)."""
-    _check(method, epochs, lr, max_steps, squad)
-    if method == "reader":
-        reader_data = extra.get("reader_data")
-        if not reader_data or not Path(str(reader_data)).is_file():
-            raise InputError("A reader round needs --reader-data FILE: a SQuAD training file "
-                             "(e.g. ../shared/data/squad2-train-sample.json).")
-        extra = {**extra, "reader_data": str(Path(str(reader_data)).resolve()), "prefix": "reader"}
-    elif extra.get("reader_data"):
-        raise InputError("--reader-data is for --method reader.")
-    source = doc_round.check_params(method, document=document, text=text, window=window)
+    method = options.method
     reap(settings, sessions)
-    params: dict[str, Any] = {"epochs": epochs, "lr": lr, "max_steps": max_steps, "from_active": from_active,
-                              "squad": str(Path(squad).resolve()) if squad else None, **source, **extra}
+    params = options.params()
     tokenizer = doc_round.load_tokenizer(settings) if method == "document" else None
     with db.transaction(sessions) as s:
         if method == "document":  # a missing or too short text: refused now, not in a log later
             checked = doc_round.build_round(s, settings, params, tokenizer).source or {}
             params["text_sha256"] = checked["sha256"]
         elif method != "reader":
-            data.build_round(s, method, guests=bool(extra.get("guests")))  # too little data: say it now
-        if from_active and registry.active_adapter(s) is None:
+            data.build_round(s, method, guests=options.guests)  # too little data: say it now
+        if options.from_active and registry.active_adapter(s) is None:
             raise InputError("No adapter is active, so there is nothing to continue from: "
-                             "train without --from-active.")
+                             "train without continuing from the active adapter.")
         run_id = registry.start_run(s, method=method, params=params).id
+    return spawn(settings, run_id, sessions=sessions)
+
+
+def spawn(settings: Settings, run_id: int, *, sessions: sessionmaker[Session]) -> int:
+    """Run a created round's worker in its own process (or leave it to a queue worker); its run id."""
     if settings.trainer == "queue":  # a worker elsewhere claims it (python -m chatlm.training.worker --serve)
         return run_id
     log = log_path(settings, run_id)

@@ -7,8 +7,6 @@ and any other front end call this rather than the store.
 
 from __future__ import annotations
 
-from typing import Any
-
 from chatlm.accounts import Actor, require_admin
 from chatlm.engine.generation import Generation
 from chatlm.engine.params import SamplingParams
@@ -17,7 +15,8 @@ from chatlm.service import ChatService
 from chatlm.store import registry
 from chatlm.store.db import transaction
 from chatlm.store.models import AdapterVersion, TrainingRun
-from chatlm.training import data
+from chatlm.training import data, rounds
+from chatlm.training.options import RoundOptions
 
 
 class TrainingService:
@@ -45,11 +44,11 @@ class TrainingService:
     def serving(self, actor: Actor) -> str | None:
         """The adapter new chats use (following a change made elsewhere first)."""
         require_admin(actor)
-        return self.chat.follow_registry()
+        return self.chat.adapters.follow_registry()
 
-    def start(self, actor: Actor, method: str = "auto", **options: Any) -> int:
+    def start(self, actor: Actor, options: RoundOptions) -> int:
         require_admin(actor)
-        return self.chat.start_round(method, **options)
+        return rounds.start_round(self.chat.settings, options, sessions=self.sessions)
 
     def worse(self, actor: Actor, name: str | None) -> Verdict | None:
         """The verdict on ``name`` when it is worse than its baseline (Promote asks first), else None."""
@@ -62,11 +61,11 @@ class TrainingService:
 
     def promote(self, actor: Actor, name: str | None) -> str | None:
         require_admin(actor)
-        return self.chat.promote_adapter(name)
+        return self.chat.adapters.promote(name)
 
     def rollback(self, actor: Actor) -> str | None:
         require_admin(actor)
-        return self.chat.rollback_adapter()
+        return self.chat.adapters.rollback()
 
     def compare(self, actor: Actor, messages: list[dict[str, str]], names: tuple[str | None, ...],
                 params: SamplingParams) -> list[Generation]:
@@ -75,7 +74,7 @@ class TrainingService:
         gens: list[Generation] = []
         try:
             for name in names:
-                self.chat.ensure_loaded(name)  # a registered adapter not served yet
+                self.chat.adapters.ensure_loaded(name)  # a registered adapter not served yet
                 gens.append(self.chat.generate(messages, params, name))
         except BaseException:
             for g in gens:

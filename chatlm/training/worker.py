@@ -123,6 +123,9 @@ def run_round(settings: Settings, run_id: int) -> int:
     except BaseException as exc:  # every failure, a kill included, is recorded
         message = exc.message if isinstance(exc, ChatLMError) else f"{type(exc).__name__}: {exc}"
         traceback.print_exc()
+        if tmp is not None:  # gone before the run says failed: whoever reads "failed" finds nothing left
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp = None
         try:
             with db.transaction(sessions) as s:
                 if registry.get_run(s, run_id=run_id).status in registry.RUNNING:
@@ -238,11 +241,11 @@ def qa_figures(settings: Settings, squad: Path, adapter_path: Path, others: dict
                                  embedder=qa.QueryCache(get_embedder()), follow_registry=False)
         service, engine = services.chat, services.engine
         try:
-            service.load_adapter("candidate", str(adapter_path))
+            service.adapters.load("candidate", str(adapter_path))
             runs: list[tuple[str, str | None]] = [("adapter", "candidate"), ("baseline", None)]
             for key, named in others.items():
                 if named:
-                    service.load_adapter(named[0], named[1])
+                    service.adapters.load(named[0], named[1])
                     runs = [r for r in runs if r[0] != key] + [(key, named[0])]
             out: dict[str, Any] = {"squad": str(squad), "limit_per_article": limit, "mode": "oracle"}
             for key, adapter in runs:

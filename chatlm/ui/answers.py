@@ -177,7 +177,7 @@ class Answers:
 
     def waiting(self) -> int:
         """Answers waiting for a batch slot in the local scheduler (0 for a remote backend)."""
-        return int(getattr(getattr(self.backend, "scheduler", None), "waiting", 0) or 0)
+        return self.backend.waiting()
 
     def progress(self, pump: Pump) -> str:
         """What an answer that has no text yet is doing, for the notice."""

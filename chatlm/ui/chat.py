@@ -16,8 +16,9 @@ from typing import Any
 import anyio
 import gradio as gr
 
+from chatlm.adapters.serving import BASE_MODEL, DEFAULT_MODEL
 from chatlm.errors import ChatLMError, PermissionDeniedError
-from chatlm.service import BASE_MODEL, DEFAULT_MODEL, ChatService, Reply, can_continue
+from chatlm.service import ChatService, Reply, can_continue
 from chatlm.store.models import utcnow
 from chatlm.store.repo import reason_for
 from chatlm.ui import branches, refusals, sidebar
@@ -163,10 +164,10 @@ class ChatUI:
         if now - self._followed_at >= MODELS_S:
             self._followed_at = now
             try:
-                self.service.follow_registry()
+                self.service.adapters.follow_registry()
             except ChatLMError as exc:  # a busy database: the picker says what is served now
                 log.warning("could not read the registry: %s", exc.message)
-        return self.service.active_adapter, tuple(self.service.adapter_names())
+        return self.service.adapters.active, tuple(self.service.adapters.names())
 
     def _models(self, choice: str | None, served: tuple[str | None, tuple[str, ...]] | None = None, *,
                 keep: bool = False) -> Any:

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from chatlm.adapters.serving import DEFAULT_MODEL
 from chatlm.engine.params import SamplingParams
-from chatlm.service import DEFAULT_MODEL, ChatService
+from chatlm.service import ChatService
 
 DEFAULT_MAX_NEW = 256
 DEFAULT_TEMPERATURE = 0.7

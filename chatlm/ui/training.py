@@ -26,6 +26,7 @@ from chatlm.service import ChatService
 from chatlm.store import registry
 from chatlm.store.models import AdapterVersion, TrainingRun
 from chatlm.training import METHODS, data, eta, trainer
+from chatlm.training.options import RoundOptions
 from chatlm.training.service import TrainingService
 from chatlm.ui.chat_defaults import new_chat_settings, plain, sampling_params
 from chatlm.ui.uploads import received_file, uploaded_file
@@ -248,10 +249,10 @@ class TrainingTab:
         actor = self.who.actor(request)
         received = received_file(squad)  # refused before anything starts when not uploaded here
         try:
-            run_id = self.training.start(
-                actor, method, epochs=epochs or None, lr=lr or None, from_active=bool(from_active),
-                max_steps=int(max_steps) if max_steps else None, squad=str(received) if received else None,
-                **({"guests": True} if guests else {}))
+            options = RoundOptions(method, epochs=epochs or None, lr=lr or None, from_active=bool(from_active),
+                                   max_steps=int(max_steps) if max_steps else None,
+                                   squad=str(received) if received else None, guests=bool(guests))
+            run_id = self.training.start(actor, options)
         except PermissionDeniedError:
             raise
         except ChatLMError as exc:
