@@ -23,11 +23,11 @@ test: setup
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -n 2 --dist loadfile
 
-# The inner loop (about a minute): no browser, no real model, no PostgreSQL, no subprocess (tests marked
-# slow, or using those fixtures, are left out).
+# The inner loop (under a minute on 2 cores): no browser, no real model, no PostgreSQL, no subprocess
+# (tests marked slow, or using those fixtures, are left out); on both cores, a file to a worker as in `make test`.
 test-fast: setup
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -m "not slow" -q
+	$(BIN)/python -m pytest -m "not slow" -q -n 2 --dist loadfile
 
 # The README's screens (docs/screenshots), from the accessibility test at desktop and phone width.
 screenshots: setup

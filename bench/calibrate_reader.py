@@ -12,7 +12,7 @@ unanswerable would pick "always decline", useless to a user).
     .venv/bin/python bench/calibrate_reader.py bench/out/reader_calibration.json [--field decline_score]
 
 ``--rule`` instead keeps the agreement threshold (``--threshold``, the configured 0.6) and sweeps the
-reader's two overrides (``chatlm.service.SURE_SPAN``: answer despite a poor agreement when the span's
+reader's two overrides (``chatlm.knowledge.answer.SURE_SPAN``: answer despite a poor agreement when the span's
 first token has at least this log-probability; ``SURE_DECLINE``: decline when ``decline_score``
 reaches this). They exist to let a round's taught answers and declines through; the table shows what
 each pair costs or gains on untaught questions, and the most permissive pair that lowers neither
@@ -30,6 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from chatlm.knowledge.answer import declines
 from chatlm.knowledge.squad import f1
 
 FIELD = "support_score"
@@ -51,13 +52,13 @@ def figures(questions: list[dict], threshold: float) -> dict[str, float]:
 
 
 def rule_figures(questions: list[dict], threshold: float, sure_span: float, sure_decline: float) -> dict[str, float]:
-    """The served rule (``ChatService._declines``) replayed on each question's span and signals."""
+    """The served rule (``chatlm.knowledge.answer.declines``) replayed on each question's span and signals."""
     has_f1, no_ok = [], []
     for q in questions:
-        span, support = q.get("span") or "", q.get("support_score") or 0.0
-        decline, first = q.get("decline_score"), q.get("span_logprob")
-        declined = (not span or (decline is not None and decline >= sure_decline)
-                    or not (support >= threshold or (first is not None and first >= sure_span)))
+        span = q.get("span") or ""
+        declined = not span or declines(q.get("support_score") or 0.0, threshold,
+                                        decline_score=q.get("decline_score"), span_logprob=q.get("span_logprob"),
+                                        sure_span=sure_span, sure_decline=sure_decline)
         if q["is_impossible"]:
             no_ok.append(1.0 if declined else 0.0)
         else:

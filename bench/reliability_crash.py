@@ -430,7 +430,7 @@ def norm(text: str) -> str:
 
 
 CUT_MARK = " … *(cut at the token limit: Continue goes on)*"
-"""What the chat draws after an answer cut at the token limit (``chatlm.ui.chat.MARKS["cut"]``,
+"""What the chat draws after an answer cut at the token limit (``chatlm.ui.chat_view.MARKS["cut"]``,
 kept here as text: this script does not import the app it kills)."""
 
 

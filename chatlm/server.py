@@ -41,7 +41,7 @@ def build_app(settings: Settings, backend: Any = None) -> App:
     from chatlm.api import chats
     from chatlm.api.openai import OpenAIRoutes
     from chatlm.ui import guard, hf_signin, page, signin
-    from chatlm.ui.chat import ChatUI
+    from chatlm.ui.chat_page import ChatPage
     from chatlm.ui.who import Who
 
     services = compose.build(settings, backend)
@@ -63,7 +63,7 @@ def build_app(settings: Settings, backend: Any = None) -> App:
         signin.install(api, identity)
     who = Who(identity)
     chats.install(api, service, who)
-    blocks = ChatUI(service, who).build()
+    blocks = ChatPage(service, who).build()
     blocks.queue(default_concurrency_limit=settings.max_batch)
     guard.guard_events(blocks)
     # Nothing under the data folder (database, adapters, models) or the code is ever served or

@@ -25,9 +25,12 @@ from chatlm.engine.generation import Generation
 from chatlm.engine.params import SamplingParams
 from chatlm.errors import ChatLMError, InputError
 from chatlm.knowledge.answer import (
+    COPY_SENTENCES,
+    SURE_SPAN,
     Support,
     answer_text,
     decline_text,
+    declines,
     find_support,
     is_factoid,
     question_words,
@@ -45,19 +48,6 @@ MAX_MESSAGE_CHARS = 100_000
 TITLE_CHARS = 48
 log = logging.getLogger(__name__)
 STATUS_BY_FINISH = {"cancelled": "stopped", "error": "error"}
-COPY_SENTENCES = 1
-"""Sentences (best agreement with the question first) the base model's extractive answer may copy from."""
-SURE_SPAN = -0.5
-"""A reader copies from every sentence of its passages but keeps to the best-agreeing one unless it
-is sure of a span elsewhere (its first token's log-probability at least this, p >= 0.6: an answer a
-round taught it); and such a span stands although question and sentence agree less than the decline
-threshold. Calibrated on the calibration split (``bench/calibrate_reader.py --rule``): the most
-permissive value that lowers neither has-answer F1 nor no-answer accuracy there (it raised F1
-26.4 -> 28.5)."""
-SURE_DECLINE = 2.0
-"""A reader declines although the sentence agrees when ``decline_score`` (log p(decline) minus log
-p(any span start)) is at least this: a decline it was taught. The lowest value that changes no
-answer on the calibration split (``bench/calibrate_reader.py --rule``)."""
 CHECKPOINT_S = 1.0
 """How often a streaming answer's text is written to the database (its row says ``pending``)."""
 
@@ -412,16 +402,9 @@ class ChatService(Conversations):
         return answer_text(gen.text, support)
 
     def _declines(self, reply: Reply) -> bool:
-        """Whether an extractive answer is the decline: question and sentence agree less than the
-        calibrated threshold (``CHATLM_ABSTAIN_THRESHOLD``), unless a reader is sure of its span;
-        or a reader is sure the text does not say (a decline it was taught)."""
         gen = reply.generation
-        agreed = (reply.support_score or 0.0) >= self.settings.abstain_threshold
-        if gen.decline_score is None:  # not a reader: the agreement decides
-            return not agreed
-        if gen.decline_score >= SURE_DECLINE:
-            return True
-        return not (agreed or (gen.span_logprob is not None and gen.span_logprob >= SURE_SPAN))
+        return declines(reply.support_score or 0.0, self.settings.abstain_threshold,
+                        decline_score=gen.decline_score, span_logprob=gen.span_logprob)
 
     def _answer_fields(self, reply: Reply) -> dict[str, Any]:
         gen = reply.generation

@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 
 from chatlm.engine.backend import Backend
-from chatlm.ui.chat import shown_text
 from chatlm.ui.chat_defaults import DEFAULT_MAX_NEW, DEFAULT_TEMPERATURE
+from chatlm.ui.chat_view import shown_text
 
 CHROMIUM = shutil.which("chromium")
 TIMEOUT = 90.0

@@ -39,7 +39,7 @@ from tests.browser import (
 needs_browser()
 
 from chatlm.store.models import Message  # noqa: E402
-from chatlm.ui.chat import MARKS  # noqa: E402
+from chatlm.ui.chat_view import MARKS  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -114,7 +114,7 @@ def test_an_answer_cut_at_the_token_limit_says_so(page, server):
 
 
 def test_a_first_visit_is_welcomed_and_an_example_prompt_is_sent_in_one_click(page, server):
-    from chatlm.ui.chat import EXAMPLES
+    from chatlm.ui.chat_page import EXAMPLES
 
     open_app(page, server)
     chat = page.locator("#chatbot")

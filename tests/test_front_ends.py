@@ -21,7 +21,7 @@ from sqlalchemy import select
 from chatlm.identity import SESSION_COOKIE
 from chatlm.store import db, registry
 from chatlm.store.models import Message, User
-from chatlm.ui.chat import shown_text
+from chatlm.ui.chat_view import shown_text
 from tests.conftest import ANN, REPO, free_port
 from tests.seeding import seed_pairs
 from tests.test_adapters import make_adapter

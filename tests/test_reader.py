@@ -140,11 +140,8 @@ def test_a_decline_never_opens_a_span() -> None:
     (0.9, 3.0, -2.0, True),     # a reader sure the text does not say (a taught decline) declines
 ])
 def test_a_reader_overrides_the_agreement_rule_only_when_sure(settings, support, decline, first, declines) -> None:
-    from types import SimpleNamespace
-
-    from chatlm.service import SURE_DECLINE, SURE_SPAN, ChatService
+    from chatlm.knowledge.answer import SURE_DECLINE, SURE_SPAN
+    from chatlm.knowledge.answer import declines as rule
 
     assert settings.abstain_threshold == 0.6 and math.log(0.5) < SURE_SPAN and SURE_DECLINE > 0
-    reply = SimpleNamespace(support_score=support,
-                            generation=SimpleNamespace(decline_score=decline, span_logprob=first))
-    assert ChatService._declines(SimpleNamespace(settings=settings), reply) is declines
+    assert rule(support, settings.abstain_threshold, decline_score=decline, span_logprob=first) is declines

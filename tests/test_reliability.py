@@ -20,7 +20,7 @@ def test_the_crash_bench_knows_the_chats_cut_mark() -> None:
     token limit is drawn with the chat's mark, which the bench keeps as text."""
     from reliability_crash import CUT_MARK
 
-    from chatlm.ui.chat import MARKS
+    from chatlm.ui.chat_view import MARKS
 
     assert MARKS["cut"] == CUT_MARK
 

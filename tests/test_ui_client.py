@@ -9,7 +9,7 @@ import pytest
 
 gradio_client = pytest.importorskip("gradio_client")
 
-from chatlm.ui.chat import MARKS  # noqa: E402
+from chatlm.ui.chat_view import MARKS  # noqa: E402
 
 pytestmark = pytest.mark.slow
 

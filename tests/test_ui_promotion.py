@@ -110,7 +110,8 @@ def test_the_picker_refuses_a_page_without_identity_quietly(settings) -> None:
 def test_every_page_checks_its_picker_and_the_promoting_page_at_once(service) -> None:
     """The picker's handler runs on a timer of every chat page, and right after Promote and Roll
     back on the promoting page; privately and without a progress bar."""
-    from chatlm.ui.chat import MODELS_S, ChatUI
+    from chatlm.ui.chat_page import ChatPage as ChatUI
+    from chatlm.ui.chat_view import MODELS_S
 
     ui = ChatUI(service)
     demo = ui.build()

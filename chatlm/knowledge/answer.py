@@ -26,6 +26,19 @@ FACTOID_START = re.compile(
     r"in (what|which)|on (what|which)|at (what|which)|from (what|which)|name)\b",
     re.IGNORECASE)
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
+COPY_SENTENCES = 1
+"""Sentences (best agreement with the question first) the base model's extractive answer may copy from."""
+SURE_SPAN = -0.5
+"""A reader copies from every sentence of its passages but keeps to the best-agreeing one unless it
+is sure of a span elsewhere (its first token's log-probability at least this, p >= 0.6: an answer a
+round taught it); and such a span stands although question and sentence agree less than the decline
+threshold. Calibrated on the calibration split (``bench/calibrate_reader.py --rule``): the most
+permissive value that lowers neither has-answer F1 nor no-answer accuracy there (it raised F1
+26.4 -> 28.5)."""
+SURE_DECLINE = 2.0
+"""A reader declines although the sentence agrees when ``decline_score`` (log p(decline) minus log
+p(any span start)) is at least this: a decline it was taught. The lowest value that changes no
+answer on the calibration split (``bench/calibrate_reader.py --rule``)."""
 
 
 def is_factoid(request: str) -> bool:
@@ -96,3 +109,19 @@ def decline_text(closest: tuple[int, str, str] | None) -> str:
     snippet = " ".join(text.split())
     snippet = snippet if len(snippet) <= 240 else snippet[:239].rstrip() + "…"
     return f"{NOT_FOUND} The closest passage is [{number}] ({document}):\n\n> “{snippet}”"
+
+
+def declines(support_score: float, threshold: float, *, decline_score: float | None = None,
+             span_logprob: float | None = None, sure_span: float = SURE_SPAN,
+             sure_decline: float = SURE_DECLINE) -> bool:
+    """Whether an extractive answer is the decline: question and sentence agree less than the
+    calibrated threshold (``CHATLM_ABSTAIN_THRESHOLD``), unless a reader is sure of its span; or a
+    reader is sure the text does not say (a decline it was taught). ``decline_score`` is None for
+    a model that is not a reader: the agreement alone decides. The one rule the chat serves and
+    ``bench/calibrate_reader.py`` replays."""
+    agreed = support_score >= threshold
+    if decline_score is None:
+        return not agreed
+    if decline_score >= sure_decline:
+        return True
+    return not (agreed or (span_logprob is not None and span_logprob >= sure_span))

@@ -2,7 +2,7 @@
 Delete), drawn by one ``gr.HTML`` whose template escapes every title (Handlebars ``{{ }}``).
 
 The browser only says what was clicked (``select``, ``edit`` with the new title, or ``delete``, each
-with the conversation's id); the handler in chatlm.ui.chat
+with the conversation's id); the handler in chatlm.ui.chat_list
 checks the conversation is the caller's through the service, as for any other id a client sends.
 """
 
