@@ -21,7 +21,7 @@ run: setup
 
 test: setup
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -n 2 --dist loadfile
+	$(BIN)/python -m pytest -n 2 --dist loadfile --durations=25
 
 # The inner loop (under a minute on 2 cores): no browser, no real model, no PostgreSQL, no subprocess
 # (tests marked slow, or using those fixtures, are left out); on both cores, a file to a worker as in `make test`.
