@@ -65,10 +65,11 @@ class Services:
 
 
 def build(settings: Settings, backend: Any = None, *, url: str | None = None, load_model: bool = True,
-          embedder: Any = None, follow_registry: bool = True) -> Services:
+          embedder: Any = None, follow_registry: bool = True, reader: bool = True) -> Services:
     """Everything an entry point needs. ``url``: another database (the harness's and a round's
     temporary ones); ``load_model`` False leaves the backend out (retrieval-only runs);
-    ``embedder`` replaces the library's (the harness caches query vectors)."""
+    ``embedder`` replaces the library's (the harness caches query vectors); ``reader`` False leaves
+    the reader adapter unloaded (``chatlm ask``: a new chat with no text never uses it)."""
     from chatlm.accounts import AccountService
     from chatlm.feedback.service import FeedbackService
     from chatlm.identity import Identity
@@ -83,7 +84,8 @@ def build(settings: Settings, backend: Any = None, *, url: str | None = None, lo
     chat = ChatService(settings, backend, sessions, library)
     if follow_registry and backend is not None:
         chat.adapters.follow_registry()  # serve the adapter the registry says is active (the base if it is broken)
-        chat.adapters.ensure_reader()  # questions about a loaded text: the reader adapter (CHATLM_READER)
+        if reader:
+            chat.adapters.ensure_reader()  # questions about a loaded text: the reader adapter (CHATLM_READER)
     accounts = AccountService(sessions)
     return Services(settings=settings, engine=engine, sessions=sessions, chat=chat, accounts=accounts,
                     identity=Identity(settings, accounts), training=TrainingService(chat),
