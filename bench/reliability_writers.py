@@ -122,14 +122,14 @@ def _writer(service: Any, t: int, n: int, start: threading.Barrier, out: Expecte
 def run(cfg: WritersConfig) -> dict[str, Any]:
     from tqdm import tqdm
 
+    from chatlm import compose
     from chatlm.config import Settings
-    from chatlm.server import make_service
     from chatlm.store import db, registry
 
     cfg.work.mkdir(parents=True, exist_ok=True)
     data = cfg.work / "data"
     settings = Settings.from_env({}, data_dir=data)
-    service = make_service(settings, StubBackend())
+    service = compose.build(settings, StubBackend()).chat
     if cfg.no_retrieval:
         service.library = NoLibrary()  # type: ignore[assignment]
     with db.transaction(service.sessions) as s:

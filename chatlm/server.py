@@ -28,11 +28,6 @@ class App:
         self.service.backend.close()
 
 
-def make_service(settings: Settings, backend: Any = None) -> ChatService:
-    """The chat service of ``compose.build`` (loads the model unless given one)."""
-    return compose.build(settings, backend).chat
-
-
 def build_app(settings: Settings, backend: Any = None) -> App:
     import gradio as gr
     from fastapi import FastAPI
@@ -63,7 +58,7 @@ def build_app(settings: Settings, backend: Any = None) -> App:
         signin.install(api, identity)
     who = Who(identity)
     chats.install(api, service, who)
-    blocks = ChatPage(service, who).build()
+    blocks = ChatPage(service, who, training=services.training, feedback=services.feedback).build()
     blocks.queue(default_concurrency_limit=settings.max_batch)
     guard.guard_events(blocks)
     # Nothing under the data folder (database, adapters, models) or the code is ever served or

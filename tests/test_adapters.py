@@ -11,6 +11,7 @@ import torch
 from chatlm.config import Settings
 from chatlm.engine.params import SamplingParams
 from chatlm.errors import AdapterError, NotFoundError
+from tests.wiring import parts
 
 GREEDY = SamplingParams(temperature=0.0, max_new_tokens=12)
 Q = [{"role": "user", "content": "Say something"}]
@@ -154,9 +155,9 @@ def test_a_restart_serves_the_registry_choice_and_survives_a_broken_adapter(tiny
     import shutil
 
     from chatlm.engine.local import LocalBackend
-    from chatlm.server import make_service
     from chatlm.store import registry
     from chatlm.store.db import transaction
+    from tests.wiring import make_service
 
     def start() -> tuple[object, LocalBackend]:
         backend = LocalBackend(dataclasses.replace(tiny, model=copy.deepcopy(tiny.model)))
@@ -198,9 +199,9 @@ def _registered_service(tiny, settings, adapter_dirs):
     import dataclasses
 
     from chatlm.engine.local import LocalBackend
-    from chatlm.server import make_service
     from chatlm.store import registry
     from chatlm.store.db import transaction
+    from tests.wiring import make_service
 
     backend = LocalBackend(dataclasses.replace(tiny, model=copy.deepcopy(tiny.model)))
     service = make_service(settings, backend)
@@ -226,7 +227,7 @@ def test_a_rollback_whose_adapter_fails_to_load_changes_nothing(tiny, settings, 
     import shutil
 
     from chatlm.engine.local import LocalBackend
-    from chatlm.server import make_service
+    from tests.wiring import make_service
 
     service, backend = _registered_service(tiny, settings, adapter_dirs)
     try:
@@ -256,7 +257,7 @@ def test_compare_loads_a_registered_adapter_that_is_not_served_yet(tiny, setting
     service, backend = _registered_service(tiny, settings, adapter_dirs)
     try:
         assert backend.adapter_names() == []
-        *_, (left, right) = TrainingTab(service).compare("Say something", "base model", "tiny-v1")
+        *_, (left, right) = TrainingTab(service, **parts(service)).compare("Say something", "base model", "tiny-v1")
         messages = [{"role": "system", "content": service.settings.system_prompt},
                     {"role": "user", "content": "Say something"}]
         assert left == service.generate(messages, greedy).wait()
@@ -280,7 +281,7 @@ def test_promote_asks_again_before_serving_a_worse_round(tiny, settings, adapter
         with transaction(service.sessions) as s:
             registry.get_adapter(s, name="tiny-v1").metrics = worse
             registry.get_adapter(s, name="tiny-v2").metrics = better
-        tab = TrainingTab(service)
+        tab = TrainingTab(service, **parts(service))
         *view, message, pending = tab.promote("tiny-v1", "tiny-v1", None)
         assert pending == "tiny-v1" and _registry_active(service) is None
         assert "Not promoted yet" in message and "0.923 → 0.667" in message

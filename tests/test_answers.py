@@ -10,7 +10,7 @@ import pytest
 from chatlm.engine.params import SamplingParams
 from chatlm.knowledge.answer import decline_text, find_support, is_factoid, sentences, short_form
 from chatlm.prompts import NOT_FOUND
-from chatlm.server import make_service
+from tests.wiring import make_service
 
 TEXT = ("Acme Widgets was founded in 1987 by Dana Kowalski in Tacoma. The company makes brass hinges.\n"
         "Its head office moved to Boise in 2004. Acme employs 340 people.")

@@ -17,11 +17,11 @@ import pytest
 
 from chatlm.config import Settings
 from chatlm.engine.params import SamplingParams
-from chatlm.server import make_service
 from chatlm.store import registry
 from chatlm.store.db import transaction
 from tests.conftest import REPO, free_port
 from tests.test_adapters import make_adapter
+from tests.wiring import make_service
 
 pytestmark = pytest.mark.slow
 KEY = "engine key"

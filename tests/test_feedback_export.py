@@ -10,8 +10,8 @@ import sys
 import pytest
 
 from chatlm.engine.params import SamplingParams
-from chatlm.server import make_service
 from tests.conftest import REPO
+from tests.wiring import make_service, parts
 
 P = SamplingParams(temperature=0.0, max_new_tokens=6)
 
@@ -83,7 +83,8 @@ def test_building_datasets_in_the_ui_leaves_no_folder_per_export(settings, tiny_
     service.send(uid, conv.id, "a question", P).run()
     service.rate(uid, service.history(uid, conv.id)[-1][0].id, 1)
     before = set(Path(tempfile.gettempdir()).glob("chatlm-export-*"))
-    tab = feedback_ui.FeedbackTab(service)
+    wired = parts(service)
+    tab = feedback_ui.FeedbackTab(service, wired["who"], wired["feedback"])
     monkeypatch.setattr(feedback_ui, "EXPORT_KEEP_S", -1.0)  # every earlier file counts as handed over
     paths = [tab.export("sft")[0] for _ in range(5)]
     assert json_module.loads(Path(paths[-1]).read_text().splitlines()[0])["messages"]

@@ -211,12 +211,13 @@ def api_client(backend: Any, data_dir: Path) -> Any:
     from fastapi import FastAPI
     from fastapi.testclient import TestClient
 
+    from chatlm import compose
     from chatlm.api.openai import OpenAIRoutes
     from chatlm.config import Settings
-    from chatlm.server import make_service
 
     app = FastAPI()
-    OpenAIRoutes(make_service(Settings.from_env({}, data_dir=data_dir, max_new_tokens=2), backend)).install(app)
+    services = compose.build(Settings.from_env({}, data_dir=data_dir, max_new_tokens=2), backend)
+    OpenAIRoutes(services.chat, services.identity).install(app)
     return TestClient(app, raise_server_exceptions=False)
 
 
@@ -329,7 +330,7 @@ class FakeEmbedder:
 def library(settings, tiny_backend) -> Iterator[tuple[Any, int, int]]:
     """A Library over a real SQLite file, with a user and a conversation."""
     from chatlm.library import Library
-    from chatlm.server import make_service
+    from tests.wiring import make_service
 
     service = make_service(settings, tiny_backend)
     lib = Library(service.sessions, embedder=FakeEmbedder())

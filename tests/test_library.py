@@ -7,8 +7,8 @@ import pytest
 
 from chatlm.engine.params import SamplingParams
 from chatlm.errors import InputError
-from chatlm.server import make_service
 from chatlm.store import db
+from tests.wiring import make_service
 
 TEXT = """The Normans were the people who in the 10th and 11th centuries gave their name to
 Normandy, a region in France. They were descended from Norse raiders and pirates from Denmark,

@@ -7,7 +7,7 @@ import pytest
 from chatlm.config import Settings
 from chatlm.engine.params import SamplingParams
 from chatlm.limits import FairShare, UserLimitError
-from chatlm.server import make_service
+from tests.wiring import make_service
 
 LONG = SamplingParams(temperature=0.0, max_new_tokens=200)
 SHORT = SamplingParams(temperature=0.0, max_new_tokens=2)

@@ -12,8 +12,8 @@ import pytest
 
 from chatlm.config import Settings
 from chatlm.engine.params import SamplingParams
-from chatlm.server import make_service
 from tests.conftest import MODEL_CACHE, REPO, free_port
+from tests.wiring import make_service
 
 pytestmark = pytest.mark.slow
 

@@ -8,7 +8,7 @@ import pytest
 
 from chatlm.engine.params import SamplingParams
 from chatlm.errors import InputError, StorageError
-from chatlm.server import make_service
+from tests.wiring import make_service, parts
 
 LONG = SamplingParams(temperature=0.0, max_new_tokens=150)
 SHORT = SamplingParams(temperature=0.0, max_new_tokens=8)
@@ -144,7 +144,7 @@ def test_a_pager_click_pages_only_a_message_the_page_shows(service) -> None:
     conv = service.new_conversation(uid)
     service.send(uid, conv.id, "first", SHORT).run()
     service.retry(uid, service.history(uid, conv.id)[-1][0].id, SHORT).run()
-    ui = ChatUI(service)
+    ui = ChatUI(service, parts(service)["who"])
     ids = [m.id for m, _ in service.history(uid, conv.id)]
     assert ui.marks(conv.id, ids, ids[1], None)["pagers"] == [
         {"index": 1, "role": "answer", "pos": 2, "count": 2}]
@@ -167,7 +167,7 @@ def test_the_watchdog_draws_the_stored_chat_once_no_answer_runs(service) -> None
     uid = service.user_id()
     conv = service.new_conversation(uid)
     service.send(uid, conv.id, "first", SHORT).run()
-    ui = chat.ChatUI(service)
+    ui = chat.ChatUI(service, parts(service)["who"])
     request = SimpleNamespace(session_hash=None, username=None, headers={}, cookies={}, client=None)
     ui.answers.busy = lambda conv_id: True  # type: ignore[method-assign]
     assert ui.watch(conv.id, request) == chat.NOTHING  # type: ignore[arg-type]
@@ -221,7 +221,7 @@ def test_a_thumb_keeps_the_rating_details(service) -> None:
     class Like:
         index, liked = 1, True
 
-    ChatUI(service).like([0, answer.id], conv.id, Like())  # type: ignore[arg-type]
+    ChatUI(service, parts(service)["who"]).like([0, answer.id], conv.id, Like())  # type: ignore[arg-type]
     # the comment and better answer stay; the 👎's reason goes with the 👎
     assert service.rating_detail(uid, answer.id) == {"value": 1, "reason": None, "comment": "no",
                                                      "better_answer": "yes"}
@@ -255,7 +255,7 @@ def test_a_thumb_clicked_before_the_page_holds_the_answers_id_is_saved(service) 
     class Dislike:
         index, liked = 1, False
 
-    assert ChatUI(service).like([question.id], conv.id, Dislike()) == answer.id  # type: ignore[arg-type]
+    assert ChatUI(service, parts(service)["who"]).like([question.id], conv.id, Dislike()) == answer.id  # type: ignore[arg-type]
     assert service.rating_detail(uid, answer.id)["value"] == -1
 
 

@@ -162,7 +162,7 @@ def test_a_made_up_guest_token_is_no_guest_and_makes_no_row(sessions, tmp_path: 
 
 
 def test_guests_together_draw_on_one_fair_share(tmp_path: Path, tiny_backend) -> None:
-    from chatlm.server import make_service
+    from tests.wiring import make_service
 
     settings = Settings.from_env({}, data_dir=tmp_path / "data", auth="password", user_answers=1,
                                  user_requests_per_minute=0)

@@ -19,7 +19,6 @@ from chatlm.compose import sessions_for
 from chatlm.config import Settings
 from chatlm.engine.params import SamplingParams
 from chatlm.errors import ChatLMError, InputError
-from chatlm.server import make_service
 from chatlm.store import db, registry, repo
 from chatlm.store.registry import RoundInProgressError
 from chatlm.training import data, paths, rounds, worker
@@ -27,6 +26,7 @@ from chatlm.training.data import NotEnoughDataError
 from chatlm.training.options import RoundOptions
 from tests.conftest import MODEL_CACHE, REPO
 from tests.seeding import add_turn, seed_pairs
+from tests.wiring import make_service
 
 SQUAD = Path(__file__).resolve().parent / "data" / "squad-mini.json"
 """A slice of the shared SQuAD sample kept with the tests, so a clean clone runs the whole loop."""

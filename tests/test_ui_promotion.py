@@ -12,7 +12,7 @@ import pytest
 from chatlm.adapters.serving import BASE_MODEL, DEFAULT_MODEL
 from chatlm.engine.backend import Backend
 from chatlm.engine.generation import Generation
-from chatlm.server import make_service
+from tests.wiring import make_service, parts
 
 UNCHANGED = (gr.update(), gr.update())
 LOCAL = SimpleNamespace(session_hash=None, username=None, headers={}, cookies={}, client=None)
@@ -73,7 +73,7 @@ def labels(picker: dict) -> list[tuple[str, str]]:
 def test_the_model_picker_follows_a_promotion_and_a_rollback(service) -> None:
     from chatlm.ui.chat import ChatUI
 
-    ui = ChatUI(service)
+    ui = ChatUI(service, parts(service)["who"])
     picker, drawn = ui.models(DEFAULT_MODEL, None, LOCAL)  # a new page's first tick draws it
     assert labels(picker) == [("Default (base model)", DEFAULT_MODEL), ("Base model", BASE_MODEL)]
     assert ui.models(DEFAULT_MODEL, drawn, LOCAL) == UNCHANGED  # nothing changed: nothing is sent
@@ -104,7 +104,7 @@ def test_the_picker_refuses_a_page_without_identity_quietly(settings) -> None:
     from chatlm.ui.chat import ChatUI
 
     service = make_service(replace(settings, auth="password"), FakeBackend())
-    assert ChatUI(service).models(DEFAULT_MODEL, None, LOCAL) == UNCHANGED
+    assert ChatUI(service, parts(service)["who"]).models(DEFAULT_MODEL, None, LOCAL) == UNCHANGED
 
 
 def test_every_page_checks_its_picker_and_the_promoting_page_at_once(service) -> None:
@@ -113,7 +113,8 @@ def test_every_page_checks_its_picker_and_the_promoting_page_at_once(service) ->
     from chatlm.ui.chat_page import ChatPage as ChatUI
     from chatlm.ui.chat_view import MODELS_S
 
-    ui = ChatUI(service)
+    wired = parts(service)
+    ui = ChatUI(service, wired["who"], training=wired["training"], feedback=wired["feedback"])
     demo = ui.build()
     fns = list(demo.fns.values())
     picker = [f for f in fns if getattr(f.fn, "__func__", None) is ChatUI.models]
@@ -134,7 +135,7 @@ def test_compare_asks_as_the_chat_asks_and_names_each_model(service) -> None:
     service.new_conversation(uid, system_prompt="You are the archivist of Brackenford.",
                              settings={"temperature": 0.9, "top_p": 0.5, "max_new_tokens": 40, "model": ""})
     service.adapters.promote("v1")
-    tab = TrainingTab(service)
+    tab = TrainingTab(service, **parts(service))
 
     asked, left_box, right_box = tab.compare_heading("Who founded Brackenford?", "base model", "v1", LOCAL)
     assert asked.startswith("Asked with your chat's system prompt “You are the archivist of Brackenford")

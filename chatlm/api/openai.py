@@ -27,7 +27,7 @@ from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from chatlm.accounts import AccountService, Actor
+from chatlm.accounts import Actor
 from chatlm.adapters.serving import BASE_MODEL
 from chatlm.engine.generation import Generation
 from chatlm.engine.params import SamplingParams
@@ -178,9 +178,9 @@ def _http_message(exc: StarletteHTTPException) -> tuple[str, str]:
 class OpenAIRoutes:
     """Holds the service; ``install`` adds the routes and the OpenAI-shaped error handlers."""
 
-    def __init__(self, service: ChatService, identity: Identity | None = None) -> None:
+    def __init__(self, service: ChatService, identity: Identity) -> None:
         self.service = service
-        self.identity = identity or Identity(service.settings, AccountService(service.sessions))
+        self.identity = identity
 
     def models(self) -> list[str]:
         return [self.service.backend.model_id, *self.service.adapters.names()]

@@ -44,9 +44,9 @@ def keys_frame(keys: list[dict[str, Any]]) -> pd.DataFrame:
 class AccountTab:
     """The signed-in user's own account; a guest's calls are refused with a warning."""
 
-    def __init__(self, service: ChatService, who: Who | None = None) -> None:
+    def __init__(self, service: ChatService, who: Who) -> None:
         self.service = service
-        self.who = Who.of(service, who)
+        self.who = who
 
     @property
     def accounts(self) -> AccountService:

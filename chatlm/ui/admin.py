@@ -40,9 +40,9 @@ class AdminTab:
     """Account management for admins; a refusal (not an admin) raises before anything changes, a
     refusal of the service (a taken name, the last admin) is warned about and said in the status."""
 
-    def __init__(self, service: ChatService, who: Who | None = None) -> None:
+    def __init__(self, service: ChatService, who: Who) -> None:
         self.service = service
-        self.who = Who.of(service, who)
+        self.who = who
 
     @property
     def accounts(self) -> AccountService:

@@ -9,10 +9,14 @@ from typing import Any
 import gradio as gr
 
 from chatlm.adapters.serving import DEFAULT_MODEL
+from chatlm.feedback.service import FeedbackService
+from chatlm.service import ChatService
+from chatlm.training.service import TrainingService
 from chatlm.ui import branches, refusals, sidebar
 from chatlm.ui.chat import WATCH_S, ChatUI
 from chatlm.ui.chat_defaults import DEFAULT_MAX_NEW, DEFAULT_TEMPERATURE, DEFAULT_TOP_P, defaults
 from chatlm.ui.chat_view import MODELS_S
+from chatlm.ui.who import Who
 
 CHAT_HEIGHT = "calc(100dvh - 380px - max(0px, 768px - 100vw) / 5)"
 """The conversation fills the window's height, leaving the tab bar, the model picker, the notice
@@ -45,7 +49,12 @@ BROWSER_ZONE = "(zone) => [Intl.DateTimeFormat().resolvedOptions().timeZone || '
 
 
 class ChatPage(ChatUI):
-    """The chat's handlers laid out as a page (``build``)."""
+    """The chat's handlers laid out as a page (``build``), with the tabs beside the chat."""
+
+    def __init__(self, service: ChatService, who: Who, *, training: TrainingService,
+                 feedback: FeedbackService) -> None:
+        super().__init__(service, who)
+        self.training, self.feedback = training, feedback
 
     # ---- layout --------------------------------------------------------------------------
     def build(self) -> gr.Blocks:
@@ -129,10 +138,10 @@ class ChatPage(ChatUI):
                                             info="The longest answer, in tokens (a token is about ¾ of a word).")
                     knowledge.render(conv_id)
                 with gr.Tab("Feedback", elem_id="feedback-tab") as feedback_tab:
-                    FeedbackTab(self.service, self.who).render(feedback_tab)
+                    FeedbackTab(self.service, self.who, self.feedback).render(feedback_tab)
                 with gr.Tab("Training", elem_id="training-tab",
                             visible=self.service.settings.auth == "none") as training_tab:
-                    training = TrainingTab(self.service, self.who)
+                    training = TrainingTab(self.service, self.who, self.training, self.feedback)
                     training.render(training_tab)
                 accounts_on = self.service.settings.auth != "none"
                 with gr.Tab("Admin", elem_id="admin-tab", visible=False) as admin_tab:

@@ -101,9 +101,9 @@ class ChatView:
     """The state every chat handler shares (the service, who is asking, the answers being written)
     and how a conversation is drawn for a page."""
 
-    def __init__(self, service: ChatService, who: Who | None = None) -> None:
+    def __init__(self, service: ChatService, who: Who) -> None:
         self.service = service
-        self.who = Who.of(service, who)
+        self.who = who
         self._followed_at = -MODELS_S  # when ``_served`` last read the registry
         self.answers = Answers(service.backend)
 

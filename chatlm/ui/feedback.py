@@ -28,9 +28,9 @@ COLUMNS = ["day", "adapter", "label", "question", "answer", "reason", "comment",
 class FeedbackPanel:
     """Details of one answer's rating; it follows the answer last clicked 👍/👎 (else the last one)."""
 
-    def __init__(self, service: ChatService, who: Who | None = None) -> None:
+    def __init__(self, service: ChatService, who: Who) -> None:
         self.service = service
-        self.who = Who.of(service, who)
+        self.who = who
 
     def show(self, message_id: int | None, request: gr.Request) -> tuple[Any, ...]:
         return self._show(self.who.uid(request), message_id)[1:]
@@ -130,10 +130,10 @@ and DPO trainers read."""
 class FeedbackTab:
     """Everyone sees and exports their own ratings; an admin sees and exports everyone's."""
 
-    def __init__(self, service: ChatService, who: Who | None = None) -> None:
+    def __init__(self, service: ChatService, who: Who, feedback: FeedbackService) -> None:
         self.service = service
-        self.feedback = FeedbackService(service.sessions)
-        self.who = Who.of(service, who)
+        self.feedback = feedback
+        self.who = who
         self._exports: tempfile.TemporaryDirectory[str] | None = None
         """One folder per process for built datasets, removed when the process ends; Gradio copies
         each file into its own cache on return, so older ones are removed as new ones are built."""

@@ -80,9 +80,9 @@ def _esc(text: str) -> str:
 
 
 class KnowledgePanel:
-    def __init__(self, service: ChatService, who: Who | None = None) -> None:
+    def __init__(self, service: ChatService, who: Who) -> None:
         self.service = service
-        self.who = Who.of(service, who)
+        self.who = who
 
     def _uid(self, request: gr.Request | None) -> int:
         return self.who.uid(request)

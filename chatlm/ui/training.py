@@ -170,10 +170,12 @@ class TrainingTab:
     """Admins only: the tab is hidden from others, and behind it ``TrainingService`` refuses anyone
     else (hiding is not access control); handlers pass the request's actor, never an input."""
 
-    def __init__(self, service: ChatService, who: Who | None = None) -> None:
+    def __init__(self, service: ChatService, who: Who, training: TrainingService,
+                 feedback: FeedbackService) -> None:
         self.service = service
-        self.training = TrainingService(service)
-        self.who = Who.of(service, who)
+        self.training = training
+        self.feedback = feedback
+        self.who = who
         self.promotions: tuple[Any, ...] = ()
         """The Promote and Roll back events, once rendered: the chat's model picker follows them."""
 
@@ -182,7 +184,7 @@ class TrainingTab:
         """What the stored ratings allow, in plain words, before anyone presses Start, and how long a
         round takes (from the recent ``runs``); and whether a round can start (Start is disabled
         until it can)."""
-        given = FeedbackService(self.service.sessions).contribution(actor).sentence()
+        given = self.feedback.contribution(actor).sentence()
         try:
             rd = self.training.plan(actor)
         except data.NotEnoughDataError as exc:

@@ -21,15 +21,6 @@ class Who:
     def __init__(self, identity: Identity) -> None:
         self.identity = identity
 
-    @classmethod
-    def of(cls, service: Any, who: Who | None = None) -> Who:
-        """``who``, or one over the service's own settings and database (a panel built alone)."""
-        if who is not None:
-            return who
-        from chatlm.accounts import AccountService
-
-        return cls(Identity(service.settings, AccountService(service.sessions)))
-
     def actor(self, request: Any) -> Actor:
         """The acting user; refuses a call with no identity. Without a request (a handler called
         in-process, not through Gradio) only the local mode has an answer: the local user."""
