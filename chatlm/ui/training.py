@@ -37,10 +37,9 @@ POLL_S = 1.0
 """How often the tab reads the run row while a round is under way."""
 ADAPTER_COLUMNS = ["active", "name", "method", "parent", "created", "verdict", "judged on"]
 RUN_COLUMNS = ["run", "status", "method", "adapter", "started", "finished", "error"]
-VIEW_OUTPUTS = 16
-TARGET = 8
-"""Where the Serve dropdown is among the outputs ``refresh`` fills."""
-"""Components ``refresh`` fills; the first five are the round's progress, which ``poll`` fills alone."""
+VIEW = ("status", "loss", "runs", "timer", "start", "adapters", "shown", "evaluation", "target", "left",
+        "right", "active_line", "summary", "promote", "rollback", "judged")
+"""The components ``refresh`` fills, by name, in the order ``render`` lists them (its ``view``)."""
 COMPARE_PROMPT_CHARS = 80
 """How much of the system prompt the line over Compare's answers quotes."""
 
@@ -122,6 +121,14 @@ def _loss(run: TrainingRun | None) -> Any:
         return gr.update(value=frame, visible=not frame.empty)
     width = len(str(frame["step"].max()))
     return gr.update(value=frame.assign(step=frame["step"].astype(str).str.rjust(width)), visible=True)
+
+
+def filled(**named: Any) -> tuple[Any, ...]:
+    """The outputs of a handler that fills the tab (``VIEW``), by name; those not named stay as they are."""
+    unknown = set(named) - set(VIEW)
+    if unknown:
+        raise TypeError(f"not on the Training tab: {sorted(unknown)}")
+    return tuple(named.get(name, gr.update()) for name in VIEW)
 
 
 def evaluation_frame(adapter: AdapterVersion | None) -> pd.DataFrame:
@@ -226,13 +233,15 @@ class TrainingTab:
         choices = [BASE, *reversed(names)]
         serving = self.training.serving(actor)
         summary, ready = self.data_summary(actor, runs)
-        return (describe_run(run), _loss(run), self.runs_frame(runs), gr.Timer(active=running),
-                gr.update(interactive=ready and not running), self.adapters_frame(adapters),
-                gr.update(choices=names, value=shown), evaluation_frame(picked),
-                gr.update(choices=choices, value=active), gr.update(choices=choices, value=active),
-                gr.update(choices=choices, value=shown or BASE), f"New chats use: **{serving or BASE}**.",
-                summary, gr.update(interactive=bool(adapters)), gr.update(interactive=serving is not None),
-                verdict_text(picked))
+        return filled(
+            status=describe_run(run), loss=_loss(run), runs=self.runs_frame(runs), timer=gr.Timer(active=running),
+            start=gr.update(interactive=ready and not running), adapters=self.adapters_frame(adapters),
+            shown=gr.update(choices=names, value=shown), evaluation=evaluation_frame(picked),
+            target=gr.update(choices=choices, value=active), left=gr.update(choices=choices, value=active),
+            right=gr.update(choices=choices, value=shown or BASE),
+            active_line=f"New chats use: **{serving or BASE}**.", summary=summary,
+            promote=gr.update(interactive=bool(adapters)), rollback=gr.update(interactive=serving is not None),
+            judged=verdict_text(picked))
 
     def poll(self, shown: str | None, request: gr.Request) -> tuple[Any, ...]:
         """A timer tick while a round is under way: its progress only (what the user picked stays);
@@ -241,9 +250,8 @@ class TrainingTab:
         run = runs[0] if runs else None
         if run is None or run.status not in registry.RUNNING:
             return self.refresh(run.adapter_name if run and run.adapter_name else shown, request)
-        unchanged = [gr.update()] * (VIEW_OUTPUTS - 5)
-        return (describe_run(run), _loss(run), self.runs_frame(runs), gr.Timer(active=True),
-                gr.update(interactive=False), *unchanged)
+        return filled(status=describe_run(run), loss=_loss(run), runs=self.runs_frame(runs),
+                      timer=gr.Timer(active=True), start=gr.update(interactive=False))
 
     def start(self, method: str, epochs: float | None, max_steps: float | None, lr: float | None,
               from_active: bool, squad: str | None, guests: bool, request: gr.Request) -> tuple[str, Any]:
@@ -285,10 +293,11 @@ class TrainingTab:
         except ChatLMError as exc:
             gr.Warning(exc.message)
             message = f"Not promoted: {html.escape(exc.message, quote=False)}"
-        view = list(self.refresh(shown, request))
+        drawn = self.refresh(shown, request)
         if pending is not None:  # the Serve box keeps the adapter the second press confirms
-            view[TARGET] = gr.update(value=pending)
-        return (*view, message, pending)
+            drawn = tuple(gr.update(value=pending) if name == "target" else out
+                          for name, out in zip(VIEW, drawn, strict=True))
+        return (*drawn, message, pending)
 
     def rollback(self, shown: str | None, request: gr.Request) -> tuple[Any, ...]:
         try:
@@ -410,6 +419,7 @@ class TrainingTab:
         timer = gr.Timer(POLL_S, active=False)
         view = [status, loss, runs, timer, start_btn, adapters, shown, evaluation, target, left, right,
                 active_line, summary, promote_btn, rollback_btn, judged]
+        assert len(view) == len(VIEW), "VIEW names these components, in this order"
         tab.select(self.refresh, [shown], view, api_visibility="private")
         timer.tick(self.poll, [shown], view, api_visibility="private", show_progress="hidden")
         shown.input(self.refresh, [shown], view, api_visibility="private")
