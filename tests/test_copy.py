@@ -54,7 +54,7 @@ def test_any_walk_through_the_allowed_tokens_is_a_passage_phrase(tiny, seed) -> 
     text = tokenizer.decode(chosen).strip()
     assert text and _is_word_aligned_span(text), text
     assert text.split()[0].lower() not in {"the", "a", "an"}
-    assert text in PASSAGES[constraint.passage_of()]  # the citation names the passage it came from
+    assert any(text in passage for passage in PASSAGES)  # copied whole from one passage
 
 
 def test_the_first_token_may_be_a_word_without_its_space(tiny) -> None:
@@ -67,7 +67,6 @@ def test_the_first_token_may_be_a_word_without_its_space(tiny) -> None:
         assert tok in constraint.allowed()
         constraint.advance(tok)
     assert tokenizer.eos_token_id in constraint.allowed()  # a whole word: the span may end
-    assert constraint.passage_of() == 1
     assert tokenizer.encode(" The", add_special_tokens=False)[0] not in _constraint(tokenizer).allowed()
 
 

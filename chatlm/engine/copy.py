@@ -173,7 +173,3 @@ class CopyConstraint:
                 nxt.add((0, index, pos + 1))
         self.state = frozenset(nxt)
 
-    def passage_of(self) -> int | None:
-        """The passage the span was copied from (the first, when it occurs in several)."""
-        found = sorted(index if kind == 0 else self.entries[index].passage for kind, index, _ in self.state or ())
-        return found[0] if found else None
