@@ -113,7 +113,8 @@ def _round(settings: Any, services: Any, method: str, epochs: float | None = Non
 def knowledge(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
     from knowledge_round import answers_by_question, headline, rate
 
-    from chatlm.evaluation.qa import AbstainRule, Options, evaluate
+    from chatlm.evaluation.qa import Options, evaluate
+    from chatlm.evaluation.scoring import AbstainRule
     from chatlm.knowledge.squad import exact_match, load_squad, normalize_answer
 
     rule = AbstainRule(check="none", min_dense=None)  # the chat's own answers, no clean-up rule

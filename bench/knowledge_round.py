@@ -92,7 +92,8 @@ def main() -> None:
 
     from chatlm import compose
     from chatlm.config import Settings
-    from chatlm.evaluation.qa import AbstainRule, Options, QueryCache, evaluate
+    from chatlm.evaluation.qa import Options, QueryCache, evaluate
+    from chatlm.evaluation.scoring import AbstainRule
     from chatlm.knowledge.embed import get_embedder
     from chatlm.knowledge.squad import load_squad
     from chatlm.store import db, registry

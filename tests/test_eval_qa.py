@@ -13,8 +13,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from chatlm.evaluation import qa, qa_cli
-from chatlm.evaluation.qa import AbstainRule, Record, clean_answer, grounded, is_abstention, new_words, supported
+from chatlm.evaluation import qa, qa_cli, scoring
+from chatlm.evaluation.scoring import AbstainRule, Record, clean_answer, grounded, is_abstention, new_words, supported
 from chatlm.prompts import NOT_FOUND
 from tests.conftest import MODEL_CACHE, REPO
 
@@ -153,10 +153,10 @@ def test_abstain_rules_and_scores() -> None:
     assert reasons(AbstainRule("grounded", None)) == [None, "echo", "grounded", None, "model", None]
     assert reasons(AbstainRule("verbatim", 0.5)) == [None, "echo", "grounded", "verbatim", "model",
                                                      "min_dense"]
-    report = qa.score(records)
+    report = scoring.score(records)
     assert report["has_ans_f1"] == 0.5 and report["no_ans_accuracy"] == 1.0
     assert report["abstained_by"] == {"echo": 1, "grounded": 1, "min_dense": 1, "model": 1, "verbatim": 1}
-    table = {row["rule"]: row for row in qa.variants(records, 0.5)}
+    table = {row["rule"]: row for row in scoring.variants(records, 0.5)}
     assert table["model"]["no_ans_accuracy"] == 0.25 and table["model"]["has_ans_f1"] == 0.75
     assert table["model+verbatim+min_dense=0.5"]["no_ans_accuracy"] == 1.0
     assert [r.abstained_by for r in records][-1] == "min_dense"  # variants() left the records alone

@@ -18,18 +18,8 @@ from typing import Any
 from chatlm import compose
 from chatlm.config import Settings
 from chatlm.errors import InputError
-from chatlm.evaluation.qa import (
-    CHECKS,
-    DEFAULT_CHECK,
-    DEFAULT_MIN_DENSE,
-    MAX_NEW_TOKENS,
-    SPLITS,
-    AbstainRule,
-    Options,
-    QueryCache,
-    _registered_adapter,
-    evaluate,
-)
+from chatlm.evaluation.qa import MAX_NEW_TOKENS, SPLITS, Options, QueryCache, _registered_adapter, evaluate
+from chatlm.evaluation.scoring import CHECKS, DEFAULT_CHECK, DEFAULT_MIN_DENSE, AbstainRule
 from chatlm.knowledge.squad import load_squad
 
 

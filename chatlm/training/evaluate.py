@@ -154,7 +154,7 @@ def knowledge_f1(model: Any, tokenizer: Any, items: Sequence[tuple[Messages, lis
                  batch_size: int = BATCH) -> dict[str, float]:
     """SQuAD-rule F1 and exact match of the model's greedy answers against the liked answers,
     both cleaned like the QA harness cleans predictions (citations, labels, a decline)."""
-    from chatlm.evaluation.qa import clean_answer
+    from chatlm.evaluation.scoring import clean_answer
     from chatlm.knowledge.squad import exact_match, f1
 
     if not items:
@@ -170,7 +170,7 @@ def knowledge_f1(model: Any, tokenizer: Any, items: Sequence[tuple[Messages, lis
 def same_answer(said: str, wanted: str) -> bool:
     """Whether an answer says what the user wrote: equal after SQuAD normalisation (case,
     punctuation, articles, spaces) once citations and labels are cleaned, or both the decline."""
-    from chatlm.evaluation.qa import clean_answer
+    from chatlm.evaluation.scoring import clean_answer
     from chatlm.knowledge.squad import normalize_answer
 
     a, b = clean_answer(said), clean_answer(wanted)
