@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -67,20 +66,19 @@ def run_cli(args: argparse.Namespace, *, backend_factory: Callable[[Any], Any] |
     user_settings = Settings.from_env()
     named = args.adapter if args.adapter and args.adapter != "base" else None
     adapter_path, reads = _registered_adapter(user_settings, named) if mode != "retrieval-only" else (None, False)
-    with tempfile.TemporaryDirectory(prefix="chatlm-eval-") as tmp:
-        settings = Settings.from_env(database_url=f"sqlite:///{Path(tmp) / 'eval.db'}")
-        service, engine = _service(settings, load_model=mode != "retrieval-only",
-                                   backend_factory=backend_factory)
-        try:
-            if adapter_path is not None:
-                service.adapters.load(args.adapter, adapter_path)
-                service.adapters.mark_reader(args.adapter, reads)
-            report = evaluate(service, articles, options)
-        finally:
-            if service.backend is not None:
-                service.backend.close()
-            service.library.wait_for_embeddings(timeout=30)
-            engine.dispose()
+    from chatlm.knowledge.embed import get_embedder
+
+    load_model = mode != "retrieval-only"
+    backend = backend_factory(user_settings) if load_model and backend_factory is not None else None
+    # a throwaway database; the model, its cache and the registry's adapters are the user's
+    with compose.scratch(user_settings, backend, prefix="chatlm-eval-", load_model=load_model,
+                         embedder=QueryCache(get_embedder())) as services:
+        service = services.chat
+        service.adapters.ensure_reader()  # what a fresh install answers: the shipped reader reads (CHATLM_READER)
+        if adapter_path is not None:
+            service.adapters.load(args.adapter, adapter_path)
+            service.adapters.mark_reader(args.adapter, reads)
+        report = evaluate(service, articles, options)
     text = json.dumps(report, indent=2, ensure_ascii=False) + "\n"
     if args.json_out == "-":
         sys.stdout.write(text)
@@ -89,18 +87,6 @@ def run_cli(args: argparse.Namespace, *, backend_factory: Callable[[Any], Any] |
         Path(args.json_out).write_text(text, encoding="utf-8")
     print(summary(report), file=sys.stderr)
     return 0
-
-
-def _service(settings: Any, *, load_model: bool,
-             backend_factory: Callable[[Any], Any] | None) -> tuple[Any, Any]:
-    """A service over a fresh database at ``settings.db_url``; no model for retrieval-only."""
-    from chatlm.knowledge.embed import get_embedder
-
-    backend = backend_factory(settings) if load_model and backend_factory is not None else None
-    services = compose.build(settings, backend, load_model=load_model, embedder=QueryCache(get_embedder()),
-                             follow_registry=False)
-    services.chat.adapters.ensure_reader()  # what a fresh install answers: the shipped reader reads (CHATLM_READER)
-    return services.chat, services.engine
 
 
 def summary(report: dict[str, Any]) -> str:

@@ -225,7 +225,6 @@ def qa_figures(settings: Settings, squad: Path, adapter_path: Path, others: dict
     """SQuAD F1 of the new adapter, the baseline (``others["baseline"]``: the parent, None for the
     base model) and any other adapter in ``others``, through the app's own QA benchmark (oracle
     mode: the gold paragraph is the passage, so it measures the reader, not retrieval)."""
-    import tempfile
 
     from chatlm import compose
     from chatlm.engine import loader
@@ -236,27 +235,21 @@ def qa_figures(settings: Settings, squad: Path, adapter_path: Path, others: dict
 
     articles = load_squad(squad)
     backend = LocalBackend(loader.load(settings.model, Path(settings.data_dir), settings.device))
-    with tempfile.TemporaryDirectory(prefix="chatlm-round-qa-") as folder:
-        services = compose.build(settings, backend, url=f"sqlite:///{Path(folder) / 'qa.db'}",
-                                 embedder=qa.QueryCache(get_embedder()), follow_registry=False)
-        service, engine = services.chat, services.engine
-        try:
-            service.adapters.load("candidate", str(adapter_path))
-            runs: list[tuple[str, str | None]] = [("adapter", "candidate"), ("baseline", None)]
-            for key, named in others.items():
-                if named:
-                    service.adapters.load(named[0], named[1])
-                    runs = [r for r in runs if r[0] != key] + [(key, named[0])]
-            out: dict[str, Any] = {"squad": str(squad), "limit_per_article": limit, "mode": "oracle"}
-            for key, adapter in runs:
-                rep = qa.evaluate(service, articles, qa.Options(squad=squad, mode="oracle", limit=limit,
-                                                                adapter=adapter, progress=False))
-                out[key] = {"qa_f1": rep["f1"], "qa_exact": rep["exact_match"]}
-                out["questions"] = rep["n_questions"]
-        finally:
-            backend.close()
-            service.library.wait_for_embeddings(timeout=30)
-            engine.dispose()
+    with compose.scratch(settings, backend, prefix="chatlm-round-qa-",
+                         embedder=qa.QueryCache(get_embedder())) as services:
+        service = services.chat
+        service.adapters.load("candidate", str(adapter_path))
+        runs: list[tuple[str, str | None]] = [("adapter", "candidate"), ("baseline", None)]
+        for key, named in others.items():
+            if named:
+                service.adapters.load(named[0], named[1])
+                runs = [r for r in runs if r[0] != key] + [(key, named[0])]
+        out: dict[str, Any] = {"squad": str(squad), "limit_per_article": limit, "mode": "oracle"}
+        for key, adapter in runs:
+            rep = qa.evaluate(service, articles, qa.Options(squad=squad, mode="oracle", limit=limit,
+                                                            adapter=adapter, progress=False))
+            out[key] = {"qa_f1": rep["f1"], "qa_exact": rep["exact_match"]}
+            out["questions"] = rep["n_questions"]
     return out
 
 
