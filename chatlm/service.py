@@ -8,13 +8,10 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from chatlm.adapters.serving import Serving
@@ -40,6 +37,7 @@ from chatlm.knowledge.answer import (
 from chatlm.library import Library
 from chatlm.limits import GUESTS, FairShare
 from chatlm.prompts import NOT_FOUND, fit_history, grounded_question
+from chatlm.reply import Reply
 from chatlm.store import repo
 from chatlm.store.db import transaction
 from chatlm.store.models import Message, User
@@ -47,84 +45,6 @@ from chatlm.store.models import Message, User
 MAX_MESSAGE_CHARS = 100_000
 TITLE_CHARS = 48
 log = logging.getLogger(__name__)
-STATUS_BY_FINISH = {"cancelled": "stopped", "error": "error"}
-CHECKPOINT_S = 1.0
-"""How often a streaming answer's text is written to the database (its row says ``pending``)."""
-
-
-@dataclass
-class Reply:
-    """A streaming answer; iterating it yields text deltas, and the answer is stored at the end
-    (complete, or stopped with its partial text) even if the reader goes away."""
-
-    service: ChatService
-    generation: Generation
-    conversation_id: int
-    parent_id: int
-    prompt_messages: list[dict[str, str]]
-    dropped: int
-    adapter: str | None
-    sources: list[dict[str, Any]] | None = None
-    """Knowledge passages the prompt quoted (numbered as cited), stored with the answer."""
-    started: float = field(default_factory=time.perf_counter)
-    message_id: int | None = None
-    shown: str = ""
-    """The text handed to the reader so far: what a checkpoint stores."""
-    question: str = ""
-    extract: list[Support] | None = None
-    """For an extractive answer: the sentences of the passages it may copy from, best first."""
-    final: str | None = None
-    """The reply as stored and shown when it differs from the generated text (extractive answers:
-    span, citation and quoted sentence, or the decline)."""
-    short_answer: str | None = None
-    """The copied span of an extractive answer ("" when declined)."""
-    support_score: float | None = None
-    prefix: str = ""
-    """An answer being continued: the text it had, shown and stored before what is generated."""
-
-    @property
-    def notice(self) -> str:
-        if not self.dropped:
-            return ""
-        return (f"The conversation is longer than the model's context window: the oldest "
-                f"{self.dropped} message(s) were left out of this answer's prompt.")
-
-    def __iter__(self) -> Iterator[str]:
-        checkpointed = time.monotonic()
-        try:
-            if self.extract is not None:  # a short span, shown whole with its citation and sentence
-                for _ in self.generation:
-                    pass
-                self.final = self.shown = self.service._extractive_reply(self)
-                yield self.final
-                return
-            if self.prefix:
-                self.shown = self.prefix
-                yield self.prefix
-            for delta in self.generation:
-                self.shown += delta
-                # the first text, then about every second: a crash keeps what was shown so far
-                if self.message_id is None or time.monotonic() - checkpointed >= CHECKPOINT_S:
-                    self.service._checkpoint_answer(self)
-                    checkpointed = time.monotonic()
-                yield delta
-        except ChatLMError:
-            pass  # stored below with status "error"; the caller reads .generation.error
-        finally:
-            if not self.generation.done:  # the reader left early: free the slot, keep the text
-                self.generation.cancel()
-                self.generation.wait_quietly()
-            self.message_id = self.service._store_answer(self)
-
-    def run(self) -> str:
-        for _ in self:
-            pass
-        return self.text
-
-    @property
-    def text(self) -> str:
-        """The answer as stored."""
-        return self.final if self.final is not None else self.prefix + self.generation.text
 
 
 class ChatService(Conversations):
@@ -382,7 +302,7 @@ class ChatService(Conversations):
         order = np.argsort(-sims, kind="stable")
         return [candidates[i] for i in order], round(float(sims[order[0]]), 4)
 
-    def _extractive_reply(self, reply: Reply) -> str:
+    def extractive_text(self, reply: Reply) -> str:
         """Span + citation + supporting sentence, or the decline when the support score is below the
         calibrated threshold; the cited passage's sentence offsets go into the stored sources."""
         gen = reply.generation
@@ -406,60 +326,11 @@ class ChatService(Conversations):
         return declines(reply.support_score or 0.0, self.settings.abstain_threshold,
                         decline_score=gen.decline_score, span_logprob=gen.span_logprob)
 
-    def _answer_fields(self, reply: Reply) -> dict[str, Any]:
-        gen = reply.generation
-        params: dict[str, Any] = gen.params.as_dict()
-        if gen.finish_reason:
-            params["finish_reason"] = gen.finish_reason  # "length": Continue can go on
-        if reply.prefix:
-            params["continued"] = True
-        if reply.extract is not None:
-            params.update(extractive=True, span=reply.short_answer, support_score=reply.support_score)
-            if gen.decline_score is not None:  # a reader's own "not in the text"
-                params["decline_score"] = round(gen.decline_score, 4)
-            if gen.span_logprob is not None:  # how sure it was of the span it started
-                params["span_logprob"] = round(gen.span_logprob, 4)
-        return dict(model_id=self.backend.model_id, adapter=reply.adapter,
-                    generation_params=params, prompt_messages=reply.prompt_messages,
-                    sources=reply.sources, prompt_tokens=gen.prompt_tokens,
-                    completion_tokens=gen.completion_tokens,
-                    latency_ms=int((time.perf_counter() - reply.started) * 1000))
-
-    def _checkpoint_answer(self, reply: Reply) -> None:
-        """Write the text streamed so far (row created at the first text, status ``pending``).
-        A failed checkpoint must not break the stream: the answer is stored at its end anyway."""
-        try:
-            with transaction(self.sessions) as s:
-                if reply.message_id is None:
-                    reply.message_id = repo.add_message(
-                        s, conversation_id=reply.conversation_id, role="assistant",
-                        content=reply.shown, parent_id=reply.parent_id, status="pending",
-                        **self._answer_fields(reply)).id
-                else:
-                    repo.update_message(s, message_id=reply.message_id, content=reply.shown)
-        except ChatLMError as exc:
-            log.warning("checkpoint of a streaming answer failed: %s", exc.message)
-        except IntegrityError:  # the conversation was deleted while it streamed
-            log.info("conversation %s is gone; its answer is not stored", reply.conversation_id)
-
-    def _store_answer(self, reply: Reply) -> int | None:
-        gen = reply.generation
+    def release(self, reply: Reply) -> None:
+        """An answer has ended: Stop no longer finds it (a newer one in its chat stays)."""
         with self._lock:
-            if self._running.get(reply.conversation_id) is gen:
+            if self._running.get(reply.conversation_id) is reply.generation:
                 del self._running[reply.conversation_id]
-        final = dict(content=reply.text, error=gen.error,
-                     status=STATUS_BY_FINISH.get(gen.finish_reason or "", "complete"),
-                     **self._answer_fields(reply))
-        try:
-            with transaction(self.sessions) as s:
-                if reply.message_id is not None:
-                    stored = repo.update_message(s, message_id=reply.message_id, **final)
-                    return stored.id if stored is not None else None
-                return repo.add_message(s, conversation_id=reply.conversation_id, role="assistant",
-                                        parent_id=reply.parent_id, **final).id
-        except IntegrityError:  # the conversation was deleted while it streamed
-            log.info("conversation %s is gone; its answer is not stored", reply.conversation_id)
-            return None
 
     def mark_interrupted(self) -> int:
         """At start: answers that were streaming when the last process died keep their checkpointed

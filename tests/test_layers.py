@@ -6,7 +6,7 @@ import inside a function is how a circle hides. From the bottom up:
 
     base       config, errors and the pure rules (prompts, limits, transcript), importing only each other
     core       engine | knowledge | store, none of them importing another
-    services   accounts, identity, conversations, library, service, adapters, feedback, training,
+    services   accounts, identity, conversations, library, service, reply, adapters, feedback, training,
                evaluation: they tie the core together and take what they are given
     compose    the composition root (settings -> database -> backend -> services)
     front      ui | api, neither importing the other
@@ -37,7 +37,8 @@ PLACES = {  # a module, or a package and everything in it -> its layer (the long
     "chatlm.transcript": "base",
     "chatlm.engine": "engine", "chatlm.knowledge": "knowledge", "chatlm.store": "store",
     "chatlm.accounts": "services", "chatlm.identity": "services", "chatlm.conversations": "services",
-    "chatlm.library": "services", "chatlm.service": "services", "chatlm.adapters": "services",
+    "chatlm.library": "services", "chatlm.service": "services", "chatlm.reply": "services",
+    "chatlm.adapters": "services",
     "chatlm.feedback": "services", "chatlm.training": "services", "chatlm.evaluation": "services",
     "chatlm.compose": "compose",
     "chatlm.ui": "ui", "chatlm.api": "api",

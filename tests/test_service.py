@@ -271,9 +271,9 @@ def _stored(settings, message_id: int):
 
 def test_a_streaming_answer_is_checkpointed_and_a_crash_leaves_it_interrupted(service, settings,
                                                                               monkeypatch) -> None:
-    import chatlm.service as service_module
+    import chatlm.reply as reply_module
 
-    monkeypatch.setattr(service_module, "CHECKPOINT_S", 0.0)  # every delta, so the test is exact
+    monkeypatch.setattr(reply_module, "CHECKPOINT_S", 0.0)  # every delta, so the test is exact
     uid = service.user_id()
     conv = service.new_conversation(uid)
     reply = service.send(uid, conv.id, "tell me a story", LONG)
@@ -291,9 +291,9 @@ def test_a_streaming_answer_is_checkpointed_and_a_crash_leaves_it_interrupted(se
 
 
 def test_a_checkpointed_answer_ends_as_one_row(service, settings, monkeypatch) -> None:
-    import chatlm.service as service_module
+    import chatlm.reply as reply_module
 
-    monkeypatch.setattr(service_module, "CHECKPOINT_S", 0.0)
+    monkeypatch.setattr(reply_module, "CHECKPOINT_S", 0.0)
     uid = service.user_id()
     conv = service.new_conversation(uid)
     text = service.send(uid, conv.id, "story", LONG).run()

@@ -16,7 +16,7 @@ import anyio
 import gradio as gr
 
 from chatlm.errors import ChatLMError
-from chatlm.service import Reply
+from chatlm.reply import Reply
 from chatlm.store.repo import reason_for
 from chatlm.ui import branches
 from chatlm.ui.answers import Pump, Turn
