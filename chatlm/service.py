@@ -227,8 +227,12 @@ class ChatService(Conversations):
             raise InputError("continue_final_message needs the last message to be the assistant's.")
         if user_id is not None:
             self._admit(user_id)
-        extra = {"continue_final": True} if continue_final else {}  # a backend without it is never asked
-        gen = self.backend.chat(messages, params, adapter=adapter, **extra)
+        return self._chat(messages, params, adapter, user_id, continue_final=continue_final)
+
+    def _chat(self, messages: list[dict[str, str]], params: SamplingParams, adapter: str | None,
+              user_id: int | None, **options: Any) -> Generation:
+        """Start a generation on the backend, counted against the user's fair share."""
+        gen = self.backend.chat(messages, params, adapter=adapter, **options)
         if self.fair is not None and user_id is not None:
             self.fair.track(self._share(user_id), gen)
         return gen
@@ -273,11 +277,7 @@ class ChatService(Conversations):
             if self.adapters.reads(adapter):  # every sentence, the best unless it is sure; its decline is scored
                 extra.update(copy_from=[c.sentence for c in chosen], decline=NOT_FOUND, prefer=[0],
                              sure=SURE_SPAN)
-        elif continue_final:  # the last message is the answer to go on with
-            extra = {"continue_final": True}
-        gen = self.backend.chat(messages, params, adapter=adapter, **extra)
-        if self.fair is not None and user_id is not None:
-            self.fair.track(self._share(user_id), gen)
+        gen = self._chat(messages, params, adapter, user_id, continue_final=continue_final, **extra)
         with self._lock:
             old = self._running.get(conversation_id)
             if old is not None:

@@ -24,7 +24,6 @@ class FakeBackend(Backend):
 
     model_id = "fake"
     context_window = 2048
-    supports_adapters = True
 
     def __init__(self) -> None:
         self.served: list[str] = []

@@ -62,7 +62,7 @@ class Serving:
     def load(self, name: str, path: str, *, activate: bool = False) -> float:
         """Load an adapter directory while serving (no restart); optionally make it the default.
         The previous default stays loaded, so rolling back is just activating it again."""
-        if self.backend is None or not self.backend.supports_adapters:
+        if self.backend is None:
             raise InputError("This backend cannot load adapters.")
         seconds = float(self.backend.load_adapter(name, Path(path)))
         if activate:

@@ -23,8 +23,6 @@ class Backend(Protocol):
     supports_copy: bool = False
     """``chat(copy_from=..., decline=..., ...)`` constrains an answer to spans of given passages
     (``chatlm.engine.local.LocalBackend.chat``); a backend without it is never passed those."""
-    supports_adapters: bool = False
-    """LoRA adapters can be loaded while serving (``load_adapter``)."""
     unload_on_switch: bool = False
     """Free the previous default adapter when another becomes the default (a remote engine's few slots)."""
 

@@ -22,7 +22,6 @@ class LocalBackend(Backend):
     """Generates with a transformers model in this process; one scheduler shared by all callers."""
 
     supports_copy = True
-    supports_adapters = True
 
     def __init__(self, loaded: loader.LoadedModel, *, context_window: int = 0, max_batch: int = 8,
                  queue_size: int = 32, prefix_cache: bool = True) -> None:

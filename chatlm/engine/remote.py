@@ -58,7 +58,6 @@ class RemoteBackend(Backend):
         """The remote server's other models stand for adapters (chatlm lists them that way)."""
         return [m for m in self.remote_models if m != self.model_id]
 
-    supports_adapters = True
     unload_on_switch = True
     """An engine holds few adapters at once (vLLM's ``--max-loras``): the one no longer active goes."""
 

@@ -214,11 +214,9 @@ def run_perplexity(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from chatlm.engine import adapters, loader
-    from chatlm.errors import InputError
     from chatlm.evaluation.qa import _registered_adapter
 
-    if not options.MIN_WINDOW <= args.window <= options.MAX_WINDOW:
-        raise InputError(f"--window must be between {options.MIN_WINDOW} and {options.MAX_WINDOW} tokens.")
+    options.check_window(args.window)
     settings = Settings.from_env()
     text = document.read_text_file(Path(args.text))
     adapter_path, _ = _registered_adapter(settings, args.adapter)

@@ -22,6 +22,12 @@ MIN_WINDOW, MAX_WINDOW = 8, 512
 """A merged tail makes a window up to 1.5x this, which stays under the trainer's MAX_LENGTH."""
 
 
+def check_window(window: int) -> None:
+    """A document round's window, or the one ``eval perplexity`` cuts a text into: within bounds."""
+    if not MIN_WINDOW <= window <= MAX_WINDOW:
+        raise InputError(f"The window must be between {MIN_WINDOW} and {MAX_WINDOW} tokens.")
+
+
 @dataclass(frozen=True)
 class RoundOptions:
     method: str = "auto"
@@ -75,8 +81,8 @@ class RoundOptions:
             return
         if (self.document is None) == (self.text is None):
             raise InputError("A document round needs one text: a loaded text's id, or a text file.")
-        if self.window is not None and not MIN_WINDOW <= self.window <= MAX_WINDOW:
-            raise InputError(f"The window must be between {MIN_WINDOW} and {MAX_WINDOW} tokens.")
+        if self.window is not None:
+            check_window(self.window)
         if self.text is not None and not Path(self.text).is_file():
             raise InputError(f"No file at {self.text}.")
 

@@ -225,7 +225,6 @@ def qa_figures(settings: Settings, squad: Path, adapter_path: Path, others: dict
     """SQuAD F1 of the new adapter, the baseline (``others["baseline"]``: the parent, None for the
     base model) and any other adapter in ``others``, through the app's own QA benchmark (oracle
     mode: the gold paragraph is the passage, so it measures the reader, not retrieval)."""
-
     from chatlm import compose
     from chatlm.engine import loader
     from chatlm.engine.local import LocalBackend
