@@ -163,7 +163,7 @@ def knowledge(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
 
 def chat(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
     from chatlm.engine.params import SamplingParams
-    from chatlm.training.evaluate import same_answer
+    from chatlm.evaluation.heldout import same_answer
 
     params = SamplingParams(temperature=0.0, max_new_tokens=CHAT_TOKENS)
     out: dict[str, Any] = {"corrected": len(CORRECTED), "others": len(OTHERS)}

@@ -50,7 +50,7 @@ def answers_by_question(service: Any, uid: int) -> dict[str, int]:
 
 
 def rate(service: Any, uid: int, records: list[dict[str, Any]]) -> dict[str, int]:
-    from chatlm.prompts import NOT_FOUND
+    from chatlm.chat.prompts import NOT_FOUND
 
     ids = answers_by_question(service, uid)
     counts = {"liked": 0, "disliked_gold": 0, "disliked_decline": 0, "missing": 0}

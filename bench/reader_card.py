@@ -31,9 +31,9 @@ def main() -> int:
     from chatlm.adapters.ship import ship
     from chatlm.config import Settings
     from chatlm.engine import loader
+    from chatlm.evaluation import heldout
     from chatlm.evaluation.verdict import judge
     from chatlm.store import db, registry
-    from chatlm.training import evaluate
     from chatlm.training.data import Heldout
     from chatlm.training.reader import HELDOUT
     from chatlm.training.worker import qa_figures
@@ -50,7 +50,7 @@ def main() -> int:
     held = [json.loads(x) for x in lines[-HELDOUT:]]  # a reader round writes its held-out records last
     loaded = loader.load(settings.model, Path(settings.data_dir), settings.device)
     model = PeftModel.from_pretrained(loaded.model, path, adapter_name="default")
-    out = evaluate.compare(model, loaded.tokenizer, Heldout(liked=held, prompts=len(held)), method="reader",
+    out = heldout.compare(model, loaded.tokenizer, Heldout(liked=held, prompts=len(held)), method="reader",
                            baseline=None, baseline_name="base")
     qa = qa_figures(settings, args.squad, Path(path), {"baseline": None}, limit=10)
     for key in ("adapter", "baseline"):

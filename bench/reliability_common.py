@@ -27,7 +27,7 @@ OUT = REPO / "bench" / "out"
 MODEL_CACHE = REPO / ".pytest_cache" / "chatlm-data"
 """Where the tests keep the safetensors copy of the bundled model (and so its tokenizer)."""
 PRELOAD = ["torch", "transformers", "gradio", "fastapi", "uvicorn", "alembic.command", "sqlite3", "accelerate",
-           "safetensors", "tokenizers", "chatlm.server", "chatlm.cli", "chatlm.ui.chat_page", "chatlm.ui.training",
+           "safetensors", "tokenizers", "chatlm.server", "chatlm.cli.main", "chatlm.ui.chat_page", "chatlm.ui.training",
            "chatlm.ui.feedback", "chatlm.ui.knowledge", "chatlm.api.openai", "chatlm.engine.local", "chatlm.store.db"]
 """Modules the fork launcher imports once, so a restart costs the app's start, not the imports."""
 
@@ -109,7 +109,7 @@ def _serve_child(env: dict[str, str], port: int, log: str) -> None:
     os.dup2(fd, 1)
     os.dup2(fd, 2)
     os.environ.update(env)
-    from chatlm.cli import main
+    from chatlm.cli.main import main
 
     raise SystemExit(main(["serve", "--port", str(port)]))
 

@@ -134,7 +134,7 @@ def main() -> None:
             ab = subprocess.run([sys.executable, "-c", INT8_AB, str(args.ab)], cwd=ROOT, env=env,
                                 capture_output=True, text=True, check=True)
             out["int8_load_ab"] = json.loads(ab.stdout.strip().splitlines()[-1])
-        imports = subprocess.run([sys.executable, "-X", "importtime", "-c", "import chatlm.cli, chatlm.server"],
+        imports = subprocess.run([sys.executable, "-X", "importtime", "-c", "import chatlm.cli.main, chatlm.server"],
                                  cwd=ROOT, env=env, capture_output=True, text=True, check=True)
     top: list[tuple[int, str]] = []
     for line in imports.stderr.splitlines():

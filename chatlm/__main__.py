@@ -1,3 +1,3 @@
-from chatlm.cli import main
+from chatlm.cli.main import main
 
 raise SystemExit(main())

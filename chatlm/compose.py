@@ -70,12 +70,12 @@ def build(settings: Settings, backend: Any = None, *, url: str | None = None, lo
     temporary ones); ``load_model`` False leaves the backend out (retrieval-only runs);
     ``embedder`` replaces the library's (the harness caches query vectors); ``reader`` False leaves
     the reader adapter unloaded (``chatlm ask``: a new chat with no text never uses it)."""
-    from chatlm.accounts import AccountService
-    from chatlm.feedback.service import FeedbackService
-    from chatlm.identity import Identity
-    from chatlm.library import Library
-    from chatlm.service import ChatService
-    from chatlm.training.service import TrainingService
+    from chatlm.chat.library import Library
+    from chatlm.chat.turns import ChatService
+    from chatlm.feedback.reports import FeedbackService
+    from chatlm.identity.accounts import AccountService
+    from chatlm.identity.requests import Identity
+    from chatlm.training.admin import TrainingService
 
     engine, sessions = open_database(url or settings.db_url)
     if backend is None and load_model:

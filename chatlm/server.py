@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from chatlm import compose
+from chatlm.chat.turns import ChatService
 from chatlm.config import Settings
-from chatlm.identity import Identity
-from chatlm.service import ChatService
+from chatlm.identity.requests import Identity
 
 log = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parents[1]

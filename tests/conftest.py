@@ -235,7 +235,7 @@ ANN, BOB = ("ann", "ann's password"), ("bob", "bob's password")
 @pytest.fixture
 def accounts_server(start_server, tiny_backend):
     """A server with accounts on (guests allowed), ann and bob signed up."""
-    from chatlm.accounts import AccountService
+    from chatlm.identity.accounts import AccountService
 
     running = start_server(tiny_backend, auth="password")
     accounts = AccountService(running.app.service.sessions)

@@ -16,10 +16,10 @@ from typing import Any
 import httpx
 import pytest
 
-from chatlm.accounts import AccountService, name_key
 from chatlm.config import Settings
 from chatlm.errors import ConfigError
-from chatlm.identity import GUEST_COOKIE, SESSION_COOKIE
+from chatlm.identity.accounts import AccountService, name_key
+from chatlm.identity.requests import GUEST_COOKIE, SESSION_COOKIE
 from chatlm.store import db
 from tests.conftest import ANN, BOB, REPO
 

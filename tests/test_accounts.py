@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select, text
 
-from chatlm.accounts import LOCK_AFTER, SLOW_AFTER, AccountService, SignInError
 from chatlm.errors import InputError, NotFoundError, PermissionDeniedError
+from chatlm.identity.accounts import LOCK_AFTER, SLOW_AFTER, AccountService, SignInError
 from chatlm.store import db, repo
 from chatlm.store.models import Conversation, Document, Rating, User
 from tests.conftest import REPO
@@ -92,7 +92,7 @@ def test_roles_only_admins_manage_others_and_the_last_admin_stays(accounts) -> N
 
 
 def test_removing_an_account_deletes_its_data_and_keeps_others(accounts, sessions) -> None:
-    from chatlm.library import Library
+    from chatlm.chat.library import Library
 
     ann = accounts.add_user(None, "ann", "correct horse")
     bob = accounts.add_user(None, "bob", "battery staple")

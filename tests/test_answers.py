@@ -7,9 +7,9 @@ import dataclasses
 
 import pytest
 
+from chatlm.chat.prompts import NOT_FOUND
 from chatlm.engine.params import SamplingParams
 from chatlm.knowledge.answer import decline_text, find_support, is_factoid, sentences, short_form
-from chatlm.prompts import NOT_FOUND
 from tests.wiring import make_service
 
 TEXT = ("Acme Widgets was founded in 1987 by Dana Kowalski in Tacoma. The company makes brass hinges.\n"
@@ -96,9 +96,9 @@ def test_a_rated_extractive_answer_trains_on_the_passage_that_holds_its_target(s
     """A round over knowledge questions trains on one passage per answer, not all k: the target is
     what the model wrote (the span, or the decline) and the correction; the prompt is the passage
     holding the correction, else the span, else the best-ranked one. Rows as ``send`` stores them."""
+    from chatlm.chat.prompts import grounded_question, split_grounded
     from chatlm.feedback import load
     from chatlm.knowledge.answer import answer_text
-    from chatlm.prompts import grounded_question, split_grounded
     from chatlm.store import repo
     from chatlm.store.db import transaction
     from chatlm.training import data

@@ -18,7 +18,7 @@ needs_browser()
 
 from sqlalchemy import select  # noqa: E402
 
-from chatlm.accounts import AccountService  # noqa: E402
+from chatlm.identity.accounts import AccountService  # noqa: E402
 from chatlm.store.db import transaction  # noqa: E402
 from chatlm.store.models import Message  # noqa: E402
 

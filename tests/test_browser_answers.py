@@ -10,7 +10,7 @@ from tests.browser import last_sources, needs_browser, open_app, send
 
 needs_browser()
 
-from chatlm.prompts import NOT_FOUND  # noqa: E402
+from chatlm.chat.prompts import NOT_FOUND  # noqa: E402
 
 pytestmark = pytest.mark.slow
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from chatlm.adapters import SHIPPED_READER
-from chatlm.prompts import NOT_FOUND
+from chatlm.chat.prompts import NOT_FOUND
 from tests.browser import choose, click_and_wait, dislike_last, needs_browser, open_app, send, wait_for
 from tests.test_browser_reader import QUESTIONS, load_text, right
 

@@ -9,7 +9,7 @@ import re
 import pytest
 
 from chatlm.adapters import SHIPPED_READER
-from chatlm.prompts import NOT_FOUND
+from chatlm.chat.prompts import NOT_FOUND
 from tests.browser import click_and_wait, needs_browser, open_app, send
 
 needs_browser()

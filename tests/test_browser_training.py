@@ -65,7 +65,7 @@ def active_in_registry(server) -> str | None:
 
 
 def service_contribution(server):
-    from chatlm.feedback.service import FeedbackService
+    from chatlm.feedback.reports import FeedbackService
 
     actor = server.app.identity.local()
     return FeedbackService(server.app.service.sessions).contribution(actor)

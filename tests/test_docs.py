@@ -94,7 +94,7 @@ def test_the_code_reads_chatlm_variables_only_through_settings() -> None:
 def cli_commands() -> list[tuple[str, ...]]:
     """Every command path of ``python -m chatlm``: its subparsers at any depth, and the choices of a
     positional ``action`` argument (``db upgrade``, ``users key create``), read from the parser."""
-    from chatlm.cli import _parser
+    from chatlm.cli.main import _parser
 
     found: list[tuple[str, ...]] = []
 

@@ -13,9 +13,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from chatlm.evaluation import qa, qa_cli, scoring
+from chatlm.chat.prompts import NOT_FOUND
+from chatlm.cli import qa as qa_cli
+from chatlm.evaluation import qa, scoring
 from chatlm.evaluation.scoring import AbstainRule, Record, clean_answer, grounded, is_abstention, new_words, supported
-from chatlm.prompts import NOT_FOUND
 from tests.conftest import MODEL_CACHE, REPO
 
 MINI = Path(__file__).resolve().parent / "data" / "squad-mini.json"
@@ -191,7 +192,7 @@ def test_generating_modes_with_a_tiny_model(tmp_path, monkeypatch, tiny_backend,
 
 def test_together_and_conversation_ask_through_one_knowledge_base_and_one_chat(tmp_path, monkeypatch,
                                                                             tiny_backend) -> None:
-    from chatlm.service import ChatService
+    from chatlm.chat.turns import ChatService
 
     monkeypatch.setenv("CHATLM_DATA_DIR", str(tmp_path / "d"))
     asked: list[tuple[int, int]] = []  # (conversation, documents it holds) of every question asked

@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from chatlm.identity import GUEST_COOKIE, SESSION_COOKIE
+from chatlm.identity.requests import GUEST_COOKIE, SESSION_COOKIE
 from tests.conftest import ANN
 
 pytestmark = pytest.mark.slow

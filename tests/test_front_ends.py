@@ -18,7 +18,7 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from chatlm.identity import SESSION_COOKIE
+from chatlm.identity.requests import SESSION_COOKIE
 from chatlm.store import db, registry
 from chatlm.store.models import Message, User
 from chatlm.ui.chat_view import shown_text

@@ -329,7 +329,7 @@ class FakeEmbedder:
 @pytest.fixture
 def library(settings, tiny_backend) -> Iterator[tuple[Any, int, int]]:
     """A Library over a real SQLite file, with a user and a conversation."""
-    from chatlm.library import Library
+    from chatlm.chat.library import Library
     from tests.wiring import make_service
 
     service = make_service(settings, tiny_backend)

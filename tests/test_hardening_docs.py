@@ -11,11 +11,11 @@ from typing import Any
 import httpx
 import pytest
 
-from chatlm.accounts import AccountService
 from chatlm.adapters.serving import DEFAULT_MODEL
+from chatlm.chat.library import Library
 from chatlm.engine.params import SamplingParams
-from chatlm.identity import SESSION_COOKIE
-from chatlm.library import Library
+from chatlm.identity.accounts import AccountService
+from chatlm.identity.requests import SESSION_COOKIE
 from tests.conftest import BOB
 from tests.seeding import StubEmbedder
 

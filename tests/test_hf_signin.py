@@ -12,9 +12,9 @@ from typing import Any
 import httpx
 import pytest
 
-from chatlm.accounts import AccountService
 from chatlm.config import Settings
-from chatlm.identity import GUEST_COOKIE, SESSION_COOKIE
+from chatlm.identity.accounts import AccountService
+from chatlm.identity.requests import GUEST_COOKIE, SESSION_COOKIE
 
 gradio_client = pytest.importorskip("gradio_client")
 pytestmark = pytest.mark.slow

@@ -49,7 +49,7 @@ def test_grounded_answer_cites_and_stores_sources(service) -> None:
 
 
 def test_dense_embeddings_arrive_in_background_and_persist(settings, tiny_backend) -> None:
-    from chatlm.library import Library
+    from chatlm.chat.library import Library
 
     class FakeEmbedder:
         calls = 0

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from chatlm.chat.limits import FairShare, UserLimitError
 from chatlm.config import Settings
 from chatlm.engine.params import SamplingParams
-from chatlm.limits import FairShare, UserLimitError
 from tests.wiring import make_service
 
 LONG = SamplingParams(temperature=0.0, max_new_tokens=200)

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
+from chatlm.chat.prompts import fit_history
 from chatlm.errors import InputError
-from chatlm.prompts import fit_history
 
 
 def words(messages) -> int:

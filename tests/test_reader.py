@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from chatlm.chat.prompts import NOT_FOUND, grounded_question, split_grounded
 from chatlm.compose import sessions_for
 from chatlm.config import Settings
 from chatlm.engine.copy import CopyConstraint
 from chatlm.errors import InputError
-from chatlm.prompts import NOT_FOUND, grounded_question, split_grounded
 from chatlm.store import db, registry, repo
 from chatlm.training import reader, worker
 from chatlm.training.options import RoundOptions
@@ -59,12 +59,12 @@ def test_a_reader_round_registers_an_adapter_that_changes_a_span(tiny_settings, 
     """Records come from the app's own retrieval and prompt; the round goes through the worker and
     registry like any other; the adapter, served for a question about a loaded text, gives another
     span than the base model."""
+    from chatlm.chat.turns import ChatService
     from chatlm.compose import scratch
     from chatlm.engine.local import LocalBackend
     from chatlm.engine.params import SamplingParams
     from chatlm.evaluation.qa import QueryCache
     from chatlm.knowledge.embed import get_embedder
-    from chatlm.service import ChatService
 
     with scratch(tiny_settings, prefix="chatlm-reader-", load_model=False,
                  embedder=QueryCache(get_embedder())) as services:

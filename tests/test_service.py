@@ -271,7 +271,7 @@ def _stored(settings, message_id: int):
 
 def test_a_streaming_answer_is_checkpointed_and_a_crash_leaves_it_interrupted(service, settings,
                                                                               monkeypatch) -> None:
-    import chatlm.reply as reply_module
+    import chatlm.chat.reply as reply_module
 
     monkeypatch.setattr(reply_module, "CHECKPOINT_S", 0.0)  # every delta, so the test is exact
     uid = service.user_id()
@@ -291,7 +291,7 @@ def test_a_streaming_answer_is_checkpointed_and_a_crash_leaves_it_interrupted(se
 
 
 def test_a_checkpointed_answer_ends_as_one_row(service, settings, monkeypatch) -> None:
-    import chatlm.reply as reply_module
+    import chatlm.chat.reply as reply_module
 
     monkeypatch.setattr(reply_module, "CHECKPOINT_S", 0.0)
     uid = service.user_id()

@@ -20,11 +20,11 @@ import httpx
 import pytest
 from sqlalchemy import func, select, update
 
-from chatlm.accounts import LOCK_AFTER, AccountService, SignInError
+from chatlm.chat.limits import UserLimitError
 from chatlm.config import Settings
 from chatlm.engine.params import SamplingParams
-from chatlm.identity import GUEST_COOKIE, SESSION_COOKIE, Identity
-from chatlm.limits import UserLimitError
+from chatlm.identity.accounts import LOCK_AFTER, AccountService, SignInError
+from chatlm.identity.requests import GUEST_COOKIE, SESSION_COOKIE, Identity
 from chatlm.store import db
 from chatlm.store.models import User, utcnow
 from tests.conftest import ANN, BOB, REPO

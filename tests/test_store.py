@@ -223,7 +223,7 @@ def test_every_migration_keeps_a_filled_database(tmp_path: Path) -> None:
     text with chunks, an adapter and a training run) goes down to 0002 and back up to head with every
     row kept. Batch mode rebuilds tables on SQLite; with foreign keys on, rebuilding ``messages``
     used to delete every rating through ON DELETE CASCADE."""
-    from chatlm.library import Library
+    from chatlm.chat.library import Library
     from chatlm.store import registry
     from tests.seeding import StubEmbedder, add_turn, seed_pairs
 

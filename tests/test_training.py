@@ -151,7 +151,7 @@ def test_refused_second_round_and_failed_workers_leave_nothing(tiny_settings) ->
 
 def test_guest_ratings_are_left_out_unless_the_admin_asks(tiny_settings) -> None:
     """Anyone can rate as a guest, so a round learns from guests' ratings only when asked to."""
-    from chatlm.accounts import AccountService
+    from chatlm.identity.accounts import AccountService
 
     sessions = sessions_for(tiny_settings)
     guest = AccountService(sessions).guest()[0]
@@ -199,8 +199,8 @@ def test_each_method_trains_evaluates_and_registers(tiny_settings, tiny, tmp_pat
     import copy
     import dataclasses
 
+    from chatlm.chat.turns import ChatService
     from chatlm.engine.local import LocalBackend
-    from chatlm.service import ChatService
 
     sessions = sessions_for(tiny_settings)
     with db.transaction(sessions) as s:
@@ -430,8 +430,8 @@ def test_qa_f1_on_held_out_questions_about_loaded_texts(bundled) -> None:
     """Rated answers to questions about the user's own texts are a QA test set: the liked answer is
     the gold one. Only grounded prompts count, and the model's answers (the 135M model copies the
 passage) overlap the liked answers and not a wrong gold."""
-    from chatlm.prompts import grounded_question
-    from chatlm.training import evaluate
+    from chatlm.chat.prompts import grounded_question
+    from chatlm.evaluation import heldout
     from chatlm.training.data import Heldout
 
     passage = [(1, "zorbia.txt", "The capital of the kingdom of Zorbia is Quillton. Quillton lies on the river "
@@ -444,15 +444,15 @@ passage) overlap the liked answers and not a wrong gold."""
         return [{"role": "system", "content": "You are a helpful assistant."},
                 {"role": "user", "content": grounded_question(question, passage, short=True)}]
 
-    heldout = Heldout(liked=[liked(about_text("What is the capital of Zorbia?"), "Quillton [1]."),
-                             liked(about_text("On which river does Quillton lie?"), "The river Vask [1]"),
-                             liked([{"role": "user", "content": "Say hi"}], "Hi!")])
-    items = evaluate.knowledge_items(heldout)
+    held = Heldout(liked=[liked(about_text("What is the capital of Zorbia?"), "Quillton [1]."),
+                          liked(about_text("On which river does Quillton lie?"), "The river Vask [1]"),
+                          liked([{"role": "user", "content": "Say hi"}], "Hi!")])
+    items = heldout.knowledge_items(held)
     assert [golds for _, golds in items] == [["Quillton [1]."], ["The river Vask [1]"]]
-    right = evaluate.knowledge_f1(bundled.model, bundled.tokenizer, items)
-    wrong = evaluate.knowledge_f1(bundled.model, bundled.tokenizer, [(p, ["Paris"]) for p, _ in items])
+    right = heldout.knowledge_f1(bundled.model, bundled.tokenizer, items)
+    wrong = heldout.knowledge_f1(bundled.model, bundled.tokenizer, [(p, ["Paris"]) for p, _ in items])
     assert right["knowledge_f1"] > wrong["knowledge_f1"] == 0, (right, wrong)
-    assert evaluate.knowledge_items(Heldout(liked=heldout.liked[2:])) == []
+    assert heldout.knowledge_items(Heldout(liked=held.liked[2:])) == []
 
 
 def test_training_tab_shows_a_round_in_progress_and_how_it_ended() -> None:
@@ -529,9 +529,9 @@ def test_cpu_rounds_project_only_completion_tokens_with_the_same_loss(tiny, monk
 def test_only_an_admin_may_use_the_training_service(settings, tiny_backend) -> None:
     """The admins-only rule lives in TrainingService: every call with a non-admin actor is refused
     before anything is read, started or changed (the tab is only hidden; this is the check)."""
-    from chatlm.accounts import Actor
     from chatlm.errors import PermissionDeniedError
-    from chatlm.training.service import TrainingService
+    from chatlm.identity.accounts import Actor
+    from chatlm.training.admin import TrainingService
 
     service = make_service(settings, tiny_backend)
     uid = service.user_id()
@@ -555,8 +555,8 @@ def test_old_free_form_knowledge_ratings_train_as_sft_on_one_passage(settings) -
     """Ratings stored before answers were extractive (free-form, three passages, the long cite-your-
     sources instruction) train like new ones: SFT on the one passage holding the user's correction,
     with the short instruction, not DPO on the whole prompt (85 s a step on 620-token prompts)."""
+    from chatlm.chat.prompts import grounded_question, split_grounded
     from chatlm.feedback import load
-    from chatlm.prompts import grounded_question, split_grounded
     from chatlm.store import db, repo
     from chatlm.training import data
 

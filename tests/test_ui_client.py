@@ -194,7 +194,7 @@ def scripted(start_server):
 
 
 def test_a_refused_first_message_leaves_no_conversation_and_stays_in_the_box(scripted):
-    from chatlm.service import MAX_MESSAGE_CHARS
+    from chatlm.chat.turns import MAX_MESSAGE_CHARS
 
     server, _, client = scripted()
     service = server.app.service

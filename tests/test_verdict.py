@@ -52,7 +52,7 @@ def test_better_unchanged_and_unmeasured() -> None:
 
 
 def test_the_cli_says_the_verdict() -> None:
-    from chatlm.training.cli import _figures
+    from chatlm.cli.train import _figures
 
     line = _figures(ISSUE_ROUND)
     assert line.startswith("worse: knowledge_f1 0.667 (base 0.923)"), line

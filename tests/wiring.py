@@ -6,8 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 from chatlm import compose
+from chatlm.chat.turns import ChatService
 from chatlm.config import Settings
-from chatlm.service import ChatService
 from chatlm.ui.who import Who
 
 
@@ -19,10 +19,10 @@ def make_service(settings: Settings, backend: Any = None) -> ChatService:
 def parts(service: ChatService) -> dict[str, Any]:
     """What a UI panel is given besides the chat service, wired over the same database and settings:
     ``who`` (the request's actor), ``training`` and ``feedback``."""
-    from chatlm.accounts import AccountService
-    from chatlm.feedback.service import FeedbackService
-    from chatlm.identity import Identity
-    from chatlm.training.service import TrainingService
+    from chatlm.feedback.reports import FeedbackService
+    from chatlm.identity.accounts import AccountService
+    from chatlm.identity.requests import Identity
+    from chatlm.training.admin import TrainingService
 
     return {"who": Who(Identity(service.settings, AccountService(service.sessions))),
             "training": TrainingService(service), "feedback": FeedbackService(service.sessions)}

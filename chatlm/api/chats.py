@@ -10,8 +10,8 @@ import anyio
 from fastapi import FastAPI, Request
 from fastapi.responses import PlainTextResponse, Response
 
+from chatlm.chat.turns import ChatService
 from chatlm.errors import ChatLMError, NotFoundError, PermissionDeniedError
-from chatlm.service import ChatService
 from chatlm.ui.who import Who
 
 

@@ -27,13 +27,13 @@ from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from chatlm.accounts import Actor
 from chatlm.adapters.serving import BASE_MODEL
+from chatlm.chat.turns import MAX_MESSAGE_CHARS, ChatService
 from chatlm.engine.generation import Generation
 from chatlm.engine.params import SamplingParams
 from chatlm.errors import ChatLMError, InputError, NotFoundError, PermissionDeniedError
-from chatlm.identity import Identity
-from chatlm.service import MAX_MESSAGE_CHARS, ChatService
+from chatlm.identity.accounts import Actor
+from chatlm.identity.requests import Identity
 
 _END = object()
 PREFIX = "/v1"
@@ -186,7 +186,7 @@ class OpenAIRoutes:
         return [self.service.backend.model_id, *self.service.adapters.names()]
 
     def _auth(self, request: Request) -> Actor:
-        """Every /v1 call acts as the user of its key (``chatlm.identity``); none, no call."""
+        """Every /v1 call acts as the user of its key (``chatlm.identity.requests``); none, no call."""
         actor = self.identity.api_actor(request.headers.get("authorization", ""))
         if actor is None:
             raise _AuthError()

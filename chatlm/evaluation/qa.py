@@ -12,7 +12,7 @@ Modes: ``rag`` (the app: retrieve top-k, answer), ``oracle`` (the same model and
 gold paragraph alone as passage [1]: the ceiling of the reader) and ``retrieval-only`` (no model:
 recall@k and timing). The model comes from the normal settings (``CHATLM_MODEL``, the model cache in
 ``CHATLM_DATA_DIR``); only the database is swapped for a throwaway SQLite file. The command line and
-that wiring are ``chatlm.evaluation.qa_cli``; this module takes the service it is given.
+that wiring are ``chatlm.cli.qa``; this module takes the service it is given.
 
 All figures are fractions in [0, 1] (the official script prints percentages).
 """
@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from chatlm.chat.prompts import grounded_question
 from chatlm.evaluation.scoring import (
     DEFAULT_MIN_DENSE,
     AbstainRule,
@@ -42,7 +43,6 @@ from chatlm.evaluation.scoring import (
 )
 from chatlm.knowledge.answer import short_form
 from chatlm.knowledge.squad import Article, Question, answer_in_chunks
-from chatlm.prompts import grounded_question
 
 MODES = ("rag", "oracle", "retrieval-only")
 MAX_NEW_TOKENS = 32

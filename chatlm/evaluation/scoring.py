@@ -1,7 +1,7 @@
 """How the QA harness reads and scores an answer: cleaning it, when it counts as "no answer"
 (``AbstainRule``), one question's ``Record`` and the official SQuAD v2 figures over many
 (``score``). Split from the harness (``chatlm.evaluation.qa``), which asks the questions; a
-round's own evaluation (``chatlm.training.evaluate``) cleans answers the same way.
+round's own evaluation (``chatlm.evaluation.heldout``) cleans answers the same way.
 
 All figures are fractions in [0, 1] (the official script prints percentages).
 """
@@ -13,8 +13,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from chatlm.chat.prompts import NOT_FOUND
 from chatlm.knowledge.squad import exact_match, f1, normalize_answer
-from chatlm.prompts import NOT_FOUND
 
 ABSTAIN_MARKERS = tuple(
     normalize_answer(s)

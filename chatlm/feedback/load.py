@@ -7,9 +7,9 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from chatlm.chat.prompts import NOT_FOUND, split_grounded
 from chatlm.feedback.records import Conversation as ConvRecord
 from chatlm.feedback.records import RatedAnswer, focus
-from chatlm.prompts import NOT_FOUND, split_grounded
 from chatlm.store import repo
 from chatlm.store.models import Conversation, Message, Rating, User
 

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from chatlm.prompts import grounded_question, split_grounded
+from chatlm.chat.prompts import grounded_question, split_grounded
 
 Message = dict[str, str]
 FORMATS = ("messages", "sft", "kto", "dpo")

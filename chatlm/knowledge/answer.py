@@ -12,7 +12,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from chatlm.prompts import NOT_FOUND
+from chatlm.chat.prompts import NOT_FOUND
 
 OPEN_ENDED = re.compile(
     r"^\s*(please\s+)?(summari[sz]e|summary|explain|describe|compare|contrast|discuss|analy[sz]e|"

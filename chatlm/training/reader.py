@@ -21,8 +21,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from chatlm.chat.prompts import NOT_FOUND, grounded_question
 from chatlm.config import Settings
-from chatlm.prompts import NOT_FOUND, grounded_question
 
 PASSAGES = 3
 """Passages per question, as the chat retrieves (``ChatService.send``'s k)."""

@@ -167,8 +167,9 @@ def _train_and_evaluate(settings: Settings, round_data: Any, params: dict[str, A
 
     from chatlm.engine import loader
     from chatlm.engine.adapters import check_files
+    from chatlm.evaluation import heldout
     from chatlm.evaluation.verdict import judge
-    from chatlm.training import evaluate, trainer
+    from chatlm.training import trainer
 
     hp = trainer.hyperparams(round_data, params)
     report({"epochs": hp["epochs"]})  # passes over the data: what a later estimate scales by
@@ -191,15 +192,15 @@ def _train_and_evaluate(settings: Settings, round_data: Any, params: dict[str, A
     report({"phase": "evaluating"})
     if parent:
         model.load_adapter(parent[1], adapter_name="parent")
-    metrics = evaluate.compare(model, loaded.tokenizer, round_data.heldout, method=round_data.method,
+    metrics = heldout.compare(model, loaded.tokenizer, round_data.heldout, method=round_data.method,
                                baseline="parent" if parent else None,
                                baseline_name=parent[0] if parent else "base",
                                corrections=round_data.corrections, liked=round_data.liked)
     other = active if active and active != parent else None
     if other:
         model.load_adapter(other[1], adapter_name="active")
-        with evaluate.using(model, "active"):
-            metrics["active"] = evaluate.score(model, loaded.tokenizer, round_data.heldout)
+        with heldout.using(model, "active"):
+            metrics["active"] = heldout.score(model, loaded.tokenizer, round_data.heldout)
         metrics["active_name"] = other[0]
     tokens = tr.state.num_input_tokens_seen
     metrics["train"] = {"loss": round(float(result.training_loss), 5), "steps": tr.state.global_step,

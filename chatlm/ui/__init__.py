@@ -1,1 +1,1 @@
-"""Gradio Blocks UI; handlers are thin adapters over chatlm.service."""
+"""Gradio Blocks UI; handlers are thin adapters over chatlm.chat.turns."""

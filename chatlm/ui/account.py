@@ -14,9 +14,9 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
-from chatlm.accounts import AccountService, Actor, SignInError
+from chatlm.chat.turns import ChatService
 from chatlm.errors import ChatLMError, InputError, NotFoundError, PermissionDeniedError
-from chatlm.service import ChatService
+from chatlm.identity.accounts import AccountService, Actor, SignInError
 from chatlm.ui.who import Who
 
 KEY_COLUMNS = ["id", "name", "prefix", "created", "last used", "revoked"]

@@ -16,9 +16,9 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
-from chatlm.accounts import GUEST_PREFIX, AccountService, Actor, UserInfo
+from chatlm.chat.turns import ChatService
 from chatlm.errors import ChatLMError, InputError
-from chatlm.service import ChatService
+from chatlm.identity.accounts import GUEST_PREFIX, AccountService, Actor, UserInfo
 from chatlm.ui.who import Who
 
 USER_COLUMNS = ["name", "role", "guest", "password", "locked", "conversations"]

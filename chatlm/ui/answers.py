@@ -18,7 +18,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from chatlm.reply import Reply
+from chatlm.chat.reply import Reply
 
 log = logging.getLogger(__name__)
 SWITCH_WAIT_S = 1.0

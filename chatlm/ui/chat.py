@@ -15,8 +15,8 @@ from typing import Any
 import anyio
 import gradio as gr
 
+from chatlm.chat.reply import Reply
 from chatlm.errors import ChatLMError
-from chatlm.reply import Reply
 from chatlm.store.repo import reason_for
 from chatlm.ui import branches
 from chatlm.ui.answers import Pump, Turn

@@ -10,8 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 from chatlm.adapters.serving import DEFAULT_MODEL
+from chatlm.chat.turns import ChatService
 from chatlm.engine.params import SamplingParams
-from chatlm.service import ChatService
 
 DEFAULT_MAX_NEW = 256
 DEFAULT_TEMPERATURE = 0.7

@@ -9,9 +9,9 @@ from typing import Any
 import gradio as gr
 
 from chatlm.adapters.serving import DEFAULT_MODEL
-from chatlm.feedback.service import FeedbackService
-from chatlm.service import ChatService
-from chatlm.training.service import TrainingService
+from chatlm.chat.turns import ChatService
+from chatlm.feedback.reports import FeedbackService
+from chatlm.training.admin import TrainingService
 from chatlm.ui import branches, refusals, sidebar
 from chatlm.ui.chat import WATCH_S, ChatUI
 from chatlm.ui.chat_defaults import DEFAULT_MAX_NEW, DEFAULT_TEMPERATURE, DEFAULT_TOP_P, defaults

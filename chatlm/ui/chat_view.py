@@ -12,8 +12,8 @@ from typing import Any
 import gradio as gr
 
 from chatlm.adapters.serving import BASE_MODEL, DEFAULT_MODEL
+from chatlm.chat.turns import ChatService, can_continue
 from chatlm.errors import ChatLMError
-from chatlm.service import ChatService, can_continue
 from chatlm.store.models import utcnow
 from chatlm.ui import sidebar
 from chatlm.ui.answers import Answers

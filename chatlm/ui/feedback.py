@@ -13,10 +13,10 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
+from chatlm.chat.turns import ChatService
 from chatlm.errors import ChatLMError
 from chatlm.feedback import records, stats
-from chatlm.feedback.service import FeedbackService
-from chatlm.service import ChatService
+from chatlm.feedback.reports import FeedbackService
 from chatlm.store.repo import RATING_REASONS, reason_for
 from chatlm.ui.who import Who
 

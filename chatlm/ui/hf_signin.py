@@ -1,5 +1,5 @@
 """Sign in with Hugging Face (``CHATLM_AUTH=hf``), ending in the same signed session cookie as a
-password sign-in, so every handler still asks ``chatlm.identity`` who is calling.
+password sign-in, so every handler still asks ``chatlm.identity.requests`` who is calling.
 
 On a Space with ``hf_oauth: true``, Spaces sets ``OAUTH_CLIENT_ID``, ``OAUTH_CLIENT_SECRET``,
 ``OAUTH_SCOPES`` and ``OPENID_PROVIDER_URL``; authlib runs the authorization-code flow, as Gradio's
@@ -27,8 +27,8 @@ import anyio
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from chatlm.accounts import SignInError
-from chatlm.identity import Identity
+from chatlm.identity.accounts import SignInError
+from chatlm.identity.requests import Identity
 from chatlm.ui import signin
 
 STATE_COOKIE = "chatlm_oauth"

@@ -9,8 +9,8 @@ from typing import Any
 
 import gradio as gr
 
+from chatlm.chat.turns import ChatService
 from chatlm.errors import ChatLMError
-from chatlm.service import ChatService
 from chatlm.ui import sidebar
 from chatlm.ui.uploads import received_file, upload_button, uploaded_file
 from chatlm.ui.who import Who

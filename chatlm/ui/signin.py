@@ -23,9 +23,9 @@ import anyio
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from chatlm.accounts import Actor, SignInError
 from chatlm.errors import ChatLMError
-from chatlm.identity import GUEST_COOKIE, GUEST_COOKIE_DAYS, SESSION_COOKIE, Identity
+from chatlm.identity.accounts import Actor, SignInError
+from chatlm.identity.requests import GUEST_COOKIE, GUEST_COOKIE_DAYS, SESSION_COOKIE, Identity
 
 OPEN_PATHS = ("/login", "/logout", "/v1")
 """Answered whatever the visitor's state: the sign-in routes and the API (its own keys)."""

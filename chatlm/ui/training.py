@@ -17,17 +17,17 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
-from chatlm.accounts import Actor, require_admin
+from chatlm.chat.turns import ChatService
 from chatlm.engine.params import SamplingParams
 from chatlm.errors import ChatLMError, PermissionDeniedError
 from chatlm.evaluation import verdict
-from chatlm.feedback.service import FeedbackService
-from chatlm.service import ChatService
+from chatlm.feedback.reports import FeedbackService
+from chatlm.identity.accounts import Actor, require_admin
 from chatlm.store import registry
 from chatlm.store.models import AdapterVersion, TrainingRun
 from chatlm.training import METHODS, data, eta, trainer
+from chatlm.training.admin import TrainingService
 from chatlm.training.options import RoundOptions
-from chatlm.training.service import TrainingService
 from chatlm.ui.chat_defaults import new_chat_settings, plain, sampling_params
 from chatlm.ui.uploads import received_file, uploaded_file
 from chatlm.ui.who import Who

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from chatlm.accounts import Actor
 from chatlm.errors import PermissionDeniedError
-from chatlm.identity import Identity
+from chatlm.identity.accounts import Actor
+from chatlm.identity.requests import Identity
 
 SIGNED_OUT = ("You are not signed in (or your session ended): reload the page and sign in. A script "
               "sends its API key (Authorization: Bearer ...) or the session cookie.")

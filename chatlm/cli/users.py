@@ -16,7 +16,7 @@ from chatlm.config import Settings
 from chatlm.errors import InputError
 
 if TYPE_CHECKING:
-    from chatlm.accounts import AccountService, Actor
+    from chatlm.identity.accounts import AccountService, Actor
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -58,8 +58,8 @@ def read_password(prompt: str = "Password") -> str:
 
 
 def main(args: argparse.Namespace) -> int:
-    from chatlm.accounts import AccountService
     from chatlm.compose import sessions_for
+    from chatlm.identity.accounts import AccountService
 
     accounts = AccountService(sessions_for(Settings.from_env()))
     cmd = args.users_command
@@ -118,6 +118,6 @@ def _key(accounts: AccountService, args: argparse.Namespace) -> int:
 
 
 def _operator() -> Actor:
-    from chatlm.accounts import Actor
+    from chatlm.identity.accounts import Actor
 
     return Actor(user_id=0, name="(shell)", is_admin=True)

@@ -119,7 +119,7 @@ def score(model: Any, tokenizer: Any, heldout: Heldout) -> dict[str, float]:
 def knowledge_items(heldout: Heldout, limit: int = KNOWLEDGE_LIMIT) -> list[tuple[Messages, list[str]]]:
     """Held-out questions asked about the user's loaded texts (the prompt quotes passages), each
     with the answers the user liked or wrote: the gold answers of a QA test on their own texts."""
-    from chatlm.prompts import GROUNDED_PREFIX
+    from chatlm.chat.prompts import GROUNDED_PREFIX
 
     items: dict[str, tuple[Messages, list[str]]] = {}
     for r in heldout.liked:

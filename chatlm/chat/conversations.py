@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from chatlm import transcript
+from chatlm.chat import transcript
 from chatlm.config import Settings
 from chatlm.store import repo
 from chatlm.store.db import transaction

@@ -10,8 +10,8 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from chatlm.accounts import Actor
 from chatlm.feedback import load, records, stats
+from chatlm.identity.accounts import Actor
 from chatlm.store.db import transaction
 
 

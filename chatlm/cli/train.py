@@ -243,7 +243,7 @@ def run_perplexity(args: argparse.Namespace) -> int:
 
 
 def main(args: argparse.Namespace) -> int:
-    """Dispatch from ``chatlm.cli`` (errors are ChatLMError, printed there)."""
+    """Dispatch from ``chatlm.cli.main`` (errors are ChatLMError, printed there)."""
     if args.command == "train":
         return run_train(args)
     if args.command == "adapters":

@@ -7,11 +7,11 @@ and any other front end call this rather than the store.
 
 from __future__ import annotations
 
-from chatlm.accounts import Actor, require_admin
+from chatlm.chat.turns import ChatService
 from chatlm.engine.generation import Generation
 from chatlm.engine.params import SamplingParams
 from chatlm.evaluation.verdict import Verdict, judge
-from chatlm.service import ChatService
+from chatlm.identity.accounts import Actor, require_admin
 from chatlm.store import registry
 from chatlm.store.db import transaction
 from chatlm.store.models import AdapterVersion, TrainingRun

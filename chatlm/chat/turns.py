@@ -15,8 +15,12 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from chatlm.adapters.serving import Serving
+from chatlm.chat.conversations import Conversations
+from chatlm.chat.library import Library
+from chatlm.chat.limits import GUESTS, FairShare
+from chatlm.chat.prompts import NOT_FOUND, fit_history, grounded_question
+from chatlm.chat.reply import Reply
 from chatlm.config import Settings
-from chatlm.conversations import Conversations
 from chatlm.engine.backend import Backend
 from chatlm.engine.generation import Generation
 from chatlm.engine.params import SamplingParams
@@ -34,10 +38,6 @@ from chatlm.knowledge.answer import (
     sentences,
     short_form,
 )
-from chatlm.library import Library
-from chatlm.limits import GUESTS, FairShare
-from chatlm.prompts import NOT_FOUND, fit_history, grounded_question
-from chatlm.reply import Reply
 from chatlm.store import repo
 from chatlm.store.db import transaction
 from chatlm.store.models import Message, User
@@ -65,7 +65,7 @@ class ChatService(Conversations):
         self.adapters = adapters or Serving(settings, backend, sessions)
         """Which adapter answers (the default, the reader), following the registry."""
 
-    # ---- conversations (the rest is chatlm.conversations.Conversations) ----------------------
+    # ---- conversations (the rest is chatlm.chat.conversations.Conversations) ----------------------
     def delete(self, user_id: int, conversation_id: int) -> str:
         """Delete a conversation (its answer stops); ``restore`` can bring it back for
         ``repo.UNDO_WINDOW``. Returns its title, for the Undo notice."""

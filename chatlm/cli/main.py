@@ -24,9 +24,9 @@ def _parser() -> argparse.ArgumentParser:
     ask.add_argument("--max-new-tokens", type=int, default=256)
     ask.add_argument("--temperature", type=float, default=0.0)
     ask.add_argument("--system", help="system prompt (default: CHATLM_SYSTEM_PROMPT)")
-    from chatlm import chats_cli
+    from chatlm.cli import chats
 
-    chats_cli.add_arguments(sub.add_parser("chats", help="a user's chats: list, export, delete, undo"))
+    chats.add_arguments(sub.add_parser("chats", help="a user's chats: list, export, delete, undo"))
     exp = sub.add_parser("export", help="write training records from stored ratings as JSONL")
     exp.add_argument("--format", required=True, choices=["messages", "sft", "kto", "dpo"])
     exp.add_argument("--since", type=_date, help="only answers from this date on (YYYY-MM-DD)")
@@ -37,20 +37,20 @@ def _parser() -> argparse.ArgumentParser:
     dbp.add_argument("action", choices=["upgrade"])
     ev = sub.add_parser("eval", help="benchmarks through the app's own code paths")
     ev_sub = ev.add_subparsers(dest="eval_command", required=True)
-    from chatlm.evaluation import qa_cli
+    from chatlm.cli import qa
 
-    qa_cli.add_arguments(ev_sub.add_parser(
+    qa.add_arguments(ev_sub.add_parser(
         "qa", help="SQuAD v2 question answering over knowledge texts (temporary database)"))
-    from chatlm.training import cli as training_cli
+    from chatlm.cli import train as training_cli
 
     training_cli.add_perplexity_arguments(ev_sub.add_parser(
         "perplexity", help="perplexity of a text under the base model or a registered adapter"))
     training_cli.add_train_arguments(sub.add_parser(
         "train", help="train a LoRA adapter from stored ratings or one text (a round in its own process)"))
     training_cli.add_adapters_arguments(sub.add_parser("adapters", help="list, activate or roll back adapters"))
-    from chatlm import accounts_cli
+    from chatlm.cli import users
 
-    accounts_cli.add_arguments(sub.add_parser("users", help="accounts: add, list, passwd, role, remove, key"))
+    users.add_arguments(sub.add_parser("users", help="accounts: add, list, passwd, role, remove, key"))
     return p
 
 
@@ -67,7 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "export":
             return _export(args)
         elif args.command == "chats":
-            from chatlm.chats_cli import main as chats_main
+            from chatlm.cli.chats import main as chats_main
 
             return chats_main(args)
         elif args.command == "db":
@@ -77,19 +77,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             db.upgrade(settings.db_url)
             print(f"database at {settings.db_url} is at the latest revision")
         elif args.command == "eval" and args.eval_command == "perplexity":
-            from chatlm.training.cli import run_perplexity
+            from chatlm.cli.train import run_perplexity
 
             return run_perplexity(args)
         elif args.command == "eval":
-            from chatlm.evaluation.qa_cli import run_cli
+            from chatlm.cli.qa import run_cli
 
             return run_cli(args)
         elif args.command == "users":
-            from chatlm.accounts_cli import main as users_main
+            from chatlm.cli.users import main as users_main
 
             return users_main(args)
         elif args.command in ("train", "adapters"):
-            from chatlm.training.cli import main as training_main
+            from chatlm.cli.train import main as training_main
 
             return training_main(args)
     except ChatLMError as exc:

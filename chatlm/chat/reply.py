@@ -1,6 +1,6 @@
 """A streaming answer: what it yields as it is written, and how it is stored as it grows (a
 checkpoint about every second) and when it ends (complete, stopped with its text, or failed), even
-if whoever reads it goes away. ``chatlm.service.ChatService`` starts one per turn.
+if whoever reads it goes away. ``chatlm.chat.turns.ChatService`` starts one per turn.
 """
 
 from __future__ import annotations

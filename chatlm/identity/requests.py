@@ -21,8 +21,8 @@ from typing import Any
 
 from sqlalchemy.exc import IntegrityError
 
-from chatlm.accounts import GUEST_DAYS, AccountService, Actor, new_guest_token
 from chatlm.config import Settings
+from chatlm.identity.accounts import GUEST_DAYS, AccountService, Actor, new_guest_token
 from chatlm.store.db import transaction
 from chatlm.store.models import ServerSecret, User
 from chatlm.store.repo import LOCAL_USER, get_or_create_user
