@@ -124,13 +124,13 @@ def knowledge(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
     settings, services = _services(data_dir)
     service = services.chat
     try:
-        uid = service.user_id()
+        me = service.actor()
         before_b = evaluate(service, [b], Options(squad=args.squad, limit=args.eval_limit, split="report", rule=rule))
         out["other_before"] = headline(before_b)
         asked = evaluate(service, [a], Options(squad=args.squad, limit=args.questions, details=True, rule=rule))
         out["asked"] = headline(asked)
-        out["ratings"] = rate(service, uid, asked["questions"])
-        ids = answers_by_question(service, uid)
+        out["ratings"] = rate(service, me, asked["questions"])
+        ids = answers_by_question(service, me)
         out["round"] = _round(settings, services, args.method, args.epochs, args.lr)
         again = evaluate(service, [a], Options(squad=args.squad, limit=args.questions, details=True, rule=rule))
         after = {q["question"]: q for q in again["questions"]}
@@ -171,16 +171,16 @@ def chat(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
     service = services.chat
 
     def ask(question: str) -> tuple[int, str]:
-        conv = service.new_conversation(uid)
-        reply = service.send(uid, conv.id, question, params)
+        conv = service.new_conversation(me)
+        reply = service.send(me, conv.id, question, params)
         text = reply.run()
-        return int(service.history(uid, conv.id)[-1][0].id), text
+        return int(service.history(me, conv.id)[-1][0].id), text
 
     try:
-        uid = service.user_id()
+        me = service.actor()
         for question, better in CORRECTED:
             message_id, _ = ask(question)
-            service.rate(uid, message_id, -1, better_answer=better)
+            service.rate(me, message_id, -1, better_answer=better)
         before = {q: ask(q)[1] for q in OTHERS}
         out["round"] = _round(settings, services, args.method, args.epochs, args.lr)
         learnt = [(q, better, ask(q)[1]) for q, better in CORRECTED]

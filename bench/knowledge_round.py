@@ -34,7 +34,7 @@ DEFAULT_SQUAD = ROOT.parent / "shared/data/squad2-dev-sample.json"
 RIGHT_F1 = 0.5
 
 
-def answers_by_question(service: Any, uid: int) -> dict[str, int]:
+def answers_by_question(service: Any, me: Any) -> dict[str, int]:
     """The stored answer to each asked question (one chat per question)."""
     from sqlalchemy import select
 
@@ -44,15 +44,15 @@ def answers_by_question(service: Any, uid: int) -> dict[str, int]:
     with db.transaction(service.sessions) as s:
         rows = s.execute(select(Message.id, Message.parent_id, Message.role, Message.content)
                          .join(Conversation, Conversation.id == Message.conversation_id)
-                         .where(Conversation.user_id == uid).order_by(Message.id)).all()
+                         .where(Conversation.user_id == me.user_id).order_by(Message.id)).all()
     questions = {r.id: r.content for r in rows if r.role == "user"}
     return {questions[r.parent_id]: r.id for r in rows if r.role == "assistant" and r.parent_id in questions}
 
 
-def rate(service: Any, uid: int, records: list[dict[str, Any]]) -> dict[str, int]:
+def rate(service: Any, me: Any, records: list[dict[str, Any]]) -> dict[str, int]:
     from chatlm.chat.prompts import NOT_FOUND
 
-    ids = answers_by_question(service, uid)
+    ids = answers_by_question(service, me)
     counts = {"liked": 0, "disliked_gold": 0, "disliked_decline": 0, "missing": 0}
     for rec in records:
         message_id = ids.get(rec["question"])
@@ -61,13 +61,13 @@ def rate(service: Any, uid: int, records: list[dict[str, Any]]) -> dict[str, int
             continue
         right = (not rec["prediction"]) if rec["is_impossible"] else rec["f1"] >= RIGHT_F1
         if right:
-            service.rate(uid, message_id, 1)
+            service.rate(me, message_id, 1)
             counts["liked"] += 1
         elif rec["is_impossible"]:
-            service.rate(uid, message_id, -1, better_answer=NOT_FOUND)
+            service.rate(me, message_id, -1, better_answer=NOT_FOUND)
             counts["disliked_decline"] += 1
         else:
-            service.rate(uid, message_id, -1, better_answer=rec["answers"][0])
+            service.rate(me, message_id, -1, better_answer=rec["answers"][0])
             counts["disliked_gold"] += 1
     return counts
 
@@ -111,12 +111,12 @@ def main() -> None:
         services = compose.build(settings, embedder=QueryCache(get_embedder()), follow_registry=False)
         service = services.chat
         try:
-            uid = service.user_id()
+            me = service.actor()
             t0 = time.perf_counter()
             asked = evaluate(service, [train_article], Options(squad=args.squad, limit=args.questions,
                                                                details=True, rule=rule))
             out["ask"] = {**headline(asked), "wall_s": round(time.perf_counter() - t0, 1)}
-            out["ratings"] = rate(service, uid, asked["questions"])
+            out["ratings"] = rate(service, me, asked["questions"])
             with db.transaction(services.sessions) as s:
                 planned = data.build_round(s, args.method)
             out["round_data"] = planned.summary()

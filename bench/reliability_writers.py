@@ -76,9 +76,9 @@ def _writer(service: Any, t: int, n: int, start: threading.Barrier, out: Expecte
     from chatlm.engine.params import SamplingParams
     from chatlm.errors import StorageError
 
-    uid = service.user_id()
-    conv = service.new_conversation(uid).id
-    renamed = [service.new_conversation(uid).id for _ in range(n // 3 + 1)]
+    me = service.actor()
+    conv = service.new_conversation(me).id
+    renamed = [service.new_conversation(me).id for _ in range(n // 3 + 1)]
     params = SamplingParams(temperature=0.0, max_new_tokens=8)
     unrated: list[int] = []
     start.wait()
@@ -93,20 +93,20 @@ def _writer(service: Any, t: int, n: int, start: threading.Barrier, out: Expecte
         try:
             if kind == "message" or (kind == "rating" and not unrated):
                 text = f"writer {t} message {j}"
-                reply = service.send(uid, conv, text, params)
+                reply = service.send(me, conv, text, params)
                 answer = reply.run()
                 out.messages[text] = answer
                 if reply.message_id is not None:
                     unrated.append(reply.message_id)
             elif kind == "rating":
                 msg_id, value = unrated.pop(), 1 if j % 2 else -1
-                service.rate(uid, msg_id, value)
+                service.rate(me, msg_id, value)
                 out.ratings[msg_id] = value
                 out.rating_calls[msg_id] += 1
             else:
                 cid = renamed[j // 3]
                 title = f"writer {t} title {j}"
-                service.rename(uid, cid, title)
+                service.rename(me, cid, title)
                 out.titles[cid] = title
         except StorageError as exc:
             out.errors["storage_busy" if "busy" in exc.message.lower() else "storage_other"] += 1
@@ -134,7 +134,7 @@ def run(cfg: WritersConfig) -> dict[str, Any]:
         service.library = NoLibrary()  # type: ignore[assignment]
     with db.transaction(service.sessions) as s:
         run_id = registry.start_run(s, method="sft", params={"bench": "writers"}).id
-    service.user_id()  # the local user exists before the threads race to it
+    service.actor()  # the local user exists before the threads race to it
     stop = cfg.work / "stop"
     stop.unlink(missing_ok=True)
     env = {**os.environ, "PYTHONPATH": str(REPO)}

@@ -248,8 +248,9 @@ def turn_page(page: Any, index: int, step: int) -> None:
     page.click(f"#chatbot .msg-pager[data-index='{index}'] .{'pg-prev' if step < 0 else 'pg-next'}")
 
 
-def uid(server: Any) -> int:
-    return int(server.app.service.user_id())
+def local_actor(server: Any) -> Any:
+    """The local user (accounts off) as the server's services see them."""
+    return server.app.service.actor()
 
 
 def all_messages(server: Any) -> list[Any]:

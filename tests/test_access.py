@@ -121,7 +121,7 @@ def test_each_user_sees_only_their_own_and_only_admins_train(server) -> None:
         ann_id, bob_id = accounts.actor("ann").user_id, accounts.actor("bob").user_id
         ann_conv = service.conversations(ann_id)[0]
         ann.predict(None, None, "", "", api_name="/load_document")  # nothing to load: refused, kept
-        doc = service.library.load(user_id=ann_id, conversation_id=ann_conv.id, name="ann.txt",
+        doc = service.library.load(actor=ann_id, conversation_id=ann_conv.id, name="ann.txt",
                                    text="Ann's private notes about the launch date. " * 20)
         before = counts(server)
 
@@ -229,7 +229,7 @@ def test_handlers_refuse_other_users_ids_behind_gradios_own_checks(server) -> No
     reply = service.send(ann_id, conv.id, "Ann's question", __import__(
         "chatlm.engine.params", fromlist=["SamplingParams"]).SamplingParams(temperature=0, max_new_tokens=3))
     reply.run()
-    doc = service.library.load(user_id=ann_id, conversation_id=conv.id, name="a.txt", text="Private. " * 40)
+    doc = service.library.load(actor=ann_id, conversation_id=conv.id, name="a.txt", text="Private. " * 40)
     bob = FakeRequest(session_cookie(server, BOB))
     ui, panel = ChatUI(service, who), KnowledgePanel(service, who)
     bob_conv = service.new_conversation(AccountService(service.sessions).actor("bob").user_id)
@@ -448,7 +448,7 @@ def test_deleting_ones_account_deletes_ones_own_data_only(server) -> None:
             client.predict("laptop", api_name="/create_key")
         bob_id = accounts.actor("bob").user_id
         conv = service.conversations(bob_id)[0]
-        service.library.load(user_id=bob_id, conversation_id=conv.id, name="bob.txt", text="Bob's notes. " * 40)
+        service.library.load(actor=bob_id, conversation_id=conv.id, name="bob.txt", text="Bob's notes. " * 40)
         answer = [m for m, _ in service.history(bob_id, conv.id) if m.role == "assistant"][-1]
         service.rate(bob_id, answer.id, 1)
         ann_had, bob_had = owned(server, "ann"), owned(server, "bob")
@@ -530,11 +530,11 @@ def test_every_named_endpoint_as_another_user_and_as_a_guest(server) -> None:
     service = server.app.service
     accounts = AccountService(service.sessions)
     ann = accounts.actor("ann")
-    conv = service.new_conversation(ann.user_id)
-    service.send(ann.user_id, conv.id, "Ann's private question", SamplingParams(temperature=0, max_new_tokens=3)).run()
-    answer = service.history(ann.user_id, conv.id)[-1][0]
-    service.rate(ann.user_id, answer.id, 1, comment="ann's comment")
-    doc = service.library.load(user_id=ann.user_id, conversation_id=conv.id, name="ann.txt",
+    conv = service.new_conversation(ann)
+    service.send(ann, conv.id, "Ann's private question", SamplingParams(temperature=0, max_new_tokens=3)).run()
+    answer = service.history(ann, conv.id)[-1][0]
+    service.rate(ann, answer.id, 1, comment="ann's comment")
+    doc = service.library.load(actor=ann.user_id, conversation_id=conv.id, name="ann.txt",
                                text="Ann's private notes about the launch. " * 20)
     key = accounts.create_key(ann, "ann's key")
     args: dict[str, tuple[Any, ...]] = {
@@ -629,4 +629,4 @@ def test_a_script_without_cookies_is_refused_and_makes_no_guest(server) -> None:
     finally:
         keyed.close()
     bob = AccountService(server.app.service.sessions).actor("bob")
-    assert [c.title for c in server.app.service.conversations(bob.user_id)] == ["hello with a key"]
+    assert [c.title for c in server.app.service.conversations(bob)] == ["hello with a key"]

@@ -101,7 +101,7 @@ def test_removing_an_account_deletes_its_data_and_keeps_others(accounts, session
     with db.transaction(sessions) as s:
         conv = repo.create_conversation(s, user_id=bob.user_id).id
     library = Library(sessions, embedder=StubEmbedder(), background=False)
-    library.load(user_id=bob.user_id, conversation_id=conv, name="bob.txt", data=b"Bob's private notes. " * 30)
+    library.load(actor=bob, conversation_id=conv, name="bob.txt", data=b"Bob's private notes. " * 30)
     with pytest.raises(PermissionDeniedError):
         accounts.remove_user(accounts.actor("bob"), "ann")
     accounts.remove_user(accounts.actor("bob"), "bob")

@@ -133,13 +133,13 @@ def test_activate_and_roll_back_through_the_api(start_server, bundled, tmp_path)
     assert time.perf_counter() - start < 30 and body["active"] == "smol-v1"
     assert [m.id for m in client.models.list().data] == ["SmolLM2-135M-Instruct", "smol-v1"]
     service = server.app.service
-    uid = service.user_id()
-    conv = service.new_conversation(uid)
-    service.send(uid, conv.id, "hi", GREEDY).run()
-    assert service.history(uid, conv.id)[-1][0].adapter == "smol-v1"  # default for new chats
+    me = service.actor()
+    conv = service.new_conversation(me)
+    service.send(me, conv.id, "hi", GREEDY).run()
+    assert service.history(me, conv.id)[-1][0].adapter == "smol-v1"  # default for new chats
     service.adapters.activate(None)  # roll back to the base; the adapter stays loaded
-    service.send(uid, conv.id, "hi again", GREEDY).run()
-    assert service.history(uid, conv.id)[-1][0].adapter is None
+    service.send(me, conv.id, "hi again", GREEDY).run()
+    assert service.history(me, conv.id)[-1][0].adapter is None
     assert "smol-v1" in service.adapters.names()
     with pytest.raises(openai.BadRequestError):
         client.post("/adapters", body={"name": "bad", "path": str(tmp_path / "missing")},
@@ -177,8 +177,8 @@ def test_a_restart_serves_the_registry_choice_and_survives_a_broken_adapter(tiny
     try:
         assert service.adapters.active == "tiny-v2" and backend.adapter_names() == ["tiny-v2"]
         assert service.generate(Q, GREEDY, "tiny-v2").wait() == expected != base
-        conv = service.new_conversation(service.user_id())
-        reply = service.send(service.user_id(), conv.id, "Say something", GREEDY)
+        conv = service.new_conversation(service.actor())
+        reply = service.send(service.actor(), conv.id, "Say something", GREEDY)
         reply.run()
         assert reply.adapter == "tiny-v2"
     finally:

@@ -47,12 +47,12 @@ def service(settings, tiny_backend):
 
 
 def _ask(service, question: str):
-    uid = service.user_id()
-    conv = service.new_conversation(uid)
-    service.library.load(user_id=uid, conversation_id=conv.id, name="acme.txt", text=TEXT)
-    reply = service.send(uid, conv.id, question, SamplingParams(temperature=1.0, max_new_tokens=8, seed=1))
+    me = service.actor()
+    conv = service.new_conversation(me)
+    service.library.load(actor=me, conversation_id=conv.id, name="acme.txt", text=TEXT)
+    reply = service.send(me, conv.id, question, SamplingParams(temperature=1.0, max_new_tokens=8, seed=1))
     shown = "".join(reply)
-    return reply, shown, service.history(uid, conv.id)[-1][0]
+    return reply, shown, service.history(me, conv.id)[-1][0]
 
 
 def test_a_factoid_question_gets_a_copied_span_its_citation_and_its_sentence(service) -> None:
@@ -103,8 +103,8 @@ def test_a_rated_extractive_answer_trains_on_the_passage_that_holds_its_target(s
     from chatlm.store.db import transaction
     from chatlm.training import data
 
-    uid = service.user_id()
-    conv = service.new_conversation(uid)
+    me = service.actor()
+    conv = service.new_conversation(me)
     cases = [  # question, span the model copied ("" = declined), rating, correction, passage expected
         ("Who founded Acme Widgets?", "in Tacoma", -1, "Dana Kowalski", 1),
         ("When did the head office move to Boise?", "in 2004", 1, None, 2),
@@ -122,7 +122,7 @@ def test_a_rated_extractive_answer_trains_on_the_passage_that_holds_its_target(s
                                         parent_id=asked.id, prompt_messages=prompt,
                                         generation_params={"extractive": True, "span": span}).id)
     for message_id, (_, _, value, better, _) in zip(ids, cases, strict=True):
-        service.rate(uid, message_id, value, better_answer=better)
+        service.rate(me, message_id, value, better_answer=better)
     with transaction(service.sessions) as s:
         rated = {a.message_id: a for a in load.rated_answers(s)}
     for message_id, (question, span, _, _, holder) in zip(ids, cases, strict=True):

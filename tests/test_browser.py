@@ -19,6 +19,7 @@ from tests.browser import (
     bot_texts,
     chat_menu,
     loaded,
+    local_actor,
     needs_browser,
     new_page,
     open_app,
@@ -30,7 +31,6 @@ from tests.browser import (
     settled,
     shown,
     sidebar_titles,
-    uid,
     user_texts,
     wait_answer,
     wait_for,
@@ -65,7 +65,7 @@ def ask_and_like_france(page, server) -> tuple[int, Message]:
     settled(page)  # the answer's event has ended: its last redraw cannot replace the button clicked
     page.locator("#chatbot button[aria-label='Like']").last.click()
     conv_id = answer.conversation_id
-    wait_for(lambda: dict((m.id, r) for m, r in server.app.service.history(uid(server), conv_id))
+    wait_for(lambda: dict((m.id, r) for m, r in server.app.service.history(local_actor(server), conv_id))
              .get(answer.id) == 1, "the rating to be stored")
     return conv_id, answer
 
@@ -155,7 +155,7 @@ def test_answer_streams_is_rated_and_survives_a_reload(page, server):
     assert answer.generation_params["max_new_tokens"] == 40
 
     page.locator("#chatbot button[aria-label='Like']").last.click()
-    history = lambda: server.app.service.history(uid(server), answer.conversation_id)  # noqa: E731
+    history = lambda: server.app.service.history(local_actor(server), answer.conversation_id)  # noqa: E731
     wait_for(lambda: [r for m, r in history() if m.id == answer.id] == [1],
              "the rating +1 to be stored")
     assert [(m.role, m.content, r) for m, r in history()] == [
@@ -175,7 +175,7 @@ def test_conversation_and_rating_survive_a_restart(page, start_server, bundled_b
     assert again.url != server.url
     open_app(page, again)
     assert_france_shown_and_liked(page, answer)
-    stored = again.app.service.history(again.app.service.user_id(), conv_id)
+    stored = again.app.service.history(again.app.service.actor(), conv_id)
     assert [(m.id, m.content, r) for m, r in stored] == [
         (answer.parent_id, FRANCE, None), (answer.id, answer.content, 1)]
 
@@ -230,7 +230,7 @@ def test_retry_adds_a_sibling_answer(page, server):
     assert bot_texts(page) == [shown(second)]
     assert user_texts(page) == ["Name a color."]
     assert page.locator("#message textarea").input_value() == "a draft"  # Retry keeps the draft
-    history = server.app.service.history(uid(server), first.conversation_id)
+    history = server.app.service.history(local_actor(server), first.conversation_id)
     assert [m.id for m, _ in history] == [first.parent_id, second.id]
 
 
@@ -253,7 +253,7 @@ def test_sidebar_new_open_rename_delete_on_the_real_model(page, server):
     assert second.generation_params["max_new_tokens"] == 8
     wait_for(lambda: sidebar_titles(page) == ["Tell me a joke.", "Hello"], "two conversations")
     wait_for(lambda: page.title() == "Tell me a joke. · chatlm", "the new chat's title at once")
-    assert [c.id for c in service.conversations(uid(server))] == [second.conversation_id,
+    assert [c.id for c in service.conversations(local_actor(server))] == [second.conversation_id,
                                                                    first.conversation_id]
 
     chat_menu(page, "Tell me a joke.", "Rename")
@@ -261,7 +261,7 @@ def test_sidebar_new_open_rename_delete_on_the_real_model(page, server):
     box.fill("  Jokes  ")
     box.press("Enter")
     wait_for(lambda: sidebar_titles(page) == ["Jokes", "Hello"], "the new title in the list")
-    assert service.conversation(uid(server), second.conversation_id).title == "Jokes"
+    assert service.conversation(local_actor(server), second.conversation_id).title == "Jokes"
     wait_for(lambda: page.title() == "Jokes · chatlm", "the page title to follow the rename")
     assert page.locator("#chatbot button[aria-label='Copy message']").count() >= 1  # the chat's tools
     assert not page.locator("#chatbot button[aria-label='Clear']").is_visible()
@@ -274,7 +274,7 @@ def test_sidebar_new_open_rename_delete_on_the_real_model(page, server):
 
     chat_menu(page, "Hello", "Delete")
     wait_for(lambda: sidebar_titles(page) == ["Jokes"], "the deleted conversation to leave")
-    assert [c.id for c in service.conversations(uid(server))] == [second.conversation_id]
+    assert [c.id for c in service.conversations(local_actor(server))] == [second.conversation_id]
     wait_for(lambda: user_texts(page) == ["Tell me a joke."], "the remaining conversation")
     wait_for(lambda: page.title() == "Jokes · chatlm", "the page title of the chat now shown")
     page.click("#undo")
@@ -295,7 +295,7 @@ def test_an_empty_message_is_not_sent(page, server):
     wait_for(lambda: warnings.count() >= 3, "a third warning")
     page.wait_for_function("window.__gradioCompleted >= 4")  # the page load and the 3 refusals
     assert all_messages(server) == []
-    assert server.app.service.conversations(uid(server)) == []
+    assert server.app.service.conversations(local_actor(server)) == []
     assert user_texts(page) == [] and bot_texts(page) == []
     assert sidebar_titles(page) == []
 
@@ -318,7 +318,7 @@ def spage(browser, scripted):
 
 
 def history(server, conv_id: int) -> list[tuple[str, str, str]]:
-    return [(m.role, m.content, m.status) for m, _ in server.app.service.history(uid(server), conv_id)]
+    return [(m.role, m.content, m.status) for m, _ in server.app.service.history(local_actor(server), conv_id)]
 
 
 def visible(page, selector: str) -> bool:

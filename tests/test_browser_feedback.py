@@ -22,6 +22,7 @@ from tests.browser import (
     choose,
     click_and_wait,
     dislike_last,
+    local_actor,
     needs_browser,
     open_app,
     pagers,
@@ -31,7 +32,6 @@ from tests.browser import (
     shown,
     table_rows,
     turn_page,
-    uid,
     user_texts,
     wait_answer,
     wait_for,
@@ -53,7 +53,7 @@ def thumbs(page) -> list[str]:
 
 
 def detail(server, message_id: int) -> dict[str, Any] | None:
-    return server.app.service.rating_detail(uid(server), message_id)
+    return server.app.service.rating_detail(local_actor(server), message_id)
 
 
 def rating_events(server) -> list[tuple[Any, ...]]:
@@ -145,7 +145,7 @@ def test_rating_details_are_saved_changed_and_withdrawn(page, server):
     wait_for(lambda: rated_value(page) == [], "the panel to be cleared")
     assert page.locator("#rate-comment textarea").input_value() == ""
     wait_for(lambda: thumbs(page) == ["Dislike", "Like"], "the chat to show no thumb chosen")
-    assert server.app.service.history(uid(server), answer.conversation_id)[-1][1] is None
+    assert server.app.service.history(local_actor(server), answer.conversation_id)[-1][1] is None
 
     # Every change is in the rating history, the withdrawal included.
     assert rating_events(server) == [
@@ -193,7 +193,7 @@ def test_retry_paging_and_a_rating_survive_a_restart(page, start_server, bundled
     turn_page(page, 1, +1)
     wait_for(lambda: pagers(page) == {1: "answer 3/3"}, "3/3 on the answer again")
     wait_for(lambda: bot_texts(page) == [shown(third)], "the third answer to be shown again")
-    assert [m.id for m, _ in service.history(uid(server), first.conversation_id)] == [
+    assert [m.id for m, _ in service.history(local_actor(server), first.conversation_id)] == [
         first.parent_id, third.id]
 
     # Rate the second answer in detail: page to it, 👎 opens the form under it, reason and comment.
@@ -267,7 +267,7 @@ def test_editing_a_later_message_starts_a_branch(page, server):
     assert [(q.content, q.parent_id) for q in questions] == [
         ("Name a color.", None), ("Name an animal.", first.id), ("Name a fruit.", first.id)]
     assert old.parent_id == questions[1].id and edited.parent_id == questions[2].id
-    assert [m.content for m, _ in service.history(uid(server), first.conversation_id)] == [
+    assert [m.content for m, _ in service.history(local_actor(server), first.conversation_id)] == [
         "Name a color.", first.content, "Name a fruit.", edited.content]
 
 
@@ -293,7 +293,7 @@ def test_editing_the_first_message_starts_a_branch(page, server):
     assert [(q.content, q.parent_id) for q in questions] == [("Name a color.", None),
                                                              ("Name a fruit.", None)]
     assert old.parent_id == questions[0].id and edited.parent_id == questions[1].id
-    assert [m.content for m, _ in service.history(uid(server), old.conversation_id)] == [
+    assert [m.content for m, _ in service.history(local_actor(server), old.conversation_id)] == [
         "Name a fruit.", edited.content]
 
     # The edited question carries ‹ 2/2 ›: ‹ reaches the original question and its answer, ›
@@ -354,9 +354,9 @@ def test_excluded_conversations_stay_out_of_the_dataset_and_the_feedback_tab(pag
     page.locator("#chatbot button[aria-label='Like']").click()
     wait_for(lambda: (detail(server, private.id) or {}).get("value") == 1, "the 👍 to be stored")
     page.locator("#exclude input[type=checkbox]").check()
-    wait_for(lambda: service.conversation(uid(server), private.conversation_id).exclude_from_training,
+    wait_for(lambda: service.conversation(local_actor(server), private.conversation_id).exclude_from_training,
              "the conversation to be excluded")
-    assert not service.conversation(uid(server), kept.conversation_id).exclude_from_training
+    assert not service.conversation(local_actor(server), kept.conversation_id).exclude_from_training
 
     # The Feedback tab: counts, a plot, a table with the comment, and the label filter.
     page.click("#feedback-tab-button")
@@ -406,7 +406,7 @@ def test_excluded_conversations_stay_out_of_the_dataset_and_the_feedback_tab(pag
     # Allowed again, the conversation's 👍 joins the next dataset.
     page.click("#chat-tab-button")
     page.locator("#exclude input[type=checkbox]").uncheck()
-    wait_for(lambda: not service.conversation(uid(server), private.conversation_id)
+    wait_for(lambda: not service.conversation(local_actor(server), private.conversation_id)
              .exclude_from_training, "the conversation to be allowed again")
     page.click("#feedback-tab-button")
     page.click("#fb-build")

@@ -16,11 +16,11 @@ from tests.browser import (
     click_and_wait,
     last_sources,
     loaded,
+    local_actor,
     needs_browser,
     open_app,
     send,
     settings,
-    uid,
     user_texts,
     wait_for,
 )
@@ -68,14 +68,14 @@ def test_hostile_text_everywhere_runs_no_script(page, server):
     assert_harmless(page)
 
     conv = answer.conversation_id
-    service.rate(uid(server), answer.id, -1, comment=f"Bad {HOSTILE}", reason=None)
-    service.library.load(user_id=uid(server), conversation_id=conv, name=f"doc {HOSTILE}.txt",
+    service.rate(local_actor(server), answer.id, -1, comment=f"Bad {HOSTILE}", reason=None)
+    service.library.load(actor=local_actor(server), conversation_id=conv, name=f"doc {HOSTILE}.txt",
                          text="Owls are birds that hunt at night. " * 20)
     chat_menu(page, "Look", "Rename")  # the title is typed in the list, in place
     box = page.locator("#conversations input.conv-rename")
     box.fill(f"Renamed {HOSTILE}")
     box.press("Enter")
-    wait_for(lambda: service.conversation(uid(server), conv).title.startswith("Renamed"),
+    wait_for(lambda: service.conversation(local_actor(server), conv).title.startswith("Renamed"),
              "the hostile title to be stored")
     loaded(page, page.reload)  # the sidebar, the title, the knowledge panel: all from the database
     wait_for(lambda: "click me" in page.locator("#conversations").inner_text(), "the hostile title")

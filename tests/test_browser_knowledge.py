@@ -132,7 +132,7 @@ def test_upload_ask_cite_paste_remove_and_reuse(page, server, tmp_path):
     shown = sources_text(page)  # under the answer, collapsed until opened
     assert "zorbia.txt" in shown and "The capital of the kingdom of Zorbia is Quillton" in shown
     chunk_ids = {c.id for c in rows(server, Chunk) if c.document_id == doc.id}
-    (stored, _), = [(m, r) for m, r in service.history(service.user_id(), conv_id)
+    (stored, _), = [(m, r) for m, r in service.history(service.actor(), conv_id)
                     if m.id == answer.id]
     assert stored.sources and {s["chunk_id"] for s in stored.sources} <= chunk_ids
     assert stored.sources[0]["document"] == "zorbia.txt" and stored.sources[0]["n"] == 1
@@ -140,7 +140,7 @@ def test_upload_ask_cite_paste_remove_and_reuse(page, server, tmp_path):
     assert "The capital of the kingdom of Zorbia is Quillton" in prompt_user
     assert QUESTION in prompt_user
     # The question itself is stored as typed, without the passages.
-    assert [m.content for m, _ in service.history(service.user_id(), conv_id)
+    assert [m.content for m, _ in service.history(service.actor(), conv_id)
             if m.role == "user"] == [QUESTION]
 
     # Paste a second text: both are listed.

@@ -123,7 +123,7 @@ def test_attach_and_drop_load_texts_shown_as_removable_chips(browser, start_serv
         page.locator("#message-row input[type=file]").set_input_files(str(town))
         wait_for(lambda: chips(page) == ["town.txt"], "a chip for the attached text")
         page.locator(".toast-body", has_text="Loaded town.txt").first.wait_for()
-        [conv] = server.app.service.conversations(server.app.service.user_id())
+        [conv] = server.app.service.conversations(server.app.service.actor())
         assert [d.name for d in library.documents(conv.id)] == ["town.txt"]
         if size == "laptop":  # the chat it made is listed at once (a phone's sidebar is closed)
             wait_for(lambda: sidebar_titles(page) != [], "the new chat in the sidebar")
@@ -135,7 +135,7 @@ def test_attach_and_drop_load_texts_shown_as_removable_chips(browser, start_serv
         page.locator("#doc-chips .doc-chip-remove[aria-label='Remove town.txt from this chat']").click()
         wait_for(lambda: chips(page) == ["orchard.txt"], "the removed text's chip to go")
         assert [d.name for d in library.documents(conv.id)] == ["orchard.txt"]
-        assert sorted(d.name for d in library.user_documents(server.app.service.user_id())) == [
+        assert sorted(d.name for d in library.user_documents(server.app.service.actor())) == [
             "orchard.txt", "town.txt"]  # out of the chat, still the user's to reuse
 
         if size == "phone":  # New chat is in the sidebar, closed on a phone

@@ -16,6 +16,7 @@ from tests.browser import (
     chat_menu,
     listed,
     loaded,
+    local_actor,
     needs_browser,
     new_page,
     open_chat,
@@ -23,7 +24,6 @@ from tests.browser import (
     send,
     settings,
     settled,
-    uid,
     user_texts,
     wait_for,
 )
@@ -58,7 +58,7 @@ def page(browser, served):
 def seed(server, titles_and_ages: list[tuple[str, int]]) -> dict[str, int]:
     """Chats of the local user last changed ``age`` days ago, each with one question."""
     service = server.app.service
-    me, ids = uid(server), {}
+    me, ids = local_actor(server), {}
     for title, age in titles_and_ages:
         conv = service.new_conversation(me)
         service.rename(me, conv.id, title)
@@ -73,7 +73,7 @@ def seed(server, titles_and_ages: list[tuple[str, int]]) -> dict[str, int]:
 
 def test_chats_are_grouped_by_date_searched_renamed_exported_and_deleted_with_undo(page, served):
     ids = seed(served, [("Old notes", 40), ("Trip to Rouen", 10), ("Dinner ideas", 1)])
-    service, me = served.app.service, uid(served)
+    service, me = served.app.service, local_actor(served)
     page.click("#new-chat")
     settings(page, max_new=2)
     send(page, served, "Hello there")
@@ -151,7 +151,7 @@ def test_a_title_being_typed_survives_the_list_being_redrawn(page, served):
     chat_menu(page, "Groceries", "Rename")
     box = page.locator("#conversations input.conv-rename")
     box.fill("Groceries for Sunday")
-    served.app.service.rename(uid(served), ids["Old notes"], "Old notes, archived")
+    served.app.service.rename(local_actor(served), ids["Old notes"], "Old notes, archived")
     backend.hold.set()
     wait_for(lambda: [a.status for a in answers(served)] == ["complete"], "the answer to end")
     wait_for(lambda: "Old notes, archived" in str(listed(page)), "the list redrawn with the new title")
@@ -160,7 +160,7 @@ def test_a_title_being_typed_survives_the_list_being_redrawn(page, served):
     box.press("End")
     box.type("!")
     box.press("Enter")
-    wait_for(lambda: served.app.service.conversation(uid(served), ids["Groceries"]).title
+    wait_for(lambda: served.app.service.conversation(local_actor(served), ids["Groceries"]).title
              == "Groceries for Sunday!", "the title typed across the redraw to be saved")
 
 

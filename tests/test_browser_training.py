@@ -16,11 +16,11 @@ from tests.browser import (
     answers,
     choose,
     click_and_wait,
+    local_actor,
     needs_browser,
     open_app,
     settled,
     table_rows,
-    uid,
     wait_for,
 )
 from tests.seeding import seed_pairs
@@ -86,7 +86,7 @@ def test_ratings_to_a_promoted_adapter_and_back(page, server) -> None:
     assert not page.locator("#tr-max-steps input").is_visible()  # advanced options are folded
     assert "No training round yet" in text(page, "tr-status")
 
-    seed_pairs(service.sessions, uid(server), 12)
+    seed_pairs(service.sessions, local_actor(server).user_id, 12)
     page.click("button[role=tab]:has-text('Chat')")  # no event: nothing to wait for
     open_training(page)
     assert "A round would learn to prefer the better answer of each pair (DPO)" in text(page, "tr-data")

@@ -82,8 +82,8 @@ def test_chats_list_search_export_delete_and_undo_from_the_shell(tmp_path) -> No
     services = compose.build(Settings.from_env({}, data_dir=data), load_model=False)
     try:
         chat = services.chat
-        me = chat.user_id()
-        bob = services.accounts.add_user(None, "bob", "bob's long password").user_id
+        me = chat.actor()
+        bob = services.accounts.add_user(None, "bob", "bob's long password")
         ids = {}
         for uid, title, text in ((me, "Trip to Rouen", "Where to eat in Rouen?"), (me, "Dinner", "A soup"),
                                  (bob, "Bob's plans", "Bob's secret")):

@@ -59,12 +59,12 @@ def test_a_promoted_adapter_is_loaded_into_the_engine_and_a_rollback_unloads_it(
                                  remote_api_key=KEY)
     service = make_service(settings)
     try:
-        uid = service.user_id()
+        me = service.actor()
 
         def answer(text: str) -> tuple[str, str | None]:
-            conv = service.new_conversation(uid)
-            "".join(service.send(uid, conv.id, text, GREEDY))
-            stored = service.history(uid, conv.id)[-1][0]
+            conv = service.new_conversation(me)
+            "".join(service.send(me, conv.id, text, GREEDY))
+            stored = service.history(me, conv.id)[-1][0]
             return stored.content, stored.adapter
 
         base_text, base_adapter = answer("Say something")
@@ -78,7 +78,7 @@ def test_a_promoted_adapter_is_loaded_into_the_engine_and_a_rollback_unloads_it(
         assert tuned_adapter == "chatlm-v1" and "chatlm-v1" in engine_models(engine)
         direct = httpx.post(f"{engine}/chat/completions", timeout=60, headers={"Authorization": f"Bearer {KEY}"},
                             json={"model": "chatlm-v1", "temperature": 0, "max_tokens": 8,
-                                  "messages": service.history(uid, service.conversations(uid)[0].id)[-1][0]
+                                  "messages": service.history(me, service.conversations(me)[0].id)[-1][0]
                                   .prompt_messages}).json()
         assert direct["choices"][0]["message"]["content"] == tuned_text != base_text  # the engine's adapter
 

@@ -26,19 +26,19 @@ def export(data_dir, fmt: str, out, *extra: str) -> subprocess.CompletedProcess[
 @pytest.mark.slow  # runs the command line in a subprocess
 def test_export_all_formats(settings, tiny_backend, tmp_path) -> None:
     service = make_service(settings, tiny_backend)
-    uid = service.user_id()
-    kept = service.new_conversation(uid, system_prompt="be brief")
-    service.send(uid, kept.id, "first question", P).run()
-    first = service.history(uid, kept.id)[-1][0]
-    service.retry(uid, first.id, SamplingParams(temperature=1.0, max_new_tokens=6, seed=3)).run()
-    second = service.history(uid, kept.id)[-1][0]
-    service.rate(uid, first.id, 1)
-    service.rate(uid, second.id, -1, comment="off topic", reason="wrong",
+    me = service.actor()
+    kept = service.new_conversation(me, system_prompt="be brief")
+    service.send(me, kept.id, "first question", P).run()
+    first = service.history(me, kept.id)[-1][0]
+    service.retry(me, first.id, SamplingParams(temperature=1.0, max_new_tokens=6, seed=3)).run()
+    second = service.history(me, kept.id)[-1][0]
+    service.rate(me, first.id, 1)
+    service.rate(me, second.id, -1, comment="off topic", reason="wrong",
                  better_answer="The right answer.")
-    hidden = service.new_conversation(uid)
-    service.send(uid, hidden.id, "private question", P).run()
-    service.rate(uid, service.history(uid, hidden.id)[-1][0].id, 1)
-    service.set_excluded(uid, hidden.id, True)
+    hidden = service.new_conversation(me)
+    service.send(me, hidden.id, "private question", P).run()
+    service.rate(me, service.history(me, hidden.id)[-1][0].id, 1)
+    service.set_excluded(me, hidden.id, True)
 
     results = {}
     for fmt in ("messages", "sft", "kto", "dpo"):
@@ -78,10 +78,10 @@ def test_building_datasets_in_the_ui_leaves_no_folder_per_export(settings, tiny_
     import chatlm.ui.feedback as feedback_ui
 
     service = make_service(settings, tiny_backend)
-    uid = service.user_id()
-    conv = service.new_conversation(uid)
-    service.send(uid, conv.id, "a question", P).run()
-    service.rate(uid, service.history(uid, conv.id)[-1][0].id, 1)
+    me = service.actor()
+    conv = service.new_conversation(me)
+    service.send(me, conv.id, "a question", P).run()
+    service.rate(me, service.history(me, conv.id)[-1][0].id, 1)
     before = set(Path(tempfile.gettempdir()).glob("chatlm-export-*"))
     wired = parts(service)
     tab = feedback_ui.FeedbackTab(service, wired["who"], wired["feedback"])

@@ -334,8 +334,8 @@ def library(settings, tiny_backend) -> Iterator[tuple[Any, int, int]]:
 
     service = make_service(settings, tiny_backend)
     lib = Library(service.sessions, embedder=FakeEmbedder())
-    uid = service.user_id()
-    yield lib, uid, service.new_conversation(uid).id
+    me = service.actor()
+    yield lib, me, service.new_conversation(me).id
     lib.wait_for_embeddings()
 
 
@@ -396,19 +396,19 @@ def test_chat_completions_route(api: Any, body: bytes) -> None:
 
 # ---- the hostile corpus through Library.load: the user's message, and nothing stored ----------
 def test_hostile_files_are_refused_and_nothing_is_stored(library) -> None:
-    lib, uid, conv = library
+    lib, me, conv = library
     for name, data, words in refused_files():
         with pytest.raises(InputError, match=words):
-            lib.load(user_id=uid, conversation_id=conv, name=name, data=data)
-    assert lib.user_documents(uid) == [] and lib.documents(conv) == []
+            lib.load(actor=me, conversation_id=conv, name=name, data=data)
+    assert lib.user_documents(me) == [] and lib.documents(conv) == []
 
 
 def test_hostile_but_readable_files_store_their_text(library) -> None:
-    lib, uid, conv = library
+    lib, me, conv = library
     for name, data, text in ACCEPTED:
-        assert lib.load(user_id=uid, conversation_id=conv, name=name, data=data).text == text, name
+        assert lib.load(actor=me, conversation_id=conv, name=name, data=data).text == text, name
     chunks = "\n".join(text for _, _, text, _, _ in lib.index_for(conv).chunks)
     assert "Visible paragraph" in chunks and "<script" not in chunks and "onerror=" not in chunks
-    line = lib.load(user_id=uid, conversation_id=conv, name="line.txt", data=b"x" * 10_000_000)
+    line = lib.load(actor=me, conversation_id=conv, name="line.txt", data=b"x" * 10_000_000)
     assert len(line.text) == 10_000_000
     assert {d.name for d in lib.documents(conv)} == {n for n, _, _ in ACCEPTED} | {"line.txt"}  # distinct texts

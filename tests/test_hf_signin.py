@@ -77,9 +77,9 @@ def test_hugging_face_sign_in_gives_a_session_and_admins_come_from_the_setting(s
     ann_client, bob_client = as_user(server, done), as_user(server, bob_done)
     try:
         ann_client.predict(text="Ann asks on the hub", temperature=0, max_new=4, api_name="/send")
-        mine = server.app.service.conversations(ann.user_id)
+        mine = server.app.service.conversations(ann)
         assert [c.title for c in mine] == ["Ann asks on the hub"]
-        assert server.app.service.conversations(bob.user_id) == []
+        assert server.app.service.conversations(bob) == []
         with pytest.raises(Exception, match="Only an admin"):  # a user is no admin: no round for bob
             bob_client.predict("auto", 0, 1, 0, False, None, False, api_name="/start_round")
         assert ann_client.predict("Hi", "base model", "base model", api_name="/compare")  # the admin may
@@ -102,7 +102,7 @@ def test_signing_in_keeps_the_guests_chat_and_never_takes_over_a_password_accoun
     done = hf_sign_in(server, cookies={GUEST_COOKIE: token})
     assert 'chatlm_guest=""' in ",".join(done.headers.get_list("set-cookie"))
     ann = server.app.identity.session_actor(done.cookies[SESSION_COOKIE])
-    assert [c.title for c in server.app.service.conversations(ann.user_id)] == ["Asked as a guest"]
+    assert [c.title for c in server.app.service.conversations(ann)] == ["Asked as a guest"]
 
     AccountService(server.app.service.sessions).add_user(None, "carl", "carl's password")
     hub_user["name"] = "carl"  # a hub user who happens to share a name with a password account

@@ -27,24 +27,24 @@ def service(settings, bundled_backend):
 
 @pytest.mark.slow
 def test_grounded_answer_cites_and_stores_sources(service) -> None:
-    uid = service.user_id()
-    conv = service.new_conversation(uid)
-    doc = service.library.load(user_id=uid, conversation_id=conv.id, name="facts.txt",
+    me = service.actor()
+    conv = service.new_conversation(me)
+    doc = service.library.load(actor=me, conversation_id=conv.id, name="facts.txt",
                                data=TEXT.encode())
-    reply = service.send(uid, conv.id, "What is the capital of Zorbia?", P)
+    reply = service.send(me, conv.id, "What is the capital of Zorbia?", P)
     answer_text = reply.run()
     assert "Quillton" in answer_text
-    answer = service.history(uid, conv.id)[-1][0]
+    answer = service.history(me, conv.id)[-1][0]
     assert answer.sources and answer.sources[0]["document"] == "facts.txt"
     assert answer.sources[0]["chunk_id"] > 0 and "score" in answer.sources[0]
     assert "Quillton" in answer.prompt_messages[-1]["content"]  # the passages the model saw
     # the same content loaded again is stored once; a second conversation can reuse it
-    other = service.new_conversation(uid)
-    again = service.library.load(user_id=uid, conversation_id=other.id, name="copy.txt",
+    other = service.new_conversation(me)
+    again = service.library.load(actor=me, conversation_id=other.id, name="copy.txt",
                                  text=TEXT)
     assert again.id == doc.id
     assert [d.id for d in service.library.documents(other.id)] == [doc.id]
-    service.library.detach(user_id=uid, conversation_id=other.id, document_id=doc.id)
+    service.library.detach(actor=me, conversation_id=other.id, document_id=doc.id)
     assert service.library.documents(other.id) == []
 
 
@@ -67,9 +67,9 @@ def test_dense_embeddings_arrive_in_background_and_persist(settings, tiny_backen
 
     service = make_service(settings, tiny_backend)
     library = Library(service.sessions, embedder=FakeEmbedder())
-    uid = service.user_id()
-    conv = service.new_conversation(uid)
-    library.load(user_id=uid, conversation_id=conv.id, name="t.txt", text=TEXT)
+    me = service.actor()
+    conv = service.new_conversation(me)
+    library.load(actor=me, conversation_id=conv.id, name="t.txt", text=TEXT)
     assert library.retrieve(conv.id, "Zorbia capital")  # BM25 answers at once
     library.wait_for_embeddings()
     assert library.index_for(conv.id).index.has_dense
@@ -81,13 +81,13 @@ def test_dense_embeddings_arrive_in_background_and_persist(settings, tiny_backen
 
 def test_bad_documents_store_nothing(settings, tiny_backend) -> None:
     service = make_service(settings, tiny_backend)
-    uid = service.user_id()
-    conv = service.new_conversation(uid)
+    me = service.actor()
+    conv = service.new_conversation(me)
     for kwargs in ({"data": b"\x00\x01\x02binary\x00" * 10, "name": "x.txt"},
                    {"text": "   \n ", "name": "empty"},
                    {"data": b"%PDF-1.4 broken", "name": "bad.pdf"},
                    {"data": b"abc", "name": "x.exe"}):
         with pytest.raises(InputError):
-            service.library.load(user_id=uid, conversation_id=conv.id, **kwargs)
+            service.library.load(actor=me, conversation_id=conv.id, **kwargs)
     assert service.library.documents(conv.id) == []
-    assert service.library.user_documents(uid) == []
+    assert service.library.user_documents(me) == []

@@ -42,7 +42,7 @@ def test_a_user_at_the_limit_is_refused_before_anything_is_stored(tmp_path, tiny
     settings = Settings.from_env({}, data_dir=tmp_path / "data", auth="password", user_answers=1,
                                  user_requests_per_minute=0)
     service = make_service(settings, tiny_backend)
-    bob, ann = service.user_id("bob"), service.user_id("ann")
+    bob, ann = service.actor("bob"), service.actor("ann")
     first, second = service.new_conversation(bob), service.new_conversation(bob)
     running = service.send(bob, first.id, "a long story", LONG)
     stream = iter(running)

@@ -102,8 +102,8 @@ def test_simultaneous_visitors_hear_at_once_and_what_they_hear_is_stored(slow_se
     assert not late, (f"visitors heard nothing until an answer had ended ({first_answer:.1f} s): {late}; "
                       + AT_ONCE)
     service = slow_server.app.service
-    stored = {m.content for c in service.conversations(service.user_id())
-              for m, _ in service.history(service.user_id(), c.id) if m.role == "user"}
+    stored = {m.content for c in service.conversations(service.actor())
+              for m, _ in service.history(service.actor(), c.id) if m.role == "user"}
     answered, busy = [], []
     for i, (chat, _sidebar, notice, box) in enumerate(finals):
         text = f"visitor {i} says hello"
@@ -128,4 +128,4 @@ def test_simultaneous_visitors_hear_at_once_and_what_they_hear_is_stored(slow_se
     assert len(slow_server.admitted) == len(answered)
     assert most_at_once(slow_server.admitted) <= 4 + 4
     # nobody else left anything behind (no empty "New chat" for a refused visitor)
-    assert len(service.conversations(service.user_id())) == len(answered)
+    assert len(service.conversations(service.actor())) == len(answered)

@@ -15,7 +15,7 @@ from chatlm.compose import sessions_for
 from chatlm.config import Settings
 from chatlm.engine.copy import CopyConstraint
 from chatlm.errors import InputError
-from chatlm.store import db, registry, repo
+from chatlm.store import db, registry
 from chatlm.training import reader, worker
 from chatlm.training.options import RoundOptions
 
@@ -92,23 +92,23 @@ def test_a_reader_round_registers_an_adapter_that_changes_a_span(tiny_settings, 
         assert adapter.name == "reader-v1" and adapter.method == "reader"
         assert adapter.metrics["dataset"]["document"]["mix"]["span"] > 0
         assert adapter.metrics["target"] == "liked_perplexity"
-        uid = repo.get_or_create_user(s).id
         path = adapter.path
 
     backend = LocalBackend(dataclasses.replace(tiny, model=copy.deepcopy(tiny.model)))
     try:
         settings = dataclasses.replace(tiny_settings, reader="reader-v1")
         service = ChatService(settings, backend, sessions)
+        me = service.actor()
         assert service.adapters.ensure_reader() == "reader-v1" and service.adapters.reads("reader-v1")
         text = ("The Normans gave their name to Normandy, a region in France. "
                 "Their leader Rollo swore fealty to King Charles III in 911.")
-        conv = service.new_conversation(uid)
-        service.library.load(user_id=uid, conversation_id=conv.id, name="Normans", text=text)
+        conv = service.new_conversation(me)
+        service.library.load(actor=me, conversation_id=conv.id, name="Normans", text=text)
         params = SamplingParams(temperature=0.0, max_new_tokens=8)
-        read = service.send(uid, conv.id, "Who gave their name to Normandy?", params)
+        read = service.send(me, conv.id, "Who gave their name to Normandy?", params)
         read.run()
         assert read.adapter == "reader-v1" and read.generation.decline_score is not None
-        base = service.send(uid, conv.id, "Who gave their name to Normandy?", params, adapter="base")
+        base = service.send(me, conv.id, "Who gave their name to Normandy?", params, adapter="base")
         base.run()
         assert base.adapter is None and base.generation.decline_score is None
         # the adapter, not the base model, read the text: its first step's distribution is its own

@@ -53,24 +53,24 @@ def test_front_stores_while_back_generates(backend_process, tmp_path) -> None:
     service = make_service(settings)
     try:
         assert service.backend.model_id == "SmolLM2-135M-Instruct"
-        uid = service.user_id()
-        conv = service.new_conversation(uid)
-        reply = service.send(uid, conv.id, "What is the capital of France?",
+        me = service.actor()
+        conv = service.new_conversation(me)
+        reply = service.send(me, conv.id, "What is the capital of France?",
                              SamplingParams(temperature=0, max_new_tokens=20))
         deltas = list(reply)
         assert len(deltas) > 2 and "Paris" in "".join(deltas)
-        answer = service.history(uid, conv.id)[-1][0]
+        answer = service.history(me, conv.id)[-1][0]
         assert answer.status == "complete" and "Paris" in answer.content
         assert answer.completion_tokens and answer.prompt_tokens  # usage from the back process
         assert (tmp_path / "front" / "chatlm.db").is_file()
         assert not (tmp_path / "front" / "models").exists()  # no model loaded in front
 
-        stream = iter(service.send(uid, conv.id, "Write a long story.",
+        stream = iter(service.send(me, conv.id, "Write a long story.",
                                    SamplingParams(temperature=0, max_new_tokens=500)))
         next(stream)
-        service.stop(uid, conv.id)
+        service.stop(me, conv.id)
         list(stream)
-        assert service.history(uid, conv.id)[-1][0].status == "stopped"
+        assert service.history(me, conv.id)[-1][0].status == "stopped"
     finally:
         service.backend.close()
 

@@ -19,118 +19,118 @@ def service(settings, tiny_backend):
     return make_service(settings, tiny_backend)
 
 
-def rows(service, uid, conv_id):
-    return [(m.role, m.status) for m, _ in service.history(uid, conv_id)]
+def rows(service, me, conv_id):
+    return [(m.role, m.status) for m, _ in service.history(me, conv_id)]
 
 
 def test_question_is_committed_before_the_answer_starts(service) -> None:
-    uid = service.user_id()
-    conv = service.new_conversation(uid)
-    reply = service.send(uid, conv.id, "hello", SHORT)
-    assert rows(service, uid, conv.id) == [("user", "complete")]
+    me = service.actor()
+    conv = service.new_conversation(me)
+    reply = service.send(me, conv.id, "hello", SHORT)
+    assert rows(service, me, conv.id) == [("user", "complete")]
     text = reply.run()
-    history = service.history(uid, conv.id)
+    history = service.history(me, conv.id)
     answer = history[-1][0]
     assert answer.content == text and answer.status == "complete"
     assert answer.prompt_messages[0]["role"] == "system"
     assert answer.completion_tokens == reply.generation.completion_tokens > 0
     assert answer.model_id == "tiny-random" and answer.latency_ms is not None
-    assert service.conversation(uid, conv.id).title == "hello"
+    assert service.conversation(me, conv.id).title == "hello"
 
 
 def test_stop_keeps_partial_text_marked_stopped(service) -> None:
-    uid = service.user_id()
-    conv = service.new_conversation(uid)
-    reply = service.send(uid, conv.id, "tell me a story", LONG)
+    me = service.actor()
+    conv = service.new_conversation(me)
+    reply = service.send(me, conv.id, "tell me a story", LONG)
     stream = iter(reply)
     shown = next(stream) + next(stream)
-    assert service.stop(uid, conv.id)
+    assert service.stop(me, conv.id)
     shown += "".join(stream)
-    answer = service.history(uid, conv.id)[-1][0]
+    answer = service.history(me, conv.id)[-1][0]
     assert answer.status == "stopped"
     assert answer.content == shown and answer.content
     assert answer.completion_tokens < 150
 
 
 def test_reader_leaving_early_still_stores_the_answer(service) -> None:
-    uid = service.user_id()
-    conv = service.new_conversation(uid)
-    stream = iter(service.send(uid, conv.id, "story", LONG))
+    me = service.actor()
+    conv = service.new_conversation(me)
+    stream = iter(service.send(me, conv.id, "story", LONG))
     next(stream)
     stream.close()  # e.g. the browser tab closed
-    assert rows(service, uid, conv.id) == [("user", "complete"), ("assistant", "stopped")]
+    assert rows(service, me, conv.id) == [("user", "complete"), ("assistant", "stopped")]
 
 
 def test_retry_makes_a_sibling_and_shows_it(service) -> None:
-    uid = service.user_id()
-    conv = service.new_conversation(uid)
-    service.send(uid, conv.id, "hi", SHORT).run()
-    first = service.history(uid, conv.id)[-1][0]
-    service.retry(uid, first.id, SamplingParams(temperature=1.0, max_new_tokens=8, seed=1)).run()
-    history = service.history(uid, conv.id)
+    me = service.actor()
+    conv = service.new_conversation(me)
+    service.send(me, conv.id, "hi", SHORT).run()
+    first = service.history(me, conv.id)[-1][0]
+    service.retry(me, first.id, SamplingParams(temperature=1.0, max_new_tokens=8, seed=1)).run()
+    history = service.history(me, conv.id)
     second = history[-1][0]
     assert len(history) == 2 and second.id != first.id
     assert second.parent_id == first.parent_id == history[0][0].id
 
 
 def test_empty_and_oversized_messages_store_nothing(service) -> None:
-    uid = service.user_id()
-    conv = service.new_conversation(uid)
+    me = service.actor()
+    conv = service.new_conversation(me)
     with pytest.raises(InputError, match="empty"):
-        service.send(uid, conv.id, "   ", SHORT)
+        service.send(me, conv.id, "   ", SHORT)
     with pytest.raises(InputError, match="too long"):  # tiny model: 256-token context
-        service.send(uid, conv.id, "word " * 400, SHORT)
-    assert rows(service, uid, conv.id) == []
+        service.send(me, conv.id, "word " * 400, SHORT)
+    assert rows(service, me, conv.id) == []
 
 
 def test_long_conversation_drops_oldest_turns_with_notice(service) -> None:
-    uid = service.user_id()
-    conv = service.new_conversation(uid)
+    me = service.actor()
+    conv = service.new_conversation(me)
     notices = []
     for i in range(6):
-        reply = service.send(uid, conv.id, f"message {i} " + "padding " * 25, SHORT)
+        reply = service.send(me, conv.id, f"message {i} " + "padding " * 25, SHORT)
         reply.run()
         notices.append(reply.notice)
     assert notices[0] == "" and "oldest" in notices[-1]
-    assert len(service.history(uid, conv.id)) == 12  # nothing deleted, only left out
+    assert len(service.history(me, conv.id)) == 12  # nothing deleted, only left out
 
 
 @pytest.mark.slow  # waits out SQLite's 15 s busy timeout
 def test_locked_database_is_a_clear_error_and_loses_nothing(service, settings) -> None:
-    uid = service.user_id()
-    conv = service.new_conversation(uid)
-    service.send(uid, conv.id, "first", SHORT).run()
+    me = service.actor()
+    conv = service.new_conversation(me)
+    service.send(me, conv.id, "first", SHORT).run()
     path = settings.db_url.removeprefix("sqlite:///")
     blocker = sqlite3.connect(path, timeout=0)
     blocker.execute("BEGIN EXCLUSIVE")
     try:
         with pytest.raises(StorageError, match="busy"):
-            service.send(uid, conv.id, "second", SHORT)
+            service.send(me, conv.id, "second", SHORT)
     finally:
         blocker.rollback()
         blocker.close()
-    assert rows(service, uid, conv.id) == [("user", "complete"), ("assistant", "complete")]
+    assert rows(service, me, conv.id) == [("user", "complete"), ("assistant", "complete")]
 
 
 def test_edit_starts_a_branch_and_siblings_can_be_paged(service) -> None:
-    uid = service.user_id()
-    conv = service.new_conversation(uid)
-    service.send(uid, conv.id, "first", SHORT).run()
-    service.send(uid, conv.id, "second", SHORT).run()
-    old = [m.content for m, _ in service.history(uid, conv.id)]
-    second_q = service.history(uid, conv.id)[2][0]
-    service.edit(uid, second_q.id, "second, edited", SHORT).run()
-    new = [m.content for m, _ in service.history(uid, conv.id)]
+    me = service.actor()
+    conv = service.new_conversation(me)
+    service.send(me, conv.id, "first", SHORT).run()
+    service.send(me, conv.id, "second", SHORT).run()
+    old = [m.content for m, _ in service.history(me, conv.id)]
+    second_q = service.history(me, conv.id)[2][0]
+    service.edit(me, second_q.id, "second, edited", SHORT).run()
+    new = [m.content for m, _ in service.history(me, conv.id)]
     assert new[:2] == old[:2] and new[2] == "second, edited" and len(new) == 4
-    edited = service.history(uid, conv.id)[2][0]
-    assert service.siblings(uid, edited.id) == (2, 2)
-    shown = service.switch_sibling(uid, edited.id, -1)
+    edited = service.history(me, conv.id)[2][0]
+    assert service.siblings(me, edited.id) == (2, 2)
+    shown = service.switch_sibling(me, edited.id, -1)
     assert shown == second_q.id
-    assert [m.content for m, _ in service.history(uid, conv.id)] == old  # old branch intact
-    service.switch_sibling(uid, second_q.id, +1)
-    assert [m.content for m, _ in service.history(uid, conv.id)] == new
+    assert [m.content for m, _ in service.history(me, conv.id)] == old  # old branch intact
+    service.switch_sibling(me, second_q.id, +1)
+    assert [m.content for m, _ in service.history(me, conv.id)] == new
     with pytest.raises(InputError):
-        service.edit(uid, service.history(uid, conv.id)[-1][0].id, "x", SHORT)
+        service.edit(me, service.history(me, conv.id)[-1][0].id, "x", SHORT)
 
 
 def test_a_pager_click_pages_only_a_message_the_page_shows(service) -> None:
@@ -140,12 +140,12 @@ def test_a_pager_click_pages_only_a_message_the_page_shows(service) -> None:
 
     from chatlm.ui.chat import ChatUI
 
-    uid = service.user_id()
-    conv = service.new_conversation(uid)
-    service.send(uid, conv.id, "first", SHORT).run()
-    service.retry(uid, service.history(uid, conv.id)[-1][0].id, SHORT).run()
+    me = service.actor()
+    conv = service.new_conversation(me)
+    service.send(me, conv.id, "first", SHORT).run()
+    service.retry(me, service.history(me, conv.id)[-1][0].id, SHORT).run()
     ui = ChatUI(service, parts(service)["who"])
-    ids = [m.id for m, _ in service.history(uid, conv.id)]
+    ids = [m.id for m, _ in service.history(me, conv.id)]
     assert ui.marks(conv.id, ids, ids[1], None)["pagers"] == [
         {"index": 1, "role": "answer", "pos": 2, "count": 2}]
     for forged in ({"index": 7, "step": -1}, {"index": -1, "step": -1}, {"index": 1, "step": -9}):
@@ -164,9 +164,9 @@ def test_the_watchdog_draws_the_stored_chat_once_no_answer_runs(service) -> None
 
     from chatlm.ui import chat
 
-    uid = service.user_id()
-    conv = service.new_conversation(uid)
-    service.send(uid, conv.id, "first", SHORT).run()
+    me = service.actor()
+    conv = service.new_conversation(me)
+    service.send(me, conv.id, "first", SHORT).run()
     ui = chat.ChatUI(service, parts(service)["who"])
     request = SimpleNamespace(session_hash=None, username=None, headers={}, cookies={}, client=None)
     ui.answers.busy = lambda conv_id: True  # type: ignore[method-assign]
@@ -182,11 +182,11 @@ def test_feedback_stats(service) -> None:
     from chatlm.feedback import stats
     from chatlm.store.db import transaction
 
-    uid = service.user_id()
-    conv = service.new_conversation(uid)
+    me = service.actor()
+    conv = service.new_conversation(me)
     for q, value in (("one", 1), ("two", -1), ("three", 1)):
-        service.send(uid, conv.id, q, SHORT).run()
-        service.rate(uid, service.history(uid, conv.id)[-1][0].id, value,
+        service.send(me, conv.id, q, SHORT).run()
+        service.rate(me, service.history(me, conv.id)[-1][0].id, value,
                      comment=f"c-{q}", reason="other" if value < 0 else None)
     with transaction(service.sessions) as s:
         rows = stats.rated_rows(s)
@@ -199,23 +199,23 @@ def test_feedback_stats(service) -> None:
 
 
 def test_editing_the_first_message_starts_a_new_root(service) -> None:
-    uid = service.user_id()
-    conv = service.new_conversation(uid)
-    service.send(uid, conv.id, "first", SHORT).run()
-    original = service.history(uid, conv.id)[0][0]
-    service.edit(uid, original.id, "first, edited", SHORT).run()
-    history = [m for m, _ in service.history(uid, conv.id)]
+    me = service.actor()
+    conv = service.new_conversation(me)
+    service.send(me, conv.id, "first", SHORT).run()
+    original = service.history(me, conv.id)[0][0]
+    service.edit(me, original.id, "first, edited", SHORT).run()
+    history = [m for m, _ in service.history(me, conv.id)]
     assert history[0].content == "first, edited" and len(history) == 2
     assert history[0].parent_id is None
-    assert service.siblings(uid, history[0].id) == (2, 2)
+    assert service.siblings(me, history[0].id) == (2, 2)
 
 
 def test_a_thumb_keeps_the_rating_details(service) -> None:
-    uid = service.user_id()
-    conv = service.new_conversation(uid)
-    service.send(uid, conv.id, "q", SHORT).run()
-    answer = service.history(uid, conv.id)[-1][0]
-    service.rate(uid, answer.id, -1, reason="wrong", comment="no", better_answer="yes")
+    me = service.actor()
+    conv = service.new_conversation(me)
+    service.send(me, conv.id, "q", SHORT).run()
+    answer = service.history(me, conv.id)[-1][0]
+    service.rate(me, answer.id, -1, reason="wrong", comment="no", better_answer="yes")
     from chatlm.ui.chat import ChatUI
 
     class Like:
@@ -223,7 +223,7 @@ def test_a_thumb_keeps_the_rating_details(service) -> None:
 
     ChatUI(service, parts(service)["who"]).like([0, answer.id], conv.id, Like())  # type: ignore[arg-type]
     # the comment and better answer stay; the 👎's reason goes with the 👎
-    assert service.rating_detail(uid, answer.id) == {"value": 1, "reason": None, "comment": "no",
+    assert service.rating_detail(me, answer.id) == {"value": 1, "reason": None, "comment": "no",
                                                      "better_answer": "yes"}
 
 
@@ -232,31 +232,31 @@ def test_a_reason_fits_its_thumb(service) -> None:
     rating stored before stays as it was."""
     from chatlm.errors import InputError
 
-    uid = service.user_id()
-    conv = service.new_conversation(uid)
-    service.send(uid, conv.id, "q", SHORT).run()
-    answer = service.history(uid, conv.id)[-1][0]
-    service.rate(uid, answer.id, -1, reason="not_grounded")
+    me = service.actor()
+    conv = service.new_conversation(me)
+    service.send(me, conv.id, "q", SHORT).run()
+    answer = service.history(me, conv.id)[-1][0]
+    service.rate(me, answer.id, -1, reason="not_grounded")
     with pytest.raises(InputError, match="“Not what the loaded text says” is a reason for 👎"):
-        service.rate(uid, answer.id, 1, reason="not_grounded")
-    assert service.rating_detail(uid, answer.id)["value"] == -1
-    assert service.rating_detail(uid, answer.id)["reason"] == "not_grounded"
+        service.rate(me, answer.id, 1, reason="not_grounded")
+    assert service.rating_detail(me, answer.id)["value"] == -1
+    assert service.rating_detail(me, answer.id)["reason"] == "not_grounded"
 
 
 def test_a_thumb_clicked_before_the_page_holds_the_answers_id_is_saved(service) -> None:
     """The page shows an answer's text while it streams and gets its id with the last update; a 👎
     clicked in between (ids without the answer) must still be saved, on the right answer."""
-    uid = service.user_id()
-    conv = service.new_conversation(uid)
-    service.send(uid, conv.id, "q", SHORT).run()
-    question, answer = (m for m, _ in service.history(uid, conv.id))
+    me = service.actor()
+    conv = service.new_conversation(me)
+    service.send(me, conv.id, "q", SHORT).run()
+    question, answer = (m for m, _ in service.history(me, conv.id))
     from chatlm.ui.chat import ChatUI
 
     class Dislike:
         index, liked = 1, False
 
     assert ChatUI(service, parts(service)["who"]).like([question.id], conv.id, Dislike()) == answer.id  # type: ignore[arg-type]
-    assert service.rating_detail(uid, answer.id)["value"] == -1
+    assert service.rating_detail(me, answer.id)["value"] == -1
 
 
 def _stored(settings, message_id: int):
@@ -274,9 +274,9 @@ def test_a_streaming_answer_is_checkpointed_and_a_crash_leaves_it_interrupted(se
     import chatlm.chat.reply as reply_module
 
     monkeypatch.setattr(reply_module, "CHECKPOINT_S", 0.0)  # every delta, so the test is exact
-    uid = service.user_id()
-    conv = service.new_conversation(uid)
-    reply = service.send(uid, conv.id, "tell me a story", LONG)
+    me = service.actor()
+    conv = service.new_conversation(me)
+    reply = service.send(me, conv.id, "tell me a story", LONG)
     stream = iter(reply)
     shown = next(stream) + next(stream) + next(stream)
     assert reply.message_id is not None
@@ -286,7 +286,7 @@ def test_a_streaming_answer_is_checkpointed_and_a_crash_leaves_it_interrupted(se
     restarted = make_service(settings, service.backend)
     assert restarted.mark_interrupted() == 1
     assert _stored(settings, reply.message_id) == ("interrupted", shown)
-    answer = restarted.history(uid, conv.id)[-1][0]
+    answer = restarted.history(me, conv.id)[-1][0]
     assert (answer.id, answer.status, answer.content) == (reply.message_id, "interrupted", shown)
 
 
@@ -294,22 +294,22 @@ def test_a_checkpointed_answer_ends_as_one_row(service, settings, monkeypatch) -
     import chatlm.chat.reply as reply_module
 
     monkeypatch.setattr(reply_module, "CHECKPOINT_S", 0.0)
-    uid = service.user_id()
-    conv = service.new_conversation(uid)
-    text = service.send(uid, conv.id, "story", LONG).run()
-    assert rows(service, uid, conv.id) == [("user", "complete"), ("assistant", "complete")]
-    assert service.history(uid, conv.id)[-1][0].content == text
+    me = service.actor()
+    conv = service.new_conversation(me)
+    text = service.send(me, conv.id, "story", LONG).run()
+    assert rows(service, me, conv.id) == [("user", "complete"), ("assistant", "complete")]
+    assert service.history(me, conv.id)[-1][0].content == text
     assert service.mark_interrupted() == 0  # nothing is left pending by an answer that ended
 
 
 def test_deleting_a_conversation_while_it_streams_stores_nothing_and_raises_nothing(service) -> None:
-    uid = service.user_id()
-    conv = service.new_conversation(uid)
-    stream = iter(service.send(uid, conv.id, "story", LONG))
+    me = service.actor()
+    conv = service.new_conversation(me)
+    stream = iter(service.send(me, conv.id, "story", LONG))
     next(stream)
-    service.delete(uid, conv.id)
+    service.delete(me, conv.id)
     "".join(stream)  # ends quietly: the answer has nowhere to go
-    assert all(c.id != conv.id for c in service.conversations(uid))
+    assert all(c.id != conv.id for c in service.conversations(me))
 
 
 def test_concurrent_first_requests_of_a_new_user_all_get_the_same_user(service) -> None:
@@ -326,7 +326,7 @@ def test_concurrent_first_requests_of_a_new_user_all_get_the_same_user(service) 
         for name in names:
             barrier.wait()
             try:
-                results[name].add(service.user_id(name))
+                results[name].add(service.actor(name))
             except BaseException as exc:
                 errors.append(exc)
 
@@ -344,21 +344,21 @@ def test_continue_goes_on_writing_a_cut_answer_as_a_new_alternative(service) -> 
     from chatlm.store import repo
     from chatlm.store.db import transaction
 
-    uid = service.user_id()
-    conv = service.new_conversation(uid)
-    service.send(uid, conv.id, "tell me a story", SHORT).run()
-    cut = service.history(uid, conv.id)[-1][0]
+    me = service.actor()
+    conv = service.new_conversation(me)
+    service.send(me, conv.id, "tell me a story", SHORT).run()
+    cut = service.history(me, conv.id)[-1][0]
     assert cut.generation_params["finish_reason"] == "length" and cut.completion_tokens == 8
 
-    reply = service.continue_answer(uid, cut.id, SHORT)
+    reply = service.continue_answer(me, cut.id, SHORT)
     streamed = "".join(reply)
-    longer = service.history(uid, conv.id)[-1][0]
+    longer = service.history(me, conv.id)[-1][0]
     assert longer.id != cut.id and longer.parent_id == cut.parent_id  # a new alternative of the turn
     assert streamed == longer.content and longer.content.startswith(cut.content)
     assert len(longer.content) > len(cut.content) and longer.completion_tokens == 8
     assert longer.prompt_messages == cut.prompt_messages  # trained on as one answer to the question
     assert longer.generation_params["continued"] is True
-    assert service.siblings(uid, longer.id) == (2, 2)
+    assert service.siblings(me, longer.id) == (2, 2)
 
     # the prompt the model saw: the question's, then the cut answer left open (no end of turn)
     backend = service.backend
@@ -370,13 +370,13 @@ def test_continue_goes_on_writing_a_cut_answer_as_a_new_alternative(service) -> 
 
     # a whole answer, someone else's answer, and a question are refused, and nothing is stored
     with transaction(service.sessions) as s:
-        repo.get_message(s, message_id=longer.id, user_id=uid).generation_params = {
+        repo.get_message(s, message_id=longer.id, user_id=me.user_id).generation_params = {
             **longer.generation_params, "finish_reason": "stop"}
-    stored = len(service.history(uid, conv.id))
+    stored = len(service.history(me, conv.id))
     with pytest.raises(InputError, match="cut at the token limit or stopped"):
-        service.continue_answer(uid, longer.id, SHORT)
+        service.continue_answer(me, longer.id, SHORT)
     with pytest.raises(NotFoundError):
-        service.continue_answer(service.user_id("someone-else"), cut.id, SHORT)
+        service.continue_answer(service.actor("someone-else"), cut.id, SHORT)
     with pytest.raises(InputError):
-        service.continue_answer(uid, cut.parent_id, SHORT)
-    assert len(service.history(uid, conv.id)) == stored
+        service.continue_answer(me, cut.parent_id, SHORT)
+    assert len(service.history(me, conv.id)) == stored

@@ -168,8 +168,8 @@ def test_guests_together_draw_on_one_fair_share(tmp_path: Path, tiny_backend) ->
                                  user_requests_per_minute=0)
     service = make_service(settings, tiny_backend)
     accounts = AccountService(service.sessions)
-    one, two = accounts.guest()[0].user_id, accounts.guest()[0].user_id
-    bob = service.user_id("bob")
+    one, two = accounts.guest()[0], accounts.guest()[0]
+    bob = service.actor("bob")
     first = service.new_conversation(one)
     running = service.send(one, first.id, "a long story", SamplingParams(temperature=0.0, max_new_tokens=200))
     stream = iter(running)

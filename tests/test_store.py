@@ -224,6 +224,7 @@ def test_every_migration_keeps_a_filled_database(tmp_path: Path) -> None:
     row kept. Batch mode rebuilds tables on SQLite; with foreign keys on, rebuilding ``messages``
     used to delete every rating through ON DELETE CASCADE."""
     from chatlm.chat.library import Library
+    from chatlm.identity.accounts import Actor
     from chatlm.store import registry
     from tests.seeding import StubEmbedder, add_turn, seed_pairs
 
@@ -231,13 +232,14 @@ def test_every_migration_keeps_a_filled_database(tmp_path: Path) -> None:
     db.upgrade(url)
     sessions = db.make_sessionmaker(db.make_engine(url))
     with db.transaction(sessions) as s:
-        uid = repo.get_or_create_user(s).id
+        me = Actor.of(repo.get_or_create_user(s))
+        uid = me.user_id
         other = repo.get_or_create_user(s, name="alice").id
         conv = repo.create_conversation(s, user_id=uid).id
     seed_pairs(sessions, uid, 3)
     add_turn(sessions, other, "Why?", [("Because.", -1, "Because it is.")])
     library = Library(sessions, embedder=StubEmbedder(), background=False)
-    library.load(user_id=uid, conversation_id=conv, name="notes.txt", data=b"The office opened in 1987. " * 40)
+    library.load(actor=me, conversation_id=conv, name="notes.txt", data=b"The office opened in 1987. " * 40)
     with db.transaction(sessions) as s:
         registry.register(s, name="chatlm-v1", base_model="m", path="/a", method="dpo", dataset_hash="0")
         registry.start_run(s, method="dpo", params={})

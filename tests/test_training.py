@@ -50,10 +50,10 @@ def adapter_dirs(settings: Settings) -> list[str]:
 # ---- 1. data selection ------------------------------------------------------------------------
 def test_method_choice_holdout_and_too_little_data(settings, tiny_backend, tmp_path) -> None:
     service = make_service(settings, tiny_backend)
-    uid = service.user_id()
-    conv = service.new_conversation(uid)
-    service.send(uid, conv.id, "hello", P).run()
-    service.rate(uid, service.history(uid, conv.id)[-1][0].id, 1)
+    me = service.actor()
+    conv = service.new_conversation(me)
+    service.send(me, conv.id, "hello", P).run()
+    service.rate(me, service.history(me, conv.id)[-1][0].id, 1)
     with db.transaction(service.sessions) as s, pytest.raises(NotEnoughDataError) as err:
         data.build_round(s)
     message = err.value.message
@@ -61,10 +61,10 @@ def test_method_choice_holdout_and_too_little_data(settings, tiny_backend, tmp_p
     assert "SFT needs 4 liked or corrected answers; there are 1" in message
     assert "KTO needs 8 rated answers" in message and "(1 liked, 0 disliked)" in message
 
-    other = service.user_id("alice")  # every user's ratings count
+    other = service.actor("alice").user_id  # every user's ratings count
     for i in range(3):
         add_turn(service.sessions, other, f"q{i}", [(f"good {i}", 1, None)])
-    add_turn(service.sessions, uid, "secret", [("hidden", 1, None), ("bad", -1, None)] * 5, excluded=True)
+    add_turn(service.sessions, me.user_id, "secret", [("hidden", 1, None), ("bad", -1, None)] * 5, excluded=True)
     with db.transaction(service.sessions) as s:
         sft = data.build_round(s)
         assert sft.method == "sft" and sft.counts.sft == 4 and sft.counts.pairs == 0
@@ -79,7 +79,7 @@ def test_method_choice_holdout_and_too_little_data(settings, tiny_backend, tmp_p
     d, u = kto.kto_weights
     n_d = sum(r["label"] for r in kto.train)
     assert 1 <= d * n_d / (u * (len(kto.train) - n_d)) <= 4 / 3
-    seed_pairs(service.sessions, uid, 8)
+    seed_pairs(service.sessions, me.user_id, 8)
     with db.transaction(service.sessions) as s:
         dpo, again = data.build_round(s), data.build_round(s)
         with pytest.raises(ChatLMError, match="must be one of"):
@@ -375,7 +375,7 @@ def test_whole_loop_ratings_to_served_adapter(bundled, start_server, tmp_path) -
     backend = LocalBackend(dataclasses.replace(bundled, model=copy.deepcopy(bundled.model)))
     server = start_server(backend, data_dir=data_dir, device="cpu")
     service = server.app.service
-    uid = service.user_id()
+    me = service.actor()
     # the model's answers, rated like a user who knows the gold answer: a hedged wrong answer is
     # disliked (and corrected), the exact span liked; the prompt holds the passage, so no knowledge
     for question, passage, golds, wrong in squad_turns(12):
@@ -385,7 +385,7 @@ def test_whole_loop_ratings_to_served_adapter(bundled, start_server, tmp_path) -
         for text in (golds[0], f"I am not sure, but I think it was {wrong}."):
             good = f1(text, golds) >= 0.5
             answers.append((text, 1 if good else -1, None if good else golds[0]))
-        add_turn(service.sessions, uid, question, answers, prompt=prompt)
+        add_turn(service.sessions, me.user_id, question, answers, prompt=prompt)
 
     options = RoundOptions("auto", max_steps=3, lr=5e-4, batch_size=2)
     run_id = rounds.start_round(server.settings, options, sessions=service.sessions)
@@ -405,9 +405,9 @@ def test_whole_loop_ratings_to_served_adapter(bundled, start_server, tmp_path) -
 
     assert service.adapters.active is None
     assert service.adapters.promote(adapter.name) == adapter.name  # served without a restart
-    conv = service.new_conversation(uid, system_prompt=SYSTEM)
-    service.send(uid, conv.id, "Say hi", SamplingParams(temperature=0.0, max_new_tokens=4)).run()
-    assert service.history(uid, conv.id)[-1][0].adapter == adapter.name
+    conv = service.new_conversation(me, system_prompt=SYSTEM)
+    service.send(me, conv.id, "Say hi", SamplingParams(temperature=0.0, max_new_tokens=4)).run()
+    assert service.history(me, conv.id)[-1][0].adapter == adapter.name
     assert not hasattr(bundled.model, "peft_config")  # the shared session model was never wrapped
     env = {**os.environ, "CHATLM_DATA_DIR": str(data_dir)}
     out = subprocess.run([sys.executable, "-m", "chatlm", "adapters", "list"], capture_output=True, text=True,
@@ -417,13 +417,13 @@ def test_whole_loop_ratings_to_served_adapter(bundled, start_server, tmp_path) -
                          env=env, cwd=REPO, timeout=120)
     assert out.returncode == 0 and "the base model is active" in out.stdout
     # the running server follows the shell's choice at the next answer: no restart, no extra call
-    service.send(uid, conv.id, "Say hi again", SamplingParams(temperature=0.0, max_new_tokens=4)).run()
-    assert service.history(uid, conv.id)[-1][0].adapter is None and service.adapters.active is None
+    service.send(me, conv.id, "Say hi again", SamplingParams(temperature=0.0, max_new_tokens=4)).run()
+    assert service.history(me, conv.id)[-1][0].adapter is None and service.adapters.active is None
     out = subprocess.run([sys.executable, "-m", "chatlm", "adapters", "activate", adapter.name],
                          capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
     assert out.returncode == 0, out.stderr
-    service.send(uid, conv.id, "And once more", SamplingParams(temperature=0.0, max_new_tokens=4)).run()
-    assert service.history(uid, conv.id)[-1][0].adapter == adapter.name
+    service.send(me, conv.id, "And once more", SamplingParams(temperature=0.0, max_new_tokens=4)).run()
+    assert service.history(me, conv.id)[-1][0].adapter == adapter.name
 
 
 def test_qa_f1_on_held_out_questions_about_loaded_texts(bundled) -> None:
@@ -534,7 +534,7 @@ def test_only_an_admin_may_use_the_training_service(settings, tiny_backend) -> N
     from chatlm.training.admin import TrainingService
 
     service = make_service(settings, tiny_backend)
-    uid = service.user_id()
+    uid = service.actor().user_id
     seed_pairs(service.sessions, uid, 10)
     training = TrainingService(service)
     user = Actor(user_id=uid, name="local", is_admin=False)

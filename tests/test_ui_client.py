@@ -75,15 +75,15 @@ def test_send_then_load_and_what_is_stored(client, server, bundled_backend):
     assert value(notice) == ""
     assert value(box) in ("", None)  # cleared (or left alone) after sending
 
-    uid = service.user_id()
-    convs = service.conversations(uid)
+    me = service.actor()
+    convs = service.conversations(me)
     assert len(convs) == 1
     conv = convs[0]
     assert conv.title == FRANCE
     assert conv.settings == {"temperature": 0, "top_p": 0.9, "max_new_tokens": 40, "model": ""}  # "": the default
     assert value(sidebar)["groups"] == [{"label": "Today", "items": [{"id": conv.id, "title": FRANCE, "open": True}]}]
 
-    history = service.history(uid, conv.id)
+    history = service.history(me, conv.id)
     assert [(m.role, m.content, r) for m, r in history] == [
         ("user", FRANCE, None), ("assistant", answer_text, None)]
     question, answer = history[0][0], history[1][0]
@@ -117,9 +117,9 @@ def test_send_continues_the_conversation_and_refuses_an_empty_message(client, se
     chat, *_ = client.predict(text="Thanks", temperature=0, max_new=4, api_name="/send")
     assert [(r, t) for r, t in chat_texts(chat) if r == "user"] == [("user", "Hi"),
                                                                     ("user", "Thanks")]
-    uid = service.user_id()
-    [conv] = service.conversations(uid)  # the client's session kept its conversation
-    history = [m for m, _ in service.history(uid, conv.id)]
+    me = service.actor()
+    [conv] = service.conversations(me)  # the client's session kept its conversation
+    history = [m for m, _ in service.history(me, conv.id)]
     assert [m.role for m in history] == ["user", "assistant", "user", "assistant"]
     assert [m.parent_id for m in history] == [None] + [m.id for m in history[:-1]]
     assert history[2].content == "Thanks"
@@ -141,7 +141,7 @@ def test_training_endpoints_from_ratings_to_a_promoted_adapter_and_back(start_se
     server = start_server(backend, data_dir=tmp_path / "data", model=str(tiny_dir), device="cpu")
     server.server.config.timeout_graceful_shutdown = 1
     service = server.app.service
-    seed_pairs(service.sessions, service.user_id(), 12)
+    seed_pairs(service.sessions, service.actor(), 12)
     client = gradio_client.Client(server.url, verbose=False)
     try:
         endpoints = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
@@ -203,14 +203,14 @@ def test_a_refused_first_message_leaves_no_conversation_and_stays_in_the_box(scr
     assert f"at most {MAX_MESSAGE_CHARS} characters" in value(notice)
     assert value(box) == too_long  # kept for the user to shorten
     assert chat_texts(chat) == [] and value(sidebar)["groups"] == []
-    assert service.conversations(service.user_id()) == []  # no empty "New chat" left behind
+    assert service.conversations(service.actor()) == []  # no empty "New chat" left behind
 
     chat, *_ = client.predict(text="Hello", api_name="/send")  # the same session then sends fine
     assert chat_texts(chat) == [("user", "Hello"), ("assistant", "Fine, thanks.")]
     _, _, notice, box = client.predict(text=too_long, api_name="/send")  # refused in an existing chat
     assert "at most" in value(notice) and value(box) == too_long
-    [conv] = service.conversations(service.user_id())
-    assert [m.content for m, _ in service.history(service.user_id(), conv.id)] == ["Hello",
+    [conv] = service.conversations(service.actor())
+    assert [m.content for m, _ in service.history(service.actor(), conv.id)] == ["Hello",
                                                                                    "Fine, thanks."]
 
 
@@ -231,8 +231,8 @@ def test_a_second_message_while_answering_is_refused_and_not_stored(scripted):
     backend.hold.set()
     chat, *_ = first.result(timeout=30)
     assert chat_texts(chat) == [("user", "First"), ("assistant", "Fine, thanks.")]
-    [conv] = service.conversations(service.user_id())
-    history = [m for m, _ in service.history(service.user_id(), conv.id)]
+    [conv] = service.conversations(service.actor())
+    history = [m for m, _ in service.history(service.actor(), conv.id)]
     assert [(m.role, m.content, m.status) for m in history] == [
         ("user", "First", "complete"), ("assistant", "Fine, thanks.", "complete")]
     assert "Second" not in {m.content for m in history}
@@ -248,10 +248,10 @@ def test_max_new_tokens_never_starts_above_its_maximum(scripted):
                                                             api_name=name)
         assert max_tokens == 100, name
     client.predict(text="Hi", api_name="/send")  # its default is the largest allowed
-    [conv] = server.app.service.conversations(server.app.service.user_id())
+    [conv] = server.app.service.conversations(server.app.service.actor())
     assert conv.settings["max_new_tokens"] == 100
     conv_settings = {**conv.settings, "max_new_tokens": 500}  # stored by an older, larger server
-    server.app.service.update_settings(server.app.service.user_id(), conv.id,
+    server.app.service.update_settings(server.app.service.actor(), conv.id,
                                        system_prompt=conv.system_prompt, settings=conv_settings)
     assert client.predict(conv.id, api_name="/load")[5] == 100  # chat, list, prompt, temperature, top_p
 
@@ -270,8 +270,8 @@ def test_a_later_message_refused_as_busy_is_kept_and_retry_answers_it(scripted):
     chat, _, notice, _ = client.predict(api_name="/retry")
     assert chat_texts(chat) == [("user", "Hello"), ("assistant", "Fine, thanks."),
                                 ("user", "And now?"), ("assistant", "Fine, thanks.")]
-    [conv] = service.conversations(service.user_id())
-    history = [(m.role, m.content) for m, _ in service.history(service.user_id(), conv.id)]
+    [conv] = service.conversations(service.actor())
+    history = [(m.role, m.content) for m, _ in service.history(service.actor(), conv.id)]
     assert history == chat_texts(chat)  # the shown branch is the stored one, answered
 
 
@@ -293,7 +293,7 @@ def test_a_long_message_says_how_far_it_is_read_and_stop_with_nothing_running_sa
     backend.hold.set()
     chat, *_ = job.result(timeout=30)
     assert chat_texts(chat)[-1] == ("assistant", "Fine, thanks.")
-    [conv] = server.app.service.conversations(server.app.service.user_id())
+    [conv] = server.app.service.conversations(server.app.service.actor())
     assert client.predict(conv.id, api_name="/stop") == NOTHING_TO_STOP
     assert client.predict(None, api_name="/stop") == NOTHING_TO_STOP
 
@@ -308,12 +308,12 @@ def test_continue_writes_on_a_cut_answer_and_refuses_a_whole_one(scripted):
     assert chat_texts(chat)[-1] == ("assistant", "Fine, " + MARKS["cut"]) and "Continue" in value(notice)
     chat, _, notice, _ = client.predict(max_new=2, api_name="/continue")
     assert chat_texts(chat) == [("user", "Hello"), ("assistant", "Fine, Fine, " + MARKS["cut"])]  # the script, again
-    [conv] = service.conversations(service.user_id())
-    answers = [m for m, _ in service.history(service.user_id(), conv.id) if m.role == "assistant"]
-    assert answers[-1].content == "Fine, Fine, " and service.siblings(service.user_id(), answers[-1].id) == (2, 2)
+    [conv] = service.conversations(service.actor())
+    answers = [m for m, _ in service.history(service.actor(), conv.id) if m.role == "assistant"]
+    assert answers[-1].content == "Fine, Fine, " and service.siblings(service.actor(), answers[-1].id) == (2, 2)
 
     client.predict(text="Once more", api_name="/send")  # a whole answer
-    stored = len(service.history(service.user_id(), conv.id))
+    stored = len(service.history(service.actor(), conv.id))
     _, _, notice, _ = client.predict(api_name="/continue")
     assert "cut at the token limit or stopped" in value(notice)
-    assert len(service.history(service.user_id(), conv.id)) == stored
+    assert len(service.history(service.actor(), conv.id)) == stored

@@ -130,8 +130,8 @@ def test_compare_asks_as_the_chat_asks_and_names_each_model(service) -> None:
     from chatlm.ui.training import TrainingTab
 
     backend = service.backend
-    uid = service.user_id()
-    service.new_conversation(uid, system_prompt="You are the archivist of Brackenford.",
+    me = service.actor()
+    service.new_conversation(me, system_prompt="You are the archivist of Brackenford.",
                              settings={"temperature": 0.9, "top_p": 0.5, "max_new_tokens": 40, "model": ""})
     service.adapters.promote("v1")
     tab = TrainingTab(service, **parts(service))
@@ -151,7 +151,7 @@ def test_compare_asks_as_the_chat_asks_and_names_each_model(service) -> None:
     assert [adapter for *_, adapter in backend.asked[-2:]] == [None, "v1"]
 
     # an admin whose chats have no system prompt: Compare sends none either, and says so
-    service.new_conversation(uid, system_prompt="", settings={"max_new_tokens": 5000})
+    service.new_conversation(me, system_prompt="", settings={"max_new_tokens": 5000})
     asked, *_ = tab.compare_heading("Hi", "v2", "base model", LOCAL)
     assert f"no system prompt (as your chat), max {service.settings.max_new_tokens} new tokens" in asked
     *_, answers = tab.compare("Hi", "v2", "base model", LOCAL)

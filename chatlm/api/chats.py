@@ -19,8 +19,8 @@ def install(app: FastAPI, service: ChatService, who: Who) -> None:
     @app.get("/chats/{conversation_id}/export", include_in_schema=False)
     async def export(conversation_id: int, request: Request) -> Response:
         try:
-            uid = await anyio.to_thread.run_sync(who.uid, request)
-            name, text = await anyio.to_thread.run_sync(service.transcript, uid, conversation_id)
+            actor = await anyio.to_thread.run_sync(who.actor, request)
+            name, text = await anyio.to_thread.run_sync(service.transcript, actor, conversation_id)
         except PermissionDeniedError as exc:
             return PlainTextResponse(exc.message, status_code=401)
         except NotFoundError as exc:

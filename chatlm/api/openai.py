@@ -315,7 +315,7 @@ class OpenAIRoutes:
         messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
                     for m in body.messages]
         gen = await asyncio.to_thread(self.service.generate, messages, params, adapter,
-                                      user_id=request.state.actor.user_id,
+                                      actor=request.state.actor,
                                       continue_final=body.continue_final_message)
         cid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         if body.stream:

@@ -13,6 +13,7 @@ import numpy as np
 from sqlalchemy.orm import Session, sessionmaker
 
 from chatlm.errors import InputError
+from chatlm.identity.accounts import Actor
 from chatlm.knowledge.chunk import chunk_text
 from chatlm.knowledge.index import HybridIndex
 from chatlm.knowledge.parse import parse_bytes, parse_text
@@ -70,7 +71,7 @@ class Library:
         return self._embedder
 
     # ---- loading --------------------------------------------------------------------------
-    def load(self, *, user_id: int, conversation_id: int, name: str, data: bytes | None = None,
+    def load(self, *, actor: Actor, conversation_id: int, name: str, data: bytes | None = None,
              text: str | None = None, progress: Progress | None = None) -> Document:
         """Parse, chunk and store a document and attach it to the conversation, in one transaction;
         dense embedding then runs in the background (BM25 answers at once)."""
@@ -87,9 +88,9 @@ class Library:
         spans = chunk_text(body)
         report(0.6, "storing")
         with transaction(self.sessions) as s:
-            doc = docs.add_document(s, user_id=user_id, name=name or "pasted text", mime=mime,
+            doc = docs.add_document(s, user_id=actor.user_id, name=name or "pasted text", mime=mime,
                                     text=body, chunks=[(c.idx, c.start, c.end, c.text) for c in spans])
-            docs.attach(s, conversation_id=conversation_id, document_id=doc.id, user_id=user_id)
+            docs.attach(s, conversation_id=conversation_id, document_id=doc.id, user_id=actor.user_id)
         report(0.8, "indexing")
         self.index_for(conversation_id)
         if not doc.embedded:
@@ -97,21 +98,21 @@ class Library:
         report(1.0, "ready")
         return doc
 
-    def attach(self, *, user_id: int, conversation_id: int, document_id: int) -> None:
+    def attach(self, *, actor: Actor, conversation_id: int, document_id: int) -> None:
         with transaction(self.sessions) as s:
-            docs.attach(s, conversation_id=conversation_id, document_id=document_id, user_id=user_id)
+            docs.attach(s, conversation_id=conversation_id, document_id=document_id, user_id=actor.user_id)
 
-    def detach(self, *, user_id: int, conversation_id: int, document_id: int) -> None:
+    def detach(self, *, actor: Actor, conversation_id: int, document_id: int) -> None:
         with transaction(self.sessions) as s:
-            docs.detach(s, conversation_id=conversation_id, document_id=document_id, user_id=user_id)
+            docs.detach(s, conversation_id=conversation_id, document_id=document_id, user_id=actor.user_id)
 
     def documents(self, conversation_id: int) -> list[Document]:
         with transaction(self.sessions) as s:
             return docs.conversation_documents(s, conversation_id=conversation_id)
 
-    def user_documents(self, user_id: int) -> list[Document]:
+    def user_documents(self, actor: Actor) -> list[Document]:
         with transaction(self.sessions) as s:
-            return docs.user_documents(s, user_id=user_id)
+            return docs.user_documents(s, user_id=actor.user_id)
 
     def chunk_texts(self, chunk_ids: list[int]) -> dict[int, str]:
         with transaction(self.sessions) as s:

@@ -11,7 +11,6 @@ import threading
 from dataclasses import replace
 from typing import Any
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from chatlm.adapters.serving import Serving
@@ -25,6 +24,7 @@ from chatlm.engine.backend import Backend
 from chatlm.engine.generation import Generation
 from chatlm.engine.params import SamplingParams
 from chatlm.errors import ChatLMError, InputError
+from chatlm.identity.accounts import Actor
 from chatlm.knowledge.answer import (
     COPY_SENTENCES,
     SURE_SPAN,
@@ -40,7 +40,7 @@ from chatlm.knowledge.answer import (
 )
 from chatlm.store import repo
 from chatlm.store.db import transaction
-from chatlm.store.models import Message, User
+from chatlm.store.models import Message
 
 MAX_MESSAGE_CHARS = 100_000
 TITLE_CHARS = 48
@@ -66,15 +66,15 @@ class ChatService(Conversations):
         """Which adapter answers (the default, the reader), following the registry."""
 
     # ---- conversations (the rest is chatlm.chat.conversations.Conversations) ----------------------
-    def delete(self, user_id: int, conversation_id: int) -> str:
+    def delete(self, actor: Actor, conversation_id: int) -> str:
         """Delete a conversation (its answer stops); ``restore`` can bring it back for
         ``repo.UNDO_WINDOW``. Returns its title, for the Undo notice."""
-        self.stop(user_id, conversation_id)
+        self.stop(actor, conversation_id)
         with transaction(self.sessions) as s:
-            return repo.delete_conversation(s, conversation_id=conversation_id, user_id=user_id).title
+            return repo.delete_conversation(s, conversation_id=conversation_id, user_id=actor.user_id).title
 
     # ---- generation ----------------------------------------------------------------------
-    def send(self, user_id: int, conversation_id: int, content: str,
+    def send(self, actor: Actor, conversation_id: int, content: str,
              params: SamplingParams, *, adapter: str | None = None, k: int = 3,
              short: bool = False) -> Reply:
         """Commit the user's message, then start the answer (stored when it ends or stops).
@@ -89,11 +89,11 @@ class ChatService(Conversations):
         params = params.clamped(self.settings.max_new_tokens)
         # ownership first, then retrieval outside the write transaction: retrieval opens sessions
         # of its own, and holding one here while it waits let 8+ concurrent sends drain the pool
-        self.conversation(user_id, conversation_id)
-        self._admit(user_id)  # over the user's share: refused before anything is stored
+        self.conversation(actor, conversation_id)
+        self._admit(actor)  # over the user's share: refused before anything is stored
         passages = self.library.retrieve(conversation_id, content, k=k)
         with transaction(self.sessions) as s:
-            conv = repo.get_conversation(s, conversation_id=conversation_id, user_id=user_id)
+            conv = repo.get_conversation(s, conversation_id=conversation_id, user_id=actor.user_id)
             path = repo.branch(s, conversation=conv)
             history = [{"role": m.role, "content": m.content} for m in path if m.content]
             numbered = [(p.number, p.document, p.text) for p in passages]
@@ -114,25 +114,25 @@ class ChatService(Conversations):
                                         parent_id=path[-1].id if path else None)
         return self._start(conversation_id, user_msg.id, plan.messages, plan.dropped, params,
                            adapter, [p.as_source() for p in passages] or None, question=content,
-                           extract=extract, user_id=user_id)
+                           extract=extract, actor=actor)
 
     def _can_extract(self, request: str) -> bool:
         """Factoid questions get a copied span where the backend can constrain decoding (a remote
         engine cannot: it answers free-form, grounded and cited)."""
         return self.backend.supports_copy and is_factoid(request)
 
-    def retry(self, user_id: int, message_id: int, params: SamplingParams, *,
+    def retry(self, actor: Actor, message_id: int, params: SamplingParams, *,
               adapter: str | None = None) -> Reply:
         """A new answer to the same question, stored as a sibling of ``message_id``."""
         adapter = self.adapters.choose(adapter)
         params = params.clamped(self.settings.max_new_tokens)
-        self._admit(user_id)
+        self._admit(actor)
         with transaction(self.sessions) as s:
-            answer = repo.get_message(s, message_id=message_id, user_id=user_id)
+            answer = repo.get_message(s, message_id=message_id, user_id=actor.user_id)
             if answer.role != "assistant" or answer.parent_id is None:
                 raise InputError("Only an answer can be retried.")
             conv = repo.get_conversation(s, conversation_id=answer.conversation_id,
-                                         user_id=user_id)
+                                         user_id=actor.user_id)
             conv.active_leaf_id = answer.parent_id
             if answer.prompt_messages:  # same prompt, passages included: a true sibling
                 messages, dropped, sources = answer.prompt_messages, 0, answer.sources
@@ -142,40 +142,40 @@ class ChatService(Conversations):
                 plan = self._plan(conv.system_prompt, history, params)
                 messages, dropped, sources = plan.messages, plan.dropped, None
         return self._start(conv.id, answer.parent_id, messages, dropped, params, adapter, sources,
-                           user_id=user_id)
+                           actor=actor)
 
-    def edit(self, user_id: int, message_id: int, content: str, params: SamplingParams, *,
+    def edit(self, actor: Actor, message_id: int, content: str, params: SamplingParams, *,
              adapter: str | None = None) -> Reply:
         """Edit an earlier user message: a new branch from the same point; the old one is kept."""
         with transaction(self.sessions) as s:
-            original = repo.get_message(s, message_id=message_id, user_id=user_id)
+            original = repo.get_message(s, message_id=message_id, user_id=actor.user_id)
             if original.role != "user":
                 raise InputError("Only your own messages can be edited.")
-            conv = repo.get_conversation(s, conversation_id=original.conversation_id, user_id=user_id)
+            conv = repo.get_conversation(s, conversation_id=original.conversation_id, user_id=actor.user_id)
             previous_leaf = conv.active_leaf_id
             # send() continues from here; a first message's edit starts a new root
             conv.active_leaf_id = original.parent_id if original.parent_id is not None else repo.EMPTY_BRANCH
             conv_id = conv.id
         try:
-            return self.send(user_id, conv_id, content, params, adapter=adapter)
+            return self.send(actor, conv_id, content, params, adapter=adapter)
         except ChatLMError:
             with transaction(self.sessions) as s:  # nothing was stored: show the old branch again
-                repo.get_conversation(s, conversation_id=conv_id, user_id=user_id).active_leaf_id = previous_leaf
+                repo.get_conversation(s, conversation_id=conv_id, user_id=actor.user_id).active_leaf_id = previous_leaf
             raise
 
-    def continue_answer(self, user_id: int, message_id: int, params: SamplingParams, *,
+    def continue_answer(self, actor: Actor, message_id: int, params: SamplingParams, *,
                         adapter: str | None = None) -> Reply:
         """Go on writing an answer that was cut at the token limit or stopped: a new alternative of
         the same turn that starts with the old text (the cut one stays, a page back)."""
         adapter = self.adapters.choose(adapter)
         params = params.clamped(self.settings.max_new_tokens)
-        self._admit(user_id)
+        self._admit(actor)
         with transaction(self.sessions) as s:
-            answer = repo.get_message(s, message_id=message_id, user_id=user_id)
+            answer = repo.get_message(s, message_id=message_id, user_id=actor.user_id)
             if answer.role != "assistant" or answer.parent_id is None or not can_continue(answer):
                 raise InputError("Only an answer that was cut at the token limit or stopped can be "
                                  "continued.")
-            conv = repo.get_conversation(s, conversation_id=answer.conversation_id, user_id=user_id)
+            conv = repo.get_conversation(s, conversation_id=answer.conversation_id, user_id=actor.user_id)
             conv.active_leaf_id = answer.parent_id
             if answer.prompt_messages:
                 prompt = list(answer.prompt_messages)
@@ -185,39 +185,39 @@ class ChatService(Conversations):
                 prompt = self._plan(conv.system_prompt, history, params).messages
             partial, sources, conv_id, parent_id = answer.content, answer.sources, conv.id, answer.parent_id
         reply = self._start(conv_id, parent_id, [*prompt, {"role": "assistant", "content": partial}], 0,
-                            params, adapter, sources, user_id=user_id, continue_final=True)
+                            params, adapter, sources, actor=actor, continue_final=True)
         reply.prompt_messages, reply.prefix = prompt, partial  # trained on as one whole answer
         return reply
 
-    def siblings(self, user_id: int, message_id: int) -> tuple[int, int]:
+    def siblings(self, actor: Actor, message_id: int) -> tuple[int, int]:
         """(position from 1, count) of a message among the alternatives of its turn."""
-        _, pos, count = self.alternatives(user_id, [message_id])[0]
+        _, pos, count = self.alternatives(actor, [message_id])[0]
         return pos, count
 
-    def alternatives(self, user_id: int, message_ids: list[int]) -> list[tuple[str, int, int]]:
+    def alternatives(self, actor: Actor, message_ids: list[int]) -> list[tuple[str, int, int]]:
         """(role, position from 1, count) of each message among its turn's alternatives, in one
         transaction (the pager asks for every turn of the shown branch)."""
         with transaction(self.sessions) as s:
             out = []
             for message_id in message_ids:
-                msg = repo.get_message(s, message_id=message_id, user_id=user_id)
+                msg = repo.get_message(s, message_id=message_id, user_id=actor.user_id)
                 ids = [m.id for m in repo.siblings(s, message=msg)]
                 out.append((msg.role, ids.index(msg.id) + 1, len(ids)))
             return out
 
-    def switch_sibling(self, user_id: int, message_id: int, step: int) -> int:
+    def switch_sibling(self, actor: Actor, message_id: int, step: int) -> int:
         """Show the previous (-1) or next (+1) alternative of a turn; returns the shown message id."""
         with transaction(self.sessions) as s:
-            msg = repo.get_message(s, message_id=message_id, user_id=user_id)
+            msg = repo.get_message(s, message_id=message_id, user_id=actor.user_id)
             alts = repo.siblings(s, message=msg)
             pos = [m.id for m in alts].index(msg.id)
             target = alts[max(0, min(len(alts) - 1, pos + step))]
-            conv = repo.get_conversation(s, conversation_id=msg.conversation_id, user_id=user_id)
+            conv = repo.get_conversation(s, conversation_id=msg.conversation_id, user_id=actor.user_id)
             conv.active_leaf_id = repo.latest_leaf(s, message=target).id
             return target.id
 
     def generate(self, messages: list[dict[str, str]], params: SamplingParams,
-                 adapter: str | None = None, *, user_id: int | None = None,
+                 adapter: str | None = None, *, actor: Actor | None = None,
                  continue_final: bool = False) -> Generation:
         """A stateless generation (the API): nothing is stored; a too-long prompt is refused.
         ``continue_final``: go on writing the last message, an assistant's."""
@@ -225,31 +225,30 @@ class ChatService(Conversations):
             raise InputError("messages must not be empty.")
         if continue_final and messages[-1]["role"] != "assistant":
             raise InputError("continue_final_message needs the last message to be the assistant's.")
-        if user_id is not None:
-            self._admit(user_id)
-        return self._chat(messages, params, adapter, user_id, continue_final=continue_final)
+        if actor is not None:
+            self._admit(actor)
+        return self._chat(messages, params, adapter, actor, continue_final=continue_final)
 
     def _chat(self, messages: list[dict[str, str]], params: SamplingParams, adapter: str | None,
-              user_id: int | None, **options: Any) -> Generation:
+              actor: Actor | None, **options: Any) -> Generation:
         """Start a generation on the backend, counted against the user's fair share."""
         gen = self.backend.chat(messages, params, adapter=adapter, **options)
-        if self.fair is not None and user_id is not None:
-            self.fair.track(self._share(user_id), gen)
+        if self.fair is not None and actor is not None:
+            self.fair.track(self._share(actor), gen)
         return gen
 
-    def _admit(self, user_id: int) -> None:
+    def _admit(self, actor: Actor) -> None:
         if self.fair is not None:
-            self.fair.admit(self._share(user_id))
+            self.fair.admit(self._share(actor))
 
-    def _share(self, user_id: int) -> int:
+    @staticmethod
+    def _share(actor: Actor) -> int:
         """The fair share a user draws on: their own, or for a guest the one all guests share."""
-        with transaction(self.sessions) as s:
-            guest = s.scalar(select(User.is_guest).where(User.id == user_id))
-        return GUESTS if guest else user_id
+        return GUESTS if actor.is_guest else actor.user_id
 
-    def stop(self, user_id: int, conversation_id: int) -> bool:
+    def stop(self, actor: Actor, conversation_id: int) -> bool:
         """Stop the answer being generated in this conversation of the user's, if any."""
-        self.conversation(user_id, conversation_id)  # someone else's (or no) conversation: NotFound
+        self.conversation(actor, conversation_id)  # someone else's (or no) conversation: NotFound
         with self._lock:
             gen = self._running.get(conversation_id)
         if gen is None:
@@ -265,7 +264,7 @@ class ChatService(Conversations):
     def _start(self, conversation_id: int, parent_id: int, messages: list[dict[str, str]],
                dropped: int, params: SamplingParams, adapter: str | None,
                sources: list[dict[str, Any]] | None = None, *, question: str = "",
-               extract: list[tuple[int, str, str]] | None = None, user_id: int | None = None,
+               extract: list[tuple[int, str, str]] | None = None, actor: Actor | None = None,
                continue_final: bool = False) -> Reply:
         chosen: list[Support] | None = None
         score = None
@@ -277,7 +276,7 @@ class ChatService(Conversations):
             if self.adapters.reads(adapter):  # every sentence, the best unless it is sure; its decline is scored
                 extra.update(copy_from=[c.sentence for c in chosen], decline=NOT_FOUND, prefer=[0],
                              sure=SURE_SPAN)
-        gen = self._chat(messages, params, adapter, user_id, continue_final=continue_final, **extra)
+        gen = self._chat(messages, params, adapter, actor, continue_final=continue_final, **extra)
         with self._lock:
             old = self._running.get(conversation_id)
             if old is not None:

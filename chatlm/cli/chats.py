@@ -36,24 +36,24 @@ def main(args: argparse.Namespace) -> int:
     services = compose.build(Settings.from_env(), load_model=False)
     try:
         chat = services.chat
-        uid = services.accounts.actor(args.user).user_id if args.user else chat.user_id()
+        actor = services.accounts.actor(args.user) if args.user else chat.actor()
         if args.chats_command == "list":
             now, here = utcnow(), datetime.now().astimezone().tzinfo or UTC  # this machine's calendar
-            for conv in chat.conversations(uid, args.search):
+            for conv in chat.conversations(actor, args.search):
                 print(f"{conv.id}\t{group_of(conv.updated_at, now, here)}\t{conv.title}")
         elif args.chats_command == "export":
-            _, text = chat.transcript(uid, args.id)
+            _, text = chat.transcript(actor, args.id)
             if args.out == "-":
                 sys.stdout.write(text)
             else:
                 Path(args.out).write_text(text, encoding="utf-8")
                 print(f"chat {args.id} -> {args.out}", file=sys.stderr)
         elif args.chats_command == "delete":
-            title = chat.delete(uid, args.id)
+            title = chat.delete(actor, args.id)
             print(f"deleted chat {args.id} ({title!r}); 'python -m chatlm chats undo {args.id}' brings it "
                   "back within 10 minutes")
         else:
-            conv = chat.restore(uid, args.id)
+            conv = chat.restore(actor, args.id)
             print(f"chat {args.id} ({conv.title!r}) is back")
     finally:
         services.close()

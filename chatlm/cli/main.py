@@ -108,9 +108,9 @@ def _ask(args: argparse.Namespace) -> int:
     # (and peft) takes about 0.6 s off the start
     service = build(Settings.from_env(), reader=False).chat
     try:
-        uid = service.user_id()
-        conv = service.new_conversation(uid, system_prompt=args.system)
-        reply = service.send(uid, conv.id, args.question, SamplingParams(
+        actor = service.actor()
+        conv = service.new_conversation(actor, system_prompt=args.system)
+        reply = service.send(actor, conv.id, args.question, SamplingParams(
             temperature=args.temperature, max_new_tokens=args.max_new_tokens))
         for delta in reply:
             sys.stdout.write(delta)

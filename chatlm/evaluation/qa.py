@@ -41,6 +41,7 @@ from chatlm.evaluation.scoring import (
     supported,
     variants,
 )
+from chatlm.identity.accounts import Actor
 from chatlm.knowledge.answer import short_form
 from chatlm.knowledge.squad import Article, Question, answer_in_chunks
 
@@ -113,7 +114,7 @@ def evaluate(service: Any, articles: Sequence[Article], options: Options) -> dic
     params = params.clamped(service.settings.max_new_tokens)
     batch = options.batch or service.settings.max_batch
     chosen = select(articles, options.limit, options.split)
-    uid = service.user_id()
+    actor = service.actor()
     start = time.perf_counter()
     bar = tqdm(total=sum(len(qs) for _, qs in chosen), desc=f"eval qa ({options.mode})", unit="q",
                file=sys.stderr, disable=not options.progress, dynamic_ncols=True,
@@ -125,8 +126,8 @@ def evaluate(service: Any, articles: Sequence[Article], options: Options) -> dic
     shared: tuple[Any, list[int]] | None = None
     if options.together:  # every article in one knowledge base, as a user with many documents has
         t0 = time.perf_counter()
-        home = service.new_conversation(uid)
-        ids = [service.library.load(user_id=uid, conversation_id=home.id, name=a.title, text=a.text).id
+        home = service.new_conversation(actor)
+        ids = [service.library.load(actor=actor, conversation_id=home.id, name=a.title, text=a.text).id
                for a, _ in chosen]
         service.library.wait_for_embeddings()
         shared = (home, ids)
@@ -135,8 +136,8 @@ def evaluate(service: Any, articles: Sequence[Article], options: Options) -> dic
         for article, questions in chosen:
             t0 = time.perf_counter()
             if shared is None:
-                home = service.new_conversation(uid)
-                doc_ids = [service.library.load(user_id=uid, conversation_id=home.id, name=article.title,
+                home = service.new_conversation(actor)
+                doc_ids = [service.library.load(actor=actor, conversation_id=home.id, name=article.title,
                                                 text=article.text).id]
                 service.library.wait_for_embeddings()
             else:
@@ -144,14 +145,14 @@ def evaluate(service: Any, articles: Sequence[Article], options: Options) -> dic
             built = service.library.index_for(home.id)
             fusion = fusion and built is not None and built.index.has_dense
             load_seconds += time.perf_counter() - t0
-            chat = _new_chat(service, uid, doc_ids) if options.conversation else None
+            chat = _new_chat(service, actor, doc_ids) if options.conversation else None
 
             def one(q: Question, article: Article = article, home_id: int = home.id,
                     doc_ids: list[int] = doc_ids, chat: int | None = chat) -> Record:
                 rec = _retrieve(service, article, q, home_id, options.k)
                 try:
                     if options.mode == "rag":
-                        _answer_rag(service, rec, q, uid, chat or _new_chat(service, uid, doc_ids), params, options)
+                        _answer_rag(service, rec, q, actor, chat or _new_chat(service, actor, doc_ids), params, options)
                     elif options.mode == "oracle":
                         _answer_oracle(service, rec, article, q, params, options)
                 except ChatLMError as exc:  # e.g. a prompt too long: counted, not fatal
@@ -233,18 +234,18 @@ def _finish(rec: Record, raw: str, generation: Any, shown: Sequence[str]) -> Non
     rec.supported = supported(rec.answer, shown)
 
 
-def _new_chat(service: Any, uid: int, doc_ids: Sequence[int]) -> int:
+def _new_chat(service: Any, actor: Actor, doc_ids: Sequence[int]) -> int:
     """A conversation with the documents attached, as a user who loaded them has."""
-    conv = service.new_conversation(uid)
+    conv = service.new_conversation(actor)
     for doc_id in doc_ids:
-        service.library.attach(user_id=uid, conversation_id=conv.id, document_id=doc_id)
+        service.library.attach(actor=actor, conversation_id=conv.id, document_id=doc_id)
     return int(conv.id)
 
 
-def _answer_rag(service: Any, rec: Record, q: Question, uid: int, conversation_id: int, params: Any,
+def _answer_rag(service: Any, rec: Record, q: Question, actor: Actor, conversation_id: int, params: Any,
                 options: Options) -> None:
     """Ask through the chat's own path: a chat per question, or (``--conversation``) one for all."""
-    reply = service.send(uid, conversation_id, q.question, params, adapter=options.adapter, k=options.k,
+    reply = service.send(actor, conversation_id, q.question, params, adapter=options.adapter, k=options.k,
                          short=True)
     raw = reply.run()
     _finish(rec, raw, reply.generation, rec.shown)

@@ -63,12 +63,12 @@ def reader_records(squad: Path, settings: Settings, chat: Any, *, limit: int | N
     articles = load_squad(squad)
     records: list[Record] = []
     mix: Counter[str] = Counter()
-    uid = chat.user_id()
+    actor = chat.actor()
     total = sum(len(a.questions[skip:][:limit]) for a in articles)
     bar = tqdm(total=total, desc="reader records", unit="q", disable=not progress)
     for article in articles:
-        conv = chat.new_conversation(uid)
-        chat.library.load(user_id=uid, conversation_id=conv.id, name=article.title, text=article.text)
+        conv = chat.new_conversation(actor)
+        chat.library.load(actor=actor, conversation_id=conv.id, name=article.title, text=article.text)
         chat.library.wait_for_embeddings()
         questions = list(article.questions)
         rng.shuffle(questions)

@@ -17,6 +17,7 @@ import gradio as gr
 
 from chatlm.chat.reply import Reply
 from chatlm.errors import ChatLMError
+from chatlm.identity.accounts import Actor
 from chatlm.store.repo import reason_for
 from chatlm.ui import branches
 from chatlm.ui.answers import Pump, Turn
@@ -50,33 +51,33 @@ class ChatUI(ChatList):
     answers being written and the conversation each page shows (``answers``)."""
 
     # ---- answers being written -----------------------------------------------------------
-    def _last_id(self, uid: int, conv_id: int) -> int | None:
-        rows = self.service.history(uid, conv_id)
+    def _last_id(self, actor: Actor, conv_id: int) -> int | None:
+        rows = self.service.history(actor, conv_id)
         return rows[-1][0].id if rows else None
 
     def _turn(self, text: str, conv_id: int | None, sys_prompt: str, settings: dict[str, Any],
               request: gr.Request | None) -> Turn:
         """Store the message and start its answer, or say why not. A refused first message leaves
         no conversation behind; a later one the service stored before refusing stays, for Retry."""
-        uid = self._uid(request)
+        actor = self._actor(request)
         created = conv_id is None
         if conv_id is None:
-            conv_id = self.service.new_conversation(uid, system_prompt=sys_prompt,
+            conv_id = self.service.new_conversation(actor, system_prompt=sys_prompt,
                                                     settings=settings).id
         if self.answers.busy(conv_id):
             return Turn(conv_id, notice=STILL_ANSWERING, stored=False)
-        before = None if created else self._last_id(uid, conv_id)
+        before = None if created else self._last_id(actor, conv_id)
         try:
             if not created:
-                self.service.update_settings(uid, conv_id, system_prompt=sys_prompt, settings=settings)
+                self.service.update_settings(actor, conv_id, system_prompt=sys_prompt, settings=settings)
             with self.answers.storing:
                 pump = self.answers.start(conv_id, lambda: self.service.send(
-                    uid, conv_id, text, sampling_params(settings), adapter=settings.get("model")))
+                    actor, conv_id, text, sampling_params(settings), adapter=settings.get("model")))
         except ChatLMError as exc:
             if created:
-                self.service.discard(uid, conv_id)
+                self.service.discard(actor, conv_id)
                 return Turn(None, notice=f"{exc.message} Your message was not saved.", stored=False)
-            if self._last_id(uid, conv_id) == before:
+            if self._last_id(actor, conv_id) == before:
                 return Turn(conv_id, notice=exc.message, stored=False)
             return Turn(conv_id, notice=f"{exc.message} Your message is saved without an answer: "
                                         "press Retry to get one.")
@@ -90,11 +91,11 @@ class ChatUI(ChatList):
         """Retry or edit: a new answer in the shown conversation (one at a time)."""
         if conv_id is None:
             return Turn(None, notice="There is no answer to retry.", stored=False)
-        uid = self._uid(request)
+        actor = self._actor(request)
         try:
-            self.service.conversation(uid, conv_id)  # someone else's chat is refused before anything
+            self.service.conversation(actor, conv_id)  # someone else's chat is refused before anything
             with self.answers.storing:
-                pump = self.answers.start(conv_id, lambda: start(uid))
+                pump = self.answers.start(conv_id, lambda: start(actor))
         except ChatLMError as exc:
             return Turn(conv_id, notice=exc.message, stored=False)
         if pump is None:
@@ -108,15 +109,15 @@ class ChatUI(ChatList):
         is asked again as a new branch from the same point."""
         params = sampling_params(settings_of(temperature, top_p, max_new))
 
-        def start(uid: int) -> Reply:
-            path = [m for m, _ in self.service.history(uid, conv_id or 0)
+        def start(actor: Actor) -> Reply:
+            path = [m for m, _ in self.service.history(actor, conv_id or 0)
                     if m.role in ("user", "assistant")]
             if not path:
                 raise ChatLMError("There is no answer to retry.")
             last = path[-1]
             if last.role == "user":
-                return self.service.edit(uid, last.id, last.content, params, adapter=model)
-            return self.service.retry(uid, last.id, params, adapter=model)
+                return self.service.edit(actor, last.id, last.content, params, adapter=model)
+            return self.service.retry(actor, last.id, params, adapter=model)
 
         return start
 
@@ -125,11 +126,11 @@ class ChatUI(ChatList):
         """Go on writing the last answer (cut at the token limit, or stopped)."""
         params = sampling_params(settings_of(temperature, top_p, max_new))
 
-        def start(uid: int) -> Reply:
-            path = [m for m, _ in self.service.history(uid, conv_id or 0) if m.role in ("user", "assistant")]
+        def start(actor: Actor) -> Reply:
+            path = [m for m, _ in self.service.history(actor, conv_id or 0) if m.role in ("user", "assistant")]
             if not path or path[-1].role != "assistant":
                 raise ChatLMError("There is no answer to continue.")
-            return self.service.continue_answer(uid, path[-1].id, params, adapter=model)
+            return self.service.continue_answer(actor, path[-1].id, params, adapter=model)
 
         return start
 
@@ -137,20 +138,20 @@ class ChatUI(ChatList):
         """The stored state right after sending: the message (or why not) and its place."""
         if turn.notice:
             gr.Warning(turn.notice)
-        uid = self._uid(request)
-        messages, ids, feedback = self._view(uid, turn.conv_id)
+        actor = self._actor(request)
+        messages, ids, feedback = self._view(actor, turn.conv_id)
         if turn.pump is not None:
             messages, ids, feedback = self._question(turn.pump, messages, ids, feedback)
             messages.append({"role": "assistant", "content": ""})
         notice = self.answers.progress(turn.pump) if turn.pump is not None else turn.notice
         return (gr.update(value=messages, feedback_value=feedback), ids, turn.conv_id,
-                self._sidebar(uid, turn.conv_id, request), notice, box)
+                self._sidebar(actor, turn.conv_id, request), notice, box)
 
     def _begun(self, turn: Turn, box: Any, request: gr.Request | None) -> Outputs:
         """The browser's outputs of a start: as ``_started``, and Send turns into Stop."""
         if turn.pump is not None:
             return (*self._started(turn, box, request), *ANSWERING)
-        shown = self._view(self._uid(request), turn.conv_id)[0]  # a refused message: nothing runs
+        shown = self._view(self._actor(request), turn.conv_id)[0]  # a refused message: nothing runs
         return (*self._started(turn, box, request), *idle(answered(shown)))
 
     async def _stream(self, turn: Turn, box: Any, request: gr.Request | None
@@ -179,9 +180,9 @@ class ChatUI(ChatList):
         if pump is None:
             return
         pump.followed = True
-        uid = await anyio.to_thread.run_sync(self._uid, request)
+        actor = await anyio.to_thread.run_sync(self._actor, request)
         page = self.answers.page(request.session_hash if request else None, conv_id)
-        messages, _, _ = self._question(pump, *await anyio.to_thread.run_sync(self._view, uid, conv_id))
+        messages, _, _ = self._question(pump, *await anyio.to_thread.run_sync(self._view, actor, conv_id))
         last: tuple[str, str] | None = None
         while not pump.done.is_set():
             async with page.drawing():  # held until Gradio has queued this update
@@ -194,8 +195,8 @@ class ChatUI(ChatList):
                     chat = [*messages, {"role": "assistant", "content": now[0]}]
                     yield gr.update(value=chat), gr.update(), gr.update(), now[1], True
             await asyncio.sleep(POLL_S)
-        messages, ids, feedback = await anyio.to_thread.run_sync(self._view, uid, conv_id)
-        listed = await anyio.to_thread.run_sync(self._sidebar, uid, conv_id, request)
+        messages, ids, feedback = await anyio.to_thread.run_sync(self._view, actor, conv_id)
+        listed = await anyio.to_thread.run_sync(self._sidebar, actor, conv_id, request)
         async with page.drawing():
             yield ((gr.update(value=messages, feedback_value=feedback), ids, listed, pump.outcome(),
                     False) if page.conv_id == conv_id else None)
@@ -261,22 +262,22 @@ class ChatUI(ChatList):
         if conv_id is None or not 0 <= index < len(ids):
             return (gr.update(),) * 11
         params = sampling_params(settings_of(temperature, top_p, max_new))
-        turn = self._again(conv_id, lambda uid: self.service.edit(uid, ids[index], str(data.value),
+        turn = self._again(conv_id, lambda actor: self.service.edit(actor, ids[index], str(data.value),
                                                                    params, adapter=model), request)
         return self._begun(turn, gr.update(), request)
 
     async def follow(self, conv_id: int | None, request: gr.Request) -> AsyncIterator[Outputs]:
         """Draw the answer being written in the conversation this page shows, until it ends or the
         page opens another one; then Send is back."""
-        uid = await anyio.to_thread.run_sync(self._uid, request)
+        actor = await anyio.to_thread.run_sync(self._actor, request)
         if conv_id is not None:  # only one's own conversation's answer can be followed
-            await anyio.to_thread.run_sync(self.service.conversation, uid, conv_id)
+            await anyio.to_thread.run_sync(self.service.conversation, actor, conv_id)
         pump = self.answers.running(conv_id) or self.answers.unseen(conv_id)
         async for out in self._follow(conv_id, pump, request):
             if out is not None:
                 yield (*out[:4], *(ANSWERING if out[4] else IDLE))
         if pump is None:  # no answer, or it ended before this page came
-            messages, ids, feedback = await anyio.to_thread.run_sync(self._view, uid, conv_id)
+            messages, ids, feedback = await anyio.to_thread.run_sync(self._view, actor, conv_id)
             async with self.answers.page(request.session_hash if request else None,
                                          conv_id).drawing():
                 if conv_id is not None and self._shows(request, conv_id):
@@ -295,8 +296,8 @@ class ChatUI(ChatList):
         Stop for good; this is the net under it. While an answer runs, nothing changes."""
         if conv_id is not None and self.answers.busy(conv_id):
             return NOTHING
-        uid = self._uid(request)
-        messages, ids, feedback = self._view(uid, conv_id)
+        actor = self._actor(request)
+        messages, ids, feedback = self._view(actor, conv_id)
         ended = self.answers.last(conv_id)
         return (gr.update(value=messages, feedback_value=feedback), ids, gr.update(),
                 ended.outcome() if ended is not None else gr.update(), *IDLE)
@@ -304,7 +305,7 @@ class ChatUI(ChatList):
     def stop(self, conv_id: int | None, request: gr.Request) -> Any:
         """Stop this chat's answer; the notice then says what was kept (``follow`` writes it), or
         that there was nothing to stop (a Stop that came after the end, or from a script)."""
-        if conv_id is not None and self.service.stop(self._uid(request), conv_id):
+        if conv_id is not None and self.service.stop(self._actor(request), conv_id):
             return gr.update()
         return NOTHING_TO_STOP
 
@@ -315,17 +316,17 @@ class ChatUI(ChatList):
         update brings it): the ids are then read from the conversation as stored."""
         index = data.index if isinstance(data.index, int) else data.index[0]
         if index >= len(ids) and conv_id is not None:
-            ids = self._view(self._uid(request), conv_id)[1]
+            ids = self._view(self._actor(request), conv_id)[1]
         if not 0 <= index < len(ids):
             return None
         value = {True: 1, False: -1, "Like": 1, "Dislike": -1}.get(data.liked)  # type: ignore[arg-type]
         try:  # a thumb keeps the reason, comment and better answer written in the details panel
-            uid = self._uid(request)
-            detail = self.service.rating_detail(uid, ids[index]) if value else None
+            actor = self._actor(request)
+            detail = self.service.rating_detail(actor, ids[index]) if value else None
             extra = {k: detail[k] for k in ("reason", "comment", "better_answer")} if detail else {}
             if extra:  # a reason explains a 👎: it goes when the thumb turns up
                 extra["reason"] = reason_for(value, extra["reason"])
-            self.service.rate(uid, ids[index], value, **extra)
+            self.service.rate(actor, ids[index], value, **extra)
         except ChatLMError as exc:
             gr.Warning(exc.message)
         return ids[index]
@@ -334,10 +335,10 @@ class ChatUI(ChatList):
              request: gr.Request | None = None) -> tuple[Any, ...]:
         """Show the previous or next alternative of the message at ``index`` of those shown (an
         index this page did not show changes nothing); the turns after it follow."""
-        uid = self._uid(request)
+        actor = self._actor(request)
         if conv_id is not None and 0 <= index < len(ids):
-            self.service.switch_sibling(uid, ids[index], step)
-        messages, ids, feedback = self._view(uid, conv_id)
+            self.service.switch_sibling(actor, ids[index], step)
+        messages, ids, feedback = self._view(actor, conv_id)
         return gr.update(value=messages, feedback_value=feedback), ids
 
     def paged(self, conv_id: int | None, ids: list[int], event: gr.EventData,
@@ -354,12 +355,12 @@ class ChatUI(ChatList):
         rating form sits under (the one last rated, else the latest)."""
         if conv_id is None or not ids:
             return branches.marks([], None)
-        alternatives = self.service.alternatives(self._uid(request), ids)
+        alternatives = self.service.alternatives(self._actor(request), ids)
         return branches.marks(alternatives, ids.index(selected) if selected in ids else None)
 
     def thumbs(self, conv_id: int | None, request: gr.Request) -> Any:
         """The chat's 👍/👎 as stored (after the rating-details panel changed one)."""
-        messages, _, feedback = self._view(self._uid(request), conv_id)
+        messages, _, feedback = self._view(self._actor(request), conv_id)
         return gr.update(value=messages, feedback_value=feedback)
 
     def changed(self, sys_prompt: str, temperature: float, top_p: float, max_new: int) -> tuple[Any, str]:

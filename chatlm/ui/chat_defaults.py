@@ -12,6 +12,7 @@ from typing import Any
 from chatlm.adapters.serving import DEFAULT_MODEL
 from chatlm.chat.turns import ChatService
 from chatlm.engine.params import SamplingParams
+from chatlm.identity.accounts import Actor
 
 DEFAULT_MAX_NEW = 256
 DEFAULT_TEMPERATURE = 0.7
@@ -38,10 +39,10 @@ def chat_settings(service: ChatService, system_prompt: str | None, settings: dic
                         settings.get("model")))
 
 
-def new_chat_settings(service: ChatService, uid: int) -> tuple[str, dict[str, Any]]:
+def new_chat_settings(service: ChatService, actor: Actor) -> tuple[str, dict[str, Any]]:
     """What a new chat of this user starts with: the system prompt and settings of their latest chat
     (remembered on the server, so on every browser), else the server's defaults."""
-    return chat_settings(service, *service.remembered(uid))
+    return chat_settings(service, *service.remembered(actor))
 
 
 def sampling_params(settings: dict[str, Any]) -> SamplingParams:

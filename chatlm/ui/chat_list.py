@@ -18,8 +18,8 @@ class ChatList(ChatView):
 
     def load(self, stored_id: int | None, request: gr.Request) -> Outputs:
         """Page load: reopen the conversation this browser had open, else the latest one."""
-        uid = self._uid(request)
-        convs = self.service.conversations(uid)
+        actor = self._actor(request)
+        convs = self.service.conversations(actor)
         ids = {c.id for c in convs}
         conv_id = stored_id if stored_id in ids else (convs[0].id if convs else None)
         return self._open(conv_id, request)
@@ -31,7 +31,7 @@ class ChatList(ChatView):
             return gr.update()
         page = self.answers.page(request.session_hash)
         page.tz = tz[:64] if isinstance(tz, str) else ""
-        return self._sidebar(self._uid(request), page.conv_id, request)
+        return self._sidebar(self._actor(request), page.conv_id, request)
 
     def open(self, conv_id: float | None, request: gr.Request) -> Outputs:
         return self._open(_chat_id(conv_id), request)
@@ -41,15 +41,15 @@ class ChatList(ChatView):
 
     def rename(self, target: int | None, title: str, shown: int | None, request: gr.Request) -> Any:
         """Rename one of the caller's chats (the list's menu, or ``/rename``); the list is redrawn."""
-        uid, target = self._uid(request), _chat_id(target)
+        actor, target = self._actor(request), _chat_id(target)
         if target is None:
             gr.Warning("Open a conversation first.")
-            return self._sidebar(uid, shown, request)
+            return self._sidebar(actor, shown, request)
         try:
-            self.service.rename(uid, target, title)
+            self.service.rename(actor, target, title)
         except ChatLMError as exc:
             gr.Warning(exc.message)
-        return self._sidebar(uid, shown, request)
+        return self._sidebar(actor, shown, request)
 
     def renamed(self, shown: int | None, event: gr.EventData, request: gr.Request) -> Any:
         target, title = sidebar.clicked(event)
@@ -70,7 +70,7 @@ class ChatList(ChatView):
         """Keep the list to chats whose title or messages have ``query`` (this page only)."""
         if request is not None and request.session_hash:
             self.answers.page(request.session_hash).query = (query or "")[:200]
-        return self._sidebar(self._uid(request), shown, request)
+        return self._sidebar(self._actor(request), shown, request)
 
     def whoami(self, request: gr.Request) -> tuple[str, Any, Any, Any]:
         """Who is signed in, the sign-out (or sign-in) link, and the admin's tabs shown to admins
@@ -104,30 +104,30 @@ class ChatList(ChatView):
         return self._models(choice, served, keep=True), served
 
     def sidebar(self, conv_id: int | None, request: gr.Request) -> Any:
-        return self._sidebar(self._uid(request), conv_id, request)
+        return self._sidebar(self._actor(request), conv_id, request)
 
     def delete(self, target: int | None, shown: int | None, request: gr.Request) -> Outputs:
         """Delete one of the caller's chats at once and offer Undo; a page that showed it opens
         the latest chat left. (The view's outputs, then the Undo bar, its words and the id.)"""
-        uid, target = self._uid(request), _chat_id(target)
+        actor, target = self._actor(request), _chat_id(target)
         if target is None:
             gr.Warning("There is no conversation to delete.")
             return (*_view_unchanged(), *(gr.update(),) * 3)
         try:
-            title = self.service.delete(uid, target)
+            title = self.service.delete(actor, target)
         except ChatLMError as exc:
             gr.Warning(exc.message)
             return (*_view_unchanged(), *(gr.update(),) * 3)
         if target == shown or shown is None:
             view = self.load(None, request)
         else:
-            view = _view_unchanged(list=self._sidebar(uid, shown, request))
+            view = _view_unchanged(list=self._sidebar(actor, shown, request))
         return (*view, gr.update(visible=True), f"Deleted “{plain(title)}”.", target)
 
     def undoable(self, request: gr.Request) -> tuple[Any, str, int | None]:
         """At page load: the Undo bar for the user's latest delete still in its window (a reload
         used to lose it), else none."""
-        last = self.service.last_deleted(self._uid(request))
+        last = self.service.last_deleted(self._actor(request))
         if last is None:
             return gr.update(visible=False), "", None
         return gr.update(visible=True), f"Deleted “{plain(last[1])}”.", last[0]
@@ -142,7 +142,7 @@ class ChatList(ChatView):
         if target is None:
             return (*_view_unchanged(), *hidden)
         try:
-            self.service.restore(self._uid(request), target)
+            self.service.restore(self._actor(request), target)
         except ChatLMError as exc:
             gr.Warning(exc.message)
             return (*_view_unchanged(), *hidden)
@@ -150,4 +150,4 @@ class ChatList(ChatView):
 
     def exclude(self, conv_id: int | None, excluded: bool, request: gr.Request) -> None:
         if conv_id is not None:
-            self.service.set_excluded(self._uid(request), conv_id, excluded)
+            self.service.set_excluded(self._actor(request), conv_id, excluded)

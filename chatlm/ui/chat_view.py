@@ -14,6 +14,7 @@ import gradio as gr
 from chatlm.adapters.serving import BASE_MODEL, DEFAULT_MODEL
 from chatlm.chat.turns import ChatService, can_continue
 from chatlm.errors import ChatLMError
+from chatlm.identity.accounts import Actor
 from chatlm.store.models import utcnow
 from chatlm.ui import sidebar
 from chatlm.ui.answers import Answers
@@ -107,19 +108,19 @@ class ChatView:
         self._followed_at = -MODELS_S  # when ``_served`` last read the registry
         self.answers = Answers(service.backend)
 
-    def _uid(self, request: gr.Request | None) -> int:
+    def _actor(self, request: gr.Request | None) -> Actor:
         """The acting user of this event, from its cookies (never from its inputs)."""
-        return self.who.uid(request)
+        return self.who.actor(request)
 
     def _max_new(self) -> int:
         return self.service.settings.max_new_tokens
 
-    def _view(self, uid: int, conv_id: int | None
+    def _view(self, actor: Actor, conv_id: int | None
               ) -> tuple[list[dict[str, str]], list[int], list[str | None]]:
         """Chatbot messages, their database ids, and the ratings of the assistant ones."""
         if conv_id is None:
             return [], [], []
-        rows = self.service.history(uid, conv_id)
+        rows = self.service.history(actor, conv_id)
         shown = [(m, r) for m, r in rows if m.role in ("user", "assistant")]
         chunk_ids = [src["chunk_id"] for m, _ in shown if m.role == "assistant" for src in m.sources or ()]
         texts = self.service.library.chunk_texts(chunk_ids) if chunk_ids else {}
@@ -129,12 +130,12 @@ class ChatView:
         feedback = [FEEDBACK.get(r) if r else None for m, r in shown if m.role == "assistant"]
         return messages, [m.id for m, _ in shown], feedback
 
-    def _sidebar(self, uid: int, conv_id: int | None, request: gr.Request | None = None) -> Any:
+    def _sidebar(self, actor: Actor, conv_id: int | None, request: gr.Request | None = None) -> Any:
         """The conversation list in date groups, kept to this page's search."""
         session = request.session_hash if request is not None else None
         page = self.answers.page(session) if session else None
         query = page.query if page else ""
-        convs = self.service.conversations(uid, query)
+        convs = self.service.conversations(actor, query)
         return gr.update(value=sidebar.listing(convs, conv_id, utcnow(), query,
                                                sidebar.zone(page.tz if page else None)))
 
@@ -169,15 +170,15 @@ class ChatView:
         return self.answers.page(request.session_hash).conv_id == conv_id
 
     def _open(self, conv_id: int | None, request: gr.Request | None) -> Outputs:
-        uid = self._uid(request)
-        conv = self.service.conversation(uid, conv_id) if conv_id else None  # yours, or refused
+        actor = self._actor(request)
+        conv = self.service.conversation(actor, conv_id) if conv_id else None  # yours, or refused
         self.answers.show(request.session_hash if request else None, conv_id)
-        messages, ids, feedback = self._view(uid, conv_id)
+        messages, ids, feedback = self._view(actor, conv_id)
         sys_prompt, settings = (chat_settings(self.service, conv.system_prompt, conv.settings) if conv is not None
-                                else new_chat_settings(self.service, uid))
+                                else new_chat_settings(self.service, actor))
         return (
             gr.update(value=messages, feedback_value=feedback), ids, conv_id,
-            self._sidebar(uid, conv_id, request), sys_prompt,
+            self._sidebar(actor, conv_id, request), sys_prompt,
             settings["temperature"], settings["top_p"], settings["max_new_tokens"],
             self._models(settings["model"]), "",
             bool(conv.exclude_from_training) if conv else False,

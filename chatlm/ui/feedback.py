@@ -17,6 +17,7 @@ from chatlm.chat.turns import ChatService
 from chatlm.errors import ChatLMError
 from chatlm.feedback import records, stats
 from chatlm.feedback.reports import FeedbackService
+from chatlm.identity.accounts import Actor
 from chatlm.store.repo import RATING_REASONS, reason_for
 from chatlm.ui.who import Who
 
@@ -33,28 +34,28 @@ class FeedbackPanel:
         self.who = who
 
     def show(self, message_id: int | None, request: gr.Request) -> tuple[Any, ...]:
-        return self._show(self.who.uid(request), message_id)[1:]
+        return self._show(self.who.actor(request), message_id)[1:]
 
     def follow_last(self, conv_id: int | None, ids: list[int], request: gr.Request) -> tuple[Any, ...]:
-        uid = self.who.uid(request)
+        actor = self.who.actor(request)
         if conv_id is None or not ids:
-            return self._show(uid, None)
-        answers = [m.id for m, _ in self.service.history(uid, conv_id) if m.role == "assistant"]
-        return self._show(uid, answers[-1] if answers else None)
+            return self._show(actor, None)
+        answers = [m.id for m, _ in self.service.history(actor, conv_id) if m.role == "assistant"]
+        return self._show(actor, answers[-1] if answers else None)
 
-    def _show(self, uid: int, message_id: int | None) -> tuple[Any, ...]:
+    def _show(self, actor: Actor, message_id: int | None) -> tuple[Any, ...]:
         if message_id is None:
             return None, "Rate an answer with the thumbs up or down under it to add details.", None, None, "", ""
-        detail = self.service.rating_detail(uid, message_id)
+        detail = self.service.rating_detail(actor, message_id)
         label = next((k for k, v in VALUES.items() if v == detail["value"]), None) if detail else None
-        pos, count = self.service.siblings(uid, message_id)
+        pos, count = self.service.siblings(actor, message_id)
         title = f"Rating details of the selected answer (alternative {pos} of {count})."
         return (message_id, title, label, (detail or {}).get("reason"), (detail or {}).get("comment") or "",
                 (detail or {}).get("better_answer") or "")
 
     def open_on_dislike(self, message_id: int | None, request: gr.Request) -> Any:
         """A 👎 in the chat opens this panel: why, and a better answer, are what a 👎 teaches."""
-        detail = self.service.rating_detail(self.who.uid(request), message_id) if message_id else None
+        detail = self.service.rating_detail(self.who.actor(request), message_id) if message_id else None
         return gr.update(open=True) if detail and detail["value"] == -1 else gr.update()
 
     def save(self, message_id: int | None, label: str | None, reason: str | None, comment: str,
@@ -65,7 +66,7 @@ class FeedbackPanel:
             return "Choose Like or Dislike first."
         reason = reason_for(VALUES[label], reason)  # hidden for 👍: a value left in it is not one
         try:
-            self.service.rate(self.who.uid(request), message_id, VALUES[label], reason=reason or None,
+            self.service.rate(self.who.actor(request), message_id, VALUES[label], reason=reason or None,
                               comment=comment.strip() or None, better_answer=better.strip() or None)
         except ChatLMError as exc:
             gr.Warning(exc.message)
@@ -73,10 +74,10 @@ class FeedbackPanel:
         return "Saved."
 
     def withdraw(self, message_id: int | None, request: gr.Request) -> tuple[Any, ...]:
-        uid = self.who.uid(request)
+        actor = self.who.actor(request)
         if message_id is not None:
-            self.service.rate(uid, message_id, None)
-        return (*self._show(uid, message_id)[2:], "Rating withdrawn.")
+            self.service.rate(actor, message_id, None)
+        return (*self._show(actor, message_id)[2:], "Rating withdrawn.")
 
     def render(self, conv_id: gr.State, ids: gr.State, selected: gr.State) -> None:
         """``selected`` holds the answer last clicked 👍/👎 (set by the chat's like handler, which

@@ -11,6 +11,7 @@ import gradio as gr
 
 from chatlm.chat.turns import ChatService
 from chatlm.errors import ChatLMError
+from chatlm.identity.accounts import Actor
 from chatlm.ui import sidebar
 from chatlm.ui.uploads import received_file, upload_button, uploaded_file
 from chatlm.ui.who import Who
@@ -84,20 +85,20 @@ class KnowledgePanel:
         self.service = service
         self.who = who
 
-    def _uid(self, request: gr.Request | None) -> int:
-        return self.who.uid(request)
+    def _actor(self, request: gr.Request | None) -> Actor:
+        return self.who.actor(request)
 
     def documents(self, conv_id: int | None, request: gr.Request) -> tuple[Any, ...]:
         """The conversation's documents (to remove), the user's others (to reuse), the chips over
         the message box, and the load's line cleared in a chat with no text (a new chat showed the
         last chat's "Loaded page.html")."""
-        used, others, chips = self._documents(self._uid(request), conv_id)  # someone else's: refused
+        used, others, chips = self._documents(self._actor(request), conv_id)  # someone else's: refused
         return used, others, chips, gr.update() if used["choices"] else ""
 
-    def _documents(self, uid: int, conv_id: int | None) -> tuple[Any, Any, Any]:
-        mine = self.service.library.user_documents(uid)
+    def _documents(self, actor: Actor, conv_id: int | None) -> tuple[Any, Any, Any]:
+        mine = self.service.library.user_documents(actor)
         if conv_id:
-            self.service.conversation(uid, conv_id)  # someone else's chat: refused
+            self.service.conversation(actor, conv_id)  # someone else's chat: refused
         used = self.service.library.documents(conv_id) if conv_id else []
         used_ids = {d.id for d in used}
         return (gr.update(choices=[(d.name, d.id) for d in used], value=[]),
@@ -123,18 +124,18 @@ class KnowledgePanel:
               request: gr.Request | None, progress: Any) -> tuple[int | None, str | None, str, tuple[Any, Any, Any]]:
         """(the chat, now made if there was none; the loaded text's name, None when refused; the
         line that says what happened; its lists)."""
-        uid = self._uid(request)
+        actor = self._actor(request)
         created, loaded = False, None
         try:
             if conv_id is None:
-                conv_id, created = self.service.new_conversation(uid).id, True
+                conv_id, created = self.service.new_conversation(actor).id, True
             report = lambda frac, msg: progress(frac, desc=msg)  # noqa: E731
             path = received_file(upload)
             if path is not None:
-                doc = self.service.library.load(user_id=uid, conversation_id=conv_id, name=path.name,
+                doc = self.service.library.load(actor=actor, conversation_id=conv_id, name=path.name,
                                                 data=path.read_bytes(), progress=report)
             else:
-                doc = self.service.library.load(user_id=uid, conversation_id=conv_id,
+                doc = self.service.library.load(actor=actor, conversation_id=conv_id,
                                                 name=name.strip() or "pasted text", text=pasted,
                                                 progress=report)
             loaded = doc.name
@@ -143,9 +144,9 @@ class KnowledgePanel:
             gr.Warning(html.escape(exc.message, quote=False))
             status = f"Not loaded: {_esc(exc.message)}"
             if created:  # a refused text leaves no empty conversation behind
-                self.service.discard(uid, conv_id)
+                self.service.discard(actor, conv_id)
                 conv_id = None
-        return conv_id, loaded, status, self._documents(uid, conv_id)
+        return conv_id, loaded, status, self._documents(actor, conv_id)
 
     def unchip(self, conv_id: int | None, event: gr.EventData, request: gr.Request) -> tuple[Any, ...]:
         """A chip's ✕: that text out of this chat (it stays in the user's texts, to reuse)."""
@@ -153,20 +154,20 @@ class KnowledgePanel:
         return self.remove(conv_id, [doc_id] if doc_id is not None else [], request)
 
     def remove(self, conv_id: int | None, doc_ids: list[int], request: gr.Request) -> tuple[Any, ...]:
-        uid = self._uid(request)
+        actor = self._actor(request)
         for doc_id in doc_ids or []:
-            self.service.library.detach(user_id=uid, conversation_id=conv_id, document_id=doc_id)
-        return self._documents(uid, conv_id)
+            self.service.library.detach(actor=actor, conversation_id=conv_id, document_id=doc_id)
+        return self._documents(actor, conv_id)
 
     def reuse(self, conv_id: int | None, doc_id: int | None, request: gr.Request) -> tuple[Any, ...]:
-        uid = self._uid(request)
+        actor = self._actor(request)
         if doc_id is None:
-            return (conv_id, *self._documents(uid, conv_id))
+            return (conv_id, *self._documents(actor, conv_id))
         if conv_id is None:
-            conv_id = self.service.new_conversation(uid).id
-        self.service.library.attach(user_id=uid, conversation_id=conv_id, document_id=doc_id)
+            conv_id = self.service.new_conversation(actor).id
+        self.service.library.attach(actor=actor, conversation_id=conv_id, document_id=doc_id)
         self.service.library.index_for(conv_id)
-        return (conv_id, *self._documents(uid, conv_id))
+        return (conv_id, *self._documents(actor, conv_id))
 
     def chips(self) -> Any:
         """The chips of the chat's texts, made where the chat lays them out (over the message

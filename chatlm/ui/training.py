@@ -313,7 +313,7 @@ class TrainingTab:
     def asking(self, actor: Actor) -> tuple[str, SamplingParams]:
         """What Compare asks with: the system prompt and settings a new chat of this admin starts
         with (the chat's own code), decoded greedily, so a difference comes from the models alone."""
-        system_prompt, settings = new_chat_settings(self.service, actor.user_id)
+        system_prompt, settings = new_chat_settings(self.service, actor)
         params = replace(sampling_params(settings), temperature=0.0)
         return system_prompt, params.clamped(self.service.settings.max_new_tokens)
 

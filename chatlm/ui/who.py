@@ -35,9 +35,6 @@ class Who:
             raise PermissionDeniedError(SIGNED_OUT)
         return actor
 
-    def uid(self, request: Any) -> int:
-        return self.actor(request).user_id
-
     def admin(self, request: Any) -> Actor:
         """The acting user when an admin; anyone else is refused (the tab is hidden from them too,
         but hiding is not access control: the endpoint behind it checks here)."""
