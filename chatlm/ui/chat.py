@@ -29,9 +29,13 @@ from chatlm.ui.chat_defaults import (
 from chatlm.ui.chat_list import ChatList
 from chatlm.ui.chat_view import (
     ANSWERING,
+    API,
+    FOLLOWED,
     IDLE,
+    STARTED,
     Outputs,
     answered,
+    drawn,
     idle,
 )
 
@@ -42,7 +46,7 @@ STILL_ANSWERING = ("An answer is still being written in this chat: your message 
 NOTHING_TO_STOP = "Nothing to stop: no answer is being written in this chat."
 WATCH_S = 2.0
 log = logging.getLogger(__name__)
-NOTHING = (gr.update(),) * 9
+NOTHING = FOLLOWED()
 """The outputs of ``follow`` left as they are."""
 
 
@@ -134,8 +138,9 @@ class ChatUI(ChatList):
 
         return start
 
-    def _started(self, turn: Turn, box: Any, request: gr.Request | None) -> Outputs:
-        """The stored state right after sending: the message (or why not) and its place."""
+    def _started(self, turn: Turn, box: Any, request: gr.Request | None) -> dict[str, Any]:
+        """The stored state right after sending (``API``, by name): the message (or why not) and
+        its place."""
         if turn.notice:
             gr.Warning(turn.notice)
         actor = self._actor(request)
@@ -144,23 +149,23 @@ class ChatUI(ChatList):
             messages, ids, feedback = self._question(turn.pump, messages, ids, feedback)
             messages.append({"role": "assistant", "content": ""})
         notice = self.answers.progress(turn.pump) if turn.pump is not None else turn.notice
-        return (gr.update(value=messages, feedback_value=feedback), ids, turn.conv_id,
-                self._sidebar(actor, turn.conv_id, request), notice, box)
+        return dict(chat=drawn(messages, feedback), ids=ids, conv_id=turn.conv_id,
+                    list=self._sidebar(actor, turn.conv_id, request), notice=notice, box=box)
 
     def _begun(self, turn: Turn, box: Any, request: gr.Request | None) -> Outputs:
         """The browser's outputs of a start: as ``_started``, and Send turns into Stop."""
         if turn.pump is not None:
-            return (*self._started(turn, box, request), *ANSWERING)
+            return STARTED(**self._started(turn, box, request), **ANSWERING)
         shown = self._view(self._actor(request), turn.conv_id)[0]  # a refused message: nothing runs
-        return (*self._started(turn, box, request), *idle(answered(shown)))
+        return STARTED(**self._started(turn, box, request), **idle(answered(shown)))
 
     async def _stream(self, turn: Turn, box: Any, request: gr.Request | None
                       ) -> AsyncIterator[Outputs]:
         """An endpoint's outputs: the start, then the answer until it is stored."""
-        yield await anyio.to_thread.run_sync(self._started, turn, box, request)
+        yield API(**await anyio.to_thread.run_sync(self._started, turn, box, request))
         async for out in self._follow(turn.conv_id, turn.pump, request):
             if out is not None:  # a script that opened another chat still gets this answer
-                yield out[0], out[1], turn.conv_id, out[2], out[3], gr.update()
+                yield API(**out, conv_id=turn.conv_id)
 
     def _question(self, pump: Pump, messages: list[dict[str, str]], ids: list[int],
                   feedback: list[str | None]) -> tuple[list[dict[str, str]], list[int], list[str | None]]:
@@ -173,10 +178,11 @@ class ChatUI(ChatList):
         return messages[:n], ids[:n], feedback[:answers]
 
     async def _follow(self, conv_id: int | None, pump: Pump | None, request: gr.Request | None
-                      ) -> AsyncIterator[tuple[Any, Any, Any, str, bool] | None]:
-        """(chat, ids, sidebar, notice, answering) while this page shows the conversation whose
-        answer ``pump`` writes, then its stored state once; None once the page looks away (an
-        event that ends repeats its last output, which must not be the chat the page left)."""
+                      ) -> AsyncIterator[dict[str, Any] | None]:
+        """The chat and its notice by name (and ids and the list once stored) while this page shows
+        the conversation whose answer ``pump`` writes, then its stored state once; None once the
+        page looks away (an event that ends repeats its last output, which must not be the chat the
+        page left)."""
         if pump is None:
             return
         pump.followed = True
@@ -193,13 +199,13 @@ class ChatUI(ChatList):
                 if now != last:
                     last = now
                     chat = [*messages, {"role": "assistant", "content": now[0]}]
-                    yield gr.update(value=chat), gr.update(), gr.update(), now[1], True
+                    yield dict(chat=gr.update(value=chat), notice=now[1])
             await asyncio.sleep(POLL_S)
         messages, ids, feedback = await anyio.to_thread.run_sync(self._view, actor, conv_id)
         listed = await anyio.to_thread.run_sync(self._sidebar, actor, conv_id, request)
         async with page.drawing():
-            yield ((gr.update(value=messages, feedback_value=feedback), ids, listed, pump.outcome(),
-                    False) if page.conv_id == conv_id else None)
+            yield (dict(chat=drawn(messages, feedback), ids=ids, list=listed, notice=pump.outcome())
+                   if page.conv_id == conv_id else None)
 
     def submit(self, text: str, conv_id: int | None, sys_prompt: str, temperature: float,
                top_p: float, max_new: int, model: str | None, request: gr.Request) -> Outputs:
@@ -207,7 +213,7 @@ class ChatUI(ChatList):
         answer is followed by ``follow``); a refused message stays in the box."""
         if not text or not text.strip():
             gr.Warning("Type a message first.")
-            return (gr.update(),) * 11
+            return STARTED()
         turn = self._turn(text, conv_id, sys_prompt, settings_of(temperature, top_p, max_new, model), request)
         return self._begun(turn, "" if turn.stored else gr.update(), request)
 
@@ -260,7 +266,7 @@ class ChatUI(ChatList):
         """An edited user message starts a new branch; the old branch stays (page back to it)."""
         index = data.index if isinstance(data.index, int) else data.index[0]
         if conv_id is None or not 0 <= index < len(ids):
-            return (gr.update(),) * 11
+            return STARTED()
         params = sampling_params(settings_of(temperature, top_p, max_new))
         turn = self._again(conv_id, lambda actor: self.service.edit(actor, ids[index], str(data.value),
                                                                    params, adapter=model), request)
@@ -274,17 +280,16 @@ class ChatUI(ChatList):
             await anyio.to_thread.run_sync(self.service.conversation, actor, conv_id)
         pump = self.answers.running(conv_id) or self.answers.unseen(conv_id)
         async for out in self._follow(conv_id, pump, request):
-            if out is not None:
-                yield (*out[:4], *(ANSWERING if out[4] else IDLE))
+            if out is not None:  # still answering until its stored state (with ids) comes
+                yield FOLLOWED(**out, **(IDLE if "ids" in out else ANSWERING))
         if pump is None:  # no answer, or it ended before this page came
             messages, ids, feedback = await anyio.to_thread.run_sync(self._view, actor, conv_id)
             async with self.answers.page(request.session_hash if request else None,
                                          conv_id).drawing():
                 if conv_id is not None and self._shows(request, conv_id):
-                    yield (gr.update(value=messages, feedback_value=feedback), ids, *NOTHING[:2],
-                           *idle(answered(messages)))
+                    yield FOLLOWED(chat=drawn(messages, feedback), ids=ids, **idle(answered(messages)))
                 elif self._shows(request, conv_id):
-                    yield (*NOTHING[:4], *idle(False))
+                    yield FOLLOWED(**idle(False))
         # The event's end repeats its last output, maybe after the page moved on: make it nothing
         # (and never end without output: Gradio would send None for each).
         yield NOTHING
@@ -299,8 +304,8 @@ class ChatUI(ChatList):
         actor = self._actor(request)
         messages, ids, feedback = self._view(actor, conv_id)
         ended = self.answers.last(conv_id)
-        return (gr.update(value=messages, feedback_value=feedback), ids, gr.update(),
-                ended.outcome() if ended is not None else gr.update(), *IDLE)
+        return FOLLOWED(chat=drawn(messages, feedback), ids=ids,
+                        notice=ended.outcome() if ended is not None else gr.update(), **IDLE)
 
     def stop(self, conv_id: int | None, request: gr.Request) -> Any:
         """Stop this chat's answer; the notice then says what was kept (``follow`` writes it), or
@@ -339,7 +344,7 @@ class ChatUI(ChatList):
         if conv_id is not None and 0 <= index < len(ids):
             self.service.switch_sibling(actor, ids[index], step)
         messages, ids, feedback = self._view(actor, conv_id)
-        return gr.update(value=messages, feedback_value=feedback), ids
+        return drawn(messages, feedback), ids
 
     def paged(self, conv_id: int | None, ids: list[int], event: gr.EventData,
               request: gr.Request) -> tuple[Any, ...]:
@@ -361,7 +366,7 @@ class ChatUI(ChatList):
     def thumbs(self, conv_id: int | None, request: gr.Request) -> Any:
         """The chat's 👍/👎 as stored (after the rating-details panel changed one)."""
         messages, _, feedback = self._view(self._actor(request), conv_id)
-        return gr.update(value=messages, feedback_value=feedback)
+        return drawn(messages, feedback)
 
     def changed(self, sys_prompt: str, temperature: float, top_p: float, max_new: int) -> tuple[Any, str]:
         """The line at the top of the chat naming the settings that differ from the defaults."""

@@ -8,9 +8,10 @@ from typing import Any
 import gradio as gr
 
 from chatlm.errors import ChatLMError, PermissionDeniedError
+from chatlm.identity.accounts import Actor
 from chatlm.ui import sidebar
 from chatlm.ui.chat_defaults import plain
-from chatlm.ui.chat_view import ChatView, Outputs, _chat_id, _view_unchanged
+from chatlm.ui.chat_view import UNDONE, VIEW, ChatView, Outputs, _chat_id
 
 
 class ChatList(ChatView):
@@ -18,11 +19,12 @@ class ChatList(ChatView):
 
     def load(self, stored_id: int | None, request: gr.Request) -> Outputs:
         """Page load: reopen the conversation this browser had open, else the latest one."""
-        actor = self._actor(request)
+        return self._open(self._latest(self._actor(request), stored_id), request)
+
+    def _latest(self, actor: Actor, stored_id: int | None = None) -> int | None:
+        """``stored_id`` if it is one of the user's chats, else their latest one (None: no chat)."""
         convs = self.service.conversations(actor)
-        ids = {c.id for c in convs}
-        conv_id = stored_id if stored_id in ids else (convs[0].id if convs else None)
-        return self._open(conv_id, request)
+        return stored_id if stored_id in {c.id for c in convs} else (convs[0].id if convs else None)
 
     def zoned(self, tz: str, request: gr.Request) -> Any:
         """After the page load: the browser's time zone, kept for this page; the list of the chat it
@@ -59,12 +61,12 @@ class ChatList(ChatView):
         """A chat clicked in the list: open it (someone else's id is refused like a missing one)."""
         target, _ = sidebar.clicked(event)
         if target is None:
-            return _view_unchanged()
+            return VIEW()
         try:
             return self._open(target, request)
         except ChatLMError as exc:
             gr.Warning(exc.message)
-            return _view_unchanged()
+            return VIEW()
 
     def search(self, query: str, shown: int | None, request: gr.Request) -> Any:
         """Keep the list to chats whose title or messages have ``query`` (this page only)."""
@@ -112,17 +114,16 @@ class ChatList(ChatView):
         actor, target = self._actor(request), _chat_id(target)
         if target is None:
             gr.Warning("There is no conversation to delete.")
-            return (*_view_unchanged(), *(gr.update(),) * 3)
+            return UNDONE()
         try:
             title = self.service.delete(actor, target)
         except ChatLMError as exc:
             gr.Warning(exc.message)
-            return (*_view_unchanged(), *(gr.update(),) * 3)
-        if target == shown or shown is None:
-            view = self.load(None, request)
-        else:
-            view = _view_unchanged(list=self._sidebar(actor, shown, request))
-        return (*view, gr.update(visible=True), f"Deleted “{plain(title)}”.", target)
+            return UNDONE()
+        view = (self._opened(self._latest(actor), request) if target == shown or shown is None
+                else dict(list=self._sidebar(actor, shown, request)))
+        return UNDONE(**view, undo_box=gr.update(visible=True), undo_text=f"Deleted “{plain(title)}”.",
+                      undo_id=target)
 
     def undoable(self, request: gr.Request) -> tuple[Any, str, int | None]:
         """At page load: the Undo bar for the user's latest delete still in its window (a reload
@@ -138,15 +139,15 @@ class ChatList(ChatView):
 
     def undo(self, target: int | None, request: gr.Request) -> Outputs:
         """Bring a deleted chat back (within ``repo.UNDO_WINDOW``) and open it."""
-        hidden, target = (gr.update(visible=False), "", None), _chat_id(target)
+        hidden, target = dict(undo_box=gr.update(visible=False), undo_text="", undo_id=None), _chat_id(target)
         if target is None:
-            return (*_view_unchanged(), *hidden)
+            return UNDONE(**hidden)
         try:
             self.service.restore(self._actor(request), target)
         except ChatLMError as exc:
             gr.Warning(exc.message)
-            return (*_view_unchanged(), *hidden)
-        return (*self._open(target, request), *hidden)
+            return UNDONE(**hidden)
+        return UNDONE(**self._opened(target, request), **hidden)
 
     def exclude(self, conv_id: int | None, excluded: bool, request: gr.Request) -> None:
         if conv_id is not None:

@@ -15,7 +15,7 @@ from chatlm.training.admin import TrainingService
 from chatlm.ui import branches, refusals, sidebar
 from chatlm.ui.chat import WATCH_S, ChatUI
 from chatlm.ui.chat_defaults import DEFAULT_MAX_NEW, DEFAULT_TEMPERATURE, DEFAULT_TOP_P, defaults
-from chatlm.ui.chat_view import MODELS_S
+from chatlm.ui.chat_view import API, FOLLOWED, MODELS_S, STARTED, UNDONE, VIEW
 from chatlm.ui.who import Who
 
 CHAT_HEIGHT = "calc(100dvh - 380px - max(0px, 768px - 100vw) / 5)"
@@ -151,13 +151,14 @@ class ChatPage(ChatUI):
                     with gr.Tab("Account", elem_id="account-tab") as account_tab:
                         AccountTab(self.service, self.who).render(account_tab)
 
-            view = [chatbot, ids, conv_id, conv_list, sys_prompt, temperature, top_p,
-                    max_new, model, notice, excluded, retry_btn, continue_btn]
-            undone = [*view, undo_box, undo_text, undo_id]
-            api_out = [chatbot, ids, conv_id, conv_list, notice, box]
-            buttons = [send_btn, stop_btn, watchdog, retry_btn, continue_btn]
-            started = [*api_out, *buttons]
-            followed = [chatbot, ids, conv_list, notice, *buttons]
+            # the components the handlers name in their outputs (chat_view: VIEW, STARTED, ...)
+            named = dict(chat=chatbot, ids=ids, conv_id=conv_id, list=conv_list, system_prompt=sys_prompt,
+                         temperature=temperature, top_p=top_p, max_new=max_new, model=model, notice=notice,
+                         excluded=excluded, box=box, send_btn=send_btn, stop_btn=stop_btn, watchdog=watchdog,
+                         retry_btn=retry_btn, continue_btn=continue_btn, undo_box=undo_box,
+                         undo_text=undo_text, undo_id=undo_id)
+            view, undone, api_out = VIEW.of(named), UNDONE.of(named), API.of(named)
+            started, followed = STARTED.of(named), FOLLOWED.of(named)
             asked = [box, conv_id, sys_prompt, temperature, top_p, max_new, model]
             tuning = [conv_id, temperature, top_p, max_new, model]
             # Answers are followed, not run, by events: none waits in Gradio's queue for a slot

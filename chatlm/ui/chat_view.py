@@ -20,6 +20,7 @@ from chatlm.ui import sidebar
 from chatlm.ui.answers import Answers
 from chatlm.ui.chat_defaults import chat_settings, new_chat_settings
 from chatlm.ui.knowledge import sources_block
+from chatlm.ui.outputs import Named
 from chatlm.ui.who import Who
 
 log = logging.getLogger(__name__)
@@ -28,40 +29,50 @@ FEEDBACK = {1: "Like", -1: "Dislike"}
 
 Outputs = tuple[Any, ...]
 
+BUTTONS = Named("send_btn", "stop_btn", "watchdog", "retry_btn", "continue_btn")
+"""What shows whether an answer is being written: Send or Stop, the watchdog, Retry and Continue."""
+VIEW = Named("chat", "ids", "conv_id", "list", "system_prompt", "temperature", "top_p", "max_new", "model",
+             "notice", "excluded", "retry_btn", "continue_btn")
+"""Opening a chat (``_open``): what the page shows of it."""
+UNDONE = VIEW + Named("undo_box", "undo_text", "undo_id")
+"""Deleting a chat or undoing that: the view, and the Undo line."""
+API = Named("chat", "ids", "conv_id", "list", "notice", "box")
+"""The public ``/send``, ``/retry`` and ``/continue``: the chat, where it is, and the message box."""
+STARTED = API + BUTTONS
+"""A start from the page: as ``API``, and the buttons (Send turns into Stop)."""
+FOLLOWED = Named("chat", "ids", "list", "notice") + BUTTONS
+"""Following an answer being written, until it is stored."""
 
-ANSWERING = (gr.update(visible=False), gr.update(visible=True), gr.update(active=True),
-             gr.update(interactive=False), gr.update(interactive=False))
-"""Send, Stop, the watchdog, Retry and Continue while an answer is being written: Send turns into
-Stop, Retry and Continue wait for the end, and the page checks every ``WATCH_S`` that it has not
-missed the answer's end (``ChatUI.watch``)."""
+ANSWERING = dict(send_btn=gr.update(visible=False), stop_btn=gr.update(visible=True),
+                 watchdog=gr.update(active=True), retry_btn=gr.update(interactive=False),
+                 continue_btn=gr.update(interactive=False))
+"""The ``BUTTONS`` while an answer is being written: Send turns into Stop, Retry and Continue wait
+for the end, and the page checks every ``WATCH_S`` that it has not missed the answer's end
+(``ChatUI.watch``)."""
 
 
-def actions(answered: bool) -> tuple[Any, Any]:
+def actions(answered: bool) -> dict[str, Any]:
     """Retry and Continue: usable once the chat has an answer (in an empty chat they only said
     "There is no answer to retry")."""
-    return gr.update(interactive=answered), gr.update(interactive=answered)
+    return dict(retry_btn=gr.update(interactive=answered), continue_btn=gr.update(interactive=answered))
 
 
 def answered(messages: list[dict[str, str]]) -> bool:
     return any(m["role"] == "assistant" for m in messages)
 
 
-def idle(has_answer: bool) -> Outputs:
+def idle(has_answer: bool) -> dict[str, Any]:
     """As ``ANSWERING``, once no answer is being written."""
-    return (gr.update(visible=True), gr.update(visible=False), gr.update(active=False), *actions(has_answer))
+    return dict(send_btn=gr.update(visible=True), stop_btn=gr.update(visible=False),
+                watchdog=gr.update(active=False), **actions(has_answer))
 
 
 IDLE = idle(True)
 
 
-VIEW_NAMES = ("chat", "ids", "conv_id", "list", "system_prompt", "temperature", "top_p", "max_new", "model",
-              "notice", "excluded", "retry", "continue")
-"""The outputs of opening a chat (``_open``), in order."""
-
-
-def _view_unchanged(**changed: Any) -> Outputs:
-    """The outputs of opening a chat, all left as they are but those named."""
-    return tuple(changed.get(name, gr.update()) for name in VIEW_NAMES)
+def drawn(messages: list[dict[str, str]], feedback: list[str | None]) -> Any:
+    """The chatbot showing these messages and their ratings."""
+    return gr.update(value=messages, feedback_value=feedback)
 
 
 MODELS_S = 3.0
@@ -170,17 +181,19 @@ class ChatView:
         return self.answers.page(request.session_hash).conv_id == conv_id
 
     def _open(self, conv_id: int | None, request: gr.Request | None) -> Outputs:
+        return VIEW(**self._opened(conv_id, request))
+
+    def _opened(self, conv_id: int | None, request: gr.Request | None) -> dict[str, Any]:
+        """The ``VIEW`` of a conversation of the user's (or a new chat), by name."""
         actor = self._actor(request)
         conv = self.service.conversation(actor, conv_id) if conv_id else None  # yours, or refused
         self.answers.show(request.session_hash if request else None, conv_id)
         messages, ids, feedback = self._view(actor, conv_id)
         sys_prompt, settings = (chat_settings(self.service, conv.system_prompt, conv.settings) if conv is not None
                                 else new_chat_settings(self.service, actor))
-        return (
-            gr.update(value=messages, feedback_value=feedback), ids, conv_id,
-            self._sidebar(actor, conv_id, request), sys_prompt,
-            settings["temperature"], settings["top_p"], settings["max_new_tokens"],
-            self._models(settings["model"]), "",
-            bool(conv.exclude_from_training) if conv else False,
-            *actions(answered(messages)),
+        return dict(
+            chat=drawn(messages, feedback), ids=ids, conv_id=conv_id, list=self._sidebar(actor, conv_id, request),
+            system_prompt=sys_prompt, temperature=settings["temperature"], top_p=settings["top_p"],
+            max_new=settings["max_new_tokens"], model=self._models(settings["model"]), notice="",
+            excluded=bool(conv.exclude_from_training) if conv else False, **actions(answered(messages)),
         )
