@@ -18,7 +18,8 @@ import pytest
 
 from chatlm.config import Settings
 from chatlm.errors import ConfigError
-from chatlm.identity.accounts import AccountService, name_key
+from chatlm.identity.accounts import AccountService
+from chatlm.identity.passwords import name_key
 from chatlm.identity.requests import GUEST_COOKIE, SESSION_COOKIE
 from chatlm.store import db
 from tests.conftest import ANN, BOB, REPO

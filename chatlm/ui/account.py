@@ -16,7 +16,8 @@ import pandas as pd
 
 from chatlm.chat.turns import ChatService
 from chatlm.errors import ChatLMError, InputError, NotFoundError, PermissionDeniedError
-from chatlm.identity.accounts import AccountService, Actor, SignInError
+from chatlm.identity.accounts import AccountService, Actor
+from chatlm.identity.lockout import SignInError
 from chatlm.ui.who import Who
 
 KEY_COLUMNS = ["id", "name", "prefix", "created", "last used", "revoked"]

@@ -24,7 +24,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from chatlm.errors import ChatLMError
-from chatlm.identity.accounts import Actor, SignInError
+from chatlm.identity.accounts import Actor
+from chatlm.identity.lockout import SignInError
 from chatlm.identity.requests import GUEST_COOKIE, GUEST_COOKIE_DAYS, SESSION_COOKIE, Identity
 
 OPEN_PATHS = ("/login", "/logout", "/v1")
