@@ -44,8 +44,8 @@ def server(accounts_server):
 
 @pytest.fixture
 def panel(server):
+    from chatlm.identity.requests import Who
     from chatlm.ui.knowledge import KnowledgePanel
-    from chatlm.ui.who import Who
 
     return KnowledgePanel(server.app.service, Who(server.app.identity))
 

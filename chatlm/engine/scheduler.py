@@ -24,7 +24,6 @@ from typing import Any
 
 import torch
 
-from chatlm.engine import threads
 from chatlm.engine.batch import Fill, Row, constrain, lpad, lpad_mask, new_cache
 from chatlm.engine.copy import CopyConstraint
 from chatlm.engine.decode import IncrementalDecoder, StopMatcher
@@ -33,6 +32,7 @@ from chatlm.engine.params import SamplingParams
 from chatlm.engine.prefixes import PrefixCache
 from chatlm.engine.sampling import make_generator, sample_rows
 from chatlm.errors import BusyError, ChatLMError, InputError
+from chatlm.torch_threads import use_all_cores
 
 log = logging.getLogger(__name__)
 BASE_ADAPTER = "__base__"
@@ -161,7 +161,7 @@ class Scheduler:
 
     # ---- the loop ---------------------------------------------------------------------------
     def _loop(self) -> None:
-        threads.use_all_cores()
+        use_all_cores()
         while True:
             with self._cv:
                 while not (self._stopping or self._pending or self._rows or self._tasks or self._fill):

@@ -8,7 +8,7 @@ checked off the event loop and its slow-down awaited, so a guesser holds up no o
 
 In front of the Gradio app an ASGI middleware gives a first-time visitor a guest token signed by
 the server (when guests are allowed) or sends them to the sign-in page; it decides nothing about
-who may do what: every handler asks ``chatlm.ui.who`` with the request's cookies.
+who may do what: every handler asks ``chatlm.identity.requests.Who`` with the request's cookies.
 """
 
 from __future__ import annotations

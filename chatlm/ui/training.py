@@ -23,6 +23,7 @@ from chatlm.errors import ChatLMError, PermissionDeniedError
 from chatlm.evaluation import verdict
 from chatlm.feedback.reports import FeedbackService
 from chatlm.identity.accounts import Actor, require_admin
+from chatlm.identity.requests import Who
 from chatlm.store import registry
 from chatlm.store.models import AdapterVersion, TrainingRun
 from chatlm.training import METHODS, data, eta, trainer
@@ -41,7 +42,6 @@ from chatlm.ui.training_view import (
     when,
 )
 from chatlm.ui.uploads import received_file, uploaded_file
-from chatlm.ui.who import Who
 
 POLL_S = 1.0
 """How often the tab reads the run row while a round is under way."""
