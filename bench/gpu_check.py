@@ -22,6 +22,24 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
+def rate(sessions: Any, uid: int) -> None:
+    """Rated answers as users leave them: 16 questions with a liked and a disliked answer (DPO's
+    pairs), and 6 with a liked one only (KTO needs liked and disliked answers that are not pairs)."""
+    from chatlm.store import db, repo
+
+    turns = [(f"What is {i} plus {i}?", [(f"{2 * i}", 1), (f"Maybe {i + 7}?", -1)]) for i in range(16)]
+    turns += [(f"Name a colour, please ({i}).", [("Blue.", 1)]) for i in range(6)]
+    with db.transaction(sessions) as s:
+        for question, answers in turns:
+            conversation = repo.create_conversation(s, user_id=uid, system_prompt="").id
+            asked = repo.add_message(s, conversation_id=conversation, role="user", content=question).id
+            prompt = [{"role": "user", "content": question}]
+            for text, value in answers:
+                answer = repo.add_message(s, conversation_id=conversation, role="assistant", content=text,
+                                          parent_id=asked, prompt_messages=prompt, model_id="m").id
+                repo.set_rating(s, message_id=answer, user_id=uid, value=value)
+
+
 def random_model(source: Path, out: Path) -> Path:
     """The source's architecture with random weights, saved with its tokenizer."""
     import torch
@@ -51,7 +69,6 @@ def main() -> None:
     from chatlm.store import db, registry, repo
     from chatlm.training import rounds
     from chatlm.training.options import RoundOptions
-    from tests.seeding import add_turn, seed_pairs
 
     out: dict[str, Any] = {"torch": torch.__version__, "cuda": torch.cuda.is_available(),
                            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
@@ -75,9 +92,7 @@ def main() -> None:
         sessions = sessions_for(settings)
         with db.transaction(sessions) as s:
             uid = repo.get_or_create_user(s).id
-        seed_pairs(sessions, uid, 16)
-        for i in range(6):  # KTO needs liked and disliked answers that are not pairs as well
-            add_turn(sessions, uid, f"Name a colour, please ({i}).", [("Blue.", 1, None)])
+        rate(sessions, uid)
         out["rounds"] = {}
         for method in ("sft", "kto", "dpo"):
             run_id = rounds.start_round(settings, RoundOptions(method, max_steps=args.steps), sessions=sessions)

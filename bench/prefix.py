@@ -22,8 +22,8 @@ machine load between the two does not favour one. Scenarios:
 
 Figures per run: first-token time of every request (``first_token_at - submitted_at``), the
 prompt tokens, the prefill work actually run (rows x columns of every prefill forward, padding and
-the forwards that make a cached prefix included), the scheduler's ``prefix_tokens_reused`` and
-``prefix_tokens_made`` (net saved = reused - made), and whether the answers (``--tokens`` greedy
+the forwards that make a cached prefix included), the prefix cache's ``tokens_reused`` and
+``tokens_made`` (net saved = reused - made), and whether the answers (``--tokens`` greedy
 tokens each) are the same with the cache on as off (``answers_identical``: how many of a
 scenario's answers each run with the cache on, and each further run with it off, shares with the
 first run off). A warm-up request with an unrelated system prompt runs first on every scheduler.
@@ -117,7 +117,7 @@ class Probe:
 
     def counters(self) -> tuple[int, int, int]:
         s = self.backend.scheduler
-        return self.prefill_work, s.prefix_tokens_reused, s.prefix_tokens_made
+        return self.prefill_work, s.prefixes.tokens_reused, s.prefixes.tokens_made
 
     def close(self) -> None:
         self.backend.close()

@@ -37,10 +37,11 @@ import time, json
 t0 = time.perf_counter()
 from chatlm.config import Settings
 from chatlm import compose
-from chatlm.engine import loader, threads
+from chatlm import torch_threads
+from chatlm.engine import loader
 from chatlm.engine.local import LocalBackend
 t1 = time.perf_counter()
-threads.one_thread_here()  # as `ask` loads
+torch_threads.one_thread_here()  # as `ask` loads
 settings = Settings.from_env()
 engine, sessions = compose.open_database(settings.db_url)
 t2 = time.perf_counter()
@@ -62,8 +63,9 @@ import torch
 from pathlib import Path
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from chatlm.config import Settings
-from chatlm.engine import loader, quantize, threads
-threads.one_thread_here()
+from chatlm import torch_threads
+from chatlm.engine import loader, quantize
+torch_threads.one_thread_here()
 settings = Settings.from_env()
 source = loader.resolve(settings.model, "cpu")
 path = loader.local_path(source, settings.data_dir)

@@ -35,9 +35,9 @@ def build_app(settings: Settings, backend: Any = None) -> App:
 
     from chatlm.api import chats
     from chatlm.api.openai import OpenAIRoutes
+    from chatlm.identity.requests import Who
     from chatlm.ui import guard, hf_signin, page, signin
     from chatlm.ui.chat_page import ChatPage
-    from chatlm.ui.who import Who
 
     services = compose.build(settings, backend)
     service, identity = services.chat, services.identity
@@ -78,10 +78,10 @@ def serve(settings: Settings) -> None:
     """Run the UI and API until interrupted."""
     import uvicorn
 
-    from chatlm.engine import threads
+    from chatlm import torch_threads
 
     settings.check_exposure()  # before loading anything: no open server by accident
-    threads.one_thread_here()  # this thread loads; decoding gets the cores (chatlm.engine.threads)
+    torch_threads.one_thread_here()  # this thread loads; decoding gets the cores (chatlm.torch_threads)
     app = build_app(settings)
     print(f"chatlm: serving {app.service.backend.model_id} on http://{settings.host}:{settings.port}",
           flush=True)

@@ -206,7 +206,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     """Under pytest-xdist (``make test``: two workers on two cores) each worker runs torch on one
     core, and so do the servers and rounds it starts: two teams of two OpenMP threads on two cores
-    made every kernel wait (``chatlm/engine/threads.py``), and model tests ran three times slower.
+    made every kernel wait (``chatlm/torch_threads.py``), and model tests ran three times slower.
     The controller starts the simulated Space's build before the workers exist (they find it
     through the environment): one build, not one per worker."""
     if hasattr(config, "workerinput"):

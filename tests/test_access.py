@@ -18,7 +18,8 @@ import pytest
 
 from chatlm.config import Settings
 from chatlm.errors import ConfigError
-from chatlm.identity.accounts import AccountService, name_key
+from chatlm.identity.accounts import AccountService
+from chatlm.identity.passwords import name_key
 from chatlm.identity.requests import GUEST_COOKIE, SESSION_COOKIE
 from chatlm.store import db
 from tests.conftest import ANN, BOB, REPO
@@ -218,9 +219,9 @@ def test_handlers_refuse_other_users_ids_behind_gradios_own_checks(server) -> No
     """Gradio refuses a radio or dropdown value it never offered; the handlers and the store must
     refuse another user's ids on their own, for every caller that gets past that."""
     from chatlm.errors import NotFoundError, PermissionDeniedError
+    from chatlm.identity.requests import Who
     from chatlm.ui.chat import ChatUI
     from chatlm.ui.knowledge import KnowledgePanel
-    from chatlm.ui.who import Who
 
     service = server.app.service
     who = Who(server.app.identity)

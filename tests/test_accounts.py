@@ -12,7 +12,8 @@ import pytest
 from sqlalchemy import func, select, text
 
 from chatlm.errors import InputError, NotFoundError, PermissionDeniedError
-from chatlm.identity.accounts import LOCK_AFTER, SLOW_AFTER, AccountService, SignInError
+from chatlm.identity.accounts import AccountService
+from chatlm.identity.lockout import LOCK_AFTER, SLOW_AFTER, SignInError
 from chatlm.store import db, repo
 from chatlm.store.models import Conversation, Document, Rating, User
 from tests.conftest import REPO

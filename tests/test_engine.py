@@ -295,11 +295,11 @@ def test_a_shared_system_prompt_is_prefilled_once_and_answers_do_not_change(bund
     fresh, warm = LocalBackend(bundled), LocalBackend(bundled)
     try:
         expected = fresh.chat(second, params).wait()
-        assert fresh.scheduler.prefix_tokens_reused == 0
+        assert fresh.scheduler.prefixes.tokens_reused == 0
         warm.chat(first, params).wait()
         assert warm.chat(second, params).wait() == expected
         shared = len(warm.encode([system]))
-        assert warm.scheduler.prefix_tokens_reused >= shared - 2  # the system turn, not re-read
+        assert warm.scheduler.prefixes.tokens_reused >= shared - 2  # the system turn, not re-read
         together = [warm.chat(m, params) for m in (first, second)]
         assert together[1].wait() == expected
     finally:
@@ -328,7 +328,7 @@ def test_a_conversation_turn_extends_the_cached_history_and_answers_do_not_chang
     finally:
         fresh.close()
         warm.close()
-    assert fresh.scheduler.prefix_tokens_reused == fresh.scheduler.prefix_tokens_made == 0
-    reused, made = warm.scheduler.prefix_tokens_reused, warm.scheduler.prefix_tokens_made
+    assert fresh.scheduler.prefixes.tokens_reused == fresh.scheduler.prefixes.tokens_made == 0
+    reused, made = warm.scheduler.prefixes.tokens_reused, warm.scheduler.prefixes.tokens_made
     assert reused >= sum(lengths[:3]) - 6  # turns 2-4 each reuse the previous turn's whole prompt
     assert made <= lengths[2] + 2  # made once, extended turn by turn: not turn 1, 1-2 and 1-3 again

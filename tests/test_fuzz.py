@@ -26,7 +26,9 @@ from pydantic import ValidationError
 from chatlm.api.openai import ChatCompletionRequest
 from chatlm.engine.params import SamplingParams
 from chatlm.errors import InputError
-from chatlm.knowledge.parse import SUPPORTED, decode_text, html_to_text, parse_bytes, parse_text
+from chatlm.knowledge.encodings import decode_text
+from chatlm.knowledge.markup import html_to_text
+from chatlm.knowledge.parse import SUPPORTED, parse_bytes, parse_text
 
 TEXT_TYPES = tuple(e for e in SUPPORTED if e != ".pdf")
 ENCODINGS = ("utf-8", "utf-8-sig", "utf-16", "utf-16-le", "utf-16-be", "utf-32", "cp1252", "cp1250",

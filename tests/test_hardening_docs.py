@@ -44,8 +44,8 @@ def server(accounts_server):
 
 @pytest.fixture
 def panel(server):
+    from chatlm.identity.requests import Who
     from chatlm.ui.knowledge import KnowledgePanel
-    from chatlm.ui.who import Who
 
     return KnowledgePanel(server.app.service, Who(server.app.identity))
 
@@ -149,7 +149,7 @@ def test_a_documents_name_is_escaped_in_the_status_line(server, panel) -> None:
 
 def test_a_failed_rounds_error_is_escaped_in_the_training_tab() -> None:
     from chatlm.store.models import TrainingRun
-    from chatlm.ui.training import describe_run
+    from chatlm.ui.training_view import describe_run
 
     run = TrainingRun(id=3, status="failed", method="document", error=f"{HOSTILE} changed after the round was started")
     line = describe_run(run)

@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 
 from chatlm.errors import InputError
 from chatlm.knowledge.chunk import ChunkSpan, chunk_text, estimate_tokens
-from chatlm.knowledge.parse import decode_text, parse_bytes, parse_text
+from chatlm.knowledge.encodings import decode_text
+from chatlm.knowledge.parse import parse_bytes, parse_text
 
 
 def make_pdf(text: str) -> bytes:

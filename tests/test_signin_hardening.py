@@ -23,7 +23,8 @@ from sqlalchemy import func, select, update
 from chatlm.chat.limits import UserLimitError
 from chatlm.config import Settings
 from chatlm.engine.params import SamplingParams
-from chatlm.identity.accounts import LOCK_AFTER, AccountService, SignInError
+from chatlm.identity.accounts import AccountService
+from chatlm.identity.lockout import LOCK_AFTER, SignInError
 from chatlm.identity.requests import GUEST_COOKIE, SESSION_COOKIE, Identity
 from chatlm.store import db
 from chatlm.store.models import User, utcnow

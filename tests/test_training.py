@@ -459,7 +459,7 @@ def test_training_tab_shows_a_round_in_progress_and_how_it_ended() -> None:
     """What the Training tab's timer draws from the run row: step, loss, tokens/s, time left, the
     loss curve; then the outcome with its figures, or the error."""
     from chatlm.store.models import TrainingRun
-    from chatlm.ui.training import describe_run, loss_frame
+    from chatlm.ui.training_view import describe_run, loss_frame
 
     progress = {"phase": "training", "step": 5, "total_steps": 21, "loss": [[4, 0.7], [5, 0.65]],
                 "tokens_per_s": 80.4, "seconds_left": 312.2, "elapsed_s": 40.0}
@@ -480,10 +480,10 @@ def test_a_short_rounds_loss_plot_names_its_steps_in_step_order() -> None:
     """A round of a few steps ticks each step once, 9 before 10 in the chart's own text order, and
     never sends a sort that would make the chart redraw itself at each step."""
     from chatlm.store.models import TrainingRun
-    from chatlm.ui.training import _loss
+    from chatlm.ui.training_view import loss_plot
 
     def plot(steps: list[int]) -> dict:
-        return _loss(TrainingRun(id=1, status="running", progress={"loss": [[s, 0.5] for s in steps]}))
+        return loss_plot(TrainingRun(id=1, status="running", progress={"loss": [[s, 0.5] for s in steps]}))
 
     short = plot([8, 9, 10, 11])
     assert sorted(short["value"]["step"]) == list(short["value"]["step"]) == [" 8", " 9", "10", "11"]

@@ -8,7 +8,7 @@ from typing import Any
 from chatlm import compose
 from chatlm.chat.turns import ChatService
 from chatlm.config import Settings
-from chatlm.ui.who import Who
+from chatlm.identity.requests import Who
 
 
 def make_service(settings: Settings, backend: Any = None) -> ChatService:

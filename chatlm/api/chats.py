@@ -1,7 +1,7 @@
 """``GET /chats/{id}/export``: a conversation as a Markdown download (the sidebar's Export).
 
-The user comes from the request's cookies or API key (``chatlm.ui.who``), never from the URL:
-someone else's conversation is answered as a missing one.
+The user comes from the request's cookies or API key (``chatlm.identity.requests.Who``), never from
+the URL: someone else's conversation is answered as a missing one.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from fastapi.responses import PlainTextResponse, Response
 
 from chatlm.chat.turns import ChatService
 from chatlm.errors import ChatLMError, NotFoundError, PermissionDeniedError
-from chatlm.ui.who import Who
+from chatlm.identity.requests import Who
 
 
 def install(app: FastAPI, service: ChatService, who: Who) -> None:

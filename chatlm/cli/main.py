@@ -99,11 +99,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _ask(args: argparse.Namespace) -> int:
+    from chatlm import torch_threads
     from chatlm.compose import build
-    from chatlm.engine import threads
     from chatlm.engine.params import SamplingParams
 
-    threads.one_thread_here()  # this thread loads; decoding gets the cores (chatlm.engine.threads)
+    torch_threads.one_thread_here()  # this thread loads; decoding gets the cores (chatlm.torch_threads)
     # a new chat has no text attached, so the reader adapter would never answer: not loading it
     # (and peft) takes about 0.6 s off the start
     service = build(Settings.from_env(), reader=False).chat

@@ -71,7 +71,7 @@ class LocalBackend(Backend):
             model = adapters.attach(self.scheduler.model, path, name)
             self.scheduler.model = model
             self.scheduler.per_row_adapters = True
-            self.scheduler.forget_prefixes()  # a reloaded adapter makes its cached prefixes stale
+            self.scheduler.prefixes.forget()  # a reloaded adapter makes its cached prefixes stale
 
         self.scheduler.call(swap)
         self._adapters[name] = path

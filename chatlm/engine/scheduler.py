@@ -6,8 +6,9 @@ prefilled together, left-padded, in chunks of at most ``prefill_chunk`` tokens, 
 two decoding steps (so a burst of long prompts delays the running answers by one chunk per token,
 not by the whole burst); when the last chunk is done their caches are merged into the batch's.
 A prompt prefix that two fills in a row share (the chat template's system prompt, or the history
-that a conversation's next turn repeats) is kept as a KV cache and not run through the model again. Every request keeps
-its own sampling parameters and, with peft, its own LoRA adapter inside the shared batch.
+that a conversation's next turn repeats) is kept as a KV cache and not run through the model again
+(``prefixes``). Every request keeps its own sampling parameters and, with peft, its own LoRA adapter
+inside the shared batch (its rows and tensors: ``batch``).
 """
 
 from __future__ import annotations
@@ -16,59 +17,25 @@ import itertools
 import logging
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from chatlm.engine import threads
+from chatlm.engine.batch import Fill, Row, constrain, lpad, lpad_mask, new_cache
 from chatlm.engine.copy import CopyConstraint
 from chatlm.engine.decode import IncrementalDecoder, StopMatcher
 from chatlm.engine.generation import Generation
 from chatlm.engine.params import SamplingParams
+from chatlm.engine.prefixes import PrefixCache
 from chatlm.engine.sampling import make_generator, sample_rows
 from chatlm.errors import BusyError, ChatLMError, InputError
+from chatlm.torch_threads import use_all_cores
 
 log = logging.getLogger(__name__)
 BASE_ADAPTER = "__base__"
-MIN_PREFIX = 16
-"""Shared prompt tokens worth caching (fewer cost more bookkeeping than they save)."""
-MAX_PREFIX = 4096
-MAX_PREFIXES = 8
-"""Cached prefixes kept (least recently used dropped first): a few MB each for a small model."""
-_KV = list[tuple[torch.Tensor, torch.Tensor]]
-"""Per layer, the (keys, values) of one cached row."""
-
-
-@dataclass
-class _Fill:
-    """Prompts being prefilled, chunk by chunk, in their own cache until they join the batch."""
-
-    admit: list[tuple[Generation, list[int]]]
-    ids: torch.Tensor
-    mask: torch.Tensor
-    positions: torch.Tensor
-    cache: Any
-    offset: int = 0
-    """Columns of a cached shared prefix the cache starts with (``mask`` covers them, ``ids`` not)."""
-    done: int = 0
-    """Columns of ``ids`` already run through the model."""
-
-
-@dataclass
-class _Row:
-    gen: Generation
-    decoder: IncrementalDecoder
-    stops: StopMatcher
-    rng: torch.Generator | None
-    last_token: int = 0
-    copy: CopyConstraint | None = None
-    """When set, every token continues a span of its passages (extractive answers)."""
-    first_logprobs: torch.Tensor | None = None
-    """A copied answer's unconstrained first-step log-probabilities (for ``span_logprob``)."""
 
 
 class Scheduler:
@@ -96,26 +63,18 @@ class Scheduler:
         self.pad_id = pad_id
         self.prefill_chunk = max(1, prefill_chunk)
         """Prompt tokens (rows x columns) run between two decoding steps."""
-        self._fill: _Fill | None = None
+        self._fill: Fill | None = None
         self._admitting = 0
         """Requests taken from the queue whose prefill is being set up (outside the lock: a shared
         prefix may run the model), still counted against the batch, so that ``submit`` does not
         take more than the batch and the queue hold (it took 11 for 8 while a prefix was made)."""
-        self._prefixes: OrderedDict[tuple[str | None, tuple[int, ...]], _KV] = OrderedDict()
-        """Cached prompt prefixes by (adapter, tokens): per layer (keys, values) of one row, newest last."""
-        self._last_prompt: tuple[str | None, list[int]] | None = None
-        self.prefix_cache = prefix_cache
-        """Keep and reuse shared prompt prefixes (off: every prompt is prefilled whole; benchmarks)."""
-        self.prefix_tokens_reused = 0
-        """Prompt tokens that a cached prefix saved from being prefilled (for tests and benchmarks)."""
-        self.prefix_tokens_made = 0
-        """Prompt tokens run through the model to make cached prefixes (the reuse's price)."""
         self.device = next(model.parameters()).device
+        self.prefixes = PrefixCache(model, self.device, enabled=prefix_cache)
         self._pending: deque[tuple[Generation, list[int]]] = deque()
         self._copies: dict[int, CopyConstraint] = {}
         """Copy constraints of queued requests, by generation id, until they are admitted."""
         self._tasks: deque[tuple[Callable[[], Any], Future[Any]]] = deque()
-        self._rows: list[_Row] = []
+        self._rows: list[Row] = []
         self._cache: Any = None
         self._mask: torch.Tensor | None = None
         self._cv = threading.Condition()
@@ -187,12 +146,6 @@ class Scheduler:
         self.start()
         return future.result(timeout=timeout)
 
-    def forget_prefixes(self) -> None:
-        """Drop the cached prefixes (an adapter's weights changed: its prefixes are stale).
-        Call on the scheduler thread (``call``)."""
-        self._prefixes.clear()
-        self._last_prompt = None
-
     @property
     def active(self) -> int:
         return len(self._rows)
@@ -208,7 +161,7 @@ class Scheduler:
 
     # ---- the loop ---------------------------------------------------------------------------
     def _loop(self) -> None:
-        threads.use_all_cores()
+        use_all_cores()
         while True:
             with self._cv:
                 while not (self._stopping or self._pending or self._rows or self._tasks or self._fill):
@@ -271,15 +224,14 @@ class Scheduler:
         )
         return out.logits[:, -1, :], out.cache
 
-    def _start_fill(self, admit: list[tuple[Generation, list[int]]]) -> _Fill:
-        prefix = self._shared_prefix(admit)
-        cache = _new_cache(self.model)
+    def _start_fill(self, admit: list[tuple[Generation, list[int]]]) -> Fill:
+        prefix = self.prefixes.shared(admit, self._forward)
+        cache = new_cache(self.model)
         offset = 0
         if prefix is not None:
             offset = prefix[0][0].shape[2]
             for layer, (keys, values) in enumerate(prefix):
                 cache.update(keys.expand(len(admit), -1, -1, -1), values.expand(len(admit), -1, -1, -1), layer)
-            self.prefix_tokens_reused += offset * len(admit)
         rests = [p[offset:] for _, p in admit]
         width = max(len(r) for r in rests)
         ids = torch.full((len(admit), width), self.pad_id, dtype=torch.long)
@@ -289,50 +241,8 @@ class Scheduler:
             ids[i, width - len(rest):] = torch.tensor(rest)
             mask[i, offset + width - len(rest):] = 1
         positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, offset:]
-        return _Fill(admit, ids.to(self.device), mask.to(self.device), positions.to(self.device),
-                     cache, offset=offset)
-
-    def _shared_prefix(self, admit: list[tuple[Generation, list[int]]]) -> _KV | None:
-        """The cached KV of the longest prefix every admitted prompt starts with (all under one
-        adapter), made now when these prompts share at least ``MIN_PREFIX`` tokens with each other
-        or with the previous fill's prompt; None when there is none."""
-        adapters = {g.adapter for g, _ in admit}
-        if not self.prefix_cache or len(adapters) != 1:
-            return None
-        adapter = adapters.pop()
-        prompts = [p for _, p in admit]
-        room = min(len(p) for p in prompts) - 1  # the last token of each prompt must run: its logits
-        best: tuple[int, ...] | None = None
-        for key_adapter, tokens in self._prefixes:
-            if key_adapter == adapter and len(tokens) <= room and (best is None or len(tokens) > len(best)) \
-                    and all(tuple(p[:len(tokens)]) == tokens for p in prompts):
-                best = tokens
-        others = prompts[1:] if len(prompts) > 1 else (
-            [self._last_prompt[1]] if self._last_prompt and self._last_prompt[0] == adapter else [])
-        self._last_prompt = (adapter, prompts[0])
-        common = min((_common_length(prompts[0], o) for o in others), default=0)
-        common = min(common, room, MAX_PREFIX)
-        if common >= MIN_PREFIX and (best is None or common > len(best) + MIN_PREFIX):
-            # made by extending the longest cached prefix, so a conversation's next turn reads only
-            # what the last two turns added, not its whole history again
-            tokens = tuple(prompts[0][:common])
-            start = len(best) if best is not None else 0
-            cache = _new_cache(self.model)
-            if best is not None:
-                for layer, (keys, values) in enumerate(self._prefixes[(adapter, best)]):
-                    cache.update(keys, values, layer)
-            ids = torch.tensor([tokens[start:]], device=self.device)
-            _, cache = self._forward(ids, torch.ones((1, common), dtype=torch.long, device=self.device),
-                                     torch.arange(start, common, device=self.device)[None], cache, [adapter])
-            self._prefixes[(adapter, tokens)] = [(layer.keys, layer.values) for layer in cache.layers]
-            self.prefix_tokens_made += common - start
-            while len(self._prefixes) > MAX_PREFIXES:
-                self._prefixes.popitem(last=False)
-            best = tokens
-        if best is None:
-            return None
-        self._prefixes.move_to_end((adapter, best))
-        return self._prefixes[(adapter, best)]
+        return Fill(admit, ids.to(self.device), mask.to(self.device), positions.to(self.device),
+                    cache, offset=offset)
 
     def _prefill_chunk(self) -> None:
         """Run the next columns of the prompts being prefilled; after the last, they join."""
@@ -360,7 +270,7 @@ class Scheduler:
                  mask: torch.Tensor) -> None:
         """Seat prefilled prompts in the batch and sample their first tokens."""
         new_rows = [
-            _Row(gen=g, decoder=IncrementalDecoder(self.tokenizer, prompt_tail=p[-4:]),
+            Row(gen=g, decoder=IncrementalDecoder(self.tokenizer, prompt_tail=p[-4:]),
                  stops=StopMatcher(g.params.stop), rng=make_generator(g.params),
                  copy=self._copies.pop(g.id, None))
             for g, p in admit
@@ -369,7 +279,7 @@ class Scheduler:
         start = len(self._rows) - len(new_rows)
         self._accept(logits, range(start, len(self._rows)))
 
-    def _merge(self, rows: list[_Row], cache: Any, mask: torch.Tensor) -> None:
+    def _merge(self, rows: list[Row], cache: Any, mask: torch.Tensor) -> None:
         """Left-pad the old batch or the new rows to a common length and stack them."""
         if not self._rows:
             self._rows, self._cache, self._mask = rows, cache, mask
@@ -378,11 +288,11 @@ class Scheduler:
         old_len, new_len = self._mask.shape[1], mask.shape[1]
         target = max(old_len, new_len)
         for old_layer, new_layer in zip(self._cache.layers, cache.layers, strict=True):
-            old_layer.keys = torch.cat([_lpad(old_layer.keys, target),
-                                        _lpad(new_layer.keys, target)], 0)
-            old_layer.values = torch.cat([_lpad(old_layer.values, target),
-                                          _lpad(new_layer.values, target)], 0)
-        self._mask = torch.cat([_lpad_mask(self._mask, target), _lpad_mask(mask, target)], 0)
+            old_layer.keys = torch.cat([lpad(old_layer.keys, target),
+                                        lpad(new_layer.keys, target)], 0)
+            old_layer.values = torch.cat([lpad(old_layer.values, target),
+                                          lpad(new_layer.values, target)], 0)
+        self._mask = torch.cat([lpad_mask(self._mask, target), lpad_mask(mask, target)], 0)
         self._rows.extend(rows)
 
     def _decode_step(self) -> None:
@@ -399,7 +309,7 @@ class Scheduler:
     def _accept(self, logits: torch.Tensor, rows: range) -> None:
         """Sample the next token of the given rows, stream it, and drop finished rows."""
         chosen = [self._rows[i] for i in rows]  # logits row j belongs to chosen[j]
-        logits = _constrain(logits, chosen)
+        logits = constrain(logits, chosen)
         tokens = sample_rows(logits, [r.gen.params for r in chosen], [r.rng for r in chosen])
         finished: list[int] = []
         for i, (row, tok) in zip(rows, zip(chosen, tokens, strict=True), strict=True):
@@ -457,53 +367,3 @@ class Scheduler:
             layer.keys = layer.keys.index_select(0, index)[:, :, lead:, :]
             layer.values = layer.values.index_select(0, index)[:, :, lead:, :]
 
-
-def _common_length(a: Sequence[int], b: Sequence[int]) -> int:
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
-
-
-def _new_cache(model: Any) -> Any:
-    from transformers import DynamicCache
-
-    return DynamicCache(config=model.config)
-
-
-def _constrain(logits: torch.Tensor, rows: list[_Row]) -> torch.Tensor:
-    """Mask out, for rows copying from passages, every token that would leave the span."""
-    if all(r.copy is None for r in rows):
-        return logits
-    logits = logits.float().clone()
-    for j, row in enumerate(rows):
-        if row.copy is None:
-            continue
-        allowed = None
-        if row.copy.state is None:  # the first step: what the model wants before any constraint
-            first = torch.log_softmax(logits[j], -1).cpu()
-            row.first_logprobs = first
-            if row.copy.decline_ids:
-                row.gen.decline_score = row.copy.score_decline(first.tolist())
-            allowed = row.copy.first_allowed(first)
-        keep = torch.tensor(allowed if allowed is not None else row.copy.allowed(), dtype=torch.long,
-                            device=logits.device)
-        masked = torch.full_like(logits[j], float("-inf"))
-        masked[keep] = logits[j, keep]
-        logits[j] = masked
-    return logits
-
-
-def _lpad(t: torch.Tensor, length: int) -> torch.Tensor:
-    missing = length - t.shape[2]
-    if missing == 0:
-        return t
-    pad = t.new_zeros((t.shape[0], t.shape[1], missing, t.shape[3]))
-    return torch.cat([pad, t], 2)
-
-
-def _lpad_mask(m: torch.Tensor, length: int) -> torch.Tensor:
-    missing = length - m.shape[1]
-    return m if missing == 0 else torch.cat([m.new_zeros((m.shape[0], missing)), m], 1)

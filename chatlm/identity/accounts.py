@@ -1,19 +1,13 @@
 """Accounts: who a user is, how they prove it, and what they may do.
 
-The one place that creates users, checks passwords and API keys, and decides roles. Passwords are
-hashed with argon2id (``argon2-cffi``: a maintained binding of the reference implementation, with
-its recommended parameters); API keys are long random tokens, so a sha256 of them is enough to
-store and lets a key be found by its hash. Wrong passwords in a row for a typed name slow the next
-attempt down and then lock that name for a while, so a guesser gets few tries per hour; names with
-and without an account are counted alike (one table), so neither the words nor the waits tell which
-names exist. The waits are the caller's: ``sign_in`` sleeps in its thread (the shell, a Gradio
-handler), ``sign_in_async`` awaits them and hashes in a worker thread, so the server's event loop
-never stops for a guesser.
+The one place that creates users, checks passwords and API keys, and decides roles; the hashing is
+``passwords``, the slow-down and lock after wrong passwords ``lockout``. The waits are the caller's:
+``sign_in`` sleeps in its thread (the shell, a Gradio handler), ``sign_in_async`` awaits them and
+hashes in a worker thread, so the server's event loop never stops for a guesser.
 """
 
 from __future__ import annotations
 
-import hashlib
 import re
 import secrets
 import time
@@ -27,7 +21,10 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from chatlm.errors import ChatLMError, InputError, NotFoundError, PermissionDeniedError
+from chatlm.errors import InputError, NotFoundError, PermissionDeniedError
+from chatlm.identity import lockout
+from chatlm.identity.lockout import SignInError
+from chatlm.identity.passwords import hash_password, key_hash, name_key, rehashed, verifies
 from chatlm.store.db import transaction
 from chatlm.store.models import (
     ApiKey,
@@ -42,21 +39,8 @@ from chatlm.store.models import (
 from chatlm.store.repo import LOCAL_USER
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}")
-MIN_PASSWORD = 8
-MAX_PASSWORD = 1024
-"""argon2 hashes any length, but a megabyte password is only a way to spend the server's time."""
-SLOW_AFTER = 3
-"""Wrong passwords in a row after which each further attempt waits (``SLOW_S`` × the excess)."""
-SLOW_S = 1.0
-LOCK_AFTER = 10
-LOCK_FOR = timedelta(minutes=15)
-"""How long a name stays locked; also how long wrong passwords are remembered without a new one."""
 HASHES_AT_ONCE = 4
 """Password checks run at once by ``sign_in_async`` (argon2id takes 64 MiB each)."""
-WRONG = "Wrong user name or password."
-LOCKED = ("Too many wrong passwords: this name is locked for {minutes} more minute(s). An admin can lift "
-          "it by setting a new password.")
-"""Said for any name, with or without an account, after ``LOCK_AFTER`` wrong passwords."""
 KEY_PREFIX = "clm_"
 GUEST_PREFIX = "guest-"
 GUEST_TOKEN = re.compile(r"[A-Za-z0-9_-]{32,64}")
@@ -66,13 +50,6 @@ GUEST_DAYS = 365
 
 def new_guest_token() -> str:
     return secrets.token_urlsafe(32)
-
-
-class SignInError(ChatLMError):
-    """Wrong name or password, or a locked account; the message never says which name exists."""
-
-    status_code = 401
-    code = "invalid_credentials"
 
 
 @dataclass(frozen=True)
@@ -116,33 +93,6 @@ def require_admin(actor: Actor) -> None:
     """The admins-only rule, for every service that has admin-only calls."""
     if not actor.is_admin:
         raise PermissionDeniedError("Only an admin may do that.")
-
-
-def _hasher() -> Any:
-    from argon2 import PasswordHasher
-
-    return PasswordHasher()
-
-
-def hash_password(password: str) -> str:
-    check_password(password)
-    return str(_hasher().hash(password))
-
-
-def check_password(password: str) -> None:
-    if len(password) < MIN_PASSWORD:
-        raise InputError(f"A password needs at least {MIN_PASSWORD} characters.")
-    if len(password) > MAX_PASSWORD:
-        raise InputError(f"A password has at most {MAX_PASSWORD} characters.")
-
-
-def key_hash(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()
-
-
-def name_key(name: str) -> str:
-    """The key of a typed name's wrong-password record (names differing in case share one)."""
-    return key_hash(name.lower())
 
 
 class AccountService:
@@ -210,7 +160,7 @@ class AccountService:
             stored = user.password_hash if user is not None else None
         if user is None:
             return self.add_user(None, name, password, admin=True)
-        if not _verifies(stored, password):  # the same secret on a restart keeps the admin signed in
+        if not verifies(stored, password):  # the same secret on a restart keeps the admin signed in
             self.set_password(None, name, password)
         self.set_role(None, name, "admin")
         return self.actor(name)
@@ -225,7 +175,7 @@ class AccountService:
                 self._admin(actor)
             user.password_hash = hashed
             user.session_generation += 1
-            s.execute(delete(SignInFailure).where(SignInFailure.name_key == name_key(name)))
+            lockout.lift(s, name)
 
     def end_sessions(self, actor: Actor | None, name: str) -> None:
         """Sign the account out of every browser (its own sign-out, or an admin's for anyone):
@@ -267,7 +217,7 @@ class AccountService:
         """The actor for a right name and password; otherwise a SignInError that does not say
         whether the name exists. Wrong attempts in a row are slowed down, then locked out. Blocks
         for the slow-down: for threads (the shell, a Gradio handler), not the event loop."""
-        wait = self._attempt(name, password)
+        wait = lockout.count_attempt(self.sessions, name, password)
         if wait:
             self.sleep(wait)
         return self._check(name, password)
@@ -278,38 +228,10 @@ class AccountService:
         slowed down holds up no one else's request."""
         if self._hashing is None:
             self._hashing = anyio.CapacityLimiter(HASHES_AT_ONCE)
-        wait = await anyio.to_thread.run_sync(self._attempt, name, password)
+        wait = await anyio.to_thread.run_sync(lockout.count_attempt, self.sessions, name, password)
         if wait:
             await self.pause(wait)
         return await anyio.to_thread.run_sync(self._check, name, password, limiter=self._hashing)
-
-    def _attempt(self, name: str, password: str) -> float:
-        """Count this attempt as wrong before checking it (the count is committed first, so
-        attempts sent at once each see the ones before) and return the wait it earns; a locked
-        name is refused here. The same steps whether or not an account has the name."""
-        if len(password) > MAX_PASSWORD:
-            raise SignInError(WRONG)
-        try:
-            return self._count(name)
-        except IntegrityError:  # a first attempt beside this one made the record: count on it
-            return self._count(name)
-
-    def _count(self, name: str) -> float:
-        now = utcnow()
-        with transaction(self.sessions) as s:
-            record = s.get(SignInFailure, name_key(name))
-            if record is not None and record.locked_until is not None and record.locked_until > now:
-                raise SignInError(_locked(record.locked_until, now))
-            if record is None:
-                s.execute(delete(SignInFailure).where(  # forgotten records of any name go
-                    SignInFailure.last_failed_at < now - LOCK_FOR,
-                    (SignInFailure.locked_until.is_(None)) | (SignInFailure.locked_until < now)))
-                record = SignInFailure(name_key=name_key(name), failures=0)
-                s.add(record)
-            elif record.last_failed_at < now - LOCK_FOR:
-                record.failures = 0  # wrong passwords long ago are no longer "in a row"
-            record.failures, record.last_failed_at, record.locked_until = record.failures + 1, now, None
-            return SLOW_S * max(0, record.failures - SLOW_AFTER)
 
     def _check(self, name: str, password: str) -> Actor:
         """Verify the password (an unknown name verifies against a dummy hash: the same work), then
@@ -317,22 +239,15 @@ class AccountService:
         with transaction(self.sessions) as s:
             user = s.scalar(select(User).where(User.name == name, User.is_guest.is_(False)))
             stored = user.password_hash if user is not None else None
-        ok = _verifies(stored, password)
-        now = utcnow()
+        ok = verifies(stored, password)
         with transaction(self.sessions) as s:  # the failure is committed before it is said
-            record = s.get(SignInFailure, name_key(name))
-            if record is not None and record.locked_until is not None and record.locked_until > now:
-                raise SignInError(_locked(record.locked_until, now))  # locked by an attempt beside this
             row = s.get(User, user.id) if user is not None and ok else None
+            lockout.settle(s, name, signed_in=row is not None)
             if row is not None:
-                if record is not None:
-                    s.delete(record)
-                if _hasher().check_needs_rehash(row.password_hash):
-                    row.password_hash = _hasher().hash(password)
+                if (new_hash := rehashed(row.password_hash, password)) is not None:
+                    row.password_hash = new_hash
                 return Actor.of(row)
-            if record is not None and record.failures >= LOCK_AFTER:
-                record.locked_until, record.failures = now + LOCK_FOR, 0
-        raise SignInError(WRONG)
+        raise SignInError(lockout.WRONG)
 
     def hf_user(self, username: str, admins: tuple[str, ...] = ()) -> Actor:
         """The account of a Hugging Face user who has just signed in (made on first sign-in; an
@@ -465,34 +380,3 @@ class AccountService:
     @staticmethod
     def _admins(s: Session) -> int:
         return int(s.scalar(select(func.count()).select_from(User).where(User.is_admin.is_(True))) or 0)
-
-
-def _locked(until: datetime, now: datetime) -> str:
-    return LOCKED.format(minutes=max(1, round((until - now).total_seconds() / 60)))
-
-
-def _verifies(stored: str | None, password: str) -> bool:
-    """Whether ``password`` matches the stored hash; with no hash, the same work against a dummy
-    one and False, so timing does not tell an unknown name (or one without a password) apart."""
-    from argon2.exceptions import InvalidHashError, VerificationError
-
-    hasher = _hasher()
-    try:
-        return bool(hasher.verify(stored or _DUMMY.get(hasher), password)) and stored is not None
-    except (VerificationError, InvalidHashError):
-        return False
-
-
-class _Dummy:
-    """A hash to verify against when the name is unknown (made once, on first use)."""
-
-    def __init__(self) -> None:
-        self.value: str | None = None
-
-    def get(self, hasher: Any) -> str:
-        if self.value is None:
-            self.value = str(hasher.hash(secrets.token_urlsafe(16)))
-        return self.value
-
-
-_DUMMY = _Dummy()

@@ -1,12 +1,12 @@
 """The identity step: a request (session cookie, guest cookie or API key) becomes an ``Actor``.
 
-Every UI handler, Gradio API endpoint and ``/v1`` route asks this one place who is calling; nothing
-trusts a user id, a name or a role that the client sends. Sessions live in a cookie signed with
-itsdangerous (HttpOnly, SameSite=Lax, with an expiry); the signed value carries the user id, a
-fingerprint of that account (so a later account given the same id is not it) and the account's
-session generation, which signing out, a new password or an admin bumps: a saved cookie is refused
-from then on. Guest tokens are issued here too, signed with the same key: a token the client makes
-up is no guest (and makes no user row).
+Every UI handler, Gradio API endpoint and ``/v1`` route asks this one place who is calling (UI
+events and the chats export through ``Who``); nothing trusts a user id, a name or a role that the
+client sends. Sessions live in a cookie signed with itsdangerous (HttpOnly, SameSite=Lax, with an
+expiry); the signed value carries the user id, a fingerprint of that account (so a later account
+given the same id is not it) and the account's session generation, which signing out, a new password
+or an admin bumps: a saved cookie is refused from then on. Guest tokens are issued here too, signed
+with the same key: a token the client makes up is no guest (and makes no user row).
 """
 
 from __future__ import annotations
@@ -22,12 +22,15 @@ from typing import Any
 from sqlalchemy.exc import IntegrityError
 
 from chatlm.config import Settings
-from chatlm.identity.accounts import GUEST_DAYS, AccountService, Actor, new_guest_token
+from chatlm.errors import PermissionDeniedError
+from chatlm.identity.accounts import GUEST_DAYS, AccountService, Actor, new_guest_token, require_admin
 from chatlm.store.db import transaction
 from chatlm.store.models import ServerSecret, User
 from chatlm.store.repo import LOCAL_USER, get_or_create_user
 
 log = logging.getLogger(__name__)
+SIGNED_OUT = ("You are not signed in (or your session ended): reload the page and sign in. A script "
+              "sends its API key (Authorization: Bearer ...) or the session cookie.")
 SESSION_KEY = "session_signing_key"
 """The ``server_secrets`` row of the key that signs session and guest cookies."""
 SESSION_COOKIE = "chatlm_session"
@@ -193,3 +196,34 @@ class Identity:
             legacy.unlink(missing_ok=True)
             log.info("moved the session signing key from %s into the database", legacy)
         return key
+
+
+class Who:
+    """Who a UI event or an HTTP route acts as, from the request that carried it: Gradio hands each
+    event its request (the page's cookies and headers, also for events that wait in its queue), and
+    Starlette each route, so the actor is decided on the server for each call; no handler takes a user
+    id from its inputs."""
+
+    def __init__(self, identity: Identity) -> None:
+        self.identity = identity
+
+    def actor(self, request: Any) -> Actor:
+        """The acting user; refuses a call with no identity. Without a request (a handler called
+        in-process, not through Gradio) only the local mode has an answer: the local user."""
+        if request is None:
+            if self.identity.settings.auth == "none":
+                return self.identity.local()
+            raise PermissionDeniedError(SIGNED_OUT)
+        cookies = getattr(request, "cookies", None) or {}
+        headers = getattr(request, "headers", None) or {}
+        actor = self.identity.actor(dict(cookies), headers.get("authorization", ""))
+        if actor is None:
+            raise PermissionDeniedError(SIGNED_OUT)
+        return actor
+
+    def admin(self, request: Any) -> Actor:
+        """The acting user when an admin; anyone else is refused (the tab is hidden from them too,
+        but hiding is not access control: the endpoint behind it checks here)."""
+        actor = self.actor(request)
+        require_admin(actor)
+        return actor

@@ -74,9 +74,9 @@ class Embedder:
     def _forward(self, texts: list[str]) -> np.ndarray:
         import torch
 
-        from chatlm.engine import threads
+        from chatlm import torch_threads
 
-        threads.one_thread_off_main()  # the scheduler's thread keeps the cores (chatlm.engine.threads)
+        torch_threads.one_thread_off_main()  # the scheduler's thread keeps the cores (chatlm.torch_threads)
         with self._lock:
             self._load()
             enc = self._tokenizer(

@@ -16,8 +16,9 @@ import pandas as pd
 
 from chatlm.chat.turns import ChatService
 from chatlm.errors import ChatLMError, InputError, NotFoundError, PermissionDeniedError
-from chatlm.identity.accounts import AccountService, Actor, SignInError
-from chatlm.ui.who import Who
+from chatlm.identity.accounts import AccountService, Actor
+from chatlm.identity.lockout import SignInError
+from chatlm.identity.requests import Who
 
 KEY_COLUMNS = ["id", "name", "prefix", "created", "last used", "revoked"]
 GUEST_LINE = ("You are a **guest**: API keys, a password and deleting an account are for signed-in "

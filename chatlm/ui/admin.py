@@ -19,7 +19,7 @@ import pandas as pd
 from chatlm.chat.turns import ChatService
 from chatlm.errors import ChatLMError, InputError
 from chatlm.identity.accounts import GUEST_PREFIX, AccountService, Actor, UserInfo
-from chatlm.ui.who import Who
+from chatlm.identity.requests import Who
 
 USER_COLUMNS = ["name", "role", "guest", "password", "locked", "conversations"]
 ROLES = ["user", "admin"]

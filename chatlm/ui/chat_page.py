@@ -11,12 +11,12 @@ import gradio as gr
 from chatlm.adapters.serving import DEFAULT_MODEL
 from chatlm.chat.turns import ChatService
 from chatlm.feedback.reports import FeedbackService
+from chatlm.identity.requests import Who
 from chatlm.training.admin import TrainingService
 from chatlm.ui import branches, refusals, sidebar
 from chatlm.ui.chat import WATCH_S, ChatUI
 from chatlm.ui.chat_defaults import DEFAULT_MAX_NEW, DEFAULT_TEMPERATURE, DEFAULT_TOP_P, defaults
 from chatlm.ui.chat_view import API, FOLLOWED, MODELS_S, STARTED, UNDONE, VIEW
-from chatlm.ui.who import Who
 
 CHAT_HEIGHT = "calc(100dvh - 380px - max(0px, 768px - 100vw) / 5)"
 """The conversation fills the window's height, leaving the tab bar, the model picker, the notice

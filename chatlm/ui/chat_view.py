@@ -15,13 +15,13 @@ from chatlm.adapters.serving import BASE_MODEL, DEFAULT_MODEL
 from chatlm.chat.turns import ChatService, can_continue
 from chatlm.errors import ChatLMError
 from chatlm.identity.accounts import Actor
+from chatlm.identity.requests import Who
 from chatlm.store.models import utcnow
 from chatlm.ui import sidebar
 from chatlm.ui.answers import Answers
 from chatlm.ui.chat_defaults import chat_settings, new_chat_settings
 from chatlm.ui.knowledge import sources_block
 from chatlm.ui.outputs import Named
-from chatlm.ui.who import Who
 
 log = logging.getLogger(__name__)
 FEEDBACK = {1: "Like", -1: "Dislike"}

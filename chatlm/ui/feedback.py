@@ -18,8 +18,8 @@ from chatlm.errors import ChatLMError
 from chatlm.feedback import records, stats
 from chatlm.feedback.reports import FeedbackService
 from chatlm.identity.accounts import Actor
+from chatlm.identity.requests import Who
 from chatlm.store.repo import RATING_REASONS, reason_for
-from chatlm.ui.who import Who
 
 VALUES = {"Like": 1, "Dislike": -1}
 """The rating's choices in words (👍 and 👎 were empty boxes where no emoji font is installed)."""

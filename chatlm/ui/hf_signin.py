@@ -27,7 +27,7 @@ import anyio
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from chatlm.identity.accounts import SignInError
+from chatlm.identity.lockout import SignInError
 from chatlm.identity.requests import Identity
 from chatlm.ui import signin
 

@@ -12,9 +12,9 @@ import gradio as gr
 from chatlm.chat.turns import ChatService
 from chatlm.errors import ChatLMError
 from chatlm.identity.accounts import Actor
+from chatlm.identity.requests import Who
 from chatlm.ui import sidebar
 from chatlm.ui.uploads import received_file, upload_button, uploaded_file
-from chatlm.ui.who import Who
 
 FILE_TYPES = [".txt", ".md", ".markdown", ".html", ".htm", ".pdf"]
 SNIPPET = 110

@@ -8,7 +8,7 @@ checked off the event loop and its slow-down awaited, so a guesser holds up no o
 
 In front of the Gradio app an ASGI middleware gives a first-time visitor a guest token signed by
 the server (when guests are allowed) or sends them to the sign-in page; it decides nothing about
-who may do what: every handler asks ``chatlm.ui.who`` with the request's cookies.
+who may do what: every handler asks ``chatlm.identity.requests.Who`` with the request's cookies.
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from chatlm.errors import ChatLMError
-from chatlm.identity.accounts import Actor, SignInError
+from chatlm.identity.accounts import Actor
+from chatlm.identity.lockout import SignInError
 from chatlm.identity.requests import GUEST_COOKIE, GUEST_COOKIE_DAYS, SESSION_COOKIE, Identity
 
 OPEN_PATHS = ("/login", "/logout", "/v1")

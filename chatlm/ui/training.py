@@ -23,16 +23,26 @@ from chatlm.errors import ChatLMError, PermissionDeniedError
 from chatlm.evaluation import verdict
 from chatlm.feedback.reports import FeedbackService
 from chatlm.identity.accounts import Actor, require_admin
+from chatlm.identity.requests import Who
 from chatlm.store import registry
 from chatlm.store.models import AdapterVersion, TrainingRun
 from chatlm.training import METHODS, data, eta, trainer
 from chatlm.training.admin import TrainingService
 from chatlm.training.options import RoundOptions
-from chatlm.ui.chat_defaults import new_chat_settings, plain, sampling_params
+from chatlm.ui.chat_defaults import new_chat_settings, sampling_params
+from chatlm.ui.training_view import (
+    BASE,
+    asked_with,
+    chosen_adapter,
+    describe_run,
+    evaluation_frame,
+    loss_plot,
+    model_name,
+    verdict_text,
+    when,
+)
 from chatlm.ui.uploads import received_file, uploaded_file
-from chatlm.ui.who import Who
 
-BASE = "base model"
 POLL_S = 1.0
 """How often the tab reads the run row while a round is under way."""
 ADAPTER_COLUMNS = ["active", "name", "method", "parent", "created", "verdict", "judged on"]
@@ -40,8 +50,6 @@ RUN_COLUMNS = ["run", "status", "method", "adapter", "started", "finished", "err
 VIEW = ("status", "loss", "runs", "timer", "start", "adapters", "shown", "evaluation", "target", "left",
         "right", "active_line", "summary", "promote", "rollback", "judged")
 """The components ``refresh`` fills, by name, in the order ``render`` lists them (its ``view``)."""
-COMPARE_PROMPT_CHARS = 80
-"""How much of the system prompt the line over Compare's answers quotes."""
 
 
 ABOUT = (
@@ -61,116 +69,12 @@ METHOD_WORDS = {
 }
 
 
-def _adapter(choice: str | None) -> str | None:
-    """A dropdown's choice as the service names it: None is the base model."""
-    return None if choice in (None, BASE) else choice
-
-
-def _fmt(value: Any) -> str:
-    return "" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value)
-
-
-def _when(moment: Any) -> str:
-    return moment.strftime("%Y-%m-%d %H:%M:%S") if moment else ""
-
-
-RUNNING_FIGURES = (("total_steps", "step {step}/{total_steps}"), ("last_loss", "loss {last_loss:.4f}"),
-                   ("tokens_per_s", "{tokens_per_s:.0f} tokens/s"), ("seconds_left", "about {seconds_left:.0f} s left"))
-FINAL_FIGURES = (("step", "after {step} steps"), ("last_loss", "final loss {last_loss:.4f}"),
-                 ("tokens_per_s", "{tokens_per_s:.0f} tokens/s"), ("elapsed_s", "{elapsed_s:.0f} s of training"))
-
-
-def _figures(progress: dict[str, Any], wanted: tuple[tuple[str, str], ...]) -> list[str]:
-    """The figures of a run's progress row that it has, formatted."""
-    values = {"step": 0, **progress, "last_loss": progress["loss"][-1][1] if progress.get("loss") else None}
-    return [fmt.format(**values) for key, fmt in wanted if values.get(key) is not None]
-
-
-def describe_run(run: TrainingRun | None) -> str:
-    """One line on a round: where it is, or how it ended."""
-    if run is None:
-        return "No training round yet."
-    p = run.progress or {}
-    if run.status == "failed":
-        return f"**Round {run.id} failed:** {html.escape(run.error or '', quote=False)}"  # may quote a text's name
-    if run.status == "succeeded":
-        head = f"**Round {run.id} succeeded:** adapter `{run.adapter_name}` ({run.method}) is registered"
-        return " ".join([head, ", ".join(_figures(p, FINAL_FIGURES))]).strip() + "."
-    head = f"**Round {run.id} is {run.status}** ({run.method}), phase: {p.get('phase', run.status)}"
-    return "; ".join([head, *_figures(p, RUNNING_FIGURES)]) + "."
-
-
-def loss_frame(run: TrainingRun | None) -> pd.DataFrame:
-    points = ((run.progress or {}).get("loss") or []) if run else []
-    return pd.DataFrame(points, columns=["step", "loss"])
-
-
-SHORT_SPAN = 4
-"""A round whose logged steps span less than this draws one tick a step, by name: a number axis
-put ticks half a step apart there (whole-number labels then read "1, 2, 2")."""
-
-
-def _loss(run: TrainingRun | None) -> Any:
-    """The loss plot, hidden until a round has logged a point (never an empty frame).
-
-    Named steps are padded with spaces to one width so that the chart's own text order is step
-    order (9 before 10): a sort list would change with each step, and the chart redraws itself
-    from scratch on each new sort, where two redraws in flight kept the older one on screen."""
-    frame = loss_frame(run)
-    if frame.empty or frame["step"].max() - frame["step"].min() >= SHORT_SPAN:
-        return gr.update(value=frame, visible=not frame.empty)
-    width = len(str(frame["step"].max()))
-    return gr.update(value=frame.assign(step=frame["step"].astype(str).str.rjust(width)), visible=True)
-
-
 def filled(**named: Any) -> tuple[Any, ...]:
     """The outputs of a handler that fills the tab (``VIEW``), by name; those not named stay as they are."""
     unknown = set(named) - set(VIEW)
     if unknown:
         raise TypeError(f"not on the Training tab: {sorted(unknown)}")
     return tuple(named.get(name, gr.update()) for name in VIEW)
-
-
-def evaluation_frame(adapter: AdapterVersion | None) -> pd.DataFrame:
-    """The adapter's held-out figures in rows, with its baseline and the then-active adapter; the
-    figures the verdict rests on are marked."""
-    if adapter is None or not adapter.metrics:
-        return pd.DataFrame(columns=["figure"])
-    m = adapter.metrics
-    columns = [(adapter.name, m.get("adapter") or {}), (m.get("baseline_name", BASE), m.get("baseline") or {})]
-    if m.get("active"):
-        columns.append((f"{m['active_name']} (active then)", m["active"]))
-    judged = verdict.matters(m)
-    keys = [k for k in verdict.FIGURES if any(k in figures for _, figures in columns)]
-    rows = [[verdict.FIGURES[k][0] + (" ← judged on" if k in judged else ""),
-             *(_fmt(figures.get(k)) for _, figures in columns)] for k in keys]
-    return pd.DataFrame(rows, columns=["figure", *(name for name, _ in columns)])
-
-
-def verdict_text(adapter: AdapterVersion | None) -> str:
-    """What the round changed, in plain words (``chatlm.evaluation.verdict``, as the CLI says it)."""
-    if adapter is None:
-        return ""
-    judged = verdict.judge(adapter.metrics)
-    mark = {"better": "✅", "worse": "⚠️", "unchanged": "➖"}.get(judged.label, "")
-    lines = judged.sentences()
-    return f"**{mark} {html.escape(adapter.name)}:** " + " ".join(html.escape(line) for line in lines)
-
-
-def model_name(choice: str | None, serving: str | None) -> str:
-    """A model as Compare names it: an adapter's name or the base model, and whether new chats use it."""
-    name = _adapter(choice)
-    return (name or BASE) + (" (the default: new chats use it)" if name == serving else "")
-
-
-def asked_with(system_prompt: str, params: SamplingParams) -> str:
-    """One line over Compare's answers: what both models were asked with."""
-    said = " ".join(system_prompt.split())
-    if len(said) > COMPARE_PROMPT_CHARS:
-        said = said[:COMPARE_PROMPT_CHARS - 1].rstrip() + "…"
-    prompt = f"your chat's system prompt “{plain(said)}”" if said else "no system prompt (as your chat)"
-    return (f"Asked with {prompt}, max {params.max_new_tokens} new tokens, greedy (temperature 0), "
-            "so a difference between the answers comes from the models.")
 
 
 class TrainingTab:
@@ -206,14 +110,14 @@ class TrainingTab:
         rows = []
         for a in reversed(adapters):
             judged = verdict.judge(a.metrics)
-            rows.append(["✓" if a.is_active else "", a.name, a.method, a.parent or BASE, _when(a.created_at),
+            rows.append(["✓" if a.is_active else "", a.name, a.method, a.parent or BASE, when(a.created_at),
                          f"{judged.label} than {judged.baseline}" if judged.label in ("better", "worse")
                          else judged.label, ", ".join(verdict.FIGURES[k][0] for k in verdict.matters(a.metrics or {}))])
         return pd.DataFrame(rows, columns=ADAPTER_COLUMNS)
 
     @staticmethod
     def runs_frame(runs: list[TrainingRun]) -> pd.DataFrame:
-        rows = [[r.id, r.status, r.method, r.adapter_name or "", _when(r.started_at), _when(r.finished_at),
+        rows = [[r.id, r.status, r.method, r.adapter_name or "", when(r.started_at), when(r.finished_at),
                  (r.error or "")[:200]] for r in runs]
         return pd.DataFrame(rows, columns=RUN_COLUMNS)
 
@@ -234,7 +138,7 @@ class TrainingTab:
         serving = self.training.serving(actor)
         summary, ready = self.data_summary(actor, runs)
         return filled(
-            status=describe_run(run), loss=_loss(run), runs=self.runs_frame(runs), timer=gr.Timer(active=running),
+            status=describe_run(run), loss=loss_plot(run), runs=self.runs_frame(runs), timer=gr.Timer(active=running),
             start=gr.update(interactive=ready and not running), adapters=self.adapters_frame(adapters),
             shown=gr.update(choices=names, value=shown), evaluation=evaluation_frame(picked),
             target=gr.update(choices=choices, value=active), left=gr.update(choices=choices, value=active),
@@ -250,7 +154,7 @@ class TrainingTab:
         run = runs[0] if runs else None
         if run is None or run.status not in registry.RUNNING:
             return self.refresh(run.adapter_name if run and run.adapter_name else shown, request)
-        return filled(status=describe_run(run), loss=_loss(run), runs=self.runs_frame(runs),
+        return filled(status=describe_run(run), loss=loss_plot(run), runs=self.runs_frame(runs),
                       timer=gr.Timer(active=True), start=gr.update(interactive=False))
 
     def start(self, method: str, epochs: float | None, max_steps: float | None, lr: float | None,
@@ -280,13 +184,13 @@ class TrainingTab:
         actor = self.who.actor(request)
         pending = None
         try:
-            worse = self.training.worse(actor, _adapter(name))
+            worse = self.training.worse(actor, chosen_adapter(name))
             if worse is not None and confirmed != name:
                 pending = name
                 gr.Warning(worse.confirm_text(str(name)))
                 message = f"Not promoted yet: {html.escape(worse.confirm_text(str(name)), quote=False)}"
             else:
-                now = self.training.promote(actor, _adapter(name))
+                now = self.training.promote(actor, chosen_adapter(name))
                 message = f"Promoted: new chats use **{html.escape(now or BASE, quote=False)}**."
         except PermissionDeniedError:
             raise
@@ -346,7 +250,7 @@ class TrainingTab:
             # the prompt as a chat's first turn builds it (no system message for an empty prompt)
             messages = self.service._plan(system_prompt, [{"role": "user", "content": question.strip()}],
                                           params).messages
-            gens = self.training.compare(actor, messages, (_adapter(left), _adapter(right)), params)
+            gens = self.training.compare(actor, messages, (chosen_adapter(left), chosen_adapter(right)), params)
             while not all(g.done for g in gens):
                 yield gens[0].text, gens[1].text
                 time.sleep(0.2)
