@@ -13,7 +13,6 @@ import pytest
 from tests.browser import (
     BOT,
     TIMEOUT,
-    ScriptedBackend,
     all_messages,
     answers,
     bot_texts,
@@ -35,6 +34,7 @@ from tests.browser import (
     wait_answer,
     wait_for,
 )
+from tests.scripted import ScriptedBackend
 
 needs_browser()
 
@@ -300,7 +300,7 @@ def test_an_empty_message_is_not_sent(page, server):
     assert sidebar_titles(page) == []
 
 
-# ---- answers that wait or stream long: a scripted model (tests.browser.ScriptedBackend) ---------------
+# ---- answers that wait or stream long: a scripted model (tests.scripted.ScriptedBackend) ---------------
 STORY = [f"word{i} " for i in range(150)]
 
 
