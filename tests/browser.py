@@ -305,6 +305,18 @@ def send(page: Any, server: Any, text: str) -> Any:
     return wait_answer(page, server, count)
 
 
+def start_sending(page: Any, text: str) -> None:
+    """Type and send a message without waiting for its answer (to watch it stream)."""
+    page.fill("#message textarea", text)
+    page.click("#send")
+
+
+def last_bot(page: Any) -> str:
+    """The last answer's text as drawn ('' when there is none)."""
+    texts = bot_texts(page)
+    return texts[-1] if texts else ""
+
+
 def listed(page: Any) -> dict[str, list[str]]:
     """The sidebar's list as drawn: each date group's heading and its chats' titles, in order (read
     in one go: the list is redrawn as a whole)."""
