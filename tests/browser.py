@@ -252,6 +252,12 @@ def local_actor(server: Any) -> Any:
     return server.app.service.actor()
 
 
+def detail(server: Any, message_id: int) -> dict[str, Any] | None:
+    """The local user's stored rating of an answer (value, reason, comment, better answer); None
+    when there is none."""
+    return server.app.service.rating_detail(local_actor(server), message_id)
+
+
 def all_messages(server: Any) -> list[Any]:
     """Every stored message, all branches included, read through the running app."""
     from sqlalchemy import select
