@@ -1,4 +1,4 @@
-"""Reliability fuzzing: the properties of tests/test_fuzz.py, run for minutes per target.
+"""Reliability fuzzing: the properties of tests/test_fuzz.py (tests/fuzz_corpus.py), minutes per target.
 
 Run from the repository root: ``.venv/bin/python bench/reliability_fuzz.py --minutes 3``. Each
 target feeds hypothesis-generated inputs (no example limit, no deadline) to one check: text
@@ -29,7 +29,7 @@ import hypothesis  # noqa: E402
 from hypothesis import HealthCheck, Phase, given  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from tests import test_fuzz as fz  # noqa: E402
+from tests import fuzz_corpus as fz  # noqa: E402
 
 OUT = ROOT / "bench" / "out" / "reliability_fuzz.json"
 BATCH = 500

@@ -14,7 +14,6 @@ from typing import Any
 
 import pytest
 
-from chatlm.engine.backend import Backend
 from chatlm.ui.chat_defaults import DEFAULT_MAX_NEW, DEFAULT_TEMPERATURE
 from chatlm.ui.chat_view import shown_text
 
@@ -253,6 +252,12 @@ def local_actor(server: Any) -> Any:
     return server.app.service.actor()
 
 
+def detail(server: Any, message_id: int) -> dict[str, Any] | None:
+    """The local user's stored rating of an answer (value, reason, comment, better answer); None
+    when there is none."""
+    return server.app.service.rating_detail(local_actor(server), message_id)
+
+
 def all_messages(server: Any) -> list[Any]:
     """Every stored message, all branches included, read through the running app."""
     from sqlalchemy import select
@@ -306,64 +311,16 @@ def send(page: Any, server: Any, text: str) -> Any:
     return wait_answer(page, server, count)
 
 
-class ScriptedBackend(Backend):
-    """A stand-in for the model that answers every prompt with the same pieces of text: a test can
-    hold the first piece back (``hold``) and pace the rest (``delay``), so what a page shows while
-    an answer waits or streams is checked without a model's CPU time or its randomness.
-    ``max_batch``/``queue_size`` bound it like the real scheduler (BusyError when full)."""
+def start_sending(page: Any, text: str) -> None:
+    """Type and send a message without waiting for its answer (to watch it stream)."""
+    page.fill("#message textarea", text)
+    page.click("#send")
 
-    model_id = "scripted"
-    context_window = 4096
 
-    def __init__(self, pieces: list[str], *, delay: float = 0.0, max_batch: int = 8,
-                 queue_size: int = 32) -> None:
-        import threading
-
-        self.pieces = pieces
-        self.delay = delay
-        self.hold = threading.Event()
-        self.hold.set()
-        self.max_batch, self.queue_size = max_batch, queue_size
-        self.running = 0
-        self._lock = threading.Lock()
-        self._ids = iter(range(1, 1 << 30))
-
-    def count_tokens(self, messages: Any) -> int:
-        return sum(len(m["content"]) // 4 + 4 for m in messages)
-
-    def chat(self, messages: Any, params: Any, *, adapter: str | None = None, continue_final: bool = False) -> Any:
-        import threading
-
-        from chatlm.engine.generation import Generation
-        from chatlm.errors import BusyError
-
-        with self._lock:
-            if self.running >= self.max_batch + self.queue_size:
-                raise BusyError("The server is busy; retry shortly.")
-            self.running += 1
-            gen = Generation(id=next(self._ids), prompt_tokens=self.count_tokens(messages),
-                             params=params, adapter=adapter)
-        threading.Thread(target=self._run, args=(gen,), daemon=True).start()
-        return gen
-
-    def _run(self, gen: Any) -> None:
-        try:
-            while not self.hold.wait(0.05):
-                if gen.cancelled:
-                    return gen._finish("cancelled")
-            for piece in self.pieces[: gen.params.max_new_tokens]:
-                if gen.cancelled:
-                    return gen._finish("cancelled")
-                gen.completion_tokens += 1
-                gen._emit(piece)
-                time.sleep(self.delay)
-            gen._finish("length" if gen.params.max_new_tokens < len(self.pieces) else "stop")
-        finally:
-            with self._lock:
-                self.running -= 1
-
-    def close(self) -> None:
-        self.hold.set()
+def last_bot(page: Any) -> str:
+    """The last answer's text as drawn ('' when there is none)."""
+    texts = bot_texts(page)
+    return texts[-1] if texts else ""
 
 
 def listed(page: Any) -> dict[str, list[str]]:

@@ -157,6 +157,14 @@ def tiny_dir(tiny, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@pytest.fixture
+def tiny_settings(tmp_path: Path, tiny_dir: Path, database_url: str) -> Settings:
+    """The tiny model's training rounds, on a SQLite file and on a PostgreSQL server (the training
+    tests; a module that needs SQLite only defines its own)."""
+    return Settings.from_env({}, data_dir=tmp_path / "data", model=str(tiny_dir), device="cpu",
+                             database_url=database_url)
+
+
 # ---- the real-browser tests (the modules skip themselves without chromium or playwright) ----------
 @pytest.fixture
 def server(start_server, bundled_backend):
@@ -187,7 +195,8 @@ def page(browser, server) -> Iterator:
 SLOW_FIXTURES = {"bundled", "bundled_backend", "browser", "page", "server"}
 
 
-LONGEST_FIRST = ("test_browser_corrections.py", "test_reliability.py", "test_training.py")
+LONGEST_FIRST = ("test_browser_corrections.py", "test_reliability.py", "test_training_loop.py",
+                 "test_training_rounds.py")
 """The files that take longest (a round from the Training tab alone takes minutes): run first, so
 that under two workers (``make test``, files handed out in order) none of them starts last."""
 

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.browser import WATCH_GRADIO_EVENTS, ScriptedBackend, needs_browser, send, settled
+from tests.browser import WATCH_GRADIO_EVENTS, needs_browser, send, settled
+from tests.scripted import ScriptedBackend
 
 needs_browser()
 axe = pytest.importorskip("axe_playwright_python.sync_playwright", reason="axe-playwright-python is missing")

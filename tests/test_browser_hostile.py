@@ -1,7 +1,7 @@
 """Hostile markup in a real browser: whatever a user, a document or the model writes is shown as
 text or harmless markup; no script runs and no event-handler attribute reaches the page.
 
-The model is a scripted stand-in (tests.browser.ScriptedBackend) so its output can be forced; the
+The model is a scripted stand-in (tests.scripted.ScriptedBackend) so its output can be forced; the
 rating comment and the document are stored through the running app's service, as the UI would.
 """
 
@@ -10,7 +10,6 @@ from __future__ import annotations
 import pytest
 
 from tests.browser import (
-    ScriptedBackend,
     bot_texts,
     chat_menu,
     click_and_wait,
@@ -24,6 +23,7 @@ from tests.browser import (
     user_texts,
     wait_for,
 )
+from tests.scripted import ScriptedBackend
 
 needs_browser()
 

@@ -111,7 +111,7 @@ def drop_file(page: Any, selector: str, name: str, text: str) -> None:
 
 @pytest.mark.parametrize("size", list(SIZES))
 def test_attach_and_drop_load_texts_shown_as_removable_chips(browser, start_server, size, tmp_path) -> None:
-    from tests.browser import ScriptedBackend
+    from tests.scripted import ScriptedBackend
 
     server = start_server(ScriptedBackend(["Fine."]))
     library = server.app.service.library
@@ -150,7 +150,7 @@ def test_attach_and_drop_load_texts_shown_as_removable_chips(browser, start_serv
 def test_a_streaming_answer_has_no_thumbs_and_a_long_message_is_kept_short(browser, start_server) -> None:
     """While an answer is written its thumbs, Retry and copy wait for its end; a long pasted
     message shows in a box of its own, scrolled, not the whole chat."""
-    from tests.browser import ScriptedBackend
+    from tests.scripted import ScriptedBackend
 
     server = start_server(ScriptedBackend(["word "] * 30, delay=0.2))
     with new_page(browser, size=SIZES["laptop"]) as page:
@@ -174,7 +174,8 @@ def test_a_streaming_answer_has_no_thumbs_and_a_long_message_is_kept_short(brows
 def test_the_dislike_form_opens_in_view_on_a_phone(browser, start_server) -> None:
     """👎 opens the rating form under its answer inside the chat's box: on a phone it opened below the
     box's visible part with only its title showing; now it is scrolled into view and fits the box."""
-    from tests.browser import ScriptedBackend, settled
+    from tests.browser import settled
+    from tests.scripted import ScriptedBackend
 
     server = start_server(ScriptedBackend(["Paris is the capital of France. " * 6]))
     with new_page(browser, size=SIZES["phone"]) as page:

@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 
 from tests.browser import (
-    ScriptedBackend,
     answers,
     chat_menu,
     listed,
@@ -27,6 +26,7 @@ from tests.browser import (
     user_texts,
     wait_for,
 )
+from tests.scripted import ScriptedBackend
 
 needs_browser()
 

@@ -176,8 +176,8 @@ def test_training_endpoints_from_ratings_to_a_promoted_adapter_and_back(start_se
 # ---- refusals, a second message while answering, the settings' bounds (a scripted model) --------
 @pytest.fixture
 def scripted(start_server):
-    """A server whose model is scripted (tests.browser.ScriptedBackend): cheap and predictable."""
-    from tests.browser import ScriptedBackend
+    """A server whose model is scripted (tests.scripted.ScriptedBackend): cheap and predictable."""
+    from tests.scripted import ScriptedBackend
 
     def start(**overrides: Any) -> tuple[Any, Any, Any]:
         backend = ScriptedBackend(["Fine", ", ", "thanks", "."], delay=0.01)
