@@ -194,11 +194,11 @@ def test_deleting_ones_account_deletes_ones_own_data_only(server) -> None:
         for client, who in ((ann, "Ann"), (bob, "Bob")):
             client.predict(text=f"{who}'s question", temperature=0, max_new=3, api_name="/send")
             client.predict("laptop", api_name="/create_key")
-        bob_id = accounts.actor("bob").user_id
-        conv = service.conversations(bob_id)[0]
-        service.library.load(actor=bob_id, conversation_id=conv.id, name="bob.txt", text="Bob's notes. " * 40)
-        answer = [m for m, _ in service.history(bob_id, conv.id) if m.role == "assistant"][-1]
-        service.rate(bob_id, answer.id, 1)
+        bob_actor = accounts.actor("bob")
+        conv = service.conversations(bob_actor)[0]
+        service.library.load(actor=bob_actor, conversation_id=conv.id, name="bob.txt", text="Bob's notes. " * 40)
+        answer = [m for m, _ in service.history(bob_actor, conv.id) if m.role == "assistant"][-1]
+        service.rate(bob_actor, answer.id, 1)
         ann_had, bob_had = owned(server, "ann"), owned(server, "bob")
         assert all(bob_had.values()) and ann_had["conversations"] == 1
 

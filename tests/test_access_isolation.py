@@ -38,16 +38,16 @@ def test_each_user_sees_only_their_own_and_only_admins_train(server) -> None:
         ann.predict(text="Ann's secret question", temperature=0, max_new=4, api_name="/send")
         service = server.app.service
         accounts = AccountService(service.sessions)
-        ann_id, bob_id = accounts.actor("ann").user_id, accounts.actor("bob").user_id
-        ann_conv = service.conversations(ann_id)[0]
+        ann_actor, bob_actor = accounts.actor("ann"), accounts.actor("bob")
+        ann_conv = service.conversations(ann_actor)[0]
         ann.predict(None, None, "", "", api_name="/load_document")  # nothing to load: refused, kept
-        doc = service.library.load(actor=ann_id, conversation_id=ann_conv.id, name="ann.txt",
+        doc = service.library.load(actor=ann_actor, conversation_id=ann_conv.id, name="ann.txt",
                                    text="Ann's private notes about the launch date. " * 20)
         before = counts(server)
 
         # bob: his sidebar is his own; ann's ids are refused and change nothing
         bob_view = bob.predict(None, api_name="/load")
-        assert "Ann's secret" not in str(bob_view) and service.conversations(bob_id) == []
+        assert "Ann's secret" not in str(bob_view) and service.conversations(bob_actor) == []
         assert "does not exist" in refused(bob.predict, ann_conv.id, api_name="/open")
         # her chat's Markdown export: answered as a missing chat, to bob and to a stranger
         for cookie in (session_cookie(server, BOB), f"{GUEST_COOKIE}={issued_guest(server)}"):
@@ -61,8 +61,8 @@ def test_each_user_sees_only_their_own_and_only_admins_train(server) -> None:
                    for why in ("does not exist", "not in the list of choices"))
         after_bob = counts(server)
         assert after_bob["conversations"] == before["conversations"] + 1  # only his own new chat
-        assert service.library.documents(service.conversations(bob_id)[0].id) == []
-        assert service.conversation(ann_id, ann_conv.id).title == ann_conv.title
+        assert service.library.documents(service.conversations(bob_actor)[0].id) == []
+        assert service.conversation(ann_actor, ann_conv.id).title == ann_conv.title
 
         # admin-only endpoints: refused for bob and the guest, nothing starts or changes
         for caller in (bob, guest):
@@ -84,8 +84,8 @@ def test_each_user_sees_only_their_own_and_only_admins_train(server) -> None:
 
         # the guest has a private identity of their own
         guest.predict(text="A guest's question", temperature=0, max_new=4, api_name="/send")
-        guest_id = guest_of(server, guest_cookie).user_id
-        assert [c.title for c in service.conversations(guest_id)] == ["A guest's question"]
+        guest_actor = guest_of(server, guest_cookie)
+        assert [c.title for c in service.conversations(guest_actor)] == ["A guest's question"]
         assert "A guest's question" not in str(bob.predict(None, api_name="/load"))
         assert "A guest's question" not in str(ann.predict(None, api_name="/load"))
     finally:
@@ -132,15 +132,15 @@ def test_handlers_refuse_other_users_ids_behind_gradios_own_checks(server) -> No
 
     service = server.app.service
     who = Who(server.app.identity)
-    ann_id = AccountService(service.sessions).actor("ann").user_id
-    conv = service.new_conversation(ann_id)
-    reply = service.send(ann_id, conv.id, "Ann's question", __import__(
+    ann_actor = AccountService(service.sessions).actor("ann")
+    conv = service.new_conversation(ann_actor)
+    reply = service.send(ann_actor, conv.id, "Ann's question", __import__(
         "chatlm.engine.params", fromlist=["SamplingParams"]).SamplingParams(temperature=0, max_new_tokens=3))
     reply.run()
-    doc = service.library.load(actor=ann_id, conversation_id=conv.id, name="a.txt", text="Private. " * 40)
+    doc = service.library.load(actor=ann_actor, conversation_id=conv.id, name="a.txt", text="Private. " * 40)
     bob = FakeRequest(session_cookie(server, BOB))
     ui, panel = ChatUI(service, who), KnowledgePanel(service, who)
-    bob_conv = service.new_conversation(AccountService(service.sessions).actor("bob").user_id)
+    bob_conv = service.new_conversation(AccountService(service.sessions).actor("bob"))
     before = counts(server)
     REFUSED = (NotFoundError, PermissionDeniedError)
     with pytest.raises(REFUSED):
@@ -157,7 +157,7 @@ def test_handlers_refuse_other_users_ids_behind_gradios_own_checks(server) -> No
         ui.open(conv.id, FakeRequest(f"{SESSION_COOKIE}=forged"))
     assert counts(server) == before
     assert service.library.documents(bob_conv.id) == []
-    assert not service.conversation(ann_id, conv.id).exclude_from_training
+    assert not service.conversation(ann_actor, conv.id).exclude_from_training
 
 
 ADMIN_ENDPOINTS = {"/start_round", "/promote_adapter", "/rollback_adapter", "/compare", "/list_users", "/add_user",
@@ -203,7 +203,7 @@ def test_every_named_endpoint_as_another_user_and_as_a_guest(server) -> None:
     service.send(ann, conv.id, "Ann's private question", SamplingParams(temperature=0, max_new_tokens=3)).run()
     answer = service.history(ann, conv.id)[-1][0]
     service.rate(ann, answer.id, 1, comment="ann's comment")
-    doc = service.library.load(actor=ann.user_id, conversation_id=conv.id, name="ann.txt",
+    doc = service.library.load(actor=ann, conversation_id=conv.id, name="ann.txt",
                                text="Ann's private notes about the launch. " * 20)
     key = accounts.create_key(ann, "ann's key")
     args: dict[str, tuple[Any, ...]] = {

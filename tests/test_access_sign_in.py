@@ -83,19 +83,19 @@ def test_signing_in_keeps_what_the_browser_did_as_a_guest(server) -> None:
     finally:
         guest.close()
     accounts = AccountService(server.app.service.sessions)
-    guest_id = guest_of(server, token).user_id
+    guest_actor = guest_of(server, token)
     form = httpx.get(f"{server.url}/login", cookies={GUEST_COOKIE: token}, timeout=30)
     keep = re.search(r'name="keep" value="([^"]+)"', form.text).group(1)  # the page's proof of the guest
     response = httpx.post(f"{server.url}/login", data={"name": BOB[0], "password": BOB[1], "keep": keep},
                           cookies={GUEST_COOKIE: token}, follow_redirects=False, timeout=30)
     assert response.status_code == 303 and f'{GUEST_COOKIE}=""' in response.headers.get("set-cookie", "")
-    bob_id = accounts.actor("bob").user_id
-    assert [c.title for c in server.app.service.conversations(bob_id)] == ["Asked before signing in"]
-    assert server.app.service.conversations(guest_id) == []
+    bob_actor = accounts.actor("bob")
+    assert [c.title for c in server.app.service.conversations(bob_actor)] == ["Asked before signing in"]
+    assert server.app.service.conversations(guest_actor) == []
     with db.transaction(server.app.service.sessions) as s:
         from chatlm.store.models import User
 
-        assert s.get(User, guest_id) is None  # the guest identity is gone, its chat is bob's
+        assert s.get(User, guest_actor.user_id) is None  # the guest identity is gone, its chat is bob's
 
 
 def test_an_ended_session_is_sent_to_sign_in(start_server, tiny_backend) -> None:

@@ -153,7 +153,7 @@ def test_two_signed_in_people_see_only_their_own_chats_and_texts(browser, server
         accounts = AccountService(server.app.service.sessions)
         service = server.app.service
         for name, mine in (("ann", "Ann's"), ("bob", "Bob's")):
-            convs = service.conversations(accounts.actor(name).user_id)
+            convs = service.conversations(accounts.actor(name))
             assert [c.title[:5] for c in convs] == [mine[:5]]
 
 

@@ -31,7 +31,7 @@ class Caller:
         identity = server.app.identity
         value = identity.session_value(AccountService(server.app.service.sessions).actor(name))
         self.cookies, self.headers, self.session_hash = {SESSION_COOKIE: value}, {}, f"page-{name}"
-        self.user_id = AccountService(server.app.service.sessions).actor(name).user_id
+        self.actor = AccountService(server.app.service.sessions).actor(name)
 
 
 @pytest.fixture
@@ -56,9 +56,9 @@ def load(panel: Any, caller: Caller, name: str, text: str = TEXT) -> tuple[int, 
     return conv_id, status
 
 
-def sources_of_answer(service: Any, user_id: int, conv_id: int, question: str) -> list[str]:
-    service.send(user_id, conv_id, question, P, k=1).run()
-    answer = [m for m, _ in service.history(user_id, conv_id) if m.role == "assistant"][-1]
+def sources_of_answer(service: Any, actor: Any, conv_id: int, question: str) -> list[str]:
+    service.send(actor, conv_id, question, P, k=1).run()
+    answer = [m for m, _ in service.history(actor, conv_id) if m.role == "assistant"][-1]
     return [s["document"] for s in answer.sources or []]
 
 
@@ -73,20 +73,20 @@ def test_two_users_loading_the_same_text_each_get_their_own(server, panel) -> No
     assert "bob" not in ann_status.lower() and "does not exist" not in ann_status
     (bob_doc,), (ann_doc,) = service.library.documents(bob_conv), service.library.documents(ann_conv)
     assert bob_doc.id != ann_doc.id and bob_doc.sha256 == ann_doc.sha256
-    assert [d.id for d in service.library.user_documents(ann.user_id)] == [ann_doc.id]
-    assert [d.id for d in service.library.user_documents(bob.user_id)] == [bob_doc.id]
+    assert [d.id for d in service.library.user_documents(ann.actor)] == [ann_doc.id]
+    assert [d.id for d in service.library.user_documents(bob.actor)] == [bob_doc.id]
     # each asks about it and is answered from their own copy, named as they named it
-    assert set(sources_of_answer(service, ann.user_id, ann_conv, "Who is the pilot?")) == {"ann-copy.txt"}
-    assert set(sources_of_answer(service, bob.user_id, bob_conv, "Who is the pilot?")) == {"bob-launch-plan.txt"}
+    assert set(sources_of_answer(service, ann.actor, ann_conv, "Who is the pilot?")) == {"ann-copy.txt"}
+    assert set(sources_of_answer(service, bob.actor, bob_conv, "Who is the pilot?")) == {"bob-launch-plan.txt"}
     # the same user loading it again reuses their own row
     again_conv, again = load(panel, ann, "ann-again.txt")
     assert again.startswith("Loaded") and [d.id for d in service.library.documents(again_conv)] == [ann_doc.id]
     # bob's account (and his text) gone: ann's copy, chunks and answers are untouched
     AccountService(service.sessions).remove_user(None, BOB[0])
-    assert [d.id for d in service.library.user_documents(ann.user_id)] == [ann_doc.id]
+    assert [d.id for d in service.library.user_documents(ann.actor)] == [ann_doc.id]
     assert service.library.documents(ann_conv)[0].text == TEXT
     service.library = Library(service.sessions, embedder=StubEmbedder(), background=False)  # no cache
-    assert set(sources_of_answer(service, ann.user_id, ann_conv, "What is the budget?")) == {"ann-copy.txt"}
+    assert set(sources_of_answer(service, ann.actor, ann_conv, "What is the budget?")) == {"ann-copy.txt"}
 
 
 # ---- 2: a broken adapter or a NUL in its path is a 400 -------------------------------------------
@@ -164,7 +164,7 @@ def test_a_refused_call_logs_one_line_and_no_traceback(server, caplog, capfd) ->
 
     service = server.app.service
     ann = Caller(server, "ann")
-    ann_conv = service.new_conversation(ann.user_id)
+    ann_conv = service.new_conversation(ann.actor)
     bob_cookie = f"{SESSION_COOKIE}={Caller(server, 'bob').cookies[SESSION_COOKIE]}"
     bob = gradio_client.Client(server.url, verbose=False, headers={"Cookie": bob_cookie})
     anonymous = gradio_client.Client(server.url, verbose=False)

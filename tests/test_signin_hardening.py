@@ -312,12 +312,12 @@ def test_a_planted_guest_cookie_is_not_adopted_at_sign_in(server) -> None:
     for keep in ("", keep_of(other_page.text), "made-up"):
         response = post_login(server.url, *BOB, keep=keep, cookies={GUEST_COOKIE: planted})
         assert response.status_code == 303 and f'{GUEST_COOKIE}=""' in response.headers["set-cookie"]
-        assert server.app.service.conversations(bob.user_id) == []
-        assert [c.title for c in server.app.service.conversations(guest.user_id)] == ["Planted chat"]
+        assert server.app.service.conversations(bob) == []
+        assert [c.title for c in server.app.service.conversations(guest)] == ["Planted chat"]
 
     # a guest row older than a guest cookie lives is not adopted even through the page
     with db.transaction(server.app.service.sessions) as s:
         s.execute(update(User).where(User.id == guest.user_id).values(created_at=utcnow() - timedelta(days=400)))
     page = httpx.get(f"{server.url}/login", cookies={GUEST_COOKIE: planted}, timeout=30)
     post_login(server.url, *BOB, keep=keep_of(page.text), cookies={GUEST_COOKIE: planted})
-    assert server.app.service.conversations(bob.user_id) == []
+    assert server.app.service.conversations(bob) == []

@@ -141,7 +141,7 @@ def test_training_endpoints_from_ratings_to_a_promoted_adapter_and_back(start_se
     server = start_server(backend, data_dir=tmp_path / "data", model=str(tiny_dir), device="cpu")
     server.server.config.timeout_graceful_shutdown = 1
     service = server.app.service
-    seed_pairs(service.sessions, service.actor(), 12)
+    seed_pairs(service.sessions, service.actor().user_id, 12)
     client = gradio_client.Client(server.url, verbose=False)
     try:
         endpoints = client.view_api(return_format="dict", print_info=False)["named_endpoints"]

@@ -30,6 +30,7 @@ from chatlm.training import METHODS, data, eta, trainer
 from chatlm.training.admin import TrainingService
 from chatlm.training.options import RoundOptions
 from chatlm.ui.chat_defaults import new_chat_settings, sampling_params
+from chatlm.ui.outputs import Named
 from chatlm.ui.training_view import (
     BASE,
     asked_with,
@@ -47,9 +48,12 @@ POLL_S = 1.0
 """How often the tab reads the run row while a round is under way."""
 ADAPTER_COLUMNS = ["active", "name", "method", "parent", "created", "verdict", "judged on"]
 RUN_COLUMNS = ["run", "status", "method", "adapter", "started", "finished", "error"]
-VIEW = ("status", "loss", "runs", "timer", "start", "adapters", "shown", "evaluation", "target", "left",
-        "right", "active_line", "summary", "promote", "rollback", "judged")
-"""The components ``refresh`` fills, by name, in the order ``render`` lists them (its ``view``)."""
+VIEW = Named("status", "loss", "runs", "timer", "start", "adapters", "shown", "evaluation", "target", "left",
+             "right", "active_line", "summary", "promote", "rollback", "judged")
+"""The components ``refresh`` fills (the whole tab), by name."""
+PROMOTED = VIEW + Named("changed", "confirmed")
+"""Promote: the tab, what happened, and the adapter a second press confirms."""
+ROLLED_BACK = VIEW + Named("changed")
 
 
 ABOUT = (
@@ -67,14 +71,6 @@ METHOD_WORDS = {
     "dpo": "learn to prefer the better answer of each pair (DPO)",
     "kto": "learn to give answers like the liked ones and unlike the disliked ones (KTO)",
 }
-
-
-def filled(**named: Any) -> tuple[Any, ...]:
-    """The outputs of a handler that fills the tab (``VIEW``), by name; those not named stay as they are."""
-    unknown = set(named) - set(VIEW)
-    if unknown:
-        raise TypeError(f"not on the Training tab: {sorted(unknown)}")
-    return tuple(named.get(name, gr.update()) for name in VIEW)
 
 
 class TrainingTab:
@@ -125,6 +121,10 @@ class TrainingTab:
     def refresh(self, shown: str | None = None, request: gr.Request = None) -> tuple[Any, ...]:  # type: ignore[assignment]
         """Everything on the tab, as stored now: ``shown`` (else the newest adapter) is evaluated and
         offered on the right of the comparison, the active one on the left and under Serve."""
+        return VIEW(**self._drawn(shown, request))
+
+    def _drawn(self, shown: str | None, request: gr.Request | None) -> dict[str, Any]:
+        """``refresh``'s outputs by name."""
         actor = self.who.actor(request)
         runs = self.training.runs(actor)
         run = runs[0] if runs else None
@@ -137,7 +137,7 @@ class TrainingTab:
         choices = [BASE, *reversed(names)]
         serving = self.training.serving(actor)
         summary, ready = self.data_summary(actor, runs)
-        return filled(
+        return dict(
             status=describe_run(run), loss=loss_plot(run), runs=self.runs_frame(runs), timer=gr.Timer(active=running),
             start=gr.update(interactive=ready and not running), adapters=self.adapters_frame(adapters),
             shown=gr.update(choices=names, value=shown), evaluation=evaluation_frame(picked),
@@ -154,8 +154,8 @@ class TrainingTab:
         run = runs[0] if runs else None
         if run is None or run.status not in registry.RUNNING:
             return self.refresh(run.adapter_name if run and run.adapter_name else shown, request)
-        return filled(status=describe_run(run), loss=loss_plot(run), runs=self.runs_frame(runs),
-                      timer=gr.Timer(active=True), start=gr.update(interactive=False))
+        return VIEW(status=describe_run(run), loss=loss_plot(run), runs=self.runs_frame(runs),
+                    timer=gr.Timer(active=True), start=gr.update(interactive=False))
 
     def start(self, method: str, epochs: float | None, max_steps: float | None, lr: float | None,
               from_active: bool, squad: str | None, guests: bool, request: gr.Request) -> tuple[str, Any]:
@@ -197,11 +197,10 @@ class TrainingTab:
         except ChatLMError as exc:
             gr.Warning(exc.message)
             message = f"Not promoted: {html.escape(exc.message, quote=False)}"
-        drawn = self.refresh(shown, request)
+        drawn = self._drawn(shown, request)
         if pending is not None:  # the Serve box keeps the adapter the second press confirms
-            drawn = tuple(gr.update(value=pending) if name == "target" else out
-                          for name, out in zip(VIEW, drawn, strict=True))
-        return (*drawn, message, pending)
+            drawn["target"] = gr.update(value=pending)
+        return PROMOTED(**drawn, changed=message, confirmed=pending)
 
     def rollback(self, shown: str | None, request: gr.Request) -> tuple[Any, ...]:
         try:
@@ -212,7 +211,7 @@ class TrainingTab:
         except ChatLMError as exc:
             gr.Warning(exc.message)
             message = f"Not rolled back: {exc.message}"
-        return (*self.refresh(shown, request), message)
+        return ROLLED_BACK(**self._drawn(shown, request), changed=message)
 
     def asking(self, actor: Actor) -> tuple[str, SamplingParams]:
         """What Compare asks with: the system prompt and settings a new chat of this admin starts
@@ -321,18 +320,20 @@ class TrainingTab:
             right_out = gr.Textbox(label="Right answer", lines=6, interactive=False, elem_id="tr-right-answer")
 
         timer = gr.Timer(POLL_S, active=False)
-        view = [status, loss, runs, timer, start_btn, adapters, shown, evaluation, target, left, right,
-                active_line, summary, promote_btn, rollback_btn, judged]
-        assert len(view) == len(VIEW), "VIEW names these components, in this order"
+        confirmed = gr.State(None)
+        named = dict(status=status, loss=loss, runs=runs, timer=timer, start=start_btn, adapters=adapters,
+                     shown=shown, evaluation=evaluation, target=target, left=left, right=right,
+                     active_line=active_line, summary=summary, promote=promote_btn, rollback=rollback_btn,
+                     judged=judged, changed=changed, confirmed=confirmed)
+        view = VIEW.of(named)
         tab.select(self.refresh, [shown], view, api_visibility="private")
         timer.tick(self.poll, [shown], view, api_visibility="private", show_progress="hidden")
         shown.input(self.refresh, [shown], view, api_visibility="private")
         start_btn.click(self.start, [method, epochs, max_steps, lr, from_active, squad, guests], [started, timer],
                         api_name="start_round").then(self.refresh, [shown], view, api_visibility="private")
-        confirmed = gr.State(None)
-        promoted = promote_btn.click(self.promote, [target, shown, confirmed], [*view, changed, confirmed],
+        promoted = promote_btn.click(self.promote, [target, shown, confirmed], PROMOTED.of(named),
                                      api_name="promote_adapter")
-        rolled_back = rollback_btn.click(self.rollback, [shown], [*view, changed], api_name="rollback_adapter")
+        rolled_back = rollback_btn.click(self.rollback, [shown], ROLLED_BACK.of(named), api_name="rollback_adapter")
         self.promotions = (promoted, rolled_back)  # the chat's model picker follows them (ChatUI.models)
         compare_btn.click(self.compare_heading, [question, left, right], [asked, left_out, right_out],
                           api_visibility="private", show_progress="hidden").then(
