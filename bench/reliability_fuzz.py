@@ -25,11 +25,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import fuzz_corpus as fz  # noqa: E402  (bench/, this script's folder)
 import hypothesis  # noqa: E402
 from hypothesis import HealthCheck, Phase, given  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
-
-from tests import fuzz_corpus as fz  # noqa: E402
 
 OUT = ROOT / "bench" / "out" / "reliability_fuzz.json"
 BATCH = 500

@@ -17,8 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given
 from hypothesis import strategies as st
 
-from chatlm.errors import InputError
-from tests.fuzz_corpus import (
+from bench.fuzz_corpus import (
     ACCEPTED,
     TEXT_TYPES,
     any_text,
@@ -39,6 +38,7 @@ from tests.fuzz_corpus import (
     request_body,
     valid_request,
 )
+from chatlm.errors import InputError
 
 
 class FakeEmbedder:
