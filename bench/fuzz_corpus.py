@@ -19,7 +19,7 @@ from typing import Any
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from chatlm.api.openai import ChatCompletionRequest
+from chatlm.api.bodies import ChatCompletionRequest
 from chatlm.engine.params import SamplingParams
 from chatlm.errors import InputError
 from chatlm.knowledge.encodings import decode_text
