@@ -75,7 +75,7 @@ def build(settings: Settings, backend: Any = None, *, url: str | None = None, lo
     from chatlm.feedback.reports import FeedbackService
     from chatlm.identity.accounts import AccountService
     from chatlm.identity.requests import Identity
-    from chatlm.training.admin import TrainingService
+    from chatlm.training.manage import TrainingService
 
     engine, sessions = open_database(url or settings.db_url)
     if backend is None and load_model:

@@ -290,7 +290,7 @@ def test_only_an_admin_may_use_the_training_service(settings, tiny_backend) -> N
     before anything is read, started or changed (the tab is only hidden; this is the check)."""
     from chatlm.errors import PermissionDeniedError
     from chatlm.identity.accounts import Actor
-    from chatlm.training.admin import TrainingService
+    from chatlm.training.manage import TrainingService
 
     service = make_service(settings, tiny_backend)
     uid = service.actor().user_id

@@ -22,7 +22,7 @@ def parts(service: ChatService) -> dict[str, Any]:
     from chatlm.feedback.reports import FeedbackService
     from chatlm.identity.accounts import AccountService
     from chatlm.identity.requests import Identity
-    from chatlm.training.admin import TrainingService
+    from chatlm.training.manage import TrainingService
 
     return {"who": Who(Identity(service.settings, AccountService(service.sessions))),
             "training": TrainingService(service), "feedback": FeedbackService(service.sessions)}

@@ -3,7 +3,7 @@ following the registry's promotions and rollbacks without a restart.
 
 Split from the chat turns (``chatlm.chat.turns``): a turn asks ``choose`` which adapter a model choice
 means, and nothing else here. The Training tab promotes and rolls back through it
-(``chatlm.training.admin``), the OpenAI-compatible API loads adapters through it.
+(``chatlm.training.manage``), the OpenAI-compatible API loads adapters through it.
 """
 
 from __future__ import annotations

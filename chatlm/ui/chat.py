@@ -336,8 +336,8 @@ class ChatUI(ChatList):
             gr.Warning(exc.message)
         return ids[index]
 
-    def page(self, conv_id: int | None, ids: list[int], index: int, step: int,
-             request: gr.Request | None = None) -> tuple[Any, ...]:
+    def switch_alternative(self, conv_id: int | None, ids: list[int], index: int, step: int,
+                           request: gr.Request | None = None) -> tuple[Any, ...]:
         """Show the previous or next alternative of the message at ``index`` of those shown (an
         index this page did not show changes nothing); the turns after it follow."""
         actor = self._actor(request)
@@ -352,7 +352,7 @@ class ChatUI(ChatList):
         hit = branches.clicked(event)
         if hit is None:
             return gr.update(), ids
-        return self.page(conv_id, ids, *hit, request)
+        return self.switch_alternative(conv_id, ids, *hit, request)
 
     def marks(self, conv_id: int | None, ids: list[int], selected: int | None,
               request: gr.Request) -> dict[str, Any]:

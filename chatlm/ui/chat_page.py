@@ -12,7 +12,7 @@ from chatlm.adapters.serving import DEFAULT_MODEL
 from chatlm.chat.turns import ChatService
 from chatlm.feedback.reports import FeedbackService
 from chatlm.identity.requests import Who
-from chatlm.training.admin import TrainingService
+from chatlm.training.manage import TrainingService
 from chatlm.ui import branches, refusals, sidebar
 from chatlm.ui.chat import WATCH_S, ChatUI
 from chatlm.ui.chat_defaults import DEFAULT_MAX_NEW, DEFAULT_TEMPERATURE, DEFAULT_TOP_P, defaults

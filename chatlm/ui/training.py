@@ -27,7 +27,7 @@ from chatlm.identity.requests import Who
 from chatlm.store import registry
 from chatlm.store.models import AdapterVersion, TrainingRun
 from chatlm.training import METHODS, data, eta, trainer
-from chatlm.training.admin import TrainingService
+from chatlm.training.manage import TrainingService
 from chatlm.training.options import RoundOptions
 from chatlm.ui.chat_defaults import new_chat_settings, sampling_params
 from chatlm.ui.outputs import Named
