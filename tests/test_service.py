@@ -73,6 +73,35 @@ def test_retry_makes_a_sibling_and_shows_it(service) -> None:
     assert second.parent_id == first.parent_id == history[0][0].id
 
 
+def test_retry_and_continue_at_the_end_of_a_chat(service) -> None:
+    """What the Retry and Continue buttons do, decided by the service: an empty chat has nothing to
+    retry or continue, a question left unanswered is asked again, an answer gets an alternative."""
+    from chatlm.store import repo
+    from chatlm.store.db import transaction
+
+    me = service.actor()
+    conv = service.new_conversation(me)
+    with pytest.raises(InputError, match="no answer to retry"):
+        service.retry_last(me, conv.id, SHORT)
+    with pytest.raises(InputError, match="no answer to continue"):
+        service.continue_last(me, conv.id, SHORT)
+    with transaction(service.sessions) as s:  # a question the server was too busy to answer
+        asked = repo.add_message(s, conversation_id=conv.id, role="user", content="tell me a story")
+        repo.get_conversation(s, conversation_id=conv.id, user_id=me.user_id).active_leaf_id = asked.id
+    with pytest.raises(InputError, match="no answer to continue"):
+        service.continue_last(me, conv.id, SHORT)
+    service.retry_last(me, conv.id, SHORT).run()  # asked again (a new branch from the same point), answered
+    (question, _), (cut, _) = service.history(me, conv.id)
+    assert (question.content, cut.role, cut.parent_id) == ("tell me a story", "assistant", question.id)
+    assert question.id != asked.id and question.parent_id == asked.parent_id
+    assert cut.generation_params["finish_reason"] == "length"
+    service.continue_last(me, conv.id, SHORT).run()  # the cut answer written on, as an alternative
+    longer = service.history(me, conv.id)[-1][0]
+    assert longer.content.startswith(cut.content) and service.siblings(me, longer.id) == (2, 2)
+    service.retry_last(me, conv.id, SHORT).run()  # and one more answer to the same question
+    assert service.siblings(me, service.history(me, conv.id)[-1][0].id) == (3, 3)
+
+
 def test_empty_and_oversized_messages_store_nothing(service) -> None:
     me = service.actor()
     conv = service.new_conversation(me)

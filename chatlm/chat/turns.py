@@ -189,6 +189,30 @@ class ChatService(Conversations):
         reply.prompt_messages, reply.prefix = prompt, partial  # trained on as one whole answer
         return reply
 
+    def retry_last(self, actor: Actor, conversation_id: int, params: SamplingParams, *,
+                   adapter: str | None = None) -> Reply:
+        """Retry at the end of the conversation's shown branch: another answer to the last question,
+        or, for a question left unanswered (the server was busy), that question asked again as a
+        new branch from the same point."""
+        last = self._last_turn(actor, conversation_id, "There is no answer to retry.")
+        if last.role == "user":
+            return self.edit(actor, last.id, last.content, params, adapter=adapter)
+        return self.retry(actor, last.id, params, adapter=adapter)
+
+    def continue_last(self, actor: Actor, conversation_id: int, params: SamplingParams, *,
+                      adapter: str | None = None) -> Reply:
+        """Continue at the end of the shown branch: its last answer (cut or stopped) written on."""
+        last = self._last_turn(actor, conversation_id, "There is no answer to continue.")
+        if last.role != "assistant":
+            raise InputError("There is no answer to continue.")
+        return self.continue_answer(actor, last.id, params, adapter=adapter)
+
+    def _last_turn(self, actor: Actor, conversation_id: int, none: str) -> Message:
+        path = [m for m, _ in self.history(actor, conversation_id) if m.role in ("user", "assistant")]
+        if not path:
+            raise InputError(none)
+        return path[-1]
+
     def siblings(self, actor: Actor, message_id: int) -> tuple[int, int]:
         """(position from 1, count) of a message among the alternatives of its turn."""
         _, pos, count = self.alternatives(actor, [message_id])[0]

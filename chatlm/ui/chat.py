@@ -90,7 +90,7 @@ class ChatUI(ChatList):
         self.answers.show(request.session_hash if request else None, conv_id)
         return Turn(conv_id, pump)
 
-    def _again(self, conv_id: int | None, start: Callable[[int], Reply],
+    def _again(self, conv_id: int | None, start: Callable[[Actor], Reply],
                request: gr.Request | None) -> Turn:
         """Retry or edit: a new answer in the shown conversation (one at a time)."""
         if conv_id is None:
@@ -108,35 +108,14 @@ class ChatUI(ChatList):
         return Turn(conv_id, pump)
 
     def _retry_reply(self, conv_id: int | None, temperature: float, top_p: float,
-                     max_new: int, model: str | None) -> Callable[[int], Reply]:
-        """Another answer to the last question; a question left unanswered (the server was busy)
-        is asked again as a new branch from the same point."""
+                     max_new: int, model: str | None) -> Callable[[Actor], Reply]:
         params = sampling_params(settings_of(temperature, top_p, max_new))
-
-        def start(actor: Actor) -> Reply:
-            path = [m for m, _ in self.service.history(actor, conv_id or 0)
-                    if m.role in ("user", "assistant")]
-            if not path:
-                raise ChatLMError("There is no answer to retry.")
-            last = path[-1]
-            if last.role == "user":
-                return self.service.edit(actor, last.id, last.content, params, adapter=model)
-            return self.service.retry(actor, last.id, params, adapter=model)
-
-        return start
+        return lambda actor: self.service.retry_last(actor, conv_id or 0, params, adapter=model)
 
     def _continue_reply(self, conv_id: int | None, temperature: float, top_p: float,
-                        max_new: int, model: str | None) -> Callable[[int], Reply]:
-        """Go on writing the last answer (cut at the token limit, or stopped)."""
+                        max_new: int, model: str | None) -> Callable[[Actor], Reply]:
         params = sampling_params(settings_of(temperature, top_p, max_new))
-
-        def start(actor: Actor) -> Reply:
-            path = [m for m, _ in self.service.history(actor, conv_id or 0) if m.role in ("user", "assistant")]
-            if not path or path[-1].role != "assistant":
-                raise ChatLMError("There is no answer to continue.")
-            return self.service.continue_answer(actor, path[-1].id, params, adapter=model)
-
-        return start
+        return lambda actor: self.service.continue_last(actor, conv_id or 0, params, adapter=model)
 
     def _started(self, turn: Turn, box: Any, request: gr.Request | None) -> dict[str, Any]:
         """The stored state right after sending (``API``, by name): the message (or why not) and
@@ -255,7 +234,7 @@ class ChatUI(ChatList):
         async for out in self._again_streamed(conv_id, start, request):
             yield out
 
-    async def _again_streamed(self, conv_id: int | None, start: Callable[[int], Reply],
+    async def _again_streamed(self, conv_id: int | None, start: Callable[[Actor], Reply],
                               request: gr.Request) -> AsyncIterator[Outputs]:
         turn = await anyio.to_thread.run_sync(self._again, conv_id, start, request)
         async for out in self._stream(turn, gr.update(), request):
