@@ -7,11 +7,11 @@ import inside a function is how a circle hides. From the bottom up:
     base       config, errors, the torch thread policy and the pure rules (prompts, limits, transcript),
                importing only each other
     core       engine | knowledge | store, none of them importing another
-    services   accounts, identity, conversations, library, service, reply, adapters, feedback, training,
-               evaluation: they tie the core together and take what they are given
+    services   identity, chat (but its pure rules), feedback, training, evaluation, adapters: they tie
+               the core together and take what they are given
     compose    the composition root (settings -> database -> backend -> services)
     front      ui | api, neither importing the other
-    entry      the entry points (server, CLIs, the training worker, the QA harness's command line):
+    entry      the entry points (server, ``chatlm.cli``, the training worker, ``adapters.ship``):
                the only modules that import ``compose``, imported by no module but another entry point
 
 A module imports only modules of its own layer or lower ones, and in ``core`` and ``front`` only its own
