@@ -361,6 +361,7 @@ class ChatService(Conversations):
         with transaction(self.sessions) as s:
             return repo.mark_interrupted(s)
 
+
 def can_continue(answer: Message) -> bool:
     """An answer cut at the token limit or stopped (a quoted, extractive one is whole as it is)."""
     params = answer.generation_params or {}

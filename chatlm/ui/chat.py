@@ -107,41 +107,39 @@ class ChatUI(ChatList):
         self.answers.show(request.session_hash if request else None, conv_id)
         return Turn(conv_id, pump)
 
-    def _retry_reply(self, conv_id: int | None, temperature: float, top_p: float,
-                     max_new: int, model: str | None) -> Callable[[Actor], Reply]:
+    @staticmethod
+    def _at_end(last: Callable[..., Reply], conv_id: int | None, temperature: float, top_p: float,
+                max_new: int, model: str | None) -> Callable[[Actor], Reply]:
+        """Retry or Continue at the chat's end (``last``: ``retry_last`` or ``continue_last``),
+        with the page's settings."""
         params = sampling_params(settings_of(temperature, top_p, max_new))
-        return lambda actor: self.service.retry_last(actor, conv_id or 0, params, adapter=model)
+        return lambda actor: last(actor, conv_id or 0, params, adapter=model)
 
-    def _continue_reply(self, conv_id: int | None, temperature: float, top_p: float,
-                        max_new: int, model: str | None) -> Callable[[Actor], Reply]:
-        params = sampling_params(settings_of(temperature, top_p, max_new))
-        return lambda actor: self.service.continue_last(actor, conv_id or 0, params, adapter=model)
-
-    def _started(self, turn: Turn, box: Any, request: gr.Request | None) -> dict[str, Any]:
+    def _started(self, turn: Turn, box: Any, request: gr.Request | None) -> tuple[dict[str, Any], bool]:
         """The stored state right after sending (``API``, by name): the message (or why not) and
-        its place."""
+        its place; and whether the chat had an answer before this start."""
         if turn.notice:
             gr.Warning(turn.notice)
         actor = self._actor(request)
         messages, ids, feedback = self._view(actor, turn.conv_id)
+        had_answer = answered(messages)
         if turn.pump is not None:
             messages, ids, feedback = self._question(turn.pump, messages, ids, feedback)
             messages.append({"role": "assistant", "content": ""})
         notice = self.answers.progress(turn.pump) if turn.pump is not None else turn.notice
         return dict(chat=drawn(messages, feedback), ids=ids, conv_id=turn.conv_id,
-                    list=self._sidebar(actor, turn.conv_id, request), notice=notice, box=box)
+                    list=self._sidebar(actor, turn.conv_id, request), notice=notice, box=box), had_answer
 
     def _begun(self, turn: Turn, box: Any, request: gr.Request | None) -> Outputs:
-        """The browser's outputs of a start: as ``_started``, and Send turns into Stop."""
-        if turn.pump is not None:
-            return STARTED(**self._started(turn, box, request), **ANSWERING)
-        shown = self._view(self._actor(request), turn.conv_id)[0]  # a refused message: nothing runs
-        return STARTED(**self._started(turn, box, request), **idle(answered(shown)))
+        """The browser's outputs of a start: as ``_started``, and Send turns into Stop (a refused
+        message: nothing runs, and Retry is offered if the chat has an answer)."""
+        started, had_answer = self._started(turn, box, request)
+        return STARTED(**started, **(ANSWERING if turn.pump is not None else idle(had_answer)))
 
     async def _stream(self, turn: Turn, box: Any, request: gr.Request | None
                       ) -> AsyncIterator[Outputs]:
         """An endpoint's outputs: the start, then the answer until it is stored."""
-        yield API(**await anyio.to_thread.run_sync(self._started, turn, box, request))
+        yield API(**(await anyio.to_thread.run_sync(self._started, turn, box, request))[0])
         async for out in self._follow(turn.conv_id, turn.pump, request):
             if out is not None:  # a script that opened another chat still gets this answer
                 yield API(**out, conv_id=turn.conv_id)
@@ -211,26 +209,28 @@ class ChatUI(ChatList):
     def retry_start(self, conv_id: int | None, temperature: float, top_p: float, max_new: int,
                     model: str | None, request: gr.Request) -> Outputs:
         """Retry: start another answer to the last question (followed by ``follow``)."""
-        turn = self._again(conv_id, self._retry_reply(conv_id, temperature, top_p, max_new, model), request)
+        start = self._at_end(self.service.retry_last, conv_id, temperature, top_p, max_new, model)
+        turn = self._again(conv_id, start, request)
         return self._begun(turn, gr.update(), request)
 
     async def retry(self, conv_id: int | None, temperature: float, top_p: float, max_new: int,
                     model: str | None, request: gr.Request) -> AsyncIterator[Outputs]:
         """The ``/retry`` endpoint: a new answer to the last question, streamed."""
-        start = self._retry_reply(conv_id, temperature, top_p, max_new, model)
+        start = self._at_end(self.service.retry_last, conv_id, temperature, top_p, max_new, model)
         async for out in self._again_streamed(conv_id, start, request):  # a generator, so Gradio streams it
             yield out
 
     def continue_start(self, conv_id: int | None, temperature: float, top_p: float, max_new: int,
                        model: str | None, request: gr.Request) -> Outputs:
         """Continue: go on writing the last answer, as a new alternative (followed by ``follow``)."""
-        turn = self._again(conv_id, self._continue_reply(conv_id, temperature, top_p, max_new, model), request)
+        start = self._at_end(self.service.continue_last, conv_id, temperature, top_p, max_new, model)
+        turn = self._again(conv_id, start, request)
         return self._begun(turn, gr.update(), request)
 
     async def continue_answer(self, conv_id: int | None, temperature: float, top_p: float, max_new: int,
                               model: str | None, request: gr.Request) -> AsyncIterator[Outputs]:
         """The ``/continue`` endpoint: the last answer, cut or stopped, written on, streamed."""
-        start = self._continue_reply(conv_id, temperature, top_p, max_new, model)
+        start = self._at_end(self.service.continue_last, conv_id, temperature, top_p, max_new, model)
         async for out in self._again_streamed(conv_id, start, request):
             yield out
 
