@@ -44,10 +44,11 @@ class Row:
     """A copied answer's unconstrained first-step log-probabilities (for ``span_logprob``)."""
 
 
-def new_cache(model: Any) -> Any:
+def new_cache(config: Any) -> Any:
+    """An empty KV cache for a model of this config (an adapter leaves the config as it is)."""
     from transformers import DynamicCache
 
-    return DynamicCache(config=model.config)
+    return DynamicCache(config=config)
 
 
 def constrain(logits: torch.Tensor, rows: list[Row]) -> torch.Tensor:

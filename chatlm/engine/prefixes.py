@@ -24,8 +24,10 @@ Forward = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, Any, list[str | No
 class PrefixCache:
     """Cached prompt prefixes by (adapter, tokens), used only on the scheduler's thread."""
 
-    def __init__(self, model: Any, device: torch.device, *, enabled: bool = True) -> None:
-        self.model = model
+    def __init__(self, config: Any, device: torch.device, *, enabled: bool = True) -> None:
+        self.config = config
+        """The model's config, which shapes a cache (the model itself changes when an adapter is
+        attached; the forward pass comes with each ``shared`` call)."""
         self.device = device
         self.enabled = enabled
         """Keep and reuse shared prompt prefixes (off: every prompt is prefilled whole; benchmarks)."""
@@ -68,7 +70,7 @@ class PrefixCache:
             # what the last two turns added, not its whole history again
             tokens = tuple(prompts[0][:common])
             start = len(best) if best is not None else 0
-            cache = new_cache(self.model)
+            cache = new_cache(self.config)
             if best is not None:
                 for layer, (keys, values) in enumerate(self._prefixes[(adapter, best)]):
                     cache.update(keys, values, layer)

@@ -69,7 +69,7 @@ class Scheduler:
         prefix may run the model), still counted against the batch, so that ``submit`` does not
         take more than the batch and the queue hold (it took 11 for 8 while a prefix was made)."""
         self.device = next(model.parameters()).device
-        self.prefixes = PrefixCache(model, self.device, enabled=prefix_cache)
+        self.prefixes = PrefixCache(model.config, self.device, enabled=prefix_cache)
         self._pending: deque[tuple[Generation, list[int]]] = deque()
         self._copies: dict[int, CopyConstraint] = {}
         """Copy constraints of queued requests, by generation id, until they are admitted."""
@@ -226,7 +226,7 @@ class Scheduler:
 
     def _start_fill(self, admit: list[tuple[Generation, list[int]]]) -> Fill:
         prefix = self.prefixes.shared(admit, self._forward)
-        cache = new_cache(self.model)
+        cache = new_cache(self.model.config)
         offset = 0
         if prefix is not None:
             offset = prefix[0][0].shape[2]
