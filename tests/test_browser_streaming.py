@@ -96,13 +96,18 @@ def test_a_message_typed_while_the_answer_waits_stays_in_the_box_until_it_can_go
         ("user", "Second", "complete"), ("assistant", "Fine, thanks.", "complete")]
 
 
-def test_a_new_chat_while_an_answer_streams_neither_moves_the_view_nor_misfiles(spage, scripted):
-    server, _ = scripted
+def new_chat_while_the_story_streams(spage, server) -> None:
+    """Ask for the long story, and open a new chat once it is streaming."""
     open_app(spage, server)
     start_sending(spage, "Tell me a long story.")
     wait_for(lambda: len(last_bot(spage)) > 20, "the story to stream")
     spage.click("#new-chat")
     wait_for(lambda: not user_texts(spage) and not bot_texts(spage), "an empty new chat")
+
+
+def test_a_new_chat_while_an_answer_streams_neither_moves_the_view_nor_misfiles(spage, scripted):
+    server, _ = scripted
+    new_chat_while_the_story_streams(spage, server)
     wait_for(lambda: visible(spage, "#send"), "Send to be back in the new chat")
     [running] = answers(server)
     grown = len(running.content)
@@ -129,11 +134,7 @@ def test_a_new_chat_while_an_answer_streams_neither_moves_the_view_nor_misfiles(
 
 def test_back_in_a_chat_whose_answer_streams_it_is_drawn_and_can_be_stopped(spage, scripted):
     server, _ = scripted
-    open_app(spage, server)
-    start_sending(spage, "Tell me a long story.")
-    wait_for(lambda: len(last_bot(spage)) > 20, "the story to stream")
-    spage.click("#new-chat")
-    wait_for(lambda: not bot_texts(spage), "an empty new chat")
+    new_chat_while_the_story_streams(spage, server)
     open_chat(spage, "Tell me a long story.")
     wait_for(lambda: user_texts(spage) == ["Tell me a long story."], "the story's chat again")
     now = len(last_bot(spage))
