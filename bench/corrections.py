@@ -67,15 +67,23 @@ CORRECTED = [  # (question, the better answer the user writes)
     ("What do I call my sourdough starter?", "Clint Yeastwood."),
     ("Which plant needs water every day?", "The basil on the kitchen windowsill."),
 ]
-OTHERS = [
-    "What is the capital of France?", "How many days are in a leap year?", "What colour is the sky on a clear day?",
-    "Name a fruit that is yellow.", "What is two plus three?", "What do bees make?",
-    "What is the opposite of hot?", "How many legs does a spider have?", "What is frozen water called?",
-    "Which planet do we live on?", "What do you use to write on a blackboard?", "What animal says moo?",
-    "How many hours are in a day?", "What is the largest ocean?", "What language is spoken in Spain?",
-    "What do plants need to grow?", "What is the first letter of the alphabet?", "What shape has three sides?",
-    "What is the boiling point of water in Celsius?", "What do you call a baby dog?",
+OTHERS = [  # (question, words one of which a right answer says)
+    ("What is the capital of France?", ("paris",)), ("How many days are in a leap year?", ("366",)),
+    ("What colour is the sky on a clear day?", ("blue",)), ("Name a fruit that is yellow.", ("banana", "lemon")),
+    ("What is two plus three?", ("5", "five")), ("What do bees make?", ("honey",)),
+    ("What is the opposite of hot?", ("cold",)), ("How many legs does a spider have?", ("8", "eight")),
+    ("What is frozen water called?", ("ice",)), ("Which planet do we live on?", ("earth",)),
+    ("What do you use to write on a blackboard?", ("chalk",)), ("What animal says moo?", ("cow",)),
+    ("How many hours are in a day?", ("24", "twenty-four")), ("What is the largest ocean?", ("pacific",)),
+    ("What language is spoken in Spain?", ("spanish",)),
+    ("What do plants need to grow?", ("water", "sunlight", "light")),
+    ("What is the first letter of the alphabet?", ()), ("What shape has three sides?", ("triangle",)),
+    ("What is the boiling point of water in Celsius?", ("100",)), ("What do you call a baby dog?", ("puppy",)),
 ]
+"""Everyday questions nobody rates. Judged two ways: the answer word for word as before the round,
+and right as before (one of the words, as a word; a keyword check written with the questions, before
+any round was run; the alphabet's "a" is in every answer, so that question is not judged right or
+wrong)."""
 CHAT_TOKENS = 48
 
 
@@ -103,7 +111,8 @@ def _round(settings: Any, services: Any, method: str, epochs: float | None = Non
     with db.transaction(services.sessions) as s:
         planned = data.build_round(s, method)
     started = time.perf_counter()
-    run_id = rounds.start_round(settings, RoundOptions(method, epochs=epochs, lr=lr), sessions=services.sessions)
+    options = RoundOptions(method, epochs=epochs, lr=lr)
+    run_id = rounds.start_round(settings, options, sessions=services.sessions)
     out = follow_round(settings, services.sessions, run_id, started)
     out["round_data"] = planned.summary()
     services.chat.adapters.promote(out["adapter"])  # what a user does next: Promote
@@ -163,6 +172,7 @@ def knowledge(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
 
 def chat(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
     from chatlm.engine.params import SamplingParams
+    from chatlm.evaluation.everyday import says
     from chatlm.evaluation.heldout import same_answer
 
     params = SamplingParams(temperature=0.0, max_new_tokens=CHAT_TOKENS)
@@ -181,16 +191,19 @@ def chat(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
         for question, better in CORRECTED:
             message_id, _ = ask(question)
             service.rate(me, message_id, -1, better_answer=better)
-        before = {q: ask(q)[1] for q in OTHERS}
+        before = {q: ask(q)[1] for q, _ in OTHERS}
         out["round"] = _round(settings, services, args.method, args.epochs, args.lr)
         learnt = [(q, better, ask(q)[1]) for q, better in CORRECTED]
         out["corrections"] = {"learnt": sum(same_answer(said, better) for _, better, said in learnt),
                               "misses": [{"question": q, "wanted": b, "said": s} for q, b, s in learnt
                                          if not same_answer(s, b)][:8]}
-        after = {q: ask(q)[1] for q in OTHERS}
-        out["others_unchanged"] = sum(before[q].strip() == after[q].strip() for q in OTHERS)
+        after = {q: ask(q)[1] for q, _ in OTHERS}
+        out["others_unchanged"] = sum(before[q].strip() == after[q].strip() for q, _ in OTHERS)
+        judged = [(q, words) for q, words in OTHERS if words]
+        out["others_right"] = {"judged": len(judged), "before": sum(says(before[q], w) for q, w in judged),
+                               "after": sum(says(after[q], w) for q, w in judged)}
         out["others_changed"] = [{"question": q, "before": before[q], "after": after[q]}
-                                 for q in OTHERS if before[q].strip() != after[q].strip()][:6]
+                                 for q, _ in OTHERS if before[q].strip() != after[q].strip()][:6]
     finally:
         services.close()
     return out
@@ -215,7 +228,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="chatlm-bench-corrections-") as tmp:
         data_dir = scratch_data_dir(Path(tmp))
         result = (knowledge if args.part == "knowledge" else chat)(args, data_dir)
-    result = {"part": args.part, "method": args.method, "epochs_asked": args.epochs, "lr_asked": args.lr, **result,
+    result = {"part": args.part, "method": args.method, "epochs_asked": args.epochs, "lr_asked": args.lr,
+              **result,
               "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                           "cuda": torch.cuda.is_available(), "load_avg_end": os.getloadavg()},
               "wall_s": round(time.perf_counter() - started, 1)}

@@ -139,3 +139,16 @@ def test_old_free_form_knowledge_ratings_train_as_sft_on_one_passage(settings) -
     assert longest < len(grounded_question("Who founded mill 0?", [(1, "t", filler)] * 3)) / 2
     assert {t for _, t in round_data.corrections} <= {f"Ada Marsh{i}" for i in range(12)}
     assert round_data.corrections and not round_data.liked
+
+
+def test_everyday_questions_are_judged_by_a_word_and_asked_with_the_users_system_prompt() -> None:
+    """A chat round's everyday questions count an answer right when it says one of the right words
+    as a word; they are asked as the user's chats were (their system prompt)."""
+    from chatlm.evaluation.everyday import QUESTIONS, says, system_of
+
+    assert says("The capital of Italy is Rome.", ("rome",)) and not says("Romeo and Juliet.", ("rome",))
+    assert says("There are 7 days.", ("7", "seven")) and not says("About 17 of them.", ("7", "seven"))
+    assert len(QUESTIONS) >= 12 and all(words for _, words in QUESTIONS)
+    system = {"role": "system", "content": "Be brief."}
+    assert system_of([[{"role": "user", "content": "hi"}], [system, {"role": "user", "content": "x"}]]) == [system]
+    assert system_of([[{"role": "user", "content": "hi"}]]) == []

@@ -345,3 +345,35 @@ def test_a_short_rounds_loss_plot_names_its_steps_in_step_order() -> None:
     assert "sort" not in short and short["visible"]
     assert list(plot(list(range(1, 12)))["value"]["step"]) == list(range(1, 12))  # a long round: numbers
     assert plot([])["visible"] is False
+
+
+# ---- a round on a user's chat corrections --------------------------------------------------------
+@pytest.mark.slow
+def test_a_chat_corrections_round_learns_every_correction_and_is_judged_on_everyday_questions(
+        tiny_settings) -> None:
+    """SFT on written corrections of chat answers trains on every one of them (none is held out) at
+    the corrections' learning rate, and its verdict says how many everyday questions the model
+    answered right before and after (nothing else was held out)."""
+    from chatlm.training import trainer
+    from tests.seeding import add_turn
+
+    sessions = sessions_for(tiny_settings)
+    with db.transaction(sessions) as s:
+        uid = repo.get_or_create_user(s).id
+    system = {"role": "system", "content": "You are a helpful assistant."}
+    for i in range(6):
+        question = f"What is the name of my pet number {i}?"
+        add_turn(sessions, uid, question, [(f"I do not know pet {i}.", -1, f"Pet {i} is called Biscuit {i}.")],
+                 prompt=[system, {"role": "user", "content": question}])
+    with db.transaction(sessions) as s:
+        run_id = registry.start_run(s, method="auto", params={"max_steps": 2}).id
+    assert worker.run_round(tiny_settings, run_id) == 0
+    with db.transaction(sessions) as s:
+        adapter = registry.get_adapter(s, name=registry.get_run(s, run_id=run_id).adapter_name)
+        hp, metrics = adapter.hyperparams, adapter.metrics
+    assert adapter.method == "sft" and hp["learning_rate"] == trainer.CORRECTIONS_LR
+    assert hp["train_records"] == 6 and metrics["learnt"]["corrections"] == 6  # none held out
+    before, after = metrics["baseline"]["everyday_right"], metrics["adapter"]["everyday_right"]
+    assert 0 <= before <= 1 and 0 <= after <= 1
+    said = " ".join(metrics["verdict"]["summary"])
+    assert f"everyday questions answered right: {before:.3g} → {after:.3g}" in said

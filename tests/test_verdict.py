@@ -57,3 +57,14 @@ def test_the_cli_says_the_verdict() -> None:
     line = _figures(ISSUE_ROUND)
     assert line.startswith("worse: knowledge_f1 0.667 (base 0.923)"), line
     assert "corrections answered as written 0/4 (before 0)" in line
+
+
+def test_a_corrections_round_that_forgets_everyday_answers_is_called_worse() -> None:
+    """Every rating a correction (all train, nothing held out): the everyday questions judge it."""
+    forgets = {"baseline_name": "base", "adapter": {"everyday_right": 0.125}, "baseline": {"everyday_right": 0.375},
+               "learnt": {"corrections": 20, "adapter": 20, "baseline": 0}}
+    verdict = judge(forgets)
+    assert verdict.label == "worse" and matters(forgets) == ("everyday_right",)
+    assert verdict.sentences() == ["Answers 20 of your 20 corrections as you wrote them (before: 0).",
+                                   "Worse than base model: everyday questions answered right: 0.375 → 0.125"]
+    assert "everyday questions answered right: 0.375 → 0.125" in verdict.confirm_text("chatlm-v2")

@@ -167,6 +167,16 @@ def knowledge_f1(model: Any, tokenizer: Any, items: Sequence[tuple[Messages, lis
             "knowledge_exact": sum(exact_match(p, g) for p, g in zip(preds, golds, strict=True)) / len(items)}
 
 
+def everyday_right(model: Any, tokenizer: Any, system: Messages) -> float:
+    """The share of the everyday questions (``chatlm.evaluation.everyday``) the model, as it is now,
+    answers right, asked with the user's system prompt."""
+    from chatlm.evaluation.everyday import QUESTIONS, TOKENS, says
+
+    asked = [[*system, {"role": "user", "content": q}] for q, _ in QUESTIONS]
+    said = greedy_answers(model, tokenizer, asked, max_new_tokens=TOKENS)
+    return round(sum(says(a, words) for a, (_, words) in zip(said, QUESTIONS, strict=True)) / len(QUESTIONS), 4)
+
+
 def same_answer(said: str, wanted: str) -> bool:
     """Whether an answer says what the user wrote: equal after SQuAD normalisation (case,
     punctuation, articles, spaces) once citations and labels are cleaned, or both the decline."""
@@ -219,15 +229,21 @@ def target_of(method: str, figures: dict[str, float]) -> str | None:
 def compare(model: Any, tokenizer: Any, heldout: Heldout, *, method: str, trained: str = "default",
             baseline: str | None = None, baseline_name: str = "base",
             corrections: Sequence[tuple[Messages, str]] = (),
-            liked: Sequence[tuple[Messages, str]] = ()) -> dict[str, Any]:
+            liked: Sequence[tuple[Messages, str]] = (),
+            everyday: Messages | None = None) -> dict[str, Any]:
     """Figures of the trained adapter and of the baseline, side by side, with the round's target,
     and what it learnt: how many of the round's ``corrections`` each answers as the user wrote them,
-    and how many ``liked`` answers the adapter still gives (the verdict reads these metrics)."""
+    and how many ``liked`` answers the adapter still gives (the verdict reads these metrics).
+    ``everyday`` (a chat round: the user's system prompt, maybe none) adds the everyday questions."""
     model.eval()
     with using(model, trained):
         new = score(model, tokenizer, heldout)
+        if everyday is not None:
+            new["everyday_right"] = everyday_right(model, tokenizer, everyday)
     with using(model, baseline):
         old = score(model, tokenizer, heldout)
+        if everyday is not None:
+            old["everyday_right"] = everyday_right(model, tokenizer, everyday)
     key = target_of(method, new)
     out: dict[str, Any] = {
         "method": method, "target": key, "lower_is_better": key in LOWER_IS_BETTER,

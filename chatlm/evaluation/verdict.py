@@ -32,10 +32,11 @@ FIGURES: dict[str, tuple[str, bool]] = {
     "rated_accuracy": ("held-out liked answers it ranks above disliked ones", True),
     "rated_margin": ("how much more likely it finds liked than disliked answers", True),
     "liked_perplexity": ("surprise at held-out liked answers (lower is better)", False),
+    "everyday_right": ("everyday questions answered right", True),
     "text_perplexity": ("surprise at the held-out part of the text (lower is better)", False),
 }
 QA = ("qa_f1", "qa_exact", "knowledge_f1", "knowledge_exact")
-CHAT = ("pair_accuracy", "pair_margin", "rated_accuracy", "rated_margin", "liked_perplexity")
+CHAT = ("pair_accuracy", "pair_margin", "rated_accuracy", "rated_margin", "liked_perplexity", "everyday_right")
 RELATIVE_NOISE = 0.01
 """A change smaller than this share of the baseline's figure (or than ``ABSOLUTE_NOISE``) is none."""
 ABSOLUTE_NOISE = 0.005

@@ -86,6 +86,10 @@ class RoundData:
     liked: list[tuple[list[dict[str, str]], str]] = field(default_factory=list)
     """(prompt, a liked answer) of the training set: what the round must keep."""
 
+    def prompts(self) -> list[list[dict[str, str]]]:
+        """The prompts of the training records (a document round's have none)."""
+        return [r["prompt"] for r in self.train if "prompt" in r]
+
     def summary(self) -> dict[str, Any]:
         out = {"method": self.method, "train": len(self.train), "heldout_prompts": self.heldout.prompts,
                "counts": self.counts.as_dict(), "dataset_hash": self.dataset_hash,
@@ -99,8 +103,11 @@ def _prompt_key(answer: RatedAnswer) -> str:
 
 def split(answers: Sequence[RatedAnswer]) -> tuple[list[RatedAnswer], list[RatedAnswer]]:
     """(train, held-out): the HELDOUT_PERCENT of prompts with the lowest hashes (at least one when
-    there are two prompts), so the split is exact in size and the same for the same data."""
-    keys = sorted({_prompt_key(a) for a in answers})
+    there are two prompts), so the split is exact in size and the same for the same data. A prompt
+    with a written better answer always trains: a correction is what the user asked the model to
+    learn, not a sample to judge it by (held out, a fifth of them were never learnt)."""
+    corrected = {_prompt_key(a) for a in answers if a.better_answer}
+    keys = sorted({_prompt_key(a) for a in answers} - corrected)
     n = max(1, round(len(keys) * HELDOUT_PERCENT / 100)) if len(keys) >= 2 else 0
     held = set(keys[:n])
     return ([a for a in answers if _prompt_key(a) not in held],

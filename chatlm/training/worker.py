@@ -167,7 +167,7 @@ def _train_and_evaluate(settings: Settings, round_data: Any, params: dict[str, A
 
     from chatlm.engine import loader
     from chatlm.engine.adapters import check_files
-    from chatlm.evaluation import heldout
+    from chatlm.evaluation import everyday, heldout
     from chatlm.evaluation.verdict import judge
     from chatlm.training import trainer
 
@@ -195,7 +195,8 @@ def _train_and_evaluate(settings: Settings, round_data: Any, params: dict[str, A
     metrics = heldout.compare(model, loaded.tokenizer, round_data.heldout, method=round_data.method,
                                baseline="parent" if parent else None,
                                baseline_name=parent[0] if parent else "base",
-                               corrections=round_data.corrections, liked=round_data.liked)
+                               corrections=round_data.corrections, liked=round_data.liked,
+                               everyday=everyday.system_of(round_data.prompts()) if trainer.chat(round_data) else None)
     other = active if active and active != parent else None
     if other:
         model.load_adapter(other[1], adapter_name="active")

@@ -64,7 +64,9 @@ ABOUT = (
     "**What it costs.** Minutes of this machine's processor (the estimate below comes from earlier "
     "rounds). Chatting goes on meanwhile, a little slower.\n\n"
     "**Then.** The tab says what the round changed: how many of your corrections it now answers as "
-    "you wrote them, and whether answers to questions it never saw got better or worse. Promote "
+    "you wrote them (every correction is learnt from), and whether answers to questions it never "
+    "saw got better or worse: a fifth of the other ratings, set aside, and a few everyday questions "
+    "with known answers, which a round on corrections can get wrong. Promote "
     "serves it in new chats; Roll back returns to the previous one at any time.")
 METHOD_WORDS = {
     "sft": "learn to give the liked answers and your corrections (SFT)",
