@@ -64,14 +64,16 @@ def test_whole_loop_ratings_to_served_adapter(bundled, start_server, tmp_path) -
     service = server.app.service
     me = service.actor()
     # the model's answers, rated like a user who knows the gold answer: a hedged wrong answer is
-    # disliked (and corrected), the exact span liked; the prompt holds the passage, so no knowledge
-    for question, passage, golds, wrong in squad_turns(12):
+    # disliked (and, for the first four questions, corrected), the exact span liked; the prompt holds
+    # the passage, so no knowledge. A corrected question always trains: the other eight give the
+    # held-out pairs
+    for i, (question, passage, golds, wrong) in enumerate(squad_turns(12)):
         prompt = [{"role": "system", "content": SYSTEM},
                   {"role": "user", "content": f"Passage: {passage}\n\nQuestion: {question}"}]
         answers = []
         for text in (golds[0], f"I am not sure, but I think it was {wrong}."):
             good = f1(text, golds) >= 0.5
-            answers.append((text, 1 if good else -1, None if good else golds[0]))
+            answers.append((text, 1 if good else -1, None if good or i >= 4 else golds[0]))
         add_turn(service.sessions, me.user_id, question, answers, prompt=prompt)
 
     options = RoundOptions("auto", max_steps=3, lr=5e-4, batch_size=2)
