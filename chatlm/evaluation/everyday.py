@@ -13,6 +13,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from chatlm.training.data import RoundData
 
 Messages = list[dict[str, str]]
 
@@ -41,6 +45,15 @@ def says(answer: str, words: Sequence[str]) -> bool:
     """Whether ``answer`` says one of ``words`` as a whole word (any case)."""
     said = set(re.findall(r"[\w-]+", answer.lower()))
     return any(w in said for w in words)
+
+
+def asked_with(round_data: RoundData) -> Messages | None:
+    """The system prompt a round's everyday questions are asked with (maybe none), or None when the
+    round is not judged on them: it is not on ratings of chat answers (answers about texts, the
+    reader, a document)."""
+    if round_data.method not in ("sft", "dpo", "kto") or round_data.knowledge:
+        return None
+    return system_of([r["prompt"] for r in round_data.train if "prompt" in r])
 
 
 def system_of(prompts: Sequence[Messages]) -> Messages:

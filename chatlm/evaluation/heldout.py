@@ -4,7 +4,9 @@ The figures are read from log-probabilities of stored answers, so they need no g
 judge: preference accuracy and mean margin on pairs (chosen minus rejected, summed over the answer's
 tokens), the same for liked vs disliked answers (per-token mean, as they answer different prompts),
 perplexity of liked answers, and, for a document round, perplexity of the held-out windows of its
-text. A promotion decision can then rest on the round's target figure.
+text. A promotion decision can then rest on the round's target figure. Two figures are generated,
+greedily, since no stored answer says them: answers to held-out questions about the user's texts
+(F1), and, for a chat round, the everyday questions with known answers (``everyday_right``).
 """
 
 from __future__ import annotations

@@ -3,8 +3,9 @@
 The Training tab, ``chatlm adapters list`` and the registry (``metrics["verdict"]``, written when a
 round registers its adapter) all read a round through :func:`judge`, so they never disagree. A round
 is judged on the figures that matter for what it was trained on: question-answering figures for
-answers about loaded texts, held-out preference and likelihood figures for chat, the held-out text's
-perplexity for a document. It is
+answers about loaded texts; held-out preference and likelihood figures, and everyday questions with
+known answers (``chatlm.evaluation.everyday``), for chat; the held-out text's perplexity for a
+document. It is
 
 - **worse** when any of those figures got worse than its baseline's by more than the noise margin
   (whatever else improved: a user must not promote a regression unknowingly);

@@ -86,10 +86,6 @@ class RoundData:
     liked: list[tuple[list[dict[str, str]], str]] = field(default_factory=list)
     """(prompt, a liked answer) of the training set: what the round must keep."""
 
-    def prompts(self) -> list[list[dict[str, str]]]:
-        """The prompts of the training records (a document round's have none)."""
-        return [r["prompt"] for r in self.train if "prompt" in r]
-
     def summary(self) -> dict[str, Any]:
         out = {"method": self.method, "train": len(self.train), "heldout_prompts": self.heldout.prompts,
                "counts": self.counts.as_dict(), "dataset_hash": self.dataset_hash,

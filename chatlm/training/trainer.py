@@ -50,11 +50,6 @@ LOSS_HISTORY = 1000
 Progress = Callable[[dict[str, Any]], None]
 
 
-def chat(round_data: RoundData) -> bool:
-    """A round on ratings of chat answers (not about loaded texts): judged also on everyday questions."""
-    return round_data.method in ("sft", "dpo", "kto") and not round_data.knowledge
-
-
 def corrections_round(round_data: RoundData) -> bool:
     """SFT on ratings with written corrections: it trains at ``CORRECTIONS_LR``."""
     return round_data.method == "sft" and bool(round_data.corrections)

@@ -196,7 +196,7 @@ def _train_and_evaluate(settings: Settings, round_data: Any, params: dict[str, A
                                baseline="parent" if parent else None,
                                baseline_name=parent[0] if parent else "base",
                                corrections=round_data.corrections, liked=round_data.liked,
-                               everyday=everyday.system_of(round_data.prompts()) if trainer.chat(round_data) else None)
+                               everyday=everyday.asked_with(round_data))
     other = active if active and active != parent else None
     if other:
         model.load_adapter(other[1], adapter_name="active")
