@@ -67,6 +67,18 @@ CORRECTED = [  # (question, the better answer the user writes)
     ("What do I call my sourdough starter?", "Clint Yeastwood."),
     ("Which plant needs water every day?", "The basil on the kitchen windowsill."),
 ]
+REWORDED = [  # each corrected question as a user might ask it another day (written with the list above)
+    "When is the team stand-up?", "Who's my manager?", "What's the office wifi password?",
+    "What editor does the team use?", "What's my cat called?", "Where are the spare keys kept?",
+    "When's my appointment at the dentist?", "What's the code name of our project?",
+    "What day is recycling collected?", "Which tea do I like best?", "Who repairs the printer at work?",
+    "What's our sailing boat called?", "How can I book the meeting room?", "What number is my gym locker?",
+    "What train do I take to get home?", "What is the name of our band?", "Where's the team offsite this year?",
+    "What is the name of my daughter's school?", "What's my sourdough starter called?",
+    "Which plant has to be watered every day?",
+]
+"""Not trained on: a corrections adapter answers a question only when it is worded almost as one it
+was taught (``chatlm.adapters.scope``); these say how far that reaches."""
 OTHERS = [  # (question, words one of which a right answer says)
     ("What is the capital of France?", ("paris",)), ("How many days are in a leap year?", ("366",)),
     ("What colour is the sky on a clear day?", ("blue",)), ("Name a fruit that is yellow.", ("banana", "lemon")),
@@ -197,6 +209,10 @@ def chat(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
         out["corrections"] = {"learnt": sum(same_answer(said, better) for _, better, said in learnt),
                               "misses": [{"question": q, "wanted": b, "said": s} for q, b, s in learnt
                                          if not same_answer(s, b)][:8]}
+        reworded = [(q, better, ask(q)[1]) for q, (_, better) in zip(REWORDED, CORRECTED, strict=True)]
+        out["reworded"] = {"asked": len(reworded),
+                           "learnt": sum(same_answer(said, better) for _, better, said in reworded),
+                           "answers": [{"question": q, "wanted": b, "said": s} for q, b, s in reworded]}
         after = {q: ask(q)[1] for q, _ in OTHERS}
         out["others_unchanged"] = sum(before[q].strip() == after[q].strip() for q, _ in OTHERS)
         judged = [(q, words) for q, words in OTHERS if words]

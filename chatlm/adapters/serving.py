@@ -14,6 +14,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from chatlm.adapters.scope import NEAR, Embed, Scope, nearest, unit_rows
 from chatlm.config import Settings
 from chatlm.engine.backend import Backend
 from chatlm.errors import ChatLMError, InputError, NotFoundError
@@ -42,6 +43,10 @@ class Serving:
         self._readers: dict[str, bool] = {}
         self._registry_seen: tuple[str, Any] | bool | None = False
         """The registry's active adapter (name, activation time) when last followed; False: never."""
+        self._scopes: dict[str, Scope] = {}
+        """Loaded adapters served only to what they were taught (``chatlm.adapters.scope``)."""
+        self._taught: dict[str, Any] = {}
+        """Their taught questions' embeddings (unit rows), computed at the first question routed."""
 
     def choose(self, choice: str | None) -> str | None:
         """The adapter an answer uses for a model choice: the default (the active adapter), the
@@ -65,6 +70,12 @@ class Serving:
         if self.backend is None:
             raise InputError("This backend cannot load adapters.")
         seconds = float(self.backend.load_adapter(name, Path(path)))
+        scope = Scope.read(Path(path))
+        if scope is not None:
+            self._scopes[name] = scope
+        else:
+            self._scopes.pop(name, None)
+        self._taught.pop(name, None)
         if activate:
             self.activate(name)
         return seconds
@@ -73,9 +84,39 @@ class Serving:
         """Free a loaded adapter (the base model serves if it was the default); whether it was loaded."""
         if self.backend is None or not self.backend.unload_adapter(name):
             return False
+        self._scopes.pop(name, None)
+        self._taught.pop(name, None)
         if self.active == name:
             self.active = None
         return True
+
+    def route(self, adapter: str | None, question: str, embed: Embed, *,
+              reading: bool) -> tuple[str | None, bool]:
+        """The adapter that answers ``question`` when ``adapter`` is asked for, and whether it is one
+        that was taught this question. An adapter with a scope (a corrections round) answers the
+        questions close to the ones it was taught; any other goes to the adapter it continued from,
+        and on down. A fall back that reaches the reader for a question not about a text (``reading``)
+        goes to the base model: the reader answers questions about texts only."""
+        vector = None
+        seen: set[str] = set()
+        while adapter is not None and adapter in self._scopes and adapter not in seen:
+            seen.add(adapter)
+            if vector is None:
+                vector = unit_rows(embed([question]))[0]
+            if adapter not in self._taught:
+                questions = self._scopes[adapter].questions
+                self._taught[adapter] = unit_rows(embed(list(questions))) if questions else []
+            if nearest(vector, self._taught[adapter]) >= NEAR:
+                return adapter, True
+            adapter = self._scopes[adapter].falls_back_to
+            if adapter is not None and adapter == self.reader and not reading:
+                return None, False
+            try:
+                self.ensure_loaded(adapter)
+            except ChatLMError as exc:  # the parent is gone: the base model answers
+                log.warning("%s falls back to the base model: %s", adapter, exc.message)
+                return None, False
+        return adapter, False
 
     def activate(self, name: str | None) -> None:
         if name is not None and name not in self.names():

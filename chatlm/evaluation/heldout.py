@@ -169,14 +169,17 @@ def knowledge_f1(model: Any, tokenizer: Any, items: Sequence[tuple[Messages, lis
             "knowledge_exact": sum(exact_match(p, g) for p, g in zip(preds, golds, strict=True)) / len(items)}
 
 
-def everyday_right(model: Any, tokenizer: Any, system: Messages) -> float:
-    """The share of the everyday questions (``chatlm.evaluation.everyday``) the model, as it is now,
-    answers right, asked with the user's system prompt."""
+def everyday_right(model: Any, tokenizer: Any, system: Messages, asked: Sequence[int] | None = None) -> list[bool]:
+    """For each everyday question (``chatlm.evaluation.everyday``; only those numbered ``asked``),
+    whether the model, as it is now, answers it right, asked with the user's system prompt."""
     from chatlm.evaluation.everyday import QUESTIONS, TOKENS, says
 
-    asked = [[*system, {"role": "user", "content": q}] for q, _ in QUESTIONS]
-    said = greedy_answers(model, tokenizer, asked, max_new_tokens=TOKENS)
-    return round(sum(says(a, words) for a, (_, words) in zip(said, QUESTIONS, strict=True)) / len(QUESTIONS), 4)
+    chosen = [QUESTIONS[i] for i in (range(len(QUESTIONS)) if asked is None else asked)]
+    if not chosen:
+        return []
+    prompts = [[*system, {"role": "user", "content": q}] for q, _ in chosen]
+    said = greedy_answers(model, tokenizer, prompts, max_new_tokens=TOKENS)
+    return [says(a, words) for a, (_, words) in zip(said, chosen, strict=True)]
 
 
 def same_answer(said: str, wanted: str) -> bool:
@@ -232,20 +235,26 @@ def compare(model: Any, tokenizer: Any, heldout: Heldout, *, method: str, traine
             baseline: str | None = None, baseline_name: str = "base",
             corrections: Sequence[tuple[Messages, str]] = (),
             liked: Sequence[tuple[Messages, str]] = (),
-            everyday: Messages | None = None) -> dict[str, Any]:
+            everyday: Messages | None = None, answers: Sequence[int] | None = None) -> dict[str, Any]:
     """Figures of the trained adapter and of the baseline, side by side, with the round's target,
     and what it learnt: how many of the round's ``corrections`` each answers as the user wrote them,
     and how many ``liked`` answers the adapter still gives (the verdict reads these metrics).
-    ``everyday`` (a chat round: the user's system prompt, maybe none) adds the everyday questions."""
+    ``everyday`` (a chat round: the user's system prompt, maybe none) adds the everyday questions,
+    answered as they will be served: by the adapter the ones numbered ``answers`` (None: all), the
+    others by the baseline (an adapter with a scope, ``chatlm.adapters.scope``)."""
     model.eval()
     with using(model, trained):
         new = score(model, tokenizer, heldout)
-        if everyday is not None:
-            new["everyday_right"] = everyday_right(model, tokenizer, everyday)
+        mine = everyday_right(model, tokenizer, everyday, answers) if everyday is not None else []
     with using(model, baseline):
         old = score(model, tokenizer, heldout)
         if everyday is not None:
-            old["everyday_right"] = everyday_right(model, tokenizer, everyday)
+            theirs = everyday_right(model, tokenizer, everyday)
+            served = list(theirs)
+            for i, right in zip(range(len(theirs)) if answers is None else answers, mine, strict=True):
+                served[i] = right
+            old["everyday_right"] = round(sum(theirs) / len(theirs), 4)
+            new["everyday_right"] = round(sum(served) / len(served), 4)
     key = target_of(method, new)
     out: dict[str, Any] = {
         "method": method, "target": key, "lower_is_better": key in LOWER_IS_BETTER,

@@ -67,6 +67,9 @@ class Verdict:
     worse: list[Change] = field(default_factory=list)
     same: list[Change] = field(default_factory=list)
     learnt: dict[str, int] = field(default_factory=dict)
+    taught: int | None = None
+    """A corrections round is served only to the questions it was trained on and ones close to
+    them (``chatlm.adapters.scope``): how many it was trained on; None: served to every question."""
 
     @property
     def is_worse(self) -> bool:
@@ -93,6 +96,9 @@ class Verdict:
         if liked:
             kept = self.learnt.get("liked_kept", 0)
             out.append(f"Your liked answers: {'unchanged' if kept == liked else f'{kept} of {liked} unchanged'}.")
+        if self.taught is not None:
+            out.append(f"It answers the {self.taught} questions it was trained on and ones worded "
+                       f"almost the same; {self.baseline} answers every other question, as before.")
         out.append(self.headline())
         if self.label != "worse" and self.same:
             out.append("Unchanged: " + "; ".join(c.line() for c in self.same) + ".")
@@ -139,4 +145,6 @@ def judge(metrics: dict[str, Any] | None) -> Verdict:
         {1: better, -1: worse, 0: same}[_changed(key, change.before, change.after)].append(change)
     learnt = {k: int(v) for k, v in (metrics.get("learnt") or {}).items() if isinstance(v, int | float)}
     label = ("worse" if worse else "better" if better else "unchanged" if same else "not measured")
-    return Verdict(label=label, baseline=baseline, better=better, worse=worse, same=same, learnt=learnt)
+    taught = (metrics.get("scope") or {}).get("taught")
+    return Verdict(label=label, baseline=baseline, better=better, worse=worse, same=same, learnt=learnt,
+                   taught=int(taught) if taught is not None else None)

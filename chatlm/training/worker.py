@@ -165,10 +165,12 @@ def _train_and_evaluate(settings: Settings, round_data: Any, params: dict[str, A
     figures a promotion decision needs. Returns (base model id, hyperparameters, metrics)."""
     import time
 
+    from chatlm.adapters.scope import NEAR, Scope, asked, near_each
     from chatlm.engine import loader
     from chatlm.engine.adapters import check_files
     from chatlm.evaluation import everyday, heldout
     from chatlm.evaluation.verdict import judge
+    from chatlm.knowledge.embed import get_embedder
     from chatlm.training import trainer
 
     hp = trainer.hyperparams(round_data, params)
@@ -190,13 +192,24 @@ def _train_and_evaluate(settings: Settings, round_data: Any, params: dict[str, A
     model.save_pretrained(str(tmp), selected_adapters=["default"], safe_serialization=True)
     check_files(tmp)  # saved completely, or the round fails and nothing is registered
     report({"phase": "evaluating"})
+    asked_with = everyday.asked_with(round_data)
+    answers = None  # every everyday question is the adapter's, unless it has a scope
+    if trainer.corrections_round(round_data):  # served only to what it was taught
+        taught = Scope(tuple(dict.fromkeys(asked(r["prompt"]) for r in round_data.train if r.get("prompt"))),
+                       parent[0] if parent else None)
+        taught.save(tmp)
+        near = near_each(get_embedder().embed, [q for q, _ in everyday.QUESTIONS], taught.questions)
+        answers = [i for i, yes in enumerate(near) if yes]
     if parent:
         model.load_adapter(parent[1], adapter_name="parent")
     metrics = heldout.compare(model, loaded.tokenizer, round_data.heldout, method=round_data.method,
                                baseline="parent" if parent else None,
                                baseline_name=parent[0] if parent else "base",
                                corrections=round_data.corrections, liked=round_data.liked,
-                               everyday=everyday.asked_with(round_data))
+                               everyday=asked_with, answers=answers)
+    if answers is not None:
+        metrics["scope"] = {"taught": len(taught.questions), "near": NEAR,
+                            "everyday_answered": len(answers) if asked_with is not None else None}
     other = active if active and active != parent else None
     if other:
         model.load_adapter(other[1], adapter_name="active")

@@ -33,6 +33,7 @@ from chatlm.ui.chat_defaults import new_chat_settings, sampling_params
 from chatlm.ui.outputs import Named
 from chatlm.ui.training_view import (
     BASE,
+    answered_by,
     asked_with,
     chosen_adapter,
     describe_run,
@@ -264,7 +265,9 @@ class TrainingTab:
         finally:
             for g in gens:
                 g.cancel()
-        yield tuple(g.text + (f"\n\n⚠ {g.error}" if g.error else "") for g in gens)  # type: ignore[misc]
+        asked = (chosen_adapter(left), chosen_adapter(right))
+        yield tuple(g.text + (f"\n\n⚠ {g.error}" if g.error else "") + answered_by(g.adapter, name)  # type: ignore[misc]
+                    for g, name in zip(gens, asked, strict=True))
 
     # ---- layout ------------------------------------------------------------------------------
     def render(self, tab: gr.Tab) -> None:

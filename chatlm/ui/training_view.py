@@ -113,6 +113,15 @@ def model_name(choice: str | None, serving: str | None) -> str:
     return (name or BASE) + (" (the default: new chats use it)" if name == serving else "")
 
 
+def answered_by(adapter: str | None, asked: str | None) -> str:
+    """A line under a Compare answer that another model gave: a corrections round answers only the
+    questions close to the ones it was trained on (``chatlm.adapters.scope``)."""
+    if adapter == asked:
+        return ""
+    return (f"\n\n*Answered by {adapter or BASE}: {asked} answers only the questions it was trained on "
+            "and ones worded almost the same.*")
+
+
 def asked_with(system_prompt: str, params: SamplingParams) -> str:
     """One line over Compare's answers: what both models were asked with."""
     said = " ".join(system_prompt.split())

@@ -1,0 +1,87 @@
+"""What a corrections round answers: the questions it was taught, and which adapter answers the rest.
+
+A round on a handful of written corrections must move the model hard to learn them (``trainer.
+CORRECTIONS_LR``), and that changed what nobody corrected: after 20 chat corrections, "What is the
+capital of France?" came back "L'Ami Bene." (``bench/corrections.py chat``). So such an adapter is
+served only to questions close to the ones it was taught, as the reader is served only to questions
+about a text; every other question is answered by the adapter it continued from (its parent, or
+the base model), as before the round. The scope is a file beside the adapter's weights, so it goes
+wherever the adapter goes (the registry, the QA harness, a copy).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from chatlm.chat.prompts import split_grounded
+
+FILE = "taught.json"
+NEAR = 0.84
+"""MiniLM cosine from which a question counts as one the adapter was taught. Calibrated by
+``bench/calibrate_scope.py`` on the SQuAD *training* sample (never reported on): for a question and
+50 other questions of the same article, the nearest of the 50 reaches this in 5 % of cases. So a
+question the user did not rate is answered by a 50-question corrections adapter about 1 time in 20,
+when it is about the same text; a rewording must be about this close to be answered as corrected
+("What's my cat called?" is 0.90 from "What is the name of my cat?", "Who's my boss?" 0.73 from
+"Who is my manager?")."""
+
+Embed = Callable[[Sequence[str]], Any]
+"""Texts -> their embeddings, one row each (the library's MiniLM)."""
+
+
+@dataclass(frozen=True)
+class Scope:
+    questions: tuple[str, ...]
+    """The questions the round trained on, as the user asked them."""
+    falls_back_to: str | None
+    """The adapter that answers every other question: the round's parent (None: the base model)."""
+
+    def save(self, folder: Path) -> None:
+        text = json.dumps({"questions": list(self.questions), "falls_back_to": self.falls_back_to},
+                          ensure_ascii=False, indent=1)
+        (folder / FILE).write_text(text + "\n", encoding="utf-8")
+
+    @classmethod
+    def read(cls, folder: Path) -> Scope | None:
+        """The scope saved beside an adapter, or None: an adapter served to every question."""
+        path = folder / FILE
+        if not path.is_file():
+            return None
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return cls(tuple(str(q) for q in data.get("questions") or ()), data.get("falls_back_to"))
+
+
+def asked(prompt: Sequence[dict[str, str]]) -> str:
+    """The question a training prompt asked, as the user typed it (a question about a text is
+    stored with its passages around it)."""
+    last = next((m["content"] for m in reversed(prompt) if m.get("role") == "user"), "")
+    grounded = split_grounded(last)
+    return (grounded[0] if grounded else last).strip()
+
+
+def unit_rows(vectors: Any) -> Any:
+    """Rows scaled to length 1, so a product is a cosine."""
+    import numpy as np
+
+    m = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
+    return m / (np.linalg.norm(m, axis=1, keepdims=True) + 1e-9)
+
+
+def nearest(question: Any, taught: Any) -> float:
+    """The cosine between a question's embedding and the closest of the taught ones (unit rows)."""
+    if len(taught) == 0:
+        return -1.0
+    return float((taught @ unit_rows(question)[0]).max())
+
+
+def near_each(embed: Embed, questions: Sequence[str], taught: Sequence[str]) -> list[bool]:
+    """For each question, whether an adapter taught ``taught`` answers it."""
+    if not questions:
+        return []
+    vectors = unit_rows(embed(list(taught))) if taught else []
+    asked_rows = unit_rows(embed(list(questions)))
+    return [nearest(row, vectors) >= NEAR for row in asked_rows]

@@ -1,0 +1,121 @@
+"""A corrections adapter answers what it was taught, and the adapter it continued from answers the
+rest (``chatlm.adapters.scope``): through the chat's own path, with the real MiniLM embedder and a
+real SQLite file, over a stand-in model that records which adapter each answer came from."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from chatlm import compose
+from chatlm.adapters.scope import FILE, NEAR, Scope, asked, near_each
+from chatlm.chat.prompts import grounded_question
+from chatlm.engine.params import SamplingParams
+from chatlm.store import db, registry
+from tests.scripted import ScriptedBackend
+
+CAT = "What is the name of my cat?"
+FRANCE = "What is the capital of France?"
+
+
+class AdapterBackend(ScriptedBackend):
+    """A scripted model that can load adapters (by name; the folder is not read)."""
+
+    def __init__(self) -> None:
+        super().__init__(["An answer."])
+        self.loaded: list[str] = []
+
+    def adapter_names(self) -> list[str]:
+        return list(self.loaded)
+
+    def load_adapter(self, name: str, path: Path) -> float:
+        self.loaded.append(name)
+        return 0.0
+
+    def unload_adapter(self, name: str) -> bool:
+        if name in self.loaded:
+            self.loaded.remove(name)
+            return True
+        return False
+
+
+@pytest.fixture
+def services(settings) -> Any:
+    built = compose.build(settings, AdapterBackend(), follow_registry=False, reader=False)
+    yield built
+    built.close()
+
+
+def register(services: Any, tmp_path: Path, name: str, scope: Scope | None, parent: str | None = None) -> None:
+    """An adapter in the registry, as a round leaves it (its scope file beside it, or none)."""
+    folder = tmp_path / name
+    folder.mkdir()
+    if scope is not None:
+        scope.save(folder)
+    with db.transaction(services.sessions) as s:
+        registry.register(s, name=name, base_model="scripted", parent=parent, path=str(folder), method="sft",
+                          dataset_hash="0" * 64, hyperparams={}, metrics={})
+
+
+def answered_by(services: Any, question: str, model: str | None = None) -> str | None:
+    """The adapter stored with the chat's answer to ``question`` in a new chat."""
+    chat = services.chat
+    me = chat.actor()
+    conv = chat.new_conversation(me)
+    chat.send(me, conv.id, question, SamplingParams(temperature=0.0, max_new_tokens=4), adapter=model).run()
+    return chat.history(me, conv.id)[-1][0].adapter
+
+
+def test_a_corrections_adapter_answers_its_questions_and_its_parent_every_other(services, tmp_path) -> None:
+    register(services, tmp_path, "chatlm-v1", None)  # a round on many ratings: it answers every question
+    register(services, tmp_path, "chatlm-v2", Scope((CAT, "Who is my manager?"), "chatlm-v1"), "chatlm-v1")
+    services.chat.adapters.promote("chatlm-v2")
+    assert answered_by(services, CAT) == "chatlm-v2"
+    assert answered_by(services, "What's my cat called?") == "chatlm-v2"  # worded almost the same
+    assert answered_by(services, FRANCE) == "chatlm-v1"  # what nobody corrected: as before the round
+    assert answered_by(services, FRANCE, "chatlm-v2") == "chatlm-v1"  # chosen by name, the same rule
+    assert answered_by(services, CAT, "base") is None  # the base model stays the base model
+
+
+def test_a_fall_back_goes_down_the_chain_and_never_to_the_reader_for_plain_chat(services, tmp_path) -> None:
+    serving = services.chat.adapters
+    register(services, tmp_path, "reader", None)
+    serving.ensure_loaded("reader")
+    serving.reader = "reader"
+    register(services, tmp_path, "chatlm-v1", Scope((CAT,), "reader"), "reader")
+    register(services, tmp_path, "chatlm-v2", Scope(("Who is my manager?",), "chatlm-v1"), "chatlm-v1")
+    serving.promote("chatlm-v2")
+    embed = services.chat.library.embedder.embed
+    assert serving.route("chatlm-v2", CAT, embed, reading=False) == ("chatlm-v1", True)
+    assert serving.route("chatlm-v2", "Who is my manager?", embed, reading=False) == ("chatlm-v2", True)
+    assert serving.route("chatlm-v2", FRANCE, embed, reading=True) == ("reader", False)
+    assert serving.route("chatlm-v2", FRANCE, embed, reading=False) == (None, False)
+    assert answered_by(services, FRANCE) is None
+
+
+def test_a_parent_that_is_gone_leaves_the_base_model_answering(services, tmp_path) -> None:
+    register(services, tmp_path, "chatlm-v3", Scope((CAT,), "chatlm-deleted"))
+    services.chat.adapters.promote("chatlm-v3")
+    assert answered_by(services, FRANCE) is None
+    assert answered_by(services, CAT) == "chatlm-v3"
+
+
+def test_the_scope_file_round_trips_and_a_question_is_read_out_of_its_passages(tmp_path) -> None:
+    Scope((CAT, FRANCE), "reader").save(tmp_path)
+    assert (tmp_path / FILE).is_file()
+    assert Scope.read(tmp_path) == Scope((CAT, FRANCE), "reader")
+    assert Scope.read(tmp_path / "nowhere") is None
+    grounded = grounded_question("Who founded Brackenford?", [(1, "town.txt", "Ada founded it.")], short=True)
+    assert asked([{"role": "system", "content": "Be brief."}, {"role": "user", "content": grounded}]) == \
+        "Who founded Brackenford?"
+    assert asked([{"role": "user", "content": f"  {CAT} "}]) == CAT
+
+
+def test_near_means_almost_the_same_words(services) -> None:
+    embed = services.chat.library.embedder.embed
+    near = near_each(embed, [CAT, "What's my cat called?", FRANCE, "What is the capital of Italy?"], [CAT, FRANCE])
+    assert near == [True, True, True, False]  # Italy is not France, however alike the words
+    assert near_each(embed, [CAT], []) == [False]
+    assert 0.5 < NEAR < 1
