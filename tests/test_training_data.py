@@ -152,3 +152,20 @@ def test_everyday_questions_are_judged_by_a_word_and_asked_with_the_users_system
     system = {"role": "system", "content": "Be brief."}
     assert system_of([[{"role": "user", "content": "hi"}], [system, {"role": "user", "content": "x"}]]) == [system]
     assert system_of([[{"role": "user", "content": "hi"}]]) == []
+
+
+def test_held_out_items_within_a_corrections_adapters_questions() -> None:
+    """A corrections adapter is judged on the held-out questions it answers, every shape of item."""
+    from chatlm.training.data import Heldout
+
+    cat = [{"role": "user", "content": "What is my cat called?"}]
+    dog = [{"role": "user", "content": "What is my dog called?"}]
+    answer = [{"role": "assistant", "content": "Biscuit."}]
+    held = Heldout(pairs=[{"prompt": cat, "chosen": answer, "rejected": answer}],
+                   rated=[{"prompt": dog, "completion": answer, "label": True}],
+                   liked=[{"prompt": cat, "completion": answer}, {"prompt": dog, "completion": answer}],
+                   prompts=2, texts=["a window"])
+    mine = held.within(lambda prompt: "cat" in prompt[-1]["content"])
+    assert (len(mine.pairs), len(mine.rated), len(mine.liked), mine.prompts) == (1, 0, 1, 1)
+    assert mine.texts == ["a window"] and held.prompts == 2  # the round's own held-out set is untouched
+    assert held.within(lambda prompt: False).prompts == 0

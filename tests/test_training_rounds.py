@@ -377,3 +377,11 @@ def test_a_chat_corrections_round_learns_every_correction_and_is_judged_on_every
     assert 0 <= before <= 1 and 0 <= after <= 1
     said = " ".join(metrics["verdict"]["summary"])
     assert f"everyday questions answered right: {before:.3g} → {after:.3g}" in said
+    # served only to what it was taught: the six questions beside the weights, the base model for the rest
+    from chatlm.adapters.scope import Scope
+
+    scope = Scope.read(Path(adapter.path))
+    assert scope is not None and scope.falls_back_to is None
+    assert sorted(scope.questions) == [f"What is the name of my pet number {i}?" for i in range(6)]
+    assert metrics["scope"]["taught"] == 6
+    assert "It answers the 6 questions it was trained on" in said

@@ -68,3 +68,31 @@ def test_a_corrections_round_that_forgets_everyday_answers_is_called_worse() -> 
     assert verdict.sentences() == ["Answers 20 of your 20 corrections as you wrote them (before: 0).",
                                    "Worse than base model: everyday questions answered right: 0.375 → 0.125"]
     assert "everyday questions answered right: 0.375 → 0.125" in verdict.confirm_text("chatlm-v2")
+
+
+def test_a_corrections_round_served_to_what_it_was_taught_says_so() -> None:
+    """A corrections round answers its own questions; every other one its baseline does, as before."""
+    scoped = {"baseline_name": "chatlm-v1", "adapter": {"everyday_right": 0.375},
+              "baseline": {"everyday_right": 0.375}, "learnt": {"corrections": 5, "adapter": 5, "baseline": 0},
+              "scope": {"taught": 5, "near": 0.84, "everyday_answered": 0}}
+    verdict = judge(scoped)
+    assert verdict.label == "unchanged" and verdict.taught == 5
+    assert verdict.sentences()[:2] == [
+        "Answers 5 of your 5 corrections as you wrote them (before: 0).",
+        "It answers the 5 questions it was trained on and ones worded almost the same; chatlm-v1 answers "
+        "every other question, as before."]
+    assert judge({**scoped, "scope": None}).taught is None
+
+
+def test_compare_says_when_another_model_answered() -> None:
+    from chatlm.ui.training_view import answered_by
+
+    assert answered_by("chatlm-v2", "chatlm-v2") == ""
+    assert "Answered by base model: chatlm-v2 answers only" in answered_by(None, "chatlm-v2")
+
+
+def test_a_corrections_round_with_no_held_out_question_of_its_own_is_unchanged_not_unmeasured() -> None:
+    """Every held-out question is answered by its baseline, as before: nothing it serves changed."""
+    verdict = judge({"baseline_name": "reader", "adapter": {}, "baseline": {}, "scope": {"taught": 40}})
+    assert verdict.label == "unchanged" and not verdict.is_worse
+    assert judge({"baseline_name": "reader", "adapter": {}, "baseline": {}}).label == "not measured"

@@ -144,7 +144,9 @@ def judge(metrics: dict[str, Any] | None) -> Verdict:
         change = Change(key, float(old[key]), float(new[key]))
         {1: better, -1: worse, 0: same}[_changed(key, change.before, change.after)].append(change)
     learnt = {k: int(v) for k, v in (metrics.get("learnt") or {}).items() if isinstance(v, int | float)}
-    label = ("worse" if worse else "better" if better else "unchanged" if same else "not measured")
     taught = (metrics.get("scope") or {}).get("taught")
+    # a corrections adapter with nothing of its own to judge answers every held-out question as before
+    label = ("worse" if worse else "better" if better else
+             "unchanged" if same or taught is not None else "not measured")
     return Verdict(label=label, baseline=baseline, better=better, worse=worse, same=same, learnt=learnt,
                    taught=int(taught) if taught is not None else None)

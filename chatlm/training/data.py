@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,6 +64,14 @@ class Heldout:
     """Distinct held-out prompts."""
     texts: list[str] = field(default_factory=list)
     """Held-out windows of a document round's text (scored by perplexity)."""
+
+    def within(self, keep: Callable[[list[dict[str, str]]], bool]) -> Heldout:
+        """The items whose prompt ``keep`` accepts: a corrections adapter is judged on the held-out
+        questions it answers (the others its baseline answers, as before)."""
+        pairs, rated, liked = ([r for r in items if keep(r["prompt"])]
+                               for items in (self.pairs, self.rated, self.liked))
+        prompts = {json.dumps(r["prompt"], sort_keys=True, ensure_ascii=False) for r in [*pairs, *rated, *liked]}
+        return Heldout(pairs, rated, liked, len(prompts), list(self.texts))
 
 
 @dataclass

@@ -193,22 +193,27 @@ def _train_and_evaluate(settings: Settings, round_data: Any, params: dict[str, A
     check_files(tmp)  # saved completely, or the round fails and nothing is registered
     report({"phase": "evaluating"})
     asked_with = everyday.asked_with(round_data)
-    answers = None  # every everyday question is the adapter's, unless it has a scope
-    if trainer.corrections_round(round_data):  # served only to what it was taught
+    held, answers = round_data.heldout, None  # judged on every question, unless it has a scope
+    if trainer.corrections_round(round_data):  # served only to what it was taught: judged as served
         taught = Scope(tuple(dict.fromkeys(asked(r["prompt"]) for r in round_data.train if r.get("prompt"))),
                        parent[0] if parent else None)
         taught.save(tmp)
-        near = near_each(get_embedder().embed, [q for q, _ in everyday.QUESTIONS], taught.questions)
+        embed = get_embedder().embed
+        near = near_each(embed, [q for q, _ in everyday.QUESTIONS], taught.questions)
         answers = [i for i, yes in enumerate(near) if yes]
+        questions = sorted({asked(r["prompt"]) for r in [*held.pairs, *held.rated, *held.liked]})
+        answered = {q for q, yes in zip(questions, near_each(embed, questions, taught.questions), strict=True) if yes}
+        held = held.within(lambda prompt: asked(prompt) in answered)
     if parent:
         model.load_adapter(parent[1], adapter_name="parent")
-    metrics = heldout.compare(model, loaded.tokenizer, round_data.heldout, method=round_data.method,
+    metrics = heldout.compare(model, loaded.tokenizer, held, method=round_data.method,
                                baseline="parent" if parent else None,
                                baseline_name=parent[0] if parent else "base",
                                corrections=round_data.corrections, liked=round_data.liked,
                                everyday=asked_with, answers=answers)
     if answers is not None:
         metrics["scope"] = {"taught": len(taught.questions), "near": NEAR,
+                            "heldout_prompts": round_data.heldout.prompts, "heldout_answered": held.prompts,
                             "everyday_answered": len(answers) if asked_with is not None else None}
     other = active if active and active != parent else None
     if other:

@@ -67,8 +67,10 @@ ABOUT = (
     "**Then.** The tab says what the round changed: how many of your corrections it now answers as "
     "you wrote them (every correction is learnt from), and whether answers to questions it never "
     "saw got better or worse: a fifth of the other ratings, set aside, and a few everyday questions "
-    "with known answers, which a round on corrections can get wrong. Promote "
-    "serves it in new chats; Roll back returns to the previous one at any time.")
+    "with known answers, which a round on corrections can get wrong. A round on corrections is "
+    "then used only for the questions it was taught and ones worded almost the same; every other "
+    "question is answered as before it. Promote serves it in new chats; Roll back returns to the "
+    "previous one at any time.")
 METHOD_WORDS = {
     "sft": "learn to give the liked answers and your corrections (SFT)",
     "dpo": "learn to prefer the better answer of each pair (DPO)",
