@@ -88,10 +88,10 @@ def test_a_fall_back_goes_down_the_chain_and_never_to_the_reader_for_plain_chat(
     register(services, tmp_path, "chatlm-v2", Scope(("Who is my manager?",), "chatlm-v1"), "chatlm-v1")
     serving.promote("chatlm-v2")
     embed = services.chat.library.embedder.embed
-    assert serving.route("chatlm-v2", CAT, embed, reading=False) == ("chatlm-v1", True)
-    assert serving.route("chatlm-v2", "Who is my manager?", embed, reading=False) == ("chatlm-v2", True)
-    assert serving.route("chatlm-v2", FRANCE, embed, reading=True) == ("reader", False)
-    assert serving.route("chatlm-v2", FRANCE, embed, reading=False) == (None, False)
+    assert serving.route("chatlm-v2", CAT, embed, reading=False) == "chatlm-v1"
+    assert serving.route("chatlm-v2", "Who is my manager?", embed, reading=False) == "chatlm-v2"
+    assert serving.route("chatlm-v2", FRANCE, embed, reading=True) == "reader"
+    assert serving.route("chatlm-v2", FRANCE, embed, reading=False) is None
     assert answered_by(services, FRANCE) is None
 
 

@@ -90,13 +90,12 @@ class Serving:
             self.active = None
         return True
 
-    def route(self, adapter: str | None, question: str, embed: Embed, *,
-              reading: bool) -> tuple[str | None, bool]:
-        """The adapter that answers ``question`` when ``adapter`` is asked for, and whether it is one
-        that was taught this question. An adapter with a scope (a corrections round) answers the
-        questions close to the ones it was taught; any other goes to the adapter it continued from,
-        and on down. A fall back that reaches the reader for a question not about a text (``reading``)
-        goes to the base model: the reader answers questions about texts only."""
+    def route(self, adapter: str | None, question: str, embed: Embed, *, reading: bool) -> str | None:
+        """The adapter that answers ``question`` when ``adapter`` is asked for. An adapter with a
+        scope (a corrections round) answers the questions close to the ones it was taught; any other
+        goes to the adapter it continued from, and on down. A fall back that reaches the reader for
+        a question not about a text (``reading``) goes to the base model: the reader answers
+        questions about texts only."""
         vector = None
         seen: set[str] = set()
         while adapter is not None and adapter in self._scopes and adapter not in seen:
@@ -107,16 +106,16 @@ class Serving:
                 questions = self._scopes[adapter].questions
                 self._taught[adapter] = unit_rows(embed(list(questions))) if questions else []
             if nearest(vector, self._taught[adapter]) >= NEAR:
-                return adapter, True
+                return adapter
             adapter = self._scopes[adapter].falls_back_to
             if adapter is not None and adapter == self.reader and not reading:
-                return None, False
+                return None
             try:
                 self.ensure_loaded(adapter)
             except ChatLMError as exc:  # the parent is gone: the base model answers
                 log.warning("%s falls back to the base model: %s", adapter, exc.message)
-                return None, False
-        return adapter, False
+                return None
+        return adapter
 
     def activate(self, name: str | None) -> None:
         if name is not None and name not in self.names():

@@ -65,9 +65,6 @@ class Reply:
     short_answer: str | None = None
     """The copied span of an extractive answer ("" when declined)."""
     support_score: float | None = None
-    taught: bool = False
-    """A corrections adapter answers a question close to one it was taught: its own span or decline
-    stands (``chatlm.adapters.scope``)."""
     prefix: str = ""
     """An answer being continued: the text it had, shown and stored before what is generated."""
 

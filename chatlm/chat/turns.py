@@ -95,7 +95,7 @@ class ChatService(Conversations):
         passages = self.library.retrieve(conversation_id, content, k=k)
         numbered = [(p.number, p.document, p.text) for p in passages]
         extract = numbered if passages and self._can_extract(content) else None
-        adapter, taught = self._route(adapter, content, reading=bool(extract))
+        adapter = self._route(adapter, content, reading=bool(extract))
         if extract and adapter is None and chosen_model != BASE_MODEL and self.adapters.reader:
             adapter = self.adapters.reader  # the default model reads a loaded text with the reader adapter
         with transaction(self.sessions) as s:
@@ -116,11 +116,11 @@ class ChatService(Conversations):
                                         parent_id=path[-1].id if path else None)
         return self._start(conversation_id, user_msg.id, plan.messages, plan.dropped, params,
                            adapter, [p.as_source() for p in passages] or None, question=content,
-                           extract=extract, actor=actor, taught=taught)
+                           extract=extract, actor=actor)
 
-    def _route(self, adapter: str | None, question: str, *, reading: bool = False) -> tuple[str | None, bool]:
-        """The adapter that answers this question (a corrections round answers only what it was
-        taught, ``chatlm.adapters.scope``), and whether it was taught it."""
+    def _route(self, adapter: str | None, question: str, *, reading: bool = False) -> str | None:
+        """The adapter that answers this question: a corrections round answers only what it was
+        taught (``chatlm.adapters.scope``)."""
         return self.adapters.route(adapter, question, lambda texts: self.library.embedder.embed(texts),
                                    reading=reading)
 
@@ -149,7 +149,7 @@ class ChatService(Conversations):
                 history = [{"role": m.role, "content": m.content} for m in path if m.content]
                 plan = self._plan(conv.system_prompt, history, params)
                 messages, dropped, sources = plan.messages, plan.dropped, None
-        adapter, _ = self._route(adapter, asked(messages))
+        adapter = self._route(adapter, asked(messages))
         return self._start(conv.id, answer.parent_id, messages, dropped, params, adapter, sources,
                            actor=actor)
 
@@ -193,7 +193,7 @@ class ChatService(Conversations):
                 history = [{"role": m.role, "content": m.content} for m in path if m.content]
                 prompt = self._plan(conv.system_prompt, history, params).messages
             partial, sources, conv_id, parent_id = answer.content, answer.sources, conv.id, answer.parent_id
-        adapter, _ = self._route(adapter, asked(prompt))
+        adapter = self._route(adapter, asked(prompt))
         reply = self._start(conv_id, parent_id, [*prompt, {"role": "assistant", "content": partial}], 0,
                             params, adapter, sources, actor=actor, continue_final=True)
         reply.prompt_messages, reply.prefix = prompt, partial  # trained on as one whole answer
@@ -261,7 +261,7 @@ class ChatService(Conversations):
             raise InputError("continue_final_message needs the last message to be the assistant's.")
         if actor is not None:
             self._admit(actor)
-        adapter, _ = self._route(adapter, asked(messages))
+        adapter = self._route(adapter, asked(messages))
         return self._chat(messages, params, adapter, actor, continue_final=continue_final)
 
     def _chat(self, messages: list[dict[str, str]], params: SamplingParams, adapter: str | None,
@@ -300,7 +300,7 @@ class ChatService(Conversations):
                dropped: int, params: SamplingParams, adapter: str | None,
                sources: list[dict[str, Any]] | None = None, *, question: str = "",
                extract: list[tuple[int, str, str]] | None = None, actor: Actor | None = None,
-               continue_final: bool = False, taught: bool = False) -> Reply:
+               continue_final: bool = False) -> Reply:
         chosen: list[Support] | None = None
         score = None
         extra: dict[str, Any] = {}  # what only the local engine takes, passed only when asked for
@@ -308,10 +308,7 @@ class ChatService(Conversations):
             chosen, score = self._best_sentences(question, extract)
             extra = {"copy_from": [c.sentence for c in chosen[:COPY_SENTENCES]],
                      "avoid_first": question_words(question)}
-            if taught:  # the user's own answer to this question: any sentence, or the decline
-                extra.update(copy_from=[c.sentence for c in chosen],
-                             decline=NOT_FOUND if self.adapters.reads(adapter) else "")
-            elif self.adapters.reads(adapter):  # every sentence, the best unless it is sure; its decline is scored
+            if self.adapters.reads(adapter):  # every sentence, the best unless it is sure; its decline is scored
                 extra.update(copy_from=[c.sentence for c in chosen], decline=NOT_FOUND, prefer=[0],
                              sure=SURE_SPAN)
         gen = self._chat(messages, params, adapter, actor, continue_final=continue_final, **extra)
@@ -323,7 +320,7 @@ class ChatService(Conversations):
         return Reply(service=self, generation=gen, conversation_id=conversation_id,
                      parent_id=parent_id, prompt_messages=messages, dropped=dropped,
                      adapter=adapter, sources=sources, question=question, extract=chosen,
-                     support_score=score, taught=taught)
+                     support_score=score)
 
     def _best_sentences(self, question: str, passages: list[tuple[int, str, str]]) -> tuple[list[Support], float]:
         """The passages' sentences, best agreement with the question under the embedding model first
@@ -359,10 +356,6 @@ class ChatService(Conversations):
         return answer_text(gen.text, support)
 
     def _declines(self, reply: Reply) -> bool:
-        """The decline rule, but for a question the adapter was taught (its span or decline is the
-        user's own: the rule was calibrated on the reader before any round)."""
-        if reply.taught:
-            return False
         gen = reply.generation
         return declines(reply.support_score or 0.0, self.settings.abstain_threshold,
                         decline_score=gen.decline_score, span_logprob=gen.span_logprob)
