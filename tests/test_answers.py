@@ -92,10 +92,11 @@ PASSAGES = [(1, "acme.txt", "Acme Widgets was founded in 1987 by Dana Kowalski i
             (3, "acme.txt", "Acme employs 340 people across two plants. Most of them build hinges.")]
 
 
-def test_a_rated_extractive_answer_trains_on_the_passage_that_holds_its_target(service) -> None:
-    """A round over knowledge questions trains on one passage per answer, not all k: the target is
-    what the model wrote (the span, or the decline) and the correction; the prompt is the passage
-    holding the correction, else the span, else the best-ranked one. Rows as ``send`` stores them."""
+def test_a_rated_extractive_answer_trains_on_the_prompt_the_chat_asked_it_with(service) -> None:
+    """A round over knowledge questions trains on the passages the chat quoted (what the chat will
+    quote when the question is asked again: on the one passage holding the correction, a round
+    learnt 19 of 50 corrections, on the chat's three 28); the target is what the model wrote (the
+    span, or the decline) and the correction. Rows as ``send`` stores them."""
     from chatlm.chat.prompts import grounded_question, split_grounded
     from chatlm.feedback import load
     from chatlm.knowledge.answer import answer_text
@@ -105,7 +106,7 @@ def test_a_rated_extractive_answer_trains_on_the_passage_that_holds_its_target(s
 
     me = service.actor()
     conv = service.new_conversation(me)
-    cases = [  # question, span the model copied ("" = declined), rating, correction, passage expected
+    cases = [  # question, span the model copied ("" = declined), rating, correction, passage holding it
         ("Who founded Acme Widgets?", "in Tacoma", -1, "Dana Kowalski", 1),
         ("When did the head office move to Boise?", "in 2004", 1, None, 2),
         ("What is the name of Acme's dog?", "340 people", -1, NOT_FOUND, 3),
@@ -125,11 +126,10 @@ def test_a_rated_extractive_answer_trains_on_the_passage_that_holds_its_target(s
         service.rate(me, message_id, value, better_answer=better)
     with transaction(service.sessions) as s:
         rated = {a.message_id: a for a in load.rated_answers(s)}
-    for message_id, (question, span, _, _, holder) in zip(ids, cases, strict=True):
+    for message_id, (question, span, _, _, _) in zip(ids, cases, strict=True):
         record = rated[message_id]
         assert record.answer == (span or NOT_FOUND)  # what the model wrote, not the decorated reply
-        parts = split_grounded(record.prompt[-1][1])
-        assert parts == (question, [PASSAGES[holder - 1]])
+        assert split_grounded(record.prompt[-1][1]) == (question, list(PASSAGES))
     pairs = data.method_records("dpo", list(rated.values()))
     assert {(p["chosen"][0]["content"], p["rejected"][0]["content"]) for p in pairs} == {
         ("Dana Kowalski", "in Tacoma"), (NOT_FOUND, "340 people")}

@@ -2,10 +2,10 @@
 
 The prompt of every record is what the model saw when it answered (system prompt, knowledge
 passages, trimmed history), as stored with the answer, so grounded answers train with their
-passages. An extractive answer (a span copied from the passages) trains on the one passage that
-holds its target (``focus``): the span the model chose among them is what a round teaches, and a
-third of the prompt makes a round over knowledge questions about three times cheaper. Output is
-sorted and deduplicated, so the same data always gives the same file.
+passages: an extractive answer (a span copied from the passages) on all of them, as the chat
+quotes them. A free-form answer about a loaded text (stored before answers were extractive) trains
+on the one passage that holds its target (``focus``), which keeps old ratings' long prompts within
+a round's budget. Output is sorted and deduplicated, so the same data always gives the same file.
 """
 
 from __future__ import annotations
