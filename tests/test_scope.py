@@ -48,14 +48,15 @@ def services(settings) -> Any:
     built.close()
 
 
-def register(services: Any, tmp_path: Path, name: str, scope: Scope | None, parent: str | None = None) -> None:
+def register(services: Any, tmp_path: Path, name: str, scope: Scope | None, parent: str | None = None,
+             method: str = "sft") -> None:
     """An adapter in the registry, as a round leaves it (its scope file beside it, or none)."""
     folder = tmp_path / name
     folder.mkdir()
     if scope is not None:
         scope.save(folder)
     with db.transaction(services.sessions) as s:
-        registry.register(s, name=name, base_model="scripted", parent=parent, path=str(folder), method="sft",
+        registry.register(s, name=name, base_model="scripted", parent=parent, path=str(folder), method=method,
                           dataset_hash="0" * 64, hyperparams={}, metrics={})
 
 
@@ -81,7 +82,7 @@ def test_a_corrections_adapter_answers_its_questions_and_its_parent_every_other(
 
 def test_a_fall_back_goes_down_the_chain_and_never_to_the_reader_for_plain_chat(services, tmp_path) -> None:
     serving = services.chat.adapters
-    register(services, tmp_path, "reader", None)
+    register(services, tmp_path, "reader", None, method="reader")
     serving.ensure_loaded("reader")
     serving.reader = "reader"
     register(services, tmp_path, "chatlm-v1", Scope((CAT,), "reader"), "reader")
@@ -93,6 +94,8 @@ def test_a_fall_back_goes_down_the_chain_and_never_to_the_reader_for_plain_chat(
     assert serving.route("chatlm-v2", FRANCE, embed, reading=True) == "reader"
     assert serving.route("chatlm-v2", FRANCE, embed, reading=False) is None
     assert answered_by(services, FRANCE) is None
+    serving.reader = None  # `chatlm ask` serves no reader: the registry still says which adapters read
+    assert serving.route("chatlm-v2", FRANCE, embed, reading=False) is None
 
 
 def test_a_parent_that_is_gone_leaves_the_base_model_answering(services, tmp_path) -> None:

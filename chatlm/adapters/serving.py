@@ -98,6 +98,7 @@ class Serving:
         questions about texts only."""
         vector = None
         seen: set[str] = set()
+        fell_back = False
         while adapter is not None and adapter in self._scopes and adapter not in seen:
             seen.add(adapter)
             if vector is None:
@@ -107,14 +108,14 @@ class Serving:
                 self._taught[adapter] = unit_rows(embed(list(questions))) if questions else []
             if nearest(vector, self._taught[adapter]) >= NEAR:
                 return adapter
-            adapter = self._scopes[adapter].falls_back_to
-            if adapter is not None and adapter == self.reader and not reading:
-                return None
+            adapter, fell_back = self._scopes[adapter].falls_back_to, True
             try:
                 self.ensure_loaded(adapter)
             except ChatLMError as exc:  # the parent is gone: the base model answers
                 log.warning("%s falls back to the base model: %s", adapter, exc.message)
                 return None
+        if fell_back and adapter is not None and not reading and (adapter == self.reader or self.reads(adapter)):
+            return None
         return adapter
 
     def activate(self, name: str | None) -> None:
