@@ -74,7 +74,7 @@ def _squash(text: str) -> str:
 
 
 def focus(prompt: tuple[tuple[str, str], ...], targets: Sequence[str]) -> tuple[tuple[str, str], ...]:
-    """The prompt of an extractive answer cut to the passage holding the first of ``targets`` found
+    """The prompt of an answer about a text cut to the passage holding the first of ``targets`` found
     in one (the correction, then the answer), else the best-ranked passage (a decline: the text did
     not say, judged from its closest passage). Any other prompt is returned as it is."""
     if not prompt or prompt[-1][0] != "user" or (parts := split_grounded(prompt[-1][1])) is None:
