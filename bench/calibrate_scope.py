@@ -40,7 +40,7 @@ def main() -> None:
     import numpy as np
     from tqdm import tqdm
 
-    from chatlm.adapters.scope import NEAR, nearest, unit_rows
+    from chatlm.adapters.scope import NEAR, rows
     from chatlm.knowledge.embed import get_embedder
     from chatlm.knowledge.squad import load_squad
 
@@ -49,11 +49,11 @@ def main() -> None:
     nearest_taught: list[float] = []
     for article in tqdm(load_squad(args.squad), desc="articles"):
         questions = list(dict.fromkeys(q.question.strip() for q in article.questions))
-        rows = unit_rows(embedder.embed(questions))
+        found_rows = rows(embedder.embed, questions)
         for i in rng.sample(range(len(questions)), min(args.per_article, len(questions))):
             others = [j for j in range(len(questions)) if j != i]
             taught = rng.sample(others, min(args.taught, len(others)))
-            nearest_taught.append(nearest(rows[i], rows[taught]))
+            nearest_taught.append(float((found_rows[taught] @ found_rows[i]).max()))
     found = np.asarray(nearest_taught)
     result = {
         "squad": str(args.squad), "questions": len(found), "taught": args.taught, "seed": args.seed,

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from chatlm import compose
-from chatlm.adapters.scope import FILE, NEAR, Scope, asked, near_each
+from chatlm.adapters.scope import FILE, NEAR, Scope, asked, near_each, rows
 from chatlm.chat.prompts import grounded_question
 from chatlm.engine.params import SamplingParams
 from chatlm.store import db, registry
@@ -118,7 +118,8 @@ def test_the_scope_file_round_trips_and_a_question_is_read_out_of_its_passages(t
 
 def test_near_means_almost_the_same_words(services) -> None:
     embed = services.chat.library.embedder.embed
-    near = near_each(embed, [CAT, "What's my cat called?", FRANCE, "What is the capital of Italy?"], [CAT, FRANCE])
+    near = near_each(embed, [CAT, "What's my cat called?", FRANCE, "What is the capital of Italy?"],
+                     rows(embed, [CAT, FRANCE]))
     assert near == [True, True, True, False]  # Italy is not France, however alike the words
-    assert near_each(embed, [CAT], []) == [False]
+    assert near_each(embed, [CAT], rows(embed, [])) == [False]
     assert 0.5 < NEAR < 1

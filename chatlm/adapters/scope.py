@@ -63,25 +63,22 @@ def asked(prompt: Sequence[dict[str, str]]) -> str:
     return (grounded[0] if grounded else last).strip()
 
 
-def unit_rows(vectors: Any) -> Any:
-    """Rows scaled to length 1, so a product is a cosine."""
+def rows(embed: Embed, texts: Sequence[str]) -> Any:
+    """The texts' embeddings as unit rows (none: an empty array), so a product is a cosine."""
     import numpy as np
 
-    m = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
-    return m / (np.linalg.norm(m, axis=1, keepdims=True) + 1e-9)
+    from chatlm.knowledge.index import normalise_rows
+
+    return normalise_rows(np.asarray(embed(list(texts)))) if texts else np.empty((0, 0), dtype=np.float32)
 
 
-def nearest(question: Any, taught: Any) -> float:
-    """The cosine between a question's embedding and the closest of the taught ones (unit rows)."""
-    if len(taught) == 0:
-        return -1.0
-    return float((taught @ unit_rows(question)[0]).max())
+def near(question: Any, taught: Any) -> bool:
+    """Whether a question (a unit row) is close enough to one of the taught ones (unit rows) for
+    the adapter taught them to answer it."""
+    return len(taught) > 0 and float((taught @ question).max()) >= NEAR
 
 
-def near_each(embed: Embed, questions: Sequence[str], taught: Sequence[str]) -> list[bool]:
-    """For each question, whether an adapter taught ``taught`` answers it."""
-    if not questions:
-        return []
-    vectors = unit_rows(embed(list(taught))) if taught else []
-    asked_rows = unit_rows(embed(list(questions)))
-    return [nearest(row, vectors) >= NEAR for row in asked_rows]
+def near_each(embed: Embed, questions: Sequence[str], taught: Any) -> list[bool]:
+    """For each question, whether an adapter taught the questions whose unit rows are ``taught``
+    answers it."""
+    return [near(row, taught) for row in rows(embed, questions)]

@@ -14,7 +14,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from chatlm.adapters.scope import NEAR, Embed, Scope, nearest, unit_rows
+from chatlm.adapters.scope import Embed, Scope, near, rows
 from chatlm.config import Settings
 from chatlm.engine.backend import Backend
 from chatlm.errors import ChatLMError, InputError, NotFoundError
@@ -102,11 +102,10 @@ class Serving:
         while adapter is not None and adapter in self._scopes and adapter not in seen:
             seen.add(adapter)
             if vector is None:
-                vector = unit_rows(embed([question]))[0]
+                vector = rows(embed, [question])[0]
             if adapter not in self._taught:
-                questions = self._scopes[adapter].questions
-                self._taught[adapter] = unit_rows(embed(list(questions))) if questions else []
-            if nearest(vector, self._taught[adapter]) >= NEAR:
+                self._taught[adapter] = rows(embed, self._scopes[adapter].questions)
+            if near(vector, self._taught[adapter]):
                 return adapter
             adapter, fell_back = self._scopes[adapter].falls_back_to, True
             try:

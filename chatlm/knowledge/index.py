@@ -54,7 +54,8 @@ def _tokenize(texts: list[str]) -> list[list[str]]:
     )
 
 
-def _normalise_rows(emb: np.ndarray) -> np.ndarray:
+def normalise_rows(emb: np.ndarray) -> np.ndarray:
+    """Rows scaled to length 1, so a product of two is their cosine."""
     emb = np.ascontiguousarray(emb, dtype=np.float32)
     norms = np.linalg.norm(emb, axis=1, keepdims=True)
     return emb / np.maximum(norms, 1e-12)
@@ -118,7 +119,7 @@ class HybridIndex:
         embeddings = np.asarray(embeddings)
         if embeddings.ndim != 2 or embeddings.shape[0] != self._n:
             raise ValueError(f"need {self._n} embedding rows, got shape {embeddings.shape}")
-        self._emb = _normalise_rows(embeddings)
+        self._emb = normalise_rows(embeddings)
 
     def _query_embedder(self) -> QueryEmbedder:
         if self._embedder is None:

@@ -165,7 +165,7 @@ def _train_and_evaluate(settings: Settings, round_data: Any, params: dict[str, A
     figures a promotion decision needs. Returns (base model id, hyperparameters, metrics)."""
     import time
 
-    from chatlm.adapters.scope import NEAR, Scope, asked, near_each
+    from chatlm.adapters.scope import NEAR, Scope, asked, near_each, rows
     from chatlm.engine import loader
     from chatlm.engine.adapters import check_files
     from chatlm.evaluation import everyday, heldout
@@ -193,16 +193,18 @@ def _train_and_evaluate(settings: Settings, round_data: Any, params: dict[str, A
     check_files(tmp)  # saved completely, or the round fails and nothing is registered
     report({"phase": "evaluating"})
     asked_with = everyday.asked_with(round_data)
-    held, answers = round_data.heldout, None  # judged on every question, unless it has a scope
+    held, answers, scope = round_data.heldout, None, None  # judged on every question, unless it has a scope
     if trainer.corrections_round(round_data):  # served only to what it was taught: judged as served
-        taught = Scope(tuple(dict.fromkeys(asked(r["prompt"]) for r in round_data.train if r.get("prompt"))),
-                       parent[0] if parent else None)
-        taught.save(tmp)
+        scope = Scope(tuple(dict.fromkeys(asked(r["prompt"]) for r in round_data.train if r.get("prompt"))),
+                      parent[0] if parent else None)
+        scope.save(tmp)
         embed = get_embedder().embed
-        near = near_each(embed, [q for q, _ in everyday.QUESTIONS], taught.questions)
-        answers = [i for i, yes in enumerate(near) if yes]
+        taught = rows(embed, scope.questions)
+        if asked_with is not None:
+            answers = [i for i, yes in enumerate(near_each(embed, [q for q, _ in everyday.QUESTIONS], taught))
+                       if yes]
         questions = sorted({asked(r["prompt"]) for r in [*held.pairs, *held.rated, *held.liked]})
-        answered = {q for q, yes in zip(questions, near_each(embed, questions, taught.questions), strict=True) if yes}
+        answered = {q for q, yes in zip(questions, near_each(embed, questions, taught), strict=True) if yes}
         held = held.within(lambda prompt: asked(prompt) in answered)
     if parent:
         model.load_adapter(parent[1], adapter_name="parent")
@@ -211,10 +213,10 @@ def _train_and_evaluate(settings: Settings, round_data: Any, params: dict[str, A
                                baseline_name=parent[0] if parent else "base",
                                corrections=round_data.corrections, liked=round_data.liked,
                                everyday=asked_with, answers=answers)
-    if answers is not None:
-        metrics["scope"] = {"taught": len(taught.questions), "near": NEAR,
+    if scope is not None:
+        metrics["scope"] = {"taught": len(scope.questions), "near": NEAR,
                             "heldout_prompts": round_data.heldout.prompts, "heldout_answered": held.prompts,
-                            "everyday_answered": len(answers) if asked_with is not None else None}
+                            "everyday_answered": len(answers) if answers is not None else None}
     other = active if active and active != parent else None
     if other:
         model.load_adapter(other[1], adapter_name="active")
