@@ -140,7 +140,7 @@ def knowledge(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
 
     rule = AbstainRule(check="none", min_dense=None)  # the chat's own answers, no clean-up rule
     articles = load_squad(args.squad)
-    a, b = articles[0], articles[1]
+    a, b = articles[args.article], articles[args.other]
     out: dict[str, Any] = {"train_article": a.title, "test_article": b.title, "questions": args.questions}
     settings, services = _services(data_dir)
     service = services.chat
@@ -157,11 +157,16 @@ def knowledge(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
         after = {q["question"]: q for q in again["questions"]}
         learnt = kept = corrected = liked = 0
         misses: list[dict[str, str]] = []
+        detail: list[dict[str, Any]] = []
         for q in asked["questions"]:
             if q["question"] not in ids:
                 continue
             new = after[q["question"]]["prediction"]
             right = (not q["prediction"]) if q["is_impossible"] else q["f1"] >= 0.5
+            detail.append({"question": q["question"], "impossible": q["is_impossible"], "corrected": not right,
+                           "taught": after[q["question"]]["adapter"] == out["round"]["adapter"],
+                           "wanted": "" if q["is_impossible"] else q["answers"][0],
+                           "before": _scores(q), "after": _scores(after[q["question"]])})
             if right:
                 liked += 1
                 kept += normalize_answer(new) == normalize_answer(q["prediction"])
@@ -175,11 +180,17 @@ def knowledge(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
         out["corrections"] = {"corrected": corrected, "learnt": learnt, "share": round(learnt / max(corrected, 1), 3),
                               "liked": liked, "kept": kept, "kept_share": round(kept / max(liked, 1), 3),
                               "misses": misses}
+        out["detail"] = detail
         after_b = evaluate(service, [b], Options(squad=args.squad, limit=args.eval_limit, split="report", rule=rule))
         out["other_after"] = headline(after_b)
     finally:
         services.close()
     return out
+
+
+def _scores(q: dict[str, Any]) -> dict[str, Any]:
+    """What the chat answered and the figures its decline rule read (to replay a rule on them)."""
+    return {k: q.get(k) for k in ("prediction", "span", "support_score", "decline_score", "span_logprob", "adapter")}
 
 
 def chat(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
@@ -230,11 +241,14 @@ def main() -> None:
     p.add_argument("part", choices=("knowledge", "chat"))
     p.add_argument("--squad", type=Path, default=DEFAULT_SQUAD)
     p.add_argument("--questions", type=int, default=80, help="knowledge: questions of article A asked and rated")
+    p.add_argument("--article", type=int, default=0, help="knowledge: the rated article (its index in --squad)")
+    p.add_argument("--other", type=int, default=1, help="knowledge: the other article, scored before and after")
     p.add_argument("--eval-limit", type=int, default=50, help="knowledge: report-split questions of article B")
     p.add_argument("--method", default="auto")
     p.add_argument("--epochs", type=float, help="passes over the data (default: the round's own rule)")
     p.add_argument("--lr", type=float, help="learning rate (default: the round's own)")
     p.add_argument("--out", type=Path)
+    p.add_argument("--keep", type=Path, help="an empty folder to keep the install in (its database and adapters)")
     args = p.parse_args()
 
     import torch
@@ -242,7 +256,7 @@ def main() -> None:
 
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="chatlm-bench-corrections-") as tmp:
-        data_dir = scratch_data_dir(Path(tmp))
+        data_dir = scratch_data_dir(args.keep or Path(tmp))
         result = (knowledge if args.part == "knowledge" else chat)(args, data_dir)
     result = {"part": args.part, "method": args.method, "epochs_asked": args.epochs, "lr_asked": args.lr,
               **result,

@@ -33,6 +33,9 @@ def test_sentences_carry_their_offsets_and_support_finds_the_span() -> None:
         "Acme Widgets was founded in 1987 by Dana Kowalski in Tacoma.", "The company makes brass hinges.",
         "Its head office moved to Boise in 2004.", "Acme employs 340 people."]
     assert all(TEXT[s.start:s.end] == s.sentence and s.number == 2 for s in found)
+    titled = "Bond is told by Mr. White to protect his daughter, Dr. Madeleine Swann. J. K. Rowling wrote on."
+    assert [s.sentence for s in sentences([(1, "spectre.txt", titled)])] == [
+        "Bond is told by Mr. White to protect his daughter, Dr. Madeleine Swann.", "J. K. Rowling wrote on."]
     support = find_support("Dana Kowalski", found)
     assert support is not None and support.sentence.startswith("Acme Widgets was founded")
     assert find_support("Priya Raman", found) is None and find_support("  ", found) is None
@@ -137,6 +140,41 @@ def test_a_rated_extractive_answer_trains_on_the_prompt_the_chat_asked_it_with(s
     counts = data.count(list(rated.values()))
     assert data.choose_method("auto", counts, knowledge=True) == "sft"
     assert data.choose_method("auto", data.Counts(pairs=8, liked=8, disliked=8, sft=16)) == "dpo"
+
+
+def test_a_correction_the_quoted_passages_lack_trains_with_the_passage_that_holds_it(service) -> None:
+    """Retrieval missed the passage with the answer: the user's correction cannot be copied from
+    what the chat quoted, so the round trains it with the chat's passage that holds it in place of
+    the last one (from the chat's own documents, never from elsewhere)."""
+    from chatlm.chat.prompts import grounded_question, split_grounded
+    from chatlm.feedback import load
+    from chatlm.store import repo
+    from chatlm.store.db import transaction
+
+    me = service.actor()
+    conv = service.new_conversation(me)
+    service.library.load(actor=me, conversation_id=conv.id, name="acme.txt",
+                         text=TEXT + "\nThe Boise office is on Main Street.")
+    question = "Where is the Boise office?"
+    ids = []
+    with transaction(service.sessions) as s:
+        for better in ("Main Street", "Elm Street", NOT_FOUND):  # held by the text; by nothing; the decline
+            asked = repo.add_message(s, conversation_id=conv.id, role="user", content=question)
+            prompt = [{"role": "user", "content": grounded_question(question, PASSAGES, short=True)}]
+            ids.append((repo.add_message(s, conversation_id=conv.id, role="assistant", content="in 2004",
+                                         parent_id=asked.id, prompt_messages=prompt,
+                                         generation_params={"extractive": True, "span": "in 2004"}).id, better))
+    for message_id, better in ids:
+        service.rate(me, message_id, -1, better_answer=better)
+    with transaction(service.sessions) as s:
+        rated = {a.message_id: a for a in load.rated_answers(s)}
+    taught = split_grounded(rated[ids[0][0]].prompt[-1][1])
+    assert taught is not None and taught[0] == question
+    assert taught[1][:-1] == list(PASSAGES[:-1])
+    number, document, text = taught[1][-1]
+    assert (number, document) == (PASSAGES[-1][0], "acme.txt") and "Main Street" in text
+    for message_id, _ in ids[1:]:  # nothing holds it, or a decline: the passages as quoted
+        assert split_grounded(rated[message_id].prompt[-1][1]) == (question, list(PASSAGES))
 
 
 def test_the_sources_under_an_answer_are_the_cited_ones_short_and_escaped() -> None:

@@ -145,3 +145,14 @@ def test_a_reader_overrides_the_agreement_rule_only_when_sure(settings, support,
 
     assert settings.abstain_threshold == 0.6 and math.log(0.5) < SURE_SPAN and SURE_DECLINE > 0
     assert rule(support, settings.abstain_threshold, decline_score=decline, span_logprob=first) is declines
+
+
+def test_a_question_a_round_was_taught_declines_from_a_lower_score() -> None:
+    """A corrections round's own "the text does not say" is trusted sooner on what it was taught."""
+    from chatlm.knowledge.answer import SURE_DECLINE, TAUGHT_DECLINE, declines
+
+    between = (TAUGHT_DECLINE + SURE_DECLINE) / 2
+    assert TAUGHT_DECLINE < SURE_DECLINE
+    assert declines(0.9, 0.6, decline_score=between, span_logprob=-2.0, taught=True)
+    assert not declines(0.9, 0.6, decline_score=between, span_logprob=-2.0)
+    assert not declines(0.9, 0.6, decline_score=TAUGHT_DECLINE - 0.5, span_logprob=-2.0, taught=True)

@@ -123,3 +123,71 @@ def test_near_means_almost_the_same_words(services) -> None:
     assert near == [True, True, True, False]  # Italy is not France, however alike the words
     assert near_each(embed, [CAT], rows(embed, [])) == [False]
     assert 0.5 < NEAR < 1
+
+
+TOWN = "\n\n".join([
+    "Brackenford is a market town on the river Bracken. " * 6,
+    "The town was founded in 1204 by Ada Lovell, a wool merchant from York. " * 6,
+    "The old stone bridge has seven arches and carries the high road north. " * 6,
+    "The bakery on Mill Lane, run by Tomasz Nowak, sells rye bread every morning. " * 6,
+])
+FOUNDER = "Who founded Brackenford?"
+
+
+class CopyingBackend(AdapterBackend):
+    """The scripted model as the chat's extractive path asks it: it takes the passages' sentences
+    to copy from (and says which, so a test can see what the question was read from)."""
+
+    supports_copy = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked: list[list[dict[str, str]]] = []
+
+    def chat(self, messages: Any, params: Any, *, adapter: str | None = None, continue_final: bool = False,
+             **copy: Any) -> Any:
+        self.asked.append(messages)
+        return super().chat(messages, params, adapter=adapter, continue_final=continue_final)
+
+
+def test_a_corrected_question_about_a_text_is_read_again_from_the_passages_it_was_taught_on(
+        settings, tmp_path) -> None:
+    built = compose.build(settings, CopyingBackend(), follow_registry=False, reader=False)
+    try:
+        chat = built.chat
+        me = chat.actor()
+
+        def ask(question: str, *, load: bool = True) -> tuple[int, list[str]]:
+            """A new chat (the town loaded) and the passages its answer was asked over."""
+            conv = chat.new_conversation(me)
+            if load:
+                chat.library.load(actor=me, conversation_id=conv.id, name="town.txt", text=TOWN)
+            chat.send(me, conv.id, question, SamplingParams(temperature=0.0, max_new_tokens=4), k=1).run()
+            ids = [p["chunk_id"] for p in chat.history(me, conv.id)[-1][0].sources or []]
+            texts = chat.library.chunk_texts(ids)
+            return conv.id, [texts[i].strip() for i in ids]
+
+        conv_id, retrieved = ask(FOUNDER)
+        assert len(retrieved) == 1 and "Ada Lovell" in retrieved[0]
+        chunks = [text.strip() for _, _, text, _, _ in chat.library.index_for(conv_id).chunks]
+        bakery = next(t for t in chunks if "Tomasz Nowak" in t)
+        # a round taught the question on the bakery's passage (the one holding the user's correction)
+        register(built, tmp_path, "chatlm-v2", Scope((FOUNDER,), None, ((bakery,),)))
+        chat.adapters.promote("chatlm-v2")
+        assert ask(FOUNDER)[1] == [bakery]
+        assert ask("Who was Brackenford founded by?")[1] == [bakery]  # worded almost the same
+        assert "bridge" in ask("How many arches does the old stone bridge have?")[1][0]  # not taught: retrieved
+        assert ask(FOUNDER, load=False)[1] == []  # a chat without the text: nothing to read it from
+    finally:
+        built.close()
+
+
+def test_a_scope_keeps_each_taught_question_with_the_passages_of_its_prompt(tmp_path) -> None:
+    town = grounded_question(FOUNDER, [(1, "town.txt", " Ada founded it. "), (2, "town.txt", "A bridge.")],
+                             short=True)
+    prompts = [[{"role": "user", "content": town}], [{"role": "user", "content": CAT}],
+               [{"role": "user", "content": town}]]
+    scope = Scope.of(prompts, "reader")
+    assert scope == Scope((FOUNDER, CAT), "reader", (("Ada founded it.", "A bridge."), ()))
+    scope.save(tmp_path)
+    assert Scope.read(tmp_path) == scope

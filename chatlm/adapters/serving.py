@@ -14,7 +14,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from chatlm.adapters.scope import Embed, Scope, near, rows
+from chatlm.adapters.scope import Embed, Scope, near, nearest, rows
 from chatlm.config import Settings
 from chatlm.engine.backend import Backend
 from chatlm.errors import ChatLMError, InputError, NotFoundError
@@ -170,6 +170,22 @@ class Serving:
         with transaction(self.sessions) as s:
             active = registry.active_adapter(s)
             return (active.name, active.activated_at) if active else None
+
+    def taught_passages(self, adapter: str | None, question: str, embed: Embed) -> tuple[str, ...]:
+        """The passages ``adapter`` was taught ``question`` (or one worded almost the same) on;
+        none for an adapter without a scope, a chat question, or a question it was not taught."""
+        scope = self._scopes.get(adapter) if adapter is not None else None
+        if scope is None or not scope.passages:
+            return ()
+        if adapter not in self._taught:
+            self._taught[adapter] = rows(embed, scope.questions)
+        index = nearest(rows(embed, [question])[0], self._taught[adapter])
+        return () if index is None else scope.passages_of(index)
+
+    def taught(self, adapter: str | None) -> bool:
+        """Whether ``adapter`` answers only what it was taught (a corrections round): a question
+        ``route`` sends it is one a user corrected or liked, worded almost the same."""
+        return adapter is not None and adapter in self._scopes
 
     def reads(self, adapter: str | None) -> bool:
         """Whether ``adapter`` was taught to read (a reader round, or a round continued from one):

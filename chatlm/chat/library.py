@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -172,6 +172,22 @@ class Library:
         with self._lock:
             self._indexes[key] = built
         return built
+
+    def passages_with(self, conversation_id: int, texts: Sequence[str]) -> list[Passage]:
+        """The chat's passages whose texts are ``texts``, in that order, numbered from 1; none
+        unless the chat's documents hold every one (a question read again from the passages it was
+        taught on, ``chatlm.adapters.scope``)."""
+        built = self.index_for(conversation_id) if texts else None
+        if built is None:
+            return []
+        where = {text.strip(): i for i, (_, _, text, _, _) in reversed(list(enumerate(built.chunks)))}
+        if any(text.strip() not in where for text in texts):
+            return []
+        out = []
+        for n, text in enumerate(texts, start=1):
+            cid, doc, chunk, start, end = built.chunks[where[text.strip()]]
+            out.append(Passage(number=n, chunk_id=cid, document=doc, text=chunk, start=start, end=end, score=0.0))
+        return out
 
     def retrieve(self, conversation_id: int, question: str, k: int = 3) -> list[Passage]:
         built = self.index_for(conversation_id)

@@ -96,6 +96,10 @@ class ChatService(Conversations):
         numbered = [(p.number, p.document, p.text) for p in passages]
         extract = numbered if passages and self._can_extract(content) else None
         adapter = self._route(adapter, content, reading=bool(extract))
+        if extract and (taught := self.library.passages_with(conversation_id, self.adapters.taught_passages(
+                adapter, content, self._embed))):  # a question a user corrected: where its answer was taught
+            passages, numbered = taught, [(p.number, p.document, p.text) for p in taught]
+            extract = numbered
         if extract and adapter is None and chosen_model != BASE_MODEL and self.adapters.reader:
             adapter = self.adapters.reader  # the default model reads a loaded text with the reader adapter
         with transaction(self.sessions) as s:
@@ -121,8 +125,10 @@ class ChatService(Conversations):
     def _route(self, adapter: str | None, question: str, *, reading: bool = False) -> str | None:
         """The adapter that answers this question: a corrections round answers only what it was
         taught (``chatlm.adapters.scope``)."""
-        return self.adapters.route(adapter, question, lambda texts: self.library.embedder.embed(texts),
-                                   reading=reading)
+        return self.adapters.route(adapter, question, self._embed, reading=reading)
+
+    def _embed(self, texts: Any) -> Any:
+        return self.library.embedder.embed(texts)
 
     def _can_extract(self, request: str) -> bool:
         """Factoid questions get a copied span where the backend can constrain decoding (a remote
@@ -309,7 +315,9 @@ class ChatService(Conversations):
             extra = {"copy_from": [c.sentence for c in chosen[:COPY_SENTENCES]],
                      "avoid_first": question_words(question)}
             if self.adapters.reads(adapter):  # every sentence, the best unless it is sure; its decline is scored
-                extra.update(copy_from=[c.sentence for c in chosen], decline=NOT_FOUND, prefer=[0],
+                # a question it was taught: the span it learnt, from whichever sentence holds it
+                prefer = [] if self.adapters.taught(adapter) else [0]
+                extra.update(copy_from=[c.sentence for c in chosen], decline=NOT_FOUND, prefer=prefer,
                              sure=SURE_SPAN)
         gen = self._chat(messages, params, adapter, actor, continue_final=continue_final, **extra)
         with self._lock:
@@ -358,7 +366,8 @@ class ChatService(Conversations):
     def _declines(self, reply: Reply) -> bool:
         gen = reply.generation
         return declines(reply.support_score or 0.0, self.settings.abstain_threshold,
-                        decline_score=gen.decline_score, span_logprob=gen.span_logprob)
+                        decline_score=gen.decline_score, span_logprob=gen.span_logprob,
+                        taught=self.adapters.taught(reply.adapter))
 
     def release(self, reply: Reply) -> None:
         """An answer has ended: Stop no longer finds it (a newer one in its chat stays)."""

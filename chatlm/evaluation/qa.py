@@ -249,6 +249,7 @@ def _answer_rag(service: Any, rec: Record, q: Question, actor: Actor, conversati
                          short=True)
     raw = reply.run()
     _finish(rec, raw, reply.generation, rec.shown)
+    rec.adapter = reply.adapter
     if reply.extract is not None:  # the chat's own answer: its span, or its decline
         rec.extractive, rec.support_score = True, reply.support_score
         rec.decline_score = reply.generation.decline_score

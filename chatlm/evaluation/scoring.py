@@ -200,6 +200,8 @@ class Record:
     """log p of the copied span's first token (how sure the model was of it)."""
     span: str = ""
     """The copied span before the decline rule (what it would have answered)."""
+    adapter: str | None = None
+    """The adapter that answered (a corrections round answers only what it was taught)."""
     shown: list[str] = field(default_factory=list, repr=False)
     """Texts of the passages the model was shown (not written to the report)."""
 

@@ -9,8 +9,8 @@ from sqlalchemy.orm import Session
 
 from chatlm.chat.prompts import NOT_FOUND, split_grounded
 from chatlm.feedback.records import Conversation as ConvRecord
-from chatlm.feedback.records import RatedAnswer, focus
-from chatlm.store import repo
+from chatlm.feedback.records import RatedAnswer, focus, with_passage
+from chatlm.store import documents, repo
 from chatlm.store.models import Conversation, Message, Rating, User
 
 BASE = "base"
@@ -36,17 +36,20 @@ def rated_answers(session: Session, *, since: datetime | None = None, adapter: s
         stmt = stmt.where(User.name == user)
     if not guests:
         stmt = stmt.where(User.is_guest.is_(False))
-    return [_rated(msg, rating, excluded) for msg, rating, excluded in session.execute(stmt)]
+    return [_rated(session, msg, rating, excluded) for msg, rating, excluded in session.execute(stmt)]
 
 
-def _rated(msg: Message, rating: Rating, excluded: bool) -> RatedAnswer:
+def _rated(session: Session, msg: Message, rating: Rating, excluded: bool) -> RatedAnswer:
     """An extractive answer trains as what the model wrote (the span, or the decline when the reply
     declined) on the passages the chat quoted, as the chat will quote them when the question comes
     again (``bench/corrections.py knowledge``: 28 of 50 corrections learnt, against 19 on the one
     passage holding each). A free-form answer about a loaded text (stored before answers were
     extractive, or by another model) trains on one passage (``records.focus``): the one holding the
     user's correction, else the best-ranked one, so old ratings' long prompts train within a
-    round's budget. Any other answer trains as stored."""
+    round's budget. A correction of an extractive answer that none of its passages holds trains
+    with the chat's passage that does hold it in place of the last (``records.with_passage``), and
+    the chat reads that question again from those passages (``chatlm.adapters.scope``). Any other
+    answer trains as stored."""
     prompt = tuple((m["role"], m["content"]) for m in msg.prompt_messages or [])
     answer = msg.content
     extractive = bool((msg.generation_params or {}).get("extractive")) and msg.status == "complete"
@@ -55,10 +58,19 @@ def _rated(msg: Message, rating: Rating, excluded: bool) -> RatedAnswer:
     grounded = bool(prompt) and prompt[-1][0] == "user" and split_grounded(prompt[-1][1]) is not None
     if grounded and not extractive:
         prompt = focus(prompt, [rating.better_answer or "", answer])
+    elif extractive and rating.better_answer and rating.better_answer.strip() != NOT_FOUND:
+        prompt = with_passage(prompt, rating.better_answer, _chat_texts(session, msg.conversation_id))
     return RatedAnswer(message_id=msg.id, conversation_id=msg.conversation_id, parent_id=msg.parent_id,
                        prompt=prompt, answer=answer, rating=rating.value,
                        better_answer=rating.better_answer, excluded=excluded, extractive=extractive,
                        knowledge=extractive or grounded)
+
+
+def _chat_texts(session: Session, conversation_id: int) -> list[tuple[str, str]]:
+    """``(document, chunk text)`` of every passage of the chat's documents."""
+    docs = documents.conversation_documents(session, conversation_id=conversation_id)
+    names = {d.id: d.name for d in docs}
+    return [(names[c.document_id], c.text) for c in documents.chunks_of(session, document_ids=list(names))]
 
 
 def conversations(session: Session, *, since: datetime | None = None,

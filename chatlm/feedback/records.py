@@ -89,6 +89,29 @@ def focus(prompt: tuple[tuple[str, str], ...], targets: Sequence[str]) -> tuple[
     return (*prompt[:-1], ("user", grounded_question(question, [chosen], short=True)))
 
 
+def with_passage(prompt: tuple[tuple[str, str], ...], target: str,
+                 texts: Sequence[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
+    """The prompt of an extractive answer about a text, with the passage that holds ``target`` (a
+    correction the passages quoted did not hold) in place of the last one: chosen among ``texts``
+    (``(document, chunk text)`` of the chat's documents) as the one sharing most of the question's
+    words. A span no passage can show cannot be copied, so cannot be learnt. Any other prompt, or a
+    target no text holds, is returned as it is."""
+    wanted = _squash(target)
+    if not wanted or not prompt or prompt[-1][0] != "user" or (parts := split_grounded(prompt[-1][1])) is None:
+        return prompt
+    question, passages = parts
+    if any(wanted in _squash(p[2]) for p in passages):
+        return prompt
+    words = {w for w in _squash(question).split() if len(w) > 3}
+    holding = [(doc, text) for doc, text in texts if wanted in _squash(text)]
+    if not holding:
+        return prompt
+    doc, text = max(holding, key=lambda h: len(words & set(_squash(h[1]).split())))
+    last = passages[-1][0]
+    changed = [*passages[:-1], (last, doc, text.strip())]
+    return (*prompt[:-1], ("user", grounded_question(question, changed, short=True)))
+
+
 def _assistant(text: str) -> Message:
     return {"role": "assistant", "content": text}
 

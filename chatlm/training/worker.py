@@ -195,8 +195,7 @@ def _train_and_evaluate(settings: Settings, round_data: Any, params: dict[str, A
     asked_with = everyday.asked_with(round_data)
     held, answers, scope = round_data.heldout, None, None  # judged on every question, unless it has a scope
     if trainer.corrections_round(round_data):  # served only to what it was taught: judged as served
-        scope = Scope(tuple(dict.fromkeys(asked(r["prompt"]) for r in round_data.train if r.get("prompt"))),
-                      parent[0] if parent else None)
+        scope = Scope.of([r["prompt"] for r in round_data.train if r.get("prompt")], parent[0] if parent else None)
         scope.save(tmp)
         embed = get_embedder().embed
         taught = rows(embed, scope.questions)

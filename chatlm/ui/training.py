@@ -68,7 +68,8 @@ ABOUT = (
     "you wrote them (every correction is learnt from), and whether answers to questions it never "
     "saw got better or worse: a fifth of the other ratings, set aside, and a few everyday questions "
     "with known answers, which a round on corrections can get wrong. A round on corrections is "
-    "then used only for the questions it was taught and ones worded almost the same; every other "
+    "then used only for the questions it was taught and ones worded almost the same (a question "
+    "about a text is read again from the passages where your correction was found); every other "
     "question is answered as before it. Promote serves it in new chats; Roll back returns to the "
     "previous one at any time.")
 METHOD_WORDS = {
