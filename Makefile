@@ -42,15 +42,32 @@ bench: setup
 
 # The serving benchmark's peer: llama-cpp-python on the same GGUF, in its own virtualenv because it
 # compiles llama.cpp (about 10 minutes on 2 cores), which `make setup` must not wait for.
+# llama-server (llama.cpp's own server, the peer for eight users) is built from the llama.cpp
+# sources that llama-cpp-python's sdist vendors: the same llama.cpp, another 10 minutes.
+# Not -DGGML_NATIVE=ON: on a CPU that reports AMX to a VM that does not grant it, the native
+# build's AMX kernels crash (SIGSEGV in ggml_backend_amx_mul_mat as the first prompt is read), so
+# every x86 extension up to AVX-512 is named instead, and AMX left out.
 PEER := .venv-peer
-bench-peer: setup $(PEER)/.installed
+LLAMA_CPP_PYTHON := llama-cpp-python==0.3.36
+LLAMA_CMAKE := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX_VNNI=ON \
+  -DGGML_AVX512=ON -DGGML_AVX512_VBMI=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON
+bench-peer: setup $(PEER)/.installed $(PEER)/bin/llama-server
 	$(BIN)/python bench/serve.py --peer llamacpp
 
 $(PEER)/.installed:
 	test -x $(PEER)/bin/python || $(PY) -m venv $(PEER)
 	$(PEER)/bin/pip install --quiet --upgrade pip
-	CMAKE_ARGS="-DGGML_NATIVE=ON" $(PEER)/bin/pip install --quiet "llama-cpp-python==0.3.36"
+	CMAKE_ARGS="$(LLAMA_CMAKE)" $(PEER)/bin/pip install --quiet --no-cache-dir "$(LLAMA_CPP_PYTHON)"
 	touch $@
+
+$(PEER)/bin/llama-server: $(PEER)/.installed
+	rm -rf $(PEER)/src && mkdir -p $(PEER)/src
+	$(PEER)/bin/pip download --quiet --no-binary :all: --no-deps "$(LLAMA_CPP_PYTHON)" -d $(PEER)/src
+	tar xzf $(PEER)/src/llama_cpp_python-*.tar.gz -C $(PEER)/src
+	cmake -S $(PEER)/src/llama_cpp_python-*/vendor/llama.cpp -B $(PEER)/src/build -DCMAKE_BUILD_TYPE=Release \
+	  $(LLAMA_CMAKE) -DBUILD_SHARED_LIBS=OFF -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=ON
+	cmake --build $(PEER)/src/build --target llama-server -j 2
+	cp $(PEER)/src/build/bin/llama-server $@
 
 clean:
 	rm -rf $(VENV)

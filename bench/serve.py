@@ -10,7 +10,9 @@ serve`` in a subprocess, warm it up, time 1 stream then N simultaneous streams w
 ``openai`` client, stop it; then, with nothing else of ours running, time ``model.generate``
 again (the faster of the two runs is the baseline: the stricter target), llama.cpp when
 installed, decode forwards at batch 1/2/N, and the scheduler in-process (no HTTP) with its
-decode step split into model forward vs the rest.
+decode step split into model forward vs the rest. Last, with ``make bench-peer`` built, the peers
+on the same GGUF and threads: llama-cpp-python's single stream, and llama.cpp's own server
+(``llama-server``) with N parallel slots asked 1 then N streams as ours is.
 """
 
 from __future__ import annotations
@@ -220,14 +222,17 @@ def one_stream(url: str, model: str, i: int, max_tokens: int,
         model=model, messages=prompt_for(i), stream=True, max_tokens=max_tokens, temperature=0,
         stream_options={"include_usage": True},
     )
+    pieces, usage = 0, None
     for chunk in stream:
         if chunk.choices:
             choice = chunk.choices[0]
-            if first is None and choice.delta.content:
-                first = time.perf_counter()
+            if choice.delta.content:
+                pieces += 1  # a server that reports no usage streams one token a chunk
+                first = first or time.perf_counter()
             finish = choice.finish_reason or finish
         if chunk.usage is not None:
-            tokens = chunk.usage.completion_tokens
+            usage = chunk.usage.completion_tokens
+    tokens = usage if usage is not None else pieces
     end = time.perf_counter()
     client.close()
     return StreamResult(sent, first, end, tokens, finish)
@@ -540,6 +545,58 @@ def bench_profile(loaded: loader.LoadedModel, streams: int, max_tokens: int) -> 
     return profile
 
 
+LLAMA_SERVER = Path(os.environ.get("LLAMA_SERVER", ROOT / ".venv-peer" / "bin" / "llama-server"))
+
+
+def bench_llama_server(streams: int, max_tokens: int, tmp: Path) -> dict[str, Any]:
+    """llama.cpp's own server (``llama-server``, built by ``make bench-peer`` from the sources
+    llama-cpp-python vendors) with ``streams`` parallel slots and continuous batching on the same
+    GGUF, as many threads as torch uses here: the peer for many users, asked as ours is (the
+    official client, the same prompts and token budget)."""
+    import urllib.request
+
+    if not LLAMA_SERVER.is_file():
+        return {"available": False, "why": "run `make bench-peer` to build llama-server"}
+    port, threads = free_port(), torch.get_num_threads()
+    url = f"http://127.0.0.1:{port}"
+    cmd = [str(LLAMA_SERVER), "-m", str(loader.bundled_gguf()), "-t", str(threads), "-tb", str(threads),
+           "-np", str(streams), "-c", str(2048 * streams), "--host", "127.0.0.1", "--port", str(port)]
+    log_path = tmp / "llama-server.log"
+    with log_path.open("wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+    poller = RssPoller(proc.pid)
+    poller.start()
+    try:
+        deadline = time.perf_counter() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.perf_counter() > deadline:
+                return {"available": False, "why": log_path.read_text(errors="replace")[-2000:]}
+            time.sleep(0.2)
+        model = "smollm2"
+        run_streams(url, model, 1, 8, offset=len(TOPICS) - 1)  # warm up, as ours is
+        run_streams(url, model, streams, 4, offset=len(TOPICS) - 1)
+        log(f"llama-server, {streams} slots: 1 stream ...")
+        single = run_streams(url, model, 1, max_tokens)
+        log(f"  {single['agg_tokens_per_s']} tok/s; {streams} streams ...")
+        multi = run_streams(url, model, streams, max_tokens)
+        log(f"  {multi['agg_tokens_per_s']} tok/s aggregate, ttft p95 {multi['ttft_p95_s']} s")
+    finally:
+        poller.stop()
+        proc.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=10)
+        if proc.poll() is None:
+            proc.kill()
+    return {"available": True, "slots": streams, "threads": threads, "single": single, "multi": multi,
+            "peak_rss_mb": round(poller.peak / 2**20, 1)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description="Serving benchmark: /v1 with 1 and N streams vs model.generate (one JSON).")
@@ -594,15 +651,21 @@ def main() -> None:
     log("llama.cpp ...")
     llama = bench_llama_cpp(max_tokens) if args.peer == "llamacpp" else {"available": False}
     log(f"  {llama}")
+    with tempfile.TemporaryDirectory(prefix="chatlm-bench-peer-") as peer_tmp:
+        llama_server = (bench_llama_server(args.streams, max_tokens, Path(peer_tmp)) if args.peer == "llamacpp"
+                        else {"available": False})
 
     server = servers[modes[0]]
     single, multi = server["single"], server["multi"]
     agg1, aggn = single["agg_tokens_per_s"], multi["agg_tokens_per_s"]
     n = args.streams
     peer = llama["tokens_per_s"] if llama.get("available") else None
+    peer_n = llama_server["multi"]["agg_tokens_per_s"] if llama_server.get("available") else None
     targets = {
         f"agg{n}_ge_4x_single": aggn >= 4 * agg1,
         f"agg{n}_ge_1.5x_llama_cpp_single": aggn >= 1.5 * peer if peer else None,
+        f"agg{n}_ge_1x_llama_server_{n}_slots": aggn >= peer_n if peer_n else None,
+        "single_ge_0.8x_llama_cpp_single": agg1 >= 0.8 * peer if peer else None,
         f"ttft_p95_{n}_le_2x_ttft_1": multi["ttft_p95_s"] <= 2 * single["ttft_p50_s"],
         "single_ge_2x_naive_generate": agg1 >= 2 * naive["tokens_per_s"],
         "peak_rss_le_1500mb": server["peak_rss_mb"] <= 1500,
@@ -613,6 +676,7 @@ def main() -> None:
         f"agg{n}_over_single": round(aggn / agg1, 2),
         f"agg{n}_over_llama_cpp_single": round(aggn / peer, 2) if peer else None,
         "single_over_llama_cpp_single": round(agg1 / peer, 2) if peer else None,
+        f"agg{n}_over_llama_server_{n}_slots": round(aggn / peer_n, 2) if peer_n else None,
         f"ttft_p95_{n}_over_ttft_1": round(multi["ttft_p95_s"] / single["ttft_p50_s"], 2),
         "single_over_naive_generate": round(agg1 / naive["tokens_per_s"], 2),
     }
@@ -627,6 +691,7 @@ def main() -> None:
         "servers": servers,
         "naive_generate": naive,
         "llama_cpp": llama,
+        "llama_server": llama_server,
         "int8_quality": quality,
         "int8_first_start_s": None if int8_first_start_s is None else round(int8_first_start_s, 1),
         "decode_profile": profile,
