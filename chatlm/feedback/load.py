@@ -59,7 +59,7 @@ def _rated(session: Session, msg: Message, rating: Rating, excluded: bool) -> Ra
     if grounded and not extractive:
         prompt = focus(prompt, [rating.better_answer or "", answer])
     elif extractive and rating.better_answer and rating.better_answer.strip() != NOT_FOUND:
-        prompt = with_passage(prompt, rating.better_answer, _chat_texts(session, msg.conversation_id))
+        prompt = with_passage(prompt, rating.better_answer, lambda: _chat_texts(session, msg.conversation_id))
     return RatedAnswer(message_id=msg.id, conversation_id=msg.conversation_id, parent_id=msg.parent_id,
                        prompt=prompt, answer=answer, rating=rating.value,
                        better_answer=rating.better_answer, excluded=excluded, extractive=extractive,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -90,12 +90,13 @@ def focus(prompt: tuple[tuple[str, str], ...], targets: Sequence[str]) -> tuple[
 
 
 def with_passage(prompt: tuple[tuple[str, str], ...], target: str,
-                 texts: Sequence[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
+                 texts: Callable[[], Sequence[tuple[str, str]]]) -> tuple[tuple[str, str], ...]:
     """The prompt of an extractive answer about a text, with the passage that holds ``target`` (a
-    correction the passages quoted did not hold) in place of the last one: chosen among ``texts``
-    (``(document, chunk text)`` of the chat's documents) as the one sharing most of the question's
-    words. A span no passage can show cannot be copied, so cannot be learnt. Any other prompt, or a
-    target no text holds, is returned as it is."""
+    correction the passages quoted did not hold) in place of the last one: chosen among ``texts()``
+    (``(document, chunk text)`` of the chat's documents, read only when the quoted passages lack
+    the target) as the one sharing most of the question's words. A span no passage can show
+    cannot be copied, so cannot be learnt. Any other prompt, or a target no text holds, is
+    returned as it is."""
     wanted = _squash(target)
     if not wanted or not prompt or prompt[-1][0] != "user" or (parts := split_grounded(prompt[-1][1])) is None:
         return prompt
@@ -103,7 +104,7 @@ def with_passage(prompt: tuple[tuple[str, str], ...], target: str,
     if any(wanted in _squash(p[2]) for p in passages):
         return prompt
     words = {w for w in _squash(question).split() if len(w) > 3}
-    holding = [(doc, text) for doc, text in texts if wanted in _squash(text)]
+    holding = [(doc, text) for doc, text in texts() if wanted in _squash(text)]
     if not holding:
         return prompt
     doc, text = max(holding, key=lambda h: len(words & set(_squash(h[1]).split())))

@@ -28,7 +28,7 @@ FACTOID_START = re.compile(
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
 _NOT_AN_END = re.compile(
     r"(?:^|[\s(\"“])(?:Mr|Mrs|Ms|Mx|Dr|Prof|St|Mt|Ft|Jr|Sr|Gen|Col|Maj|Lt|Capt|Cmdr|Sgt|Rev|Hon|Gov|Sen|"
-    r"Rep|Fr|Sr|vs|e\.g|i\.e|cf|approx|ca|[A-Z])\.$")
+    r"Rep|Fr|vs|e\.g|i\.e|cf|approx|ca|[A-Z])\.$")
 """A full stop that ends a title or an initial ("Mr.", "Dr.", "J."), not a sentence: "his daughter,
 Dr. Madeleine Swann" is one sentence, or the answer is cut to "his daughter, Dr"."""
 COPY_SENTENCES = 1
