@@ -39,7 +39,7 @@ def settings(tmp_path, database_url) -> Settings:
 
 @pytest.fixture
 def tiny_backend(tiny):
-    """A backend over a private copy: peft injects LoRA layers into the model it wraps."""
+    """A backend over a private copy: loading an adapter wraps the layers it changes."""
     import copy
     import dataclasses
 
@@ -71,11 +71,32 @@ def test_adapters_load_while_serving_and_share_a_batch(tiny_backend, adapter_dir
     assert [g.wait() for g in mixed] == [base_alone, a1_alone, a2_alone, base_alone]
 
 
+def test_a_served_adapter_answers_what_peft_answers_with_it(tiny_backend, tiny, adapter_dirs) -> None:
+    """The serving path applies LoRA itself (``engine.lora``, without peft's per-forward hooks); its
+    answers, alone and in a batch beside the base model, are peft's own, token for token."""
+    import copy
+
+    from peft import PeftModel
+
+    tiny_backend.load_adapter("a1", adapter_dirs[0])
+    reference = PeftModel.from_pretrained(copy.deepcopy(tiny.model), str(adapter_dirs[0])).eval()
+    params = SamplingParams(temperature=0.0, max_new_tokens=24)
+    for text in ("Say something", "Name three colours of the sky", "Hi"):
+        messages = [{"role": "user", "content": text}]
+        ids = torch.tensor([tiny_backend.encode(messages)])
+        with torch.inference_mode():
+            out = reference.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=24,
+                                     do_sample=False)
+        expected = tiny.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+        base_alone = tiny_backend.chat(messages, params).wait()
+        pair = [tiny_backend.chat(messages, params, adapter=a) for a in ("a1", None)]
+        assert [g.wait() for g in pair] == [expected, base_alone]
+
+
 def test_base_weights_untouched_by_adapters(tiny_backend, adapter_dirs) -> None:
     before = {k: v.clone() for k, v in tiny_backend.scheduler.model.state_dict().items()}
     tiny_backend.load_adapter("a1", adapter_dirs[0])
-    base_model = tiny_backend.scheduler.model.get_base_model()
-    params = dict(base_model.named_parameters())
+    params = dict(tiny_backend.scheduler.model.named_parameters())
     wrapped = 0
     for key, value in before.items():
         after = params.get(key.replace(".weight", ".base_layer.weight"))

@@ -97,7 +97,8 @@ def test_whole_loop_ratings_to_served_adapter(bundled, start_server, tmp_path) -
     conv = service.new_conversation(me, system_prompt=SYSTEM)
     service.send(me, conv.id, "Say hi", SamplingParams(temperature=0.0, max_new_tokens=4)).run()
     assert service.history(me, conv.id)[-1][0].adapter == adapter.name
-    assert not hasattr(bundled.model, "peft_config")  # the shared session model was never wrapped
+    from chatlm.engine.lora import RowLoRA
+    assert not any(isinstance(m, RowLoRA) for m in bundled.model.modules())  # the shared model is never wrapped
     env = {**os.environ, "CHATLM_DATA_DIR": str(data_dir)}
     out = subprocess.run([sys.executable, "-m", "chatlm", "adapters", "list"], capture_output=True, text=True,
                          env=env, cwd=REPO, timeout=120)

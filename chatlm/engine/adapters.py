@@ -1,5 +1,5 @@
-"""LoRA adapters with peft: checked before loading (safetensors only, same base model), then loaded
-next to the others on one base model so requests for different adapters share a batch."""
+"""LoRA adapters checked before they are served: safetensors only, a config peft accepts, and every
+matrix the shape of the base layer it targets (loading is ``chatlm.engine.lora``'s)."""
 
 from __future__ import annotations
 
@@ -96,12 +96,8 @@ def _check_shapes(path: Path, base_model: Any) -> None:
 
 
 def attach(model: Any, path: Path, name: str) -> Any:
-    """Load the adapter into ``model`` (wrapping it in a PeftModel the first time); return it."""
+    """The model wrapped by peft with this adapter active (offline measures such as perplexity;
+    serving uses ``chatlm.engine.lora``, per row)."""
     from peft import PeftModel
 
-    if isinstance(model, PeftModel):
-        if name in model.peft_config:
-            model.delete_adapter(name)
-        model.load_adapter(str(path), adapter_name=name)
-        return model
     return PeftModel.from_pretrained(model, str(path), adapter_name=name).eval()

@@ -68,9 +68,7 @@ class LocalBackend(Backend):
         adapters.check_adapter(path, self.loaded.model, name)
 
         def swap() -> None:
-            model = adapters.attach(self.scheduler.model, path, name)
-            self.scheduler.model = model
-            self.scheduler.per_row_adapters = True
+            self.scheduler.adapters.load(name, path)
             self.scheduler.prefixes.forget()  # a reloaded adapter makes its cached prefixes stale
 
         self.scheduler.call(swap)

@@ -10,8 +10,8 @@ are a quarter of fp32. What keeps a 135M model's answers intact (measured in ``b
 - SmoothQuant's per-channel smoothing (alpha 0.5) moves activation outliers into the weights, with
   input ranges measured once on ``calibration`` text and kept next to the model.
 
-A quantised layer stays an ``nn.Linear`` to peft, so LoRA adapters wrap it and apply per row in
-float on top of the int8 result. Training rounds never use this: they load their own fp32 model.
+A quantised layer stays an ``nn.Linear``, so LoRA adapters wrap it (``chatlm.engine.lora``) and
+apply per row in float on top of the int8 result. Training rounds never use this: they load their own fp32 model.
 """
 
 from __future__ import annotations
@@ -43,8 +43,8 @@ class Int8Linear(nn.Linear):
         self.register_buffer("scale", tensors["scale"])
         self.register_buffer("inv_smooth", tensors.get("inv_smooth"))
         self.register_buffer("qbias", tensors.get("qbias"))
-        # peft and transformers read ``weight`` for its shape, device and dtype only: a one-byte int8
-        # tensor broadcast to the shape (an int dtype, so peft keeps the adapters in float)
+        # LoRA loading and transformers read ``weight`` for its shape, device and dtype only: a one-byte int8
+        # tensor broadcast to the shape (an int dtype, so the adapters stay in float)
         self.register_buffer("weight", torch.zeros((), dtype=torch.int8).expand(out_features, in_features),
                              persistent=False)
         self.bias = None

@@ -7,8 +7,8 @@ two decoding steps (so a burst of long prompts delays the running answers by one
 not by the whole burst); when the last chunk is done their caches are merged into the batch's.
 A prompt prefix that two fills in a row share (the chat template's system prompt, or the history
 that a conversation's next turn repeats) is kept as a KV cache and not run through the model again
-(``prefixes``). Every request keeps its own sampling parameters and, with peft, its own LoRA adapter
-inside the shared batch (its rows and tensors: ``batch``).
+(``prefixes``). Every request keeps its own sampling parameters and its own LoRA adapter inside the
+shared batch (``lora``; its rows and tensors: ``batch``).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from chatlm.engine.batch import Fill, Row, constrain, lpad, lpad_mask, new_cache
 from chatlm.engine.copy import CopyConstraint
 from chatlm.engine.decode import IncrementalDecoder, StopMatcher
 from chatlm.engine.generation import Generation
+from chatlm.engine.lora import RowAdapters
 from chatlm.engine.params import SamplingParams
 from chatlm.engine.prefixes import PrefixCache
 from chatlm.engine.sampling import make_generator, sample_rows
@@ -35,7 +36,6 @@ from chatlm.errors import BusyError, ChatLMError, InputError
 from chatlm.torch_threads import use_all_cores
 
 log = logging.getLogger(__name__)
-BASE_ADAPTER = "__base__"
 
 
 class Scheduler:
@@ -82,8 +82,8 @@ class Scheduler:
         self._stopping = False
         self._thread: threading.Thread | None = None
         self.steps = 0
-        self.per_row_adapters = False
-        """Set once the model is a peft model: every forward then names each row's adapter."""
+        self.adapters = RowAdapters(model)
+        """The LoRA adapters loaded into the model; each forward names every row's."""
 
     # ---- public API -------------------------------------------------------------------------
     def start(self) -> Scheduler:
@@ -215,13 +215,11 @@ class Scheduler:
 
     def _forward(self, input_ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor,
                  cache: Any, adapters: list[str | None]) -> tuple[torch.Tensor, Any]:
-        kwargs: dict[str, Any] = {}
-        if self.per_row_adapters:  # always name them, or peft would apply its active adapter
-            kwargs["adapter_names"] = [a or BASE_ADAPTER for a in adapters]
-        out = self.model(
-            input_ids=input_ids, attention_mask=mask, position_ids=positions,
-            cache=cache, use_cache=True, logits_to_keep=1, **kwargs,
-        )
+        with self.adapters.rows(adapters):
+            out = self.model(
+                input_ids=input_ids, attention_mask=mask, position_ids=positions,
+                cache=cache, use_cache=True, logits_to_keep=1,
+            )
         return out.logits[:, -1, :], out.cache
 
     def _start_fill(self, admit: list[tuple[Generation, list[int]]]) -> Fill:
