@@ -332,3 +332,48 @@ def test_a_conversation_turn_extends_the_cached_history_and_answers_do_not_chang
     reused, made = warm.scheduler.prefixes.tokens_reused, warm.scheduler.prefixes.tokens_made
     assert reused >= sum(lengths[:3]) - 6  # turns 2-4 each reuse the previous turn's whole prompt
     assert made <= lengths[2] + 2  # made once, extended turn by turn: not turn 1, 1-2 and 1-3 again
+
+
+def test_an_event_loop_reads_deltas_as_they_come_and_joins_what_arrived_while_it_was_busy() -> None:
+    """``Generation.deltas`` (how /v1 streams): woken by the scheduler's thread with no thread per
+    token, every piece of text arrives once and in order, a lagging reader gets the backlog as one
+    delta, and a failure ends the stream with an error after the partial text."""
+    import asyncio
+    import threading
+
+    from chatlm.engine.generation import Generation
+    from chatlm.errors import ChatLMError
+
+    gen = Generation(id=1, prompt_tokens=1, params=SamplingParams())
+
+    async def read() -> list[str]:
+        got = []
+        async for delta in gen.deltas():
+            got.append(delta)
+            if len(got) == 1:  # the reader is busy while three more arrive
+                for piece in ("b", "c", "d"):
+                    gen._emit(piece)
+        return got
+
+    gen._emit("a")
+    threading.Timer(0.05, gen._finish, args=("stop",)).start()  # from another thread, later
+    assert asyncio.run(read()) == ["a", "bcd"]
+
+    failing = Generation(id=2, prompt_tokens=1, params=SamplingParams())
+
+    def scheduler() -> None:
+        for piece in ("x", "y"):
+            time.sleep(0.02)
+            failing._emit(piece)
+        failing._finish("error", "Generation failed: boom")
+
+    async def read_failing() -> list[str]:
+        got = []
+        with pytest.raises(ChatLMError, match="boom"):
+            async for delta in failing.deltas():
+                got.append(delta)
+        return got
+
+    threading.Thread(target=scheduler).start()
+    assert "".join(asyncio.run(read_failing())) == "xy"
+    failing._emit("late")  # nobody reads any more: the closed loop is not woken, nothing raises

@@ -39,7 +39,6 @@ from chatlm.errors import ChatLMError, InputError, NotFoundError, PermissionDeni
 from chatlm.identity.accounts import Actor
 from chatlm.identity.requests import Identity
 
-_END = object()
 PREFIX = "/v1"
 MAX_BODY_BYTES = 4 * 1024 * 1024
 """A request body above this is refused with 413 before it is parsed (from Content-Length, or
@@ -305,16 +304,11 @@ class _AuthError(Exception):
 
 async def _deltas(gen: Generation) -> AsyncIterator[str]:
     """The generation's deltas without blocking the event loop; errors end the stream quietly."""
-    it = iter(gen)
-
-    def step() -> object:
-        try:
-            return next(it, _END)
-        except ChatLMError:
-            return _END
-
-    while (delta := await asyncio.to_thread(step)) is not _END:
-        yield str(delta)
+    try:
+        async for delta in gen.deltas():
+            yield delta
+    except ChatLMError:
+        return
 
 
 async def _collect(gen: Generation) -> str:
