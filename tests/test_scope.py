@@ -178,6 +178,17 @@ def test_a_corrected_question_about_a_text_is_read_again_from_the_passages_it_wa
         assert ask("Who was Brackenford founded by?")[1] == [bakery]  # worded almost the same
         assert "bridge" in ask("How many arches does the old stone bridge have?")[1][0]  # not taught: retrieved
         assert ask(FOUNDER, load=False)[1] == []  # a chat without the text: nothing to read it from
+        asked: list[str] = []
+        embed = chat.library.embedder.embed
+
+        def counted(texts):
+            asked.extend(texts)
+            return embed(texts)
+
+        reworded = "Who was Brackenford founded by?"
+        adapter = chat.adapters.route("chatlm-v2", reworded, counted, reading=True)
+        assert chat.adapters.taught_passages(adapter, reworded, counted) == (bakery,)
+        assert asked == [reworded]  # routed, then read from its passages: embedded once
     finally:
         built.close()
 

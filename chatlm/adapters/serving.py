@@ -47,6 +47,9 @@ class Serving:
         """Loaded adapters served only to what they were taught (``chatlm.adapters.scope``)."""
         self._taught: dict[str, Any] = {}
         """Their taught questions' embeddings (unit rows), computed at the first question routed."""
+        self._asked: tuple[str, Any] | None = None
+        """The last question embedded here and its vector: a question for a corrections round is
+        routed, then read from its taught passages, and is embedded once for both."""
 
     def choose(self, choice: str | None) -> str | None:
         """The adapter an answer uses for a model choice: the default (the active adapter), the
@@ -102,7 +105,7 @@ class Serving:
         while adapter is not None and adapter in self._scopes and adapter not in seen:
             seen.add(adapter)
             if vector is None:
-                vector = rows(embed, [question])[0]
+                vector = self._vector(question, embed)
             if adapter not in self._taught:
                 self._taught[adapter] = rows(embed, self._scopes[adapter].questions)
             if near(vector, self._taught[adapter]):
@@ -179,8 +182,16 @@ class Serving:
             return ()
         if adapter not in self._taught:
             self._taught[adapter] = rows(embed, scope.questions)
-        index = nearest(rows(embed, [question])[0], self._taught[adapter])
+        index = nearest(self._vector(question, embed), self._taught[adapter])
         return () if index is None else scope.passages_of(index)
+
+    def _vector(self, question: str, embed: Embed) -> Any:
+        asked = self._asked  # one read: another request's thread may replace it meanwhile
+        if asked is not None and asked[0] == question:
+            return asked[1]
+        vector = rows(embed, [question])[0]
+        self._asked = (question, vector)
+        return vector
 
     def taught(self, adapter: str | None) -> bool:
         """Whether ``adapter`` answers only what it was taught (a corrections round): a question
