@@ -377,3 +377,33 @@ def test_an_event_loop_reads_deltas_as_they_come_and_joins_what_arrived_while_it
     threading.Thread(target=scheduler).start()
     assert "".join(asyncio.run(read_failing())) == "xy"
     failing._emit("late")  # nobody reads any more: the closed loop is not woken, nothing raises
+
+
+def test_the_growing_cache_gives_the_logits_transformers_own_cache_gives(tiny) -> None:
+    """The scheduler's KV cache writes each token into room it keeps (no copy of the whole cache a
+    token): step by step, for two rows, its logits are those of transformers' ``DynamicCache``,
+    also after rows are dropped and the padding trimmed as the scheduler does it."""
+    import torch
+    from transformers import DynamicCache
+
+    from chatlm.engine.batch import growing_layer, new_cache
+
+    model = tiny.model
+    ids = torch.randint(5, model.config.vocab_size, (2, 90))
+    mine, theirs = new_cache(model.config), DynamicCache(config=model.config)
+    assert all(isinstance(layer, growing_layer()) for layer in mine.layers)
+    with torch.inference_mode():
+        for cache in (mine, theirs):
+            model(input_ids=ids[:, :10], past_key_values=cache, use_cache=True)
+        for t in range(10, 90):  # past the first buffer's room (its prompt plus 64)
+            if t == 50:  # drop row 0 and the oldest 3 columns, as ``Scheduler._remove`` does
+                for cache in (mine, theirs):
+                    for layer in cache.layers:
+                        layer.keys = layer.keys.index_select(0, torch.tensor([1]))[:, :, 3:, :]
+                        layer.values = layer.values.index_select(0, torch.tensor([1]))[:, :, 3:, :]
+                ids = ids[1:]
+            step = ids[:, t:t + 1]
+            a = model(input_ids=step, past_key_values=mine, use_cache=True).logits
+            b = model(input_ids=step, past_key_values=theirs, use_cache=True).logits
+            assert torch.equal(a, b), t
+    assert mine.get_seq_length() == theirs.get_seq_length() == 87
