@@ -112,8 +112,8 @@ class Settings:
             raise ConfigError(f"CHATLM_BACKEND must be local or openai, got {self.backend!r}")
         if self.backend == "openai" and not self.remote_url:
             raise ConfigError("CHATLM_BACKEND=openai needs CHATLM_REMOTE_URL")
-        if self.quantize not in {"auto", "none", "int8"}:
-            raise ConfigError(f"CHATLM_QUANTIZE must be auto, none or int8, got {self.quantize!r}")
+        if self.quantize not in {"auto", "none", "int8", "fp16"}:
+            raise ConfigError(f"CHATLM_QUANTIZE must be auto, none, int8 or fp16, got {self.quantize!r}")
         if self.max_new_tokens < 1:
             raise ConfigError("CHATLM_MAX_NEW_TOKENS must be at least 1")
         if self.max_batch < 1 or self.queue_size < 0:

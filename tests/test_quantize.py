@@ -153,3 +153,30 @@ def test_a_start_from_the_int8_cache_answers_as_the_start_that_built_it(tiny, tm
     monkeypatch.setattr(quantize, "measure_inputs", not_again)
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", not_again)
     assert answers() == built
+
+
+@pytest.mark.skipif(not quantize.fp16_available(), reason="fbgemm's half-precision GEMM needs an x86 CPU")
+def test_fp16_weights_answer_as_full_precision_and_take_adapters_per_row(tiny, tmp_path) -> None:
+    """``CHATLM_QUANTIZE=fp16``: only the weights are rounded (to float16), the arithmetic stays
+    float32, so greedy answers are full precision's; a LoRA adapter still applies to its rows only."""
+    model = copy.deepcopy(tiny.model)
+    assert quantize.apply(model, "fp16", tiny.tokenizer) > 0
+    assert any(isinstance(m, quantize.F16Linear) for m in model.modules())
+    half = loader.LoadedModel(model=model, tokenizer=tiny.tokenizer, model_id=tiny.model_id, path="",
+                              device="cpu")
+    full, fp16 = LocalBackend(tiny), LocalBackend(half)
+    try:
+        a, b = _tokens(full, PROMPTS), _tokens(fp16, PROMPTS)
+        fp16.load_adapter("tuned", make_adapter(tiny.model, tmp_path / "lora", seed=3))
+        gens = [fp16.chat([{"role": "user", "content": p}], GREEDY, adapter=x)
+                for p in PROMPTS[:2] for x in (None, "tuned")]
+        mixed = [fp16.tokenizer.encode(g.wait(), add_special_tokens=False) for g in gens]
+    finally:
+        full.close()
+        fp16.close()
+    assert sum(x == y for x, y in zip(a, b, strict=True)) >= len(PROMPTS) - 1, (a, b)
+    assert [mixed[0], mixed[2]] == b[:2] and mixed[1] != b[0] and mixed[3] != b[1]
+    assert quantize.resolve("fp16", "cpu") == "fp16"
+    with pytest.raises(ConfigError, match="CPU only"):
+        quantize.resolve("fp16", "cuda")
+    assert Settings.from_env({"CHATLM_QUANTIZE": "fp16"}).quantize == "fp16"
