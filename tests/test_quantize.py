@@ -180,3 +180,41 @@ def test_fp16_weights_answer_as_full_precision_and_take_adapters_per_row(tiny, t
     with pytest.raises(ConfigError, match="CPU only"):
         quantize.resolve("fp16", "cuda")
     assert Settings.from_env({"CHATLM_QUANTIZE": "fp16"}).quantize == "fp16"
+
+
+@pytest.mark.skipif(not quantize.fp16_available(), reason="fbgemm's half-precision GEMM needs an x86 CPU")
+@pytest.mark.parametrize("layout", ["tied", "head-only"])
+def test_an_fp16_start_reads_each_layer_alone_and_answers_as_packing_the_float_model(
+        tiny, tmp_path, monkeypatch, layout) -> None:
+    """A start with ``fp16`` packs each linear layer from its own float32 tensor in the checkpoint
+    (never the whole float model beside the packed one), and answers as packing a loaded float
+    model does, token for token."""
+    import transformers
+    from safetensors.torch import save_model
+
+    model_dir = tmp_path / "model"
+    tiny.model.save_pretrained(model_dir)
+    if layout == "head-only":  # the GGUF cache's layout: the tied matrix stored once, as the head
+        save_model(tiny.model, str(model_dir / "model.safetensors"))
+    tiny.tokenizer.save_pretrained(model_dir)
+    packed_in_memory = copy.deepcopy(tiny.model)
+    quantize.apply(packed_in_memory, "fp16", tiny.tokenizer)
+    reference = LocalBackend(loader.LoadedModel(model=packed_in_memory, tokenizer=tiny.tokenizer,
+                                                model_id="tiny", path="", device="cpu"))
+    try:
+        want = _tokens(reference, PROMPTS)
+    finally:
+        reference.close()
+
+    def not_called(*_a: object, **_k: object) -> None:
+        raise AssertionError("an fp16 start loaded the whole float model")
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", not_called)
+    settings = Settings.from_env({}, model=str(model_dir), data_dir=tmp_path / "data", quantize="fp16",
+                                 device="cpu")
+    backend = LocalBackend.from_settings(settings)
+    try:
+        assert isinstance(backend.loaded.model.lm_head, quantize.F16Linear)
+        assert _tokens(backend, PROMPTS) == want
+    finally:
+        backend.close()

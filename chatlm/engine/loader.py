@@ -153,7 +153,8 @@ def load(spec: str, data_dir: Path, device: str = "auto", quantize: str = "none"
     cache_dir, key = data_dir / "models", f"{source.model_id}:{path}"
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
-        model = int8.load_cached(path, dtype, cache_dir, key) if quantize == "int8" else None
+        model = (int8.load_cached(path, dtype, cache_dir, key) if quantize == "int8"
+                 else int8.load_fp16(path, dtype) if quantize == "fp16" else None)
         if model is None:
             model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
             int8.apply(model, quantize, tokenizer, cache_dir=cache_dir, key=key)
