@@ -90,7 +90,8 @@ def test_calibration_is_measured_once_and_kept(tiny, tmp_path, monkeypatch) -> N
 
 
 def test_the_setting_means_int8_on_cpu_and_is_checked() -> None:
-    assert quantize.resolve("auto", "cpu") == "none"  # int8 changes answers users see: opt-in only
+    # int8 changes answers users see: opt-in only; fp16 keeps them, and is the default where it runs
+    assert quantize.resolve("auto", "cpu") == ("fp16" if quantize.fp16_available() else "none")
     assert quantize.resolve("int8", "cpu") == "int8"
     assert quantize.resolve("auto", "cuda") == "none"
     assert quantize.resolve("none", "cpu") == "none"

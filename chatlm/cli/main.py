@@ -4,6 +4,7 @@ users`."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 from collections.abc import Sequence
@@ -106,7 +107,10 @@ def _ask(args: argparse.Namespace) -> int:
     torch_threads.one_thread_here()  # this thread loads; decoding gets the cores (chatlm.torch_threads)
     # a new chat has no text attached, so the reader adapter would never answer: not loading it
     # (and peft) takes about 0.6 s off the start
-    service = build(Settings.from_env(), reader=False).chat
+    settings = Settings.from_env()
+    if settings.quantize == "auto":  # one answer: packing fp16 weights (1.8 s) costs more than it saves
+        settings = dataclasses.replace(settings, quantize="none")
+    service = build(settings, reader=False).chat
     try:
         actor = service.actor()
         conv = service.new_conversation(actor, system_prompt=args.system)
