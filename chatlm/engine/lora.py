@@ -74,7 +74,7 @@ class RowAdapters:
     def __init__(self, model: nn.Module) -> None:
         self.model = model
         self.routing = Routing()
-        self.names: set[str] = set()
+        self.device = next(model.parameters()).device
 
     def load(self, name: str, path: Path) -> int:
         """Load (or load again) the adapter saved in ``path`` under ``name``; return how many
@@ -110,14 +110,11 @@ class RowAdapters:
         for module in self.model.modules():  # layers an older copy of this adapter changed
             if isinstance(module, RowLoRA) and module not in changed:
                 module.adapters.pop(name, None)
-        self.names.add(name)
         return len(layers)
 
     def _wrap(self, target: str, module: nn.Module) -> RowLoRA:
-        parent_name, _, child = target.rpartition(".")
-        parent = self.model.get_submodule(parent_name) if parent_name else self.model
         wrapped = RowLoRA(module, self.routing)
-        setattr(parent, child, wrapped)
+        self.model.set_submodule(target, wrapped)
         return wrapped
 
     @contextmanager
@@ -130,7 +127,7 @@ class RowAdapters:
                 groups.append((name, None))
             else:
                 index = [i for i, a in enumerate(adapters) if a == name]
-                groups.append((name, torch.tensor(index, device=_device(self.model))))
+                groups.append((name, torch.tensor(index, device=self.device)))
         self.routing.groups = groups
         try:
             yield
@@ -138,17 +135,11 @@ class RowAdapters:
             self.routing.groups = []
 
 
-def _device(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
-
-
 def _scale(config: dict[str, Any], path: Path) -> float:
     """peft's ``scaling``: alpha / r (alpha / sqrt(r) with rsLoRA); what it varies by layer or
     adds on top (DoRA, biases, extra saved modules) is refused rather than served wrong."""
-    for key in ("use_dora", "lora_bias", "fan_in_fan_out"):
-        if config.get(key):
-            raise AdapterError(f"Adapter {path.name}: `{key}` adapters are not served")
-    for key in ("rank_pattern", "alpha_pattern", "modules_to_save", "layer_replication"):
+    for key in ("use_dora", "lora_bias", "fan_in_fan_out", "rank_pattern", "alpha_pattern", "modules_to_save",
+                "layer_replication"):
         if config.get(key):
             raise AdapterError(f"Adapter {path.name}: `{key}` adapters are not served")
     if config.get("bias", "none") != "none":

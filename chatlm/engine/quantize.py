@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -215,32 +216,36 @@ def _int8_tensors(model: Any, tokenizer: Any, cache_dir: Path | None, key: str) 
     return tensors
 
 
+def _swap_targets(model: Any, make: Callable[[str, nn.Module], nn.Module]) -> int:
+    """Replace every target layer by ``make(name, layer)``; return how many. The head then holds
+    its own copy, so the model no longer ties it to the embedding."""
+    names = _targets(model)
+    for name in names:
+        model.set_submodule(name, make(name, model.get_submodule(name)))
+    if getattr(model.config, "tie_word_embeddings", False):
+        model.config.tie_word_embeddings = False
+    return len(names)
+
+
 def _install(model: Any, tensors: dict[str, torch.Tensor]) -> int:
     """Swap every target layer for an ``Int8Linear`` holding its tensors; return how many."""
-    names = _targets(model)
-    for name in names:
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        old = getattr(parent, child)
+    def make(name: str, old: nn.Module) -> nn.Module:
         prefix = f"{name}/"
         mine = {k[len(prefix):]: t for k, t in tensors.items() if k.startswith(prefix)}
-        setattr(parent, child, Int8Linear(old.in_features, old.out_features, mine))
-    if getattr(model.config, "tie_word_embeddings", False):  # the head now has its own int8 copy
-        model.config.tie_word_embeddings = False
-    return len(names)
+        return Int8Linear(old.in_features, old.out_features, mine)
+
+    return _swap_targets(model, make)
 
 
-def _install_fp16(model: Any) -> int:
-    """Swap every target layer for an ``F16Linear``; return how many."""
-    names = _targets(model)
-    for name in names:
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        old = getattr(parent, child)
-        setattr(parent, child, F16Linear(old.weight, old.bias))
-    if getattr(model.config, "tie_word_embeddings", False):  # the head now has its own fp16 copy
-        model.config.tie_word_embeddings = False
-    return len(names)
+def _install_fp16(model: Any, read: Callable[[str], torch.Tensor] | None = None) -> int:
+    """Swap every target layer for an ``F16Linear``; return how many. Its float32 weight comes
+    from the layer, or from ``read`` (a checkpoint tensor by name) when the layer was never loaded."""
+    def make(name: str, old: nn.Module) -> nn.Module:
+        if read is None:
+            return F16Linear(old.weight, old.bias)
+        return F16Linear(read(f"{name}.weight"), None if old.bias is None else read(f"{name}.bias"))
+
+    return _swap_targets(model, make)
 
 
 def apply(model: Any, mode: str, tokenizer: Any, *, cache_dir: Path | None = None, key: str = "") -> int:
@@ -280,14 +285,8 @@ def load_fp16(path: str, dtype: torch.dtype) -> Any | None:
     """The fp16 model, each linear layer packed from its float32 weight read alone from the
     checkpoint: loading the whole float model first held 540 MB of float32 beside the packed
     weights (1.4 GB at the peak of a start, against 0.9 GB once started)."""
-    def install(model: Any, read: Any) -> bool:
-        for name in _targets(model):
-            parent_name, _, child = name.rpartition(".")
-            parent = model.get_submodule(parent_name) if parent_name else model
-            bias = read(f"{name}.bias") if getattr(parent, child).bias is not None else None
-            setattr(parent, child, F16Linear(read(f"{name}.weight"), bias))
-        if getattr(model.config, "tie_word_embeddings", False):
-            model.config.tie_word_embeddings = False
+    def install(model: Any, read: Callable[[str], torch.Tensor]) -> bool:
+        _install_fp16(model, read)
         return True
 
     return _assembled(path, dtype, install)
