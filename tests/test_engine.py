@@ -353,10 +353,10 @@ def test_an_event_loop_reads_deltas_as_they_come_and_joins_what_arrived_while_it
             if len(got) == 1:  # the reader is busy while three more arrive
                 for piece in ("b", "c", "d"):
                     gen._emit(piece)
+                threading.Timer(0.05, gen._finish, args=("stop",)).start()  # from another thread, later
         return got
 
     gen._emit("a")
-    threading.Timer(0.05, gen._finish, args=("stop",)).start()  # from another thread, later
     assert asyncio.run(read()) == ["a", "bcd"]
 
     failing = Generation(id=2, prompt_tokens=1, params=SamplingParams())
