@@ -10,8 +10,10 @@ built). A logistic regression per layer (L2, classes balanced) is fitted on the 
 its AUROC read on the calibration split, beside the reader's own first-token decline log-probability.
 
 Training prompts: the Zelda and Spectre articles (the only ones of the training sample with
-unanswerable questions), questions the shipped reader never trained on (after the 95 per article
-its two rounds read, in its seeded order). No reported question is read.
+unanswerable questions), past the first 95 per article in ``reader_records``'s seeded order. The
+shipped reader's rounds meant to read those 95; they were trained before that order was fixed
+(it then hung on the negative-passage draws), and 68 of these 300 questions were among those they
+did read. No reported question is read.
 
 Run from the repository root (about 15 minutes on two idle cores):
 ``.venv/bin/python bench/decline_probe.py --train-limit 150 --json bench/out/decline_probe.json``
@@ -41,24 +43,19 @@ from chatlm.evaluation.qa import QueryCache, split_questions  # noqa: E402
 from chatlm.evaluation.scoring import auroc  # noqa: E402
 from chatlm.knowledge.embed import get_embedder  # noqa: E402
 from chatlm.knowledge.squad import Article, Question, load_squad  # noqa: E402
-from chatlm.training.reader import NEGATIVE_SHARE, PASSAGES, record  # noqa: E402
+from chatlm.training.reader import NEGATIVE_SHARE, PASSAGES, in_round_order, record  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 READ_BY_THE_READER = 95
 """Questions per article (in the seeded order) the shipped reader's two rounds trained on."""
 
 
-def training_questions(path: Path, limit: int, seed: int = 42) -> list[tuple[Article, list[Question]]]:
-    """Zelda's and Spectre's questions after those the reader read (its rounds shuffle every article
-    in file order with one ``random.Random(seed)``)."""
-    rng = random.Random(seed)
-    out = []
-    for article in load_squad(path):
-        questions = list(article.questions)
-        rng.shuffle(questions)
-        if article.title.startswith(("The_Legend_of_Zelda", "Spectre")):
-            out.append((article, questions[READ_BY_THE_READER:][:limit]))
-    return out
+def training_questions(path: Path, limit: int) -> list[tuple[Article, list[Question]]]:
+    """Zelda's and Spectre's questions past those a reader round's first 95 read."""
+    articles = load_squad(path)
+    return [(article, questions[READ_BY_THE_READER:][:limit])
+            for article, questions in zip(articles, in_round_order(articles), strict=True)
+            if article.title.startswith(("The_Legend_of_Zelda", "Spectre"))]
 
 
 def prompts(settings: Settings, chosen: list[tuple[Article, list[Question]]], *, negatives: bool

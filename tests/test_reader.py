@@ -156,3 +156,37 @@ def test_a_question_a_round_was_taught_declines_from_a_lower_score() -> None:
     assert declines(0.9, 0.6, decline_score=between, span_logprob=-2.0, taught=True)
     assert not declines(0.9, 0.6, decline_score=between, span_logprob=-2.0)
     assert not declines(0.9, 0.6, decline_score=TAUGHT_DECLINE - 0.5, span_logprob=-2.0, taught=True)
+
+
+def test_a_round_that_skips_reads_questions_the_earlier_round_did_not(tiny_settings, tmp_path) -> None:
+    """``--reader-skip``: a second round (same seed) asks none of the first round's questions, in
+    every article, however many negative passages the first drew before it got there."""
+    import json
+
+    from chatlm.compose import scratch
+    from chatlm.evaluation.qa import QueryCache
+    from chatlm.knowledge.embed import get_embedder
+
+    data = json.loads(SQUAD.read_text(encoding="utf-8"))
+    # the same questions in a second article (its text told apart, or the library would reuse the first's)
+    second = {**data["data"][0], "title": "Normans again",
+              "paragraphs": [{**p, "context": p["context"] + " (Again.)"} for p in data["data"][0]["paragraphs"]]}
+    two_articles = tmp_path / "two.json"
+    two_articles.write_text(json.dumps({**data, "data": [data["data"][0], second]}), encoding="utf-8")
+
+    def asked(records: list[dict]) -> set[tuple[str, str]]:
+        out = set()
+        for r in records:
+            question, passages = split_grounded(r["prompt"][-1]["content"])
+            out.add((passages[0][1], question))
+        return out
+
+    with scratch(tiny_settings, prefix="chatlm-reader-", load_model=False,
+                 embedder=QueryCache(get_embedder())) as services:
+        first, _ = reader.reader_records(two_articles, tiny_settings, services.chat, limit=30, progress=False)
+        later, _ = reader.reader_records(two_articles, tiny_settings, services.chat, skip=30, limit=30,
+                                         progress=False)
+    first_asked, later_asked = asked(first), asked(later)
+    assert {a for a, _ in first_asked} == {a for a, _ in later_asked} == {"Normans", "Normans again"}
+    assert len(first_asked) == len(later_asked) == 60
+    assert not first_asked & later_asked

@@ -18,11 +18,13 @@ import hashlib
 import random
 import re
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from chatlm.chat.prompts import NOT_FOUND, grounded_question
 from chatlm.config import Settings
+from chatlm.knowledge.squad import Article, Question, load_squad
 
 PASSAGES = 3
 """Passages per question, as the chat retrieves (``ChatService.send``'s k)."""
@@ -47,6 +49,20 @@ def record(system_prompt: str, question: str, passages: list[tuple[int, str, str
     return {"prompt": [*system, user], "completion": [{"role": "assistant", "content": target}]}
 
 
+def in_round_order(articles: Sequence[Article], seed: int = 42) -> list[list[Question]]:
+    """Each article's questions in the order a reader round reads them: shuffled with ``seed`` by a
+    generator of their own, so the order never hangs on other draws (it once hung on the
+    negative-passage draws of earlier articles, and a round that skipped what an earlier one read
+    re-read some of it: the shipped reader's second round, 92 of its first round's questions)."""
+    order = random.Random(seed)
+    out = []
+    for article in articles:
+        questions = list(article.questions)
+        order.shuffle(questions)
+        out.append(questions)
+    return out
+
+
 def reader_records(squad: Path, settings: Settings, chat: Any, *, limit: int | None = None, skip: int = 0,
                    seed: int = 42, progress: bool = True) -> tuple[list[Record], dict[str, int]]:
     """SFT records from a SQuAD file (``limit`` questions per article at most) and their mix.
@@ -54,24 +70,21 @@ def reader_records(squad: Path, settings: Settings, chat: Any, *, limit: int | N
     ``chat``: a ``ChatService`` over a throwaway database, no model needed (the worker makes it with
     ``chatlm.compose.scratch``); each article is loaded into a chat of its own there.
     The questions of an article are shuffled with ``seed``; ``skip`` leaves out the first ones, so a
-    round that continues an earlier one (same seed) reads questions that one did not."""
+    round that continues an earlier one (same seed) reads questions that one did not
+    (``in_round_order``)."""
     from tqdm import tqdm
 
-    from chatlm.knowledge.squad import load_squad
-
-    rng = random.Random(seed)
+    rng = random.Random(f"{seed}:negatives")
     articles = load_squad(squad)
     records: list[Record] = []
     mix: Counter[str] = Counter()
     actor = chat.actor()
     total = sum(len(a.questions[skip:][:limit]) for a in articles)
     bar = tqdm(total=total, desc="reader records", unit="q", disable=not progress)
-    for article in articles:
+    for article, questions in zip(articles, in_round_order(articles, seed), strict=True):
         conv = chat.new_conversation(actor)
         chat.library.load(actor=actor, conversation_id=conv.id, name=article.title, text=article.text)
         chat.library.wait_for_embeddings()
-        questions = list(article.questions)
-        rng.shuffle(questions)
         for q in questions[skip:][:limit]:
             bar.update(1)
             wide = chat.library.retrieve(conv.id, q.question, k=PASSAGES + 6)
