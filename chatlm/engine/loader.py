@@ -140,12 +140,13 @@ class LoadedModel:
 
 
 def load(spec: str, data_dir: Path, device: str = "auto", quantize: str = "none") -> LoadedModel:
-    """Load model and tokenizer in eval mode on the chosen device; with ``quantize="int8"`` the
+    """Load model and tokenizer in eval mode on the chosen device. With ``quantize="int8"`` the
     linear layers are int8 (``chatlm.engine.quantize``), read straight from the copy kept in
-    ``data_dir/models`` when there is one (a second start) and made and kept there otherwise."""
+    ``data_dir/models`` when there is one (a second start) and made and kept there otherwise; with
+    ``"fp16"`` each is packed from its own checkpoint tensor."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from chatlm.engine import quantize as int8
+    from chatlm.engine import quantize as weights  # ``quantize`` is the mode here
 
     source = resolve(spec, device)
     dev, dtype = pick_device(device)
@@ -153,11 +154,11 @@ def load(spec: str, data_dir: Path, device: str = "auto", quantize: str = "none"
     cache_dir, key = data_dir / "models", f"{source.model_id}:{path}"
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
-        model = (int8.load_cached(path, dtype, cache_dir, key) if quantize == "int8"
-                 else int8.load_fp16(path, dtype) if quantize == "fp16" else None)
+        model = (weights.load_cached(path, dtype, cache_dir, key) if quantize == "int8"
+                 else weights.load_fp16(path, dtype) if quantize == "fp16" else None)
         if model is None:
             model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
-            int8.apply(model, quantize, tokenizer, cache_dir=cache_dir, key=key)
+            weights.apply(model, quantize, tokenizer, cache_dir=cache_dir, key=key)
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"Could not load model {spec!r}: {exc}") from exc
     if tokenizer.chat_template is None:
